@@ -1,0 +1,2 @@
+// Registered by the tensorflow kernels (see kernels/tensorflow/). Placeholder until they land.
+export {};

@@ -1,0 +1,2 @@
+// Registered by the webgpu kernels (see kernels/webgpu/). Placeholder until they land.
+export {};

@@ -1,0 +1,21 @@
+/**
+ * tfjs-flash-attention: importing this module registers the kernels (cpu, webgpu, and tensorflow
+ * when the CUDA op library is built) and the recompute gradient, and adds tf.flashAttention to the
+ * CommonJS `tf` objects it can reach.
+ */
+import './register_all';
+import { flashAttention } from './flash_attention';
+import { attachToTf } from './attach';
+
+export { flashAttention } from './flash_attention';
+export type { FlashAttentionResult } from './flash_attention';
+export type { FlashAttentionOptions } from './options';
+export { MAX_HEAD_DIM } from './options';
+export {
+  FlashAttention, FlashAttentionGrad,
+} from './kernel_names';
+export type {
+  FlashAttentionAttrs, FlashAttentionInputs, FlashAttentionGradInputs, Precision,
+} from './kernel_names';
+
+attachToTf({ flashAttention });

@@ -1,0 +1,127 @@
+/**
+ * Public options of flashAttention and their normalisation into the kernels' small attribute set
+ * (src/kernel_names.ts). Done once, in the op, as FlashAttention's C++ API does: causal becomes
+ * windowRight = 0 and -1 means unbounded, so no backend ever sees `causal`.
+ */
+import { Tensor, Tensor1D } from '@tensorflow/tfjs-core';
+import { FlashAttentionAttrs, Precision } from './kernel_names';
+
+export interface FlashAttentionOptions {
+  /** Bottom-right aligned causal mask: key j is kept for query i when j <= i + seqK - seqQ. */
+  causal?: boolean;
+  /** s = scale * q.k; default 1 / sqrt(headDim). */
+  scale?: number;
+  /** s = softcap * tanh(s / softcap), after scaling; 0 (default) = off. */
+  softcap?: number;
+  /** Per-head ALiBi slopes (length = heads): s += -slope[h] * |i + seqK - seqQ - j|. */
+  alibiSlopes?: number[] | Float32Array | Tensor1D;
+  /** [left, right] keys kept around the (bottom-right aligned) diagonal; -1 = unbounded. */
+  windowSize?: [number, number];
+  /** bool, broadcastable to [batch, heads, seqQ, seqK]; true = attend. */
+  mask?: Tensor;
+  /** Dropout on the attention probabilities, in [0, 1). */
+  dropoutRate?: number;
+  /** Seed of the counter-based dropout mask; random when omitted. */
+  seed?: number;
+  /** Also return the row log-sum-exp [batch, heads, seqQ]. */
+  returnLogSumExp?: boolean;
+  /** 'fast' allows a faster lower-precision path where a backend has one (CUDA tensor cores). */
+  precision?: Precision;
+}
+
+export const MAX_HEAD_DIM = 256;
+
+/** Throws "Error in flashAttention: <msg>" when cond is false; msg is built only on failure. */
+export function check(cond: boolean, msg: () => string): asserts cond {
+  if (!cond) throw new Error(`Error in flashAttention: ${msg()}`);
+}
+
+const shapeStr = (s: readonly number[]) => `[${s.join(', ')}]`;
+
+function isIntegerAtLeast(x: unknown, min: number): x is number {
+  return typeof x === 'number' && Number.isInteger(x) && x >= min;
+}
+
+/** Dimensions read once from validated q, k, v. */
+export interface AttentionDims {
+  batch: number; seqQ: number; seqK: number; heads: number; kvHeads: number;
+  headDim: number; headDimV: number;
+}
+
+/** Validates the shapes of q, k, v against each other and returns their dimensions. */
+export function validateQKV(q: Tensor, k: Tensor, v: Tensor): AttentionDims {
+  for (const [name, t, layout] of [['q', q, '[batch, seqQ, heads, headDim]'],
+                                   ['k', k, '[batch, seqK, kvHeads, headDim]'],
+                                   ['v', v, '[batch, seqK, kvHeads, headDimV]']] as const) {
+    check(t.rank === 4, () => `${name} must be rank 4 ${layout}, but got shape ${shapeStr(t.shape)}`);
+    check(t.dtype === 'float32', () => `${name} must be float32, but got ${t.dtype}`);
+    check(t.shape.every(d => d > 0), () => `${name} must have no empty dimension, but got shape ${shapeStr(t.shape)}`);
+  }
+  const [batch, seqQ, heads, headDim] = q.shape;
+  const [kb, seqK, kvHeads, kd] = k.shape;
+  const [vb, vs, vh, headDimV] = v.shape;
+  check(kb === batch && vb === batch, () =>
+      `batch sizes differ: q ${shapeStr(q.shape)}, k ${shapeStr(k.shape)}, v ${shapeStr(v.shape)} (dimension 0 must match)`);
+  check(kd === headDim, () =>
+      `k's headDim must equal q's: q ${shapeStr(q.shape)} has headDim ${headDim}, k ${shapeStr(k.shape)} has ${kd}`);
+  check(vs === seqK && vh === kvHeads, () =>
+      `v must be [batch, seqK, kvHeads, headDimV] = [${batch}, ${seqK}, ${kvHeads}, headDimV] to match k ${shapeStr(k.shape)}, but got ${shapeStr(v.shape)}`);
+  check(heads % kvHeads === 0, () =>
+      `heads (${heads}, from q ${shapeStr(q.shape)}) must be divisible by kvHeads (${kvHeads}, from k ${shapeStr(k.shape)})`);
+  check(headDim <= MAX_HEAD_DIM && headDimV <= MAX_HEAD_DIM, () =>
+      `headDim and headDimV must be in [1, ${MAX_HEAD_DIM}], but got headDim ${headDim}, headDimV ${headDimV}`);
+  return { batch, seqQ, heads, headDim, seqK, kvHeads, headDimV };
+}
+
+/**
+ * Validates the scalar options and normalises them. Tensor options (mask, alibiSlopes) are
+ * validated by the op, which owns their conversion to tensors.
+ */
+export function normalizeAttrs(dims: AttentionDims, options: FlashAttentionOptions,
+                               hasAlibi: boolean, hasMask: boolean): FlashAttentionAttrs {
+  const known = new Set(['causal', 'scale', 'softcap', 'alibiSlopes', 'windowSize', 'mask',
+                         'dropoutRate', 'seed', 'returnLogSumExp', 'precision']);
+  for (const key of Object.keys(options)) {
+    check(known.has(key), () => `unknown option '${key}'; known options: ${[...known].join(', ')}`);
+  }
+  const scale = options.scale ?? 1 / Math.sqrt(dims.headDim);
+  check(typeof scale === 'number' && Number.isFinite(scale), () => `scale must be a finite number, but got ${options.scale}`);
+  const softcap = options.softcap ?? 0;
+  check(typeof softcap === 'number' && Number.isFinite(softcap) && softcap >= 0,
+        () => `softcap must be a finite number >= 0 (0 = off), but got ${options.softcap}`);
+  const dropoutRate = options.dropoutRate ?? 0;
+  check(typeof dropoutRate === 'number' && dropoutRate >= 0 && dropoutRate < 1,
+        () => `dropoutRate must be in [0, 1), but got ${options.dropoutRate}`);
+  check(options.seed === undefined || (typeof options.seed === 'number' && Number.isFinite(options.seed)),
+        () => `seed must be a finite number, but got ${options.seed}`);
+  const seed = options.seed === undefined ? Math.floor(Math.random() * 4294967296) >>> 0
+                                          : Math.trunc(options.seed) >>> 0;
+  const precision = options.precision ?? 'highest';
+  check(precision === 'highest' || precision === 'fast',
+        () => `precision must be 'highest' or 'fast', but got ${JSON.stringify(options.precision)}`);
+  check(options.causal === undefined || typeof options.causal === 'boolean',
+        () => `causal must be a boolean, but got ${JSON.stringify(options.causal)}`);
+
+  let [windowLeft, windowRight] = [-1, -1];
+  if (options.windowSize !== undefined) {
+    const w = options.windowSize;
+    check(Array.isArray(w) && w.length === 2 && w.every(x => isIntegerAtLeast(x, -1)),
+          () => `windowSize must be [left, right] with integers >= -1 (-1 = unbounded), but got ${JSON.stringify(w)}`);
+    [windowLeft, windowRight] = w;
+  }
+  if (options.causal) windowRight = windowRight < 0 ? 0 : Math.min(windowRight, 0);
+
+  return { scale, softcap, windowLeft, windowRight, hasAlibi, hasMask, dropoutRate, seed, precision };
+}
+
+/** Broadcasts a mask shape (rank <= 4) to rank 4 against [batch, heads, seqQ, seqK]. */
+export function maskShape4D(maskShape: readonly number[], dims: AttentionDims): number[] {
+  const target = [dims.batch, dims.heads, dims.seqQ, dims.seqK];
+  const bad = () => `mask of shape ${shapeStr(maskShape)} is not broadcastable to [batch, heads, seqQ, seqK] = ${shapeStr(target)}`;
+  check(maskShape.length <= 4, bad);
+  const padded = [...new Array(4 - maskShape.length).fill(1), ...maskShape];
+  check(padded.every((d, i) => d === 1 || d === target[i]), bad);
+  return padded;
+}
+
+export { shapeStr };
