@@ -15,7 +15,7 @@
  *   if dropoutRate > 0: P~_ij = P_ij * keep(seed, b*heads + h, i, j) / (1 - dropoutRate)
  *   out[b,i,h,:] = sum_j P~_ij v[b,j,kvh,:];   logsumexp[b,h,i] = log(sum_j exp(s_ij)) over kept j
  */
-import { NamedTensorInfoMap, TensorInfo } from '@tensorflow/tfjs-core';
+import { TensorInfo } from '@tensorflow/tfjs-core';
 
 export const FlashAttention = 'FlashAttention';
 export const FlashAttentionGrad = 'FlashAttentionGrad';
@@ -28,11 +28,14 @@ export const FlashAttentionGrad = 'FlashAttentionGrad';
  *  alibiSlopes [H] float32 (placeholder: [1])
  *  mask rank 4 bool, each dim 1 or [B, H, Nq, Nk]'s (placeholder: [1, 1, 1, 1] true)
  */
-export type FlashAttentionInputs = Pick<NamedTensorInfoMap, 'q' | 'k' | 'v' | 'alibiSlopes' | 'mask'>;
+export interface FlashAttentionInputs {
+  q: TensorInfo; k: TensorInfo; v: TensorInfo; alibiSlopes: TensorInfo; mask: TensorInfo;
+}
 
 /** Inputs of `FlashAttentionGrad`: the forward inputs, its outputs and dy = dL/dout. */
-export type FlashAttentionGradInputs =
-    Pick<NamedTensorInfoMap, 'q' | 'k' | 'v' | 'alibiSlopes' | 'mask' | 'out' | 'logsumexp' | 'dy'>;
+export interface FlashAttentionGradInputs extends FlashAttentionInputs {
+  out: TensorInfo; logsumexp: TensorInfo; dy: TensorInfo;
+}
 
 export type Precision = 'highest' | 'fast';
 

@@ -115,13 +115,13 @@ export function normalizeAttrs(dims: AttentionDims, options: FlashAttentionOptio
 }
 
 /** Broadcasts a mask shape (rank <= 4) to rank 4 against [batch, heads, seqQ, seqK]. */
-export function maskShape4D(maskShape: readonly number[], dims: AttentionDims): number[] {
+export function maskShape4D(maskShape: readonly number[], dims: AttentionDims): [number, number, number, number] {
   const target = [dims.batch, dims.heads, dims.seqQ, dims.seqK];
   const bad = () => `mask of shape ${shapeStr(maskShape)} is not broadcastable to [batch, heads, seqQ, seqK] = ${shapeStr(target)}`;
   check(maskShape.length <= 4, bad);
   const padded = [...new Array(4 - maskShape.length).fill(1), ...maskShape];
   check(padded.every((d, i) => d === 1 || d === target[i]), bad);
-  return padded;
+  return padded as [number, number, number, number];
 }
 
 export { shapeStr };

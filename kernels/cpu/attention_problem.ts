@@ -1,0 +1,99 @@
+/**
+ * What the CPU forward and backward kernels share: the problem read out of the backend once, and
+ * the score tile (scale, softcap, ALiBi, window and mask applied), which the backward pass
+ * recomputes instead of storing.
+ */
+import { backend_util, KernelBackend, TensorInfo, TypedArray } from '@tensorflow/tfjs-core';
+import { FlashAttentionAttrs } from '../../src/kernel_names';
+import { dropoutBits, dropoutRowKey, dropoutThreshold } from '../../src/dropout';
+
+/** Query rows per tile and keys per tile: extra memory is O(TILE_Q * TILE_K + TILE_Q * headDimV). */
+export const TILE_Q = 32;
+export const TILE_K = 64;
+
+export interface AttentionProblem {
+  batch: number; seqQ: number; seqK: number; heads: number; kvHeads: number; group: number;
+  headDim: number; headDimV: number;
+  q: TypedArray; k: TypedArray; v: TypedArray;
+  slopes: TypedArray;
+  mask: TypedArray;
+  /** Element strides of the rank-4 mask; 0 on broadcast (size-1) dimensions. */
+  maskStrides: [number, number, number, number];
+  attrs: FlashAttentionAttrs;
+  dropThreshold: number;
+  dropScale: number;
+}
+
+export function readProblem(backend: KernelBackend, q: TensorInfo, k: TensorInfo, v: TensorInfo,
+                            alibiSlopes: TensorInfo, mask: TensorInfo, attrs: FlashAttentionAttrs): AttentionProblem {
+  const [batch, seqQ, heads, headDim] = q.shape;
+  const [, seqK, kvHeads] = k.shape;
+  const headDimV = v.shape[3];
+  const read = (t: TensorInfo) => backend.readSync(t.dataId) as TypedArray;
+  const ms = mask.shape;
+  const dense = [ms[1] * ms[2] * ms[3], ms[2] * ms[3], ms[3], 1];
+  const maskStrides = dense.map((s, d) => (ms[d] === 1 ? 0 : s)) as [number, number, number, number];
+  return {
+    batch, seqQ, seqK, heads, kvHeads, group: heads / kvHeads, headDim, headDimV,
+    q: read(q), k: read(k), v: read(v), slopes: read(alibiSlopes), mask: read(mask), maskStrides, attrs,
+    dropThreshold: dropoutThreshold(attrs.dropoutRate),
+    dropScale: attrs.dropoutRate > 0 ? 1 / (1 - attrs.dropoutRate) : 1,
+  };
+}
+
+/** Offsets of row starts in the BSHD layout. */
+export const qRow = (p: AttentionProblem, b: number, i: number, h: number) => ((b * p.seqQ + i) * p.heads + h) * p.headDim;
+export const kRow = (p: AttentionProblem, b: number, j: number, kvh: number) => ((b * p.seqK + j) * p.kvHeads + kvh) * p.headDim;
+export const vRow = (p: AttentionProblem, b: number, j: number, kvh: number) => ((b * p.seqK + j) * p.kvHeads + kvh) * p.headDimV;
+export const oRow = (p: AttentionProblem, b: number, i: number, h: number) => ((b * p.seqQ + i) * p.heads + h) * p.headDimV;
+
+/**
+ * Fills s[r * TILE_K + c] for queries [i0, i1) x keys [j0, j1) of head (b, h) with the final
+ * score, or -Infinity where the key is masked. When softcap is on, capGrad receives
+ * d(softcapped)/d(raw) = 1 - tanh^2, which the backward pass needs.
+ */
+export function scoreTile(p: AttentionProblem, b: number, h: number, i0: number, i1: number, j0: number, j1: number,
+                          s: Float64Array, capGrad: Float64Array | null): void {
+  const { attrs: a, headDim: d } = p;
+  const kvh = Math.floor(h / p.group);
+  const off = p.seqK - p.seqQ;
+  const slope = a.hasAlibi ? p.slopes[h] : 0;
+  const [mb, mh, mi, mj] = p.maskStrides;
+  for (let i = i0; i < i1; i++) {
+    const qo = qRow(p, b, i, h);
+    const r = (i - i0) * TILE_K;
+    const maskRow = b * mb + h * mh + i * mi;
+    for (let j = j0; j < j1; j++) {
+      const rel = j - (i + off);
+      if ((a.windowLeft >= 0 && rel < -a.windowLeft) || (a.windowRight >= 0 && rel > a.windowRight) ||
+          (a.hasMask && !p.mask[maskRow + j * mj])) {
+        s[r + j - j0] = -Infinity;
+        continue;
+      }
+      const ko = kRow(p, b, j, kvh);
+      let dot = 0;
+      for (let c = 0; c < d; c++) dot += p.q[qo + c] * p.k[ko + c];
+      let x = a.scale * dot;
+      if (a.softcap > 0) {
+        const t = Math.tanh(x / a.softcap);
+        x = a.softcap * t;
+        if (capGrad) capGrad[r + j - j0] = 1 - t * t;
+      }
+      if (a.hasAlibi) x -= slope * Math.abs(rel);
+      s[r + j - j0] = x;
+    }
+  }
+}
+
+/** Dropout multipliers (0 or 1/(1-rate)) for row i, keys [j0, j1), written to out[0..j1-j0). */
+export function dropoutRow(p: AttentionProblem, b: number, h: number, i: number, j0: number, j1: number, out: Float64Array): void {
+  const key = dropoutRowKey(p.attrs.seed, b * p.heads + h, i);
+  for (let j = j0; j < j1; j++) out[j - j0] = dropoutBits(key, j) >= p.dropThreshold ? p.dropScale : 0;
+}
+
+/** The cpu backend's constructor of output tensors (not on the KernelBackend interface). */
+interface TensorMaker { makeTensorInfo(shape: number[], dtype: 'float32', values: backend_util.BackendValues): TensorInfo; }
+
+export function makeOutput(backend: KernelBackend, shape: number[], values: Float32Array): TensorInfo {
+  return (backend as unknown as TensorMaker).makeTensorInfo(shape, 'float32', values);
+}

@@ -1,0 +1,83 @@
+/**
+ * CPU forward kernel: FlashAttention-2's algorithm in TypeScript. For each tile of query rows it
+ * streams key/value tiles (the forward inner loop), keeping the running row max, row sum and
+ * output accumulator (online softmax), and writes the output and row log-sum-exp once.
+ * Extra memory: O(TILE_Q * (TILE_K + headDimV)), never seqQ x seqK.
+ */
+import { KernelConfig, KernelFunc, KernelBackend } from '@tensorflow/tfjs-core';
+import { FlashAttention, FlashAttentionAttrs, FlashAttentionInputs } from '../../src/kernel_names';
+import { keyRangeForQueries } from '../../src/window';
+import {
+  AttentionProblem, dropoutRow, makeOutput, oRow, readProblem, scoreTile, TILE_K, TILE_Q, vRow,
+} from './attention_problem';
+
+export function flashForwardCPU(p: AttentionProblem): { out: Float32Array; lse: Float32Array } {
+  const { batch, seqQ, seqK, heads, headDimV: dv, attrs } = p;
+  const out = new Float32Array(batch * seqQ * heads * dv);
+  const lse = new Float32Array(batch * heads * seqQ);
+  const s = new Float64Array(TILE_Q * TILE_K);
+  const acc = new Float64Array(TILE_Q * dv);
+  const rowMax = new Float64Array(TILE_Q);
+  const rowSum = new Float64Array(TILE_Q);
+  const drop = new Float64Array(TILE_K);
+  for (let b = 0; b < batch; b++) for (let h = 0; h < heads; h++) {
+    const kvh = Math.floor(h / p.group);
+    for (let i0 = 0; i0 < seqQ; i0 += TILE_Q) {
+      const i1 = Math.min(seqQ, i0 + TILE_Q);
+      acc.fill(0); rowMax.fill(-Infinity); rowSum.fill(0);
+      const [jLo, jHi] = keyRangeForQueries(attrs, i0, i1, seqQ, seqK);
+      // Forward inner loop over the key/value tiles this query tile can see.
+      for (let j0 = jLo; j0 < jHi; j0 += TILE_K) {
+        const j1 = Math.min(jHi, j0 + TILE_K);
+        scoreTile(p, b, h, i0, i1, j0, j1, s, null);
+        for (let i = i0; i < i1; i++) {
+          const r = i - i0, sr = r * TILE_K;
+          let tileMax = -Infinity;
+          for (let c = 0; c < j1 - j0; c++) tileMax = Math.max(tileMax, s[sr + c]);
+          if (tileMax === -Infinity) continue;           // every key of this tile is masked for row i
+          // Online softmax: rescale what was accumulated under the old max.
+          const newMax = Math.max(rowMax[r], tileMax);
+          const alpha = Math.exp(rowMax[r] - newMax);
+          rowMax[r] = newMax;
+          rowSum[r] *= alpha;
+          const ar = r * dv;
+          for (let c = 0; c < dv; c++) acc[ar + c] *= alpha;
+          if (attrs.dropoutRate > 0) dropoutRow(p, b, h, i, j0, j1, drop);
+          for (let j = j0; j < j1; j++) {
+            const e = Math.exp(s[sr + j - j0] - newMax);
+            if (e === 0) continue;
+            rowSum[r] += e;                               // the normaliser ignores dropout
+            const w = attrs.dropoutRate > 0 ? e * drop[j - j0] : e;
+            if (w === 0) continue;
+            const vo = vRow(p, b, j, kvh);
+            for (let c = 0; c < dv; c++) acc[ar + c] += w * p.v[vo + c];
+          }
+        }
+      }
+      for (let i = i0; i < i1; i++) {
+        const r = i - i0, oo = oRow(p, b, i, h);
+        const empty = rowSum[r] === 0;                    // no key left after masking
+        for (let c = 0; c < dv; c++) out[oo + c] = empty ? 0 : acc[r * dv + c] / rowSum[r];
+        lse[(b * heads + h) * seqQ + i] = empty ? -Infinity : rowMax[r] + Math.log(rowSum[r]);
+      }
+    }
+  }
+  return { out, lse };
+}
+
+const flashAttentionCPU: KernelFunc = ({ inputs, backend, attrs }) => {
+  const { q, k, v, alibiSlopes, mask } = inputs as unknown as FlashAttentionInputs;
+  const a = attrs as unknown as FlashAttentionAttrs;
+  const p = readProblem(backend as KernelBackend, q, k, v, alibiSlopes, mask, a);
+  const { out, lse } = flashForwardCPU(p);
+  return [
+    makeOutput(backend as KernelBackend, [p.batch, p.seqQ, p.heads, p.headDimV], out),
+    makeOutput(backend as KernelBackend, [p.batch, p.heads, p.seqQ], lse),
+  ];
+};
+
+export const flashAttentionCPUConfig: KernelConfig = {
+  kernelName: FlashAttention,
+  backendName: 'cpu',
+  kernelFunc: flashAttentionCPU,
+};
