@@ -17,5 +17,7 @@ export {
 export type {
   FlashAttentionAttrs, FlashAttentionInputs, FlashAttentionGradInputs, Precision,
 } from './kernel_names';
+export { FlashMultiHeadAttention, flashMultiHeadAttention } from './layer';
+export type { FlashMultiHeadAttentionArgs, FlashMultiHeadAttentionCallArgs } from './layer';
 
 attachToTf({ flashAttention });
