@@ -1,0 +1,78 @@
+// The C ABI (flash_attention.h): argument checks, the choice between the exact and the
+// tensor-core path, and the backward's workspace.
+#include "common.cuh"
+
+namespace fa {
+
+Problem makeProblem(const fa_params& a) {
+  Problem p{};
+  p.batch = a.batch; p.seqQ = a.seq_q; p.seqK = a.seq_k; p.heads = a.heads; p.kvHeads = a.kv_heads;
+  p.headDim = a.head_dim; p.headDimV = a.head_dim_v; p.group = a.heads / a.kv_heads;
+  p.offset = a.seq_k - a.seq_q;
+  p.scale = a.scale; p.softcap = a.softcap;
+  p.windowLeft = a.window_left < 0 ? -1 : a.window_left;
+  p.windowRight = a.window_right < 0 ? -1 : a.window_right;
+  p.alibi = a.alibi_slopes; p.mask = a.mask;
+  for (int d = 0; d < 4; ++d) p.maskStride[d] = a.mask_strides[d];
+  p.hasSoftcap = a.softcap > 0.f;
+  p.hasAlibi = a.alibi_slopes != nullptr;
+  p.hasMask = a.mask != nullptr;
+  p.hasDropout = a.dropout_rate > 0.f;
+  // threshold = min(floor(rate * 2^32), 2^32 - 1), as src/dropout.ts.
+  const double t = a.dropout_threshold >= 0 ? (double)a.dropout_threshold
+                                            : floor((double)a.dropout_rate * 4294967296.0);
+  p.dropThreshold = t >= 4294967295.0 ? 0xffffffffu : (uint32_t)t;
+  p.dropScale = p.hasDropout ? 1.f / (1.f - a.dropout_rate) : 1.f;
+  p.seed = a.seed;
+  return p;
+}
+
+static int checkParams(const fa_params* a) {
+  if (a == nullptr) return FA_ERR_BAD_ARGUMENT;
+  if (a->batch <= 0 || a->seq_q <= 0 || a->seq_k <= 0 || a->heads <= 0 || a->kv_heads <= 0 ||
+      a->head_dim <= 0 || a->head_dim_v <= 0 || a->heads % a->kv_heads != 0 ||
+      !(a->dropout_rate >= 0.f && a->dropout_rate < 1.f) || !(a->softcap >= 0.f))
+    return FA_ERR_BAD_ARGUMENT;
+  if (a->head_dim > 256 || a->head_dim_v > 256) return FA_ERR_HEAD_DIM;
+  return 0;
+}
+
+}  // namespace fa
+
+extern "C" {
+
+int fa_forward(const fa_params* a, const float* q, const float* k, const float* v, float* out,
+               float* lse, void* stream) {
+  if (int e = fa::checkParams(a)) return e;
+  const fa::Problem p = fa::makeProblem(*a);
+  const cudaStream_t s = static_cast<cudaStream_t>(stream);
+  if (a->precision == FA_PRECISION_FAST && fa::tensorCoreForwardSupports(p))
+    return fa::launchForwardTensorCore(p, q, k, v, out, lse, s);
+  return fa::launchForwardSimt(p, q, k, v, out, lse, s);
+}
+
+size_t fa_backward_workspace_size(const fa_params* a) {
+  if (fa::checkParams(a)) return 0;
+  return sizeof(float) * (size_t)a->batch * a->heads * a->seq_q;
+}
+
+int fa_backward(const fa_params* a, const float* q, const float* k, const float* v,
+                const float* out, const float* lse, const float* dout, float* dq, float* dk,
+                float* dv, void* workspace, void* stream) {
+  if (int e = fa::checkParams(a)) return e;
+  if (workspace == nullptr) return FA_ERR_BAD_ARGUMENT;
+  const fa::Problem p = fa::makeProblem(*a);
+  return fa::launchBackwardSimt(p, q, k, v, out, lse, dout, dq, dk, dv,
+                                static_cast<float*>(workspace), static_cast<cudaStream_t>(stream));
+}
+
+const char* fa_error_string(int code) {
+  switch (code) {
+    case 0: return "no error";
+    case FA_ERR_BAD_ARGUMENT: return "invalid argument (shapes, heads % kvHeads, dropout rate, softcap or workspace)";
+    case FA_ERR_HEAD_DIM: return "headDim and headDimV must be at most 256";
+    default: return cudaGetErrorString(static_cast<cudaError_t>(code));
+  }
+}
+
+}  // extern "C"

@@ -1,0 +1,323 @@
+// Exact float32 backward: FlashAttention-2's recompute gradient in the three steps of the Triton
+// tutorial, each a separate kernel so that no output is accumulated by atomics (deterministic):
+//   1. backward preprocess: delta_i = sum_c dO[i, c] * O[i, c]  (= sum_j P~_ij dP~_ij);
+//   2. dK/dV pass: a block owns a key tile of one KV head and walks every query tile of every
+//      query head that shares it (GQA), recomputing P from the saved log-sum-exp;
+//   3. dQ pass: a block owns a query tile and walks the key tiles.
+// Also used by precision 'fast' (see api.cu).
+#include "common.cuh"
+
+namespace fa {
+namespace {
+
+constexpr int NT = 128;
+
+__global__ void backwardPreprocessKernel(Problem p, const float* __restrict__ out,
+                                         const float* __restrict__ dout, float* __restrict__ delta) {
+  const long long rows = (long long)p.batch * p.seqQ * p.heads;
+  const long long row = (long long)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+  if (row >= rows) return;
+  const int lane = threadIdx.x % 32;
+  const float* o = out + row * p.headDimV;
+  const float* d = dout + row * p.headDimV;
+  float acc = 0.f;
+  for (int c = lane; c < p.headDimV; c += 32) acc = fmaf(o[c], d[c], acc);
+#pragma unroll
+  for (int s = 16; s > 0; s >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, s);
+  if (lane == 0) {
+    const int h = (int)(row % p.heads);
+    const long long bi = row / p.heads;
+    const int i = (int)(bi % p.seqQ), b = (int)(bi / p.seqQ);
+    delta[((long long)b * p.heads + h) * p.seqQ + i] = acc;
+  }
+}
+
+// ---- dQ pass ----
+template <int DMAX> struct DqTile;
+template <> struct DqTile<64> { static constexpr int BR = 64, BC = 64; };
+template <> struct DqTile<128> { static constexpr int BR = 64, BC = 32; };
+template <> struct DqTile<256> { static constexpr int BR = 32, BC = 32; };
+
+template <int DMAX>
+constexpr size_t dqSmemBytes() {
+  using T = DqTile<DMAX>;
+  return sizeof(float) * (2 * DMAX * T::BR + 3 * DMAX * T::BC + T::BC * T::BR);
+}
+
+template <int DMAX, bool LOCAL, bool GENERAL>
+__global__ void __launch_bounds__(NT) dqKernel(Problem p, const float* __restrict__ q,
+                                               const float* __restrict__ k,
+                                               const float* __restrict__ v,
+                                               const float* __restrict__ lse,
+                                               const float* __restrict__ delta,
+                                               const float* __restrict__ dout,
+                                               float* __restrict__ dq) {
+  constexpr int BR = DqTile<DMAX>::BR, BC = DqTile<DMAX>::BC;
+  constexpr int TM = BR / 8, TN = BC / 16, TD = DMAX / 16;
+  extern __shared__ float4 smemRaw[];
+  float* Qt = reinterpret_cast<float*>(smemRaw);  // [DMAX][BR]
+  float* dOt = Qt + DMAX * BR;                    // [DMAX][BR]
+  float* Kt = dOt + DMAX * BR;                    // [DMAX][BC]
+  float* Vt = Kt + DMAX * BC;                     // [DMAX][BC]
+  float* Ks = Vt + DMAX * BC;                     // [BC][DMAX]
+  float* dSt = Ks + BC * DMAX;                    // [BC][BR]
+
+  const int rowGroup = threadIdx.x / 16, colGroup = threadIdx.x % 16;
+  const int qTile = gridDim.x - 1 - blockIdx.x;
+  const int h = blockIdx.y, b = blockIdx.z, kvh = h / p.group;
+  const int i0 = qTile * BR;
+  const long long qStride = (long long)p.heads * p.headDim;
+  const long long oStride = (long long)p.heads * p.headDimV;
+  const long long kStride = (long long)p.kvHeads * p.headDim;
+  const long long vStride = (long long)p.kvHeads * p.headDimV;
+  const float* qBase = q + ((long long)b * p.seqQ * p.heads + h) * p.headDim;
+  const float* dOBase = dout + ((long long)b * p.seqQ * p.heads + h) * p.headDimV;
+  const float* kBase = k + ((long long)b * p.seqK * p.kvHeads + kvh) * p.headDim;
+  const float* vBase = v + ((long long)b * p.seqK * p.kvHeads + kvh) * p.headDimV;
+  const float slope = (GENERAL && p.hasAlibi) ? p.alibi[h] : 0.f;
+
+  loadTransposed<BR, DMAX, BR, NT>(Qt, qBase, qStride, i0, p.seqQ, p.headDim);
+  loadTransposed<BR, DMAX, BR, NT>(dOt, dOBase, oStride, i0, p.seqQ, p.headDimV);
+
+  float lse2[TM], dlt[TM], acc[TM][TD];
+  uint32_t rowKey[TM];
+#pragma unroll
+  for (int m = 0; m < TM; ++m) {
+    const int i = i0 + rowGroup * TM + m;
+    const long long r = ((long long)b * p.heads + h) * p.seqQ + i;
+    // Padding rows get +inf so that P = exp2(s - lse2) = 0 there.
+    lse2[m] = i < p.seqQ ? lse[r] * kLog2e : INFINITY;
+    dlt[m] = i < p.seqQ ? delta[r] : 0.f;
+    if (GENERAL && p.hasDropout) rowKey[m] = dropoutRowKey(p.seed, b * p.heads + h, i);
+#pragma unroll
+    for (int d = 0; d < TD; ++d) acc[m][d] = 0.f;
+  }
+
+  int jLo = 0, jHi = p.seqK;
+  if (LOCAL) keyRange(p, i0, min(i0 + BR, p.seqQ) - 1, &jLo, &jHi);
+
+  for (int j0 = (jLo / BC) * BC; j0 < jHi; j0 += BC) {
+    __syncthreads();
+    loadTransposed<BC, DMAX, BC, NT>(Kt, kBase, kStride, j0, p.seqK, p.headDim);
+    loadTransposed<BC, DMAX, BC, NT>(Vt, vBase, vStride, j0, p.seqK, p.headDimV);
+    loadRows<BC, DMAX, DMAX, NT>(Ks, kBase, kStride, j0, p.seqK, p.headDim);
+    __syncthreads();
+
+    float s[TM][TN], dp[TM][TN];
+#pragma unroll
+    for (int m = 0; m < TM; ++m)
+#pragma unroll
+      for (int n = 0; n < TN; ++n) { s[m][n] = 0.f; dp[m][n] = 0.f; }
+    mmaSmem<TM, TN, DMAX, BR, BC>(s, Qt, rowGroup * TM, Kt, colGroup);
+    mmaSmem<TM, TN, DMAX, BR, BC>(dp, dOt, rowGroup * TM, Vt, colGroup);
+
+    const bool edgeTile = j0 + BC > p.seqK || i0 + BR > p.seqQ ||
+                          (LOCAL && !tileInsideWindow(p, i0, i0 + BR - 1, j0, j0 + BC - 1));
+#pragma unroll
+    for (int m = 0; m < TM; ++m) {
+      const int i = i0 + rowGroup * TM + m;
+#pragma unroll
+      for (int n = 0; n < TN; ++n) {
+        const int jl = ColMap<TN>::col(colGroup, n), j = j0 + jl;
+        const bool kept = (edgeTile || GENERAL) ? isKept<LOCAL, GENERAL>(p, b, h, i, j) : true;
+        const float raw = s[m][n] * p.scale;
+        const float pr = kept ? exp2f(applyScoreMods<GENERAL>(p, raw, slope, i, j) * kLog2e - lse2[m]) : 0.f;
+        float dpv = dp[m][n];
+        if (GENERAL && p.hasDropout) dpv *= dropoutMultiplier(p, rowKey[m], j);
+        const float ds = pr * (dpv - dlt[m]) * softcapDerivative<GENERAL>(p, raw) * p.scale;
+        dSt[jl * BR + rowGroup * TM + m] = ds;
+      }
+    }
+    __syncthreads();
+    mmaSmem<TM, TD, BC, BR, DMAX>(acc, dSt, rowGroup * TM, Ks, colGroup);
+  }
+
+#pragma unroll
+  for (int m = 0; m < TM; ++m) {
+    const int i = i0 + rowGroup * TM + m;
+    if (i >= p.seqQ) continue;
+    float* row = dq + (((long long)b * p.seqQ + i) * p.heads + h) * p.headDim;
+#pragma unroll
+    for (int d = 0; d < TD; ++d) {
+      const int c = ColMap<TD>::col(colGroup, d);
+      if (c < p.headDim) row[c] = acc[m][d];
+    }
+  }
+}
+
+// ---- dK/dV pass ----
+template <int DMAX> struct DkvTile;
+template <> struct DkvTile<64> { static constexpr int BC = 64, BR = 32; };
+template <> struct DkvTile<128> { static constexpr int BC = 32, BR = 32; };
+template <> struct DkvTile<256> { static constexpr int BC = 16, BR = 32; };
+
+template <int DMAX>
+constexpr size_t dkvSmemBytes() {
+  using T = DkvTile<DMAX>;
+  return sizeof(float) * (2 * DMAX * T::BC + 4 * DMAX * T::BR + 2 * T::BR * T::BC) +
+         sizeof(float) * 2 * T::BR + sizeof(uint32_t) * T::BR;
+}
+
+template <int DMAX, bool LOCAL, bool GENERAL>
+__global__ void __launch_bounds__(NT) dkvKernel(Problem p, const float* __restrict__ q,
+                                                const float* __restrict__ k,
+                                                const float* __restrict__ v,
+                                                const float* __restrict__ lse,
+                                                const float* __restrict__ delta,
+                                                const float* __restrict__ dout,
+                                                float* __restrict__ dk, float* __restrict__ dv) {
+  constexpr int BC = DkvTile<DMAX>::BC, BR = DkvTile<DMAX>::BR;
+  constexpr int TM = BC / 8, TN = BR / 16, TD = DMAX / 16;
+  extern __shared__ float4 smemRaw[];
+  float* Kt = reinterpret_cast<float*>(smemRaw);  // [DMAX][BC]
+  float* Vt = Kt + DMAX * BC;                     // [DMAX][BC]
+  float* Qt = Vt + DMAX * BC;                     // [DMAX][BR]
+  float* dOt = Qt + DMAX * BR;                    // [DMAX][BR]
+  float* Qs = dOt + DMAX * BR;                    // [BR][DMAX]
+  float* dOs = Qs + BR * DMAX;                    // [BR][DMAX]
+  float* Ps = dOs + BR * DMAX;                    // [BR][BC], dropout applied
+  float* dSs = Ps + BR * BC;                      // [BR][BC]
+  float* lseS = dSs + BR * BC;                    // [BR], log2 units
+  float* deltaS = lseS + BR;                      // [BR]
+  uint32_t* rowKeyS = reinterpret_cast<uint32_t*>(deltaS + BR);  // [BR]
+
+  const int rowGroup = threadIdx.x / 16, colGroup = threadIdx.x % 16;
+  const int kTile = blockIdx.x;  // early key tiles see the most queries under causal: first
+  const int kvh = blockIdx.y, b = blockIdx.z;
+  const int j0 = kTile * BC;
+  const long long qStride = (long long)p.heads * p.headDim;
+  const long long oStride = (long long)p.heads * p.headDimV;
+  const long long kStride = (long long)p.kvHeads * p.headDim;
+  const long long vStride = (long long)p.kvHeads * p.headDimV;
+  const float* kBase = k + ((long long)b * p.seqK * p.kvHeads + kvh) * p.headDim;
+  const float* vBase = v + ((long long)b * p.seqK * p.kvHeads + kvh) * p.headDimV;
+
+  loadTransposed<BC, DMAX, BC, NT>(Kt, kBase, kStride, j0, p.seqK, p.headDim);
+  loadTransposed<BC, DMAX, BC, NT>(Vt, vBase, vStride, j0, p.seqK, p.headDimV);
+
+  float dkAcc[TM][TD], dvAcc[TM][TD];
+#pragma unroll
+  for (int m = 0; m < TM; ++m)
+#pragma unroll
+    for (int d = 0; d < TD; ++d) { dkAcc[m][d] = 0.f; dvAcc[m][d] = 0.f; }
+
+  int iLo = 0, iHi = p.seqQ;
+  if (LOCAL) queryRange(p, j0, min(j0 + BC, p.seqK) - 1, &iLo, &iHi);
+
+  for (int h = kvh * p.group; h < (kvh + 1) * p.group; ++h) {
+    const float* qBase = q + ((long long)b * p.seqQ * p.heads + h) * p.headDim;
+    const float* dOBase = dout + ((long long)b * p.seqQ * p.heads + h) * p.headDimV;
+    const float slope = (GENERAL && p.hasAlibi) ? p.alibi[h] : 0.f;
+    const long long rowBase = ((long long)b * p.heads + h) * p.seqQ;
+    for (int i0 = (iLo / BR) * BR; i0 < iHi; i0 += BR) {
+      __syncthreads();
+      loadTransposed<BR, DMAX, BR, NT>(Qt, qBase, qStride, i0, p.seqQ, p.headDim);
+      loadTransposed<BR, DMAX, BR, NT>(dOt, dOBase, oStride, i0, p.seqQ, p.headDimV);
+      loadRows<BR, DMAX, DMAX, NT>(Qs, qBase, qStride, i0, p.seqQ, p.headDim);
+      loadRows<BR, DMAX, DMAX, NT>(dOs, dOBase, oStride, i0, p.seqQ, p.headDimV);
+      for (int r = threadIdx.x; r < BR; r += NT) {
+        const int i = i0 + r;
+        lseS[r] = i < p.seqQ ? lse[rowBase + i] * kLog2e : INFINITY;
+        deltaS[r] = i < p.seqQ ? delta[rowBase + i] : 0.f;
+        if (GENERAL && p.hasDropout) rowKeyS[r] = dropoutRowKey(p.seed, b * p.heads + h, i);
+      }
+      __syncthreads();
+
+      // Transposed scores: rows are keys, columns are queries.
+      float s[TM][TN], dp[TM][TN];
+#pragma unroll
+      for (int m = 0; m < TM; ++m)
+#pragma unroll
+        for (int n = 0; n < TN; ++n) { s[m][n] = 0.f; dp[m][n] = 0.f; }
+      mmaSmem<TM, TN, DMAX, BC, BR>(s, Kt, rowGroup * TM, Qt, colGroup);
+      mmaSmem<TM, TN, DMAX, BC, BR>(dp, Vt, rowGroup * TM, dOt, colGroup);
+
+      const bool edgeTile = j0 + BC > p.seqK || i0 + BR > p.seqQ ||
+                            (LOCAL && !tileInsideWindow(p, i0, i0 + BR - 1, j0, j0 + BC - 1));
+#pragma unroll
+      for (int n = 0; n < TN; ++n) {
+        const int il = ColMap<TN>::col(colGroup, n), i = i0 + il;
+#pragma unroll
+        for (int m = 0; m < TM; ++m) {
+          const int jl = rowGroup * TM + m, j = j0 + jl;
+          const bool kept = (edgeTile || GENERAL) ? isKept<LOCAL, GENERAL>(p, b, h, i, j) : true;
+          const float raw = s[m][n] * p.scale;
+          const float pr = kept ? exp2f(applyScoreMods<GENERAL>(p, raw, slope, i, j) * kLog2e - lseS[il]) : 0.f;
+          const float drop = (GENERAL && p.hasDropout) ? dropoutMultiplier(p, rowKeyS[il], j) : 1.f;
+          Ps[il * BC + jl] = pr * drop;
+          dSs[il * BC + jl] = pr * (dp[m][n] * drop - deltaS[il]) * softcapDerivative<GENERAL>(p, raw) * p.scale;
+        }
+      }
+      __syncthreads();
+      mmaSmem<TM, TD, BR, BC, DMAX>(dvAcc, Ps, rowGroup * TM, dOs, colGroup);
+      mmaSmem<TM, TD, BR, BC, DMAX>(dkAcc, dSs, rowGroup * TM, Qs, colGroup);
+    }
+  }
+
+#pragma unroll
+  for (int m = 0; m < TM; ++m) {
+    const int j = j0 + rowGroup * TM + m;
+    if (j >= p.seqK) continue;
+    float* dkRow = dk + (((long long)b * p.seqK + j) * p.kvHeads + kvh) * p.headDim;
+    float* dvRow = dv + (((long long)b * p.seqK + j) * p.kvHeads + kvh) * p.headDimV;
+#pragma unroll
+    for (int d = 0; d < TD; ++d) {
+      const int c = ColMap<TD>::col(colGroup, d);
+      if (c < p.headDim) dkRow[c] = dkAcc[m][d];
+      if (c < p.headDimV) dvRow[c] = dvAcc[m][d];
+    }
+  }
+}
+
+template <int DMAX, bool LOCAL, bool GENERAL>
+cudaError_t launchPasses(const Problem& p, const float* q, const float* k, const float* v,
+                         const float* lse, const float* delta, const float* dout, float* dq,
+                         float* dk, float* dv, cudaStream_t stream) {
+  {
+    constexpr size_t smem = dkvSmemBytes<DMAX>();
+    auto kernel = dkvKernel<DMAX, LOCAL, GENERAL>;
+    cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+    if (err != cudaSuccess) return err;
+    const dim3 grid((p.seqK + DkvTile<DMAX>::BC - 1) / DkvTile<DMAX>::BC, p.kvHeads, p.batch);
+    kernel<<<grid, NT, smem, stream>>>(p, q, k, v, lse, delta, dout, dk, dv);
+    if ((err = cudaGetLastError()) != cudaSuccess) return err;
+  }
+  {
+    constexpr size_t smem = dqSmemBytes<DMAX>();
+    auto kernel = dqKernel<DMAX, LOCAL, GENERAL>;
+    cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+    if (err != cudaSuccess) return err;
+    const dim3 grid((p.seqQ + DqTile<DMAX>::BR - 1) / DqTile<DMAX>::BR, p.heads, p.batch);
+    kernel<<<grid, NT, smem, stream>>>(p, q, k, v, lse, delta, dout, dq);
+    return cudaGetLastError();
+  }
+}
+
+template <int DMAX>
+cudaError_t dispatchFlags(const Problem& p, const float* q, const float* k, const float* v,
+                          const float* lse, const float* delta, const float* dout, float* dq,
+                          float* dk, float* dv, cudaStream_t s) {
+  const bool local = p.windowLeft >= 0 || p.windowRight >= 0;
+  const bool general = p.hasAlibi || p.hasSoftcap || p.hasMask || p.hasDropout;
+  if (local) return general ? launchPasses<DMAX, true, true>(p, q, k, v, lse, delta, dout, dq, dk, dv, s)
+                            : launchPasses<DMAX, true, false>(p, q, k, v, lse, delta, dout, dq, dk, dv, s);
+  return general ? launchPasses<DMAX, false, true>(p, q, k, v, lse, delta, dout, dq, dk, dv, s)
+                 : launchPasses<DMAX, false, false>(p, q, k, v, lse, delta, dout, dq, dk, dv, s);
+}
+
+}  // namespace
+
+cudaError_t launchBackwardSimt(const Problem& p, const float* q, const float* k, const float* v,
+                               const float* out, const float* lse, const float* dout, float* dq,
+                               float* dk, float* dv, float* delta, cudaStream_t stream) {
+  const long long rows = (long long)p.batch * p.seqQ * p.heads;
+  backwardPreprocessKernel<<<(unsigned)((rows + 7) / 8), 256, 0, stream>>>(p, out, dout, delta);
+  cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess) return err;
+  const int d = max(p.headDim, p.headDimV);
+  if (d <= 64) return dispatchFlags<64>(p, q, k, v, lse, delta, dout, dq, dk, dv, stream);
+  if (d <= 128) return dispatchFlags<128>(p, q, k, v, lse, delta, dout, dq, dk, dv, stream);
+  return dispatchFlags<256>(p, q, k, v, lse, delta, dout, dq, dk, dv, stream);
+}
+
+}  // namespace fa

@@ -1,0 +1,224 @@
+// Pieces shared by every kernel of the family: the problem description, the score function
+// (softcap, ALiBi, window, mask), the counter-based dropout hash of src/dropout.ts, and
+// shared-memory tile loaders. Kernels are templates over two compile-time switches:
+//   LOCAL   - a window (causal included) is active: key tiles outside it are skipped and the
+//             boundary tiles test each element;
+//   GENERAL - ALiBi, softcap, mask or dropout is on: per-element work beyond the dot product,
+//             selected inside by warp-uniform runtime flags. Splitting these four into their own
+//             switches would multiply the instantiations (and the CI compile time) by 8 for a
+//             few uniform branches.
+#pragma once
+#include <cuda_runtime.h>
+#include <stdint.h>
+#include <math.h>
+
+#include "flash_attention.h"
+
+namespace fa {
+
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+
+struct Problem {
+  int batch, seqQ, seqK, heads, kvHeads, headDim, headDimV, group;  // group = heads / kvHeads
+  int offset;                                                         // seqK - seqQ
+  float scale, softcap;
+  int windowLeft, windowRight;
+  const float* alibi;
+  const uint8_t* mask;
+  long long maskStride[4];
+  bool hasSoftcap, hasAlibi, hasMask, hasDropout;
+  uint32_t dropThreshold;
+  float dropScale;  // 1 / (1 - rate)
+  uint32_t seed;
+};
+
+Problem makeProblem(const fa_params& p);
+
+// ---- counter-based dropout (bit-exact with src/dropout.ts) ----
+__device__ __forceinline__ uint32_t mix32(uint32_t x) {
+  x ^= x >> 16; x *= 0x7feb352du; x ^= x >> 15; x *= 0x846ca68bu; x ^= x >> 16;
+  return x;
+}
+__device__ __forceinline__ uint32_t dropoutRowKey(uint32_t seed, uint32_t bh, uint32_t i) {
+  return mix32(mix32(mix32(seed ^ 0x9e3779b9u) ^ bh) ^ i);
+}
+// Multiplier of P for element (row key, j): 0 when dropped, 1/(1-rate) when kept.
+__device__ __forceinline__ float dropoutMultiplier(const Problem& p, uint32_t rowKey, int j) {
+  return mix32(rowKey ^ (uint32_t)j) >= p.dropThreshold ? p.dropScale : 0.f;
+}
+
+// ---- the score of (b, h, i, j) ----
+// Key tile range that a query range [iLo, iHi] can see under the window: [*jLo, *jHi).
+__device__ __forceinline__ void keyRange(const Problem& p, int iLo, int iHi, int* jLo, int* jHi) {
+  int lo = 0, hi = p.seqK;
+  if (p.windowLeft >= 0) lo = max(lo, iLo + p.offset - p.windowLeft);
+  if (p.windowRight >= 0) hi = min(hi, iHi + p.offset + p.windowRight + 1);
+  *jLo = lo; *jHi = hi;
+}
+// Query range that a key range [jLo, jHi] is seen from: [*iLo, *iHi).
+__device__ __forceinline__ void queryRange(const Problem& p, int jLo, int jHi, int* iLo, int* iHi) {
+  int lo = 0, hi = p.seqQ;
+  if (p.windowRight >= 0) lo = max(lo, jLo - p.offset - p.windowRight);
+  if (p.windowLeft >= 0) hi = min(hi, jHi - p.offset + p.windowLeft + 1);
+  *iLo = lo; *iHi = hi;
+}
+
+// True when every (i, j) of the rectangle is inside the window (no per-element test needed).
+__device__ __forceinline__ bool tileInsideWindow(const Problem& p, int iLo, int iHi, int jLo, int jHi) {
+  return (p.windowRight < 0 || jHi <= iLo + p.offset + p.windowRight) &&
+         (p.windowLeft < 0 || jLo >= iHi + p.offset - p.windowLeft);
+}
+
+template <bool LOCAL, bool GENERAL>
+__device__ __forceinline__ bool isKept(const Problem& p, int b, int h, int i, int j) {
+  if (j >= p.seqK || i >= p.seqQ) return false;
+  if (LOCAL) {
+    const int d = i + p.offset;
+    if (p.windowLeft >= 0 && j < d - p.windowLeft) return false;
+    if (p.windowRight >= 0 && j > d + p.windowRight) return false;
+  }
+  if (GENERAL && p.hasMask) {
+    const long long idx = b * p.maskStride[0] + h * p.maskStride[1] + i * p.maskStride[2] +
+                          j * p.maskStride[3];
+    if (!p.mask[idx]) return false;
+  }
+  return true;
+}
+
+// Score after softcap and ALiBi, from raw = scale * q.k (natural-log units).
+template <bool GENERAL>
+__device__ __forceinline__ float applyScoreMods(const Problem& p, float raw, float slope, int i, int j) {
+  float s = raw;
+  if (GENERAL) {
+    if (p.hasSoftcap) s = p.softcap * tanhf(raw / p.softcap);
+    if (p.hasAlibi) s -= slope * fabsf((float)(i + p.offset - j));
+  }
+  return s;
+}
+// d(score)/d(raw): 1 - tanh^2 under softcap, else 1.
+template <bool GENERAL>
+__device__ __forceinline__ float softcapDerivative(const Problem& p, float raw) {
+  if (GENERAL && p.hasSoftcap) { const float t = tanhf(raw / p.softcap); return 1.f - t * t; }
+  return 1.f;
+}
+
+// ---- shared-memory tile loaders (global float32, rows of `width` valid elements) ----
+// Loads rows [row0, row0 + ROWS) x columns [0, COLS) of a strided row-major array into
+// smem as dst[c * LD + r] (transposed, "k-major"), zero-filling outside rows/width. Threads
+// walk rows fastest so that the transposed stores of a warp hit consecutive banks.
+template <int ROWS, int COLS, int LD, int NT>
+__device__ __forceinline__ void loadTransposed(float* dst, const float* src, long long rowStride,
+                                               int row0, int rowsValid, int width) {
+  if ((width & 3) == 0 && (rowStride & 3) == 0 && (COLS & 3) == 0) {
+    for (int idx = threadIdx.x; idx < ROWS * COLS / 4; idx += NT) {
+      const int r = idx % ROWS, c = (idx / ROWS) * 4;
+      float4 x = make_float4(0.f, 0.f, 0.f, 0.f);
+      if (row0 + r < rowsValid && c < width)
+        x = __ldg(reinterpret_cast<const float4*>(src + (long long)(row0 + r) * rowStride + c));
+      dst[c * LD + r] = x.x; dst[(c + 1) * LD + r] = x.y;
+      dst[(c + 2) * LD + r] = x.z; dst[(c + 3) * LD + r] = x.w;
+    }
+  } else {
+    for (int idx = threadIdx.x; idx < ROWS * COLS; idx += NT) {
+      const int r = idx % ROWS, c = idx / ROWS;
+      float x = 0.f;
+      if (row0 + r < rowsValid && c < width) x = __ldg(src + (long long)(row0 + r) * rowStride + c);
+      dst[c * LD + r] = x;
+    }
+  }
+}
+// Same rows, kept row-major: dst[r * LD + c].
+template <int ROWS, int COLS, int LD, int NT>
+__device__ __forceinline__ void loadRows(float* dst, const float* src, long long rowStride,
+                                         int row0, int rowsValid, int width) {
+  if ((width & 3) == 0 && (rowStride & 3) == 0 && (COLS & 3) == 0 && (LD & 3) == 0) {
+    for (int idx = threadIdx.x; idx < ROWS * COLS / 4; idx += NT) {
+      const int r = idx / (COLS / 4), c = (idx % (COLS / 4)) * 4;
+      float4 x = make_float4(0.f, 0.f, 0.f, 0.f);
+      if (row0 + r < rowsValid && c < width)
+        x = __ldg(reinterpret_cast<const float4*>(src + (long long)(row0 + r) * rowStride + c));
+      *reinterpret_cast<float4*>(dst + r * LD + c) = x;
+    }
+  } else {
+    for (int idx = threadIdx.x; idx < ROWS * COLS; idx += NT) {
+      const int r = idx / COLS, c = idx % COLS;
+      float x = 0.f;
+      if (row0 + r < rowsValid && c < width) x = __ldg(src + (long long)(row0 + r) * rowStride + c);
+      dst[r * LD + c] = x;
+    }
+  }
+}
+
+// ---- register-tiled product over shared memory (SIMT, float32 FMA) ----
+// 128 threads = 8 row groups x 16 column groups. A thread owns TM consecutive rows
+// (rowGroup * TM + m) and TN columns spread so that a half-warp reads contiguous vectors:
+// column(n) = colGroup * VEC + (n / VEC) * 16 * VEC + n % VEC, VEC = min(TN, 4).
+template <int TN> struct ColMap {
+  static constexpr int VEC = TN >= 4 ? 4 : TN;
+  __device__ __forceinline__ static int col(int colGroup, int n) {
+    return colGroup * VEC + (n / VEC) * 16 * VEC + n % VEC;
+  }
+};
+
+template <int N>
+__device__ __forceinline__ void loadVec(float (&dst)[N], const float* src);
+template <> __device__ __forceinline__ void loadVec<1>(float (&d)[1], const float* s) { d[0] = s[0]; }
+template <> __device__ __forceinline__ void loadVec<2>(float (&d)[2], const float* s) {
+  const float2 x = *reinterpret_cast<const float2*>(s); d[0] = x.x; d[1] = x.y;
+}
+template <> __device__ __forceinline__ void loadVec<4>(float (&d)[4], const float* s) {
+  const float4 x = *reinterpret_cast<const float4*>(s); d[0] = x.x; d[1] = x.y; d[2] = x.z; d[3] = x.w;
+}
+
+// acc[m][n] += sum_{k < K} A[k * LDA + row0 + m] * B[k * LDB + ColMap<TN>::col(colGroup, n)]
+template <int TM, int TN, int K, int LDA, int LDB>
+__device__ __forceinline__ void mmaSmem(float (&acc)[TM][TN], const float* A, int row0,
+                                        const float* B, int colGroup) {
+  constexpr int VA = TM >= 4 ? 4 : TM;
+  constexpr int VB = ColMap<TN>::VEC;
+#pragma unroll 4
+  for (int k = 0; k < K; ++k) {
+    float a[TM], bv[TN];
+#pragma unroll
+    for (int m = 0; m < TM; m += VA) {
+      float t[VA]; loadVec<VA>(t, A + k * LDA + row0 + m);
+#pragma unroll
+      for (int u = 0; u < VA; ++u) a[m + u] = t[u];
+    }
+#pragma unroll
+    for (int n = 0; n < TN; n += VB) {
+      float t[VB]; loadVec<VB>(t, B + k * LDB + ColMap<TN>::col(colGroup, n));
+#pragma unroll
+      for (int u = 0; u < VB; ++u) bv[n + u] = t[u];
+    }
+#pragma unroll
+    for (int m = 0; m < TM; ++m)
+#pragma unroll
+      for (int n = 0; n < TN; ++n) acc[m][n] = fmaf(a[m], bv[n], acc[m][n]);
+  }
+}
+
+// Reduction across the 16 column groups (lanes that share lane / 16 within a warp).
+__device__ __forceinline__ float groupMax(float x) {
+#pragma unroll
+  for (int o = 8; o > 0; o >>= 1) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
+  return x;
+}
+__device__ __forceinline__ float groupSum(float x) {
+#pragma unroll
+  for (int o = 8; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
+  return x;
+}
+
+// Launch helpers implemented per file.
+cudaError_t launchForwardSimt(const Problem& p, const float* q, const float* k, const float* v,
+                              float* out, float* lse, cudaStream_t stream);
+cudaError_t launchForwardTensorCore(const Problem& p, const float* q, const float* k, const float* v,
+                                    float* out, float* lse, cudaStream_t stream);
+bool tensorCoreForwardSupports(const Problem& p);
+cudaError_t launchBackwardSimt(const Problem& p, const float* q, const float* k, const float* v,
+                               const float* out, const float* lse, const float* dout, float* dq,
+                               float* dk, float* dv, float* delta, cudaStream_t stream);
+
+}  // namespace fa

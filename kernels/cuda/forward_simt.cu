@@ -1,0 +1,175 @@
+// Exact float32 forward (precision 'highest'): FlashAttention-2's forward inner loop on CUDA
+// cores. One block of 128 threads owns BR query rows of one (batch, head) and walks the key
+// tiles in range, keeping the running row max m, row sum l and the output accumulator in
+// registers (Triton tutorial: "_attn_fwd_inner").
+#include "common.cuh"
+
+namespace fa {
+namespace {
+
+constexpr int NT = 128;
+
+template <int DMAX> struct FwdTile;
+template <> struct FwdTile<64> { static constexpr int BR = 64, BC = 64; };
+template <> struct FwdTile<128> { static constexpr int BR = 64, BC = 64; };
+template <> struct FwdTile<256> { static constexpr int BR = 32, BC = 64; };
+
+template <int DMAX>
+constexpr size_t forwardSmemBytes() {
+  using T = FwdTile<DMAX>;
+  return sizeof(float) * (DMAX * T::BR + DMAX * T::BC + T::BC * DMAX + T::BC * T::BR);
+}
+
+template <int DMAX, bool LOCAL, bool GENERAL>
+__global__ void __launch_bounds__(NT) forwardSimtKernel(Problem p, const float* __restrict__ q,
+                                                        const float* __restrict__ k,
+                                                        const float* __restrict__ v,
+                                                        float* __restrict__ out,
+                                                        float* __restrict__ lse) {
+  constexpr int BR = FwdTile<DMAX>::BR, BC = FwdTile<DMAX>::BC;
+  constexpr int TM = BR / 8, TN = BC / 16, TD = DMAX / 16;
+  extern __shared__ float4 smemRaw[];
+  float* Qt = reinterpret_cast<float*>(smemRaw);  // [DMAX][BR]
+  float* Kt = Qt + DMAX * BR;                     // [DMAX][BC]
+  float* Vs = Kt + DMAX * BC;                     // [BC][DMAX]
+  float* Pt = Vs + BC * DMAX;                     // [BC][BR]
+
+  const int rowGroup = threadIdx.x / 16, colGroup = threadIdx.x % 16;
+  // Heavy query tiles first: under a causal window the last tiles see the most keys.
+  const int qTile = gridDim.x - 1 - blockIdx.x;
+  const int h = blockIdx.y, b = blockIdx.z, kvh = h / p.group;
+  const int i0 = qTile * BR;
+  const long long qStride = (long long)p.heads * p.headDim;
+  const long long kStride = (long long)p.kvHeads * p.headDim;
+  const long long vStride = (long long)p.kvHeads * p.headDimV;
+  const float* qBase = q + ((long long)b * p.seqQ * p.heads + h) * p.headDim;
+  const float* kBase = k + ((long long)b * p.seqK * p.kvHeads + kvh) * p.headDim;
+  const float* vBase = v + ((long long)b * p.seqK * p.kvHeads + kvh) * p.headDimV;
+  const float slope = (GENERAL && p.hasAlibi) ? p.alibi[h] : 0.f;
+
+  loadTransposed<BR, DMAX, BR, NT>(Qt, qBase, qStride, i0, p.seqQ, p.headDim);
+
+  int jLo = 0, jHi = p.seqK;
+  if (LOCAL) keyRange(p, i0, min(i0 + BR, p.seqQ) - 1, &jLo, &jHi);
+
+  float o[TM][TD], mRow[TM], lPart[TM];
+#pragma unroll
+  for (int m = 0; m < TM; ++m) {
+    mRow[m] = -INFINITY; lPart[m] = 0.f;
+#pragma unroll
+    for (int d = 0; d < TD; ++d) o[m][d] = 0.f;
+  }
+  uint32_t rowKey[TM];
+  if (GENERAL && p.hasDropout) {
+#pragma unroll
+    for (int m = 0; m < TM; ++m)
+      rowKey[m] = dropoutRowKey(p.seed, b * p.heads + h, i0 + rowGroup * TM + m);
+  }
+
+  for (int j0 = (jLo / BC) * BC; j0 < jHi; j0 += BC) {
+    __syncthreads();  // previous tile's readers of Kt, Vs, Pt are done
+    loadTransposed<BC, DMAX, BC, NT>(Kt, kBase, kStride, j0, p.seqK, p.headDim);
+    loadRows<BC, DMAX, DMAX, NT>(Vs, vBase, vStride, j0, p.seqK, p.headDimV);
+    __syncthreads();
+
+    float s[TM][TN];
+#pragma unroll
+    for (int m = 0; m < TM; ++m)
+#pragma unroll
+      for (int n = 0; n < TN; ++n) s[m][n] = 0.f;
+    mmaSmem<TM, TN, DMAX, BR, BC>(s, Qt, rowGroup * TM, Kt, colGroup);
+
+    // Scores in log2 units; masked elements become -inf.
+    const bool edgeTile = j0 + BC > p.seqK || (LOCAL && !tileInsideWindow(p, i0, i0 + BR - 1, j0, j0 + BC - 1));
+#pragma unroll
+    for (int m = 0; m < TM; ++m) {
+      const int i = i0 + rowGroup * TM + m;
+      float tileMax = -INFINITY;
+#pragma unroll
+      for (int n = 0; n < TN; ++n) {
+        const int j = j0 + ColMap<TN>::col(colGroup, n);
+        const bool kept = (edgeTile || GENERAL) ? isKept<LOCAL, GENERAL>(p, b, h, i, j) : true;
+        const float x = kept ? applyScoreMods<GENERAL>(p, s[m][n] * p.scale, slope, i, j) * kLog2e : -INFINITY;
+        s[m][n] = x;
+        tileMax = fmaxf(tileMax, x);
+      }
+      tileMax = groupMax(tileMax);
+      const float mNew = fmaxf(mRow[m], tileMax);
+      // A row with no kept key so far keeps m = -inf and contributes nothing.
+      const float alpha = mNew == -INFINITY ? 1.f : exp2f(mRow[m] - mNew);
+      mRow[m] = mNew;
+      float rowSum = 0.f;
+#pragma unroll
+      for (int n = 0; n < TN; ++n) {
+        float pv = mNew == -INFINITY ? 0.f : exp2f(s[m][n] - mNew);
+        rowSum += pv;
+        if (GENERAL && p.hasDropout) {
+          const int j = j0 + ColMap<TN>::col(colGroup, n);
+          pv *= dropoutMultiplier(p, rowKey[m], j);
+        }
+        s[m][n] = pv;
+      }
+      lPart[m] = lPart[m] * alpha + rowSum;
+#pragma unroll
+      for (int d = 0; d < TD; ++d) o[m][d] *= alpha;
+    }
+#pragma unroll
+    for (int n = 0; n < TN; ++n)
+#pragma unroll
+      for (int m = 0; m < TM; ++m)
+        Pt[ColMap<TN>::col(colGroup, n) * BR + rowGroup * TM + m] = s[m][n];
+    __syncthreads();
+    mmaSmem<TM, TD, BC, BR, DMAX>(o, Pt, rowGroup * TM, Vs, colGroup);
+  }
+
+#pragma unroll
+  for (int m = 0; m < TM; ++m) {
+    const int i = i0 + rowGroup * TM + m;
+    const float l = groupSum(lPart[m]);
+    if (i >= p.seqQ) continue;
+    const float inv = l > 0.f ? 1.f / l : 0.f;
+    float* orow = out + (((long long)b * p.seqQ + i) * p.heads + h) * p.headDimV;
+#pragma unroll
+    for (int d = 0; d < TD; ++d) {
+      const int c = ColMap<TD>::col(colGroup, d);
+      if (c < p.headDimV) orow[c] = o[m][d] * inv;
+    }
+    if (colGroup == 0)
+      lse[((long long)b * p.heads + h) * p.seqQ + i] = l > 0.f ? (mRow[m] + log2f(l)) * kLn2 : -INFINITY;
+  }
+}
+
+template <int DMAX, bool LOCAL, bool GENERAL>
+cudaError_t launch(const Problem& p, const float* q, const float* k, const float* v, float* out,
+                   float* lse, cudaStream_t stream) {
+  constexpr size_t smem = forwardSmemBytes<DMAX>();
+  auto kernel = forwardSimtKernel<DMAX, LOCAL, GENERAL>;
+  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+  if (err != cudaSuccess) return err;
+  const dim3 grid((p.seqQ + FwdTile<DMAX>::BR - 1) / FwdTile<DMAX>::BR, p.heads, p.batch);
+  kernel<<<grid, NT, smem, stream>>>(p, q, k, v, out, lse);
+  return cudaGetLastError();
+}
+
+template <int DMAX>
+cudaError_t dispatchFlags(const Problem& p, const float* q, const float* k, const float* v,
+                          float* out, float* lse, cudaStream_t s) {
+  const bool local = p.windowLeft >= 0 || p.windowRight >= 0;
+  const bool general = p.hasAlibi || p.hasSoftcap || p.hasMask || p.hasDropout;
+  if (local) return general ? launch<DMAX, true, true>(p, q, k, v, out, lse, s)
+                            : launch<DMAX, true, false>(p, q, k, v, out, lse, s);
+  return general ? launch<DMAX, false, true>(p, q, k, v, out, lse, s)
+                 : launch<DMAX, false, false>(p, q, k, v, out, lse, s);
+}
+
+}  // namespace
+
+cudaError_t launchForwardSimt(const Problem& p, const float* q, const float* k, const float* v,
+                              float* out, float* lse, cudaStream_t stream) {
+  const int d = max(p.headDim, p.headDimV);
+  if (d <= 64) return dispatchFlags<64>(p, q, k, v, out, lse, stream);
+  if (d <= 128) return dispatchFlags<128>(p, q, k, v, out, lse, stream);
+  return dispatchFlags<256>(p, q, k, v, out, lse, stream);
+}
+
+}  // namespace fa

@@ -1,0 +1,422 @@
+#!/usr/bin/env python3
+"""Standalone harness of the CUDA kernels, through their C ABI (kernels/cuda/flash_attention.h).
+
+  python3 harness.py --lib build/cuda/libflash_attention_cuda.so [--check] [--bench] [--out DIR]
+
+--check runs every option of the op, forward and gradients, against a float64 reference written
+here from the contract in src/kernel_names.ts (PyTorch on the GPU, float64, autograd for the
+gradients; the dropout hash re-implemented and itself checked against dropout_vectors.json,
+which src/dropout.ts produced). --bench times the kernels against PyTorch's
+scaled_dot_product_attention on the same GPU in the same process.
+"""
+import argparse
+import ctypes
+import json
+import math
+import os
+import statistics
+import sys
+import zlib
+
+import torch
+import torch.nn.functional as F
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+class FaParams(ctypes.Structure):
+    _fields_ = [
+        ('batch', ctypes.c_int), ('seq_q', ctypes.c_int), ('seq_k', ctypes.c_int),
+        ('heads', ctypes.c_int), ('kv_heads', ctypes.c_int), ('head_dim', ctypes.c_int),
+        ('head_dim_v', ctypes.c_int), ('scale', ctypes.c_float), ('softcap', ctypes.c_float),
+        ('window_left', ctypes.c_int), ('window_right', ctypes.c_int),
+        ('alibi_slopes', ctypes.c_void_p), ('mask', ctypes.c_void_p),
+        ('mask_strides', ctypes.c_int64 * 4), ('dropout_rate', ctypes.c_float),
+        ('seed', ctypes.c_uint32), ('dropout_threshold', ctypes.c_int64), ('precision', ctypes.c_int),
+    ]
+
+
+def load_library(path):
+    lib = ctypes.CDLL(path)
+    ptr = ctypes.c_void_p
+    lib.fa_forward.argtypes = [ctypes.POINTER(FaParams)] + [ptr] * 6
+    lib.fa_forward.restype = ctypes.c_int
+    lib.fa_backward.argtypes = [ctypes.POINTER(FaParams)] + [ptr] * 12
+    lib.fa_backward.restype = ctypes.c_int
+    lib.fa_backward_workspace_size.argtypes = [ctypes.POINTER(FaParams)]
+    lib.fa_backward_workspace_size.restype = ctypes.c_size_t
+    lib.fa_error_string.argtypes = [ctypes.c_int]
+    lib.fa_error_string.restype = ctypes.c_char_p
+    return lib
+
+
+# ---------------------------------------------------------------- dropout hash (src/dropout.ts)
+M32 = 0xffffffff
+
+
+def _mul32(x, c):
+    # x * c mod 2^32 without overflowing int64: split c into 16-bit halves.
+    return (x * (c & 0xffff) + (((x * (c >> 16)) & 0xffff) << 16)) & M32
+
+
+def _mix32(x):
+    x = x ^ (x >> 16)
+    x = _mul32(x, 0x7feb352d)
+    x = x ^ (x >> 15)
+    x = _mul32(x, 0x846ca68b)
+    return x ^ (x >> 16)
+
+
+def dropout_bits(seed, bh, i, j):
+    """All int64 tensors (broadcastable) or ints; returns the uint32 bits as int64."""
+    row = _mix32(_mix32(_mix32(torch.as_tensor((seed ^ 0x9e3779b9) & M32, dtype=torch.int64)) ^ bh) ^ i)
+    return _mix32(row ^ j)
+
+
+def dropout_threshold(rate):
+    return min(math.floor(rate * 4294967296), 4294967295)
+
+
+def check_dropout_vectors():
+    with open(os.path.join(HERE, 'dropout_vectors.json')) as f:
+        cases = json.load(f)['cases']
+    bad = 0
+    for c in cases:
+        bits = int(dropout_bits(c['seed'], torch.tensor(c['bh']), torch.tensor(c['i']), torch.tensor(c['j'])))
+        bad += bits != c['bits'] or dropout_threshold(c['rate']) != c['threshold'] or \
+            (bits >= c['threshold']) != c['keep']
+    return len(cases), bad
+
+
+# ---------------------------------------------------------------- cases
+def normalize(case):
+    c = dict(B=1, Nq=64, Nk=64, H=2, Hkv=None, D=64, Dv=None, causal=False, window=None,
+             softcap=0.0, alibi=False, mask=None, dropout=0.0, seed=1234, scale=None)
+    c.update(case)
+    c['Hkv'] = c['Hkv'] or c['H']
+    c['Dv'] = c['Dv'] or c['D']
+    c['scale'] = c['scale'] if c['scale'] is not None else 1 / math.sqrt(c['D'])
+    wl, wr = c['window'] or (-1, -1)
+    if c['causal']:
+        wr = 0 if wr < 0 else min(wr, 0)
+    c['wl'], c['wr'] = wl, wr
+    return c
+
+
+def make_inputs(c, gen):
+    dev = 'cuda'
+    q = torch.randn(c['B'], c['Nq'], c['H'], c['D'], generator=gen, device=dev)
+    k = torch.randn(c['B'], c['Nk'], c['Hkv'], c['D'], generator=gen, device=dev)
+    v = torch.randn(c['B'], c['Nk'], c['Hkv'], c['Dv'], generator=gen, device=dev)
+    dy = torch.randn(c['B'], c['Nq'], c['H'], c['Dv'], generator=gen, device=dev)
+    slopes = None
+    if c['alibi']:
+        slopes = torch.tensor([2 ** (-8 * (h + 1) / c['H']) for h in range(c['H'])], device=dev)
+    mask = None
+    if c['mask'] is not None:
+        kind = c['mask']
+        shape = [c['B'] if 'B' in kind else 1, c['H'] if 'H' in kind else 1,
+                 c['Nq'] if 'Q' in kind else 1, c['Nk'] if 'K' in kind else 1]
+        mask = torch.rand(*shape, generator=gen, device=dev) < 0.75
+    return q, k, v, dy, slopes, mask
+
+
+def reference(c, q, k, v, dy, slopes, mask):
+    """The contract of src/kernel_names.ts, literally, in float64 (full score matrix)."""
+    q, k, v = (t.double().requires_grad_() for t in (q, k, v))
+    dy = dy.double()
+    B, Nq, H, D = q.shape
+    Nk, g = k.shape[1], H // k.shape[2]
+    kk, vv = k.repeat_interleave(g, dim=2), v.repeat_interleave(g, dim=2)  # kvh = h // g
+    raw = torch.einsum('bihd,bjhd->bhij', q, kk) * c['scale']
+    s = c['softcap'] * torch.tanh(raw / c['softcap']) if c['softcap'] > 0 else raw
+    off = Nk - Nq
+    i = torch.arange(Nq, device=q.device)[:, None]
+    j = torch.arange(Nk, device=q.device)[None, :]
+    if slopes is not None:
+        s = s - slopes.double()[None, :, None, None] * (i + off - j).abs()
+    kept = torch.ones(Nq, Nk, dtype=torch.bool, device=q.device)
+    if c['wl'] >= 0:
+        kept &= j >= i + off - c['wl']
+    if c['wr'] >= 0:
+        kept &= j <= i + off + c['wr']
+    kept = kept[None, None].expand(B, H, Nq, Nk)
+    if mask is not None:
+        kept = kept & mask.expand(B, H, Nq, Nk)
+    # A large finite fill (not -inf) keeps autograd free of NaN; multiplying by `kept` then
+    # zeroes rows with no kept key, as the contract asks.
+    sm = s.masked_fill(~kept, -1e300)
+    lse = torch.logsumexp(sm, dim=-1)
+    p = torch.exp(sm - lse[..., None]) * kept
+    lse = lse.masked_fill(~kept.any(-1), -math.inf)
+    if c['dropout'] > 0:
+        bh = (torch.arange(B, device=q.device)[:, None] * H + torch.arange(H, device=q.device)[None, :])
+        bits = dropout_bits(c['seed'], bh[:, :, None, None], i[None, None], j[None, None])
+        keep = bits >= dropout_threshold(c['dropout'])
+        p = p * keep / (1 - c['dropout'])
+    out = torch.einsum('bhij,bjhd->bihd', p, vv)
+    dq, dk, dv = torch.autograd.grad(out, (q, k, v), dy)
+    return out.detach(), lse.detach(), dq, dk, dv
+
+
+def params_for(c, slopes, mask, precision):
+    p = FaParams()
+    p.batch, p.seq_q, p.seq_k = c['B'], c['Nq'], c['Nk']
+    p.heads, p.kv_heads, p.head_dim, p.head_dim_v = c['H'], c['Hkv'], c['D'], c['Dv']
+    p.scale, p.softcap = c['scale'], c['softcap']
+    p.window_left, p.window_right = c['wl'], c['wr']
+    p.alibi_slopes = slopes.data_ptr() if slopes is not None else None
+    if mask is not None:
+        m = mask.contiguous()
+        p.mask = m.data_ptr()
+        for d in range(4):
+            p.mask_strides[d] = m.stride(d) if m.shape[d] > 1 else 0
+    p.dropout_rate = c['dropout']
+    p.seed = c['seed'] & M32
+    p.dropout_threshold = dropout_threshold(c['dropout']) if c['dropout'] > 0 else -1
+    p.precision = precision
+    return p
+
+
+class Kernels:
+    def __init__(self, lib):
+        self.lib = lib
+
+    def _check(self, code):
+        if code != 0:
+            raise RuntimeError('fa error %d: %s' % (code, self.lib.fa_error_string(code).decode()))
+
+    def forward(self, p, q, k, v, out=None, lse=None):
+        B, Nq, H = q.shape[0], q.shape[1], q.shape[2]
+        out = out if out is not None else torch.empty(B, Nq, H, v.shape[3], device=q.device)
+        lse = lse if lse is not None else torch.empty(B, H, Nq, device=q.device)
+        self._check(self.lib.fa_forward(ctypes.byref(p), q.data_ptr(), k.data_ptr(), v.data_ptr(),
+                                        out.data_ptr(), lse.data_ptr(),
+                                        torch.cuda.current_stream().cuda_stream))
+        return out, lse
+
+    def backward(self, p, q, k, v, out, lse, dy, grads=None, ws=None):
+        dq, dk, dv = grads if grads is not None else (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v))
+        if ws is None:
+            ws = torch.empty(self.lib.fa_backward_workspace_size(ctypes.byref(p)), dtype=torch.uint8, device=q.device)
+        self._check(self.lib.fa_backward(ctypes.byref(p), q.data_ptr(), k.data_ptr(), v.data_ptr(),
+                                         out.data_ptr(), lse.data_ptr(), dy.data_ptr(), dq.data_ptr(),
+                                         dk.data_ptr(), dv.data_ptr(), ws.data_ptr(),
+                                         torch.cuda.current_stream().cuda_stream))
+        return dq, dk, dv
+
+
+def rel_err(x, ref):
+    """max |x - ref| / max |ref| (0 when both are all zero)."""
+    ref = ref.double()
+    scale = ref.abs().max().item()
+    err = (x.double() - ref).abs().max().item()
+    return err / scale if scale > 0 else err
+
+
+def lse_err(x, ref):
+    finite = torch.isfinite(ref)
+    if not torch.equal(torch.isfinite(x), finite) or not torch.equal(x[~finite], ref[~finite].float()):
+        return math.inf
+    return rel_err(x[finite], ref[finite]) if finite.any() else 0.0
+
+
+CASES = [
+    ('plain', dict(B=2, Nq=200, Nk=200, H=4)),
+    ('causal', dict(B=2, Nq=200, Nk=200, H=4, causal=True)),
+    ('causal seqQ<seqK', dict(Nq=130, Nk=257, H=3, causal=True)),
+    ('causal seqQ>seqK (empty rows)', dict(Nq=300, Nk=170, H=2, causal=True)),
+    ('window (32, 16)', dict(Nq=260, Nk=260, window=(32, 16))),
+    ('window (-1, 8) seqQ!=seqK', dict(Nq=150, Nk=220, window=(-1, 8))),
+    ('window (20, -1)', dict(Nq=190, Nk=190, window=(20, -1))),
+    ('window (0, 0) seqQ>seqK', dict(Nq=100, Nk=70, window=(0, 0))),
+    ('alibi + causal', dict(Nq=180, Nk=180, H=4, alibi=True, causal=True)),
+    ('softcap 5', dict(Nq=160, Nk=140, softcap=5.0, scale=0.5)),
+    ('mask [B,H,Nq,Nk]', dict(B=2, Nq=120, Nk=150, H=3, mask='BHQK')),
+    ('mask [1,1,Nq,Nk]', dict(B=2, Nq=120, Nk=150, H=2, mask='QK')),
+    ('mask [B,1,1,Nk]', dict(B=2, Nq=100, Nk=130, H=2, mask='BK')),
+    ('mask [1,H,Nq,1] (empty rows)', dict(Nq=90, Nk=100, H=3, mask='HQ')),
+    ('dropout 0.1', dict(B=2, Nq=150, Nk=170, H=2, dropout=0.1, seed=7)),
+    ('dropout 0.5 causal', dict(Nq=140, Nk=140, H=2, dropout=0.5, seed=0xdeadbeef, causal=True)),
+    ('GQA 8/2', dict(Nq=130, Nk=150, H=8, Hkv=2)),
+    ('MQA 4/1 causal', dict(Nq=130, Nk=130, H=4, Hkv=1, causal=True)),
+    ('headDim 32', dict(Nq=100, Nk=100, D=32)),
+    ('headDim 33, Dv 17', dict(Nq=70, Nk=90, D=33, Dv=17)),
+    ('headDim 80', dict(Nq=100, Nk=120, D=80)),
+    ('headDim 128', dict(Nq=150, Nk=150, D=128, causal=True)),
+    ('headDim 64, Dv 128', dict(Nq=100, Nk=100, D=64, Dv=128)),
+    ('headDim 256', dict(Nq=100, Nk=110, D=256)),
+    ('headDim 256 causal + alibi', dict(Nq=96, Nk=96, D=256, causal=True, alibi=True)),
+    ('scale 0.3', dict(Nq=100, Nk=100, scale=0.3)),
+    ('everything', dict(B=2, Nq=150, Nk=190, H=6, Hkv=2, D=96, Dv=80, window=(60, 4), causal=True,
+                        alibi=True, softcap=8.0, mask='BHQK', dropout=0.2, seed=99)),
+    ('long causal headDim 128', dict(Nq=1024, Nk=1024, H=2, D=128, causal=True)),
+    ('long GQA dropout', dict(Nq=700, Nk=900, H=4, Hkv=2, dropout=0.3, alibi=True)),
+]
+
+
+def run_checks(kern, report):
+    n, bad = check_dropout_vectors()
+    report['dropout_vectors'] = {'cases': n, 'mismatches': bad}
+    print('dropout hash vs src/dropout.ts vectors: %d cases, %d mismatches' % (n, bad))
+    gen = torch.Generator(device='cuda')
+    rows = []
+    worst = {'fwd': 0.0, 'lse': 0.0, 'grad': 0.0, 'fast_fwd': 0.0}
+    all_ok = bad == 0
+    print('%-34s %9s %9s %9s %9s %9s | %9s %9s  %s' % ('case', 'out', 'lse', 'dq', 'dk', 'dv', 'fast out', 'fast lse', 'det'))
+    for name, spec in CASES:
+        c = normalize(spec)
+        gen.manual_seed(zlib.crc32(name.encode()))
+        q, k, v, dy, slopes, mask = make_inputs(c, gen)
+        ref_out, ref_lse, ref_dq, ref_dk, ref_dv = reference(c, q, k, v, dy, slopes, mask)
+        mask_c = mask.contiguous() if mask is not None else None
+        p = params_for(c, slopes, mask_c, 0)
+        out, lse = kern.forward(p, q, k, v)
+        dq, dk, dv = kern.backward(p, q, k, v, out, lse, dy)
+        dq2, dk2, dv2 = kern.backward(p, q, k, v, out, lse, dy)
+        det = torch.equal(dq, dq2) and torch.equal(dk, dk2) and torch.equal(dv, dv2)
+        pf = params_for(c, slopes, mask_c, 1)
+        fout, flse = kern.forward(pf, q, k, v)
+        torch.cuda.synchronize()
+        e = dict(out=rel_err(out, ref_out), lse=lse_err(lse, ref_lse), dq=rel_err(dq, ref_dq),
+                 dk=rel_err(dk, ref_dk), dv=rel_err(dv, ref_dv), fast_out=rel_err(fout, ref_out),
+                 fast_lse=lse_err(flse, ref_lse), deterministic=det)
+        ok = e['out'] < 1e-5 and e['lse'] < 1e-5 and max(e['dq'], e['dk'], e['dv']) < 1e-4 and det \
+            and e['fast_out'] < 5e-2 and e['fast_lse'] < 5e-2
+        all_ok &= ok
+        worst['fwd'] = max(worst['fwd'], e['out'])
+        worst['lse'] = max(worst['lse'], e['lse'])
+        worst['grad'] = max(worst['grad'], e['dq'], e['dk'], e['dv'])
+        worst['fast_fwd'] = max(worst['fast_fwd'], e['fast_out'])
+        rows.append(dict(name=name, case={k_: (list(v_) if isinstance(v_, tuple) else v_) for k_, v_ in c.items()},
+                         errors=e, ok=ok))
+        print('%-34s %9.2e %9.2e %9.2e %9.2e %9.2e | %9.2e %9.2e  %s %s' % (
+            name, e['out'], e['lse'], e['dq'], e['dk'], e['dv'], e['fast_out'], e['fast_lse'],
+            'yes' if det else 'NO', 'ok' if ok else 'FAIL'))
+    report['checks'] = rows
+    report['worst'] = worst
+    report['checks_ok'] = all_ok
+    print('worst: forward %.2e, lse %.2e, gradients %.2e, fast forward %.2e -> %s' % (
+        worst['fwd'], worst['lse'], worst['grad'], worst['fast_fwd'], 'ALL OK' if all_ok else 'FAILURES'))
+    return all_ok
+
+
+# ---------------------------------------------------------------- benchmark
+def time_ms(fn, warmup=3, reps=10):
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b))
+    return statistics.median(times)
+
+
+def run_bench(kern, report, seqs, dims):
+    from torch.nn.attention import sdpa_kernel, SDPBackend
+    torch.backends.cuda.matmul.allow_tf32 = False
+    H, B = 16, 1
+    results = []
+    # Warm the GPU clock before the first measurement (it idles at a low clock).
+    x = torch.randn(8192, 8192, device='cuda')
+    for _ in range(20):
+        x @ x
+    torch.cuda.synchronize()
+    del x
+    print('%5s %6s %6s | %9s %9s %9s %9s | %9s %9s %9s %9s %9s %9s' % (
+        'D', 'N', 'causal', 'ours fwd', 'ours f+b', 'fast fwd', 'fast f+b', 'pt32 fwd', 'pt32 f+b',
+        'fa2bf16 f', 'fa2bf16 fb', 'cudnn f', 'cudnn fb'))
+    for D in dims:
+        for N in seqs:
+            for causal in (False, True):
+                c = normalize(dict(B=B, Nq=N, Nk=N, H=H, D=D, causal=causal))
+                g = torch.Generator(device='cuda').manual_seed(N + D)
+                q, k, v, dy, _, _ = make_inputs(c, g)
+                reps = 10 if N <= 4096 else 5
+                p_hi, p_fast = params_for(c, None, None, 0), params_for(c, None, None, 1)
+                out, lse = kern.forward(p_hi, q, k, v)
+                grads = (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v))
+                ws = torch.empty(kern.lib.fa_backward_workspace_size(ctypes.byref(p_hi)), dtype=torch.uint8, device='cuda')
+                r = dict(D=D, N=N, causal=causal)
+                r['ours_fwd'] = time_ms(lambda: kern.forward(p_hi, q, k, v, out, lse), reps=reps)
+                r['ours_fwdbwd'] = time_ms(lambda: (kern.forward(p_hi, q, k, v, out, lse),
+                                                    kern.backward(p_hi, q, k, v, out, lse, dy, grads, ws)), reps=reps)
+                r['fast_fwd'] = time_ms(lambda: kern.forward(p_fast, q, k, v, out, lse), reps=reps)
+                r['fast_fwdbwd'] = time_ms(lambda: (kern.forward(p_fast, q, k, v, out, lse),
+                                                    kern.backward(p_fast, q, k, v, out, lse, dy, grads, ws)), reps=reps)
+                qt, kt, vt, dyt = (t.transpose(1, 2) for t in (q, k, v, dy))  # [B, H, N, D] views
+
+                def torch_case(dtype, backend):
+                    qq, kk, vv = (t.detach().to(dtype).requires_grad_() for t in (qt, kt, vt))
+                    d = dyt.to(dtype)
+                    ctx = sdpa_kernel(backend) if backend is not None else None
+
+                    def fwd():
+                        return F.scaled_dot_product_attention(qq, kk, vv, is_causal=causal)
+
+                    def fwdbwd():
+                        o = fwd()
+                        o.backward(d)
+                    if ctx:
+                        with ctx:
+                            return time_ms(fwd, reps=reps), time_ms(fwdbwd, reps=reps)
+                    return time_ms(fwd, reps=reps), time_ms(fwdbwd, reps=reps)
+                try:
+                    r['torch_fp32_fwd'], r['torch_fp32_fwdbwd'] = torch_case(torch.float32, None)
+                except Exception as ex:  # noqa: BLE001 - report, keep going
+                    r['torch_fp32_error'] = str(ex)[:200]
+                try:
+                    r['torch_fa2_bf16_fwd'], r['torch_fa2_bf16_fwdbwd'] = torch_case(torch.bfloat16, SDPBackend.FLASH_ATTENTION)
+                except Exception as ex:  # noqa: BLE001
+                    r['torch_fa2_error'] = str(ex)[:200]
+                try:
+                    r['torch_bf16_default_fwd'], r['torch_bf16_default_fwdbwd'] = torch_case(torch.bfloat16, None)
+                except Exception as ex:  # noqa: BLE001
+                    r['torch_bf16_error'] = str(ex)[:200]
+                flops = 4.0 * B * H * N * N * D * (0.5 if causal else 1.0)
+                r['fwd_flop'] = flops
+                results.append(r)
+                f = lambda key: ('%9.3f' % r[key]) if key in r else '%9s' % '-'  # noqa: E731
+                print('%5d %6d %6s | %s %s %s %s | %s %s %s %s %s %s  (ours %.1f TFLOP/s fwd, fast %.1f)' % (
+                    D, N, causal, f('ours_fwd'), f('ours_fwdbwd'), f('fast_fwd'), f('fast_fwdbwd'),
+                    f('torch_fp32_fwd'), f('torch_fp32_fwdbwd'), f('torch_fa2_bf16_fwd'), f('torch_fa2_bf16_fwdbwd'),
+                    f('torch_bf16_default_fwd'), f('torch_bf16_default_fwdbwd'),
+                    flops / r['ours_fwd'] / 1e9, flops / r['fast_fwd'] / 1e9), flush=True)
+                del q, k, v, dy, out, lse, grads, ws
+                torch.cuda.empty_cache()
+    report['bench'] = results
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument('--lib', required=True)
+    ap.add_argument('--check', action='store_true')
+    ap.add_argument('--bench', action='store_true')
+    ap.add_argument('--seqs', default='1024,2048,4096,8192,16384')
+    ap.add_argument('--dims', default='64,128')
+    ap.add_argument('--out', default=None)
+    a = ap.parse_args()
+    kern = Kernels(load_library(a.lib))
+    report = {'device': torch.cuda.get_device_name(), 'torch': torch.__version__}
+    print('device:', report['device'], 'torch', report['torch'])
+    ok = True
+    try:
+        if a.check:
+            ok = run_checks(kern, report)
+        if a.bench:
+            run_bench(kern, report, [int(s) for s in a.seqs.split(',')], [int(d) for d in a.dims.split(',')])
+    finally:
+        if a.out:
+            os.makedirs(a.out, exist_ok=True)
+            with open(os.path.join(a.out, 'cuda_harness.json'), 'w') as f:
+                json.dump(report, f, indent=1)
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == '__main__':
+    main()
