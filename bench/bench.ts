@@ -1,0 +1,304 @@
+/**
+ * The benchmark: flashAttention against the stock tfjs composite on one backend in one process.
+ * Entry of `npm run bench` (bundled by bench/run.mjs) and of the GPU machine's kit
+ * (bash ../shared/gpu/pack-webgpu-kit.sh bench/bench.ts). Flags: bench/options.ts, or --help.
+ *
+ * tfjs must be imported only after navigator.gpu exists (tfjs-backend-webgpu registers 'webgpu'
+ * at import time only if it does), hence the dynamic imports.
+ */
+import { execFileSync } from 'node:child_process';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import type { WebGPUBackend } from '@tensorflow/tfjs-backend-webgpu';
+import type { flashAttention as FlashAttentionFn } from '../src/flash_attention';
+import {
+  compositeRunnable, flashRunnable, Inputs, makeInputs, Runnable, TF,
+} from './attention';
+import {
+  BenchCase, caseLabel, compositeHeadsPerChunk, enumerateCases, Shape,
+} from './cases';
+import { renderChart } from './chart';
+import { ErrorScopes, GpuMemoryTracker, timeCall, TimingPlan } from './measure';
+import { BenchOptions, parseArgs, sweepDefaults, timingDefaults, USAGE } from './options';
+import { referenceRows, relativeError, RowRef } from './reference_rows';
+import { baseResult, CaseResult, markdownReport, RunMeta, RunRecord } from './report';
+
+/** Above this the rows are not float32 round-off but a wrong result (the tests hold 1e-5 / 1e-4). */
+const WRONG_RESULT_REL_ERR = 1e-3;
+
+interface Backend {
+  tf: TF;
+  flash: typeof FlashAttentionFn;
+  name: string;
+  device: GPUDevice | null;
+  adapter: Record<string, unknown> | null;
+  realGpu: boolean;
+  tracker: GpuMemoryTracker | null;
+  maxBindingBytes: number;
+  hasTimestamps: boolean;
+}
+
+async function installWebGPU(): Promise<GPU | null> {
+  try {
+    const { create, globals } = await import('webgpu');
+    Object.assign(globalThis, globals);
+    // Unquantized timestamps: Dawn rounds them to 65.5 µs by default, too coarse for small cases.
+    const gpu = create(['disable-dawn-features=timestamp_quantization']) as GPU;
+    Object.defineProperty(globalThis, 'navigator', { value: { gpu }, configurable: true, writable: true });
+    return gpu;
+  } catch (e) {
+    console.log(`# no WebGPU in this process: ${e instanceof Error ? e.message.split('\n')[0] : e}`);
+    return null;
+  }
+}
+
+async function setUpBackend(o: BenchOptions): Promise<Backend> {
+  const gpu = o.backend === 'cpu' ? null : await installWebGPU();
+  const adapter = gpu ? await gpu.requestAdapter({ powerPreference: 'high-performance' }) : null;
+  const tf = await import('@tensorflow/tfjs-core');
+  // tfjs-core alone registers no gradients; the union package would, but it brings its own copy.
+  await import('@tensorflow/tfjs-core/dist/register_all_gradients');
+  await import('@tensorflow/tfjs-backend-cpu');
+  if (adapter) await import('@tensorflow/tfjs-backend-webgpu');
+  const { flashAttention } = await import('../src/index');
+
+  const name = adapter ? 'webgpu' : 'cpu';
+  if (o.backend === 'webgpu' && !adapter) throw new Error('--backend=webgpu: no WebGPU adapter found');
+  if (!(await tf.setBackend(name))) throw new Error(`tf.setBackend('${name}') failed`);
+  await tf.ready();
+
+  if (name === 'cpu') {
+    return { tf, flash: flashAttention, name, device: null, adapter: null, realGpu: false, tracker: null,
+             maxBindingBytes: Number.MAX_SAFE_INTEGER, hasTimestamps: false };
+  }
+  const backend = tf.backend() as WebGPUBackend;
+  const info = adapter!.info;
+  const fields = { vendor: info.vendor, architecture: info.architecture, device: info.device,
+                   description: info.description, isFallbackAdapter: info.isFallbackAdapter };
+  const fallback = Boolean(info.isFallbackAdapter) ||
+                   /swiftshader|lavapipe|llvmpipe/i.test(`${info.vendor} ${info.architecture} ${info.description}`);
+  return {
+    tf, flash: flashAttention, name, device: backend.device, adapter: fields, realGpu: !fallback,
+    tracker: new GpuMemoryTracker(backend),
+    maxBindingBytes: Math.min(backend.device.limits.maxStorageBufferBindingSize, backend.device.limits.maxBufferSize),
+    hasTimestamps: backend.device.features.has('timestamp-query'),
+  };
+}
+
+function commandLine(cmd: string, args: string[]): string | null {
+  try {
+    return execFileSync(cmd, args, { encoding: 'utf8', timeout: 5000, stdio: ['ignore', 'pipe', 'ignore'] }).trim() || null;
+  } catch {
+    return null;
+  }
+}
+
+/** A real GPU idles at low clocks and needs a fraction of a second of load to reach full speed. */
+async function warmUpClocks(tf: TF, ms: number): Promise<void> {
+  const a = tf.randomUniform([2048, 2048]);
+  const start = performance.now();
+  while (performance.now() - start < ms) {
+    const c = tf.matMul(a, a);
+    const one = tf.slice(tf.reshape(c, [-1]), 0, 1);
+    await one.data();
+    tf.dispose([c, one]);
+  }
+  a.dispose();
+}
+
+const MiB = 2 ** 20;
+const GiB = 2 ** 30;
+const sameShape = (a: Shape, b: Shape) =>
+  a.seq === b.seq && a.headDim === b.headDim && a.heads === b.heads && a.batch === b.batch;
+
+/**
+ * Bytes live during a case that the implementation itself does not need, left out of its peak so
+ * both count their inputs once: the composite works on head-major copies, so the [B, N, H, D]
+ * originals are the harness's; a forward never reads dOut.
+ */
+function harnessOnlyBytes(c: BenchCase, x: Inputs): number {
+  const bytes = (t: Inputs['q']) => t.size * 4;
+  if (c.impl === 'composite') return bytes(x.q) + bytes(x.k) + bytes(x.v) + bytes(x.dOut);
+  return c.pass === 'fwd' ? bytes(x.dOut) : 0;
+}
+
+class Runner {
+  private readonly start = performance.now();
+  /** Useful FLOPs per ms last achieved by each impl × pass: predicts the next, larger case. */
+  private readonly rate = new Map<string, number>();
+  private inputs: { shape: Shape; x: Inputs; refs: Map<boolean, RowRef[]> } | null = null;
+  readonly results: CaseResult[] = [];
+  private readonly scopes: ErrorScopes;
+
+  constructor(private readonly b: Backend, private readonly o: BenchOptions, private readonly plan: TimingPlan) {
+    this.scopes = new ErrorScopes(b.device);
+  }
+
+  elapsedS(): number { return (performance.now() - this.start) / 1000; }
+
+  private inputsFor(s: Shape): Inputs {
+    if (this.inputs && sameShape(this.inputs.shape, s)) return this.inputs.x;
+    this.dropInputs();
+    this.inputs = { shape: s, x: makeInputs(this.b.tf, s), refs: new Map() };
+    return this.inputs.x;
+  }
+
+  dropInputs(): void {
+    if (!this.inputs) return;
+    const { q, k, v, dOut } = this.inputs.x;
+    this.b.tf.dispose([q, k, v, dOut]);
+    this.inputs = null;
+  }
+
+  private async refsFor(c: BenchCase): Promise<RowRef[]> {
+    const cache = this.inputs!.refs;
+    if (!cache.has(c.causal)) cache.set(c.causal, await referenceRows(this.b.tf, this.inputs!.x, c));
+    return cache.get(c.causal)!;
+  }
+
+  /** Why a case should not run at all, or null. */
+  private reasonToSkip(c: BenchCase, headsPerChunk: number): CaseResult | null {
+    if (c.impl === 'composite' && headsPerChunk === 0) {
+      return baseResult(c, 'too large', `one head's ${c.seq}×${c.seq} float32 scores take ` +
+          `${(c.seq * c.seq * 4 / GiB).toFixed(1)} GiB, over the ${(this.b.maxBindingBytes / GiB).toFixed(1)} GiB ` +
+          'storage binding limit (chunking heads cannot help)');
+    }
+    const left = this.o.deadlineS - this.elapsedS();
+    if (left <= 0) return baseResult(c, 'skipped', `deadline (${this.o.deadlineS} s) reached`);
+    const rate = this.rate.get(`${c.impl}/${c.pass}`);
+    if (rate) {
+      const calls = 1 + this.plan.minReps + this.plan.timedReps;
+      const estimateS = (baseResult(c, 'ok').flops / rate) * calls / 1000;
+      if (estimateS > this.o.maxCaseS || estimateS > left) {
+        return baseResult(c, 'skipped', `estimated ${estimateS.toFixed(0)} s from the previous size's ` +
+            `throughput; over --max-case-s=${this.o.maxCaseS} or the ${left.toFixed(0)} s left`);
+      }
+    }
+    return null;
+  }
+
+  async runCase(c: BenchCase): Promise<CaseResult> {
+    const { tf, tracker } = this.b;
+    const headsPerChunk = compositeHeadsPerChunk(c.batch * c.heads, c.seq, this.b.maxBindingBytes);
+    const skip = this.reasonToSkip(c, headsPerChunk);
+    if (skip) return skip;
+
+    tracker?.releasePool();
+    let runnable: Runnable | null = null;
+    const outcome = await this.scopes.run(async () => {
+      const x = this.inputsFor(c);
+      const refs = this.o.check ? await this.refsFor(c) : [];
+      tracker?.resetPeak();
+      runnable = c.impl === 'flash' ? flashRunnable(tf, this.b.flash, c, x)
+                                    : compositeRunnable(tf, c, x, headsPerChunk);
+      const timing = await timeCall(tf, runnable.run, this.plan);
+      const peakBytes = tracker ? tracker.peak - harnessOnlyBytes(c, x) : null;
+      let relErr: number | undefined;
+      if (refs.length) {
+        const result = runnable.run();
+        const first = Array.isArray(result) ? result[0] : result;
+        const pairs = [];
+        for (const ref of refs) {
+          pairs.push({ got: await runnable.rowOf(first, ref.head, ref.row), ref: c.pass === 'fwd' ? ref.out : ref.dq });
+        }
+        tf.dispose(result);
+        relErr = relativeError(pairs);
+      }
+      return { timing, peakBytes, relErr };
+    });
+    (runnable as Runnable | null)?.dispose();
+    tracker?.releasePool();
+
+    if (outcome.failure) {
+      const { kind, message } = outcome.failure;
+      return baseResult(c, kind, message);
+    }
+    const { timing, peakBytes, relErr } = outcome.value!;
+    const wrong = relErr !== undefined && !(relErr <= WRONG_RESULT_REL_ERR);
+    const r: CaseResult = {
+      ...baseResult(c, wrong ? 'wrong' : 'ok',
+                    wrong ? `relative error ${relErr} of checked ${c.pass === 'fwd' ? 'out' : 'dq'} rows vs float64` : undefined),
+      wallMs: timing.wallMs, wallAllMs: timing.wallAllMs.map(x => +x.toFixed(3)), gpuMs: timing.gpuMs,
+      peakBytes, relErr, warmupCalls: timing.warmupCalls,
+      ...(c.impl === 'composite' ? { headsPerChunk } : {}),
+    };
+    r.tflopsWall = r.flops / timing.wallMs / 1e9;
+    r.tflopsGpu = timing.gpuMs ? r.flops / timing.gpuMs / 1e9 : null;
+    this.rate.set(`${c.impl}/${c.pass}`, r.flops / timing.wallMs);
+    return r;
+  }
+}
+
+function progressLine(i: number, n: number, c: BenchCase, r: CaseResult, elapsedS: number): string {
+  const head = `[${String(i + 1).padStart(String(n).length)}/${n}] ${caseLabel(c)}`;
+  const tail = `(${elapsedS.toFixed(1)} s)`;
+  if (r.status !== 'ok' && r.status !== 'wrong') return `${head}  ${r.status.toUpperCase()}: ${r.note ?? ''} ${tail}`;
+  const gpu = r.gpuMs ? ` gpu ${r.gpuMs.toFixed(3)} ms` : '';
+  const peak = r.peakBytes ? ` peak ${(r.peakBytes / MiB).toFixed(0)} MiB` : '';
+  const err = r.relErr !== undefined ? ` err ${r.relErr.toExponential(1)}` : '';
+  return `${head}  wall ${r.wallMs!.toFixed(3)} ms${gpu}  ${r.tflopsWall!.toPrecision(3)} TFLOP/s${peak}${err}` +
+         `${r.status === 'wrong' ? '  WRONG' : ''} ${tail}`;
+}
+
+function writeOutputs(run: RunRecord, dir: string): void {
+  mkdirSync(dir, { recursive: true });
+  writeFileSync(join(dir, 'results.json'), JSON.stringify(run, null, 1) + '\n');
+  writeFileSync(join(dir, 'results.md'), markdownReport(run));
+  writeFileSync(join(dir, 'chart.png'), renderChart(run));
+}
+
+async function main(): Promise<number> {
+  const o = parseArgs(process.argv.slice(2));
+  if (o.help) { console.log(USAGE); return 0; }
+  if (o.renderOnly) {
+    const run = JSON.parse(readFileSync(o.renderOnly, 'utf8')) as RunRecord;
+    const dir = process.argv.some(a => a.startsWith('--out=')) ? o.outDir : dirname(o.renderOnly);
+    writeOutputs(run, dir);
+    console.log(`rendered ${dir}/results.md and chart.png from ${o.renderOnly}`);
+    return 0;
+  }
+
+  const b = await setUpBackend(o);
+  const sweep = sweepDefaults(o.sweep, b.realGpu);
+  const cases = enumerateCases(sweep);
+  const timing = timingDefaults(o.timing, b.realGpu);
+  const plan: TimingPlan = {
+    ...timing, warmupMs: b.realGpu ? 250 : 0, timedReps: b.hasTimestamps ? timing.timedReps : 0,
+  };
+  const meta: RunMeta = {
+    date: new Date().toISOString(), backend: b.name, adapter: b.adapter,
+    nvidiaSmi: commandLine('nvidia-smi', ['--query-gpu=name,memory.total,driver_version,clocks.max.sm', '--format=csv,noheader']),
+    tfjsVersion: b.tf.version_core, node: process.version,
+    gitCommit: process.env.BENCH_COMMIT || commandLine('git', ['rev-parse', '--short', 'HEAD']),
+    argv: process.argv.slice(2), ceilings: { tflops: o.ceilingTflops, gbPerS: o.ceilingGbPerS },
+  };
+  console.log(`# backend ${b.name}${b.adapter ? ` (${Object.values(b.adapter).filter(v => v !== '').join(', ')})` : ''}` +
+              `${meta.nvidiaSmi ? `; ${meta.nvidiaSmi}` : ''}; timestamps ${plan.timedReps > 0 ? 'on' : 'off'}`);
+  console.log(`# ${cases.length} cases: N ${sweep.seqs.join(',')}; d ${sweep.headDims.join(',')}; H ${sweep.heads}; ` +
+              `B ${sweep.batch}; ${sweep.passes.join(' & ')}; ${sweep.causal.map(x => (x ? 'causal' : 'full')).join(' & ')}; ` +
+              `deadline ${o.deadlineS} s -> ${o.outDir}`);
+  if (b.realGpu) await warmUpClocks(b.tf, 400);
+
+  const runner = new Runner(b, o, plan);
+  const run: RunRecord = { meta, results: runner.results };
+  for (let i = 0; i < cases.length; i++) {
+    const r = await runner.runCase(cases[i]);
+    runner.results.push(r);
+    console.log(progressLine(i, cases.length, cases[i], r, runner.elapsedS()));
+    meta.elapsedS = +runner.elapsedS().toFixed(1);
+    writeOutputs(run, o.outDir);
+    if (r.status === 'device lost') {
+      for (const c of cases.slice(i + 1)) runner.results.push(baseResult(c, 'skipped', 'device lost earlier'));
+      writeOutputs(run, o.outDir);
+      break;
+    }
+  }
+  runner.dropInputs();
+  console.log(`# done in ${runner.elapsedS().toFixed(1)} s: ${o.outDir}/results.json, results.md, chart.png`);
+  return runner.results.some(r => r.status === 'wrong') ? 1 : 0;
+}
+
+main().then(code => process.exit(code), e => {
+  console.error(`bench failed: ${e instanceof Error ? e.stack : e}`);
+  process.exit(2);
+});

@@ -1,0 +1,155 @@
+/**
+ * Command line of the benchmark. Every dimension of the sweep is a flag; what is not given
+ * defaults to the issue's sweep on a real GPU and to a small sweep elsewhere (CPU, SwiftShader),
+ * where `npm run bench` must finish in a minute or so.
+ */
+import { Impl, IMPLS, Pass, PASSES, Sweep } from './cases';
+
+export type BackendChoice = 'auto' | 'webgpu' | 'cpu';
+
+export interface TimingFlags {
+  /** Most timed repetitions per case; fewer when one repetition is slow (see targetMs). */
+  maxReps: number;
+  minReps: number;
+  /** Wall time a case's timed repetitions aim to fill. */
+  targetMs: number;
+  /** Repetitions timed with GPU timestamps (tf.time); 0 turns GPU timing off. */
+  timedReps: number;
+}
+
+export interface BenchOptions {
+  backend: BackendChoice;
+  /** Fields left undefined are filled by sweepDefaults once the device is known. */
+  sweep: Partial<Sweep>;
+  /** Timing flags as given; timingDefaults fills the rest once the device is known. */
+  timing: Partial<TimingFlags>;
+  /** No case starts after this many seconds; later cases are recorded as skipped. */
+  deadlineS: number;
+  /** A case whose estimated run time is longer than this is skipped rather than run. */
+  maxCaseS: number;
+  /** Compare rows of the output (and of dq) with a float64 reference. */
+  check: boolean;
+  outDir: string;
+  /** Re-render the Markdown table and the chart from an earlier results.json; runs nothing. */
+  renderOnly?: string;
+  ceilingTflops: number;
+  ceilingGbPerS: number;
+  help: boolean;
+}
+
+export const USAGE = `npm run bench -- [flags]
+
+  --backend=auto|webgpu|cpu   auto: webgpu when an adapter exists, else cpu (default auto)
+  --seqs=512,1024,...         sequence lengths (Nq = Nk)
+  --dims=64,128               head dims
+  --heads=16 --batch=1
+  --causal=both|0|1           full, causal or both (default both)
+  --passes=fwd,fwd+bwd        'bwd' is accepted for fwd+bwd
+  --impls=flash,composite
+  --reps=20 --min-reps=3      timed repetitions, adaptive between the two (cpu/SwiftShader: 5, 2)
+  --target-ms=1000            wall time the timed repetitions of one case aim for (300)
+  --gpu-reps=2                repetitions timed with GPU timestamps, 0 = off (1)
+  --deadline=600              seconds; no case starts later (rest: "skipped")
+  --max-case-s=60             skip a case estimated to take longer
+  --check=1                   spot-check output / dq rows against float64
+  --out=bench/results/latest  where results.json, results.md and chart.png go
+  --render=FILE.json          only re-render results.md and chart.png from FILE.json
+  --ceiling-tflops=51.6 --ceiling-gbs=3350   roofline used for the floor column (H100 f32 SIMT, HBM3)
+
+Defaults on a real GPU: seqs 512..32768, dims 64,128, heads 16, both passes, causal and full.
+Defaults on cpu or a fallback adapter (SwiftShader): seqs 64,128, dims 64, heads 2, fewer repetitions.`;
+
+function list<T extends string>(raw: string, allowed: readonly T[], flag: string, alias: Record<string, T> = {}): T[] {
+  const items = raw.split(',').map(s => s.trim()).filter(Boolean).map(s => alias[s] ?? s);
+  for (const item of items) {
+    if (!allowed.includes(item as T)) throw new Error(`--${flag}: '${item}' is not one of ${allowed.join(', ')}`);
+  }
+  return items as T[];
+}
+
+function positiveInts(raw: string, flag: string): number[] {
+  const xs = raw.split(',').filter(Boolean).map(Number);
+  if (xs.length === 0 || xs.some(x => !Number.isInteger(x) || x <= 0)) {
+    throw new Error(`--${flag} needs positive integers, got '${raw}'`);
+  }
+  return xs;
+}
+
+function number(raw: string, flag: string, min: number): number {
+  const x = Number(raw);
+  if (!Number.isFinite(x) || x < min) throw new Error(`--${flag} needs a number >= ${min}, got '${raw}'`);
+  return x;
+}
+
+function bool(raw: string, flag: string): boolean {
+  if (['1', 'true', 'yes', ''].includes(raw)) return true;
+  if (['0', 'false', 'no'].includes(raw)) return false;
+  throw new Error(`--${flag} needs 0 or 1, got '${raw}'`);
+}
+
+export function parseArgs(argv: readonly string[]): BenchOptions {
+  const o: BenchOptions = {
+    backend: 'auto', sweep: {}, timing: {},
+    deadlineS: 600, maxCaseS: 60, check: true, outDir: 'bench/results/latest',
+    ceilingTflops: 51.6, ceilingGbPerS: 3350, help: false,
+  };
+  for (const arg of argv) {
+    const m = /^--([a-z-]+)(?:=(.*))?$/.exec(arg);
+    if (!m) throw new Error(`unexpected argument '${arg}' (flags look like --name=value; --help lists them)`);
+    const [, flag, value = ''] = m;
+    switch (flag) {
+      case 'help': o.help = true; break;
+      case 'backend': o.backend = list(value, ['auto', 'webgpu', 'cpu'] as const, flag)[0]; break;
+      case 'seqs': case 'sizes': o.sweep.seqs = positiveInts(value, flag); break;
+      case 'dims': o.sweep.headDims = positiveInts(value, flag); break;
+      case 'heads': o.sweep.heads = positiveInts(value, flag)[0]; break;
+      case 'batch': o.sweep.batch = positiveInts(value, flag)[0]; break;
+      case 'causal':
+        o.sweep.causal = value === 'both' ? [false, true] : [bool(value, flag)];
+        break;
+      case 'passes': o.sweep.passes = list<Pass>(value, PASSES, flag, { bwd: 'fwd+bwd', 'fwd+bwd': 'fwd+bwd' }); break;
+      case 'impls': o.sweep.impls = list<Impl>(value, IMPLS, flag); break;
+      case 'reps': o.timing.maxReps = number(value, flag, 1); break;
+      case 'min-reps': o.timing.minReps = number(value, flag, 1); break;
+      case 'target-ms': o.timing.targetMs = number(value, flag, 0); break;
+      case 'gpu-reps': o.timing.timedReps = number(value, flag, 0); break;
+      case 'deadline': o.deadlineS = number(value, flag, 0); break;
+      case 'max-case-s': o.maxCaseS = number(value, flag, 0); break;
+      case 'check': o.check = bool(value, flag); break;
+      case 'out': o.outDir = value; break;
+      case 'render': o.renderOnly = value; break;
+      case 'ceiling-tflops': o.ceilingTflops = number(value, flag, 1e-9); break;
+      case 'ceiling-gbs': o.ceilingGbPerS = number(value, flag, 1e-9); break;
+      default: throw new Error(`unknown flag --${flag}; --help lists the flags`);
+    }
+  }
+  return o;
+}
+
+/** Repetitions: enough for a stable median on a GPU; few on CPU and SwiftShader, where one call of
+ * even a small case takes a large fraction of a second. */
+export function timingDefaults(given: Partial<TimingFlags>, realGpu: boolean): TimingFlags {
+  const d = realGpu ? { maxReps: 20, minReps: 3, targetMs: 1000, timedReps: 2 }
+                    : { maxReps: 5, minReps: 2, targetMs: 300, timedReps: 1 };
+  const t = { ...d, ...given };
+  t.minReps = Math.min(t.minReps, t.maxReps);
+  return t;
+}
+
+/** Fills what the command line left open, by whether the device is a real GPU. */
+export function sweepDefaults(given: Partial<Sweep>, realGpu: boolean): Sweep {
+  const big = {
+    seqs: [512, 1024, 2048, 4096, 8192, 16384, 32768], headDims: [64, 128], heads: 16,
+  };
+  const small = { seqs: [64, 128], headDims: [64], heads: 2 };
+  const d = realGpu ? big : small;
+  return {
+    seqs: given.seqs ?? d.seqs,
+    headDims: given.headDims ?? d.headDims,
+    heads: given.heads ?? d.heads,
+    batch: given.batch ?? 1,
+    causal: given.causal ?? [false, true],
+    passes: given.passes ?? [...PASSES],
+    impls: given.impls ?? [...IMPLS],
+  };
+}

@@ -1,0 +1,146 @@
+/**
+ * Results: the JSON record of a run and its Markdown rendering (one table per pass, head dim and
+ * mask, flash and composite side by side).
+ */
+import { attentionFlops, attentionMinBytes, BenchCase, Ceilings, floorMs, Pass } from './cases';
+
+export type Status = 'ok' | 'wrong' | 'OOM' | 'too large' | 'validation' | 'device lost' | 'error' | 'skipped';
+
+export interface CaseResult extends BenchCase {
+  status: Status;
+  /** Why a case is not 'ok' (the WebGPU error, the estimate that skipped it, ...). */
+  note?: string;
+  flops: number;
+  minBytes: number;
+  wallMs?: number;
+  wallAllMs?: number[];
+  gpuMs?: number | null;
+  tflopsWall?: number;
+  tflopsGpu?: number | null;
+  /** Most WebGPU buffer bytes live at once, inputs included; null off WebGPU. */
+  peakBytes?: number | null;
+  /** Relative error of the checked rows of out (fwd) or dq (fwd+bwd) against float64. */
+  relErr?: number;
+  headsPerChunk?: number;
+  warmupCalls?: number;
+}
+
+export interface RunMeta {
+  date: string;
+  backend: string;
+  /** GPUAdapterInfo fields, or the backend name off WebGPU. */
+  adapter: Record<string, unknown> | null;
+  /** nvidia-smi's one-line description where the machine has one. */
+  nvidiaSmi: string | null;
+  tfjsVersion: string;
+  node: string;
+  gitCommit: string | null;
+  argv: string[];
+  ceilings: Ceilings;
+  /** Seconds the whole run took. */
+  elapsedS?: number;
+}
+
+export interface RunRecord {
+  meta: RunMeta;
+  results: CaseResult[];
+}
+
+/** A result with its FLOP and byte counts filled in from its shape. */
+export function baseResult(c: BenchCase, status: Status, note?: string): CaseResult {
+  return {
+    ...c, status, ...(note ? { note } : {}),
+    flops: attentionFlops(c, c.pass), minBytes: attentionMinBytes(c, c.pass),
+  };
+}
+
+const MiB = 2 ** 20;
+const fmt = (x: number | null | undefined, digits: number) =>
+  x === null || x === undefined || !Number.isFinite(x) ? '–' : x.toFixed(digits);
+/** Three significant digits: tiny CPU-sized throughputs stay readable next to GPU ones. */
+const sig = (x: number | null | undefined) =>
+  x === null || x === undefined || !Number.isFinite(x) ? '–' : x >= 100 ? x.toFixed(0) : x.toPrecision(3);
+const fmtMs = (x: number | null | undefined) =>
+  x === null || x === undefined ? '–' : x < 10 ? x.toFixed(3) : x < 100 ? x.toFixed(2) : x.toFixed(1);
+
+/** "ms (GPU ms)" for an ok case, else its status in capitals-first words. */
+function timeCell(r: CaseResult | undefined): string {
+  if (!r) return '–';
+  if (r.status !== 'ok' && r.status !== 'wrong') return r.status === 'skipped' ? 'skipped' : `**${r.status}**`;
+  const wrong = r.status === 'wrong' ? ' **WRONG**' : '';
+  return `${fmtMs(r.wallMs)} (${fmtMs(r.gpuMs)})${wrong}`;
+}
+
+function tflopsCell(r: CaseResult | undefined): string {
+  if (!r || (r.status !== 'ok' && r.status !== 'wrong')) return '–';
+  return `${sig(r.tflopsWall)} (${sig(r.tflopsGpu)})`;
+}
+
+function ratio(a: number | null | undefined, b: number | null | undefined): string {
+  return a && b ? `${(a / b).toFixed(2)}×` : '–';
+}
+
+function peakCell(r: CaseResult | undefined): string {
+  if (!r || r.peakBytes === undefined || r.peakBytes === null) return '–';
+  return fmt(r.peakBytes / MiB, 0);
+}
+
+const sameShape = (a: BenchCase, b: BenchCase) =>
+  a.pass === b.pass && a.seq === b.seq && a.headDim === b.headDim && a.causal === b.causal &&
+  a.heads === b.heads && a.batch === b.batch;
+
+/** The Markdown report: a heading, how to read it, then one table per pass × head dim × mask. */
+export function markdownReport(run: RunRecord): string {
+  const { meta, results } = run;
+  const adapter = meta.adapter ? Object.entries(meta.adapter).filter(([, v]) => v !== '' && v !== undefined)
+                                   .map(([k, v]) => `${k}: ${v}`).join(', ') : 'none';
+  const lines: string[] = [
+    `Run ${meta.date}, backend **${meta.backend}**, adapter ${adapter}` +
+    (meta.nvidiaSmi ? `; nvidia-smi: ${meta.nvidiaSmi}` : '') +
+    `; tfjs ${meta.tfjsVersion}, Node ${meta.node}${meta.gitCommit ? `, commit ${meta.gitCommit}` : ''}.`,
+    '',
+    'Cells: wall ms = median of dispatch + 1-element readback, (GPU ms) = sum of kernel timestamps ' +
+    '(tf.time); TFLOP/s from wall (and GPU) time with forward = 4·B·H·N²·d, halved for causal, ' +
+    'forward+backward = 3.5× forward; speed-up = composite ÷ flash; peak = most WebGPU buffer ' +
+    `MiB live at once, inputs included. Floor = max(FLOPs ÷ ${meta.ceilings.tflops} TFLOP/s, ` +
+    `bytes ÷ ${meta.ceilings.gbPerS} GB/s).`,
+  ];
+  const groups: Array<{ pass: Pass; headDim: number; causal: boolean; heads: number; batch: number }> = [];
+  for (const r of results) {
+    if (!groups.some(g => g.pass === r.pass && g.headDim === r.headDim && g.causal === r.causal &&
+                          g.heads === r.heads && g.batch === r.batch)) {
+      groups.push({ pass: r.pass, headDim: r.headDim, causal: r.causal, heads: r.heads, batch: r.batch });
+    }
+  }
+  const passOrder = (p: Pass) => (p === 'fwd' ? 0 : 1);
+  groups.sort((a, b) => passOrder(a.pass) - passOrder(b.pass) || a.headDim - b.headDim ||
+                        Number(a.causal) - Number(b.causal));
+  for (const g of groups) {
+    lines.push('', `### ${g.pass === 'fwd' ? 'Forward' : 'Forward + backward'}, d = ${g.headDim}, ` +
+               `${g.causal ? 'causal' : 'no mask'} (B = ${g.batch}, H = ${g.heads})`, '',
+               '| N | GFLOP | floor ms | flash ms (GPU) | composite ms (GPU) | speed-up wall (GPU) | ' +
+               'flash TFLOP/s | composite TFLOP/s | flash peak MiB | composite peak MiB |',
+               '|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|');
+    const seqs = [...new Set(results.filter(r => r.pass === g.pass && r.headDim === g.headDim &&
+                                                r.causal === g.causal).map(r => r.seq))].sort((a, b) => a - b);
+    for (const seq of seqs) {
+      const shape = { ...g, seq, impl: 'flash' as const };
+      const flash = results.find(r => r.impl === 'flash' && sameShape(r, shape));
+      const comp = results.find(r => r.impl === 'composite' && sameShape(r, shape));
+      const okFlash = flash?.status === 'ok', okComp = comp?.status === 'ok';
+      lines.push(`| ${seq} | ${fmt(attentionFlops(shape, g.pass) / 1e9, 1)} | ` +
+                 `${fmtMs(floorMs(shape, g.pass, meta.ceilings))} | ${timeCell(flash)} | ${timeCell(comp)} | ` +
+                 `${okFlash && okComp ? `${ratio(comp!.wallMs, flash!.wallMs)} (${ratio(comp!.gpuMs, flash!.gpuMs)})` : '–'} | ` +
+                 `${tflopsCell(flash)} | ${tflopsCell(comp)} | ${peakCell(flash)} | ${peakCell(comp)} |`);
+    }
+  }
+  const notes = results.filter(r => r.note);
+  if (notes.length) {
+    lines.push('', 'Notes:', '');
+    for (const r of notes) {
+      lines.push(`- ${r.impl} ${r.pass} N=${r.seq} d=${r.headDim} ${r.causal ? 'causal' : 'full'}: ` +
+                 `${r.status} — ${r.note}`);
+    }
+  }
+  return lines.join('\n') + '\n';
+}
