@@ -95,13 +95,16 @@ interface WeightArgs {
  * global layer-name counter, and so the user's own layer names, unchanged.
  */
 function resolveWeightArgs(args: FlashMultiHeadAttentionArgs): WeightArgs {
+  // tfjs's deserialization writes into {className, config} dicts: give it copies, not the caller's.
+  const copy = <T>(x: T): T =>
+      (x != null && typeof x === 'object' && !(x instanceof serialization.Serializable) ? JSON.parse(JSON.stringify(x)) : x);
   const dense = tfl.layers.dense({
     units: 1, name: `${LAYER}_argument_resolver`,
-    kernelInitializer: args.kernelInitializer ?? 'glorotUniform',
-    biasInitializer: args.biasInitializer ?? 'zeros',
-    kernelRegularizer: args.kernelRegularizer, biasRegularizer: args.biasRegularizer,
-    activityRegularizer: args.activityRegularizer,
-    kernelConstraint: args.kernelConstraint, biasConstraint: args.biasConstraint,
+    kernelInitializer: copy(args.kernelInitializer) ?? 'glorotUniform',
+    biasInitializer: copy(args.biasInitializer) ?? 'zeros',
+    kernelRegularizer: copy(args.kernelRegularizer), biasRegularizer: copy(args.biasRegularizer),
+    activityRegularizer: copy(args.activityRegularizer),
+    kernelConstraint: copy(args.kernelConstraint), biasConstraint: copy(args.biasConstraint),
   });
   return dense as unknown as WeightArgs;
 }
@@ -112,7 +115,7 @@ function serializeObject(x: serialization.Serializable | undefined): serializati
 }
 
 export class FlashMultiHeadAttention extends tfl.layers.Layer {
-  static readonly className = 'FlashMultiHeadAttention';
+  static className = 'FlashMultiHeadAttention';
 
   readonly numHeads: number;
   readonly keyDim: number;

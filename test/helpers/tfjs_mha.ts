@@ -96,8 +96,8 @@ export interface LayerReferenceCase {
 /** The layer's output in float64: projections, referenceForward, output projection. */
 export function referenceLayerForward(c: LayerReferenceCase): Float64Array {
   const key = c.key ?? c.value;
-  const [batch, seqQ] = c.query.shape;
-  const seqK = c.value.shape[1];
+  const [batch, seqQ] = c.query.shape as [number, number];
+  const seqK = c.value.shape[1] as number;
   const w = c.weights.map(t => Array.from(t.dataSync()));
   const stride = c.useBias ? 2 : 1;
   const kernel = (i: number) => w[i * stride];
@@ -105,7 +105,7 @@ export function referenceLayerForward(c: LayerReferenceCase): Float64Array {
 
   /** x [B, N, F] . kernel [F, H, D] + bias [H, D] -> [B, N, H, D] in float64. */
   const project = (x: tf.Tensor, kernelValues: number[], biasValues: number[] | undefined, heads: number, depth: number) => {
-    const [b, n, f] = x.shape;
+    const [b, n, f] = x.shape as [number, number, number];
     const xs = x.dataSync();
     const out = new Float64Array(b * n * heads * depth);
     for (let row = 0; row < b * n; row++) {
