@@ -59,7 +59,7 @@ class BlockScorer {
     let kept: Tensor | null = null;
     if (keepMask) {
       kept = broadcastTo(keepMask, s5.shape);
-      s5 = where(kept, s5, broadcastTo(scalar(-Infinity), s5.shape));
+      s5 = whereAnyRank(kept, s5, broadcastTo(scalar(-Infinity), s5.shape));
     }
     return { s5, kept, capTanh, kb, len };
   }
@@ -85,6 +85,14 @@ function geometry(q: Tensor, k: Tensor, v: Tensor): Geometry {
   return { B, Nq, Nk, H, Hkv, g: H / Hkv, D, Dv };
 }
 
+/**
+ * where() on operands of one shape, any rank: the webgl and webgpu Select kernels stop at rank 4
+ * ("Where for rank 5 is not yet supported"), so the operands go through flat.
+ */
+function whereAnyRank(cond: Tensor, a: Tensor, b: Tensor): Tensor {
+  return reshape(where(reshape(cond, [-1]), reshape(a, [-1]), reshape(b, [-1])), a.shape);
+}
+
 /** [B, N, heads, D] -> [B, heads, N, D]; for q the heads axis then splits as [Hkv, g*N]. */
 const toHeadMajor = (x: Tensor) => transpose(x, [0, 2, 1, 3]);
 
@@ -102,7 +110,7 @@ function blockForward(q: Tensor, k: Tensor, v: Tensor, scorer: BlockScorer): { o
       const { s5, len } = scorer.scores(q4, j0, j1, k4);
       // Online softmax: new running max, rescale of what was accumulated under the old one.
       const mNew = maximum(m, max(s5, -1, true));
-      const mSafe = where(equal(mNew, -Infinity), zerosLike(mNew), mNew);
+      const mSafe = whereAnyRank(equal(mNew, -Infinity), zerosLike(mNew), mNew);
       const alpha = exp(sub(m, mSafe));
       let p = exp(sub(s5, mSafe));
       const lNew = add(mul(l, alpha), sum(p, -1, true));
@@ -118,10 +126,10 @@ function blockForward(q: Tensor, k: Tensor, v: Tensor, scorer: BlockScorer): { o
   }
   return tidy(() => {
     const empty = equal(l, 0);                                   // no key left after masking
-    const lSafe = where(empty, onesLike(l), l);
+    const lSafe = whereAnyRank(empty, onesLike(l), l);
     const out4 = div(acc, reshape(lSafe, [B, Hkv, g * Nq, 1]));  // acc is 0 on empty rows
     const out = transpose(reshape(out4, [B, H, Nq, Dv]), [0, 2, 1, 3]);
-    const lse = reshape(where(empty, broadcastTo(scalar(-Infinity), l.shape), add(m, log(lSafe))), [B, H, Nq]);
+    const lse = reshape(whereAnyRank(empty, broadcastTo(scalar(-Infinity), l.shape), add(m, log(lSafe))), [B, H, Nq]);
     dispose([m, l, acc]);
     return { out, lse };
   });
@@ -139,7 +147,7 @@ function blockBackward(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor
     const Drow = reshape(sum(mul(dy, out), -1), [B, Nq, H]);
     const D5 = reshape(transpose(Drow, [0, 2, 1]), [B, Hkv, g, Nq, 1]);
     const lse5 = reshape(lse, [B, Hkv, g, Nq, 1]);
-    const lseSafe = where(equal(lse5, -Infinity), zerosLike(lse5), lse5);
+    const lseSafe = whereAnyRank(equal(lse5, -Infinity), zerosLike(lse5), lse5);
     let dq4: Tensor = zeros([B, Hkv, g * Nq, D]);
     const dkBlocks: Tensor[] = [], dvBlocks: Tensor[] = [];
     for (let j0 = 0; j0 < Nk; j0 += KEY_BLOCK) {
