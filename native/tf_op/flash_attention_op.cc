@@ -28,7 +28,7 @@ namespace {
 const char* const kAttrSpecs[] = {
     "scale: float",       "softcap: float",     "windowLeft: int",    "windowRight: int",
     "hasAlibi: bool",     "hasMask: bool",      "dropoutRate: float", "seed: int",
-    "precision: string",  "dropoutThreshold: int = -1",
+    "precision: {'highest', 'fast'}", "dropoutThreshold: int = -1",
 };
 
 struct Attrs {

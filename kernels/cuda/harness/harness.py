@@ -41,7 +41,7 @@ def load_library(path):
     ptr = ctypes.c_void_p
     lib.fa_forward.argtypes = [ctypes.POINTER(FaParams)] + [ptr] * 6
     lib.fa_forward.restype = ctypes.c_int
-    lib.fa_backward.argtypes = [ctypes.POINTER(FaParams)] + [ptr] * 12
+    lib.fa_backward.argtypes = [ctypes.POINTER(FaParams)] + [ptr] * 11
     lib.fa_backward.restype = ctypes.c_int
     lib.fa_backward_workspace_size.argtypes = [ctypes.POINTER(FaParams)]
     lib.fa_backward_workspace_size.restype = ctypes.c_size_t
