@@ -191,8 +191,10 @@ class Runner {
       tracker?.resetPeak();
       runnable = c.impl === 'flash' ? flashRunnable(tf, this.b.flash, c, x)
                                     : compositeRunnable(tf, c, x, headsPerChunk);
-      const timing = await timeCall(tf, runnable.run, this.plan);
-      const peakBytes = tracker ? tracker.peak - harnessOnlyBytes(c, x) : null;
+      let peakBytes: number | null = null;
+      const timing = await timeCall(tf, runnable.run, this.plan, () => {
+        if (tracker) peakBytes = tracker.peak - harnessOnlyBytes(c, x);
+      });
       let relErr: number | undefined;
       if (refs.length) {
         const result = runnable.run();

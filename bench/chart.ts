@@ -125,9 +125,9 @@ export function renderChart(run: RunRecord): Buffer {
 
   const allRates = results.flatMap(r => [r.tflopsWall ?? 0, r.tflopsGpu ?? 0]);
   const unit = throughputUnit(Math.max(0, ...allRates));
-  const device = run.meta.adapter
-      ? [run.meta.adapter.vendor, run.meta.adapter.architecture, run.meta.adapter.description]
-          .filter(Boolean).join(' ') : run.meta.backend;
+  const a = run.meta.adapter;
+  const device = run.meta.nvidiaSmi?.split(',')[0] ??
+      (a ? [a.vendor, a.architecture, a.device, a.description].filter(Boolean).join(' ') : 'cpu');
   const fit = (s: string) => s.slice(0, Math.floor((width - 2 * left) / (ADVANCE * 2)));
   img.text(left, 10, fit(`flashAttention vs tfjs composite: ${unit.name} (B=${results[0]?.batch ?? 1}, ` +
                          `H=${results[0]?.heads ?? '?'})`), INK);

@@ -122,8 +122,13 @@ export interface TimingPlan {
   timedReps: number;
 }
 
-/** Times fn: warm-up (pipeline compilation, clocks), then the wall repetitions, then tf.time. */
-export async function timeCall(tf: TF, fn: () => Tensor | Tensor[], plan: TimingPlan): Promise<Timing> {
+/**
+ * Times fn: warm-up (pipeline compilation, clocks), then the wall repetitions, then tf.time.
+ * afterWall runs between the last two: under tf.time tfjs holds buffers longer (one pass per
+ * kernel, read back later), so memory is read before it, as the baseline did.
+ */
+export async function timeCall(tf: TF, fn: () => Tensor | Tensor[], plan: TimingPlan,
+                               afterWall: () => void = () => {}): Promise<Timing> {
   const once = async () => {
     const t0 = performance.now();
     const result = fn();
@@ -142,6 +147,7 @@ export async function timeCall(tf: TF, fn: () => Tensor | Tensor[], plan: Timing
   const reps = Math.max(plan.minReps, Math.min(plan.maxReps, Math.ceil(plan.targetMs / Math.max(lastMs, 1e-3))));
   const wallAllMs: number[] = [];
   for (let i = 0; i < reps; i++) wallAllMs.push(await once());
+  afterWall();
 
   const gpuTimes: number[] = [];
   for (let i = 0; i < plan.timedReps; i++) {

@@ -33,6 +33,8 @@ await build({
   bundle: true, platform: 'node', target: 'node20', format: 'esm',
   mainFields: ['module', 'main'],
   plugins: [dawnByPath],
+  // CommonJS-only globals some package code uses (kernels/tensorflow's op-library lookup).
+  define: { __dirname: 'import.meta.dirname', __filename: 'import.meta.filename' },
   banner: { js: "import{createRequire as __benchRequire}from'node:module';const require=__benchRequire(import.meta.url);" },
   outfile, logLevel: 'warning',
 });

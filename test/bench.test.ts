@@ -1,0 +1,222 @@
+/**
+ * The benchmark's own arithmetic and outputs (bench/): FLOP and byte counts, head chunking, the
+ * command line, the float64 row reference (against the tests' oracle), the Markdown table, the
+ * chart, and one end-to-end run of `npm run bench` on the cpu backend.
+ */
+import { execFileSync } from 'child_process';
+import { mkdtempSync, readFileSync, rmSync } from 'fs';
+import { tmpdir } from 'os';
+import * as path from 'path';
+import { PNG } from 'pngjs';
+import {
+  attentionFlops, attentionMinBytes, BenchCase, compositeHeadsPerChunk, enumerateCases, floorMs, Shape,
+} from '../bench/cases';
+import { renderChart, niceStep } from '../bench/chart';
+import { parseArgs, sweepDefaults, timingDefaults } from '../bench/options';
+import { checkedRows, referenceRow, relativeError } from '../bench/reference_rows';
+import { baseResult, CaseResult, markdownReport, RunRecord } from '../bench/report';
+import { caseData, reference } from './helpers/attention_case';
+
+const H100_BINDING_LIMIT = 2 ** 31 - 4;   // maxStorageBufferBindingSize on the H100 (Dawn/Vulkan)
+const shape = (seq: number, causal = false, headDim = 64): Shape => ({ batch: 1, heads: 16, seq, headDim, causal });
+
+describe('FLOP and byte counts (the floor)', () => {
+  test('forward is 4·B·H·N²·d, halved for causal; forward+backward is 3.5× forward', () => {
+    expect(attentionFlops(shape(4096), 'fwd')).toBe(4 * 16 * 4096 * 4096 * 64);
+    expect(attentionFlops(shape(4096, true), 'fwd')).toBe(2 * 16 * 4096 * 4096 * 64);
+    expect(attentionFlops(shape(4096), 'fwd+bwd')).toBe(3.5 * 4 * 16 * 4096 * 4096 * 64);
+  });
+
+  test('bytes: forward moves q, k, v, out and logsumexp; backward adds 8 tensors and logsumexp', () => {
+    const tensor = 16 * 1024 * 64 * 4, lse = 16 * 1024 * 4;
+    expect(attentionMinBytes(shape(1024), 'fwd')).toBe(4 * tensor + lse);
+    expect(attentionMinBytes(shape(1024), 'fwd+bwd')).toBe(12 * tensor + 2 * lse);
+  });
+
+  test('the floor is the larger of compute time and memory time', () => {
+    const ceilings = { tflops: 50, gbPerS: 3000 };
+    // N = 16384 is compute-bound: 1.1 PFLOP at 50 TFLOP/s = 22 ms.
+    expect(floorMs(shape(16384), 'fwd', ceilings)).toBeCloseTo(attentionFlops(shape(16384), 'fwd') / 50e9, 9);
+    // A tiny ceiling on FLOPs makes memory irrelevant; a tiny bandwidth makes it decide.
+    expect(floorMs(shape(512), 'fwd', { tflops: 1e9, gbPerS: 1 })).toBeCloseTo(attentionMinBytes(shape(512), 'fwd') / 1e6, 9);
+  });
+});
+
+describe('composite head chunking under the 2 GiB binding limit', () => {
+  test('all heads while [H, N, N] fits, then halves, then 0 once one head does not fit', () => {
+    expect(compositeHeadsPerChunk(16, 4096, H100_BINDING_LIMIT)).toBe(16);   // 1 GiB
+    expect(compositeHeadsPerChunk(16, 8192, H100_BINDING_LIMIT)).toBe(4);    // 8 heads = 2 GiB > limit
+    expect(compositeHeadsPerChunk(16, 16384, H100_BINDING_LIMIT)).toBe(1);
+    expect(compositeHeadsPerChunk(16, 32768, H100_BINDING_LIMIT)).toBe(0);   // one head: 4 GiB
+  });
+
+  test('chunks divide the heads evenly', () => {
+    expect(compositeHeadsPerChunk(12, 8192, H100_BINDING_LIMIT)).toBe(6);
+    expect(compositeHeadsPerChunk(12, 8192, 3 * 8192 * 8192 * 4)).toBe(3);
+  });
+});
+
+describe('the sweep and its command line', () => {
+  test('cases run sequence length outermost and flash before composite at each shape', () => {
+    const cases = enumerateCases(sweepDefaults({ seqs: [512, 1024], headDims: [64] }, true));
+    expect(cases).toHaveLength(2 * 2 * 2 * 2);
+    expect(cases.slice(0, 8).every(c => c.seq === 512)).toBe(true);
+    expect(cases.slice(0, 4).every(c => c.impl === 'flash')).toBe(true);
+    expect(cases.slice(4, 8).every(c => c.impl === 'composite')).toBe(true);
+  });
+
+  test('defaults: the issue\'s sweep on a real GPU, a small one elsewhere', () => {
+    const gpu = sweepDefaults({}, true), cpu = sweepDefaults({}, false);
+    expect(gpu.seqs[0]).toBe(512);
+    expect(gpu.seqs).toContain(16384);
+    expect(gpu.headDims).toEqual([64, 128]);
+    expect(gpu.heads).toBe(16);
+    expect(Math.max(...cpu.seqs)).toBeLessThanOrEqual(256);
+    expect(timingDefaults({}, false).maxReps).toBeLessThan(timingDefaults({}, true).maxReps);
+    expect(timingDefaults({ maxReps: 50 }, false).maxReps).toBe(50);
+  });
+
+  test('flags select sizes, heads, dims, mask, passes and implementations', () => {
+    const o = parseArgs(['--seqs=256,512', '--heads=8', '--dims=128', '--causal=1', '--passes=bwd',
+                         '--impls=flash', '--deadline=30', '--check=0']);
+    expect(o.sweep).toEqual({ seqs: [256, 512], heads: 8, headDims: [128], causal: [true],
+                              passes: ['fwd+bwd'], impls: ['flash'] });
+    expect(o.deadlineS).toBe(30);
+    expect(o.check).toBe(false);
+    expect(parseArgs(['--causal=both']).sweep.causal).toEqual([false, true]);
+  });
+
+  test('unknown flags and bad values are errors that name the flag', () => {
+    expect(() => parseArgs(['--sizez=1'])).toThrow(/unknown flag --sizez/);
+    expect(() => parseArgs(['--seqs=12,x'])).toThrow(/--seqs needs positive integers/);
+    expect(() => parseArgs(['--impls=flash,naive'])).toThrow(/'naive' is not one of flash, composite/);
+    expect(() => parseArgs(['seqs=1'])).toThrow(/unexpected argument/);
+  });
+});
+
+describe('float64 row reference', () => {
+  for (const causal of [false, true]) {
+    test(`rows of out and dq match the tests' oracle (${causal ? 'causal' : 'full'})`, () => {
+      const dims = { batch: 1, seqQ: 24, seqK: 24, heads: 3, kvHeads: 3, headDim: 8, headDimV: 8 };
+      const spec = { dims, causal, seed: 7 };
+      const data = caseData(spec);
+      const want = reference(spec, data);
+      const { heads: H, headDim: D, seqK: N } = dims;
+      const s: Shape = { batch: 1, heads: H, seq: N, headDim: D, causal };
+      const headRows = (x: Float32Array, h: number) =>
+          Float32Array.from({ length: N * D }, (_, n) => x[(Math.floor(n / D) * H + h) * D + (n % D)]);
+      for (const { head, row } of checkedRows(s)) {
+        const at = (x: Float32Array) => x.subarray((row * H + head) * D, (row * H + head + 1) * D);
+        const got = referenceRow(at(data.q), headRows(data.k, head), headRows(data.v, head), at(data.dy),
+                                 N, D, row, causal);
+        const wantOut = want.out.subarray((row * H + head) * D, (row * H + head + 1) * D);
+        const wantDq = want.dq.subarray((row * H + head) * D, (row * H + head + 1) * D);
+        expect(relativeError([{ got: got.out, ref: wantOut }])).toBeLessThan(1e-12);
+        expect(relativeError([{ got: got.dq, ref: wantDq }])).toBeLessThan(1e-12);
+      }
+    });
+  }
+
+  test('checked rows cover both ends of the heads and of the sequence', () => {
+    expect(checkedRows(shape(100))).toEqual([0, 15].flatMap(head => [1, 50, 99].map(row => ({ head, row }))));
+  });
+
+  test('a NaN in a checked row is never within tolerance', () => {
+    const err = relativeError([{ got: [1, NaN], ref: [1, 2] }]);
+    expect(err <= 1e-3).toBe(false);
+  });
+});
+
+function fakeRun(): RunRecord {
+  const ok = (c: BenchCase, wallMs: number, peakMiB: number): CaseResult => {
+    const r = baseResult(c, 'ok');
+    return { ...r, wallMs, gpuMs: wallMs * 0.9, tflopsWall: r.flops / wallMs / 1e9,
+             tflopsGpu: r.flops / (wallMs * 0.9) / 1e9, peakBytes: peakMiB * 2 ** 20, relErr: 1e-7 };
+  };
+  const at = (impl: 'flash' | 'composite', seq: number, pass: 'fwd' | 'fwd+bwd' = 'fwd'): BenchCase =>
+      ({ ...shape(seq), impl, pass });
+  return {
+    meta: { date: '2026-11-24T06:00:00.000Z', backend: 'webgpu', adapter: { vendor: 'nvidia', architecture: '' },
+            nvidiaSmi: 'NVIDIA H100 80GB HBM3, 81559 MiB', tfjsVersion: '4.22.0', node: 'v20', gitCommit: 'abc',
+            argv: [], ceilings: { tflops: 51.6, gbPerS: 3350 } },
+    results: [
+      ok(at('flash', 1024), 1, 10), ok(at('composite', 1024), 4, 200),
+      ok(at('flash', 2048), 3, 20), ok(at('composite', 2048), 9, 800),
+      ok(at('flash', 2048, 'fwd+bwd'), 12, 30),
+      baseResult(at('composite', 2048, 'fwd+bwd'), 'OOM', 'vkAllocateMemory failed'),
+    ],
+  };
+}
+
+describe('Markdown report', () => {
+  const md = markdownReport(fakeRun());
+
+  test('one table per pass with flash and composite side by side, and the speed-up', () => {
+    expect(md).toContain('### Forward, d = 64, no mask (B = 1, H = 16)');
+    expect(md).toContain('### Forward + backward, d = 64, no mask');
+    const row1024 = md.split('\n').find(l => l.startsWith('| 1024 |'))!;
+    expect(row1024).toContain('| 1.000 (0.900) | 4.000 (3.600) | 4.00× (4.00×) |');
+    expect(row1024).toMatch(/\| 10 \| 200 \|$/);
+  });
+
+  test('a case that could not run says so instead of a time, with its reason in the notes', () => {
+    const bwdRow = md.split('\n').filter(l => l.startsWith('| 2048 |'))[1];
+    expect(bwdRow).toContain('**OOM**');
+    expect(md).toContain('composite fwd+bwd N=2048 d=64 full: OOM — vkAllocateMemory failed');
+  });
+
+  test('the machine and the floor\'s ceilings are stated', () => {
+    expect(md).toContain('nvidia-smi: NVIDIA H100 80GB HBM3');
+    expect(md).toContain('51.6 TFLOP/s');
+  });
+});
+
+describe('PNG chart', () => {
+  const png = PNG.sync.read(renderChart(fakeRun()));
+  const count = (rgb: [number, number, number]) => {
+    let n = 0;
+    for (let i = 0; i < png.data.length; i += 4) {
+      if (png.data[i] === rgb[0] && png.data[i + 1] === rgb[1] && png.data[i + 2] === rgb[2]) n++;
+    }
+    return n;
+  };
+
+  test('is an image with a panel per pass, flash and composite lines and a failure cross', () => {
+    expect(png.width).toBeGreaterThanOrEqual(1000);
+    expect(png.height).toBeGreaterThan(2 * 300);
+    expect(count([31, 119, 180])).toBeGreaterThan(500);   // flash
+    expect(count([230, 120, 20])).toBeGreaterThan(500);   // composite
+    expect(count([200, 30, 30])).toBeGreaterThan(100);    // the OOM cross and the legend
+  });
+
+  test('axis steps are 1, 2 or 5 × 10^k', () => {
+    expect(niceStep(9.3)).toBe(2);
+    expect(niceStep(23)).toBe(5);
+    expect(niceStep(0.004)).toBe(0.001);
+  });
+});
+
+describe('npm run bench end to end (cpu backend, tiny sweep)', () => {
+  test('writes results.json, results.md and chart.png with every case checked against float64', () => {
+    const out = mkdtempSync(path.join(tmpdir(), 'bench-test-'));
+    try {
+      const log = execFileSync(process.execPath,
+          ['bench/run.mjs', '--backend=cpu', '--seqs=16,32', '--heads=2', '--dims=8', '--reps=2', `--out=${out}`],
+          { cwd: path.join(__dirname, '..'), encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+      const progress = log.split('\n').filter(l => /^\[\s*\d+\/16\]/.test(l));
+      expect(progress).toHaveLength(16);
+      const run = JSON.parse(readFileSync(path.join(out, 'results.json'), 'utf8')) as RunRecord;
+      expect(run.meta.backend).toBe('cpu');
+      expect(run.results).toHaveLength(16);
+      for (const r of run.results) {
+        expect(r.status).toBe('ok');
+        expect(r.relErr).toBeLessThan(r.pass === 'fwd' ? 1e-5 : 1e-4);
+        expect(r.wallMs).toBeGreaterThan(0);
+      }
+      expect(readFileSync(path.join(out, 'results.md'), 'utf8')).toContain('| 32 |');
+      expect(PNG.sync.read(readFileSync(path.join(out, 'chart.png'))).width).toBeGreaterThan(0);
+    } finally {
+      rmSync(out, { recursive: true, force: true });
+    }
+  });
+});
