@@ -21,7 +21,7 @@ import { renderChart } from './chart';
 import { ErrorScopes, GpuMemoryTracker, timeCall, TimingPlan } from './measure';
 import { BenchOptions, parseArgs, sweepDefaults, timingDefaults, USAGE } from './options';
 import { referenceRows, relativeError, RowRef } from './reference_rows';
-import { baseResult, CaseResult, markdownReport, RunMeta, RunRecord } from './report';
+import { baseResult, CaseResult, floorTable, markdownReport, RunMeta, RunRecord } from './report';
 
 /** Above this the rows are not float32 round-off but a wrong result (the tests hold 1e-5 / 1e-4). */
 const WRONG_RESULT_REL_ERR = 1e-3;
@@ -252,6 +252,10 @@ function writeOutputs(run: RunRecord, dir: string): void {
 async function main(): Promise<number> {
   const o = parseArgs(process.argv.slice(2));
   if (o.help) { console.log(USAGE); return 0; }
+  if (o.floorOnly) {
+    console.log(floorTable(sweepDefaults(o.sweep, true), { tflops: o.ceilingTflops, gbPerS: o.ceilingGbPerS }));
+    return 0;
+  }
   if (o.renderOnly) {
     const run = JSON.parse(readFileSync(o.renderOnly, 'utf8')) as RunRecord;
     const dir = process.argv.some(a => a.startsWith('--out=')) ? o.outDir : dirname(o.renderOnly);
@@ -265,7 +269,7 @@ async function main(): Promise<number> {
   const cases = enumerateCases(sweep);
   const timing = timingDefaults(o.timing, b.realGpu);
   const plan: TimingPlan = {
-    ...timing, warmupMs: b.realGpu ? 250 : 0, timedReps: b.hasTimestamps ? timing.timedReps : 0,
+    ...timing, warmupMs: b.realGpu ? 100 : 0, timedReps: b.hasTimestamps ? timing.timedReps : 0,
   };
   const meta: RunMeta = {
     date: new Date().toISOString(), backend: b.name, adapter: b.adapter,

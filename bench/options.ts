@@ -30,6 +30,8 @@ export interface BenchOptions {
   /** Compare rows of the output (and of dq) with a float64 reference. */
   check: boolean;
   outDir: string;
+  /** Print the FLOP / byte floor of the sweep as Markdown and run nothing. */
+  floorOnly: boolean;
   /** Re-render the Markdown table and the chart from an earlier results.json; runs nothing. */
   renderOnly?: string;
   ceilingTflops: number;
@@ -47,13 +49,14 @@ export const USAGE = `npm run bench -- [flags]
   --passes=fwd,fwd+bwd        'bwd' is accepted for fwd+bwd
   --impls=flash,composite
   --reps=20 --min-reps=3      timed repetitions, adaptive between the two (cpu/SwiftShader: 5, 2)
-  --target-ms=1000            wall time the timed repetitions of one case aim for (300)
+  --target-ms=300             wall time the timed repetitions of one case aim for
   --gpu-reps=2                repetitions timed with GPU timestamps, 0 = off (1)
   --deadline=600              seconds; no case starts later (rest: "skipped")
   --max-case-s=60             skip a case estimated to take longer
   --check=1                   spot-check output / dq rows against float64
   --out=bench/results/latest  where results.json, results.md and chart.png go
   --render=FILE.json          only re-render results.md and chart.png from FILE.json
+  --floor                     only print the FLOP / byte floor of the sweep (GPU defaults)
   --ceiling-tflops=51.6 --ceiling-gbs=3350   roofline used for the floor column (H100 f32 SIMT, HBM3)
 
 Defaults on a real GPU: seqs 512..32768, dims 64,128, heads 16, both passes, causal and full.
@@ -91,7 +94,7 @@ export function parseArgs(argv: readonly string[]): BenchOptions {
   const o: BenchOptions = {
     backend: 'auto', sweep: {}, timing: {},
     deadlineS: 600, maxCaseS: 60, check: true, outDir: 'bench/results/latest',
-    ceilingTflops: 51.6, ceilingGbPerS: 3350, help: false,
+    ceilingTflops: 51.6, ceilingGbPerS: 3350, help: false, floorOnly: false,
   };
   for (const arg of argv) {
     const m = /^--([a-z-]+)(?:=(.*))?$/.exec(arg);
@@ -118,6 +121,7 @@ export function parseArgs(argv: readonly string[]): BenchOptions {
       case 'check': o.check = bool(value, flag); break;
       case 'out': o.outDir = value; break;
       case 'render': o.renderOnly = value; break;
+      case 'floor': o.floorOnly = bool(value, flag); break;
       case 'ceiling-tflops': o.ceilingTflops = number(value, flag, 1e-9); break;
       case 'ceiling-gbs': o.ceilingGbPerS = number(value, flag, 1e-9); break;
       default: throw new Error(`unknown flag --${flag}; --help lists the flags`);
@@ -129,7 +133,7 @@ export function parseArgs(argv: readonly string[]): BenchOptions {
 /** Repetitions: enough for a stable median on a GPU; few on CPU and SwiftShader, where one call of
  * even a small case takes a large fraction of a second. */
 export function timingDefaults(given: Partial<TimingFlags>, realGpu: boolean): TimingFlags {
-  const d = realGpu ? { maxReps: 20, minReps: 3, targetMs: 1000, timedReps: 2 }
+  const d = realGpu ? { maxReps: 20, minReps: 3, targetMs: 300, timedReps: 2 }
                     : { maxReps: 5, minReps: 2, targetMs: 300, timedReps: 1 };
   const t = { ...d, ...given };
   t.minReps = Math.min(t.minReps, t.maxReps);

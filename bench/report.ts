@@ -2,7 +2,7 @@
  * Results: the JSON record of a run and its Markdown rendering (one table per pass, head dim and
  * mask, flash and composite side by side).
  */
-import { attentionFlops, attentionMinBytes, BenchCase, Ceilings, floorMs, Pass } from './cases';
+import { attentionFlops, attentionMinBytes, BenchCase, Ceilings, floorMs, Pass, Sweep } from './cases';
 
 export type Status = 'ok' | 'wrong' | 'OOM' | 'too large' | 'validation' | 'device lost' | 'error' | 'skipped';
 
@@ -140,6 +140,29 @@ export function markdownReport(run: RunRecord): string {
     for (const r of notes) {
       lines.push(`- ${r.impl} ${r.pass} N=${r.seq} d=${r.headDim} ${r.causal ? 'causal' : 'full'}: ` +
                  `${r.status} — ${r.note}`);
+    }
+  }
+  return lines.join('\n') + '\n';
+}
+
+/**
+ * The floor of a sweep before anything runs: useful FLOPs, the fewest bytes, and the time neither
+ * can beat at the given ceilings (causal halves the FLOPs, not the bytes).
+ */
+export function floorTable(w: Sweep, c: Ceilings): string {
+  const lines = [
+    `Floor at ${c.tflops} TFLOP/s and ${c.gbPerS} GB/s (B = ${w.batch}, H = ${w.heads}); ` +
+    'causal halves GFLOP and compute time.', '',
+    '| d | N | fwd GFLOP | fwd min MB | fwd floor ms | fwd+bwd GFLOP | fwd+bwd min MB | fwd+bwd floor ms | bound by |',
+    '|---:|---:|---:|---:|---:|---:|---:|---:|---|',
+  ];
+  for (const headDim of w.headDims) {
+    for (const seq of w.seqs) {
+      const s = { batch: w.batch, heads: w.heads, seq, headDim, causal: false };
+      const computeBound = attentionFlops(s, 'fwd') / (c.tflops * 1e9) >= attentionMinBytes(s, 'fwd') / (c.gbPerS * 1e6);
+      const cells = (['fwd', 'fwd+bwd'] as const).map(p =>
+          `${fmt(attentionFlops(s, p) / 1e9, 1)} | ${fmt(attentionMinBytes(s, p) / 1e6, 1)} | ${fmtMs(floorMs(s, p, c))}`);
+      lines.push(`| ${headDim} | ${seq} | ${cells.join(' | ')} | ${computeBound ? 'FLOPs' : 'bytes'} |`);
     }
   }
   return lines.join('\n') + '\n';
