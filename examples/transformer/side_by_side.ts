@@ -1,0 +1,126 @@
+/** The comparison behind compare.ts (imported once the backend is prepared). */
+import * as fs from 'fs';
+import * as path from 'path';
+import * as tf from '@tensorflow/tfjs';
+import '@tensorflow/tfjs-backend-webgpu';
+import '../../src/index';
+import { activateBackend } from './backend';
+import { CharCorpus, seededRandom } from './data';
+import { buildTransformer, compileTransformer } from './model';
+
+export interface ComparisonOptions {
+  backend: 'webgpu' | 'cpu'; backendDetail: string;
+  seqs: number[]; batch: number; layers: number; dim: number; heads: number;
+  steps: number; maxStepSeconds: number; out: string; seed: number;
+}
+
+interface Measurement {
+  seq: number; attention: 'flash' | 'stock';
+  /** Median over the timed steps. */
+  msPerStep?: number; tokensPerSecond?: number;
+  /** Peak bytes of live tfjs tensors during one training step (tf.profile). */
+  peakMB?: number;
+  loss?: number;
+  /** Why this configuration could not run (it then stops for longer sequences too). */
+  failure?: string;
+}
+
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[xs.length >> 1];
+
+/** Runs fn under WebGPU out-of-memory and validation error scopes; throws what they caught. */
+async function withGpuErrorScopes<T>(fn: () => Promise<T>): Promise<T> {
+  if (tf.getBackend() !== 'webgpu') return fn();
+  const device = (tf.backend() as unknown as { device: GPUDevice }).device;
+  device.pushErrorScope('out-of-memory');
+  device.pushErrorScope('validation');
+  let result: T | undefined, thrown: unknown;
+  try { result = await fn(); } catch (e) { thrown = e; }
+  const validation = await device.popErrorScope();
+  const oom = await device.popErrorScope();
+  if (thrown) throw thrown;
+  // tfjs does not check WebGPU limits: an oversized binding shows up only here, with garbage results.
+  if (oom || validation) throw new Error(`WebGPU ${oom ? 'out of memory' : 'validation error'}: ${(oom ?? validation)!.message.split('\n')[0]}`);
+  return result!;
+}
+
+async function measure(o: ComparisonOptions, corpus: CharCorpus, seq: number, attention: 'flash' | 'stock'): Promise<Measurement> {
+  const model = buildTransformer({ vocabSize: corpus.vocabSize, seqLen: seq, dim: o.dim, heads: o.heads,
+                                   layers: o.layers, attention });
+  compileTransformer(model, 1e-3);
+  const { inputs, targets } = corpus.windows(o.batch, seq, seededRandom(o.seed + seq));
+  const x = tf.tensor2d(inputs, [o.batch, seq], 'int32');
+  const y = tf.tensor3d(Float32Array.from(targets), [o.batch, seq, 1]);
+  const result: Measurement = { seq, attention };
+  const step = async () => {
+    const loss = Number(await withGpuErrorScopes(() => model.trainOnBatch(x, y)));
+    if (!Number.isFinite(loss)) throw new Error(`non-finite loss ${loss}`);
+    return loss;
+  };
+  try {
+    // The first (profiled) step also compiles shaders / warms up, so it is not timed.
+    const started = Date.now();
+    const bytesBefore = tf.memory().numBytes;
+    const profile = await tf.profile(async () => { await step(); });
+    result.peakMB = (profile.peakBytes - bytesBefore) / 2 ** 20;
+    const warmupSeconds = (Date.now() - started) / 1000;
+    if (warmupSeconds > o.maxStepSeconds) {
+      result.failure = `first step took ${warmupSeconds.toFixed(0)} s (> --max-step-seconds=${o.maxStepSeconds})`;
+    } else {
+      const times: number[] = [];
+      for (let i = 0; i < o.steps; i++) {
+        const t0 = performance.now();
+        result.loss = await step();
+        times.push(performance.now() - t0);
+      }
+      result.msPerStep = median(times);
+      result.tokensPerSecond = o.batch * seq / (result.msPerStep / 1000);
+      if (result.msPerStep / 1000 > o.maxStepSeconds) result.failure = `step took ${(result.msPerStep / 1000).toFixed(0)} s`;
+    }
+  } catch (e) {
+    result.failure = (e instanceof Error ? e.message : String(e)).split('\n')[0].slice(0, 160);
+  } finally {
+    tf.dispose([x, y]);
+    model.optimizer?.dispose();
+    model.dispose();
+  }
+  return result;
+}
+
+function cell(m: Measurement | undefined): [string, string, string] {
+  if (!m) return ['not run', '', ''];
+  const fmt = (n: number | undefined, digits: number) => (n === undefined ? '' : n.toFixed(digits));
+  const peak = fmt(m.peakMB, 1);
+  if (m.msPerStep === undefined) return [`stopped: ${m.failure}`, '', peak];
+  return [`${fmt(m.msPerStep, 0)}${m.failure ? ` (${m.failure})` : ''}`, Math.round(m.tokensPerSecond!).toLocaleString('en-US'), peak];
+}
+
+export async function runComparison(o: ComparisonOptions): Promise<void> {
+  await activateBackend(tf, o.backend);
+  const corpus = CharCorpus.load();
+  console.log(`backend: ${o.backendDetail}; model: dim ${o.dim}, ${o.heads} heads, ${o.layers} layer(s), batch ${o.batch}, ` +
+              `causal; median of ${o.steps} timed training steps (trainOnBatch) after one profiled warm-up step`);
+  const rows: Measurement[] = [];
+  const stopped = { flash: false, stock: false };
+  for (const seq of o.seqs) {
+    for (const attention of ['flash', 'stock'] as const) {
+      if (stopped[attention]) continue;
+      const m = await measure(o, corpus, seq, attention);
+      rows.push(m);
+      console.log(JSON.stringify(m));
+      if (m.failure) stopped[attention] = true;
+    }
+    if (stopped.flash && stopped.stock) break;
+  }
+  const lines = [
+    `| seq | flash ms/step | flash tokens/s | flash peak MB | stock ms/step | stock tokens/s | stock peak MB |`,
+    `|---|---|---|---|---|---|---|`,
+    ...o.seqs.filter(seq => rows.some(r => r.seq === seq)).map(seq => {
+      const [flash, stock] = (['flash', 'stock'] as const).map(a => cell(rows.find(r => r.seq === seq && r.attention === a)));
+      return `| ${seq} | ${flash.join(' | ')} | ${stock.join(' | ')} |`;
+    }),
+  ];
+  console.log(`\n${lines.join('\n')}`);
+  fs.mkdirSync(path.dirname(o.out), { recursive: true });
+  fs.writeFileSync(o.out, JSON.stringify({ options: o, rows, table: lines.join('\n') }, null, 2));
+  console.log(`\nwritten: ${o.out}`);
+}
