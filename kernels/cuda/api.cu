@@ -41,19 +41,37 @@ static int checkParams(const fa_params* a) {
 
 extern "C" {
 
+static bool useTensorCores(const fa_params* a, const fa::Problem& p) {
+  return a->precision == FA_PRECISION_FAST && fa::tensorCoreHeadDim(p) != 0;
+}
+
+size_t fa_forward_workspace_size(const fa_params* a) {
+  if (fa::checkParams(a)) return 0;
+  const fa::Problem p = fa::makeProblem(*a);
+  return useTensorCores(a, p) ? fa::tensorCoreForwardWorkspace(p) : 0;
+}
+
 int fa_forward(const fa_params* a, const float* q, const float* k, const float* v, float* out,
-               float* lse, void* stream) {
+               float* lse, void* workspace, void* stream) {
   if (int e = fa::checkParams(a)) return e;
   const fa::Problem p = fa::makeProblem(*a);
   const cudaStream_t s = static_cast<cudaStream_t>(stream);
-  if (a->precision == FA_PRECISION_FAST && fa::tensorCoreForwardSupports(p))
-    return fa::launchForwardTensorCore(p, q, k, v, out, lse, s);
+  if (useTensorCores(a, p)) {
+    if (workspace == nullptr) return FA_ERR_BAD_ARGUMENT;
+    return fa::launchForwardTensorCore(p, q, k, v, out, lse, workspace, s);
+  }
   return fa::launchForwardSimt(p, q, k, v, out, lse, s);
+}
+
+// Backward workspace: delta (float32 [B, H, Nq]), then the tensor-core path's BF16 operands.
+static size_t deltaBytes(const fa_params* a) {
+  return (sizeof(float) * (size_t)a->batch * a->heads * a->seq_q + 255) / 256 * 256;
 }
 
 size_t fa_backward_workspace_size(const fa_params* a) {
   if (fa::checkParams(a)) return 0;
-  return sizeof(float) * (size_t)a->batch * a->heads * a->seq_q;
+  const fa::Problem p = fa::makeProblem(*a);
+  return deltaBytes(a) + (useTensorCores(a, p) ? fa::tensorCoreBackwardWorkspace(p) : 0);
 }
 
 int fa_backward(const fa_params* a, const float* q, const float* k, const float* v,
@@ -62,8 +80,14 @@ int fa_backward(const fa_params* a, const float* q, const float* k, const float*
   if (int e = fa::checkParams(a)) return e;
   if (workspace == nullptr) return FA_ERR_BAD_ARGUMENT;
   const fa::Problem p = fa::makeProblem(*a);
-  return fa::launchBackwardSimt(p, q, k, v, out, lse, dout, dq, dk, dv,
-                                static_cast<float*>(workspace), static_cast<cudaStream_t>(stream));
+  const cudaStream_t s = static_cast<cudaStream_t>(stream);
+  float* delta = static_cast<float*>(workspace);
+  if (useTensorCores(a, p)) {
+    if (cudaError_t e = fa::launchBackwardPreprocess(p, out, dout, delta, s)) return e;
+    return fa::launchBackwardTensorCore(p, q, k, v, lse, dout, delta, dq, dk, dv,
+                                        static_cast<char*>(workspace) + deltaBytes(a), s);
+  }
+  return fa::launchBackwardSimt(p, q, k, v, out, lse, dout, dq, dk, dv, delta, s);
 }
 
 const char* fa_error_string(int code) {

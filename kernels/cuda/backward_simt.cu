@@ -307,12 +307,17 @@ cudaError_t dispatchFlags(const Problem& p, const float* q, const float* k, cons
 
 }  // namespace
 
+cudaError_t launchBackwardPreprocess(const Problem& p, const float* out, const float* dout, float* delta,
+                                     cudaStream_t stream) {
+  const long long rows = (long long)p.batch * p.seqQ * p.heads;
+  backwardPreprocessKernel<<<(unsigned)((rows + 7) / 8), 256, 0, stream>>>(p, out, dout, delta);
+  return cudaGetLastError();
+}
+
 cudaError_t launchBackwardSimt(const Problem& p, const float* q, const float* k, const float* v,
                                const float* out, const float* lse, const float* dout, float* dq,
                                float* dk, float* dv, float* delta, cudaStream_t stream) {
-  const long long rows = (long long)p.batch * p.seqQ * p.heads;
-  backwardPreprocessKernel<<<(unsigned)((rows + 7) / 8), 256, 0, stream>>>(p, out, dout, delta);
-  cudaError_t err = cudaGetLastError();
+  cudaError_t err = launchBackwardPreprocess(p, out, dout, delta, stream);
   if (err != cudaSuccess) return err;
   const int d = max(p.headDim, p.headDimV);
   if (d <= 64) return dispatchFlags<64>(p, q, k, v, lse, delta, dout, dq, dk, dv, stream);

@@ -214,9 +214,17 @@ __device__ __forceinline__ float groupSum(float x) {
 // Launch helpers implemented per file.
 cudaError_t launchForwardSimt(const Problem& p, const float* q, const float* k, const float* v,
                               float* out, float* lse, cudaStream_t stream);
+// Tensor-core path: the padded head dimension it runs at (64 or 128), 0 when it cannot.
+int tensorCoreHeadDim(const Problem& p);
+size_t tensorCoreForwardWorkspace(const Problem& p);
 cudaError_t launchForwardTensorCore(const Problem& p, const float* q, const float* k, const float* v,
-                                    float* out, float* lse, cudaStream_t stream);
-bool tensorCoreForwardSupports(const Problem& p);
+                                    float* out, float* lse, void* workspace, cudaStream_t stream);
+size_t tensorCoreBackwardWorkspace(const Problem& p);
+cudaError_t launchBackwardTensorCore(const Problem& p, const float* q, const float* k, const float* v,
+                                     const float* lse, const float* dout, const float* delta, float* dq,
+                                     float* dk, float* dv, void* workspace, cudaStream_t stream);
+cudaError_t launchBackwardPreprocess(const Problem& p, const float* out, const float* dout, float* delta,
+                                     cudaStream_t stream);
 cudaError_t launchBackwardSimt(const Problem& p, const float* q, const float* k, const float* v,
                                const float* out, const float* lse, const float* dout, float* dq,
                                float* dk, float* dv, float* delta, cudaStream_t stream);

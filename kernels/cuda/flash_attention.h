@@ -54,9 +54,13 @@ typedef struct {
   int precision;           /* FA_PRECISION_* */
 } fa_params;
 
+/* Bytes of device workspace fa_forward needs (0 for the exact path; the BF16 operand copies
+   of the tensor-core path). */
+FA_API size_t fa_forward_workspace_size(const fa_params* p);
+
 /* out [B, Nq, H, Dv], lse [B, H, Nq]. */
 FA_API int fa_forward(const fa_params* p, const float* q, const float* k, const float* v,
-               float* out, float* lse, void* stream);
+                      float* out, float* lse, void* workspace, void* stream);
 
 /* Bytes of device workspace fa_backward needs (the row dot products of dO and O). */
 FA_API size_t fa_backward_workspace_size(const fa_params* p);

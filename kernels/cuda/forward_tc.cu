@@ -1,102 +1,60 @@
-// Tensor-core forward (precision 'fast'): the same forward inner loop with Q K^T and P V on
-// mma.sync m16n8k16 (BF16 operands, float32 accumulation), inputs and outputs float32.
-// Q and K are rounded to BF16 as they are staged in shared memory, and so is P before P V; the
-// softmax statistics and the output stay float32. Four warps, 16 query rows each; the score
-// accumulator's register layout is reused as the A operand of P V, FlashAttention-2's way.
-// headDim / headDimV up to 128 here (register budget); 'fast' falls back to the exact path above.
-#include <cuda_bf16.h>
-
-#include "common.cuh"
+// Tensor-core forward (precision 'fast'): FlashAttention-2's forward inner loop with Q K^T and
+// P V on BF16 mma.sync (float32 accumulation, float32 softmax statistics and output). Operands
+// come from the BF16 staging pass: Q [B, H, NqPad, DP], K [B, Hkv, NkPad, DP] and V transposed
+// [B, Hkv, DP, NkPad]. Eight warps own 16 query rows each (BR = 128) and keep their Q fragments
+// in registers; K and V tiles stream through a two-stage cp.async pipeline.
+#include "tc_common.cuh"
 
 namespace fa {
 namespace {
 
-constexpr int NT = 128, BR = 64, BC = 64;
+constexpr int NT = 256, BR = 128, BC = 64;
 
-__device__ __forceinline__ void mmaBf16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-      "{%0,%1,%2,%3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-__device__ __forceinline__ uint32_t packBf16(float lo, float hi) {
-  const __nv_bfloat162 x = __floats2bfloat162_rn(lo, hi);
-  return *reinterpret_cast<const uint32_t*>(&x);
-}
-
-// Rows [row0, row0 + ROWS) x [0, DMAX) of a float32 array into bf16 smem dst[r * LD + c].
-template <int ROWS, int DMAX, int LD>
-__device__ __forceinline__ void stageRows(__nv_bfloat16* dst, const float* src, long long rowStride,
-                                          int row0, int rowsValid, int width) {
-  for (int idx = threadIdx.x; idx < ROWS * DMAX / 2; idx += NT) {
-    const int r = idx / (DMAX / 2), c = (idx % (DMAX / 2)) * 2;
-    float x0 = 0.f, x1 = 0.f;
-    if (row0 + r < rowsValid) {
-      const float* s = src + (long long)(row0 + r) * rowStride;
-      if (c < width) x0 = __ldg(s + c);
-      if (c + 1 < width) x1 = __ldg(s + c + 1);
-    }
-    *reinterpret_cast<uint32_t*>(dst + r * LD + c) = packBf16(x0, x1);
-  }
-}
-// Transposed: dst[c * LD + r], two consecutive rows per 32-bit store.
-template <int ROWS, int DMAX, int LD>
-__device__ __forceinline__ void stageTransposed(__nv_bfloat16* dst, const float* src,
-                                                long long rowStride, int row0, int rowsValid, int width) {
-  for (int idx = threadIdx.x; idx < ROWS / 2 * DMAX; idx += NT) {
-    const int c = idx % DMAX, r = (idx / DMAX) * 2;
-    float x0 = 0.f, x1 = 0.f;
-    if (c < width) {
-      if (row0 + r < rowsValid) x0 = __ldg(src + (long long)(row0 + r) * rowStride + c);
-      if (row0 + r + 1 < rowsValid) x1 = __ldg(src + (long long)(row0 + r + 1) * rowStride + c);
-    }
-    *reinterpret_cast<uint32_t*>(dst + c * LD + r) = packBf16(x0, x1);
-  }
-}
-
-template <int DMAX, bool LOCAL, bool GENERAL>
-__global__ void __launch_bounds__(NT) forwardTensorCoreKernel(Problem p, const float* __restrict__ q,
-                                                              const float* __restrict__ k,
-                                                              const float* __restrict__ v,
-                                                              float* __restrict__ out,
-                                                              float* __restrict__ lse) {
-  constexpr int LDQ = DMAX + 8, LDV = BC + 8;  // +8 bf16: fragment reads hit distinct banks
-  constexpr int KSTEPS = DMAX / 16, NBLK = BC / 8, DBLK = DMAX / 8;
+template <int DP, bool LOCAL, bool GENERAL>
+__global__ void __launch_bounds__(NT) forwardTensorCoreKernel(Problem p, const __nv_bfloat16* __restrict__ qb,
+                                                              const __nv_bfloat16* __restrict__ kb,
+                                                              const __nv_bfloat16* __restrict__ vtb,
+                                                              int nqPad, int nkPad,
+                                                              float* __restrict__ out, float* __restrict__ lse) {
+  constexpr int LDK = DP + 8, LDV = BC + 8;  // +8 bf16 per row: fragment reads hit distinct banks
+  constexpr int KSTEPS = DP / 16, NBLK = BC / 8, DBLK = DP / 8;
   extern __shared__ float4 smemRaw[];
-  __nv_bfloat16* Qs = reinterpret_cast<__nv_bfloat16*>(smemRaw);  // [BR][LDQ]
-  __nv_bfloat16* Ks = Qs + BR * LDQ;                               // [BC][LDQ]
-  __nv_bfloat16* Vt = Ks + BC * LDQ;                               // [DMAX][LDV]
+  __nv_bfloat16* Ks = reinterpret_cast<__nv_bfloat16*>(smemRaw);  // [2][BC][LDK]
+  __nv_bfloat16* Vt = Ks + 2 * BC * LDK;                           // [2][DP][LDV]
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-  const int qTile = gridDim.x - 1 - blockIdx.x;
+  const int qTile = gridDim.x - 1 - blockIdx.x;  // heavy tiles first under causal
   const int h = blockIdx.y, b = blockIdx.z, kvh = h / p.group;
   const int i0 = qTile * BR;
-  const long long qStride = (long long)p.heads * p.headDim;
-  const long long kStride = (long long)p.kvHeads * p.headDim;
-  const long long vStride = (long long)p.kvHeads * p.headDimV;
-  const float* qBase = q + ((long long)b * p.seqQ * p.heads + h) * p.headDim;
-  const float* kBase = k + ((long long)b * p.seqK * p.kvHeads + kvh) * p.headDim;
-  const float* vBase = v + ((long long)b * p.seqK * p.kvHeads + kvh) * p.headDimV;
+  const __nv_bfloat16* kBase = kb + ((long long)b * p.kvHeads + kvh) * nkPad * DP;
+  const __nv_bfloat16* vBase = vtb + ((long long)b * p.kvHeads + kvh) * DP * nkPad;
   const float slope = (GENERAL && p.hasAlibi) ? p.alibi[h] : 0.f;
   const float scaleLog2 = p.scale * kLog2e;
 
-  stageRows<BR, DMAX, LDQ>(Qs, qBase, qStride, i0, p.seqQ, p.headDim);
-  __syncthreads();
-  // This warp's Q rows stay in registers as A fragments for the whole key loop.
-  uint32_t qf[KSTEPS][4];
-  const int rLo = warp * 16 + g;  // rows rLo and rLo + 8 of the tile
-#pragma unroll
-  for (int kk = 0; kk < KSTEPS; ++kk) {
-    qf[kk][0] = *reinterpret_cast<const uint32_t*>(Qs + rLo * LDQ + kk * 16 + 2 * t);
-    qf[kk][1] = *reinterpret_cast<const uint32_t*>(Qs + (rLo + 8) * LDQ + kk * 16 + 2 * t);
-    qf[kk][2] = *reinterpret_cast<const uint32_t*>(Qs + rLo * LDQ + kk * 16 + 2 * t + 8);
-    qf[kk][3] = *reinterpret_cast<const uint32_t*>(Qs + (rLo + 8) * LDQ + kk * 16 + 2 * t + 8);
-  }
-
   int jLo = 0, jHi = p.seqK;
   if (LOCAL) keyRange(p, i0, min(i0 + BR, p.seqQ) - 1, &jLo, &jHi);
+  const int jStart = (jLo / BC) * BC;
+
+  auto issueTile = [&](int j0, int stage) {
+    copyTileAsync<BC, DP, LDK, NT>(Ks + stage * BC * LDK, kBase + (long long)j0 * DP, DP);
+    copyTileAsync<DP, BC, LDV, NT>(Vt + stage * DP * LDV, vBase + j0, nkPad);
+    cpAsyncCommit();
+  };
+  if (jStart < jHi) issueTile(jStart, 0);
+
+  // This warp's 16 query rows, as A fragments for the whole key loop.
+  const int rLo = warp * 16 + g;
+  uint32_t qf[KSTEPS][4];
+  {
+    const __nv_bfloat16* q0 = qb + (((long long)b * p.heads + h) * nqPad + i0 + rLo) * DP + 2 * t;
+#pragma unroll
+    for (int kk = 0; kk < KSTEPS; ++kk) {
+      qf[kk][0] = __ldg(reinterpret_cast<const unsigned*>(q0 + kk * 16));
+      qf[kk][1] = __ldg(reinterpret_cast<const unsigned*>(q0 + 8 * DP + kk * 16));
+      qf[kk][2] = __ldg(reinterpret_cast<const unsigned*>(q0 + kk * 16 + 8));
+      qf[kk][3] = __ldg(reinterpret_cast<const unsigned*>(q0 + 8 * DP + kk * 16 + 8));
+    }
+  }
 
   const int rows[2] = {i0 + rLo, i0 + rLo + 8};
   float o[DBLK][4], mRow[2] = {-INFINITY, -INFINITY}, lPart[2] = {0.f, 0.f};
@@ -108,21 +66,21 @@ __global__ void __launch_bounds__(NT) forwardTensorCoreKernel(Problem p, const f
     rowKey[1] = dropoutRowKey(p.seed, b * p.heads + h, rows[1]);
   }
 
-  for (int j0 = (jLo / BC) * BC; j0 < jHi; j0 += BC) {
+  int stage = 0;
+  for (int j0 = jStart; j0 < jHi; j0 += BC, stage ^= 1) {
+    if (j0 + BC < jHi) { issueTile(j0 + BC, stage ^ 1); cpAsyncWait<1>(); }
+    else cpAsyncWait<0>();
     __syncthreads();
-    stageRows<BC, DMAX, LDQ>(Ks, kBase, kStride, j0, p.seqK, p.headDim);
-    stageTransposed<BC, DMAX, LDV>(Vt, vBase, vStride, j0, p.seqK, p.headDimV);
-    __syncthreads();
+    const __nv_bfloat16* K = Ks + stage * BC * LDK;
+    const __nv_bfloat16* V = Vt + stage * DP * LDV;
 
     float s[NBLK][4];
 #pragma unroll
     for (int nb = 0; nb < NBLK; ++nb) {
       s[nb][0] = s[nb][1] = s[nb][2] = s[nb][3] = 0.f;
-      const __nv_bfloat16* krow = Ks + (nb * 8 + g) * LDQ + 2 * t;
+      const __nv_bfloat16* krow = K + (nb * 8 + g) * LDK + 2 * t;
 #pragma unroll
-      for (int kk = 0; kk < KSTEPS; ++kk)
-        mmaBf16(s[nb], qf[kk], *reinterpret_cast<const uint32_t*>(krow + kk * 16),
-                *reinterpret_cast<const uint32_t*>(krow + kk * 16 + 8));
+      for (int kk = 0; kk < KSTEPS; ++kk) mmaBf16(s[nb], qf[kk], ld32(krow + kk * 16), ld32(krow + kk * 16 + 8));
     }
 
     const bool edgeTile = j0 + BC > p.seqK || (LOCAL && !tileInsideWindow(p, i0, i0 + BR - 1, j0, j0 + BC - 1));
@@ -169,11 +127,11 @@ __global__ void __launch_bounds__(NT) forwardTensorCoreKernel(Problem p, const f
                               packBf16(s[2 * kk + 1][2], s[2 * kk + 1][3])};
 #pragma unroll
       for (int db = 0; db < DBLK; ++db) {
-        const __nv_bfloat16* vrow = Vt + (db * 8 + g) * LDV + kk * 16 + 2 * t;
-        mmaBf16(o[db], pa, *reinterpret_cast<const uint32_t*>(vrow),
-                *reinterpret_cast<const uint32_t*>(vrow + 8));
+        const __nv_bfloat16* vrow = V + (db * 8 + g) * LDV + kk * 16 + 2 * t;
+        mmaBf16(o[db], pa, ld32(vrow), ld32(vrow + 8));
       }
     }
+    __syncthreads();  // this stage's buffers are refilled two tiles from now
   }
 
 #pragma unroll
@@ -186,47 +144,68 @@ __global__ void __launch_bounds__(NT) forwardTensorCoreKernel(Problem p, const f
     const float inv = l > 0.f ? 1.f / l : 0.f;
     float* orow = out + (((long long)b * p.seqQ + i) * p.heads + h) * p.headDimV;
 #pragma unroll
-    for (int db = 0; db < DBLK; ++db)
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const int c = db * 8 + 2 * t + e;
-        if (c < p.headDimV) orow[c] = o[db][half * 2 + e] * inv;
+    for (int db = 0; db < DBLK; ++db) {
+      const int c = db * 8 + 2 * t;
+      if (c + 1 < p.headDimV && (p.headDimV & 1) == 0) {
+        *reinterpret_cast<float2*>(orow + c) = make_float2(o[db][half * 2] * inv, o[db][half * 2 + 1] * inv);
+      } else {
+        if (c < p.headDimV) orow[c] = o[db][half * 2] * inv;
+        if (c + 1 < p.headDimV) orow[c + 1] = o[db][half * 2 + 1] * inv;
       }
+    }
     if (t == 0) lse[((long long)b * p.heads + h) * p.seqQ + i] = l > 0.f ? (mRow[half] + log2f(l)) * kLn2 : -INFINITY;
   }
 }
 
-template <int DMAX, bool LOCAL, bool GENERAL>
-cudaError_t launch(const Problem& p, const float* q, const float* k, const float* v, float* out,
-                   float* lse, cudaStream_t stream) {
-  constexpr size_t smem = sizeof(__nv_bfloat16) * ((BR + BC) * (DMAX + 8) + DMAX * (BC + 8));
-  auto kernel = forwardTensorCoreKernel<DMAX, LOCAL, GENERAL>;
+template <int DP, bool LOCAL, bool GENERAL>
+cudaError_t launch(const Problem& p, const __nv_bfloat16* qb, const __nv_bfloat16* kb,
+                   const __nv_bfloat16* vtb, int nqPad, int nkPad, float* out, float* lse, cudaStream_t stream) {
+  constexpr size_t smem = sizeof(__nv_bfloat16) * 2 * (BC * (DP + 8) + DP * (BC + 8));
+  auto kernel = forwardTensorCoreKernel<DP, LOCAL, GENERAL>;
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
   if (err != cudaSuccess) return err;
-  const dim3 grid((p.seqQ + BR - 1) / BR, p.heads, p.batch);
-  kernel<<<grid, NT, smem, stream>>>(p, q, k, v, out, lse);
+  const dim3 grid(nqPad / BR, p.heads, p.batch);
+  kernel<<<grid, NT, smem, stream>>>(p, qb, kb, vtb, nqPad, nkPad, out, lse);
   return cudaGetLastError();
 }
 
-template <int DMAX>
-cudaError_t dispatchFlags(const Problem& p, const float* q, const float* k, const float* v,
-                          float* out, float* lse, cudaStream_t s) {
+template <int DP>
+cudaError_t dispatchFlags(const Problem& p, const __nv_bfloat16* qb, const __nv_bfloat16* kb,
+                          const __nv_bfloat16* vtb, int nqPad, int nkPad, float* out, float* lse, cudaStream_t s) {
   const bool local = p.windowLeft >= 0 || p.windowRight >= 0;
   const bool general = p.hasAlibi || p.hasSoftcap || p.hasMask || p.hasDropout;
-  if (local) return general ? launch<DMAX, true, true>(p, q, k, v, out, lse, s)
-                            : launch<DMAX, true, false>(p, q, k, v, out, lse, s);
-  return general ? launch<DMAX, false, true>(p, q, k, v, out, lse, s)
-                 : launch<DMAX, false, false>(p, q, k, v, out, lse, s);
+  if (local) return general ? launch<DP, true, true>(p, qb, kb, vtb, nqPad, nkPad, out, lse, s)
+                            : launch<DP, true, false>(p, qb, kb, vtb, nqPad, nkPad, out, lse, s);
+  return general ? launch<DP, false, true>(p, qb, kb, vtb, nqPad, nkPad, out, lse, s)
+                 : launch<DP, false, false>(p, qb, kb, vtb, nqPad, nkPad, out, lse, s);
 }
 
 }  // namespace
 
-bool tensorCoreForwardSupports(const Problem& p) { return max(p.headDim, p.headDimV) <= 128; }
+int tensorCoreHeadDim(const Problem& p) {
+  const int d = max(p.headDim, p.headDimV);
+  return d <= 64 ? 64 : d <= 128 ? 128 : 0;
+}
+
+size_t tensorCoreForwardWorkspace(const Problem& p) {
+  const size_t dp = tensorCoreHeadDim(p);
+  const size_t nqPad = roundUp(p.seqQ, BR), nkPad = roundUp(p.seqK, BC);
+  return sizeof(__nv_bfloat16) * dp * ((size_t)p.batch * p.heads * nqPad + 2 * (size_t)p.batch * p.kvHeads * nkPad);
+}
 
 cudaError_t launchForwardTensorCore(const Problem& p, const float* q, const float* k, const float* v,
-                                    float* out, float* lse, cudaStream_t stream) {
-  if (max(p.headDim, p.headDimV) <= 64) return dispatchFlags<64>(p, q, k, v, out, lse, stream);
-  return dispatchFlags<128>(p, q, k, v, out, lse, stream);
+                                    float* out, float* lse, void* workspace, cudaStream_t stream) {
+  const int dp = tensorCoreHeadDim(p);
+  const int nqPad = roundUp(p.seqQ, BR), nkPad = roundUp(p.seqK, BC);
+  auto* qb = static_cast<__nv_bfloat16*>(workspace);
+  auto* kb = qb + (size_t)p.batch * p.heads * nqPad * dp;
+  auto* vtb = kb + (size_t)p.batch * p.kvHeads * nkPad * dp;
+  cudaError_t err;
+  if ((err = stageBf16(q, qb, p.batch, p.seqQ, p.heads, p.headDim, nqPad, dp, false, stream)) != cudaSuccess) return err;
+  if ((err = stageBf16(k, kb, p.batch, p.seqK, p.kvHeads, p.headDim, nkPad, dp, false, stream)) != cudaSuccess) return err;
+  if ((err = stageBf16(v, vtb, p.batch, p.seqK, p.kvHeads, p.headDimV, nkPad, dp, true, stream)) != cudaSuccess) return err;
+  return dp == 64 ? dispatchFlags<64>(p, qb, kb, vtb, nqPad, nkPad, out, lse, stream)
+                  : dispatchFlags<128>(p, qb, kb, vtb, nqPad, nkPad, out, lse, stream);
 }
 
 }  // namespace fa

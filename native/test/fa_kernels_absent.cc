@@ -4,7 +4,8 @@
 #include "flash_attention.h"
 
 extern "C" {
-int fa_forward(const fa_params*, const float*, const float*, const float*, float*, float*, void*) { return FA_ERR_BAD_ARGUMENT; }
+size_t fa_forward_workspace_size(const fa_params*) { return 0; }
+int fa_forward(const fa_params*, const float*, const float*, const float*, float*, float*, void*, void*) { return FA_ERR_BAD_ARGUMENT; }
 size_t fa_backward_workspace_size(const fa_params*) { return 0; }
 int fa_backward(const fa_params*, const float*, const float*, const float*, const float*, const float*,
                 const float*, float*, float*, float*, void*, void*) { return FA_ERR_BAD_ARGUMENT; }

@@ -253,8 +253,17 @@ void computeForward(void* kernel, TF_OpKernelContext* ctx) {
   if (TF_GetCode(st) != TF_OK) {
     TF_OpKernelContext_Failure(ctx, st);
   } else if (prepareStream(ctx, k, in.f(0))) {
-    finish(ctx, k, fa_forward(&p, in.f(0), in.f(1), in.f(2), static_cast<float*>(TF_TensorData(out)),
-                              static_cast<float*>(TF_TensorData(lse)), k->stream));
+    // Workspaces come from CUDA's stream-ordered pool: TF_AllocateTemp is not in every
+    // TensorFlow 2.x C API, and the pool makes these allocations cheap after the first call.
+    void* ws = nullptr;
+    const size_t wsBytes = fa_forward_workspace_size(&p);
+    int code = wsBytes ? cudaMallocAsync(&ws, wsBytes, k->stream) : 0;
+    if (code == 0) {
+      code = fa_forward(&p, in.f(0), in.f(1), in.f(2), static_cast<float*>(TF_TensorData(out)),
+                        static_cast<float*>(TF_TensorData(lse)), ws, k->stream);
+      if (ws) cudaFreeAsync(ws, k->stream);
+    }
+    finish(ctx, k, code);
   }
   if (out) TF_DeleteTensor(out);
   if (lse) TF_DeleteTensor(lse);
@@ -274,8 +283,6 @@ void computeGrad(void* kernel, TF_OpKernelContext* ctx) {
   if (TF_GetCode(st) != TF_OK) {
     TF_OpKernelContext_Failure(ctx, st);
   } else if (prepareStream(ctx, k, in.f(0))) {
-    // The workspace comes from CUDA's stream-ordered pool: TF_AllocateTemp is not in every
-    // TensorFlow 2.x C API, and the pool makes this allocation cheap after the first call.
     void* ws = nullptr;
     int code = cudaMallocAsync(&ws, fa_backward_workspace_size(&p), k->stream);
     if (code == 0) {

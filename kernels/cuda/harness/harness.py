@@ -39,10 +39,12 @@ class FaParams(ctypes.Structure):
 def load_library(path):
     lib = ctypes.CDLL(path)
     ptr = ctypes.c_void_p
-    lib.fa_forward.argtypes = [ctypes.POINTER(FaParams)] + [ptr] * 6
+    lib.fa_forward.argtypes = [ctypes.POINTER(FaParams)] + [ptr] * 7
     lib.fa_forward.restype = ctypes.c_int
     lib.fa_backward.argtypes = [ctypes.POINTER(FaParams)] + [ptr] * 11
     lib.fa_backward.restype = ctypes.c_int
+    lib.fa_forward_workspace_size.argtypes = [ctypes.POINTER(FaParams)]
+    lib.fa_forward_workspace_size.restype = ctypes.c_size_t
     lib.fa_backward_workspace_size.argtypes = [ctypes.POINTER(FaParams)]
     lib.fa_backward_workspace_size.restype = ctypes.c_size_t
     lib.fa_error_string.argtypes = [ctypes.c_int]
@@ -186,12 +188,16 @@ class Kernels:
         if code != 0:
             raise RuntimeError('fa error %d: %s' % (code, self.lib.fa_error_string(code).decode()))
 
-    def forward(self, p, q, k, v, out=None, lse=None):
+    def forward_workspace(self, p, device='cuda'):
+        return torch.empty(max(1, self.lib.fa_forward_workspace_size(ctypes.byref(p))), dtype=torch.uint8, device=device)
+
+    def forward(self, p, q, k, v, out=None, lse=None, ws=None):
         B, Nq, H = q.shape[0], q.shape[1], q.shape[2]
         out = out if out is not None else torch.empty(B, Nq, H, v.shape[3], device=q.device)
         lse = lse if lse is not None else torch.empty(B, H, Nq, device=q.device)
+        ws = ws if ws is not None else self.forward_workspace(p, q.device)
         self._check(self.lib.fa_forward(ctypes.byref(p), q.data_ptr(), k.data_ptr(), v.data_ptr(),
-                                        out.data_ptr(), lse.data_ptr(),
+                                        out.data_ptr(), lse.data_ptr(), ws.data_ptr(),
                                         torch.cuda.current_stream().cuda_stream))
         return out, lse
 
@@ -261,9 +267,9 @@ def run_checks(kern, report):
     print('dropout hash vs src/dropout.ts vectors: %d cases, %d mismatches' % (n, bad))
     gen = torch.Generator(device='cuda')
     rows = []
-    worst = {'fwd': 0.0, 'lse': 0.0, 'grad': 0.0, 'fast_fwd': 0.0}
+    worst = {'fwd': 0.0, 'lse': 0.0, 'grad': 0.0, 'fast_fwd': 0.0, 'fast_grad': 0.0}
     all_ok = bad == 0
-    print('%-34s %9s %9s %9s %9s %9s | %9s %9s  %s' % ('case', 'out', 'lse', 'dq', 'dk', 'dv', 'fast out', 'fast lse', 'det'))
+    print('%-34s %9s %9s %9s %9s %9s | %9s %9s %9s  %s' % ('case', 'out', 'lse', 'dq', 'dk', 'dv', 'fast out', 'fast lse', 'fast grad', 'det'))
     for name, spec in CASES:
         c = normalize(spec)
         gen.manual_seed(zlib.crc32(name.encode()))
@@ -277,27 +283,32 @@ def run_checks(kern, report):
         det = torch.equal(dq, dq2) and torch.equal(dk, dk2) and torch.equal(dv, dv2)
         pf = params_for(c, slopes, mask_c, 1)
         fout, flse = kern.forward(pf, q, k, v)
+        fdq, fdk, fdv = kern.backward(pf, q, k, v, fout, flse, dy)
         torch.cuda.synchronize()
         e = dict(out=rel_err(out, ref_out), lse=lse_err(lse, ref_lse), dq=rel_err(dq, ref_dq),
                  dk=rel_err(dk, ref_dk), dv=rel_err(dv, ref_dv), fast_out=rel_err(fout, ref_out),
-                 fast_lse=lse_err(flse, ref_lse), deterministic=det)
+                 fast_lse=lse_err(flse, ref_lse), fast_grad=max(rel_err(fdq, ref_dq), rel_err(fdk, ref_dk), rel_err(fdv, ref_dv)),
+                 deterministic=det)
+        # 'fast' rounds operands to BF16 (8-bit mantissa): its bounds are sanity bounds, the
+        # measured errors are what the report gives.
         ok = e['out'] < 1e-5 and e['lse'] < 1e-5 and max(e['dq'], e['dk'], e['dv']) < 1e-4 and det \
-            and e['fast_out'] < 5e-2 and e['fast_lse'] < 5e-2
+            and e['fast_out'] < 2e-2 and e['fast_lse'] < 2e-2 and e['fast_grad'] < 5e-2
         all_ok &= ok
         worst['fwd'] = max(worst['fwd'], e['out'])
         worst['lse'] = max(worst['lse'], e['lse'])
         worst['grad'] = max(worst['grad'], e['dq'], e['dk'], e['dv'])
         worst['fast_fwd'] = max(worst['fast_fwd'], e['fast_out'])
+        worst['fast_grad'] = max(worst['fast_grad'], e['fast_grad'])
         rows.append(dict(name=name, case={k_: (list(v_) if isinstance(v_, tuple) else v_) for k_, v_ in c.items()},
                          errors=e, ok=ok))
-        print('%-34s %9.2e %9.2e %9.2e %9.2e %9.2e | %9.2e %9.2e  %s %s' % (
-            name, e['out'], e['lse'], e['dq'], e['dk'], e['dv'], e['fast_out'], e['fast_lse'],
+        print('%-34s %9.2e %9.2e %9.2e %9.2e %9.2e | %9.2e %9.2e %9.2e  %s %s' % (
+            name, e['out'], e['lse'], e['dq'], e['dk'], e['dv'], e['fast_out'], e['fast_lse'], e['fast_grad'],
             'yes' if det else 'NO', 'ok' if ok else 'FAIL'))
     report['checks'] = rows
     report['worst'] = worst
     report['checks_ok'] = all_ok
-    print('worst: forward %.2e, lse %.2e, gradients %.2e, fast forward %.2e -> %s' % (
-        worst['fwd'], worst['lse'], worst['grad'], worst['fast_fwd'], 'ALL OK' if all_ok else 'FAILURES'))
+    print('worst: forward %.2e, lse %.2e, gradients %.2e, fast forward %.2e, fast gradients %.2e -> %s' % (
+        worst['fwd'], worst['lse'], worst['grad'], worst['fast_fwd'], worst['fast_grad'], 'ALL OK' if all_ok else 'FAILURES'))
     return all_ok
 
 
@@ -346,9 +357,11 @@ def run_bench(kern, report, seqs, dims):
                 r['ours_fwd'] = time_ms(lambda: kern.forward(p_hi, q, k, v, out, lse), reps=reps)
                 r['ours_fwdbwd'] = time_ms(lambda: (kern.forward(p_hi, q, k, v, out, lse),
                                                     kern.backward(p_hi, q, k, v, out, lse, dy, grads, ws)), reps=reps)
-                r['fast_fwd'] = time_ms(lambda: kern.forward(p_fast, q, k, v, out, lse), reps=reps)
-                r['fast_fwdbwd'] = time_ms(lambda: (kern.forward(p_fast, q, k, v, out, lse),
-                                                    kern.backward(p_fast, q, k, v, out, lse, dy, grads, ws)), reps=reps)
+                wsf = kern.forward_workspace(p_fast)
+                wsbf = torch.empty(kern.lib.fa_backward_workspace_size(ctypes.byref(p_fast)), dtype=torch.uint8, device='cuda')
+                r['fast_fwd'] = time_ms(lambda: kern.forward(p_fast, q, k, v, out, lse, wsf), reps=reps)
+                r['fast_fwdbwd'] = time_ms(lambda: (kern.forward(p_fast, q, k, v, out, lse, wsf),
+                                                    kern.backward(p_fast, q, k, v, out, lse, dy, grads, wsbf)), reps=reps)
                 qt, kt, vt, dyt = (t.transpose(1, 2) for t in (q, k, v, dy))  # [B, H, N, D] views
 
                 def torch_case(dtype, backend):
@@ -387,7 +400,7 @@ def run_bench(kern, report, seqs, dims):
                     f('torch_fp32_fwd'), f('torch_fp32_fwdbwd'), f('torch_fa2_bf16_fwd'), f('torch_fa2_bf16_fwdbwd'),
                     f('torch_bf16_default_fwd'), f('torch_bf16_default_fwdbwd'),
                     flops / r['ours_fwd'] / 1e9, flops / r['fast_fwd'] / 1e9), flush=True)
-                del q, k, v, dy, out, lse, grads, ws
+                del q, k, v, dy, out, lse, grads, ws, wsf, wsbf
                 torch.cuda.empty_cache()
     report['bench'] = results
 
