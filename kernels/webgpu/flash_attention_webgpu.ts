@@ -1,0 +1,289 @@
+/**
+ * WebGPU forward kernel: one fused WGSL program (FlashAttention-2's forward). A workgroup owns a
+ * tile of query rows of one (batch, head); the forward inner loop streams key/value tiles through
+ * workgroup memory, keeps the running row max, row sum and output accumulator in registers
+ * (online softmax), and writes the output and the row log-sum-exp once. Nothing seqQ x seqK is
+ * ever stored. Key tiles a query tile cannot see (causal, sliding window) are skipped whole.
+ */
+import { KernelConfig, KernelFunc, TensorInfo } from '@tensorflow/tfjs-core';
+import { FlashAttention, FlashAttentionAttrs, FlashAttentionInputs } from '../../src/kernel_names';
+import {
+  keyRangeWGSL, loadTileWGSL, NEG_BIG, NEG_HALF, OPTION_UNIFORMS, OptionFlags, optionFlags,
+  optionHelpers, optionUniforms,
+} from './attention_wgsl';
+import {
+  checkBindingSizes, checkDispatch, deviceLimits, FlashProgram, runProgram, shaderKeyOf, unpack,
+  unroll, WebGPUBackend,
+} from './program';
+import { chooseTiles, paddedVec4, threadsOf, TileConfig, vec4Count } from './tiles';
+
+export interface AttentionShape {
+  batch: number; seqQ: number; seqK: number; heads: number; kvHeads: number;
+  headDim: number; headDimV: number;
+}
+
+export function attentionShape(q: TensorInfo, k: TensorInfo, v: TensorInfo): AttentionShape {
+  const [batch, seqQ, heads, headDim] = q.shape;
+  const [, seqK, kvHeads] = k.shape;
+  return { batch, seqQ, seqK, heads, kvHeads, headDim, headDimV: v.shape[3] };
+}
+
+/** WGSL constants of a tiled pass: tile sizes, thread grid and head dims. */
+export function tileConstants(t: TileConfig, headDim: number, headDimV: number): string {
+  const tc = t.cols / t.colsPerThread;
+  return `
+    const ROWS = ${t.rows};
+    const COLS = ${t.cols};
+    const COLS4 = ${t.cols / 4};
+    const RPT = ${t.rowsPerThread};
+    const TC = ${tc};
+    const NT = ${threadsOf(t)};
+    const D = ${headDim};
+    const D4 = ${vec4Count(headDim)};
+    const D4P = ${paddedVec4(headDim)};
+    const DV = ${headDimV};
+    const DV4 = ${vec4Count(headDimV)};
+    const DV4P = ${paddedVec4(headDimV)};
+    const NEG_BIG = ${NEG_BIG};
+    const NEG_HALF = ${NEG_HALF};
+    ${UNIFORM_WORKGROUP_ID_DECL}`;
+}
+
+/**
+ * WGSL accumulating acc[r][c] += dot(rowTile[row r][x], colTile[col c][x]) over x < width4 vec4s,
+ * for this thread's RPT rows and colsPerThread strided columns.
+ */
+export function dotTileWGSL(t: TileConfig, acc: string, rowTile: string, colTile: string,
+                            width4: number, step: number): string {
+  const cpt = t.colsPerThread;
+  return `
+    for (var x0 = 0; x0 < ${width4}; x0 += ${step}) {
+      ${unroll(step, u => `{
+        let x = x0 + ${u};
+        ${unroll(cpt, c => `let cv${c} = ${colTile}[tc + TC * ${c}][x];`)}
+        ${unroll(t.rowsPerThread, r => `{
+          let rv = ${rowTile}[tr * RPT + ${r}][x];
+          ${unroll(cpt, c => `${acc}[${r}][${c}] += dot(rv, cv${c});`, ' ')}
+        }`)}
+      }`)}
+    }`;
+}
+
+/**
+ * WGSL accumulating out[r][jj] += sum_col weights[row r][col] * values[col][vec4 column], for this
+ * thread's vec4 columns tc + TC * jj (jj < perThread) of a `width4`-vec4-wide value tile.
+ */
+export function weightedSumWGSL(t: TileConfig, out: string, weights: string, values: string,
+                                width4: number): string {
+  const perThread = Math.ceil(width4 / (t.cols / t.colsPerThread));
+  return `
+    for (var k4 = 0; k4 < COLS4; k4++) {
+      ${unroll(t.rowsPerThread, r => `let w${r} = ${weights}[tr * RPT + ${r}][k4];`)}
+      ${unroll(4, e => `{
+        ${unroll(perThread, jj => `let vv${jj} = ${values}[k4 * 4 + ${e}][min(tc + TC * ${jj}, ${width4 - 1})];`)}
+        ${unroll(t.rowsPerThread, r => unroll(perThread, jj => `${out}[${r}][${jj}] += w${r}[${e}] * vv${jj};`, ' '))}
+      }`)}
+    }`;
+}
+
+/**
+ * WGSL computing keptBits: bit (r * colsPerThread + c) says whether this thread's element
+ * (r, c) is kept. Whole tiles inside the window (and inside both sequences, without a mask) skip
+ * the per-element test in one uniform branch; the test itself is branch-free.
+ */
+export function keptBitsWGSL(t: TileConfig, rowsAreQueries: boolean): string {
+  const [i0, i1, j0, j1] = rowsAreQueries ? ['row0', 'row0 + ROWS', 'col0', 'col0 + COLS']
+                                          : ['col0', 'col0 + COLS', 'row0', 'row0 + ROWS'];
+  const row = (r: number) => `row0 + tr * RPT + ${r}`, col = (c: number) => `col0 + tc + TC * ${c}`;
+  return `
+    var keptBits = 0xffffffffu;
+    if (!tileFullyKept(${i0}, ${i1}, ${j0}, ${j1}, nq, nk, off)) {
+      keptBits = 0u;
+      ${unroll(t.rowsPerThread, r => unroll(t.colsPerThread, c => {
+        const [i, j] = rowsAreQueries ? [row(r), col(c)] : [col(c), row(r)];
+        return `keptBits |= select(0u, ${1 << (r * t.colsPerThread + c) >>> 0}u, isKept(b, h, ${i}, ${j}, nq, nk, off));`;
+      }))}
+    }`;
+}
+export const keptAt = (t: TileConfig, r: number, c: number) =>
+    `((keptBits & ${(1 << (r * t.colsPerThread + c)) >>> 0}u) != 0u)`;
+
+/** The vec4 columns a thread owns of a `width4`-vec4-wide accumulator row. */
+export const vec4sPerThread = (t: TileConfig, width4: number) => Math.ceil(width4 / (t.cols / t.colsPerThread));
+
+/**
+ * tfjs hands the workgroup id over through a private variable, which WGSL's uniformity analysis
+ * treats as non-uniform; loops that contain barriers must be bounded by uniform values, so the id
+ * is passed through workgroup memory with workgroupUniformLoad (declares wgId).
+ */
+export const UNIFORM_WORKGROUP_ID = `
+      if (localIndex == 0u) { sharedWorkgroupId = workgroupId; }
+      let wgId = workgroupUniformLoad(&sharedWorkgroupId);`;
+export const UNIFORM_WORKGROUP_ID_DECL = 'var<workgroup> sharedWorkgroupId : vec3<u32>;';
+
+/** Statically uses every binding: tfjs binds all inputs, and an 'auto' layout drops unused ones. */
+export const touchBindings = (names: string[]) => names.map(n => `_ = ${n}[0];`).join(' ');
+
+export class FlashForwardProgram extends FlashProgram {
+  variableNames = ['q', 'k', 'v', 'alibiSlopes', 'mask'];
+  outputShape: number[];
+  workgroupSize: [number, number, number];
+  dispatch: [number, number, number];
+  uniforms = OPTION_UNIFORMS;
+
+  constructor(private s: AttentionShape, private tiles: TileConfig, private flags: OptionFlags) {
+    super();
+    // One packed output: out [B, Nq, H, Dv], then logsumexp [B, H, Nq].
+    this.outputShape = [s.batch * s.seqQ * s.heads * s.headDimV + s.batch * s.heads * s.seqQ];
+    this.workgroupSize = [threadsOf(tiles), 1, 1];
+    this.dispatch = [Math.ceil(s.seqQ / tiles.rows), s.heads, s.batch];
+    this.shaderKey = shaderKeyOf('flashAttentionForward', {
+      headDim: s.headDim, headDimV: s.headDimV, ...tiles, ...flags,
+    });
+  }
+
+  getUserCode(): string {
+    const t = this.tiles, f = this.flags, { headDim, headDimV } = this.s;
+    const d4 = vec4Count(headDim), dv4 = vec4Count(headDimV);
+    const vj = vec4sPerThread(t, dv4);
+    const rows = (body: (r: number) => string) => unroll(t.rowsPerThread, body);
+    const cols = (body: (c: number) => string) => unroll(t.colsPerThread, body);
+    return `
+    ${tileConstants(t, headDim, headDimV)}
+    var<workgroup> qTile : array<array<vec4<f32>, D4>, ROWS>;
+    var<workgroup> kTile : array<array<vec4<f32>, D4P>, COLS>;
+    var<workgroup> vTile : array<array<vec4<f32>, DV4>, COLS>;
+    var<workgroup> pTile : array<array<vec4<f32>, COLS4>, ROWS>;
+    var<workgroup> rowPartial : array<array<f32, TC>, ROWS>;
+    ${optionHelpers(f)}
+
+    fn main() {
+      ${touchBindings(this.variableNames)}
+      ${UNIFORM_WORKGROUP_ID}
+      let tid = i32(localIndex);
+      let tc = tid % TC;
+      let tr = tid / TC;
+      let batch = uniforms.qShape.x;
+      let nq = uniforms.qShape.y;
+      let heads = uniforms.qShape.z;
+      let nk = uniforms.kShape.y;
+      let kvHeads = uniforms.kShape.z;
+      let h = i32(wgId.y);
+      let b = i32(wgId.z);
+      let kvh = h / (heads / kvHeads);
+      let off = nk - nq;
+      let slope = slopeOf(h);
+      let numRowTiles = (nq + ROWS - 1) / ROWS;
+      // Windowed tiles differ in cost; the last query tiles see the most keys under a causal
+      // mask, so they are dispatched first and the cheap ones fill in behind them.
+      let rowTile = ${f.window ? 'numRowTiles - 1 - i32(wgId.x)' : 'i32(wgId.x)'};
+      let row0 = rowTile * ROWS;
+      let row1 = min(row0 + ROWS, nq);
+      ${loadTileWGSL({ tile: 'qTile', src: 'q', width: 'D', width4: 'D4', count: 'ROWS', first: 'row0',
+                       seqLen: 'nq', heads: 'heads', head: 'h', mul: 'uniforms.scale' })}
+
+      var m : array<f32, RPT>;
+      var l : array<f32, RPT>;
+      var acc : array<array<vec4<f32>, ${vj}>, RPT>;
+      var rowKey : array<u32, RPT>;
+      ${rows(r => `m[${r}] = NEG_BIG; l[${r}] = 0.0; rowKey[${r}] = dropoutRowKey(b * heads + h, row0 + tr * RPT + ${r});
+      ${unroll(vj, jj => `acc[${r}][${jj}] = vec4<f32>(0.0);`, ' ')}`)}
+
+      ${keyRangeWGSL(f, 'row0', 'row1')}
+      // Forward inner loop.
+      for (var col0 = (colBegin / COLS) * COLS; col0 < colEnd; col0 += COLS) {
+        ${loadTileWGSL({ tile: 'kTile', src: 'k', width: 'D', width4: 'D4', count: 'COLS', first: 'col0',
+                         seqLen: 'nk', heads: 'kvHeads', head: 'kvh' })}
+        ${loadTileWGSL({ tile: 'vTile', src: 'v', width: 'DV', width4: 'DV4', count: 'COLS', first: 'col0',
+                         seqLen: 'nk', heads: 'kvHeads', head: 'kvh' })}
+        workgroupBarrier();
+
+        var s : array<array<f32, ${t.colsPerThread}>, RPT>;
+        ${rows(r => cols(c => `s[${r}][${c}] = 0.0;`))}
+        ${dotTileWGSL(t, 's', 'qTile', 'kTile', d4, t.unroll)}
+
+        ${keptBitsWGSL(t, true)}
+        ${rows(r => `{
+          let i = row0 + tr * RPT + ${r};
+          var rowMax = NEG_BIG;
+          ${cols(c => `{
+            let j = col0 + tc + TC * ${c};
+            let x = select(NEG_BIG, scoreOf(s[${r}][${c}], i, j, off, slope), ${keptAt(t, r, c)});
+            s[${r}][${c}] = x;
+            rowMax = max(rowMax, x);
+          }`)}
+          rowPartial[tr * RPT + ${r}][tc] = rowMax;
+        }`)}
+        workgroupBarrier();
+
+        ${rows(r => `{
+          let row = tr * RPT + ${r};
+          var tileMax = NEG_BIG;
+          for (var t = 0; t < TC; t++) { tileMax = max(tileMax, rowPartial[row][t]); }
+          let newMax = max(m[${r}], tileMax);
+          // Online softmax: rescale what was accumulated under the old max. Both maxima are
+          // finite (NEG_BIG when nothing is kept yet), so alpha is never NaN.
+          let alpha = exp(m[${r}] - newMax);
+          m[${r}] = newMax;
+          l[${r}] *= alpha;
+          ${unroll(vj, jj => `acc[${r}][${jj}] *= alpha;`, ' ')}
+          ${cols(c => `{
+            let col = tc + TC * ${c};
+            let x = s[${r}][${c}];
+            let p = select(0.0, exp(x - newMax), x > NEG_HALF);
+            l[${r}] += p;   // the normaliser ignores dropout
+            pTile[row][col / 4][col % 4] = p * dropoutScale(rowKey[${r}], col0 + col);
+          }`)}
+        }`)}
+        workgroupBarrier();
+        ${weightedSumWGSL(t, 'acc', 'pTile', 'vTile', dv4)}
+        workgroupBarrier();
+      }
+
+      // Each thread summed its own columns; combine the row sums across the row's threads.
+      ${rows(r => `rowPartial[tr * RPT + ${r}][tc] = l[${r}];`)}
+      workgroupBarrier();
+      let outSize = batch * nq * heads * DV;
+      ${rows(r => `{
+        let row = tr * RPT + ${r};
+        let i = row0 + row;
+        var rowSum = 0.0;
+        for (var t = 0; t < TC; t++) { rowSum += rowPartial[row][t]; }
+        if (i < nq) {
+          // A row with no kept key: out 0, logsumexp -Infinity.
+          let inv = select(0.0, 1.0 / rowSum, rowSum > 0.0);
+          let base = ((b * nq + i) * heads + h) * DV;
+          ${unroll(vj, jj => `{
+            let c4 = tc + TC * ${jj};
+            ${unroll(4, e => `if (c4 * 4 + ${e} < DV) { result[base + c4 * 4 + ${e}] = acc[${r}][${jj}][${e}] * inv; }`)}
+          }`)}
+          if (tc == 0) {
+            result[outSize + (b * heads + h) * nq + i] =
+                select(-uniforms.INFINITY, m[${r}] + log(rowSum), rowSum > 0.0);
+          }
+        }
+      }`)}
+    }`;
+  }
+}
+
+export function flashAttentionWebGPU(
+    args: { inputs: FlashAttentionInputs, backend: WebGPUBackend, attrs: FlashAttentionAttrs }): TensorInfo[] {
+  const { inputs, backend, attrs } = args;
+  const { q, k, v, alibiSlopes, mask } = inputs as unknown as Record<string, TensorInfo>;
+  const s = attentionShape(q, k, v);
+  const limits = deviceLimits(backend);
+  const program = new FlashForwardProgram(s, chooseTiles('forward', limits, s.headDim, s.headDimV),
+                                          optionFlags(attrs));
+  checkBindingSizes(limits, [['q', q.shape], ['k', k.shape], ['v', v.shape], ['mask', mask.shape],
+                             ['the output and logsumexp', program.outputShape]]);
+  checkDispatch(limits, program.dispatch);
+  const packed = runProgram(backend, program, [q, k, v, alibiSlopes, mask], optionUniforms(attrs));
+  return unpack(backend, packed, [[s.batch, s.seqQ, s.heads, s.headDimV], [s.batch, s.heads, s.seqQ]]);
+}
+
+export const flashAttentionWebGPUConfig: KernelConfig = {
+  kernelName: FlashAttention,
+  backendName: 'webgpu',
+  kernelFunc: flashAttentionWebGPU as unknown as KernelFunc,
+};

@@ -1,0 +1,127 @@
+/**
+ * Small dispatch helpers for our WGSL programs. They run inside tfjs-backend-webgpu's own device,
+ * buffers and command stream through `backend.runWebGPUProgram`, but import nothing from that
+ * package at runtime (type-only imports), so this package loads where it is not installed.
+ */
+import type { WebGPUBackend, WebGPUProgram } from '@tensorflow/tfjs-backend-webgpu';
+import { TensorInfo, util } from '@tensorflow/tfjs-core';
+import { check, shapeStr } from '../../src/options';
+
+export type { WebGPUBackend };
+
+/** One program-defined uniform, in the order its field appears in `program.uniforms`. */
+export interface Uniform { type: 'float32' | 'int32' | 'uint32'; data: number[]; }
+
+/**
+ * Compile-time parameters of one program family. Every field becomes part of the shader key, so
+ * two programs share a pipeline exactly when they were generated from equal variants.
+ */
+export type Variant = Readonly<Record<string, number | boolean | string>>;
+
+/** Builds the shader key from the variant object, so no option can be forgotten in the key. */
+export function shaderKeyOf(family: string, variant: Variant): string {
+  return family + Object.keys(variant).sort().map(k => `_${k}=${variant[k]}`).join('');
+}
+
+/**
+ * Base of our programs: the fields tfjs reads. `dispatchLayout` only decides whether tfjs calls
+ * `main(index)` (flat layouts) or `main()`; our tiled kernels index work by workgroup id.
+ */
+export abstract class FlashProgram implements WebGPUProgram {
+  abstract variableNames: string[];
+  abstract outputShape: number[];
+  abstract workgroupSize: [number, number, number];
+  abstract dispatch: [number, number, number];
+  dispatchLayout: { x: number[]; y?: number[]; z?: number[] } = { x: [0], y: [1] };
+  shaderKey = '';
+  uniforms?: string;
+  size?: boolean;
+  abstract getUserCode(): string;
+}
+
+/** The device limits our tile choices and size checks depend on. */
+export interface DeviceLimits {
+  maxComputeWorkgroupStorageSize: number;
+  maxComputeInvocationsPerWorkgroup: number;
+  maxStorageBufferBindingSize: number;
+  maxComputeWorkgroupsPerDimension: number;
+}
+
+export function deviceLimits(backend: WebGPUBackend): DeviceLimits {
+  const l = backend.device.limits;
+  return {
+    maxComputeWorkgroupStorageSize: l.maxComputeWorkgroupStorageSize,
+    maxComputeInvocationsPerWorkgroup: l.maxComputeInvocationsPerWorkgroup,
+    maxStorageBufferBindingSize: l.maxStorageBufferBindingSize,
+    maxComputeWorkgroupsPerDimension: l.maxComputeWorkgroupsPerDimension,
+  };
+}
+
+/**
+ * tfjs does not check binding sizes: an oversized binding becomes a WebGPU validation error and
+ * garbage results. We refuse such work up front with an error the caller can act on.
+ */
+export function checkBindingSizes(limits: DeviceLimits, what: Array<[string, number[]]>): void {
+  for (const [name, shape] of what) {
+    const bytes = 4 * util.sizeFromShape(shape);
+    check(bytes <= limits.maxStorageBufferBindingSize, () =>
+        `${name} of shape ${shapeStr(shape)} needs ${bytes} bytes, more than this WebGPU device's ` +
+        `maxStorageBufferBindingSize (${limits.maxStorageBufferBindingSize}); split the batch or heads into smaller calls`);
+  }
+}
+
+export function checkDispatch(limits: DeviceLimits, dispatch: number[]): void {
+  check(dispatch.every(d => d <= limits.maxComputeWorkgroupsPerDimension), () =>
+      `the work grid [${dispatch.join(', ')}] (tiles, heads, batch) exceeds this WebGPU device's ` +
+      `maxComputeWorkgroupsPerDimension (${limits.maxComputeWorkgroupsPerDimension})`);
+}
+
+/** Runs one program; the backend caches its pipeline under the program's shader key. */
+export function runProgram(backend: WebGPUBackend, program: FlashProgram, inputs: TensorInfo[],
+                           uniforms: Uniform[]): TensorInfo {
+  return backend.runWebGPUProgram(program, inputs, 'float32', uniforms);
+}
+
+/** Copies `size(shape)` floats starting at `offset` of a packed buffer into a new tensor. */
+class UnpackProgram extends FlashProgram {
+  variableNames = ['packed'];
+  outputShape: number[];
+  workgroupSize: [number, number, number] = [64, 1, 1];
+  dispatch: [number, number, number];
+  dispatchLayout = { x: [0] };
+  uniforms = 'offset : i32,';
+  size = true;
+  shaderKey = 'flashAttentionUnpack';
+  constructor(shape: number[]) {
+    super();
+    this.outputShape = shape;
+    this.dispatch = [Math.ceil(util.sizeFromShape(shape) / 64), 1, 1];
+  }
+  getUserCode(): string {
+    return `
+      fn main(index : i32) {
+        if (index < uniforms.size) { result[index] = packed[index + uniforms.offset]; }
+      }`;
+  }
+}
+
+/**
+ * runWebGPUProgram has one output, so passes with two results write them into one packed buffer;
+ * this splits it (a copy of the small outputs, never of anything seqQ x seqK) and frees it.
+ */
+export function unpack(backend: WebGPUBackend, packed: TensorInfo, parts: number[][]): TensorInfo[] {
+  let offset = 0;
+  const out = parts.map(shape => {
+    const part = backend.runWebGPUProgram(new UnpackProgram(shape), [packed], 'float32',
+                                          [{ type: 'int32', data: [offset] }]);
+    offset += util.sizeFromShape(shape);
+    return part;
+  });
+  backend.disposeData(packed.dataId);
+  return out;
+}
+
+/** Repeats a template for i = 0..n-1: code is generated unrolled so indices are constants. */
+export function unroll(n: number, body: (i: number) => string, sep = '\n'): string {
+  return Array.from({ length: n }, (_, i) => body(i)).join(sep);
+}

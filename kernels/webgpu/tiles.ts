@@ -1,0 +1,88 @@
+/**
+ * Tile geometry of the three tiled passes, chosen from the device's limits.
+ *
+ * A workgroup owns a tile of `rows` (query rows in the forward and dQ passes, key rows in the
+ * dK/dV pass) and streams tiles of `cols` through workgroup memory. Its threads form a
+ * (rows / rowsPerThread) x (cols / colsPerThread) grid: a thread computes rowsPerThread x
+ * colsPerThread scores (columns strided by the thread-column count, so neighbouring threads read
+ * neighbouring padded rows without bank conflicts) and owns the same rows of the accumulators.
+ */
+import { DeviceLimits } from './program';
+
+export type Pass = 'forward' | 'dq' | 'dkdv';
+
+export interface TileConfig {
+  rows: number;
+  cols: number;
+  rowsPerThread: number;
+  colsPerThread: number;
+  /** vec4 steps per iteration of the head-dim dot-product loop (it must divide the loop). */
+  unroll: number;
+}
+
+export const vec4Count = (n: number) => Math.ceil(n / 4);
+/** Row length in vec4s of a tile read across threads: odd, so strided rows hit distinct banks. */
+export const paddedVec4 = (n: number) => vec4Count(n) | 1;
+
+export function threadsOf(t: TileConfig): number {
+  return (t.rows / t.rowsPerThread) * (t.cols / t.colsPerThread);
+}
+
+/** Bytes of workgroup memory the pass's program declares (mirrors the WGSL declarations). */
+export function workgroupBytes(pass: Pass, t: TileConfig, headDim: number, headDimV: number): number {
+  const d4 = vec4Count(headDim), dv4 = vec4Count(headDimV), cols4 = t.cols / 4;
+  const threadCols = t.cols / t.colsPerThread;
+  return 16 + passBytes();   // 16: the workgroup id passed through workgroup memory
+  function passBytes(): number {
+  switch (pass) {
+    case 'forward':   // q [rows][d4], k [cols][d4 padded], v [cols][dv4], p [rows][cols4], row partials
+      return 16 * (t.rows * d4 + t.cols * paddedVec4(headDim) + t.cols * dv4 + t.rows * cols4) +
+             4 * t.rows * threadCols;
+    case 'dq':        // q, dO [rows][..], k, v [cols][.. padded], dS [rows][cols4]
+      return 16 * (t.rows * (d4 + dv4) + t.cols * (paddedVec4(headDim) + paddedVec4(headDimV)) +
+                   t.rows * cols4);
+    case 'dkdv':      // k, v [rows][..], q, dO [cols][.. padded], P/dS [rows][cols4], lse, D, dropout keys
+      return 16 * (t.rows * (d4 + dv4) + t.cols * (paddedVec4(headDim) + paddedVec4(headDimV)) +
+                   t.rows * cols4) + 12 * t.cols;
+  }
+  }
+}
+
+const cfg = (rows: number, cols: number, rowsPerThread: number, colsPerThread = 4): TileConfig =>
+    ({ rows, cols, rowsPerThread, colsPerThread, unroll: 2 });
+
+/** Preferred first; the first that fits the device wins. The last ones fit any WebGPU device. */
+const CANDIDATES: Record<Pass, TileConfig[]> = {
+  forward: [cfg(64, 32, 4), cfg(64, 32, 8), cfg(32, 32, 4), cfg(32, 16, 4), cfg(16, 16, 2),
+            cfg(16, 8, 2), cfg(8, 8, 1), cfg(4, 4, 1)],
+  dq: [cfg(32, 32, 4), cfg(32, 16, 4), cfg(16, 16, 2), cfg(16, 8, 2), cfg(8, 8, 1), cfg(4, 4, 1)],
+  dkdv: [cfg(32, 32, 4), cfg(32, 16, 4), cfg(16, 16, 2), cfg(16, 8, 2), cfg(8, 8, 1), cfg(4, 4, 1)],
+};
+
+let override: Partial<Record<Pass, TileConfig>> = {};
+
+/**
+ * Forces a pass's tile geometry (tests and tuning: to exercise a large-device geometry on a small
+ * device with a small head dim, or to compare geometries). Pass {} to go back to automatic.
+ */
+export function setTileConfigOverride(o: Partial<Record<Pass, TileConfig>>): void {
+  override = { ...o };
+}
+
+export function chooseTiles(pass: Pass, limits: DeviceLimits, headDim: number, headDimV: number): TileConfig {
+  const fits = (t: TileConfig) =>
+      t.rowsPerThread * t.colsPerThread <= 32 &&   // one bit per element in a u32 keep mask
+      workgroupBytes(pass, t, headDim, headDimV) <= limits.maxComputeWorkgroupStorageSize &&
+      threadsOf(t) <= limits.maxComputeInvocationsPerWorkgroup;
+  const forced = override[pass];
+  const chosen = forced ?? CANDIDATES[pass].find(fits);
+  if (!chosen || !fits(chosen)) {
+    throw new Error(`Error in flashAttention: no ${pass} tile fits this WebGPU device for headDim ` +
+        `${headDim}, headDimV ${headDimV} (workgroup storage ${limits.maxComputeWorkgroupStorageSize} bytes)`);
+  }
+  // The unrolled dot-product steps must divide the vec4 count of every dot product in the pass.
+  const dots = pass === 'forward' ? [vec4Count(headDim)] : [vec4Count(headDim), vec4Count(headDimV)];
+  let unroll = chosen.unroll;
+  while (unroll > 1 && dots.some(n => n % unroll !== 0)) unroll--;
+  return { ...chosen, unroll };
+}

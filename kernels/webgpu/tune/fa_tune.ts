@@ -1,0 +1,81 @@
+/**
+ * Correctness check and timing of the WebGPU kernels outside jest, for the H100 (through the kit
+ * of ../shared/gpu) and for SwiftShader here. Prints `RESULT {json}` lines.
+ *
+ *   --mode=check [--only=fwd]           small random cases vs the float64 reference
+ *   --mode=time --n=4096 [--causal=1] [--bwd=1] [--heads=16] [--d=64] [--reps=10]
+ *   --tiles='{"forward":{"rows":64,...}}'  force tile geometries (setTileConfigOverride)
+ */
+import { create, globals } from 'webgpu';
+
+const arg: Record<string, string> = Object.fromEntries(process.argv.slice(2).map(a => {
+  const [k, v] = a.replace(/^--/, '').split('='); return [k, v ?? '1'];
+}));
+const num = (k: string, d: number) => (arg[k] === undefined ? d : Number(arg[k]));
+
+async function main() {
+  Object.assign(globalThis, globals);
+  // The ESM bundle has no __dirname, which the tensorflow kernels' op-library lookup reads.
+  (globalThis as Record<string, unknown>).__dirname ??= process.cwd();
+  const gpu = create(arg.unsafe ? ['enable-dawn-features=allow_unsafe_apis,disable_timestamp_query_conversion', 'disable-dawn-features=timestamp_quantization'] : ['disable-dawn-features=timestamp_quantization']);
+  Object.defineProperty(globalThis, 'navigator', { value: { gpu }, configurable: true, writable: true });
+  const tf = await import('@tensorflow/tfjs');
+  await import('@tensorflow/tfjs-backend-webgpu');
+  const { flashAttention } = await import('../../../src/index');
+  const { setTileConfigOverride } = await import('../tiles');
+  const ac = await import('../../../test/helpers/attention_case');
+  if (!(await tf.setBackend('webgpu'))) throw new Error('no webgpu');
+  const be = tf.backend() as any;
+  const dev = be.device as GPUDevice;
+  const errors: string[] = [];
+  dev.onuncapturederror = (e: any) => errors.push(String(e?.error?.message ?? e).slice(0, 2000));
+  if (arg.tiles) setTileConfigOverride(JSON.parse(arg.tiles));
+  const out = (o: object) => console.log('RESULT ' + JSON.stringify(o));
+
+  if ((arg.mode ?? 'check') === 'check') {
+    const grads = arg.only !== 'fwd';
+    const cases: any[] = [
+      { dims: { batch: 1, seqQ: 33, seqK: 40, heads: 2, kvHeads: 1, headDim: 16, headDimV: 8 }, seed: 1 },
+      { dims: { batch: 2, seqQ: 17, seqK: 9, heads: 2, kvHeads: 2, headDim: 5, headDimV: 3 }, seed: 2, causal: true,
+        alibi: true, softcap: 2, dropoutRate: 0.3, maskShape: [1, 2, 17, 1] },
+      { dims: { batch: 1, seqQ: 70, seqK: 70, heads: 4, kvHeads: 2, headDim: 64, headDimV: 64 }, seed: 3, causal: true },
+      { dims: { batch: 1, seqQ: 65, seqK: 130, heads: 2, kvHeads: 1, headDim: 32, headDimV: 48 }, seed: 4, windowSize: [20, 3] },
+    ];
+    const chosen = arg.case ? [JSON.parse(arg.case)] : cases.slice(0, num('cases', cases.length));
+    for (const c of chosen) {
+      const d = ac.caseData(c);
+      const t0 = Date.now();
+      const got = await ac.runOp(c, d, grads);
+      const ms = Date.now() - t0;
+      out({ case: ac.describeCase(c), ms, err: ac.compare(got, ac.reference(c, d), grads), deviceErrors: errors.splice(0) });
+    }
+  } else {
+    const n = num('n', 4096), heads = num('heads', 16), d = num('d', 64), reps = num('reps', 10);
+    const causal = !!num('causal', 0), bwd = !!num('bwd', 0);
+    const q = tf.randomNormal([1, n, heads, d]), k = tf.randomNormal([1, n, heads, d]), v = tf.randomNormal([1, n, heads, d]);
+    const dy = tf.randomNormal([1, n, heads, d]);
+    const gradFn = tf.grads((a: any, b: any, c: any) => tf.sum(tf.mul(flashAttention(a, b, c, { causal }), dy)));
+    const run = () => bwd ? gradFn([q, k, v]) : [flashAttention(q as any, k as any, v as any, { causal })];
+    const sync = async (ts: any[]) => { const s = tf.slice(tf.reshape(ts[ts.length - 1], [-1]), 0, 1); await s.data(); s.dispose(); };
+    // Warm up until the GPU clocks are up (~0.25 s of load).
+    const tw = performance.now();
+    while (performance.now() - tw < num('warmMs', 600)) { const o = run(); await sync(o); tf.dispose(o); }
+    const bm = be.bufferManager; let peak = 0; const acquire = bm.acquireBuffer.bind(bm);
+    bm.acquireBuffer = (...a: any[]) => { const r = acquire(...a); peak = Math.max(peak, bm.numBytesUsed); return r; };
+    const base = bm.numBytesUsed; peak = base;
+    const wall: number[] = [];
+    for (let i = 0; i < reps; i++) { const t0 = performance.now(); const o = run(); await sync(o); wall.push(performance.now() - t0); tf.dispose(o); }
+    const prof = await tf.profile(() => { const o = run(); return o[0]; });
+    void prof;
+    const t = await tf.time(() => { const o = run(); tf.dispose(o); });
+    const med = [...wall].sort((a, b) => a - b)[wall.length >> 1];
+    const flop = 4 * heads * n * n * d * (causal ? 0.5 : 1) * (bwd ? 3.5 : 1);
+    out({ n, heads, d, causal, bwd, wallMs: +med.toFixed(3), wallMin: +Math.min(...wall).toFixed(3),
+          kernelMs: +(t.kernelMs as number).toFixed(3), tflopsWall: +(flop / med / 1e9).toFixed(1),
+          tflopsKernel: +(flop / (t.kernelMs as number) / 1e9).toFixed(1),
+          perKernel: (t as any).getExtraProfileInfo?.(), peakMB: +((peak) / 2 ** 20).toFixed(1),
+          baseMB: +(base / 2 ** 20).toFixed(1), deviceErrors: errors.splice(0) });
+  }
+  process.exit(0);
+}
+main().catch(e => { console.log('RESULT ' + JSON.stringify({ error: String(e?.stack ?? e).slice(0, 1000) })); process.exit(1); });

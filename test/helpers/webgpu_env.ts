@@ -1,0 +1,30 @@
+/**
+ * The WebGPU test environment: the HAS_GPU gate (set by test/global-setup.js when Dawn found an
+ * adapter; CI sets REQUIRE_WEBGPU=1, so a skipped GPU test cannot pass there) and backend setup.
+ */
+import * as tf from '@tensorflow/tfjs';
+import '@tensorflow/tfjs-backend-webgpu';
+import type { WebGPUBackend } from '@tensorflow/tfjs-backend-webgpu';
+
+export const HAS_GPU = !!process.env.WEBGPU_ADAPTER;
+/** `test`, or `test.skip` when there is no WebGPU adapter. */
+export const gpuTest = HAS_GPU ? test : test.skip;
+
+export async function useWebGPU(): Promise<WebGPUBackend> {
+  if (!(await tf.setBackend('webgpu'))) throw new Error('setBackend(webgpu) failed');
+  await tf.ready();
+  return tf.backend() as WebGPUBackend;
+}
+
+/** Frees the device (afterAll): jest workers run many files, and Dawn devices hold memory. */
+export function destroyWebGPU(): void {
+  if (!HAS_GPU || tf.findBackend('webgpu') == null) return;
+  const device = (tf.findBackend('webgpu') as WebGPUBackend).device;
+  tf.removeBackend('webgpu');
+  device.destroy();
+}
+
+/** Buffers the webgpu backend holds for tensors (the buffer manager's used bytes). */
+export function gpuBytesInUse(): number {
+  return (tf.memory() as unknown as { numBytesInGPU: number }).numBytesInGPU;
+}
