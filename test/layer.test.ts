@@ -8,8 +8,9 @@ import * as tf from '@tensorflow/tfjs';
 import { FlashMultiHeadAttention, FlashMultiHeadAttentionArgs, flashMultiHeadAttention } from '../src/index';
 import { AttentionOptions } from '../src/layer';
 import { alibiSlopesFor, plainAttention } from '../src/layer_plain_attention';
-import { FlashAttentionAttrs } from '../src/kernel_names';
+import { FlashAttention, FlashAttentionAttrs } from '../src/kernel_names';
 import { referenceForward } from './helpers/reference';
+import '@tensorflow/tfjs-backend-webgpu';
 import {
   LayerReferenceCase, randomMaskWithoutEmptyRows, randomTensor, referenceLayerForward, relativeError,
 } from './helpers/tfjs_mha';
@@ -147,10 +148,13 @@ describe('callAndReturnAttentionScores', () => {
 });
 
 describe('dropout (on the attention probabilities, training only)', () => {
-  const query = randomTensor([1, 16, 8], 31);
-  const dropped = builtLayer({ numHeads: 2, keyDim: 4, dropout: 0.5 }, query, query);
-  const plain = builtLayer({ numHeads: 2, keyDim: 4 }, query, query);
-  plain.setWeights(dropped.getWeights());
+  let query: tf.Tensor, dropped: FlashMultiHeadAttention, plain: FlashMultiHeadAttention;
+  beforeAll(() => {
+    query = randomTensor([1, 16, 8], 31);
+    dropped = builtLayer({ numHeads: 2, keyDim: 4, dropout: 0.5 }, query, query);
+    plain = builtLayer({ numHeads: 2, keyDim: 4 }, query, query);
+    plain.setWeights(dropped.getWeights());
+  });
   const run = (layer: FlashMultiHeadAttention, training?: boolean) =>
       (layer.apply(query, { value: query, training }) as tf.Tensor).dataSync();
 
@@ -169,8 +173,8 @@ describe('dropout (on the attention probabilities, training only)', () => {
 describe('masks carried by inputs from earlier layers (Embedding maskZero)', () => {
   // Sequence 0 is padded at the end: its real tokens must attend only to each other, exactly as
   // if the padding were not there.
-  const tokens = tf.tensor2d([[3, 1, 4, 1, 5, 0, 0], [2, 6, 5, 3, 5, 8, 9]], undefined, 'int32');
-  const unpadded = tf.tensor2d([[3, 1, 4, 1, 5]], undefined, 'int32');
+  const tokens = () => tf.tensor2d([[3, 1, 4, 1, 5, 0, 0], [2, 6, 5, 3, 5, 8, 9]], undefined, 'int32');
+  const unpadded = () => tf.tensor2d([[3, 1, 4, 1, 5]], undefined, 'int32');
 
   function modelAndLayer() {
     const input = tf.input({ shape: [null], dtype: 'int32' });
@@ -182,8 +186,8 @@ describe('masks carried by inputs from earlier layers (Embedding maskZero)', () 
 
   test('padded keys are ignored (functional model, graph execution)', () => {
     const model = modelAndLayer();
-    const padded = (model.predict(tokens) as tf.Tensor).slice([0, 0, 0], [1, 5, 8]);
-    const alone = model.predict(unpadded) as tf.Tensor;
+    const padded = (model.predict(tokens()) as tf.Tensor).slice([0, 0, 0], [1, 5, 8]);
+    const alone = model.predict(unpadded()) as tf.Tensor;
     expect(relativeError(padded.dataSync(), alone.dataSync())).toBeLessThan(1e-5);
   });
 
@@ -194,29 +198,29 @@ describe('masks carried by inputs from earlier layers (Embedding maskZero)', () 
       const embedded = embedding.apply(x) as tf.Tensor;
       return attention.apply(embedded, { value: embedded }) as tf.Tensor;
     };
-    const padded = eager(tokens).slice([0, 0, 0], [1, 5, 8]);
-    expect(relativeError(padded.dataSync(), eager(unpadded).dataSync())).toBeLessThan(1e-5);
+    const padded = eager(tokens()).slice([0, 0, 0], [1, 5, 8]);
+    expect(relativeError(padded.dataSync(), eager(unpadded()).dataSync())).toBeLessThan(1e-5);
   });
 });
 
+// Many small heads, so a score matrix dwarfs everything that grows only linearly in T.
+const MEMORY_HEADS = 16;
+const scoresBytes = (seq: number) => MEMORY_HEADS * seq * seq * 4;
+
+/** Largest tensor (in bytes) any kernel outputs during a causal training step, and peak new memory. */
+async function trainingStepMemory(Layer: typeof FlashMultiHeadAttention, seq: number) {
+  const x = randomTensor([1, seq, 8], 41);
+  const layer = builtLayer({ numHeads: MEMORY_HEADS, keyDim: 2 }, x, x, undefined, Layer);
+  const bytesBefore = tf.memory().numBytes;
+  const info = await tf.profile(() => tf.tidy(() => {
+    tf.variableGrads(() => tf.sum(layer.apply(x, { value: x, useCausalMask: true }) as tf.Tensor) as tf.Scalar);
+  }));
+  const sizes = info.kernels.flatMap(k => k.outputShapes.map(s => 4 * (s as number[]).reduce((a, b) => a * b, 1)));
+  return { largestOutput: Math.max(...sizes), peak: info.peakBytes - bytesBefore };
+}
+
 describe('never materialises [batch, heads, T, S] on the kernel backends', () => {
-  // Many small heads, so a score matrix dwarfs everything that grows only linearly in T.
-  const [heads, features] = [16, 8];
-  const scoresBytes = (seq: number) => heads * seq * seq * 4;
-
-  /** Largest tensor (in bytes) any kernel outputs during a causal training step, and peak new memory. */
-  async function trainingStepMemory(Layer: typeof FlashMultiHeadAttention, seq: number) {
-    const x = randomTensor([1, seq, features], 41);
-    const layer = builtLayer({ numHeads: heads, keyDim: 2 }, x, x, undefined, Layer);
-    const bytesBefore = tf.memory().numBytes;
-    const info = await tf.profile(() => tf.tidy(() => {
-      tf.variableGrads(() => tf.sum(layer.apply(x, { value: x, useCausalMask: true }) as tf.Tensor) as tf.Scalar);
-    }));
-    const sizes = info.kernels.flatMap(k => k.outputShapes.map(s => 4 * (s as number[]).reduce((a, b) => a * b, 1)));
-    return { largestOutput: Math.max(...sizes), peak: info.peakBytes - bytesBefore };
-  }
-
-  test('a causal training step stays far below one score matrix', async () => {
+  test('cpu: a causal training step stays far below one score matrix', async () => {
     const { largestOutput, peak } = await trainingStepMemory(FlashMultiHeadAttention, 256);
     expect(largestOutput).toBeLessThan(scoresBytes(256) / 16);
     expect(peak).toBeLessThan(scoresBytes(256) / 2);
@@ -227,6 +231,51 @@ describe('never materialises [batch, heads, T, S] on the kernel backends', () =>
     const { largestOutput, peak } = await trainingStepMemory(PlainMultiHeadAttention, 64);
     expect(largestOutput).toBeGreaterThanOrEqual(scoresBytes(64));
     expect(peak).toBeGreaterThan(scoresBytes(64));
+  });
+});
+
+describe('on WebGPU (Dawn; SwiftShader in CI)', () => {
+  // test/global-setup.js sets WEBGPU_ADAPTER when Dawn finds an adapter (CI requires one). Until
+  // the WebGPU kernel is registered, flashAttention takes the blockwise fallback there, whose
+  // rank-5 broadcasts tfjs-webgpu reads back synchronously: impossible in Node (no OffscreenCanvas).
+  const gpuTest = process.env.WEBGPU_ADAPTER && tf.getKernel(FlashAttention, 'webgpu') ? test : test.skip;
+  const useWebGPU = async () => {
+    // tfjs-webgpu runs tiny ops on the CPU and reads their inputs back synchronously, which
+    // needs OffscreenCanvas: browsers have it, Node does not.
+    tf.env().set('WEBGPU_CPU_FORWARD', false);
+    expect(await tf.setBackend('webgpu')).toBe(true);
+  };
+  afterAll(async () => {
+    await tf.setBackend('cpu');
+  });
+
+  gpuTest('causal self-attention: output and weight gradients match the cpu backend', async () => {
+    await tf.setBackend('cpu');
+    const x = randomTensor([2, 24, 8], 91);
+    const dy = randomTensor([2, 24, 8], 92);
+    const layer = builtLayer({ numHeads: 2, keyDim: 4 }, x, x);
+    const vars = layer.trainableWeights.map(w => (w as unknown as { val: tf.Variable }).val);
+    const run = () => tf.tidy(() => {
+      const output = (layer.apply(x, { value: x, useCausalMask: true }) as tf.Tensor).dataSync();
+      const { grads } = tf.variableGrads(
+          () => tf.sum(tf.mul(layer.apply(x, { value: x, useCausalMask: true }) as tf.Tensor, dy)) as tf.Scalar, vars);
+      return { output, grads: vars.map(v => grads[v.name].dataSync()) };
+    });
+    const onCpu = run();
+    await useWebGPU();
+    const onGpu = run();
+    expect(relativeError(onGpu.output, onCpu.output)).toBeLessThan(1e-5);
+    const scale = Math.max(...onCpu.grads.map(g => Math.max(...Array.from(g, Math.abs))));
+    onGpu.grads.forEach((g, i) => {
+      expect(Math.max(...Array.from(g, (v, j) => Math.abs(v - onCpu.grads[i][j]))) / scale).toBeLessThan(1e-4);
+    });
+  });
+
+  gpuTest('a causal training step stays far below one score matrix', async () => {
+    await useWebGPU();
+    const { largestOutput, peak } = await trainingStepMemory(FlashMultiHeadAttention, 128);
+    expect(largestOutput).toBeLessThan(scoresBytes(128) / 16);
+    expect(peak).toBeLessThan(scoresBytes(128) / 2);
   });
 });
 
@@ -271,7 +320,8 @@ describe('functional models', () => {
     const output = tf.layers.dense({ units: 3 }).apply(attended) as tf.SymbolicTensor;
     return { model: tf.model({ inputs: input, outputs: output }), attention };
   }
-  const x = randomTensor([4, seq, features], 61);
+  let x: tf.Tensor;
+  beforeAll(() => { x = randomTensor([4, seq, features], 61); });
 
   test('symbolic apply: output shape, and predict equals the eager layers', () => {
     const { model, attention } = causalModel();
@@ -401,8 +451,11 @@ describe('bad arguments', () => {
 
   describe('calls', () => {
     const layer = new FlashMultiHeadAttention({ numHeads: 2, keyDim: 4 });
-    const query = randomTensor([2, 5, 8], 81);
-    layer.apply(query, { value: query });
+    let query: tf.Tensor;
+    beforeAll(() => {
+      query = randomTensor([2, 5, 8], 81);
+      layer.apply(query, { value: query });
+    });
 
     test.each([
       ['no value', () => layer.apply(query), /must pass the `value` argument/],
