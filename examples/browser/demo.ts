@@ -5,6 +5,7 @@
  * Query parameters (the browser test uses them to keep the run short):
  *   seqs=128,256,...   sequence lengths of the benchmark
  *   steps=N            training steps
+ *   headDim=N          head size of the benchmark (default 64)
  *   backend=name       force a backend instead of webgpu -> webgl -> cpu
  */
 import type * as tfTypes from '@tensorflow/tfjs';
@@ -39,7 +40,7 @@ const state: DemoState = { bench: [], losses: [], done: false };
 const params = new URLSearchParams(location.search);
 const SEQ_LENGTHS = (params.get('seqs') ?? '256,512,1024,2048,4096').split(',').map(Number).filter(n => n > 0);
 const TRAIN_STEPS = Number(params.get('steps') ?? 200);
-const BENCH = { batch: 1, heads: 4, headDim: 64, causal: true, repeats: 3 };
+const BENCH = { batch: 1, heads: 4, headDim: Number(params.get('headDim') ?? 64), causal: true, repeats: 3 };
 const COLORS = { flash: '#1f77b4', stock: '#d62728', loss: '#2ca02c' };
 
 const $ = (id: string) => document.getElementById(id)!;
