@@ -13,7 +13,7 @@ import { BackendChoice, prepareBackend } from './backend';
 
 const FLAGS = {
   backend: 'auto', seqs: '128,256,512,1024,2048,4096', batch: '1', layers: '1', dim: '32', heads: '2',
-  steps: '2', 'max-step-seconds': '60', out: 'runs/compare.json', seed: '1',
+  steps: '2', 'max-step-seconds': '60', out: 'runs/compare.json', seed: '1', attention: 'flash,stock',
 };
 
 async function main() {
@@ -26,6 +26,10 @@ async function main() {
     batch: intFlag(flags, 'batch'), layers: intFlag(flags, 'layers'), dim: intFlag(flags, 'dim'),
     heads: intFlag(flags, 'heads'), steps: intFlag(flags, 'steps'),
     maxStepSeconds: numberFlag(flags, 'max-step-seconds'), out: String(flags.out), seed: intFlag(flags, 'seed'),
+    attentions: String(flags.attention).split(',').map(a => {
+      if (a !== 'flash' && a !== 'stock') throw new Error(`--attention takes flash and/or stock, got ${a}`);
+      return a;
+    }),
   });
 }
 

@@ -101,16 +101,19 @@ export function compileTransformer(model: tf.LayersModel, learningRate: number):
  * Samples `length` characters after `prompt`, feeding back at most `context` tokens (the model
  * attends causally, so a short context is enough for a small model and keeps sampling cheap).
  */
-export function sampleText(model: tf.LayersModel, encode: (s: string) => Int32Array, decode: (ids: number[]) => string,
-                           prompt: string, length: number, context: number, temperature: number,
-                           random: () => number): string {
+export async function sampleText(model: tf.LayersModel, encode: (s: string) => Int32Array,
+                                 decode: (ids: number[]) => string, prompt: string, length: number,
+                                 context: number, temperature: number, random: () => number): Promise<string> {
   const ids = Array.from(encode(prompt));
   for (let n = 0; n < length; n++) {
     const window = ids.slice(-context);
-    const probs = tf.tidy(() => {
+    const last = tf.tidy(() => {
       const out = model.predict(tf.tensor2d([window], [1, window.length], 'int32')) as tf.Tensor;
-      return tf.squeeze(tf.slice(out, [0, window.length - 1, 0], [1, 1, -1])).dataSync();
+      return tf.squeeze(tf.slice(out, [0, window.length - 1, 0], [1, 1, -1]));
     });
+    // Asynchronous read: WebGPU in Node cannot read synchronously (no OffscreenCanvas).
+    const probs = await last.data();
+    last.dispose();
     // Temperature: p^(1/t), renormalised.
     const weights = Array.from(probs, p => Math.pow(Math.max(p, 1e-12), 1 / temperature));
     let r = random() * weights.reduce((a, b) => a + b, 0), next = 0;

@@ -12,6 +12,7 @@ export interface ComparisonOptions {
   backend: 'webgpu' | 'cpu'; backendDetail: string;
   seqs: number[]; batch: number; layers: number; dim: number; heads: number;
   steps: number; maxStepSeconds: number; out: string; seed: number;
+  attentions: Array<'flash' | 'stock'>;
 }
 
 interface Measurement {
@@ -102,14 +103,14 @@ export async function runComparison(o: ComparisonOptions): Promise<void> {
   const rows: Measurement[] = [];
   const stopped = { flash: false, stock: false };
   for (const seq of o.seqs) {
-    for (const attention of ['flash', 'stock'] as const) {
+    for (const attention of o.attentions) {
       if (stopped[attention]) continue;
       const m = await measure(o, corpus, seq, attention);
       rows.push(m);
       console.log(JSON.stringify(m));
       if (m.failure) stopped[attention] = true;
     }
-    if (stopped.flash && stopped.stock) break;
+    if (o.attentions.every(a => stopped[a])) break;
   }
   const lines = [
     `| seq | flash ms/step | flash tokens/s | flash peak MB | stock ms/step | stock tokens/s | stock peak MB |`,

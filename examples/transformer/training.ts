@@ -95,7 +95,7 @@ export async function runTraining(o: TrainingOptions): Promise<void> {
 
   if (o.sampleLength > 0) {
     const prompt = 'There was once ';
-    const text = sampleText(model, s => corpus.encode(s), ids => corpus.decode(ids), prompt, o.sampleLength,
+    const text = await sampleText(model, s => corpus.encode(s), ids => corpus.decode(ids), prompt, o.sampleLength,
                             Math.min(o.sampleContext, seqLen), o.temperature, random);
     console.log(`sample (temperature ${o.temperature}):\n${prompt}${text}`);
   }
