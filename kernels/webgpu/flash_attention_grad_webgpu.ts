@@ -16,7 +16,7 @@ import {
   optionUniforms, queryRangeWGSL,
 } from './attention_wgsl';
 import {
-  attentionShape, AttentionShape, dotTileWGSL, keptAt, keptBitsWGSL, tileConstants, touchBindings, UNIFORM_WORKGROUP_ID,
+  attentionShape, AttentionShape, dotTileWGSL, keptAt, keptBitsWGSL, registersWGSL, tileConstants, touchBindings, UNIFORM_WORKGROUP_ID,
   vec4sPerThread, weightedSumWGSL,
 } from './flash_attention_webgpu';
 import {
@@ -66,8 +66,8 @@ const GRAD_INPUTS = ['q', 'k', 'v', 'alibiSlopes', 'mask', 'dy', 'stats'];
 const statsOf = (rowsOfThread: number) => unroll(rowsOfThread, r => `{
       let i = row0 + tr * RPT + ${r};
       if (i < nq) {
-        lse[${r}] = stats[(b * heads + h) * nq + i];
-        delta[${r}] = stats[batch * heads * nq + (b * heads + h) * nq + i];
+        lse_${r} = stats[(b * heads + h) * nq + i];
+        delta_${r} = stats[batch * heads * nq + (b * heads + h) * nq + i];
       }
     }`);
 
@@ -97,11 +97,11 @@ class DQProgram extends FlashProgram {
     const cols = (body: (c: number) => string) => unroll(t.colsPerThread, body);
     return `
     ${tileConstants(t, headDim, headDimV)}
-    var<workgroup> qTile : array<array<vec4<f32>, D4>, ROWS>;
-    var<workgroup> doTile : array<array<vec4<f32>, DV4>, ROWS>;
+    var<workgroup> qTile : array<array<vec4<f32>, D4P>, ROWS>;
+    var<workgroup> doTile : array<array<vec4<f32>, DV4P>, ROWS>;
     var<workgroup> kTile : array<array<vec4<f32>, D4P>, COLS>;
     var<workgroup> vTile : array<array<vec4<f32>, DV4P>, COLS>;
-    var<workgroup> dsTile : array<array<vec4<f32>, COLS4>, ROWS>;
+    var<workgroup> dsTile : array<array<vec4<f32>, COLS4P>, ROWS>;
     ${optionHelpers(f)}
 
     fn main() {
@@ -128,12 +128,12 @@ class DQProgram extends FlashProgram {
                        seqLen: 'nq', heads: 'heads', head: 'h', mul: 'uniforms.scale' })}
       ${loadTileWGSL({ tile: 'doTile', src: 'dy', width: 'DV', width4: 'DV4', count: 'ROWS', first: 'row0',
                        seqLen: 'nq', heads: 'heads', head: 'h' })}
-      var lse : array<f32, RPT>;
-      var delta : array<f32, RPT>;
-      var rowKey : array<u32, RPT>;
-      var dq : array<array<vec4<f32>, ${dj}>, RPT>;
-      ${rows(r => `lse[${r}] = 0.0; delta[${r}] = 0.0; rowKey[${r}] = dropoutRowKey(b * heads + h, row0 + tr * RPT + ${r});
-      ${unroll(dj, jj => `dq[${r}][${jj}] = vec4<f32>(0.0);`, ' ')}`)}
+      ${registersWGSL('lse', 'f32', t.rowsPerThread)}
+      ${registersWGSL('delta', 'f32', t.rowsPerThread)}
+      ${registersWGSL('rowKey', 'u32', t.rowsPerThread)}
+      ${registersWGSL('dq', 'vec4<f32>', t.rowsPerThread, dj)}
+      ${rows(r => `lse_${r} = 0.0; delta_${r} = 0.0; rowKey_${r} = dropoutRowKey(b * heads + h, row0 + tr * RPT + ${r});
+      ${unroll(dj, jj => `dq_${r}_${jj} = vec4<f32>(0.0);`, ' ')}`)}
       ${statsOf(t.rowsPerThread)}
 
       ${keyRangeWGSL(f, 'row0', 'row1')}
@@ -143,9 +143,9 @@ class DQProgram extends FlashProgram {
         ${loadTileWGSL({ tile: 'vTile', src: 'v', width: 'DV', width4: 'DV4', count: 'COLS', first: 'col0',
                          seqLen: 'nk', heads: 'kvHeads', head: 'kvh' })}
         workgroupBarrier();
-        var s : array<array<f32, ${t.colsPerThread}>, RPT>;
-        var dp : array<array<f32, ${t.colsPerThread}>, RPT>;
-        ${rows(r => cols(c => `s[${r}][${c}] = 0.0; dp[${r}][${c}] = 0.0;`))}
+        ${registersWGSL('s', 'f32', t.rowsPerThread, t.colsPerThread)}
+        ${registersWGSL('dp', 'f32', t.rowsPerThread, t.colsPerThread)}
+        ${rows(r => cols(c => `s_${r}_${c} = 0.0; dp_${r}_${c} = 0.0;`))}
         ${dotTileWGSL(t, 's', 'qTile', 'kTile', d4, t.unroll)}
         ${dotTileWGSL(t, 'dp', 'doTile', 'vTile', dv4, t.unroll)}
         ${keptBitsWGSL(t, true)}
@@ -155,10 +155,10 @@ class DQProgram extends FlashProgram {
           ${cols(c => `{
             let col = tc + TC * ${c};
             let j = col0 + col;
-            let sg = scoreAndGrad(s[${r}][${c}], i, j, off, slope);
+            let sg = scoreAndGrad(s_${r}_${c}, i, j, off, slope);
             let kept = ${keptAt(t, r, c)};
-            let p = select(0.0, exp(sg.x - lse[${r}]), kept);
-            let ds = p * (dp[${r}][${c}] * dropoutScale(rowKey[${r}], j) - delta[${r}]) * sg.y;
+            let p = select(0.0, exp(sg.x - lse_${r}), kept);
+            let ds = p * (dp_${r}_${c} * dropoutScale(rowKey_${r}, j) - delta_${r}) * sg.y;
             dsTile[row][col / 4][col % 4] = ds;
           }`)}
         }`)}
@@ -173,7 +173,7 @@ class DQProgram extends FlashProgram {
           let base = ((b * nq + i) * heads + h) * D;
           ${unroll(dj, jj => `{
             let c4 = tc + TC * ${jj};
-            ${unroll(4, e => `if (c4 * 4 + ${e} < D) { result[base + c4 * 4 + ${e}] = dq[${r}][${jj}][${e}] * uniforms.scale; }`)}
+            ${unroll(4, e => `if (c4 * 4 + ${e} < D) { result[base + c4 * 4 + ${e}] = dq_${r}_${jj}[${e}] * uniforms.scale; }`)}
           }`)}
         }
       }`)}
@@ -208,15 +208,15 @@ class DKDVProgram extends FlashProgram {
     const cols = (body: (c: number) => string) => unroll(t.colsPerThread, body);
     const write = (acc: string, n4: number, width: string, base: string, scale = '') => unroll(n4, jj => `{
             let c4 = tc + TC * ${jj};
-            ${unroll(4, e => `if (c4 * 4 + ${e} < ${width}) { result[${base} + c4 * 4 + ${e}] = ${acc}[${jj}][${e}]${scale}; }`)}
+            ${unroll(4, e => `if (c4 * 4 + ${e} < ${width}) { result[${base} + c4 * 4 + ${e}] = ${acc}_${jj}[${e}]${scale}; }`)}
           }`);
     return `
     ${tileConstants(t, headDim, headDimV)}
-    var<workgroup> kTile : array<array<vec4<f32>, D4>, ROWS>;
-    var<workgroup> vTile : array<array<vec4<f32>, DV4>, ROWS>;
+    var<workgroup> kTile : array<array<vec4<f32>, D4P>, ROWS>;
+    var<workgroup> vTile : array<array<vec4<f32>, DV4P>, ROWS>;
     var<workgroup> qTile : array<array<vec4<f32>, D4P>, COLS>;
     var<workgroup> doTile : array<array<vec4<f32>, DV4P>, COLS>;
-    var<workgroup> pTile : array<array<vec4<f32>, COLS4>, ROWS>;
+    var<workgroup> pTile : array<array<vec4<f32>, COLS4P>, ROWS>;
     var<workgroup> colLse : array<f32, COLS>;
     var<workgroup> colDelta : array<f32, COLS>;
     var<workgroup> colKey : array<u32, COLS>;
@@ -243,10 +243,10 @@ class DKDVProgram extends FlashProgram {
                        seqLen: 'nk', heads: 'kvHeads', head: 'kvh' })}
       ${loadTileWGSL({ tile: 'vTile', src: 'v', width: 'DV', width4: 'DV4', count: 'ROWS', first: 'row0',
                        seqLen: 'nk', heads: 'kvHeads', head: 'kvh' })}
-      var dk : array<array<vec4<f32>, ${dkj}>, RPT>;
-      var dv : array<array<vec4<f32>, ${dvj}>, RPT>;
-      ${rows(r => `${unroll(dkj, jj => `dk[${r}][${jj}] = vec4<f32>(0.0);`, ' ')}
-      ${unroll(dvj, jj => `dv[${r}][${jj}] = vec4<f32>(0.0);`, ' ')}`)}
+      ${registersWGSL('dk', 'vec4<f32>', t.rowsPerThread, dkj)}
+      ${registersWGSL('dv', 'vec4<f32>', t.rowsPerThread, dvj)}
+      ${rows(r => `${unroll(dkj, jj => `dk_${r}_${jj} = vec4<f32>(0.0);`, ' ')}
+      ${unroll(dvj, jj => `dv_${r}_${jj} = vec4<f32>(0.0);`, ' ')}`)}
       ${queryRangeWGSL(f, 'row0', 'row1')}
 
       // GQA: the query heads of this kv head's group, in a fixed order (deterministic sum).
@@ -271,9 +271,9 @@ class DKDVProgram extends FlashProgram {
             colKey[idx] = dropoutRowKey(b * heads + h, i);
           }
           workgroupBarrier();
-          var s : array<array<f32, ${t.colsPerThread}>, RPT>;
-          var dp : array<array<f32, ${t.colsPerThread}>, RPT>;
-          ${rows(r => cols(c => `s[${r}][${c}] = 0.0; dp[${r}][${c}] = 0.0;`))}
+          ${registersWGSL('s', 'f32', t.rowsPerThread, t.colsPerThread)}
+          ${registersWGSL('dp', 'f32', t.rowsPerThread, t.colsPerThread)}
+          ${rows(r => cols(c => `s_${r}_${c} = 0.0; dp_${r}_${c} = 0.0;`))}
           ${dotTileWGSL(t, 's', 'kTile', 'qTile', d4, t.unroll)}
           ${dotTileWGSL(t, 'dp', 'vTile', 'doTile', dv4, t.unroll)}
           ${keptBitsWGSL(t, false)}
@@ -283,18 +283,18 @@ class DKDVProgram extends FlashProgram {
             ${cols(c => `{
               let col = tc + TC * ${c};
               let i = col0 + col;
-              let sg = scoreAndGrad(s[${r}][${c}], i, j, off, slope);
+              let sg = scoreAndGrad(s_${r}_${c}, i, j, off, slope);
               let kept = ${keptAt(t, r, c)};
               let p = select(0.0, exp(sg.x - colLse[col]), kept);
               let drop = dropoutScale(colKey[col], j);
               pTile[row][col / 4][col % 4] = p * drop;
-              s[${r}][${c}] = p * (dp[${r}][${c}] * drop - colDelta[col]) * sg.y;   // dS
+              s_${r}_${c} = p * (dp_${r}_${c} * drop - colDelta[col]) * sg.y;   // dS
             }`)}
           }`)}
           workgroupBarrier();
           ${weightedSumWGSL(t, 'dv', 'pTile', 'doTile', dv4)}
           workgroupBarrier();
-          ${rows(r => cols(c => `pTile[tr * RPT + ${r}][(tc + TC * ${c}) / 4][(tc + TC * ${c}) % 4] = s[${r}][${c}];`))}
+          ${rows(r => cols(c => `pTile[tr * RPT + ${r}][(tc + TC * ${c}) / 4][(tc + TC * ${c}) % 4] = s_${r}_${c};`))}
           workgroupBarrier();
           // qTile holds scale * q, so this is dK = scale * dS^T q.
           ${weightedSumWGSL(t, 'dk', 'pTile', 'qTile', d4)}
@@ -308,10 +308,8 @@ class DKDVProgram extends FlashProgram {
         if (j < nk) {
           let dkBase = ((b * nk + j) * kvHeads + kvh) * D;
           let dvBase = dkSize + ((b * nk + j) * kvHeads + kvh) * DV;
-          let dkRow = dk[${r}];
-          let dvRow = dv[${r}];
-          ${write('dkRow', dkj, 'D', 'dkBase')}
-          ${write('dvRow', dvj, 'DV', 'dvBase')}
+          ${write(`dk_${r}`, dkj, 'D', 'dkBase')}
+          ${write(`dv_${r}`, dvj, 'DV', 'dvBase')}
         }
       }`)}
     }`;

@@ -35,6 +35,8 @@ export function tileConstants(t: TileConfig, headDim: number, headDimV: number):
     const ROWS = ${t.rows};
     const COLS = ${t.cols};
     const COLS4 = ${t.cols / 4};
+    const COLS4P = ${(t.cols / 4) | 1};
+    const TCP = ${tc | 1};
     const RPT = ${t.rowsPerThread};
     const TC = ${tc};
     const NT = ${threadsOf(t)};
@@ -63,7 +65,7 @@ export function dotTileWGSL(t: TileConfig, acc: string, rowTile: string, colTile
         ${unroll(cpt, c => `let cv${c} = ${colTile}[tc + TC * ${c}][x];`)}
         ${unroll(t.rowsPerThread, r => `{
           let rv = ${rowTile}[tr * RPT + ${r}][x];
-          ${unroll(cpt, c => `${acc}[${r}][${c}] += dot(rv, cv${c});`, ' ')}
+          ${unroll(cpt, c => `${acc}_${r}_${c} += dot(rv, cv${c});`, ' ')}
         }`)}
       }`)}
     }`;
@@ -81,7 +83,7 @@ export function weightedSumWGSL(t: TileConfig, out: string, weights: string, val
       ${unroll(t.rowsPerThread, r => `let w${r} = ${weights}[tr * RPT + ${r}][k4];`)}
       ${unroll(4, e => `{
         ${unroll(perThread, jj => `let vv${jj} = ${values}[k4 * 4 + ${e}][min(tc + TC * ${jj}, ${width4 - 1})];`)}
-        ${unroll(t.rowsPerThread, r => unroll(perThread, jj => `${out}[${r}][${jj}] += w${r}[${e}] * vv${jj};`, ' '))}
+        ${unroll(t.rowsPerThread, r => unroll(perThread, jj => `${out}_${r}_${jj} += w${r}[${e}] * vv${jj};`, ' '))}
       }`)}
     }`;
 }
@@ -107,6 +109,16 @@ export function keptBitsWGSL(t: TileConfig, rowsAreQueries: boolean): string {
 }
 export const keptAt = (t: TileConfig, r: number, c: number) =>
     `((keptBits & ${(1 << (r * t.colsPerThread + c)) >>> 0}u) != 0u)`;
+
+/**
+ * Declares per-thread registers name_r (or name_r_c) as separate variables: private arrays,
+ * even indexed by constants only, were kept in slow local memory by the H100's Vulkan compiler.
+ */
+export function registersWGSL(name: string, type: string, rows: number, cols = 0): string {
+  const names = cols === 0 ? Array.from({ length: rows }, (_, r) => `${name}_${r}`)
+      : Array.from({ length: rows * cols }, (_, i) => `${name}_${Math.floor(i / cols)}_${i % cols}`);
+  return names.map(n => `var ${n} : ${type};`).join(' ');
+}
 
 /** The vec4 columns a thread owns of a `width4`-vec4-wide accumulator row. */
 export const vec4sPerThread = (t: TileConfig, width4: number) => Math.ceil(width4 / (t.cols / t.colsPerThread));
@@ -150,11 +162,12 @@ export class FlashForwardProgram extends FlashProgram {
     const cols = (body: (c: number) => string) => unroll(t.colsPerThread, body);
     return `
     ${tileConstants(t, headDim, headDimV)}
-    var<workgroup> qTile : array<array<vec4<f32>, D4>, ROWS>;
+    // Rows read by several thread rows at once are padded to an odd vec4 count (no bank conflicts).
+    var<workgroup> qTile : array<array<vec4<f32>, D4P>, ROWS>;
     var<workgroup> kTile : array<array<vec4<f32>, D4P>, COLS>;
     var<workgroup> vTile : array<array<vec4<f32>, DV4>, COLS>;
-    var<workgroup> pTile : array<array<vec4<f32>, COLS4>, ROWS>;
-    var<workgroup> rowPartial : array<array<f32, TC>, ROWS>;
+    var<workgroup> pTile : array<array<vec4<f32>, COLS4P>, ROWS>;
+    var<workgroup> rowPartial : array<array<f32, TCP>, ROWS>;
     ${optionHelpers(f)}
 
     fn main() {
@@ -182,12 +195,12 @@ export class FlashForwardProgram extends FlashProgram {
       ${loadTileWGSL({ tile: 'qTile', src: 'q', width: 'D', width4: 'D4', count: 'ROWS', first: 'row0',
                        seqLen: 'nq', heads: 'heads', head: 'h', mul: 'uniforms.scale' })}
 
-      var m : array<f32, RPT>;
-      var l : array<f32, RPT>;
-      var acc : array<array<vec4<f32>, ${vj}>, RPT>;
-      var rowKey : array<u32, RPT>;
-      ${rows(r => `m[${r}] = NEG_BIG; l[${r}] = 0.0; rowKey[${r}] = dropoutRowKey(b * heads + h, row0 + tr * RPT + ${r});
-      ${unroll(vj, jj => `acc[${r}][${jj}] = vec4<f32>(0.0);`, ' ')}`)}
+      ${registersWGSL('m', 'f32', t.rowsPerThread)}
+      ${registersWGSL('l', 'f32', t.rowsPerThread)}
+      ${registersWGSL('acc', 'vec4<f32>', t.rowsPerThread, vj)}
+      ${registersWGSL('rowKey', 'u32', t.rowsPerThread)}
+      ${rows(r => `m_${r} = NEG_BIG; l_${r} = 0.0; rowKey_${r} = dropoutRowKey(b * heads + h, row0 + tr * RPT + ${r});
+      ${unroll(vj, jj => `acc_${r}_${jj} = vec4<f32>(0.0);`, ' ')}`)}
 
       ${keyRangeWGSL(f, 'row0', 'row1')}
       // Forward inner loop.
@@ -198,8 +211,8 @@ export class FlashForwardProgram extends FlashProgram {
                          seqLen: 'nk', heads: 'kvHeads', head: 'kvh' })}
         workgroupBarrier();
 
-        var s : array<array<f32, ${t.colsPerThread}>, RPT>;
-        ${rows(r => cols(c => `s[${r}][${c}] = 0.0;`))}
+        ${registersWGSL('s', 'f32', t.rowsPerThread, t.colsPerThread)}
+        ${rows(r => cols(c => `s_${r}_${c} = 0.0;`))}
         ${dotTileWGSL(t, 's', 'qTile', 'kTile', d4, t.unroll)}
 
         ${keptBitsWGSL(t, true)}
@@ -208,8 +221,8 @@ export class FlashForwardProgram extends FlashProgram {
           var rowMax = NEG_BIG;
           ${cols(c => `{
             let j = col0 + tc + TC * ${c};
-            let x = select(NEG_BIG, scoreOf(s[${r}][${c}], i, j, off, slope), ${keptAt(t, r, c)});
-            s[${r}][${c}] = x;
+            let x = select(NEG_BIG, scoreOf(s_${r}_${c}, i, j, off, slope), ${keptAt(t, r, c)});
+            s_${r}_${c} = x;
             rowMax = max(rowMax, x);
           }`)}
           rowPartial[tr * RPT + ${r}][tc] = rowMax;
@@ -220,19 +233,19 @@ export class FlashForwardProgram extends FlashProgram {
           let row = tr * RPT + ${r};
           var tileMax = NEG_BIG;
           for (var t = 0; t < TC; t++) { tileMax = max(tileMax, rowPartial[row][t]); }
-          let newMax = max(m[${r}], tileMax);
+          let newMax = max(m_${r}, tileMax);
           // Online softmax: rescale what was accumulated under the old max. Both maxima are
           // finite (NEG_BIG when nothing is kept yet), so alpha is never NaN.
-          let alpha = exp(m[${r}] - newMax);
-          m[${r}] = newMax;
-          l[${r}] *= alpha;
-          ${unroll(vj, jj => `acc[${r}][${jj}] *= alpha;`, ' ')}
+          let alpha = exp(m_${r} - newMax);
+          m_${r} = newMax;
+          l_${r} *= alpha;
+          ${unroll(vj, jj => `acc_${r}_${jj} *= alpha;`, ' ')}
           ${cols(c => `{
             let col = tc + TC * ${c};
-            let x = s[${r}][${c}];
+            let x = s_${r}_${c};
             let p = select(0.0, exp(x - newMax), x > NEG_HALF);
-            l[${r}] += p;   // the normaliser ignores dropout
-            pTile[row][col / 4][col % 4] = p * dropoutScale(rowKey[${r}], col0 + col);
+            l_${r} += p;   // the normaliser ignores dropout
+            pTile[row][col / 4][col % 4] = p * dropoutScale(rowKey_${r}, col0 + col);
           }`)}
         }`)}
         workgroupBarrier();
@@ -241,7 +254,7 @@ export class FlashForwardProgram extends FlashProgram {
       }
 
       // Each thread summed its own columns; combine the row sums across the row's threads.
-      ${rows(r => `rowPartial[tr * RPT + ${r}][tc] = l[${r}];`)}
+      ${rows(r => `rowPartial[tr * RPT + ${r}][tc] = l_${r};`)}
       workgroupBarrier();
       let outSize = batch * nq * heads * DV;
       ${rows(r => `{
@@ -255,11 +268,11 @@ export class FlashForwardProgram extends FlashProgram {
           let base = ((b * nq + i) * heads + h) * DV;
           ${unroll(vj, jj => `{
             let c4 = tc + TC * ${jj};
-            ${unroll(4, e => `if (c4 * 4 + ${e} < DV) { result[base + c4 * 4 + ${e}] = acc[${r}][${jj}][${e}] * inv; }`)}
+            ${unroll(4, e => `if (c4 * 4 + ${e} < DV) { result[base + c4 * 4 + ${e}] = acc_${r}_${jj}[${e}] * inv; }`)}
           }`)}
           if (tc == 0) {
             result[outSize + (b * heads + h) * nq + i] =
-                select(-uniforms.INFINITY, m[${r}] + log(rowSum), rowSum > 0.0);
+                select(-uniforms.INFINITY, m_${r} + log(rowSum), rowSum > 0.0);
           }
         }
       }`)}

@@ -30,21 +30,20 @@ export function threadsOf(t: TileConfig): number {
 
 /** Bytes of workgroup memory the pass's program declares (mirrors the WGSL declarations). */
 export function workgroupBytes(pass: Pass, t: TileConfig, headDim: number, headDimV: number): number {
-  const d4 = vec4Count(headDim), dv4 = vec4Count(headDimV), cols4 = t.cols / 4;
+  const dv4 = vec4Count(headDimV), cols4 = t.cols / 4;
   const threadCols = t.cols / t.colsPerThread;
   return 16 + passBytes();   // 16: the workgroup id passed through workgroup memory
   function passBytes(): number {
-  switch (pass) {
-    case 'forward':   // q [rows][d4], k [cols][d4 padded], v [cols][dv4], p [rows][cols4], row partials
-      return 16 * (t.rows * d4 + t.cols * paddedVec4(headDim) + t.cols * dv4 + t.rows * cols4) +
-             4 * t.rows * threadCols;
-    case 'dq':        // q, dO [rows][..], k, v [cols][.. padded], dS [rows][cols4]
-      return 16 * (t.rows * (d4 + dv4) + t.cols * (paddedVec4(headDim) + paddedVec4(headDimV)) +
-                   t.rows * cols4);
-    case 'dkdv':      // k, v [rows][..], q, dO [cols][.. padded], P/dS [rows][cols4], lse, D, dropout keys
-      return 16 * (t.rows * (d4 + dv4) + t.cols * (paddedVec4(headDim) + paddedVec4(headDimV)) +
-                   t.rows * cols4) + 12 * t.cols;
-  }
+    const d4p = paddedVec4(headDim), dv4p = paddedVec4(headDimV), cols4p = cols4 | 1;
+    switch (pass) {
+      case 'forward':   // q [rows][d4p], k [cols][d4p], v [cols][dv4], p [rows][cols4p], row partials
+        return 16 * (t.rows * d4p + t.cols * d4p + t.cols * dv4 + t.rows * cols4p) +
+               4 * t.rows * (threadCols | 1);
+      case 'dq':        // q, dO [rows][..p], k, v [cols][..p], dS [rows][cols4p]
+        return 16 * ((t.rows + t.cols) * (d4p + dv4p) + t.rows * cols4p);
+      case 'dkdv':      // k, v [rows][..p], q, dO [cols][..p], P/dS [rows][cols4p], lse, D, dropout keys
+        return 16 * ((t.rows + t.cols) * (d4p + dv4p) + t.rows * cols4p) + 12 * t.cols;
+    }
   }
 }
 

@@ -65,8 +65,6 @@ async function main() {
     const base = bm.numBytesUsed; peak = base;
     const wall: number[] = [];
     for (let i = 0; i < reps; i++) { const t0 = performance.now(); const o = run(); await sync(o); wall.push(performance.now() - t0); tf.dispose(o); }
-    const prof = await tf.profile(() => { const o = run(); return o[0]; });
-    void prof;
     const t = await tf.time(() => { const o = run(); tf.dispose(o); });
     const med = [...wall].sort((a, b) => a - b)[wall.length >> 1];
     const flop = 4 * heads * n * n * d * (causal ? 0.5 : 1) * (bwd ? 3.5 : 1);
