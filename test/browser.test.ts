@@ -27,7 +27,27 @@ const ROOT = path.resolve(__dirname, '..');
 const PKG = JSON.parse(fs.readFileSync(path.join(ROOT, 'package.json'), 'utf8'));
 
 let bundles: { esm: Bundle; script: Bundle };
-beforeAll(async () => { bundles = await buildBrowserBundles({ write: false }); });
+// A scratch app whose node_modules holds a copy of this package as npm would install it:
+// package.json, the real bundles, and placeholders for the tsc build (CommonJS and typings).
+let appDir: string;
+const installed = (rel: string) => path.join(appDir, 'node_modules', PKG.name, rel);
+
+beforeAll(async () => {
+  bundles = await buildBrowserBundles({ write: false });
+  appDir = fs.mkdtempSync(path.join(os.tmpdir(), 'tfjs-flash-attention-app-'));
+  const files: Record<string, string> = {
+    'package.json': JSON.stringify(PKG),
+    'dist/browser/tfjs-flash-attention.esm.js': bundles.esm.text,
+    'dist/browser/tfjs-flash-attention.min.js': bundles.script.text,
+    'dist/src/index.js': 'exports.flashAttention = function flashAttention() {};\n',
+    'dist/src/index.d.ts': 'export declare function flashAttention(): void;\n',
+  };
+  for (const [rel, text] of Object.entries(files)) {
+    fs.mkdirSync(path.dirname(installed(rel)), { recursive: true });
+    fs.writeFileSync(installed(rel), text);
+  }
+});
+afterAll(() => { if (appDir) fs.rmSync(appDir, { recursive: true, force: true }); });
 
 describe('browser bundles', () => {
   const tfjsInputs = (metafile: esbuild.Metafile) =>
@@ -48,11 +68,7 @@ describe('browser bundles', () => {
   });
 });
 
-describe('package.json entry points', () => {
-  // A copy of the package (package.json, the real bundles, placeholder CommonJS build and
-  // typings) in a scratch node_modules, resolved the way bundlers and TypeScript resolve it.
-  let appDir: string;
-  const installed = (rel: string) => path.join(appDir, 'node_modules', PKG.name, rel);
+describe('package.json entry points, resolved as bundlers, Node and TypeScript do', () => {
   const resolvedInputs = async (platform: 'browser' | 'node', contents: string) => {
     const result = await esbuild.build({
       stdin: { contents, resolveDir: appDir, loader: 'js' }, absWorkingDir: appDir, bundle: true, write: false, metafile: true,
@@ -60,22 +76,6 @@ describe('package.json entry points', () => {
     });
     return Object.keys(result.metafile!.inputs).filter(f => f.includes(PKG.name));
   };
-
-  beforeAll(() => {
-    appDir = fs.mkdtempSync(path.join(os.tmpdir(), 'tfjs-flash-attention-app-'));
-    const files: Record<string, string> = {
-      'package.json': JSON.stringify(PKG),
-      'dist/browser/tfjs-flash-attention.esm.js': bundles.esm.text,
-      'dist/browser/tfjs-flash-attention.min.js': bundles.script.text,
-      'dist/src/index.js': 'exports.flashAttention = function flashAttention() {};\n',
-      'dist/src/index.d.ts': 'export declare function flashAttention(): void;\n',
-    };
-    for (const [rel, text] of Object.entries(files)) {
-      fs.mkdirSync(path.dirname(installed(rel)), { recursive: true });
-      fs.writeFileSync(installed(rel), text);
-    }
-  });
-  afterAll(() => fs.rmSync(appDir, { recursive: true, force: true }));
 
   test('a browser bundler importing the package gets the ES module', async () => {
     expect(await resolvedInputs('browser', `import { flashAttention } from '${PKG.name}'; console.log(flashAttention);`))
@@ -123,6 +123,12 @@ describeBrowser('in headless Chromium', () => {
   });
   afterAll(async () => { await session?.close(); });
 
+  // Every option at once, so the page exercises the whole contract (dropout's counter-based mask
+  // included). The WebGPU check uses a plainer case, in the demo page (see below).
+  const EVERY_OPTION: CaseSpec = {
+    dims: { batch: 2, seqQ: 9, seqK: 13, heads: 4, kvHeads: 2, headDim: 8, headDimV: 12 },
+    windowSize: [5, 2], softcap: 3, alibi: true, maskShape: [1, 1, 9, 13], dropoutRate: 0.2, seed: 12 };
+
   describe('the <script> build after tf.min.js and tf-backend-webgpu.min.js', () => {
     test('adds tf.flashAttention and tf.layers.flashMultiHeadAttention to the global tf', async () => {
       const found = await page.evaluate(() => {
@@ -140,11 +146,37 @@ describeBrowser('in headless Chromium', () => {
     });
   });
 
-  // The second case sets every option at once, so the page exercises the whole contract (dropout's
-  // counter-based mask included). The WebGPU check runs in the demo page, below.
-  const EVERY_OPTION: CaseSpec = {
-    dims: { batch: 2, seqQ: 9, seqK: 13, heads: 4, kvHeads: 2, headDim: 8, headDimV: 12 },
-    windowSize: [5, 2], softcap: 3, alibi: true, maskShape: [1, 1, 9, 13], dropoutRate: 0.2, seed: 12 };
+  describe('an app bundled by esbuild from the ES module and @tensorflow/tfjs', () => {
+    test('runs flashAttention forward and gradients like the float64 reference (cpu kernel)', async () => {
+      // The app imports tfjs and this package by name, as a user's app would; esbuild finds
+      // tfjs in this repository's node_modules, so the app holds exactly one tfjs-core.
+      const app = await esbuild.build({
+        stdin: {
+          contents: `import * as tf from '@tensorflow/tfjs';
+                     import { flashAttention } from '${PKG.name}';
+                     globalThis.tf = { ...tf, flashAttention };`,
+          resolveDir: appDir, loader: 'js',
+        },
+        absWorkingDir: appDir, nodePaths: [path.join(ROOT, 'node_modules')], bundle: true, write: false,
+        metafile: true, platform: 'browser', format: 'iife', target: 'es2020', logLevel: 'silent',
+      });
+      const inputs = Object.keys(app.metafile!.inputs);
+      expect(inputs.filter(f => f.includes(PKG.name))).toEqual([`node_modules/${PKG.name}/dist/browser/tfjs-flash-attention.esm.js`]);
+      expect(new Set(inputs.filter(f => f.includes('tfjs-core/')).map(f => f.split('tfjs-core/')[0])).size).toBe(1);
+
+      const appPage = await session.browser.newPage();
+      try {
+        const errors: string[] = [];
+        appPage.on('pageerror', e => errors.push(e.message));
+        await appPage.goto(`${session.url}blank.html`);
+        await appPage.addScriptTag({ content: app.outputFiles![0].text });
+        expect(errors).toEqual([]);
+        await expectMatchesReference(appPage, 'cpu', EVERY_OPTION);
+      } finally {
+        await appPage.close();
+      }
+    });
+  });
 
   // webgl has no fused kernel: it runs the blockwise fallback (kernels/fallback/).
   describe.each([
@@ -172,7 +204,7 @@ describeBrowser('in headless Chromium', () => {
     let state: DemoStateView;
     beforeAll(async () => {
       demo = await session.browser.newPage({ viewport: { width: 1240, height: 900 } });
-      await demo.goto(`${session.url}?seqs=32,64&steps=${DEMO_STEPS}&headDim=${DEMO_HEAD_DIM}`);
+      await demo.goto(`${session.url}?seqs=32,64,128&steps=${DEMO_STEPS}&headDim=${DEMO_HEAD_DIM}`);
       await demo.waitForFunction(() => (window as unknown as { demoState?: { done: boolean } }).demoState?.done,
                                  null, { timeout: 60000 });
       state = await demo.evaluate(() => (window as unknown as { demoState: DemoStateView }).demoState);
@@ -182,7 +214,7 @@ describeBrowser('in headless Chromium', () => {
     test('the demo picks WebGPU, benchmarks flash vs stock, and trains the layer', () => {
       expect(state.error).toBeUndefined();
       expect(state.backend).toBe('webgpu');
-      expect(state.bench.map(p => p.seq)).toEqual([32, 64]);
+      expect(state.bench.map(p => p.seq)).toEqual([32, 64, 128]);
       for (const p of state.bench) {
         expect([p.flashError, p.stockError]).toEqual([undefined, undefined]);
         // The point of flash attention: no [seq, seq] matrix, so less peak memory at every length.

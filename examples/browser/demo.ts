@@ -86,12 +86,15 @@ async function pickBackend(): Promise<void> {
     const adapter = adapterDescription(name);
     const path = tf.getKernel('FlashAttention', name) ? 'its fused kernel' : 'the blockwise fallback (no fused kernel for this backend)';
     state.backend = name;
+    // A software adapter (SwiftShader: headless CI, GPU blocklists) runs correctly but slowly.
+    const software = /swiftshader|llvmpipe|software/i.test(adapter);
     state.backendNote = [
       ...skipped.map(s => `${s}.`),
       `Running on ${BACKEND_LABEL[name] ?? name}${adapter ? ` (${adapter})` : ''}${forced ? ', as requested' : ''}: flashAttention uses ${path}.`,
+      ...(software ? ['This is a software renderer: timings say nothing about a real GPU.'] : []),
     ].join(' ');
     $('backend').textContent = state.backendNote;
-    $('backend').classList.toggle('warn', skipped.length > 0);
+    $('backend').classList.toggle('warn', skipped.length > 0 || software);
     return;
   }
   throw new Error(`no usable backend: ${skipped.join('; ')}`);
@@ -175,7 +178,7 @@ async function runBenchmark(): Promise<void> {
     }
     tf.dispose([q, k, v]);
     state.bench.push(point);
-    const fmt = (ms?: number, mib?: number, e?: string) => e ? `failed (${e.slice(0, 60)})` : `${ms!.toFixed(1)} ms, ${mib!.toFixed(2)} MiB`;
+    const fmt = (ms?: number, mib?: number, e?: string) => e ? `failed (${e.slice(0, 60)})` : `${ms!.toFixed(1)} ms, ${mib!.toPrecision(3)} MiB`;
     status.push(`seq ${String(seq).padStart(5)}: flash ${fmt(point.flashMs, point.flashMiB, point.flashError)}; ` +
                 `stock ${fmt(point.stockMs, point.stockMiB, point.stockError)}`);
     $('bench-status').textContent = status.join('\n');

@@ -15,6 +15,9 @@ export const CHECK_PAGE_HTML = `<!doctype html>
 <script src="dist/tfjs-flash-attention.min.js"></script>
 </body></html>`;
 
+/** An empty page on the test server, for scripts the test injects itself. */
+export const BLANK_PAGE_HTML = '<!doctype html><html><head><meta charset="utf-8"><link rel="icon" href="data:,"></head><body></body></html>';
+
 /** A case in plain data, as it crosses into the page. */
 export interface PageCase {
   backend: string;

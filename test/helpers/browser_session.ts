@@ -6,7 +6,7 @@
 import * as fs from 'fs';
 import { Browser, chromium, Page } from 'playwright-core';
 import type * as tfTypes from '@tensorflow/tfjs';
-import { CHECK_PAGE_HTML } from './browser_pages';
+import { BLANK_PAGE_HTML, CHECK_PAGE_HTML } from './browser_pages';
 
 // eslint-disable-next-line @typescript-eslint/no-require-imports
 const { startDemoServer } = require('../../examples/browser/serve.js') as {
@@ -36,7 +36,7 @@ export const CHROMIUM_ARGS = [
 
 export interface BrowserSession {
   browser: Browser;
-  /** Root URL of the demo server; the check page is at `${url}check.html`. */
+  /** Root URL of the demo server; also serves `check.html` and an empty `blank.html`. */
   url: string;
   /** A page with tf.min.js, tf-backend-webgpu.min.js and our <script> build loaded. */
   openCheckPage(): Promise<Page>;
@@ -45,7 +45,10 @@ export interface BrowserSession {
 
 export async function openBrowserSession(executablePath: string): Promise<BrowserSession> {
   const server = await startDemoServer({
-    extraRoutes: { '/check.html': { type: 'text/html; charset=utf-8', body: CHECK_PAGE_HTML } },
+    extraRoutes: {
+      '/check.html': { type: 'text/html; charset=utf-8', body: CHECK_PAGE_HTML },
+      '/blank.html': { type: 'text/html; charset=utf-8', body: BLANK_PAGE_HTML },
+    },
   });
   let browser: Browser;
   try {
