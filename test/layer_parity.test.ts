@@ -87,6 +87,17 @@ describe('FlashMultiHeadAttention matches tfjs-layers MultiHeadAttention', () =>
     expect(relativeError(actual.dataSync(), expected.dataSync())).toBeLessThan(1e-5);
   });
 
+  test('callAndReturnAttentionScores: same output and same scores', () => {
+    const c = CASES.find(k => k.name === 'attentionMask with useCausalMask')!;
+    const { mha, flash, query, callArgs } = buildPair(c, 30);
+    flash.setWeights(tfjsMhaWeights(mha));
+    const [expectedOutput, expectedScores] = mha.callAndReturnAttentionScores(query, callArgs) as tf.Tensor[];
+    const [output, scores] = flash.callAndReturnAttentionScores(query, callArgs);
+    expect(scores.shape).toEqual(expectedScores.shape);
+    expect(relativeError(output.dataSync(), expectedOutput.dataSync())).toBeLessThan(1e-5);
+    expect(relativeError(scores.dataSync(), expectedScores.dataSync())).toBeLessThan(1e-5);
+  });
+
   test('masks carried by Embedding(maskZero) inputs: same output on every unpadded query row', () => {
     const tokens = tf.tensor2d([[3, 1, 4, 1, 5, 0, 0], [2, 6, 5, 3, 5, 8, 9]], undefined, 'int32');
     const embedding = tf.layers.embedding({ inputDim: 10, outputDim: 8, maskZero: true });

@@ -58,13 +58,19 @@ export function randomTensor(shape: number[], seed: number, scale = 1): tf.Tenso
   return tf.tensor(values, shape);
 }
 
-/** A seeded bool [batch, seqQ, seqK] mask in which every query row keeps at least one key. */
+/**
+ * A seeded bool [batch, seqQ, seqK] mask in which query row i always keeps key min(i, seqK - 1),
+ * so no row is empty, also when ANDed with Keras's (top-left) causal mask.
+ */
 export function randomMaskWithoutEmptyRows(batch: number, seqQ: number, seqK: number, seed: number): tf.Tensor {
   const r = rng(seed);
   const values = new Uint8Array(batch * seqQ * seqK);
-  for (let row = 0; row < batch * seqQ; row++) {
-    for (let j = 0; j < seqK; j++) values[row * seqK + j] = r() < 0.6 ? 1 : 0;
-    values[row * seqK + Math.floor(r() * seqK)] = 1;
+  for (let b = 0; b < batch; b++) {
+    for (let i = 0; i < seqQ; i++) {
+      const row = (b * seqQ + i) * seqK;
+      for (let j = 0; j < seqK; j++) values[row + j] = r() < 0.6 ? 1 : 0;
+      values[row + Math.min(i, seqK - 1)] = 1;
+    }
   }
   return tf.tensor(values, [batch, seqQ, seqK], 'bool');
 }
