@@ -146,6 +146,34 @@ describeBrowser('in headless Chromium', () => {
     });
   });
 
+  describe('the <script> build in other pages', () => {
+    /** A blank page with these scripts added in order; returns it with the errors they threw. */
+    async function pageWithScripts(scripts: string[]) {
+      const p = await session.browser.newPage();
+      const errors: string[] = [];
+      p.on('pageerror', e => errors.push(e.message));
+      await p.goto(`${session.url}blank.html`);
+      for (const url of scripts) await p.addScriptTag({ url });
+      return { page: p, errors };
+    }
+
+    test('works after tf.min.js alone, without the WebGPU script', async () => {
+      const { page: p, errors } = await pageWithScripts(['vendor/tf.min.js', 'dist/tfjs-flash-attention.min.js']);
+      try {
+        expect(errors).toEqual([]);
+        await expectMatchesReference(p, 'cpu', causalGqa(8));
+      } finally {
+        await p.close();
+      }
+    });
+
+    test('without tf.min.js, fails at load saying what to load first', async () => {
+      const { page: p, errors } = await pageWithScripts(['dist/tfjs-flash-attention.min.js']);
+      await p.close();
+      expect(errors).toEqual([expect.stringContaining('load tf.min.js (and tf-backend-webgpu.min.js for WebGPU) before tfjs-flash-attention.min.js')]);
+    });
+  });
+
   describe('an app bundled by esbuild from the ES module and @tensorflow/tfjs', () => {
     test('runs flashAttention forward and gradients like the float64 reference (cpu kernel)', async () => {
       // The app imports tfjs and this package by name, as a user's app would; esbuild finds
