@@ -5,7 +5,6 @@
  */
 import * as fs from 'fs';
 import { Browser, chromium, Page } from 'playwright-core';
-import type * as tfTypes from '@tensorflow/tfjs';
 import { BLANK_PAGE_HTML, CHECK_PAGE_HTML } from './browser_pages';
 
 // eslint-disable-next-line @typescript-eslint/no-require-imports
@@ -75,6 +74,3 @@ export async function openBrowserSession(executablePath: string): Promise<Browse
     },
   };
 }
-
-/** The page's global tf after our <script> build ran. */
-export type PageTf = typeof tfTypes & { flashAttention: (...args: unknown[]) => tfTypes.Tensor };
