@@ -98,15 +98,18 @@ export function compileTransformer(model: tf.LayersModel, learningRate: number):
 }
 
 /**
- * Samples `length` characters after `prompt`, feeding back at most `context` tokens (the model
- * attends causally, so a short context is enough for a small model and keeps sampling cheap).
+ * Samples `length` characters after `prompt`, feeding back the last `context` tokens (a short
+ * context is enough for a small model and keeps sampling cheap), left-padded with spaces so every
+ * call has the same shape: WebGPU then compiles its shaders once, not once per length.
  */
 export async function sampleText(model: tf.LayersModel, encode: (s: string) => Int32Array,
                                  decode: (ids: number[]) => string, prompt: string, length: number,
                                  context: number, temperature: number, random: () => number): Promise<string> {
   const ids = Array.from(encode(prompt));
+  const space = encode(' ')[0];
   for (let n = 0; n < length; n++) {
-    const window = ids.slice(-context);
+    const recent = ids.slice(-context);
+    const window = [...new Array(context - recent.length).fill(space), ...recent];
     const last = tf.tidy(() => {
       const out = model.predict(tf.tensor2d([window], [1, window.length], 'int32')) as tf.Tensor;
       return tf.squeeze(tf.slice(out, [0, window.length - 1, 0], [1, 1, -1]));

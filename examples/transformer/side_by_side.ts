@@ -44,7 +44,19 @@ async function withGpuErrorScopes<T>(fn: () => Promise<T>): Promise<T> {
   return result!;
 }
 
+/** WebGPU's limit on one storage binding; tfjs does not check it (2 GiB - 4 on the H100). */
+function maxBindingBytes(): number {
+  if (tf.getBackend() !== 'webgpu') return Infinity;
+  return (tf.backend() as unknown as { device: GPUDevice }).device.limits.maxStorageBufferBindingSize;
+}
+
 async function measure(o: ComparisonOptions, corpus: CharCorpus, seq: number, attention: 'flash' | 'stock'): Promise<Measurement> {
+  const scoresBytes = 4 * o.batch * o.heads * seq * seq;
+  if (attention === 'stock' && scoresBytes > maxBindingBytes()) {
+    // Stock attention binds the whole [batch, heads, T, T] score tensor in one shader: it cannot run.
+    return { seq, attention, failure: `too large: the ${(scoresBytes / 2 ** 30).toFixed(1)} GiB score tensor exceeds ` +
+                                     `the ${(maxBindingBytes() / 2 ** 30).toFixed(1)} GiB WebGPU binding limit` };
+  }
   const model = buildTransformer({ vocabSize: corpus.vocabSize, seqLen: seq, dim: o.dim, heads: o.heads,
                                    layers: o.layers, attention });
   compileTransformer(model, 1e-3);
