@@ -98,10 +98,10 @@ async function warmUpClocks(tf: TF, ms: number): Promise<void> {
   const a = tf.randomUniform([2048, 2048]);
   const start = performance.now();
   while (performance.now() - start < ms) {
-    const c = tf.matMul(a, a);
-    const one = tf.slice(tf.reshape(c, [-1]), 0, 1);
+    // tidy: the reshape shares c's buffer and would otherwise keep every product alive.
+    const one = tf.tidy(() => tf.slice(tf.reshape(tf.matMul(a, a), [-1]), 0, 1));
     await one.data();
-    tf.dispose([c, one]);
+    one.dispose();
   }
   a.dispose();
 }
@@ -185,10 +185,12 @@ class Runner {
 
     tracker?.releasePool();
     let runnable: Runnable | null = null;
+    let liveBeforeBytes: number | null = null;
     const outcome = await this.scopes.run(async () => {
       const x = this.inputsFor(c);
       const refs = this.o.check ? await this.refsFor(c) : [];
       tracker?.resetPeak();
+      liveBeforeBytes = tracker ? tracker.liveBytes : null;
       runnable = c.impl === 'flash' ? flashRunnable(tf, this.b.flash, c, x)
                                     : compositeRunnable(tf, c, x, headsPerChunk);
       let peakBytes: number | null = null;
@@ -221,7 +223,7 @@ class Runner {
       ...baseResult(c, wrong ? 'wrong' : 'ok',
                     wrong ? `relative error ${relErr} of checked ${c.pass === 'fwd' ? 'out' : 'dq'} rows vs float64` : undefined),
       wallMs: timing.wallMs, wallAllMs: timing.wallAllMs.map(x => +x.toFixed(3)), gpuMs: timing.gpuMs,
-      peakBytes, relErr, warmupCalls: timing.warmupCalls,
+      peakBytes, liveBeforeBytes, relErr, warmupCalls: timing.warmupCalls,
       ...(c.impl === 'composite' ? { headsPerChunk } : {}),
     };
     r.tflopsWall = r.flops / timing.wallMs / 1e9;

@@ -21,6 +21,8 @@ export interface CaseResult extends BenchCase {
   peakBytes?: number | null;
   /** Relative error of the checked rows of out (fwd) or dq (fwd+bwd) against float64. */
   relErr?: number;
+  /** WebGPU bytes live when the case started (its inputs; more would mean a leak upstream). */
+  liveBeforeBytes?: number | null;
   headsPerChunk?: number;
   warmupCalls?: number;
 }
