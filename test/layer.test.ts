@@ -252,15 +252,20 @@ describe('on WebGPU (Dawn; SwiftShader in CI)', () => {
     const dy = randomTensor([2, 24, 8], 92);
     const layer = builtLayer({ numHeads: 2, keyDim: 4 }, x, x);
     const vars = layer.trainableWeights.map(w => (w as unknown as { val: tf.Variable }).val);
-    const run = () => tf.tidy(() => {
-      const output = (layer.apply(x, { value: x, useCausalMask: true }) as tf.Tensor).dataSync();
-      const { grads } = tf.variableGrads(
-          () => tf.sum(tf.mul(layer.apply(x, { value: x, useCausalMask: true }) as tf.Tensor, dy)) as tf.Scalar, vars);
-      return { output, grads: vars.map(v => grads[v.name].dataSync()) };
-    });
-    const onCpu = run();
+    // Reads are asynchronous: WebGPU in Node cannot read synchronously (no OffscreenCanvas).
+    const run = async () => {
+      const [output, ...grads] = tf.tidy(() => {
+        const { grads: byName } = tf.variableGrads(
+            () => tf.sum(tf.mul(layer.apply(x, { value: x, useCausalMask: true }) as tf.Tensor, dy)) as tf.Scalar, vars);
+        return [layer.apply(x, { value: x, useCausalMask: true }) as tf.Tensor, ...vars.map(v => byName[v.name])];
+      });
+      const values = await Promise.all([output, ...grads].map(t => t.data() as Promise<Float32Array>));
+      tf.dispose([output, ...grads]);
+      return { output: values[0], grads: values.slice(1) };
+    };
+    const onCpu = await run();
     await useWebGPU();
-    const onGpu = run();
+    const onGpu = await run();
     expect(relativeError(onGpu.output, onCpu.output)).toBeLessThan(1e-5);
     const scale = Math.max(...onCpu.grads.map(g => Math.max(...Array.from(g, Math.abs))));
     onGpu.grads.forEach((g, i) => {
