@@ -48,7 +48,7 @@ static bool useTensorCores(const fa_params* a, const fa::Problem& p) {
 size_t fa_forward_workspace_size(const fa_params* a) {
   if (fa::checkParams(a)) return 0;
   const fa::Problem p = fa::makeProblem(*a);
-  return useTensorCores(a, p) ? fa::tensorCoreForwardWorkspace(p) : 0;
+  return useTensorCores(a, p) ? fa::tensorCoreForwardWorkspace(p) : fa::simtForwardWorkspace(p);
 }
 
 int fa_forward(const fa_params* a, const float* q, const float* k, const float* v, float* out,
@@ -56,14 +56,12 @@ int fa_forward(const fa_params* a, const float* q, const float* k, const float* 
   if (int e = fa::checkParams(a)) return e;
   const fa::Problem p = fa::makeProblem(*a);
   const cudaStream_t s = static_cast<cudaStream_t>(stream);
-  if (useTensorCores(a, p)) {
-    if (workspace == nullptr) return FA_ERR_BAD_ARGUMENT;
-    return fa::launchForwardTensorCore(p, q, k, v, out, lse, workspace, s);
-  }
-  return fa::launchForwardSimt(p, q, k, v, out, lse, s);
+  if (workspace == nullptr) return FA_ERR_BAD_ARGUMENT;
+  if (useTensorCores(a, p)) return fa::launchForwardTensorCore(p, q, k, v, out, lse, workspace, s);
+  return fa::launchForwardSimt(p, q, k, v, out, lse, workspace, s);
 }
 
-// Backward workspace: delta (float32 [B, H, Nq]), then the tensor-core path's BF16 operands.
+// Backward workspace: delta (float32 [B, H, Nq]), then the staged operands of the path taken.
 static size_t deltaBytes(const fa_params* a) {
   return (sizeof(float) * (size_t)a->batch * a->heads * a->seq_q + 255) / 256 * 256;
 }
@@ -71,7 +69,7 @@ static size_t deltaBytes(const fa_params* a) {
 size_t fa_backward_workspace_size(const fa_params* a) {
   if (fa::checkParams(a)) return 0;
   const fa::Problem p = fa::makeProblem(*a);
-  return deltaBytes(a) + (useTensorCores(a, p) ? fa::tensorCoreBackwardWorkspace(p) : 0);
+  return deltaBytes(a) + (useTensorCores(a, p) ? fa::tensorCoreBackwardWorkspace(p) : fa::simtBackwardWorkspace(p));
 }
 
 int fa_backward(const fa_params* a, const float* q, const float* k, const float* v,
@@ -87,7 +85,8 @@ int fa_backward(const fa_params* a, const float* q, const float* k, const float*
     return fa::launchBackwardTensorCore(p, q, k, v, lse, dout, delta, dq, dk, dv,
                                         static_cast<char*>(workspace) + deltaBytes(a), s);
   }
-  return fa::launchBackwardSimt(p, q, k, v, out, lse, dout, dq, dk, dv, delta, s);
+  return fa::launchBackwardSimt(p, q, k, v, out, lse, dout, dq, dk, dv, delta,
+                                static_cast<char*>(workspace) + deltaBytes(a), s);
 }
 
 const char* fa_error_string(int code) {

@@ -47,7 +47,8 @@ constexpr size_t dqSmemBytes() {
 template <int DMAX, bool LOCAL, bool GENERAL>
 __global__ void __launch_bounds__(NT) dqKernel(Problem p, const float* __restrict__ q,
                                                const float* __restrict__ k,
-                                               const float* __restrict__ v,
+                                               const float* __restrict__ ktS,
+                                               const float* __restrict__ vtS, int nkPad,
                                                const float* __restrict__ lse,
                                                const float* __restrict__ delta,
                                                const float* __restrict__ dout,
@@ -69,11 +70,11 @@ __global__ void __launch_bounds__(NT) dqKernel(Problem p, const float* __restric
   const long long qStride = (long long)p.heads * p.headDim;
   const long long oStride = (long long)p.heads * p.headDimV;
   const long long kStride = (long long)p.kvHeads * p.headDim;
-  const long long vStride = (long long)p.kvHeads * p.headDimV;
   const float* qBase = q + ((long long)b * p.seqQ * p.heads + h) * p.headDim;
   const float* dOBase = dout + ((long long)b * p.seqQ * p.heads + h) * p.headDimV;
   const float* kBase = k + ((long long)b * p.seqK * p.kvHeads + kvh) * p.headDim;
-  const float* vBase = v + ((long long)b * p.seqK * p.kvHeads + kvh) * p.headDimV;
+  const float* ktBase = ktS + ((long long)b * p.kvHeads + kvh) * DMAX * nkPad;
+  const float* vtBase = vtS + ((long long)b * p.kvHeads + kvh) * DMAX * nkPad;
   const float slope = (GENERAL && p.hasAlibi) ? p.alibi[h] : 0.f;
 
   loadTransposed<BR, DMAX, BR, NT>(Qt, qBase, qStride, i0, p.seqQ, p.headDim);
@@ -96,11 +97,21 @@ __global__ void __launch_bounds__(NT) dqKernel(Problem p, const float* __restric
   int jLo = 0, jHi = p.seqK;
   if (LOCAL) keyRange(p, i0, min(i0 + BR, p.seqQ) - 1, &jLo, &jHi);
 
-  for (int j0 = (jLo / BC) * BC; j0 < jHi; j0 += BC) {
-    __syncthreads();
-    loadTransposed<BC, DMAX, BC, NT>(Kt, kBase, kStride, j0, p.seqK, p.headDim);
-    loadTransposed<BC, DMAX, BC, NT>(Vt, vBase, vStride, j0, p.seqK, p.headDimV);
-    loadRows<BC, DMAX, DMAX, NT>(Ks, kBase, kStride, j0, p.seqK, p.headDim);
+  // Loads overlap compute: K rows of tile t arrive during S and dP of tile t, K^T and V^T
+  // (staged) of tile t+1 during dQ += dS K of tile t.
+  const int jStart = (jLo / BC) * BC;
+  const bool asyncRows = (p.headDim & 3) == 0;
+  auto issueScoreOperands = [&](int j0) {
+    loadStagedAsync<DMAX, BC, NT>(Kt, ktBase, nkPad, j0);
+    loadStagedAsync<DMAX, BC, NT>(Vt, vtBase, nkPad, j0);
+    cpAsyncCommitGroup();
+  };
+  if (jStart < jHi) issueScoreOperands(jStart);
+  for (int j0 = jStart; j0 < jHi; j0 += BC) {
+    if (asyncRows) loadRowsAsync<BC, DMAX, DMAX, NT>(Ks, kBase, kStride, j0, p.seqK, p.headDim);
+    else loadRows<BC, DMAX, DMAX, NT>(Ks, kBase, kStride, j0, p.seqK, p.headDim);
+    cpAsyncCommitGroup();
+    cpAsyncWaitGroup<1>();
     __syncthreads();
 
     float s[TM][TN], dp[TM][TN];
@@ -128,8 +139,11 @@ __global__ void __launch_bounds__(NT) dqKernel(Problem p, const float* __restric
         dSt[jl * BR + rowGroup * TM + m] = ds;
       }
     }
+    cpAsyncWaitGroup<0>();
     __syncthreads();
+    if (j0 + BC < jHi) issueScoreOperands(j0 + BC);
     mmaSmem<TM, TD, BC, BR, DMAX>(acc, dSt, rowGroup * TM, Ks, colGroup);
+    __syncthreads();
   }
 
 #pragma unroll
@@ -162,6 +176,8 @@ template <int DMAX, bool LOCAL, bool GENERAL>
 __global__ void __launch_bounds__(NT) dkvKernel(Problem p, const float* __restrict__ q,
                                                 const float* __restrict__ k,
                                                 const float* __restrict__ v,
+                                                const float* __restrict__ qtS,
+                                                const float* __restrict__ dotS, int nqPad,
                                                 const float* __restrict__ lse,
                                                 const float* __restrict__ delta,
                                                 const float* __restrict__ dout,
@@ -207,20 +223,36 @@ __global__ void __launch_bounds__(NT) dkvKernel(Problem p, const float* __restri
   for (int h = kvh * p.group; h < (kvh + 1) * p.group; ++h) {
     const float* qBase = q + ((long long)b * p.seqQ * p.heads + h) * p.headDim;
     const float* dOBase = dout + ((long long)b * p.seqQ * p.heads + h) * p.headDimV;
+    const float* qtBase = qtS + ((long long)b * p.heads + h) * DMAX * nqPad;
+    const float* dotBase = dotS + ((long long)b * p.heads + h) * DMAX * nqPad;
     const float slope = (GENERAL && p.hasAlibi) ? p.alibi[h] : 0.f;
     const long long rowBase = ((long long)b * p.heads + h) * p.seqQ;
-    for (int i0 = (iLo / BR) * BR; i0 < iHi; i0 += BR) {
-      __syncthreads();
-      loadTransposed<BR, DMAX, BR, NT>(Qt, qBase, qStride, i0, p.seqQ, p.headDim);
-      loadTransposed<BR, DMAX, BR, NT>(dOt, dOBase, oStride, i0, p.seqQ, p.headDimV);
-      loadRows<BR, DMAX, DMAX, NT>(Qs, qBase, qStride, i0, p.seqQ, p.headDim);
-      loadRows<BR, DMAX, DMAX, NT>(dOs, dOBase, oStride, i0, p.seqQ, p.headDimV);
+    // Loads overlap compute: Q and dO rows of tile t arrive during S^T and dP^T of tile t,
+    // Q^T and dO^T (staged) of tile t+1 during the dV and dK products of tile t.
+    const int iStart = (iLo / BR) * BR;
+    const bool asyncRows = ((p.headDim | p.headDimV) & 3) == 0;
+    auto issueScoreOperands = [&](int i0) {
+      loadStagedAsync<DMAX, BR, NT>(Qt, qtBase, nqPad, i0);
+      loadStagedAsync<DMAX, BR, NT>(dOt, dotBase, nqPad, i0);
+      cpAsyncCommitGroup();
+    };
+    if (iStart < iHi) issueScoreOperands(iStart);
+    for (int i0 = iStart; i0 < iHi; i0 += BR) {
+      if (asyncRows) {
+        loadRowsAsync<BR, DMAX, DMAX, NT>(Qs, qBase, qStride, i0, p.seqQ, p.headDim);
+        loadRowsAsync<BR, DMAX, DMAX, NT>(dOs, dOBase, oStride, i0, p.seqQ, p.headDimV);
+      } else {
+        loadRows<BR, DMAX, DMAX, NT>(Qs, qBase, qStride, i0, p.seqQ, p.headDim);
+        loadRows<BR, DMAX, DMAX, NT>(dOs, dOBase, oStride, i0, p.seqQ, p.headDimV);
+      }
+      cpAsyncCommitGroup();
       for (int r = threadIdx.x; r < BR; r += NT) {
         const int i = i0 + r;
         lseS[r] = i < p.seqQ ? lse[rowBase + i] * kLog2e : INFINITY;
         deltaS[r] = i < p.seqQ ? delta[rowBase + i] : 0.f;
         if (GENERAL && p.hasDropout) rowKeyS[r] = dropoutRowKey(p.seed, b * p.heads + h, i);
       }
+      cpAsyncWaitGroup<1>();
       __syncthreads();
 
       // Transposed scores: rows are keys, columns are queries.
@@ -248,9 +280,12 @@ __global__ void __launch_bounds__(NT) dkvKernel(Problem p, const float* __restri
           dSs[il * BC + jl] = pr * (dp[m][n] * drop - deltaS[il]) * softcapDerivative<GENERAL>(p, raw) * p.scale;
         }
       }
+      cpAsyncWaitGroup<0>();
       __syncthreads();
+      if (i0 + BR < iHi) issueScoreOperands(i0 + BR);
       mmaSmem<TM, TD, BR, BC, DMAX>(dvAcc, Ps, rowGroup * TM, dOs, colGroup);
       mmaSmem<TM, TD, BR, BC, DMAX>(dkAcc, dSs, rowGroup * TM, Qs, colGroup);
+      __syncthreads();
     }
   }
 
@@ -269,17 +304,24 @@ __global__ void __launch_bounds__(NT) dkvKernel(Problem p, const float* __restri
   }
 }
 
+// Staged float32 transposes of the backward (staging area of the workspace): Q^T and dO^T
+// [B, H, DMAX, NqPad], K^T and V^T [B, Hkv, DMAX, NkPad].
+struct StagedF32 {
+  const float *qt, *dot, *kt, *vt;
+  int nqPad, nkPad;
+};
+
 template <int DMAX, bool LOCAL, bool GENERAL>
 cudaError_t launchPasses(const Problem& p, const float* q, const float* k, const float* v,
                          const float* lse, const float* delta, const float* dout, float* dq,
-                         float* dk, float* dv, cudaStream_t stream) {
+                         float* dk, float* dv, const StagedF32& st, cudaStream_t stream) {
   {
     constexpr size_t smem = dkvSmemBytes<DMAX>();
     auto kernel = dkvKernel<DMAX, LOCAL, GENERAL>;
     cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
     if (err != cudaSuccess) return err;
     const dim3 grid((p.seqK + DkvTile<DMAX>::BC - 1) / DkvTile<DMAX>::BC, p.kvHeads, p.batch);
-    kernel<<<grid, NT, smem, stream>>>(p, q, k, v, lse, delta, dout, dk, dv);
+    kernel<<<grid, NT, smem, stream>>>(p, q, k, v, st.qt, st.dot, st.nqPad, lse, delta, dout, dk, dv);
     if ((err = cudaGetLastError()) != cudaSuccess) return err;
   }
   {
@@ -288,7 +330,7 @@ cudaError_t launchPasses(const Problem& p, const float* q, const float* k, const
     cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
     if (err != cudaSuccess) return err;
     const dim3 grid((p.seqQ + DqTile<DMAX>::BR - 1) / DqTile<DMAX>::BR, p.heads, p.batch);
-    kernel<<<grid, NT, smem, stream>>>(p, q, k, v, lse, delta, dout, dq);
+    kernel<<<grid, NT, smem, stream>>>(p, q, k, st.kt, st.vt, st.nkPad, lse, delta, dout, dq);
     return cudaGetLastError();
   }
 }
@@ -296,16 +338,40 @@ cudaError_t launchPasses(const Problem& p, const float* q, const float* k, const
 template <int DMAX>
 cudaError_t dispatchFlags(const Problem& p, const float* q, const float* k, const float* v,
                           const float* lse, const float* delta, const float* dout, float* dq,
-                          float* dk, float* dv, cudaStream_t s) {
+                          float* dk, float* dv, void* staging, cudaStream_t s) {
+  StagedF32 st;
+  st.nqPad = (p.seqQ + 63) / 64 * 64;
+  st.nkPad = (p.seqK + 63) / 64 * 64;
+  float* w = static_cast<float*>(staging);
+  float* qt = w;
+  float* dot = qt + (size_t)p.batch * p.heads * DMAX * st.nqPad;
+  float* kt = dot + (size_t)p.batch * p.heads * DMAX * st.nqPad;
+  float* vt = kt + (size_t)p.batch * p.kvHeads * DMAX * st.nkPad;
+  cudaError_t err;
+  if ((err = stageTransposedF32(q, qt, p.batch, p.seqQ, p.heads, p.headDim, st.nqPad, DMAX, s))) return err;
+  if ((err = stageTransposedF32(dout, dot, p.batch, p.seqQ, p.heads, p.headDimV, st.nqPad, DMAX, s))) return err;
+  if ((err = stageTransposedF32(k, kt, p.batch, p.seqK, p.kvHeads, p.headDim, st.nkPad, DMAX, s))) return err;
+  if ((err = stageTransposedF32(v, vt, p.batch, p.seqK, p.kvHeads, p.headDimV, st.nkPad, DMAX, s))) return err;
+  st.qt = qt; st.dot = dot; st.kt = kt; st.vt = vt;
   const bool local = p.windowLeft >= 0 || p.windowRight >= 0;
   const bool general = p.hasAlibi || p.hasSoftcap || p.hasMask || p.hasDropout;
-  if (local) return general ? launchPasses<DMAX, true, true>(p, q, k, v, lse, delta, dout, dq, dk, dv, s)
-                            : launchPasses<DMAX, true, false>(p, q, k, v, lse, delta, dout, dq, dk, dv, s);
-  return general ? launchPasses<DMAX, false, true>(p, q, k, v, lse, delta, dout, dq, dk, dv, s)
-                 : launchPasses<DMAX, false, false>(p, q, k, v, lse, delta, dout, dq, dk, dv, s);
+  if (local) return general ? launchPasses<DMAX, true, true>(p, q, k, v, lse, delta, dout, dq, dk, dv, st, s)
+                            : launchPasses<DMAX, true, false>(p, q, k, v, lse, delta, dout, dq, dk, dv, st, s);
+  return general ? launchPasses<DMAX, false, true>(p, q, k, v, lse, delta, dout, dq, dk, dv, st, s)
+                 : launchPasses<DMAX, false, false>(p, q, k, v, lse, delta, dout, dq, dk, dv, st, s);
+}
+
+int simtHeadDim(const Problem& p) {
+  const int d = max(p.headDim, p.headDimV);
+  return d <= 64 ? 64 : d <= 128 ? 128 : 256;
 }
 
 }  // namespace
+
+size_t simtBackwardWorkspace(const Problem& p) {
+  const size_t dp = simtHeadDim(p), nqPad = (p.seqQ + 63) / 64 * 64, nkPad = (p.seqK + 63) / 64 * 64;
+  return sizeof(float) * dp * 2 * ((size_t)p.batch * p.heads * nqPad + (size_t)p.batch * p.kvHeads * nkPad);
+}
 
 cudaError_t launchBackwardPreprocess(const Problem& p, const float* out, const float* dout, float* delta,
                                      cudaStream_t stream) {
@@ -316,13 +382,14 @@ cudaError_t launchBackwardPreprocess(const Problem& p, const float* out, const f
 
 cudaError_t launchBackwardSimt(const Problem& p, const float* q, const float* k, const float* v,
                                const float* out, const float* lse, const float* dout, float* dq,
-                               float* dk, float* dv, float* delta, cudaStream_t stream) {
+                               float* dk, float* dv, float* delta, void* staging, cudaStream_t stream) {
   cudaError_t err = launchBackwardPreprocess(p, out, dout, delta, stream);
   if (err != cudaSuccess) return err;
-  const int d = max(p.headDim, p.headDimV);
-  if (d <= 64) return dispatchFlags<64>(p, q, k, v, lse, delta, dout, dq, dk, dv, stream);
-  if (d <= 128) return dispatchFlags<128>(p, q, k, v, lse, delta, dout, dq, dk, dv, stream);
-  return dispatchFlags<256>(p, q, k, v, lse, delta, dout, dq, dk, dv, stream);
+  switch (simtHeadDim(p)) {
+    case 64: return dispatchFlags<64>(p, q, k, v, lse, delta, dout, dq, dk, dv, staging, stream);
+    case 128: return dispatchFlags<128>(p, q, k, v, lse, delta, dout, dq, dk, dv, staging, stream);
+    default: return dispatchFlags<256>(p, q, k, v, lse, delta, dout, dq, dk, dv, staging, stream);
+  }
 }
 
 }  // namespace fa

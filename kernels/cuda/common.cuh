@@ -150,6 +150,43 @@ __device__ __forceinline__ void loadRows(float* dst, const float* src, long long
   }
 }
 
+// ---- asynchronous copies (cp.async): a tile load proceeds while the block computes ----
+// src-size 0 zero-fills the destination without reading memory.
+__device__ __forceinline__ void cpAsync16Zfill(float* dst, const float* src, bool valid) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(src), "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void cpAsyncCommitGroup() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cpAsyncWaitGroup() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+
+// loadRows with 16-byte asynchronous copies; needs width, rowStride, COLS, LD multiples of 4
+// (callers fall back to loadRows otherwise).
+template <int ROWS, int COLS, int LD, int NT>
+__device__ __forceinline__ void loadRowsAsync(float* dst, const float* src, long long rowStride,
+                                              int row0, int rowsValid, int width) {
+  for (int idx = threadIdx.x; idx < ROWS * COLS / 4; idx += NT) {
+    const int r = idx / (COLS / 4), c = (idx % (COLS / 4)) * 4;
+    const bool valid = row0 + r < rowsValid && c < width;
+    cpAsync16Zfill(dst + r * LD + c, valid ? src + (long long)(row0 + r) * rowStride + c : src, valid);
+  }
+}
+
+// Copies columns [col0, col0 + COLS) of the DROWS rows of a staged transposed array (row
+// stride nPad, col0 + COLS <= nPad) into smem dst[r * COLS + c] with 16-byte async copies.
+template <int DROWS, int COLS, int NT>
+__device__ __forceinline__ void loadStagedAsync(float* dst, const float* src, int nPad, int col0) {
+  for (int idx = threadIdx.x; idx < DROWS * COLS / 4; idx += NT) {
+    const int r = idx / (COLS / 4), c = (idx % (COLS / 4)) * 4;
+    cpAsync16Zfill(dst + r * COLS + c, src + (long long)r * nPad + col0 + c, true);
+  }
+}
+
+// Float32 staging of an operand transposed, [B, N, HX, W] -> [B, HX, DP, NPad] (zero padding),
+// so that the exact kernels load its tiles with 16-byte copies instead of transposing them.
+cudaError_t stageTransposedF32(const float* src, float* dst, int batch, int n, int hx, int w, int nPad,
+                               int dp, cudaStream_t stream);
+
 // ---- register-tiled product over shared memory (SIMT, float32 FMA) ----
 // 128 threads = 8 row groups x 16 column groups. A thread owns TM consecutive rows
 // (rowGroup * TM + m) and TN columns spread so that a half-warp reads contiguous vectors:
@@ -212,8 +249,9 @@ __device__ __forceinline__ float groupSum(float x) {
 }
 
 // Launch helpers implemented per file.
+size_t simtForwardWorkspace(const Problem& p);
 cudaError_t launchForwardSimt(const Problem& p, const float* q, const float* k, const float* v,
-                              float* out, float* lse, cudaStream_t stream);
+                              float* out, float* lse, void* workspace, cudaStream_t stream);
 // Tensor-core path: the padded head dimension it runs at (64 or 128), 0 when it cannot.
 int tensorCoreHeadDim(const Problem& p);
 size_t tensorCoreForwardWorkspace(const Problem& p);
@@ -225,8 +263,9 @@ cudaError_t launchBackwardTensorCore(const Problem& p, const float* q, const flo
                                      float* dk, float* dv, void* workspace, cudaStream_t stream);
 cudaError_t launchBackwardPreprocess(const Problem& p, const float* out, const float* dout, float* delta,
                                      cudaStream_t stream);
+size_t simtBackwardWorkspace(const Problem& p);
 cudaError_t launchBackwardSimt(const Problem& p, const float* q, const float* k, const float* v,
                                const float* out, const float* lse, const float* dout, float* dq,
-                               float* dk, float* dv, float* delta, cudaStream_t stream);
+                               float* dk, float* dv, float* delta, void* staging, cudaStream_t stream);
 
 }  // namespace fa

@@ -54,8 +54,8 @@ typedef struct {
   int precision;           /* FA_PRECISION_* */
 } fa_params;
 
-/* Bytes of device workspace fa_forward needs (0 for the exact path; the BF16 operand copies
-   of the tensor-core path). */
+/* Bytes of device workspace fa_forward needs: staged operand copies (K transposed, float32,
+   for the exact path; BF16 Q, K, V for the tensor-core path). */
 FA_API size_t fa_forward_workspace_size(const fa_params* p);
 
 /* out [B, Nq, H, Dv], lse [B, H, Nq]. */

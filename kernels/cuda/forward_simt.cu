@@ -22,7 +22,7 @@ constexpr size_t forwardSmemBytes() {
 
 template <int DMAX, bool LOCAL, bool GENERAL>
 __global__ void __launch_bounds__(NT) forwardSimtKernel(Problem p, const float* __restrict__ q,
-                                                        const float* __restrict__ k,
+                                                        const float* __restrict__ kt, int nkPad,
                                                         const float* __restrict__ v,
                                                         float* __restrict__ out,
                                                         float* __restrict__ lse) {
@@ -40,10 +40,9 @@ __global__ void __launch_bounds__(NT) forwardSimtKernel(Problem p, const float* 
   const int h = blockIdx.y, b = blockIdx.z, kvh = h / p.group;
   const int i0 = qTile * BR;
   const long long qStride = (long long)p.heads * p.headDim;
-  const long long kStride = (long long)p.kvHeads * p.headDim;
   const long long vStride = (long long)p.kvHeads * p.headDimV;
   const float* qBase = q + ((long long)b * p.seqQ * p.heads + h) * p.headDim;
-  const float* kBase = k + ((long long)b * p.seqK * p.kvHeads + kvh) * p.headDim;
+  const float* ktBase = kt + ((long long)b * p.kvHeads + kvh) * DMAX * nkPad;  // staged K^T
   const float* vBase = v + ((long long)b * p.seqK * p.kvHeads + kvh) * p.headDimV;
   const float slope = (GENERAL && p.hasAlibi) ? p.alibi[h] : 0.f;
 
@@ -66,10 +65,23 @@ __global__ void __launch_bounds__(NT) forwardSimtKernel(Problem p, const float* 
       rowKey[m] = dropoutRowKey(p.seed, b * p.heads + h, i0 + rowGroup * TM + m);
   }
 
-  for (int j0 = (jLo / BC) * BC; j0 < jHi; j0 += BC) {
-    __syncthreads();  // previous tile's readers of Kt, Vs, Pt are done
-    loadTransposed<BC, DMAX, BC, NT>(Kt, kBase, kStride, j0, p.seqK, p.headDim);
-    loadRows<BC, DMAX, DMAX, NT>(Vs, vBase, vStride, j0, p.seqK, p.headDimV);
+  // Loads overlap compute without a second buffer: V of tile t arrives while S = Q K^T of
+  // tile t is computed, and K^T of tile t+1 while P V of tile t is.
+  const int jStart = (jLo / BC) * BC;
+  const bool asyncV = (p.headDimV & 3) == 0;
+  auto issueK = [&](int j0) {
+    for (int idx = threadIdx.x; idx < DMAX * BC / 4; idx += NT) {
+      const int c = idx / (BC / 4), r = (idx % (BC / 4)) * 4;
+      cpAsync16Zfill(Kt + c * BC + r, ktBase + (long long)c * nkPad + j0 + r, true);
+    }
+    cpAsyncCommitGroup();
+  };
+  if (jStart < jHi) issueK(jStart);
+  for (int j0 = jStart; j0 < jHi; j0 += BC) {
+    if (asyncV) loadRowsAsync<BC, DMAX, DMAX, NT>(Vs, vBase, vStride, j0, p.seqK, p.headDimV);
+    else loadRows<BC, DMAX, DMAX, NT>(Vs, vBase, vStride, j0, p.seqK, p.headDimV);
+    cpAsyncCommitGroup();
+    cpAsyncWaitGroup<1>();  // K^T of this tile has landed
     __syncthreads();
 
     float s[TM][TN];
@@ -118,8 +130,11 @@ __global__ void __launch_bounds__(NT) forwardSimtKernel(Problem p, const float* 
 #pragma unroll
       for (int m = 0; m < TM; ++m)
         Pt[ColMap<TN>::col(colGroup, n) * BR + rowGroup * TM + m] = s[m][n];
-    __syncthreads();
+    cpAsyncWaitGroup<0>();  // V of this tile has landed
+    __syncthreads();        // ... for every thread; Pt is written and Kt no longer read
+    if (j0 + BC < jHi) issueK(j0 + BC);
     mmaSmem<TM, TD, BC, BR, DMAX>(o, Pt, rowGroup * TM, Vs, colGroup);
+    __syncthreads();  // Vs and Pt are refilled next iteration
   }
 
 #pragma unroll
@@ -140,36 +155,50 @@ __global__ void __launch_bounds__(NT) forwardSimtKernel(Problem p, const float* 
 }
 
 template <int DMAX, bool LOCAL, bool GENERAL>
-cudaError_t launch(const Problem& p, const float* q, const float* k, const float* v, float* out,
+cudaError_t launch(const Problem& p, const float* q, const float* kt, int nkPad, const float* v, float* out,
                    float* lse, cudaStream_t stream) {
   constexpr size_t smem = forwardSmemBytes<DMAX>();
   auto kernel = forwardSimtKernel<DMAX, LOCAL, GENERAL>;
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
   if (err != cudaSuccess) return err;
   const dim3 grid((p.seqQ + FwdTile<DMAX>::BR - 1) / FwdTile<DMAX>::BR, p.heads, p.batch);
-  kernel<<<grid, NT, smem, stream>>>(p, q, k, v, out, lse);
+  kernel<<<grid, NT, smem, stream>>>(p, q, kt, nkPad, v, out, lse);
   return cudaGetLastError();
 }
 
 template <int DMAX>
 cudaError_t dispatchFlags(const Problem& p, const float* q, const float* k, const float* v,
-                          float* out, float* lse, cudaStream_t s) {
+                          float* out, float* lse, void* workspace, cudaStream_t s) {
+  const int nkPad = (p.seqK + 63) / 64 * 64;
+  float* kt = static_cast<float*>(workspace);
+  cudaError_t err = stageTransposedF32(k, kt, p.batch, p.seqK, p.kvHeads, p.headDim, nkPad, DMAX, s);
+  if (err != cudaSuccess) return err;
   const bool local = p.windowLeft >= 0 || p.windowRight >= 0;
   const bool general = p.hasAlibi || p.hasSoftcap || p.hasMask || p.hasDropout;
-  if (local) return general ? launch<DMAX, true, true>(p, q, k, v, out, lse, s)
-                            : launch<DMAX, true, false>(p, q, k, v, out, lse, s);
-  return general ? launch<DMAX, false, true>(p, q, k, v, out, lse, s)
-                 : launch<DMAX, false, false>(p, q, k, v, out, lse, s);
+  if (local) return general ? launch<DMAX, true, true>(p, q, kt, nkPad, v, out, lse, s)
+                            : launch<DMAX, true, false>(p, q, kt, nkPad, v, out, lse, s);
+  return general ? launch<DMAX, false, true>(p, q, kt, nkPad, v, out, lse, s)
+                 : launch<DMAX, false, false>(p, q, kt, nkPad, v, out, lse, s);
+}
+
+int simtHeadDim(const Problem& p) {
+  const int d = max(p.headDim, p.headDimV);
+  return d <= 64 ? 64 : d <= 128 ? 128 : 256;
 }
 
 }  // namespace
 
+size_t simtForwardWorkspace(const Problem& p) {
+  return sizeof(float) * (size_t)p.batch * p.kvHeads * simtHeadDim(p) * ((p.seqK + 63) / 64 * 64);
+}
+
 cudaError_t launchForwardSimt(const Problem& p, const float* q, const float* k, const float* v,
-                              float* out, float* lse, cudaStream_t stream) {
-  const int d = max(p.headDim, p.headDimV);
-  if (d <= 64) return dispatchFlags<64>(p, q, k, v, out, lse, stream);
-  if (d <= 128) return dispatchFlags<128>(p, q, k, v, out, lse, stream);
-  return dispatchFlags<256>(p, q, k, v, out, lse, stream);
+                              float* out, float* lse, void* workspace, cudaStream_t stream) {
+  switch (simtHeadDim(p)) {
+    case 64: return dispatchFlags<64>(p, q, k, v, out, lse, workspace, stream);
+    case 128: return dispatchFlags<128>(p, q, k, v, out, lse, workspace, stream);
+    default: return dispatchFlags<256>(p, q, k, v, out, lse, workspace, stream);
+  }
 }
 
 }  // namespace fa
