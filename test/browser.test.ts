@@ -25,6 +25,8 @@ const { buildBrowserBundles } = require('../scripts/build-browser.js') as {
 
 const ROOT = path.resolve(__dirname, '..');
 const PKG = JSON.parse(fs.readFileSync(path.join(ROOT, 'package.json'), 'utf8'));
+const DEMO_HEAD_DIM = 8;   // = the demo's TRAIN.keyDim
+const DEMO_STEPS = 12;     // ~0.45 s each on SwiftShader
 
 let bundles: { esm: Bundle; script: Bundle };
 // A scratch app whose node_modules holds a copy of this package as npm would install it:
@@ -116,9 +118,14 @@ if (!CHROMIUM && !MUST_RUN) console.warn('browser tests skipped: no Chromium at 
 describeBrowser('in headless Chromium', () => {
   let session: BrowserSession;
   let page: Page;
+  // The demo runs for ~30 s on SwiftShader, mostly WGSL compilation; it starts first and runs
+  // alongside the other pages' checks, and its own tests wait for it at the end.
+  let demoRun: Promise<{ demo: Page; state: DemoStateView }>;
   beforeAll(async () => {
     if (!CHROMIUM) throw new Error('Chromium not found (apt-get install chromium, or set CHROMIUM_PATH)');
     session = await openBrowserSession(CHROMIUM);
+    demoRun = runDemo(session);
+    demoRun.catch(() => { /* reported by the demo's tests */ });
     page = await session.openCheckPage();
   });
   afterAll(async () => { await session?.close(); });
@@ -226,17 +233,9 @@ describeBrowser('in headless Chromium', () => {
   // check shares the demo page: the benchmark's head size is set to the training model's keyDim and
   // the check uses that head size with causal on, so the three share compiled flash kernels.
   describe('on WebGPU, in the demo page', () => {
-    const DEMO_HEAD_DIM = 8;   // = the demo's TRAIN.keyDim
-    const DEMO_STEPS = 12;     // ~0.45 s each on SwiftShader
     let demo: Page;
     let state: DemoStateView;
-    beforeAll(async () => {
-      demo = await session.browser.newPage({ viewport: { width: 1240, height: 900 } });
-      await demo.goto(`${session.url}?seqs=32,64,128&steps=${DEMO_STEPS}&headDim=${DEMO_HEAD_DIM}`);
-      await demo.waitForFunction(() => (window as unknown as { demoState?: { done: boolean } }).demoState?.done,
-                                 null, { timeout: 60000 });
-      state = await demo.evaluate(() => (window as unknown as { demoState: DemoStateView }).demoState);
-    });
+    beforeAll(async () => { ({ demo, state } = await demoRun); });
     afterAll(async () => { await demo?.close(); });
 
     test('the demo picks WebGPU, benchmarks flash vs stock, and trains the layer', () => {
@@ -279,6 +278,16 @@ describeBrowser('in headless Chromium', () => {
         async (_name, c) => expectMatchesReference(demo, 'webgpu', c));
   });
 });
+
+/** Opens the demo page (WebGPU, short settings) and waits until it has benchmarked and trained. */
+async function runDemo(session: BrowserSession): Promise<{ demo: Page; state: DemoStateView }> {
+  const demo = await session.browser.newPage({ viewport: { width: 1240, height: 900 } });
+  await demo.goto(`${session.url}?seqs=32,64,128&steps=${DEMO_STEPS}&headDim=${DEMO_HEAD_DIM}`);
+  await demo.waitForFunction(() => (window as unknown as { demoState?: { done: boolean } }).demoState?.done,
+                             null, { timeout: 90000 });
+  const state = await demo.evaluate(() => (window as unknown as { demoState: DemoStateView }).demoState);
+  return { demo, state };
+}
 
 function causalGqa(headDim: number): CaseSpec {
   return { dims: { batch: 1, seqQ: 16, seqK: 16, heads: 4, kvHeads: 2, headDim, headDimV: headDim }, causal: true, seed: 11 };
