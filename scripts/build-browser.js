@@ -25,17 +25,6 @@ const BASENAME = 'tfjs-flash-attention';
 const TFJS_PACKAGE = /^@tensorflow\/tfjs(-[a-z0-9-]+)?(\/.*)?$/;
 
 /**
- * The public modules of the package. src/layer.ts (tf.layers.flashMultiHeadAttention) is listed
- * when it exists, so the bundles carry the layer even before src/index.ts re-exports it; a
- * duplicate `export *` of the same module is harmless.
- */
-function entryContents() {
-  const modules = ['./src/index'];
-  if (fs.existsSync(path.join(ROOT, 'src', 'layer.ts'))) modules.push('./src/layer');
-  return modules.map(m => `export * from ${JSON.stringify(m)};`).join('\n') + '\n';
-}
-
-/**
  * Maps every @tensorflow/* import to the global `tf` that tf.min.js (and, for the WebGPU names,
  * tf-backend-webgpu.min.js, which merges its exports into the same global) defines. The union
  * tf.min.js re-exports tfjs-core, tfjs-layers and the cpu/webgl backends at its top level, so the
@@ -67,7 +56,8 @@ const REQUIRE_GLOBAL_TF =
 
 function commonOptions() {
   return {
-    stdin: { contents: entryContents(), resolveDir: ROOT, sourcefile: 'browser-entry.js', loader: 'js' },
+    entryPoints: [path.join(ROOT, 'src', 'index.ts')],
+    absWorkingDir: ROOT,
     bundle: true,
     platform: 'browser',
     target: 'es2020',
