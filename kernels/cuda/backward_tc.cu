@@ -346,12 +346,9 @@ cudaError_t launchBackwardTensorCore(const Problem& p, const float* q, const flo
   __nv_bfloat16 *qb = w, *qtb = qb + qElems, *db = qtb + qElems, *dtb = db + qElems;
   __nv_bfloat16 *kb = dtb + qElems, *ktb = kb + kElems, *vb = ktb + kElems;
   cudaError_t err;
-  if ((err = stageBf16(q, qb, p.batch, p.seqQ, p.heads, p.headDim, st.nqPad, dp, false, stream))) return err;
-  if ((err = stageBf16(q, qtb, p.batch, p.seqQ, p.heads, p.headDim, st.nqPad, dp, true, stream))) return err;
-  if ((err = stageBf16(dout, db, p.batch, p.seqQ, p.heads, p.headDimV, st.nqPad, dp, false, stream))) return err;
-  if ((err = stageBf16(dout, dtb, p.batch, p.seqQ, p.heads, p.headDimV, st.nqPad, dp, true, stream))) return err;
-  if ((err = stageBf16(k, kb, p.batch, p.seqK, p.kvHeads, p.headDim, st.nkPad, dp, false, stream))) return err;
-  if ((err = stageBf16(k, ktb, p.batch, p.seqK, p.kvHeads, p.headDim, st.nkPad, dp, true, stream))) return err;
+  if ((err = stageBf16Both(q, qb, qtb, p.batch, p.seqQ, p.heads, p.headDim, st.nqPad, dp, stream))) return err;
+  if ((err = stageBf16Both(dout, db, dtb, p.batch, p.seqQ, p.heads, p.headDimV, st.nqPad, dp, stream))) return err;
+  if ((err = stageBf16Both(k, kb, ktb, p.batch, p.seqK, p.kvHeads, p.headDim, st.nkPad, dp, stream))) return err;
   if ((err = stageBf16(v, vb, p.batch, p.seqK, p.kvHeads, p.headDimV, st.nkPad, dp, false, stream))) return err;
   st.q = qb; st.qt = qtb; st.dout = db; st.doutt = dtb; st.k = kb; st.kt = ktb; st.v = vb;
   return dp == 64 ? dispatchFlags<64>(p, st, lse, delta, dq, dk, dv, stream)

@@ -28,6 +28,21 @@ __device__ __forceinline__ void transposeTile(float* tile, const float* s, long 
   }
 }
 
+// Both BF16 layouts of one operand from a single read of it (the backward needs both).
+__global__ void __launch_bounds__(NT) stageBf16BothKernel(const float* __restrict__ src, __nv_bfloat16* __restrict__ rows,
+                                                          __nv_bfloat16* __restrict__ cols, int n, int hx, int w,
+                                                          int nPad, int dp) {
+  extern __shared__ float tile[];  // [ROWS][dp + 1]
+  const int n0 = blockIdx.x * ROWS, h = blockIdx.y, b = blockIdx.z;
+  transposeTile(tile, src + ((long long)b * n * hx + h) * w, (long long)hx * w,
+                cols + ((long long)b * hx + h) * dp * nPad, n0, n, w, nPad, dp);
+  __nv_bfloat16* d = rows + ((long long)b * hx + h) * nPad * dp;
+  for (int idx = threadIdx.x; idx < ROWS * dp / 2; idx += NT) {  // the tile is complete: see transposeTile
+    const int r = idx / (dp / 2), c = (idx % (dp / 2)) * 2;
+    storePair(d + (long long)(n0 + r) * dp + c, tile[r * (dp + 1) + c], tile[r * (dp + 1) + c + 1]);
+  }
+}
+
 template <typename T>
 __global__ void __launch_bounds__(NT) stageTransposedKernel(const float* __restrict__ src, T* __restrict__ dst,
                                                             int n, int hx, int w, int nPad, int dp) {
@@ -67,6 +82,15 @@ cudaError_t stageBf16(const float* src, __nv_bfloat16* dst, int batch, int n, in
                       int dp, bool transposed, cudaStream_t stream) {
   if (transposed) return launchTransposed(src, dst, batch, n, hx, w, nPad, dp, stream);
   stageBf16RowsKernel<<<dim3(nPad / ROWS, hx, batch), NT, 0, stream>>>(src, dst, n, hx, w, nPad, dp);
+  return cudaGetLastError();
+}
+
+cudaError_t stageBf16Both(const float* src, __nv_bfloat16* rows, __nv_bfloat16* cols, int batch, int n, int hx,
+                          int w, int nPad, int dp, cudaStream_t stream) {
+  const size_t smem = sizeof(float) * ROWS * (dp + 1);
+  cudaError_t err = cudaFuncSetAttribute(stageBf16BothKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+  if (err != cudaSuccess) return err;
+  stageBf16BothKernel<<<dim3(nPad / ROWS, hx, batch), NT, smem, stream>>>(src, rows, cols, n, hx, w, nPad, dp);
   return cudaGetLastError();
 }
 

@@ -58,4 +58,8 @@ inline int roundUp(int x, int m) { return (x + m - 1) / m * m; }
 cudaError_t stageBf16(const float* src, __nv_bfloat16* dst, int batch, int n, int hx, int w, int nPad,
                       int dp, bool transposed, cudaStream_t stream);
 
+// Both layouts (rows and transposed) from one read of src.
+cudaError_t stageBf16Both(const float* src, __nv_bfloat16* rows, __nv_bfloat16* cols, int batch, int n, int hx,
+                          int w, int nPad, int dp, cudaStream_t stream);
+
 }  // namespace fa
