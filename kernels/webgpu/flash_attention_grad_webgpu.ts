@@ -335,9 +335,12 @@ export function flashAttentionGradWebGPU(
   const stats = runProgram(backend, preprocess, [out, dy, logsumexp], []);
   const passInputs = [q, k, v, alibiSlopes, mask, dy, stats];
   const dkdv = runProgram(backend, dkdvProgram, passInputs, uniforms);
+  const [dk, dv] = unpack(backend, dkdv, [k.shape, v.shape]);
+  // Buffers of disposed tensors return to the pool only when the queue is submitted: submitting
+  // before the dQ pass keeps the packed dK/dV buffer and dQ from being live together.
+  backend.submitQueue();
   const dq = runProgram(backend, dqProgram, passInputs, uniforms);
   backend.disposeData(stats.dataId);
-  const [dk, dv] = unpack(backend, dkdv, [k.shape, v.shape]);
   return [dq, dk, dv];
 }
 

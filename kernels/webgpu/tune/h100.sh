@@ -4,20 +4,23 @@
 K=.gpu-kernels; R="bash $K/run-webgpu.sh $K/fa_tune.mjs"
 out=${OUT:-/tmp}/tune.log
 t() { echo "## $*" | tee -a $out; timeout ${TMO:-90} $R "$@" 2>&1 | grep '^RESULT' | cut -c1-${CUT:-400} | tee -a $out; }
-cfg() { echo "{\"rows\":$1,\"cols\":$2,\"rowsPerThread\":$3,\"colsPerThread\":4,\"unroll\":${4:-2}}"; }
+cfg() { echo "{\"rows\":$1,\"cols\":$2,\"rowsPerThread\":$3,\"colsPerThread\":${4:-4},\"unroll\":${5:-2}}"; }
 for phase in "$@"; do case $phase in
   check) t --mode=check ;;
   fwd)
-    for c in "64 32 4" "64 32 8" "64 32 2" "32 32 4"; do
+    for c in "64 32 2 2" "64 32 1 2" "64 32 2 1" "64 16 2 2" "64 32 4 2"; do
       T="{\"forward\":$(cfg $c)}"
       t --mode=time --n=4096 --tiles="$T"
     done ;;
   causal) t --mode=time --n=4096 --causal=1 ;;
   bwd)
-    for c in "32 32 4" "32 32 2" "64 16 2"; do
+    for c in "64 16 2 2" "64 16 1 2" "32 32 1 2" "64 16 4 2"; do
       T="{\"dq\":$(cfg $c),\"dkdv\":$(cfg $c)}"
       t --mode=time --n=4096 --bwd=1 --tiles="$T"
     done ;;
+  mem)
+    t --mode=time --n=8192 --bwd=1 --reps=3
+    t --mode=time --n=8192 --reps=3 ;;
   big)
     t --mode=time --n=8192 --bwd=1 --reps=3
     t --mode=time --n=4096 --bwd=1 --causal=1
