@@ -12,6 +12,7 @@ namespace {
 
 constexpr int NT = 128;
 
+// Backward preprocess (Triton tutorial: "_attn_bwd_preprocess").
 __global__ void backwardPreprocessKernel(Problem p, const float* __restrict__ out,
                                          const float* __restrict__ dout, float* __restrict__ delta) {
   const long long rows = (long long)p.batch * p.seqQ * p.heads;
@@ -32,7 +33,7 @@ __global__ void backwardPreprocessKernel(Problem p, const float* __restrict__ ou
   }
 }
 
-// ---- dQ pass ----
+// ---- dQ pass (Triton tutorial: "_attn_bwd_dq") ----
 template <int DMAX> struct DqTile;
 template <> struct DqTile<64> { static constexpr int BR = 64, BC = 64; };
 template <> struct DqTile<128> { static constexpr int BR = 64, BC = 32; };
@@ -159,7 +160,7 @@ __global__ void __launch_bounds__(NT) dqKernel(Problem p, const float* __restric
   }
 }
 
-// ---- dK/dV pass ----
+// ---- dK/dV pass (Triton tutorial: "_attn_bwd_dkdv") ----
 template <int DMAX> struct DkvTile;
 template <> struct DkvTile<64> { static constexpr int BC = 64, BR = 32; };
 template <> struct DkvTile<128> { static constexpr int BC = 32, BR = 32; };

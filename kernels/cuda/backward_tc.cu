@@ -24,7 +24,7 @@ struct Staged {
   int nqPad, nkPad;
 };
 
-// ---- dK/dV pass: a block owns 64 keys (16 per warp) of one KV head ----
+// ---- dK/dV pass ("_attn_bwd_dkdv"): a block owns 64 keys (16 per warp) of one KV head ----
 template <int DP, bool LOCAL, bool GENERAL>
 __global__ void __launch_bounds__(NT) dkvTensorCoreKernel(Problem p, Staged st, const float* __restrict__ lse,
                                                           const float* __restrict__ delta,
@@ -166,7 +166,7 @@ __global__ void __launch_bounds__(NT) dkvTensorCoreKernel(Problem p, Staged st, 
   }
 }
 
-// ---- dQ pass: a block owns 64 queries (16 per warp) of one head ----
+// ---- dQ pass ("_attn_bwd_dq"): a block owns 64 queries (16 per warp) of one head ----
 template <int DP, bool LOCAL, bool GENERAL>
 __global__ void __launch_bounds__(NT) dqTensorCoreKernel(Problem p, Staged st, const float* __restrict__ lse,
                                                          const float* __restrict__ delta, float* __restrict__ dq) {

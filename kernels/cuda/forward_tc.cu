@@ -1,5 +1,6 @@
-// Tensor-core forward (precision 'fast'): FlashAttention-2's forward inner loop with Q K^T and
-// P V on BF16 mma.sync (float32 accumulation, float32 softmax statistics and output). Operands
+// Tensor-core forward (precision 'fast'): FlashAttention-2's forward inner loop (Triton
+// tutorial: "_attn_fwd_inner") with Q K^T and P V on BF16 mma.sync (float32 accumulation,
+// float32 softmax statistics and output). Operands
 // come from the BF16 staging pass: Q [B, H, NqPad, DP], K [B, Hkv, NkPad, DP] and V transposed
 // [B, Hkv, DP, NkPad]. Eight warps own 16 query rows each (BR = 128) and keep their Q fragments
 // in registers; K and V tiles stream through a two-stage cp.async pipeline.

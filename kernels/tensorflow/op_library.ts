@@ -46,6 +46,9 @@ export function loadOpLibrary(): OpLibraryStatus {
   const fs = req('fs') as typeof import('fs');
   const path = req('path') as typeof import('path');
   const relevant = tfjsNodeGpuLoaded(req);
+  // The CPU build of TensorFlow (@tensorflow/tfjs-node) would take the op library but has no
+  // GPU device to run its kernels on: only tfjs-node-gpu's TensorFlow qualifies.
+  if (!relevant) return { loaded: false, relevant, reason: '@tensorflow/tfjs-node-gpu is not loaded in this process' };
   const dir = candidateDirs(req).find(d => fs.existsSync(path.join(d, 'flash_attention_op.so')));
   if (!dir) {
     return { loaded: false, relevant,
