@@ -1,7 +1,9 @@
 // A stand-in libtensorflow.so.2 for testing the loader and the op library's registration where
 // TensorFlow cannot be installed: it implements the C API functions the op library binds to,
-// records op definitions and kernel registrations, and runs registered shape functions on
-// given input shapes. Kernels are never run through it (their compute functions abort).
+// records op definitions and kernel registrations, runs registered shape functions on given
+// input shapes, and runs a registered kernel on caller-provided (device) buffers, playing
+// TensorFlow's part: attributes, TF_GetInput, TF_AllocateOutput (handing out the caller's
+// output buffers), failures. kernels/cuda/harness/tf_op_check.py drives that on the GPU.
 // Built and used by test/tensorflow_backend.test.ts; never shipped.
 #include <dlfcn.h>
 
@@ -9,6 +11,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -24,22 +27,30 @@ struct TF_OpDefinitionBuilder {
   std::vector<std::string> inputs, outputs, attrs;
   ShapeFn shapeFn = nullptr;
 };
-struct TF_KernelBuilder { std::string op, device; };
+struct TF_OpKernelConstruction;
+struct TF_OpKernelContext;
+struct TF_KernelBuilder {
+  std::string op, device;
+  void* (*create)(TF_OpKernelConstruction*);
+  void (*compute)(void*, TF_OpKernelContext*);
+  void (*destroy)(void*);
+};
+struct TF_Tensor { std::vector<int64_t> dims; void* data = nullptr; size_t bytes = 0; };
+struct FakeAttr { char kind; double f; int64_t i; std::string s; };
+struct TF_OpKernelConstruction { std::map<std::string, FakeAttr>* attrs; std::string failure; };
+struct TF_OpKernelContext { std::vector<TF_Tensor> inputs, outputs; std::string failure; };
 }
 
 namespace {
 std::vector<TF_OpDefinitionBuilder> ops;
 std::vector<TF_KernelBuilder> kernels;
+std::map<std::string, FakeAttr> attrs;
 std::string json;
 
 std::string quoteList(const std::vector<std::string>& v) {
   std::string r = "[";
   for (size_t i = 0; i < v.size(); ++i) r += (i ? ",\"" : "\"") + v[i] + "\"";
   return r + "]";
-}
-[[noreturn]] void notInFake(const char* fn) {
-  std::fprintf(stderr, "fake libtensorflow: %s is not implemented\n", fn);
-  std::abort();
 }
 }  // namespace
 
@@ -72,9 +83,11 @@ FAKE_EXPORT void TF_RegisterOpDefinition(TF_OpDefinitionBuilder* b, TF_Status* s
   delete b;
   s->code = 0;
 }
-FAKE_EXPORT TF_KernelBuilder* TF_NewKernelBuilder(const char* op, const char* device, void* (*)(void*),
-                                                  void (*)(void*, void*), void (*)(void*)) {
-  return new TF_KernelBuilder{op, device};
+FAKE_EXPORT TF_KernelBuilder* TF_NewKernelBuilder(const char* op, const char* device,
+                                                  void* (*create)(TF_OpKernelConstruction*),
+                                                  void (*compute)(void*, TF_OpKernelContext*),
+                                                  void (*destroy)(void*)) {
+  return new TF_KernelBuilder{op, device, create, compute, destroy};
 }
 FAKE_EXPORT void TF_RegisterKernelBuilder(const char*, TF_KernelBuilder* b, TF_Status* s) {
   kernels.push_back(*b);
@@ -109,20 +122,57 @@ FAKE_EXPORT void TF_ShapeInferenceContextConcatenateShapes(TF_ShapeInferenceCont
   r->dims.insert(r->dims.end(), y->dims.begin(), y->dims.end());
 }
 
-// Functions that only kernels call: present (so registration finds them), never run here.
-FAKE_EXPORT void TF_DeleteTensor(void*) { notInFake("TF_DeleteTensor"); }
-FAKE_EXPORT int TF_NumDims(const void*) { notInFake("TF_NumDims"); }
-FAKE_EXPORT int64_t TF_Dim(const void*, int) { notInFake("TF_Dim"); }
-FAKE_EXPORT void* TF_TensorData(const void*) { notInFake("TF_TensorData"); }
-FAKE_EXPORT int TF_NumInputs(void*) { notInFake("TF_NumInputs"); }
-FAKE_EXPORT void TF_GetInput(void*, int, void**, TF_Status*) { notInFake("TF_GetInput"); }
-FAKE_EXPORT void* TF_AllocateOutput(void*, int, int, const int64_t*, int, size_t, TF_Status*) { notInFake("TF_AllocateOutput"); }
-FAKE_EXPORT void TF_OpKernelContext_Failure(void*, TF_Status*) { notInFake("TF_OpKernelContext_Failure"); }
-FAKE_EXPORT void TF_OpKernelConstruction_Failure(void*, TF_Status*) { notInFake("TF_OpKernelConstruction_Failure"); }
-FAKE_EXPORT void TF_OpKernelConstruction_GetAttrFloat(void*, const char*, float*, TF_Status*) { notInFake("GetAttrFloat"); }
-FAKE_EXPORT void TF_OpKernelConstruction_GetAttrInt64(void*, const char*, int64_t*, TF_Status*) { notInFake("GetAttrInt64"); }
-FAKE_EXPORT void TF_OpKernelConstruction_GetAttrBool(void*, const char*, unsigned char*, TF_Status*) { notInFake("GetAttrBool"); }
-FAKE_EXPORT void TF_OpKernelConstruction_GetAttrString(void*, const char*, char*, size_t, TF_Status*) { notInFake("GetAttrString"); }
+// ---- what kernels call ----
+FAKE_EXPORT void TF_DeleteTensor(TF_Tensor* t) { delete t; }
+FAKE_EXPORT int TF_NumDims(const TF_Tensor* t) { return (int)t->dims.size(); }
+FAKE_EXPORT int64_t TF_Dim(const TF_Tensor* t, int i) { return t->dims[i]; }
+FAKE_EXPORT void* TF_TensorData(const TF_Tensor* t) { return t->data; }
+FAKE_EXPORT int TF_NumInputs(TF_OpKernelContext* c) { return (int)c->inputs.size(); }
+FAKE_EXPORT void TF_GetInput(TF_OpKernelContext* c, int i, TF_Tensor** t, TF_Status* s) {
+  if (i < 0 || i >= (int)c->inputs.size()) { s->code = 11; s->msg = "input out of range"; return; }
+  *t = new TF_Tensor(c->inputs[i]);
+  s->code = 0;
+}
+// Hands out the caller's buffer for output i after checking shape and size.
+FAKE_EXPORT TF_Tensor* TF_AllocateOutput(TF_OpKernelContext* c, int i, int, const int64_t* dims, int n,
+                                         size_t len, TF_Status* s) {
+  if (i < 0 || i >= (int)c->outputs.size()) { s->code = 11; s->msg = "output out of range"; return nullptr; }
+  const TF_Tensor& o = c->outputs[i];
+  if (std::vector<int64_t>(dims, dims + n) != o.dims || len != o.bytes) {
+    s->code = 3; s->msg = "output " + std::to_string(i) + ": kernel asked for another shape or size than the caller's";
+    return nullptr;
+  }
+  s->code = 0;
+  return new TF_Tensor(o);
+}
+FAKE_EXPORT void TF_OpKernelContext_Failure(TF_OpKernelContext* c, TF_Status* s) { c->failure = s->msg; }
+FAKE_EXPORT void TF_OpKernelConstruction_Failure(TF_OpKernelConstruction* c, TF_Status* s) { c->failure = s->msg; }
+
+namespace {
+const FakeAttr* findAttr(TF_OpKernelConstruction* c, const char* name, char kind, TF_Status* s) {
+  auto it = c->attrs->find(name);
+  if (it == c->attrs->end() || it->second.kind != kind) {
+    s->code = 3; s->msg = std::string("attr '") + name + "' missing or of another type";
+    return nullptr;
+  }
+  s->code = 0;
+  return &it->second;
+}
+}  // namespace
+
+FAKE_EXPORT void TF_OpKernelConstruction_GetAttrFloat(TF_OpKernelConstruction* c, const char* n, float* v, TF_Status* s) {
+  if (auto* a = findAttr(c, n, 'f', s)) *v = (float)a->f;
+}
+FAKE_EXPORT void TF_OpKernelConstruction_GetAttrInt64(TF_OpKernelConstruction* c, const char* n, int64_t* v, TF_Status* s) {
+  if (auto* a = findAttr(c, n, 'i', s)) *v = a->i;
+}
+FAKE_EXPORT void TF_OpKernelConstruction_GetAttrBool(TF_OpKernelConstruction* c, const char* n, unsigned char* v, TF_Status* s) {
+  if (auto* a = findAttr(c, n, 'b', s)) *v = a->i != 0;
+}
+FAKE_EXPORT void TF_OpKernelConstruction_GetAttrString(TF_OpKernelConstruction* c, const char* n, char* v, size_t max,
+                                                       TF_Status* s) {
+  if (auto* a = findAttr(c, n, 's', s)) { std::strncpy(v, a->s.c_str(), max); }
+}
 
 // ---- test hooks ----
 // {"ops":[{"name","inputs","outputs","attrs","hasShapeFn"}],"kernels":[{"op","device"}]}
@@ -166,4 +216,42 @@ FAKE_EXPORT const char* fake_tf_infer(const char* op, const int64_t* dims, const
     return (json += "]").c_str();
   }
   return (json = "error: no such op").c_str();
+}
+
+// Attributes of the next fake_tf_run (TensorFlow would take them from the op's NodeDef).
+FAKE_EXPORT void fake_tf_clear_attrs() { attrs.clear(); }
+FAKE_EXPORT void fake_tf_attr_float(const char* n, double v) { attrs[n] = FakeAttr{'f', v, 0, ""}; }
+FAKE_EXPORT void fake_tf_attr_int(const char* n, int64_t v) { attrs[n] = FakeAttr{'i', 0, v, ""}; }
+FAKE_EXPORT void fake_tf_attr_bool(const char* n, int v) { attrs[n] = FakeAttr{'b', 0, v, ""}; }
+FAKE_EXPORT void fake_tf_attr_string(const char* n, const char* v) { attrs[n] = FakeAttr{'s', 0, 0, v}; }
+
+// Runs op's registered kernel once: construction with the attributes above, one compute call
+// over the given buffers (dims flat, ranks per tensor, byte sizes per tensor), destruction.
+// Returns NULL, or the failure the kernel reported.
+FAKE_EXPORT const char* fake_tf_run(const char* op, int nIn, void** inData, const int64_t* inDims, const int* inRanks,
+                                    const size_t* inBytes, int nOut, void** outData, const int64_t* outDims,
+                                    const int* outRanks, const size_t* outBytes) {
+  const TF_KernelBuilder* k = nullptr;
+  for (auto& kb : kernels) if (kb.op == op) k = &kb;
+  if (!k) return (json = "no kernel registered for this op").c_str();
+  TF_OpKernelConstruction ctor{&attrs, ""};
+  void* instance = k->create(&ctor);
+  if (!ctor.failure.empty()) { k->destroy(instance); return (json = ctor.failure).c_str(); }
+  TF_OpKernelContext ctx;
+  auto fill = [](std::vector<TF_Tensor>& v, int n, void** data, const int64_t* dims, const int* ranks, const size_t* bytes) {
+    for (int i = 0; i < n; ++i) {
+      TF_Tensor t;
+      t.dims.assign(dims, dims + ranks[i]);
+      dims += ranks[i];
+      t.data = data[i];
+      t.bytes = bytes[i];
+      v.push_back(t);
+    }
+  };
+  fill(ctx.inputs, nIn, inData, inDims, inRanks, inBytes);
+  fill(ctx.outputs, nOut, outData, outDims, outRanks, outBytes);
+  k->compute(instance, &ctx);
+  k->destroy(instance);
+  if (!ctx.failure.empty()) return (json = ctx.failure).c_str();
+  return nullptr;
 }
