@@ -45,6 +45,8 @@ function flashAttention_(q: Tensor4D | TensorLike, k: Tensor4D | TensorLike, v: 
 function flashAttention_(q: Tensor4D | TensorLike, k: Tensor4D | TensorLike, v: Tensor4D | TensorLike,
                          options: FlashAttentionOptions & { returnLogSumExp: true }): FlashAttentionResult;
 function flashAttention_(q: Tensor4D | TensorLike, k: Tensor4D | TensorLike, v: Tensor4D | TensorLike,
+                         options?: FlashAttentionOptions): Tensor4D | FlashAttentionResult;
+function flashAttention_(q: Tensor4D | TensorLike, k: Tensor4D | TensorLike, v: Tensor4D | TensorLike,
                          options: FlashAttentionOptions = {}): Tensor4D | FlashAttentionResult {
   check(options !== null && typeof options === 'object',
         () => `options must be an object, but got ${options === null ? 'null' : typeof options}`);

@@ -10,6 +10,10 @@ import { keyRangeForQueries } from '../../src/window';
 import {
   AttentionProblem, dropoutRow, makeOutput, oRow, readProblem, scoreTile, TILE_K, TILE_Q, vRow,
 } from './attention_problem';
+// Module-level aliases: a global lookup (Math, Infinity) in a hot loop is ~40x slower inside
+// jest's vm sandbox, where the tests run these loops.
+const { exp, floor, log, max, min } = Math;
+const INF = Infinity;
 
 export function flashForwardCPU(p: AttentionProblem): { out: Float32Array; lse: Float32Array } {
   const { batch, seqQ, seqK, heads, headDimV: dv, attrs } = p;
@@ -21,30 +25,30 @@ export function flashForwardCPU(p: AttentionProblem): { out: Float32Array; lse: 
   const rowSum = new Float64Array(TILE_Q);
   const drop = new Float64Array(TILE_K);
   for (let b = 0; b < batch; b++) for (let h = 0; h < heads; h++) {
-    const kvh = Math.floor(h / p.group);
+    const kvh = floor(h / p.group);
     for (let i0 = 0; i0 < seqQ; i0 += TILE_Q) {
-      const i1 = Math.min(seqQ, i0 + TILE_Q);
-      acc.fill(0); rowMax.fill(-Infinity); rowSum.fill(0);
+      const i1 = min(seqQ, i0 + TILE_Q);
+      acc.fill(0); rowMax.fill(-INF); rowSum.fill(0);
       const [jLo, jHi] = keyRangeForQueries(attrs, i0, i1, seqQ, seqK);
       // Forward inner loop over the key/value tiles this query tile can see.
       for (let j0 = jLo; j0 < jHi; j0 += TILE_K) {
-        const j1 = Math.min(jHi, j0 + TILE_K);
+        const j1 = min(jHi, j0 + TILE_K);
         scoreTile(p, b, h, i0, i1, j0, j1, s, null);
         for (let i = i0; i < i1; i++) {
           const r = i - i0, sr = r * TILE_K;
-          let tileMax = -Infinity;
-          for (let c = 0; c < j1 - j0; c++) tileMax = Math.max(tileMax, s[sr + c]);
-          if (tileMax === -Infinity) continue;           // every key of this tile is masked for row i
+          let tileMax = -INF;
+          for (let c = 0; c < j1 - j0; c++) tileMax = max(tileMax, s[sr + c]);
+          if (tileMax === -INF) continue;           // every key of this tile is masked for row i
           // Online softmax: rescale what was accumulated under the old max.
-          const newMax = Math.max(rowMax[r], tileMax);
-          const alpha = Math.exp(rowMax[r] - newMax);
+          const newMax = max(rowMax[r], tileMax);
+          const alpha = exp(rowMax[r] - newMax);
           rowMax[r] = newMax;
           rowSum[r] *= alpha;
           const ar = r * dv;
           for (let c = 0; c < dv; c++) acc[ar + c] *= alpha;
           if (attrs.dropoutRate > 0) dropoutRow(p, b, h, i, j0, j1, drop);
           for (let j = j0; j < j1; j++) {
-            const e = Math.exp(s[sr + j - j0] - newMax);
+            const e = exp(s[sr + j - j0] - newMax);
             if (e === 0) continue;
             rowSum[r] += e;                               // the normaliser ignores dropout
             const w = attrs.dropoutRate > 0 ? e * drop[j - j0] : e;
@@ -58,7 +62,7 @@ export function flashForwardCPU(p: AttentionProblem): { out: Float32Array; lse: 
         const r = i - i0, oo = oRow(p, b, i, h);
         const empty = rowSum[r] === 0;                    // no key left after masking
         for (let c = 0; c < dv; c++) out[oo + c] = empty ? 0 : acc[r * dv + c] / rowSum[r];
-        lse[(b * heads + h) * seqQ + i] = empty ? -Infinity : rowMax[r] + Math.log(rowSum[r]);
+        lse[(b * heads + h) * seqQ + i] = empty ? -INF : rowMax[r] + log(rowSum[r]);
       }
     }
   }

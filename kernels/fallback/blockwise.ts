@@ -29,39 +29,47 @@ class BlockScorer {
   constructor(readonly geo: Geometry, readonly a: FlashAttentionAttrs,
               readonly slopes5: Tensor | null, readonly mask4: Tensor | null) {}
 
-  /** Scores of keys [j0, j1) for q4 [B, Hkv, g*Nq, D], masked to -Infinity; also the kept mask and tanh. */
+  /**
+   * Scores of keys [j0, j1) for q4 [B, Hkv, g*Nq, D] as [B, Hkv, g, Nq, len], masked to -Infinity,
+   * plus tanh(raw / softcap) when softcap is on (the backward pass needs its derivative).
+   * Each step frees its predecessor at once: a tidy would keep every block-sized intermediate
+   * alive until the block ends, multiplying the working set.
+   */
   scores(q4: Tensor, j0: number, j1: number, k4: Tensor) {
     const { B, Nq, Nk, Hkv, g } = this.geo;
     const a = this.a;
     const len = j1 - j0;
     const kb = slice(k4, [0, 0, j0, 0], [-1, -1, len, -1]);
-    const raw = mul(matMul(q4, kb, false, true), scalar(a.scale));
-    let s5 = reshape(raw, [B, Hkv, g, Nq, len]);
+    let s5 = tidy(() => reshape(mul(matMul(q4, kb, false, true), scalar(a.scale)), [B, Hkv, g, Nq, len]));
+    const update = (f: () => Tensor) => { const next = tidy(f); s5.dispose(); s5 = next; };
     let capTanh: Tensor | null = null;
     if (a.softcap > 0) {
-      capTanh = tanh(div(s5, scalar(a.softcap)));
-      s5 = mul(capTanh, scalar(a.softcap));
+      capTanh = tidy(() => tanh(div(s5, scalar(a.softcap))));
+      update(() => mul(capTanh!, scalar(a.softcap)));
     }
-    // rel = j - (i + off), [1, 1, 1, Nq, len]
-    const rel = sub(reshape(range(j0, j1, 1, 'float32'), [1, 1, 1, 1, len]),
-                    reshape(range(Nk - Nq, Nk, 1, 'float32'), [1, 1, 1, Nq, 1]));
-    if (this.slopes5) s5 = sub(s5, mul(this.slopes5, abs(rel)));
-    let keepMask: Tensor | null = null;
-    const and = (m: Tensor) => { keepMask = keepMask ? logicalAnd(keepMask, m) : m; };
-    if (a.windowLeft >= 0) and(greaterEqual(rel, scalar(-a.windowLeft)));
-    if (a.windowRight >= 0) and(lessEqual(rel, scalar(a.windowRight)));
-    if (this.mask4) {
-      const [mb, mh, mq, mk] = this.mask4.shape;
-      const blk = mk === 1 ? this.mask4 : slice(this.mask4, [0, 0, 0, j0], [-1, -1, -1, len]);
-      const bl = blk.shape[3] as number;
-      and(mh === 1 ? reshape(blk, [mb, 1, 1, mq, bl]) : reshape(blk, [mb, Hkv, g, mq, bl]));
+    // rel = j - (i + off), [1, 1, 1, Nq, len]: small, shared by heads and batches.
+    const rel = tidy(() => sub(reshape(range(j0, j1, 1, 'float32'), [1, 1, 1, 1, len]),
+                               reshape(range(Nk - Nq, Nk, 1, 'float32'), [1, 1, 1, Nq, 1])));
+    if (this.slopes5) update(() => sub(s5, mul(this.slopes5!, abs(rel))));
+    const keepMask = tidy(() => {
+      let keep: Tensor | null = null;
+      const and = (m: Tensor) => { keep = keep ? logicalAnd(keep, m) : m; };
+      if (a.windowLeft >= 0) and(greaterEqual(rel, scalar(-a.windowLeft)));
+      if (a.windowRight >= 0) and(lessEqual(rel, scalar(a.windowRight)));
+      if (this.mask4) {
+        const [mb, mh, mq, mk] = this.mask4.shape;
+        const blk = mk === 1 ? this.mask4 : slice(this.mask4, [0, 0, 0, j0], [-1, -1, -1, len]);
+        const bl = blk.shape[3] as number;
+        and(mh === 1 ? reshape(blk, [mb, 1, 1, mq, bl]) : reshape(blk, [mb, Hkv, g, mq, bl]));
+      }
+      return keep ?? scalar(true);
+    });
+    rel.dispose();
+    if (keepMask.rank > 0) {
+      update(() => whereAnyRank(broadcastTo(keepMask, s5.shape), s5, broadcastTo(scalar(-Infinity), s5.shape)));
     }
-    let kept: Tensor | null = null;
-    if (keepMask) {
-      kept = broadcastTo(keepMask, s5.shape);
-      s5 = whereAnyRank(kept, s5, broadcastTo(scalar(-Infinity), s5.shape));
-    }
-    return { s5, kept, capTanh, kb, len };
+    keepMask.dispose();
+    return { s5, capTanh, kb, len };
   }
 
   /** Dropout multipliers (0 or 1/(1-rate)) of keys [j0, j1) as [B, Hkv, g, Nq, len], from the shared hash. */
@@ -112,12 +120,14 @@ function blockForward(q: Tensor, k: Tensor, v: Tensor, scorer: BlockScorer): { o
       const mNew = maximum(m, max(s5, -1, true));
       const mSafe = whereAnyRank(equal(mNew, -Infinity), zerosLike(mNew), mNew);
       const alpha = exp(sub(m, mSafe));
-      let p = exp(sub(s5, mSafe));
+      let p = tidy(() => exp(sub(s5, mSafe)));
+      s5.dispose();
       const lNew = add(mul(l, alpha), sum(p, -1, true));
       const drop = scorer.dropout(j0, j1);
-      if (drop) p = mul(p, drop);
+      if (drop) { const pd = mul(p, drop); dispose([p, drop]); p = pd; }
       const vb = slice(v4, [0, 0, j0, 0], [-1, -1, len, -1]);
       const pv = matMul(reshape(p, [B, Hkv, g * Nq, len]), vb);
+      p.dispose();
       const accNew = add(mul(acc, reshape(alpha, [B, Hkv, g * Nq, 1])), pv);
       return { mNew, lNew, accNew };
     });
@@ -154,16 +164,22 @@ function blockBackward(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor
       const j1 = Math.min(Nk, j0 + KEY_BLOCK);
       const step = tidy(() => {
         const { s5, capTanh, kb, len } = scorer.scores(q4, j0, j1, k4);
-        const p = exp(sub(s5, lseSafe));                          // recomputed; 0 where masked
+        const p = tidy(() => exp(sub(s5, lseSafe)));            // recomputed; 0 where masked
+        s5.dispose();
         const drop = scorer.dropout(j0, j1);
-        const pd = drop ? mul(p, drop) : p;
         const vb = slice(v4, [0, 0, j0, 0], [-1, -1, len, -1]);
-        const dvB = matMul(reshape(pd, [B, Hkv, g * Nq, len]), dO4, true, false);
-        let dp = reshape(matMul(dO4, vb, false, true), [B, Hkv, g, Nq, len]);
-        if (drop) dp = mul(dp, drop);
-        let ds = mul(p, sub(dp, D5));
-        if (capTanh) ds = mul(ds, sub(scalar(1), mul(capTanh, capTanh)));
+        const dvB = tidy(() => matMul(reshape(drop ? mul(p, drop) : p, [B, Hkv, g * Nq, len]), dO4, true, false));
+        let dp = tidy(() => reshape(matMul(dO4, vb, false, true), [B, Hkv, g, Nq, len]));
+        if (drop) { const dpd = mul(dp, drop); dispose([dp, drop]); dp = dpd; }
+        let ds = tidy(() => mul(p, sub(dp, D5)));
+        dispose([dp, p]);
+        if (capTanh) {
+          const dsc = tidy(() => mul(ds, sub(scalar(1), mul(capTanh, capTanh))));
+          dispose([ds, capTanh]);
+          ds = dsc;
+        }
         const ds4 = reshape(mul(ds, scalar(a.scale)), [B, Hkv, g * Nq, len]);
+        ds.dispose();
         return { dqB: matMul(ds4, kb), dkB: matMul(ds4, q4, true, false), dvB };
       });
       const dqNew = add(dq4, step.dqB);

@@ -105,7 +105,7 @@ export async function runOp(c: CaseSpec, d: CaseData, withGrads = true): Promise
     tf.dispose([output, logSumExp]);
     if (withGrads) {
       const g = tf.grads((a: tf.Tensor, b: tf.Tensor, e: tf.Tensor) =>
-        tf.sum(tf.mul(flashAttention(a as tf.Tensor4D, b as tf.Tensor4D, e as tf.Tensor4D, opts), dy)));
+        tf.sum(tf.mul(flashAttention(a as tf.Tensor4D, b as tf.Tensor4D, e as tf.Tensor4D, { ...opts, returnLogSumExp: false }), dy)));
       const [gq, gk, gv] = g([q, k, v]);
       [res.dq, res.dk, res.dv] = await Promise.all([gq.data(), gk.data(), gv.data()]) as Float32Array[];
       tf.dispose([gq, gk, gv]);

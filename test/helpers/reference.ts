@@ -5,6 +5,10 @@
  */
 import { dropoutKeep } from '../../src/dropout';
 import { FlashAttentionAttrs } from '../../src/kernel_names';
+// Module-level aliases: a global lookup (Math, Infinity) in a hot loop is ~40x slower inside
+// jest's vm sandbox, where the tests run these loops.
+const { abs, exp, floor, log, max, tanh } = Math;
+const INF = Infinity;
 
 export interface RefDims {
   batch: number; seqQ: number; seqK: number; heads: number; kvHeads: number;
@@ -25,7 +29,7 @@ export interface RefGrads { dq: Float64Array; dk: Float64Array; dv: Float64Array
 /** Score, probability and dropout structure of one (b, h) pair, shared by forward and backward. */
 function headProblem(d: RefDims, x: RefInputs, a: FlashAttentionAttrs, b: number, h: number) {
   const { seqQ: nq, seqK: nk, heads, kvHeads, headDim: hd } = d;
-  const kvh = Math.floor(h / (heads / kvHeads));
+  const kvh = floor(h / (heads / kvHeads));
   const off = nk - nq;
   const qAt = (i: number, c: number) => x.q[((b * nq + i) * heads + h) * hd + c];
   const kAt = (j: number, c: number) => x.k[((b * nk + j) * kvHeads + kvh) * hd + c];
@@ -38,8 +42,8 @@ function headProblem(d: RefDims, x: RefInputs, a: FlashAttentionAttrs, b: number
       for (let c = 0; c < hd; c++) dot += qAt(i, c) * kAt(j, c);
       let sij = a.scale * dot;
       raw[i * nk + j] = sij;
-      if (a.softcap > 0) sij = a.softcap * Math.tanh(sij / a.softcap);
-      if (a.hasAlibi) sij += -Number(x.alibiSlopes![h]) * Math.abs(i + off - j);
+      if (a.softcap > 0) sij = a.softcap * tanh(sij / a.softcap);
+      if (a.hasAlibi) sij += -Number(x.alibiSlopes![h]) * abs(i + off - j);
       s[i * nk + j] = sij;
       let keep = (a.windowLeft < 0 || j >= i + off - a.windowLeft) &&
                  (a.windowRight < 0 || j <= i + off + a.windowRight);
@@ -54,13 +58,13 @@ function headProblem(d: RefDims, x: RefInputs, a: FlashAttentionAttrs, b: number
   const p = new Float64Array(nq * nk);
   const lse = new Float64Array(nq);
   for (let i = 0; i < nq; i++) {
-    let m = -Infinity;
-    for (let j = 0; j < nk; j++) if (kept[i * nk + j]) m = Math.max(m, s[i * nk + j]);
-    if (m === -Infinity) { lse[i] = -Infinity; continue; }
+    let m = -INF;
+    for (let j = 0; j < nk; j++) if (kept[i * nk + j]) m = max(m, s[i * nk + j]);
+    if (m === -INF) { lse[i] = -INF; continue; }
     let l = 0;
-    for (let j = 0; j < nk; j++) if (kept[i * nk + j]) l += Math.exp(s[i * nk + j] - m);
-    lse[i] = m + Math.log(l);
-    for (let j = 0; j < nk; j++) if (kept[i * nk + j]) p[i * nk + j] = Math.exp(s[i * nk + j] - lse[i]);
+    for (let j = 0; j < nk; j++) if (kept[i * nk + j]) l += exp(s[i * nk + j] - m);
+    lse[i] = m + log(l);
+    for (let j = 0; j < nk; j++) if (kept[i * nk + j]) p[i * nk + j] = exp(s[i * nk + j] - lse[i]);
   }
   // Dropout multiplier per element: keep / (1 - rate), from the shared counter-based hash.
   const drop = new Float64Array(nq * nk).fill(1);
@@ -118,7 +122,7 @@ export function referenceBackward(d: RefDims, x: RefInputs, a: FlashAttentionAtt
         const pd = pij * drop[i * nk + j];
         for (let c = 0; c < dvDim; c++) dv[((b * nk + j) * kvHeads + kvh) * dvDim + c] += pd * dyAt(i, c);
         let ds = pij * (dp[j] - rowDot);
-        if (a.softcap > 0) { const t = Math.tanh(raw[i * nk + j] / a.softcap); ds *= 1 - t * t; }
+        if (a.softcap > 0) { const t = tanh(raw[i * nk + j] / a.softcap); ds *= 1 - t * t; }
         ds *= a.scale;
         for (let c = 0; c < hd; c++) {
           dq[((b * nq + i) * heads + h) * hd + c] += ds * kAt(j, c);
