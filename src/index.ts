@@ -14,6 +14,8 @@ export { MAX_HEAD_DIM } from './options';
 export {
   FlashAttention, FlashAttentionGrad,
 } from './kernel_names';
+/** Call after importing @tensorflow/tfjs-node-gpu when that import comes after this package's. */
+export { registerTensorflowKernels } from '../kernels/tensorflow/register';
 export type {
   FlashAttentionAttrs, FlashAttentionInputs, FlashAttentionGradInputs, Precision,
 } from './kernel_names';
