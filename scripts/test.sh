@@ -10,14 +10,14 @@ npm run build --silent
 if [ -f scripts/ci-compile-cuda.sh ]; then bash scripts/ci-compile-cuda.sh; fi
 export VK_ICD_FILENAMES=${VK_ICD_FILENAMES:-/usr/lib/chromium/vk_swiftshader_icd.json}
 export REQUIRE_WEBGPU=${REQUIRE_WEBGPU:-1}
-results=$(mktemp)
+results=$(mktemp --suffix=.json)
 set +e
 npx jest --ci --json --outputFile="$results" "$@"
 status=$?
 set -e
 # A plain closing line for CI (jest's own summary is not read); skipped tests fail the run.
 node -e '
-  const r = require(process.argv[1]);
+  const r = JSON.parse(require("fs").readFileSync(process.argv[1], "utf8"));
   console.log(`${r.numPassedTests} passed, ${r.numFailedTests} failed, ${r.numPendingTests} skipped`);
   if (r.numPendingTests > 0) { console.error("test.sh: skipped tests are not allowed"); process.exit(1); }
 ' "$results" || status=1
