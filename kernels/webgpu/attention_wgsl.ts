@@ -168,3 +168,55 @@ export function loadTileWGSL(o: {
       ${o.tile}[r][c / 4][c % 4] = x;
     }`;
 }
+
+/** Prefetch at most this many floats per thread per streamed tile. */
+export const MAX_PREFETCH_PER_THREAD = 16;
+
+/**
+ * Software pipelining of a streamed tile: each thread loads its share of the next tile from
+ * global memory into registers before the current tile's math, and stores it to workgroup memory
+ * after the closing barrier, so global-memory latency hides behind compute.
+ */
+export function prefetchedTileWGSL(o: {
+  name: string; tile: string; src: string; width: string; width4: number; count: number; threads: number;
+  seqLen: string; heads: string; head: string; mul?: string;
+}) {
+  const total = o.count * o.width4 * 4;
+  const perThread = Math.ceil(total / o.threads);
+  if (perThread > MAX_PREFETCH_PER_THREAD) {
+    // Too many registers (and, on SwiftShader, a shader compile that ran out of memory): load
+    // the tile directly at the top of the iteration instead. The loop must name its start col0.
+    return {
+      declare: '',
+      load: (_first: string) => '',
+      store: loadTileWGSL({ tile: o.tile, src: o.src, width: o.width, width4: String(o.width4),
+                            count: String(o.count), first: 'col0', seqLen: o.seqLen, heads: o.heads,
+                            head: o.head, mul: o.mul }),
+    };
+  }
+  const each = (body: (u: number) => string) =>
+      Array.from({ length: perThread }, (_, u) => body(u)).join('\n');
+  const guard = (u: number) => (u + 1) * o.threads > total ? `idx < ${total} && ` : '';
+  return {
+    declare: each(u => `var ${o.name}${u} = 0.0;`),
+    load: (first: string) => each(u => `{
+      let idx = tid + ${u * o.threads};
+      let r = idx / ${o.width4 * 4};
+      let c = idx - r * ${o.width4 * 4};
+      let row = ${first} + r;
+      var x = 0.0;
+      if (${guard(u)}row < ${o.seqLen} && c < ${o.width}) {
+        x = ${o.src}[((b * ${o.seqLen} + row) * ${o.heads} + ${o.head}) * ${o.width} + c]${o.mul ? ` * ${o.mul}` : ''};
+      }
+      ${o.name}${u} = x;
+    }`),
+    store: each(u => `{
+      let idx = tid + ${u * o.threads};
+      ${guard(u) ? `if (idx < ${total}) {` : '{'}
+        let r = idx / ${o.width4 * 4};
+        let c = idx - r * ${o.width4 * 4};
+        ${o.tile}[r][c / 4][c % 4] = ${o.name}${u};
+      }
+    }`),
+  };
+}

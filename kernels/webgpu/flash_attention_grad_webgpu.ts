@@ -12,7 +12,7 @@
 import { KernelConfig, KernelFunc, TensorInfo } from '@tensorflow/tfjs-core';
 import { FlashAttentionAttrs, FlashAttentionGrad, FlashAttentionGradInputs } from '../../src/kernel_names';
 import {
-  keyRangeWGSL, loadTileWGSL, OPTION_UNIFORMS, OptionFlags, optionFlags, optionHelpers,
+  keyRangeWGSL, loadTileWGSL, OPTION_UNIFORMS, prefetchedTileWGSL, OptionFlags, optionFlags, optionHelpers,
   optionUniforms, queryRangeWGSL,
 } from './attention_wgsl';
 import {
@@ -21,7 +21,7 @@ import {
 } from './flash_attention_webgpu';
 import {
   checkBindingSizes, checkDispatch, deviceLimits, FlashProgram, runProgram, shaderKeyOf, unpack,
-  unroll, WebGPUBackend,
+  unroll, WebGPUBackend, withDeviceErrorCheck,
 } from './program';
 import { chooseTiles, threadsOf, TileConfig, vec4Count } from './tiles';
 
@@ -95,6 +95,9 @@ class DQProgram extends FlashProgram {
     const dj = vec4sPerThread(t, d4);
     const rows = (body: (r: number) => string) => unroll(t.rowsPerThread, body);
     const cols = (body: (c: number) => string) => unroll(t.colsPerThread, body);
+    const stream = { count: t.cols, threads: threadsOf(t), seqLen: 'nk', heads: 'kvHeads', head: 'kvh' };
+    const kPre = prefetchedTileWGSL({ name: 'kNext', tile: 'kTile', src: 'k', width: 'D', width4: d4, ...stream });
+    const vPre = prefetchedTileWGSL({ name: 'vNext', tile: 'vTile', src: 'v', width: 'DV', width4: dv4, ...stream });
     return `
     ${tileConstants(t, headDim, headDimV)}
     var<workgroup> qTile : array<array<vec4<f32>, D4P>, ROWS>;
@@ -137,12 +140,21 @@ class DQProgram extends FlashProgram {
       ${statsOf(t.rowsPerThread)}
 
       ${keyRangeWGSL(f, 'row0', 'row1')}
-      for (var col0 = (colBegin / COLS) * COLS; col0 < colEnd; col0 += COLS) {
-        ${loadTileWGSL({ tile: 'kTile', src: 'k', width: 'D', width4: 'D4', count: 'COLS', first: 'col0',
-                         seqLen: 'nk', heads: 'kvHeads', head: 'kvh' })}
-        ${loadTileWGSL({ tile: 'vTile', src: 'v', width: 'DV', width4: 'DV4', count: 'COLS', first: 'col0',
-                         seqLen: 'nk', heads: 'kvHeads', head: 'kvh' })}
+      ${kPre.declare}
+      ${vPre.declare}
+      let firstCol = (colBegin / COLS) * COLS;
+      if (firstCol < colEnd) {
+        ${kPre.load('firstCol')}
+        ${vPre.load('firstCol')}
+      }
+      for (var col0 = firstCol; col0 < colEnd; col0 += COLS) {
+        ${kPre.store}
+        ${vPre.store}
         workgroupBarrier();
+        if (col0 + COLS < colEnd) {
+          ${kPre.load('col0 + COLS')}
+          ${vPre.load('col0 + COLS')}
+        }
         ${registersWGSL('s', 'f32', t.rowsPerThread, t.colsPerThread)}
         ${registersWGSL('dp', 'f32', t.rowsPerThread, t.colsPerThread)}
         ${rows(r => cols(c => `s_${r}_${c} = 0.0; dp_${r}_${c} = 0.0;`))}
@@ -206,6 +218,10 @@ class DKDVProgram extends FlashProgram {
     const dkj = vec4sPerThread(t, d4), dvj = vec4sPerThread(t, dv4);
     const rows = (body: (r: number) => string) => unroll(t.rowsPerThread, body);
     const cols = (body: (c: number) => string) => unroll(t.colsPerThread, body);
+    const stream = { count: t.cols, threads: threadsOf(t), seqLen: 'nq', heads: 'heads', head: 'h' };
+    const qPre = prefetchedTileWGSL({ name: 'qNext', tile: 'qTile', src: 'q', width: 'D', width4: d4,
+                                      mul: 'uniforms.scale', ...stream });
+    const doPre = prefetchedTileWGSL({ name: 'doNext', tile: 'doTile', src: 'dy', width: 'DV', width4: dv4, ...stream });
     const write = (acc: string, n4: number, width: string, base: string, scale = '') => unroll(n4, jj => `{
             let c4 = tc + TC * ${jj};
             ${unroll(4, e => `if (c4 * 4 + ${e} < ${width}) { result[${base} + c4 * 4 + ${e}] = ${acc}_${jj}[${e}]${scale}; }`)}
@@ -249,15 +265,20 @@ class DKDVProgram extends FlashProgram {
       ${unroll(dvj, jj => `dv_${r}_${jj} = vec4<f32>(0.0);`, ' ')}`)}
       ${queryRangeWGSL(f, 'row0', 'row1')}
 
+      ${qPre.declare}
+      ${doPre.declare}
       // GQA: the query heads of this kv head's group, in a fixed order (deterministic sum).
       for (var hg = 0; hg < group; hg++) {
         let h = kvh * group + hg;
         let slope = slopeOf(h);
-        for (var col0 = (rowBegin / COLS) * COLS; col0 < rowEnd; col0 += COLS) {
-          ${loadTileWGSL({ tile: 'qTile', src: 'q', width: 'D', width4: 'D4', count: 'COLS', first: 'col0',
-                           seqLen: 'nq', heads: 'heads', head: 'h', mul: 'uniforms.scale' })}
-          ${loadTileWGSL({ tile: 'doTile', src: 'dy', width: 'DV', width4: 'DV4', count: 'COLS', first: 'col0',
-                           seqLen: 'nq', heads: 'heads', head: 'h' })}
+        let firstCol = (rowBegin / COLS) * COLS;
+        if (firstCol < rowEnd) {
+          ${qPre.load('firstCol')}
+          ${doPre.load('firstCol')}
+        }
+        for (var col0 = firstCol; col0 < rowEnd; col0 += COLS) {
+          ${qPre.store}
+          ${doPre.store}
           for (var idx = tid; idx < COLS; idx += NT) {
             let i = col0 + idx;
             var lseI = 0.0;
@@ -271,6 +292,10 @@ class DKDVProgram extends FlashProgram {
             colKey[idx] = dropoutRowKey(b * heads + h, i);
           }
           workgroupBarrier();
+          if (col0 + COLS < rowEnd) {
+            ${qPre.load('col0 + COLS')}
+            ${doPre.load('col0 + COLS')}
+          }
           ${registersWGSL('s', 'f32', t.rowsPerThread, t.colsPerThread)}
           ${registersWGSL('dp', 'f32', t.rowsPerThread, t.colsPerThread)}
           ${rows(r => cols(c => `s_${r}_${c} = 0.0; dp_${r}_${c} = 0.0;`))}
@@ -332,16 +357,20 @@ export function flashAttentionGradWebGPU(
   checkDispatch(limits, dqProgram.dispatch);
   checkDispatch(limits, dkdvProgram.dispatch);
   const uniforms = optionUniforms(attrs);
-  const stats = runProgram(backend, preprocess, [out, dy, logsumexp], []);
-  const passInputs = [q, k, v, alibiSlopes, mask, dy, stats];
-  const dkdv = runProgram(backend, dkdvProgram, passInputs, uniforms);
-  const [dk, dv] = unpack(backend, dkdv, [k.shape, v.shape]);
-  // Buffers of disposed tensors return to the pool only when the queue is submitted: submitting
-  // before the dQ pass keeps the packed dK/dV buffer and dQ from being live together.
-  backend.submitQueue();
-  const dq = runProgram(backend, dqProgram, passInputs, uniforms);
-  backend.disposeData(stats.dataId);
-  return [dq, dk, dv];
+  return withDeviceErrorCheck(backend, () => {
+    const stats = runProgram(backend, preprocess, [out, dy, logsumexp], []);
+    const passInputs = [q, k, v, alibiSlopes, mask, dy, stats];
+    const dkdv = runProgram(backend, dkdvProgram, passInputs, uniforms);
+    const [dk, dv] = unpack(backend, dkdv, [k.shape, v.shape]);
+    // Buffers of disposed tensors return to the pool only when the queue is submitted: submitting
+    // before the dQ pass keeps the packed dK/dV buffer and dQ from being live together.
+    backend.endComputePassEncoder();
+    backend.ensureCommandEncoderReady();
+    backend.submitQueue();
+    const dq = runProgram(backend, dqProgram, passInputs, uniforms);
+    backend.disposeData(stats.dataId);
+    return [dq, dk, dv];
+  });
 }
 
 export const flashAttentionGradWebGPUConfig: KernelConfig = {

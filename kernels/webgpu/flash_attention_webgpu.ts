@@ -8,12 +8,12 @@
 import { KernelConfig, KernelFunc, TensorInfo } from '@tensorflow/tfjs-core';
 import { FlashAttention, FlashAttentionAttrs, FlashAttentionInputs } from '../../src/kernel_names';
 import {
-  keyRangeWGSL, loadTileWGSL, NEG_BIG, NEG_HALF, OPTION_UNIFORMS, OptionFlags, optionFlags,
+  keyRangeWGSL, loadTileWGSL, NEG_BIG, prefetchedTileWGSL, NEG_HALF, OPTION_UNIFORMS, OptionFlags, optionFlags,
   optionHelpers, optionUniforms,
 } from './attention_wgsl';
 import {
   checkBindingSizes, checkDispatch, deviceLimits, FlashProgram, runProgram, shaderKeyOf, unpack,
-  unroll, WebGPUBackend,
+  unroll, WebGPUBackend, withDeviceErrorCheck,
 } from './program';
 import { chooseTiles, paddedVec4, threadsOf, TileConfig, vec4Count } from './tiles';
 
@@ -160,6 +160,9 @@ export class FlashForwardProgram extends FlashProgram {
     const vj = vec4sPerThread(t, dv4);
     const rows = (body: (r: number) => string) => unroll(t.rowsPerThread, body);
     const cols = (body: (c: number) => string) => unroll(t.colsPerThread, body);
+    const stream = { count: t.cols, threads: threadsOf(t), seqLen: 'nk', heads: 'kvHeads', head: 'kvh' };
+    const kPre = prefetchedTileWGSL({ name: 'kNext', tile: 'kTile', src: 'k', width: 'D', width4: d4, ...stream });
+    const vPre = prefetchedTileWGSL({ name: 'vNext', tile: 'vTile', src: 'v', width: 'DV', width4: dv4, ...stream });
     return `
     ${tileConstants(t, headDim, headDimV)}
     // Rows read by several thread rows at once are padded to an odd vec4 count (no bank conflicts).
@@ -203,13 +206,22 @@ export class FlashForwardProgram extends FlashProgram {
       ${unroll(vj, jj => `acc_${r}_${jj} = vec4<f32>(0.0);`, ' ')}`)}
 
       ${keyRangeWGSL(f, 'row0', 'row1')}
+      ${kPre.declare}
+      ${vPre.declare}
+      let firstCol = (colBegin / COLS) * COLS;
+      if (firstCol < colEnd) {
+        ${kPre.load('firstCol')}
+        ${vPre.load('firstCol')}
+      }
       // Forward inner loop.
-      for (var col0 = (colBegin / COLS) * COLS; col0 < colEnd; col0 += COLS) {
-        ${loadTileWGSL({ tile: 'kTile', src: 'k', width: 'D', width4: 'D4', count: 'COLS', first: 'col0',
-                         seqLen: 'nk', heads: 'kvHeads', head: 'kvh' })}
-        ${loadTileWGSL({ tile: 'vTile', src: 'v', width: 'DV', width4: 'DV4', count: 'COLS', first: 'col0',
-                         seqLen: 'nk', heads: 'kvHeads', head: 'kvh' })}
+      for (var col0 = firstCol; col0 < colEnd; col0 += COLS) {
+        ${kPre.store}
+        ${vPre.store}
         workgroupBarrier();
+        if (col0 + COLS < colEnd) {
+          ${kPre.load('col0 + COLS')}
+          ${vPre.load('col0 + COLS')}
+        }
 
         ${registersWGSL('s', 'f32', t.rowsPerThread, t.colsPerThread)}
         ${rows(r => cols(c => `s_${r}_${c} = 0.0;`))}
@@ -291,8 +303,10 @@ export function flashAttentionWebGPU(
   checkBindingSizes(limits, [['q', q.shape], ['k', k.shape], ['v', v.shape], ['mask', mask.shape],
                              ['the output and logsumexp', program.outputShape]]);
   checkDispatch(limits, program.dispatch);
-  const packed = runProgram(backend, program, [q, k, v, alibiSlopes, mask], optionUniforms(attrs));
-  return unpack(backend, packed, [[s.batch, s.seqQ, s.heads, s.headDimV], [s.batch, s.heads, s.seqQ]]);
+  return withDeviceErrorCheck(backend, () => {
+    const packed = runProgram(backend, program, [q, k, v, alibiSlopes, mask], optionUniforms(attrs));
+    return unpack(backend, packed, [[s.batch, s.seqQ, s.heads, s.headDimV], [s.batch, s.heads, s.seqQ]]);
+  });
 }
 
 export const flashAttentionWebGPUConfig: KernelConfig = {

@@ -76,6 +76,35 @@ export function checkDispatch(limits: DeviceLimits, dispatch: number[]): void {
       `maxComputeWorkgroupsPerDimension (${limits.maxComputeWorkgroupsPerDimension})`);
 }
 
+/** The first device error our programs raised, per device: sticky, reported by every later call. */
+const deviceErrors = new WeakMap<GPUDevice, string>();
+
+/**
+ * Runs our dispatches inside validation and out-of-memory error scopes. WebGPU reports such
+ * errors only asynchronously, as garbage results otherwise; so the error is logged when it
+ * arrives and every later flashAttention call on that device throws it, instead of returning
+ * silently wrong numbers again.
+ */
+export function withDeviceErrorCheck<T>(backend: WebGPUBackend, body: () => T): T {
+  const device = backend.device;
+  const earlier = deviceErrors.get(device);
+  check(earlier === undefined, () => `an earlier WebGPU call failed on this device, so results cannot be trusted: ${earlier}`);
+  device.pushErrorScope('validation');
+  device.pushErrorScope('out-of-memory');
+  try {
+    return body();
+  } finally {
+    const report = (kind: string) => (e: GPUError | null) => {
+      if (e && !deviceErrors.has(device)) {
+        deviceErrors.set(device, `${kind}: ${e.message}`);
+        console.error(`Error in flashAttention: WebGPU ${kind} error: ${e.message}`);
+      }
+    };
+    device.popErrorScope().then(report('out-of-memory'), () => {});
+    device.popErrorScope().then(report('validation'), () => {});
+  }
+}
+
 /** Runs one program; the backend caches its pipeline under the program's shader key. */
 export function runProgram(backend: WebGPUBackend, program: FlashProgram, inputs: TensorInfo[],
                            uniforms: Uniform[]): TensorInfo {

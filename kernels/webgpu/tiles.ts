@@ -56,7 +56,7 @@ const cfg = (rows: number, cols: number, rowsPerThread: number, colsPerThread = 
  * 16 heads, headDim 64: more threads per workgroup won clearly there (kernels/webgpu/tune/).
  */
 const CANDIDATES: Record<Pass, TileConfig[]> = {
-  forward: [cfg(64, 32, 2, 2), cfg(64, 32, 2), cfg(64, 32, 4), cfg(32, 32, 4), cfg(32, 16, 4),
+  forward: [cfg(64, 32, 4), cfg(64, 32, 2, 2), cfg(64, 32, 2), cfg(32, 32, 4), cfg(32, 16, 4),
             cfg(16, 16, 2), cfg(16, 8, 2), cfg(8, 8, 1), cfg(4, 4, 1)],
   dq: [cfg(64, 16, 2, 2), cfg(32, 32, 2), cfg(32, 32, 4), cfg(32, 16, 4), cfg(16, 16, 2), cfg(16, 8, 2),
        cfg(8, 8, 1), cfg(4, 4, 1)],

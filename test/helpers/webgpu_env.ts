@@ -10,10 +10,19 @@ export const HAS_GPU = !!process.env.WEBGPU_ADAPTER;
 /** `test`, or `test.skip` when there is no WebGPU adapter. */
 export const gpuTest = HAS_GPU ? test : test.skip;
 
+const uncaptured: string[] = [];
+
 export async function useWebGPU(): Promise<WebGPUBackend> {
   if (!(await tf.setBackend('webgpu'))) throw new Error('setBackend(webgpu) failed');
   await tf.ready();
-  return tf.backend() as WebGPUBackend;
+  const backend = tf.backend() as WebGPUBackend;
+  backend.device.onuncapturederror = e => { uncaptured.push(e.error.message); };
+  return backend;
+}
+
+/** WebGPU errors no error scope caught since the last call (they mean garbage results). */
+export function takeUncapturedErrors(): string[] {
+  return uncaptured.splice(0);
 }
 
 /** Frees the device (afterAll): jest workers run many files, and Dawn devices hold memory. */

@@ -8,7 +8,7 @@ cfg() { echo "{\"rows\":$1,\"cols\":$2,\"rowsPerThread\":$3,\"colsPerThread\":${
 for phase in "$@"; do case $phase in
   check) t --mode=check ;;
   fwd)
-    for c in "64 32 2 2" "64 32 1 2" "64 32 2 1" "64 16 2 2" "64 32 4 2"; do
+    for c in "64 32 2 2" "64 32 4 2" "64 32 2 4" "64 32 4 4"; do
       T="{\"forward\":$(cfg $c)}"
       t --mode=time --n=4096 --tiles="$T"
     done ;;
