@@ -47,21 +47,22 @@ export function workgroupBytes(pass: Pass, t: TileConfig, headDim: number, headD
   }
 }
 
-const cfg = (rows: number, cols: number, rowsPerThread: number, colsPerThread = 4): TileConfig =>
-    ({ rows, cols, rowsPerThread, colsPerThread, unroll: 2 });
+const cfg = (rows: number, cols: number, rowsPerThread: number, colsPerThread = 4, unroll = 2): TileConfig =>
+    ({ rows, cols, rowsPerThread, colsPerThread, unroll });
 
 /**
- * Preferred first; the first that fits the device wins; the last ones fit any WebGPU device.
+ * Preferred first; the first that fits the device wins; the last (2 x 4 tiles) fit headDim 256
+ * in WebGPU's minimum 16 KiB of workgroup storage.
  * The leaders were measured on an H100 (48 KiB workgroup storage, 1024 invocations), seq 4096,
  * 16 heads, headDim 64: more threads per workgroup won clearly there (kernels/webgpu/tune/).
  */
 const CANDIDATES: Record<Pass, TileConfig[]> = {
-  forward: [cfg(64, 32, 4), cfg(64, 32, 2, 2), cfg(64, 32, 2), cfg(32, 32, 4), cfg(32, 16, 4),
-            cfg(16, 16, 2), cfg(16, 8, 2), cfg(8, 8, 1), cfg(4, 4, 1)],
+  forward: [cfg(64, 32, 4, 4, 4), cfg(64, 32, 2, 2), cfg(64, 32, 2), cfg(32, 32, 4), cfg(32, 16, 4),
+            cfg(16, 16, 2), cfg(16, 8, 2), cfg(8, 8, 1), cfg(4, 4, 1), cfg(2, 4, 1)],
   dq: [cfg(64, 16, 2, 2), cfg(32, 32, 2), cfg(32, 32, 4), cfg(32, 16, 4), cfg(16, 16, 2), cfg(16, 8, 2),
-       cfg(8, 8, 1), cfg(4, 4, 1)],
+       cfg(8, 8, 1), cfg(4, 4, 1), cfg(2, 4, 1)],
   dkdv: [cfg(64, 16, 2, 2), cfg(32, 32, 2), cfg(32, 32, 4), cfg(32, 16, 4), cfg(16, 16, 2), cfg(16, 8, 2),
-         cfg(8, 8, 1), cfg(4, 4, 1)],
+         cfg(8, 8, 1), cfg(4, 4, 1), cfg(2, 4, 1)],
 };
 
 let override: Partial<Record<Pass, TileConfig>> = {};

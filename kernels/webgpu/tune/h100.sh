@@ -8,13 +8,13 @@ cfg() { echo "{\"rows\":$1,\"cols\":$2,\"rowsPerThread\":$3,\"colsPerThread\":${
 for phase in "$@"; do case $phase in
   check) t --mode=check ;;
   fwd)
-    for c in "64 32 2 2" "64 32 4 2" "64 32 2 4" "64 32 4 4"; do
+    for c in "64 32 4 4" "64 32 8 4" "64 32 4 4 4"; do
       T="{\"forward\":$(cfg $c)}"
       t --mode=time --n=4096 --tiles="$T"
     done ;;
   causal) t --mode=time --n=4096 --causal=1 ;;
   bwd)
-    for c in "64 16 2 2" "64 16 1 2" "32 32 1 2" "64 16 4 2"; do
+    for c in "64 16 2 2" "64 16 4 2" "32 32 4 4" "32 32 2 2"; do
       T="{\"dq\":$(cfg $c),\"dkdv\":$(cfg $c)}"
       t --mode=time --n=4096 --bwd=1 --tiles="$T"
     done ;;
