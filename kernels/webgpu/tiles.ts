@@ -54,7 +54,8 @@ const cfg = (rows: number, cols: number, rowsPerThread: number, colsPerThread = 
  * Preferred first; the first that fits the device wins; the last (2 x 4 tiles) fit headDim 256
  * in WebGPU's minimum 16 KiB of workgroup storage.
  * The leaders were measured on an H100 (48 KiB workgroup storage, 1024 invocations), seq 4096,
- * 16 heads, headDim 64: more threads per workgroup won clearly there (kernels/webgpu/tune/).
+ * 16 heads, headDim 64 (kernels/webgpu/tune/): the forward with 4 x 4 scores per thread and the
+ * backward passes with 256 threads per workgroup.
  */
 const CANDIDATES: Record<Pass, TileConfig[]> = {
   forward: [cfg(64, 32, 4, 4, 4), cfg(64, 32, 2, 2), cfg(64, 32, 2), cfg(32, 32, 4), cfg(32, 16, 4),
