@@ -148,7 +148,9 @@ export class FlashForwardProgram extends FlashProgram {
     // One packed output: out [B, Nq, H, Dv], then logsumexp [B, H, Nq].
     this.outputShape = [s.batch * s.seqQ * s.heads * s.headDimV + s.batch * s.heads * s.seqQ];
     this.workgroupSize = [threadsOf(tiles), 1, 1];
-    this.dispatch = [Math.ceil(s.seqQ / tiles.rows), s.heads, s.batch];
+    const rowTiles = Math.ceil(s.seqQ / tiles.rows);
+    // Windowed programs pair query tiles (see getUserCode).
+    this.dispatch = [flags.window ? Math.ceil(rowTiles / 2) : rowTiles, s.heads, s.batch];
     this.shaderKey = shaderKeyOf('flashAttentionForward', {
       headDim: s.headDim, headDimV: s.headDimV, ...tiles, ...flags,
     });
@@ -190,9 +192,14 @@ export class FlashForwardProgram extends FlashProgram {
       let off = nk - nq;
       let slope = slopeOf(h);
       let numRowTiles = (nq + ROWS - 1) / ROWS;
-      // Windowed tiles differ in cost; the last query tiles see the most keys under a causal
-      // mask, so they are dispatched first and the cheap ones fill in behind them.
-      let rowTile = ${f.window ? 'numRowTiles - 1 - i32(wgId.x)' : 'i32(wgId.x)'};
+      ${f.window ? `
+      // Under a causal mask query tile i sees i + 1 key tiles: a workgroup takes tiles
+      // n - 1 - x and x (heaviest first), so every workgroup does about the same work.
+      let pairedTiles = select(2, 1, 2 * i32(wgId.x) + 1 == numRowTiles);
+      for (var pairIdx = 0; pairIdx < pairedTiles; pairIdx++) {
+      workgroupBarrier();   // the previous tile's threads are done with the workgroup tiles
+      let rowTile = select(numRowTiles - 1 - i32(wgId.x), i32(wgId.x), pairIdx == 1);` : `
+      let rowTile = i32(wgId.x);`}
       let row0 = rowTile * ROWS;
       let row1 = min(row0 + ROWS, nq);
       ${loadTileWGSL({ tile: 'qTile', src: 'q', width: 'D', width4: 'D4', count: 'ROWS', first: 'row0',
@@ -288,6 +295,7 @@ export class FlashForwardProgram extends FlashProgram {
           }
         }
       }`)}
+      ${f.window ? '}' : ''}
     }`;
   }
 }
