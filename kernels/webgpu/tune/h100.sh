@@ -14,7 +14,7 @@ for phase in "$@"; do case $phase in
     done ;;
   causal) t --mode=time --n=4096 --causal=1 ;;
   bwd)
-    for c in "64 16 2 2" "64 16 4 2" "32 32 4 4" "32 32 2 2"; do
+    for c in "64 16 4 2" "64 16 4 4" "32 32 4 2"; do
       T="{\"dq\":$(cfg $c),\"dkdv\":$(cfg $c)}"
       t --mode=time --n=4096 --bwd=1 --tiles="$T"
     done ;;
