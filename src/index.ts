@@ -16,6 +16,8 @@ export {
 } from './kernel_names';
 /** Call after importing @tensorflow/tfjs-node-gpu when that import comes after this package's. */
 export { registerTensorflowKernels } from '../kernels/tensorflow/register';
+/** Opt-in: replaces the 'webgpu' backend with one whose device has `subgroups` (see its doc). */
+export { useWebGPUWithSubgroups } from '../kernels/webgpu/subgroups';
 export type {
   FlashAttentionAttrs, FlashAttentionInputs, FlashAttentionGradInputs, Precision,
 } from './kernel_names';

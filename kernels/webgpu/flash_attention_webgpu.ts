@@ -15,6 +15,7 @@ import {
   checkBindingSizes, checkDispatch, deviceLimits, FlashProgram, runProgram, shaderKeyOf, unpack,
   unroll, WebGPUBackend, withDeviceErrorCheck,
 } from './program';
+import { subgroupMinSizeOf } from './subgroups';
 import { chooseTiles, paddedVec4, threadsOf, TileConfig, vec4Count } from './tiles';
 
 export interface AttentionShape {
@@ -137,6 +138,47 @@ export const UNIFORM_WORKGROUP_ID_DECL = 'var<workgroup> sharedWorkgroupId : vec
 /** Statically uses every binding: tfjs binds all inputs, and an 'auto' layout drops unused ones. */
 export const touchBindings = (names: string[]) => names.map(n => `_ = ${n}[0];`).join(' ');
 
+/**
+ * How many adjacent threads of a row reduce by subgroupShuffleXor before the rest goes through
+ * workgroup memory: the largest power of two dividing both the row's thread count TC and the
+ * device's smallest subgroup size (1: workgroup memory only). A row's threads are consecutive
+ * local indices (tid = tr * TC + tc), so aligned runs of this many lie in one subgroup at any
+ * subgroup size the device may use.
+ */
+export function rowShuffleWidth(t: TileConfig, subgroupSize: number): number {
+  const tc = t.cols / t.colsPerThread;
+  let w = 1;
+  while (subgroupSize > 0 && w * 2 <= subgroupSize && tc % (w * 2) === 0) w *= 2;
+  return w;
+}
+
+/**
+ * WGSL reducing per-thread values across the TC threads of each row: publish (after each
+ * thread's own value is in a variable), then barrier, then combine (declares the result). With
+ * shuffles of width TC no workgroup memory and no barrier are needed; with width 1 this is the
+ * workgroup-memory path exactly.
+ */
+export function rowReduction(t: TileConfig, subgroupSize: number) {
+  const w = rowShuffleWidth(t, subgroupSize);
+  const tc = t.cols / t.colsPerThread;
+  const shared = w < tc;
+  const op = (kind: 'max' | 'add', a: string, b: string) => kind === 'max' ? `max(${a}, ${b})` : `${a} + ${b}`;
+  const shuffles = (v: string, kind: 'max' | 'add') =>
+      unroll(Math.log2(w), k => `${v} = ${op(kind, v, `subgroupShuffleXor(${v}, ${1 << k}u)`)};`, ' ');
+  return {
+    /** Declares where publish leaves the reduced values when no workgroup memory is used. */
+    declare: (v: string) => shared ? '' : registersWGSL(`${v}Reduced`, 'f32', t.rowsPerThread),
+    publish: (v: string, kind: 'max' | 'add', r: number) => `
+      ${shuffles(v, kind)}
+      ${shared ? `rowPartial[tr * RPT + ${r}][tc] = ${v};` : `${v}Reduced_${r} = ${v};`}`,
+    barrier: shared ? 'workgroupBarrier();' : '',
+    combine: (out: string, kind: 'max' | 'add', r: number) => shared ? `
+      var ${out} = ${kind === 'max' ? 'NEG_BIG' : '0.0'};
+      for (var t = 0; t < TC; t += ${w}) { ${out} = ${op(kind, out, `rowPartial[row][t]`)}; }`
+      : `let ${out} = ${kind === 'max' ? 'rowMax' : 'rowSum'}Reduced_${r};`,
+  };
+}
+
 export class FlashForwardProgram extends FlashProgram {
   variableNames = ['q', 'k', 'v', 'alibiSlopes', 'mask'];
   outputShape: number[];
@@ -144,7 +186,12 @@ export class FlashForwardProgram extends FlashProgram {
   dispatch: [number, number, number];
   uniforms = OPTION_UNIFORMS;
 
-  constructor(private s: AttentionShape, private tiles: TileConfig, private flags: OptionFlags) {
+  /**
+   * subgroupSize: the smallest subgroup size of the device when the row reductions may use
+   * subgroup shuffles (see subgroups.ts), 0 for the workgroup-memory path.
+   */
+  constructor(private s: AttentionShape, private tiles: TileConfig, private flags: OptionFlags,
+              private subgroupSize = 0) {
     super();
     // One packed output: out [B, Nq, H, Dv], then logsumexp [B, H, Nq].
     this.outputShape = [s.batch * s.seqQ * s.heads * s.headDimV + s.batch * s.heads * s.seqQ];
@@ -154,11 +201,13 @@ export class FlashForwardProgram extends FlashProgram {
     this.dispatch = [flags.window ? Math.ceil(rowTiles / 2) : rowTiles, s.heads, s.batch];
     this.shaderKey = shaderKeyOf('flashAttentionForward', {
       headDim: s.headDim, headDimV: s.headDimV, ...tiles, ...flags,
+      shuffleWidth: rowShuffleWidth(tiles, subgroupSize),
     });
   }
 
   getUserCode(): string {
     const t = this.tiles, f = this.flags, { headDim, headDimV } = this.s;
+    const reduce = rowReduction(t, this.subgroupSize);
     const d4 = vec4Count(headDim), dv4 = vec4Count(headDimV);
     const vj = vec4sPerThread(t, dv4);
     const rows = (body: (r: number) => string) => unroll(t.rowsPerThread, body);
@@ -236,6 +285,7 @@ export class FlashForwardProgram extends FlashProgram {
         ${dotTileWGSL(t, 's', 'qTile', 'kTile', d4, t.unroll)}
 
         ${keptBitsWGSL(t, true)}
+        ${reduce.declare('rowMax')}
         ${rows(r => `{
           let i = row0 + tr * RPT + ${r};
           var rowMax = NEG_BIG;
@@ -245,14 +295,13 @@ export class FlashForwardProgram extends FlashProgram {
             s_${r}_${c} = x;
             rowMax = max(rowMax, x);
           }`)}
-          rowPartial[tr * RPT + ${r}][tc] = rowMax;
+          ${reduce.publish('rowMax', 'max', r)}
         }`)}
-        workgroupBarrier();
+        ${reduce.barrier}
 
         ${rows(r => `{
           let row = tr * RPT + ${r};
-          var tileMax = NEG_BIG;
-          for (var t = 0; t < TC; t++) { tileMax = max(tileMax, rowPartial[row][t]); }
+          ${reduce.combine('tileMax', 'max', r)}
           let newMax = max(m_${r}, tileMax);
           // Online softmax: rescale what was accumulated under the old max. Both maxima are
           // finite (NEG_BIG when nothing is kept yet), so alpha is never NaN.
@@ -274,14 +323,17 @@ export class FlashForwardProgram extends FlashProgram {
       }
 
       // Each thread summed its own columns; combine the row sums across the row's threads.
-      ${rows(r => `rowPartial[tr * RPT + ${r}][tc] = l_${r};`)}
-      workgroupBarrier();
+      ${reduce.declare('rowSum')}
+      ${rows(r => `{
+        var rowSum = l_${r};
+        ${reduce.publish('rowSum', 'add', r)}
+      }`)}
+      ${reduce.barrier}
       let outSize = batch * nq * heads * DV;
       ${rows(r => `{
         let row = tr * RPT + ${r};
         let i = row0 + row;
-        var rowSum = 0.0;
-        for (var t = 0; t < TC; t++) { rowSum += rowPartial[row][t]; }
+        ${reduce.combine('rowSum', 'add', r)}
         if (i < nq) {
           // A row with no kept key: out 0, logsumexp -Infinity.
           let inv = select(0.0, 1.0 / rowSum, rowSum > 0.0);
@@ -308,7 +360,7 @@ export function flashAttentionWebGPU(
   const s = attentionShape(q, k, v);
   const limits = deviceLimits(backend);
   const program = new FlashForwardProgram(s, chooseTiles('forward', limits, s.headDim, s.headDimV),
-                                          optionFlags(attrs));
+                                          optionFlags(attrs), subgroupMinSizeOf(backend));
   checkBindingSizes(limits, [['q', q.shape], ['k', k.shape], ['v', v.shape], ['mask', mask.shape],
                              ['the output and logsumexp', program.outputShape]]);
   checkDispatch(limits, program.dispatch);
