@@ -5,6 +5,7 @@
  *   --mode=check [--only=fwd]           small random cases vs the float64 reference
  *   --mode=time --n=4096 [--causal=1] [--bwd=1] [--heads=16] [--d=64] [--reps=10]
  *   --tiles='{"forward":{"rows":64,...}}'  force tile geometries (setTileConfigOverride)
+ *   --subgroups=1                       run on the opt-in subgroups device
  */
 import { create, globals } from 'webgpu';
 
@@ -24,13 +25,19 @@ async function main() {
   const { flashAttention } = await import('../../../src/index');
   const { setTileConfigOverride } = await import('../tiles');
   const ac = await import('../../../test/helpers/attention_case');
-  if (!(await tf.setBackend('webgpu'))) throw new Error('no webgpu');
+  // --subgroups=1: the opt-in subgroups device (kernels/webgpu/subgroups.ts) instead of tfjs's own.
+  if (num('subgroups', 0)) {
+    const { useWebGPUWithSubgroups } = await import('../subgroups');
+    if (!(await useWebGPUWithSubgroups())) throw new Error('useWebGPUWithSubgroups failed');
+  } else if (!(await tf.setBackend('webgpu'))) throw new Error('no webgpu');
   const be = tf.backend() as any;
   const dev = be.device as GPUDevice;
   const errors: string[] = [];
   dev.onuncapturederror = (e: any) => errors.push(String(e?.error?.message ?? e).slice(0, 2000));
   if (arg.tiles) setTileConfigOverride(JSON.parse(arg.tiles));
-  const out = (o: object) => console.log('RESULT ' + JSON.stringify(o));
+  const { subgroupMinSizeOf } = await import('../subgroups');
+  const subgroupMinSize = subgroupMinSizeOf(be);
+  const out = (o: object) => console.log('RESULT ' + JSON.stringify({ subgroupMinSize, ...o }));
 
   if ((arg.mode ?? 'check') === 'check') {
     const grads = arg.only !== 'fwd';

@@ -21,6 +21,9 @@ for phase in "$@"; do case $phase in
   mem)
     t --mode=time --n=8192 --bwd=1 --reps=3
     t --mode=time --n=8192 --reps=3 ;;
+  subgroups)   # plain vs the opt-in subgroups device, alternating; correctness at 32 lanes first
+    t --mode=check --subgroups=1
+    for bwd in 0 1; do for sg in 0 1 0 1; do t --mode=time --n=4096 --bwd=$bwd --subgroups=$sg; done; done ;;
   big)
     t --mode=time --n=8192 --bwd=1 --reps=3
     t --mode=time --n=4096 --bwd=1 --causal=1
