@@ -166,6 +166,8 @@ export function rowReduction(t: TileConfig, subgroupSize: number) {
   const shuffles = (v: string, kind: 'max' | 'add') =>
       unroll(Math.log2(w), k => `${v} = ${op(kind, v, `subgroupShuffleXor(${v}, ${1 << k}u)`)};`, ' ');
   return {
+    /** Whether the row partials go through workgroup memory (rowPartial is declared). */
+    shared,
     /** Declares where publish leaves the reduced values when no workgroup memory is used. */
     declare: (v: string) => shared ? '' : registersWGSL(`${v}Reduced`, 'f32', t.rowsPerThread),
     publish: (v: string, kind: 'max' | 'add', r: number) => `
@@ -222,7 +224,7 @@ export class FlashForwardProgram extends FlashProgram {
     var<workgroup> kTile : array<array<vec4<f32>, D4P>, COLS>;
     var<workgroup> vTile : array<array<vec4<f32>, DV4>, COLS>;
     var<workgroup> pTile : array<array<vec4<f32>, COLS4P>, ROWS>;
-    var<workgroup> rowPartial : array<array<f32, TCP>, ROWS>;
+    ${reduce.shared ? 'var<workgroup> rowPartial : array<array<f32, TCP>, ROWS>;' : ''}
     ${optionHelpers(f)}
 
     fn main() {
