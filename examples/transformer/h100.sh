@@ -11,7 +11,7 @@ kit=.gpu/train
 mkdir -p "$out"
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv,noheader > "$out/gpu.txt" 2>&1
 timeout "${COMPARE_SECONDS:-110}" bash "$kit/run-webgpu.sh" "$kit/compare.mjs" --backend=webgpu --dim=256 --heads=4 \
-  --layers=2 --seqs=1024,2048,4096,8192,16384,32768 --steps=3 --max-step-seconds=15 \
+  --layers=2 --seqs="${SEQS:-1024,2048,4096,8192,16384,32768}" --steps="${STEPS:-3}" --max-step-seconds=15 \
   --out="$out/compare.json" 2>&1 | grep -v 'Hi, looks like\|^=*$\|tfjs-node\|^$' | tee "$out/compare.log"
 timeout "${TRAIN_SECONDS:-45}" bash "$kit/run-webgpu.sh" "$kit/train.mjs" --backend=webgpu --seq=4096 --steps=120 \
   --layers=2 --dim=128 --heads=4 --save-every=40 --sample=200 --out="$out/train" 2>&1 \

@@ -19,6 +19,96 @@ export class StockMultiHeadAttention extends FlashMultiHeadAttention {
 }
 tf.serialization.registerClass(StockMultiHeadAttention);
 
+interface TokenEmbeddingArgs { vocabSize: number; dim: number; name?: string }
+
+/**
+ * Token embedding as oneHot(tokens) x table. tf.layers.embedding's gradient goes through
+ * tf.gather's, an unsortedSegmentSum that tfjs runs as a few kernels per vocabulary entry: most
+ * of a training step here (about 2,700 kernels per step at 65 characters). A one-hot matMul's
+ * gradient is one matMul.
+ */
+export class TokenEmbedding extends tf.layers.Layer {
+  static className = 'TokenEmbedding';
+  private readonly vocabSize: number;
+  private readonly dim: number;
+  private embeddings!: tf.LayerVariable;
+
+  constructor(args: TokenEmbeddingArgs) {
+    super(args);
+    this.vocabSize = args.vocabSize;
+    this.dim = args.dim;
+  }
+
+  override build(): void {
+    this.embeddings = this.addWeight('embeddings', [this.vocabSize, this.dim], 'float32',
+                                     tf.initializers.randomNormal({ mean: 0, stddev: 0.02 }));
+    this.built = true;
+  }
+
+  override computeOutputShape(inputShape: tf.Shape | tf.Shape[]): tf.Shape {
+    return [...(inputShape as tf.Shape), this.dim];
+  }
+
+  override call(inputs: tf.Tensor | tf.Tensor[]): tf.Tensor {
+    const tokens = Array.isArray(inputs) ? inputs[0] : inputs;
+    const [batch, length] = tokens.shape as [number, number];
+    return tf.tidy(() => {
+      const oneHot = tf.oneHot(tf.reshape(tf.cast(tokens, 'int32'), [batch * length]), this.vocabSize);
+      return tf.reshape(tf.matMul(oneHot, this.embeddings.read()), [batch, length, this.dim]);
+    });
+  }
+
+  override getConfig(): tf.serialization.ConfigDict {
+    return { ...super.getConfig(), vocabSize: this.vocabSize, dim: this.dim };
+  }
+}
+tf.serialization.registerClass(TokenEmbedding);
+
+interface LayerNormArgs { dim: number; epsilon?: number; name?: string }
+
+/**
+ * Layer normalisation over the last axis with broadcasting ops. tf.layers.layerNormalization
+ * tiles gamma and beta to the input's shape, and tfjs's Tile gradient is a slice and an add per
+ * repetition: two kernels per token per norm, which at 4096 tokens dominated a training step.
+ */
+export class LayerNorm extends tf.layers.Layer {
+  static className = 'TransformerLayerNorm';
+  private readonly dim: number;
+  private readonly epsilon: number;
+  private gamma!: tf.LayerVariable;
+  private beta!: tf.LayerVariable;
+
+  constructor(args: LayerNormArgs) {
+    super(args);
+    this.dim = args.dim;
+    this.epsilon = args.epsilon ?? 1e-5;
+  }
+
+  override build(): void {
+    this.gamma = this.addWeight('gamma', [this.dim], 'float32', tf.initializers.ones());
+    this.beta = this.addWeight('beta', [this.dim], 'float32', tf.initializers.zeros());
+    this.built = true;
+  }
+
+  override computeOutputShape(inputShape: tf.Shape | tf.Shape[]): tf.Shape | tf.Shape[] {
+    return inputShape;
+  }
+
+  override call(inputs: tf.Tensor | tf.Tensor[]): tf.Tensor {
+    const x = Array.isArray(inputs) ? inputs[0] : inputs;
+    return tf.tidy(() => {
+      const { mean, variance } = tf.moments(x, -1, true);
+      const normalized = tf.mul(tf.sub(x, mean), tf.rsqrt(tf.add(variance, this.epsilon)));
+      return tf.add(tf.mul(normalized, this.gamma.read()), this.beta.read());
+    });
+  }
+
+  override getConfig(): tf.serialization.ConfigDict {
+    return { ...super.getConfig(), dim: this.dim, epsilon: this.epsilon };
+  }
+}
+tf.serialization.registerClass(LayerNorm);
+
 interface PositionEmbeddingArgs { maxLength: number; dim: number; name?: string }
 
 /** Adds a learned embedding of each position (0, 1, ...) to [batch, T, dim] inputs, T <= maxLength. */
@@ -72,22 +162,20 @@ export interface TransformerConfig {
 export function buildTransformer(c: TransformerConfig): tf.LayersModel {
   if (c.dim % c.heads !== 0) throw new Error(`dim (${c.dim}) must be a multiple of heads (${c.heads})`);
   const Attention = c.attention === 'flash' ? FlashMultiHeadAttention : StockMultiHeadAttention;
-  const smallNormal = () => tf.initializers.randomNormal({ mean: 0, stddev: 0.02 });
   const tokens = tf.input({ shape: [null], dtype: 'int32', name: 'tokens' });
-  let x = tf.layers.embedding({ inputDim: c.vocabSize, outputDim: c.dim, embeddingsInitializer: smallNormal(), name: 'token_embedding' })
-      .apply(tokens) as tf.SymbolicTensor;
+  let x = new TokenEmbedding({ vocabSize: c.vocabSize, dim: c.dim, name: 'token_embedding' }).apply(tokens) as tf.SymbolicTensor;
   x = new PositionEmbedding({ maxLength: c.seqLen, dim: c.dim, name: 'position_embedding' }).apply(x) as tf.SymbolicTensor;
   for (let i = 0; i < c.layers; i++) {
-    const normed = tf.layers.layerNormalization({ epsilon: 1e-5, name: `block${i}_norm1` }).apply(x) as tf.SymbolicTensor;
+    const normed = new LayerNorm({ dim: c.dim, name: `block${i}_norm1` }).apply(x) as tf.SymbolicTensor;
     const attended = new Attention({ numHeads: c.heads, keyDim: c.dim / c.heads, causal: true, name: `block${i}_attention` })
         .apply(normed, { value: normed }) as tf.SymbolicTensor;
     x = tf.layers.add({ name: `block${i}_residual1` }).apply([x, attended]) as tf.SymbolicTensor;
-    const normed2 = tf.layers.layerNormalization({ epsilon: 1e-5, name: `block${i}_norm2` }).apply(x) as tf.SymbolicTensor;
+    const normed2 = new LayerNorm({ dim: c.dim, name: `block${i}_norm2` }).apply(x) as tf.SymbolicTensor;
     const hidden = tf.layers.dense({ units: 4 * c.dim, activation: 'relu', name: `block${i}_mlp_in` }).apply(normed2);
     const mlp = tf.layers.dense({ units: c.dim, name: `block${i}_mlp_out` }).apply(hidden) as tf.SymbolicTensor;
     x = tf.layers.add({ name: `block${i}_residual2` }).apply([x, mlp]) as tf.SymbolicTensor;
   }
-  x = tf.layers.layerNormalization({ epsilon: 1e-5, name: 'final_norm' }).apply(x) as tf.SymbolicTensor;
+  x = new LayerNorm({ dim: c.dim, name: 'final_norm' }).apply(x) as tf.SymbolicTensor;
   const probabilities = tf.layers.dense({ units: c.vocabSize, activation: 'softmax', name: 'next_token' })
       .apply(x) as tf.SymbolicTensor;
   return tf.model({ inputs: tokens, outputs: probabilities, name: `transformer_${c.attention}` });
