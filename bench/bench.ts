@@ -167,7 +167,7 @@ class Runner {
     if (left <= 0) return baseResult(c, 'skipped', `deadline (${this.o.deadlineS} s) reached`);
     const rate = this.rate.get(`${c.impl}/${c.pass}`);
     if (rate) {
-      const calls = 1 + this.plan.minReps + this.plan.timedReps;
+      const calls = 1 + this.plan.minReps + this.plan.timedReps + (this.o.check ? 1 : 0);
       const estimateS = (baseResult(c, 'ok').flops / rate) * calls / 1000;
       if (estimateS > this.o.maxCaseS || estimateS > left) {
         return baseResult(c, 'skipped', `estimated ${estimateS.toFixed(0)} s from the previous size's ` +
