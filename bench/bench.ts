@@ -60,11 +60,14 @@ async function setUpBackend(o: BenchOptions): Promise<Backend> {
   await import('@tensorflow/tfjs-core/dist/register_all_gradients');
   await import('@tensorflow/tfjs-backend-cpu');
   if (adapter) await import('@tensorflow/tfjs-backend-webgpu');
-  const { flashAttention } = await import('../src/index');
+  const { flashAttention, useWebGPUWithSubgroups } = await import('../src/index');
 
   const name = adapter ? 'webgpu' : 'cpu';
   if (o.backend === 'webgpu' && !adapter) throw new Error('--backend=webgpu: no WebGPU adapter found');
   if (!(await tf.setBackend(name))) throw new Error(`tf.setBackend('${name}') failed`);
+  if (o.subgroups && !(name === 'webgpu' && await useWebGPUWithSubgroups())) {
+    throw new Error('--subgroups: no WebGPU device with usable subgroups here');
+  }
   await tf.ready();
 
   if (name === 'cpu') {
@@ -74,7 +77,8 @@ async function setUpBackend(o: BenchOptions): Promise<Backend> {
   const backend = tf.backend() as WebGPUBackend;
   const info = adapter!.info;
   const fields = { vendor: info.vendor, architecture: info.architecture, device: info.device,
-                   description: info.description, isFallbackAdapter: info.isFallbackAdapter };
+                   description: info.description, isFallbackAdapter: info.isFallbackAdapter,
+                   ...(o.subgroups ? { subgroups: true } : {}) };
   const fallback = Boolean(info.isFallbackAdapter) ||
                    /swiftshader|lavapipe|llvmpipe/i.test(`${info.vendor} ${info.architecture} ${info.description}`);
   return {

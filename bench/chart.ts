@@ -131,7 +131,8 @@ export function renderChart(run: RunRecord): Buffer {
   const fit = (s: string) => s.slice(0, Math.floor((width - 2 * left) / (ADVANCE * 2)));
   img.text(left, 10, fit(`flashAttention vs tfjs composite: ${unit.name} (B=${results[0]?.batch ?? 1}, ` +
                          `H=${results[0]?.heads ?? '?'})`), INK);
-  img.text(left, 32, fit(`${run.meta.backend} on ${device}, ${run.meta.date.slice(0, 10)}`), INK);
+  const variant = a?.subgroups ? ' (subgroups device)' : '';
+  img.text(left, 32, fit(`${run.meta.backend}${variant} on ${device}, ${run.meta.date.slice(0, 10)}`), INK);
   let lx = left;
   for (const [name, color] of [['flash', FLASH], ['composite', COMPOSITE]] as const) {
     img.line(lx, 65, lx + 30, 65, color, 3);

@@ -30,6 +30,8 @@ export interface BenchOptions {
   /** Compare rows of the output (and of dq) with a float64 reference. */
   check: boolean;
   outDir: string;
+  /** Run on the package's opt-in subgroups device (useWebGPUWithSubgroups). */
+  subgroups: boolean;
   /** Print the FLOP / byte floor of the sweep as Markdown and run nothing. */
   floorOnly: boolean;
   /** Re-render the Markdown table and the chart from an earlier results.json; runs nothing. */
@@ -54,6 +56,7 @@ export const USAGE = `npm run bench -- [flags]
   --deadline=600              seconds; no case starts later (rest: "skipped")
   --max-case-s=60             skip a case estimated to take longer
   --check=1                   spot-check output / dq rows against float64
+  --subgroups                 webgpu: use the package's opt-in subgroups device (useWebGPUWithSubgroups)
   --out=bench/results/latest  where results.json, results.md and chart.png go
   --render=FILE.json          only re-render results.md and chart.png from FILE.json
   --floor                     only print the FLOP / byte floor of the sweep (GPU defaults)
@@ -94,7 +97,7 @@ export function parseArgs(argv: readonly string[]): BenchOptions {
   const o: BenchOptions = {
     backend: 'auto', sweep: {}, timing: {},
     deadlineS: 600, maxCaseS: 60, check: true, outDir: 'bench/results/latest',
-    ceilingTflops: 51.6, ceilingGbPerS: 3350, help: false, floorOnly: false,
+    ceilingTflops: 51.6, ceilingGbPerS: 3350, help: false, floorOnly: false, subgroups: false,
   };
   for (const arg of argv) {
     const m = /^--([a-z-]+)(?:=(.*))?$/.exec(arg);
@@ -122,6 +125,7 @@ export function parseArgs(argv: readonly string[]): BenchOptions {
       case 'out': o.outDir = value; break;
       case 'render': o.renderOnly = value; break;
       case 'floor': o.floorOnly = bool(value, flag); break;
+      case 'subgroups': o.subgroups = bool(value, flag); break;
       case 'ceiling-tflops': o.ceilingTflops = number(value, flag, 1e-9); break;
       case 'ceiling-gbs': o.ceilingGbPerS = number(value, flag, 1e-9); break;
       default: throw new Error(`unknown flag --${flag}; --help lists the flags`);
