@@ -55,14 +55,17 @@ const cfg = (rows: number, cols: number, rowsPerThread: number, colsPerThread = 
  * in WebGPU's minimum 16 KiB of workgroup storage.
  * The leaders were measured on an H100 (48 KiB workgroup storage, 1024 invocations), seq 4096,
  * 16 heads, headDim 64 (kernels/webgpu/tune/): the forward with 4 x 4 scores per thread and the
- * backward passes with 256 threads per workgroup.
+ * backward passes with 256 threads per workgroup. At headDim 128 none of those fits 48 KiB; there
+ * the next candidates with more threads for the same tile bytes measured 12x faster than the
+ * 32-thread tiles that followed (forward 32 x 16 at 2 x 2 per thread: 140 -> 11.3 ms; backward
+ * 16 x 16 at 1 x 2: forward + backward 670 -> 85 ms; H100, seq 4096, 16 heads, GPU time).
  */
 const CANDIDATES: Record<Pass, TileConfig[]> = {
-  forward: [cfg(64, 32, 4, 4, 4), cfg(64, 32, 2, 2), cfg(64, 32, 2), cfg(32, 32, 4), cfg(32, 16, 4),
+  forward: [cfg(64, 32, 4, 4, 4), cfg(64, 32, 2, 2), cfg(64, 32, 2), cfg(32, 32, 4), cfg(32, 16, 2, 2), cfg(32, 16, 4),
             cfg(16, 16, 2), cfg(16, 8, 2), cfg(8, 8, 1), cfg(4, 4, 1), cfg(2, 4, 1)],
-  dq: [cfg(64, 16, 2, 2), cfg(32, 32, 2), cfg(32, 32, 4), cfg(32, 16, 4), cfg(16, 16, 2), cfg(16, 8, 2),
+  dq: [cfg(64, 16, 2, 2), cfg(32, 32, 2), cfg(32, 32, 4), cfg(32, 16, 4), cfg(16, 16, 1, 2), cfg(16, 16, 2), cfg(16, 8, 2),
        cfg(8, 8, 1), cfg(4, 4, 1), cfg(2, 4, 1)],
-  dkdv: [cfg(64, 16, 2, 2), cfg(32, 32, 2), cfg(32, 32, 4), cfg(32, 16, 4), cfg(16, 16, 2), cfg(16, 8, 2),
+  dkdv: [cfg(64, 16, 2, 2), cfg(32, 32, 2), cfg(32, 32, 4), cfg(32, 16, 4), cfg(16, 16, 1, 2), cfg(16, 16, 2), cfg(16, 8, 2),
          cfg(8, 8, 1), cfg(4, 4, 1), cfg(2, 4, 1)],
 };
 
