@@ -7,7 +7,7 @@ if ! { [ -f /usr/lib/chromium/vk_swiftshader_icd.json ] && ldconfig -p 2>/dev/nu
   if [ "$(id -u)" = 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    apt-get install -y -qq --no-install-recommends chromium libvulkan1 >/dev/null
+    apt-get install -y -qq chromium libvulkan1 >/dev/null
   else
     echo "setup: please install the Debian packages 'chromium' and 'libvulkan1' (needs root)" >&2
     exit 1
