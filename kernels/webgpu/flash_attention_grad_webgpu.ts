@@ -16,7 +16,7 @@ import {
   optionUniforms, queryRangeWGSL,
 } from './attention_wgsl';
 import {
-  attentionShape, AttentionShape, dotTileWGSL, keptAt, keptBitsWGSL, registersWGSL, tileConstants, touchBindings, UNIFORM_WORKGROUP_ID,
+  attentionShape, AttentionShape, dotTileWGSL, keptAt, keptBitsWGSL, passPrologueWGSL, registersWGSL, tileConstants,
   vec4sPerThread, weightedSumWGSL,
 } from './flash_attention_webgpu';
 import {
@@ -108,16 +108,7 @@ class DQProgram extends FlashProgram {
     ${optionHelpers(f)}
 
     fn main() {
-      ${touchBindings(this.variableNames)}
-      ${UNIFORM_WORKGROUP_ID}
-      let tid = i32(localIndex);
-      let tc = tid % TC;
-      let tr = tid / TC;
-      let batch = uniforms.qShape.x;
-      let nq = uniforms.qShape.y;
-      let heads = uniforms.qShape.z;
-      let nk = uniforms.kShape.y;
-      let kvHeads = uniforms.kShape.z;
+      ${passPrologueWGSL(this.variableNames)}
       let h = i32(wgId.y);
       let b = i32(wgId.z);
       let kvh = h / (heads / kvHeads);
@@ -239,16 +230,7 @@ class DKDVProgram extends FlashProgram {
     ${optionHelpers(f)}
 
     fn main() {
-      ${touchBindings(this.variableNames)}
-      ${UNIFORM_WORKGROUP_ID}
-      let tid = i32(localIndex);
-      let tc = tid % TC;
-      let tr = tid / TC;
-      let batch = uniforms.qShape.x;
-      let nq = uniforms.qShape.y;
-      let heads = uniforms.qShape.z;
-      let nk = uniforms.kShape.y;
-      let kvHeads = uniforms.kShape.z;
+      ${passPrologueWGSL(this.variableNames)}
       let kvh = i32(wgId.y);
       let b = i32(wgId.z);
       let group = heads / kvHeads;

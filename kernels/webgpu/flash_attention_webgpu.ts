@@ -139,6 +139,22 @@ export const UNIFORM_WORKGROUP_ID_DECL = 'var<workgroup> sharedWorkgroupId : vec
 export const touchBindings = (names: string[]) => names.map(n => `_ = ${n}[0];`).join(' ');
 
 /**
+ * The opening of every pass's main(): bindings touched, the uniform workgroup id (wgId), the
+ * thread's tile coordinates (tid, tr, tc) and the shapes (batch, nq, heads, nk, kvHeads).
+ */
+export const passPrologueWGSL = (variableNames: string[]) => `
+      ${touchBindings(variableNames)}
+      ${UNIFORM_WORKGROUP_ID}
+      let tid = i32(localIndex);
+      let tc = tid % TC;
+      let tr = tid / TC;
+      let batch = uniforms.qShape.x;
+      let nq = uniforms.qShape.y;
+      let heads = uniforms.qShape.z;
+      let nk = uniforms.kShape.y;
+      let kvHeads = uniforms.kShape.z;`;
+
+/**
  * How many adjacent threads of a row reduce by subgroupShuffleXor before the rest goes through
  * workgroup memory: the largest power of two dividing both the row's thread count TC and the
  * device's smallest subgroup size (1: workgroup memory only). A row's threads are consecutive
@@ -228,16 +244,7 @@ export class FlashForwardProgram extends FlashProgram {
     ${optionHelpers(f)}
 
     fn main() {
-      ${touchBindings(this.variableNames)}
-      ${UNIFORM_WORKGROUP_ID}
-      let tid = i32(localIndex);
-      let tc = tid % TC;
-      let tr = tid / TC;
-      let batch = uniforms.qShape.x;
-      let nq = uniforms.qShape.y;
-      let heads = uniforms.qShape.z;
-      let nk = uniforms.kShape.y;
-      let kvHeads = uniforms.kShape.z;
+      ${passPrologueWGSL(this.variableNames)}
       let h = i32(wgId.y);
       let b = i32(wgId.z);
       let kvh = h / (heads / kvHeads);
