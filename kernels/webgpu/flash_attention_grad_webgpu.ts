@@ -26,6 +26,25 @@ import {
 import { chooseTiles, threadsOf, TileConfig, vec4Count } from './tiles';
 
 /** Backward preprocess: stats = [logsumexp (copied), D = rowsum(dO * O)], each [B, H, Nq]. */
+
+/**
+ * The recompute step both backward passes share: this thread's registers of the score tile
+ * S = q·k and of dP = dO·v, and the keep bits of its elements. The dQ pass holds query rows
+ * (rowsAreQueries); the dK/dV pass holds key rows, so it computes the transposed tiles.
+ */
+function recomputeTileWGSL(t: TileConfig, rowsAreQueries: boolean, d4: number, dv4: number): string {
+  const [sRows, sCols, dpRows, dpCols] = rowsAreQueries ? ['qTile', 'kTile', 'doTile', 'vTile']
+                                                        : ['kTile', 'qTile', 'vTile', 'doTile'];
+  const zero = unroll(t.rowsPerThread, r => unroll(t.colsPerThread, c => `s_${r}_${c} = 0.0; dp_${r}_${c} = 0.0;`));
+  return `
+        ${registersWGSL('s', 'f32', t.rowsPerThread, t.colsPerThread)}
+        ${registersWGSL('dp', 'f32', t.rowsPerThread, t.colsPerThread)}
+        ${zero}
+        ${dotTileWGSL(t, 's', sRows, sCols, d4, t.unroll)}
+        ${dotTileWGSL(t, 'dp', dpRows, dpCols, dv4, t.unroll)}
+        ${keptBitsWGSL(t, rowsAreQueries)}`;
+}
+
 class BackwardPreprocessProgram extends FlashProgram {
   variableNames = ['o', 'dy', 'logsumexp'];
   outputShape: number[];
@@ -146,12 +165,7 @@ class DQProgram extends FlashProgram {
           ${kPre.load('col0 + COLS')}
           ${vPre.load('col0 + COLS')}
         }
-        ${registersWGSL('s', 'f32', t.rowsPerThread, t.colsPerThread)}
-        ${registersWGSL('dp', 'f32', t.rowsPerThread, t.colsPerThread)}
-        ${rows(r => cols(c => `s_${r}_${c} = 0.0; dp_${r}_${c} = 0.0;`))}
-        ${dotTileWGSL(t, 's', 'qTile', 'kTile', d4, t.unroll)}
-        ${dotTileWGSL(t, 'dp', 'doTile', 'vTile', dv4, t.unroll)}
-        ${keptBitsWGSL(t, true)}
+        ${recomputeTileWGSL(t, true, d4, dv4)}
         ${rows(r => `{
           let row = tr * RPT + ${r};
           let i = row0 + row;
@@ -278,12 +292,7 @@ class DKDVProgram extends FlashProgram {
             ${qPre.load('col0 + COLS')}
             ${doPre.load('col0 + COLS')}
           }
-          ${registersWGSL('s', 'f32', t.rowsPerThread, t.colsPerThread)}
-          ${registersWGSL('dp', 'f32', t.rowsPerThread, t.colsPerThread)}
-          ${rows(r => cols(c => `s_${r}_${c} = 0.0; dp_${r}_${c} = 0.0;`))}
-          ${dotTileWGSL(t, 's', 'kTile', 'qTile', d4, t.unroll)}
-          ${dotTileWGSL(t, 'dp', 'vTile', 'doTile', dv4, t.unroll)}
-          ${keptBitsWGSL(t, false)}
+          ${recomputeTileWGSL(t, false, d4, dv4)}
           ${rows(r => `{
             let row = tr * RPT + ${r};
             let j = row0 + row;
