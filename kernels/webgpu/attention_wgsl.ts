@@ -220,3 +220,28 @@ export function prefetchedTileWGSL(o: {
     }`),
   };
 }
+
+/**
+ * The loop over the key/value tiles that query rows [row0, row1) can see (keyRangeWGSL skips the
+ * tiles the window masks entirely), shared by the forward inner loop and the dQ pass: each
+ * iteration moves the prefetched tiles into workgroup memory, then starts loading the next ones
+ * into registers so their latency overlaps this tile's compute. The body sees col0.
+ */
+export function keyTileLoopWGSL(f: OptionFlags, tiles: ReturnType<typeof prefetchedTileWGSL>[], body: string): string {
+  const each = (g: (t: ReturnType<typeof prefetchedTileWGSL>) => string) => tiles.map(g).join('\n        ');
+  return `
+      ${keyRangeWGSL(f, 'row0', 'row1')}
+      ${each(t => t.declare)}
+      let firstCol = (colBegin / COLS) * COLS;
+      if (firstCol < colEnd) {
+        ${each(t => t.load('firstCol'))}
+      }
+      for (var col0 = firstCol; col0 < colEnd; col0 += COLS) {
+        ${each(t => t.store)}
+        workgroupBarrier();
+        if (col0 + COLS < colEnd) {
+          ${each(t => t.load('col0 + COLS'))}
+        }
+${body}
+      }`;
+}

@@ -12,7 +12,7 @@
 import { KernelConfig, KernelFunc, TensorInfo } from '@tensorflow/tfjs-core';
 import { FlashAttentionAttrs, FlashAttentionGrad, FlashAttentionGradInputs } from '../../src/kernel_names';
 import {
-  keyRangeWGSL, loadTileWGSL, OPTION_UNIFORMS, prefetchedTileWGSL, OptionFlags, optionFlags, optionHelpers,
+  keyTileLoopWGSL, loadTileWGSL, OPTION_UNIFORMS, prefetchedTileWGSL, OptionFlags, optionFlags, optionHelpers,
   optionUniforms, queryRangeWGSL,
 } from './attention_wgsl';
 import {
@@ -149,23 +149,7 @@ class DQProgram extends FlashProgram {
       ${unroll(dj, jj => `dq_${r}_${jj} = vec4<f32>(0.0);`, ' ')}`)}
       ${statsOf(t.rowsPerThread)}
 
-      ${keyRangeWGSL(f, 'row0', 'row1')}
-      ${kPre.declare}
-      ${vPre.declare}
-      let firstCol = (colBegin / COLS) * COLS;
-      if (firstCol < colEnd) {
-        ${kPre.load('firstCol')}
-        ${vPre.load('firstCol')}
-      }
-      for (var col0 = firstCol; col0 < colEnd; col0 += COLS) {
-        ${kPre.store}
-        ${vPre.store}
-        workgroupBarrier();
-        if (col0 + COLS < colEnd) {
-          ${kPre.load('col0 + COLS')}
-          ${vPre.load('col0 + COLS')}
-        }
-        ${recomputeTileWGSL(t, true, d4, dv4)}
+      ${keyTileLoopWGSL(f, [kPre, vPre], `        ${recomputeTileWGSL(t, true, d4, dv4)}
         ${rows(r => `{
           let row = tr * RPT + ${r};
           let i = row0 + row;
@@ -182,7 +166,7 @@ class DQProgram extends FlashProgram {
         workgroupBarrier();
         ${weightedSumWGSL(t, 'dq', 'dsTile', 'kTile', d4)}
         workgroupBarrier();
-      }
+      `)}
 
       ${rows(r => `{
         let i = row0 + tr * RPT + ${r};

@@ -8,7 +8,7 @@
 import { KernelConfig, KernelFunc, TensorInfo } from '@tensorflow/tfjs-core';
 import { FlashAttention, FlashAttentionAttrs, FlashAttentionInputs } from '../../src/kernel_names';
 import {
-  keyRangeWGSL, loadTileWGSL, NEG_BIG, prefetchedTileWGSL, NEG_HALF, OPTION_UNIFORMS, OptionFlags, optionFlags,
+  keyTileLoopWGSL, loadTileWGSL, NEG_BIG, prefetchedTileWGSL, NEG_HALF, OPTION_UNIFORMS, OptionFlags, optionFlags,
   optionHelpers, optionUniforms,
 } from './attention_wgsl';
 import {
@@ -271,24 +271,8 @@ export class FlashForwardProgram extends FlashProgram {
       ${rows(r => `m_${r} = NEG_BIG; l_${r} = 0.0; rowKey_${r} = dropoutRowKey(b * heads + h, row0 + tr * RPT + ${r});
       ${unroll(vj, jj => `acc_${r}_${jj} = vec4<f32>(0.0);`, ' ')}`)}
 
-      ${keyRangeWGSL(f, 'row0', 'row1')}
-      ${kPre.declare}
-      ${vPre.declare}
-      let firstCol = (colBegin / COLS) * COLS;
-      if (firstCol < colEnd) {
-        ${kPre.load('firstCol')}
-        ${vPre.load('firstCol')}
-      }
       // Forward inner loop.
-      for (var col0 = firstCol; col0 < colEnd; col0 += COLS) {
-        ${kPre.store}
-        ${vPre.store}
-        workgroupBarrier();
-        if (col0 + COLS < colEnd) {
-          ${kPre.load('col0 + COLS')}
-          ${vPre.load('col0 + COLS')}
-        }
-
+      ${keyTileLoopWGSL(f, [kPre, vPre], `
         ${registersWGSL('s', 'f32', t.rowsPerThread, t.colsPerThread)}
         ${rows(r => cols(c => `s_${r}_${c} = 0.0;`))}
         ${dotTileWGSL(t, 's', 'qTile', 'kTile', d4, t.unroll)}
@@ -329,7 +313,7 @@ export class FlashForwardProgram extends FlashProgram {
         workgroupBarrier();
         ${weightedSumWGSL(t, 'acc', 'pTile', 'vTile', dv4)}
         workgroupBarrier();
-      }
+      `)}
 
       // Each thread summed its own columns; combine the row sums across the row's threads.
       ${reduce.declare('rowSum')}
