@@ -2,49 +2,38 @@
  * WebGPU backward kernel (FlashAttention-2), named after the steps of Triton's fused-attention
  * tutorial:
  *  1. backward preprocess: D = rowsum(dO * O), packed with the saved logsumexp as "stats";
- *  2. dK/dV pass: a workgroup owns a key/value tile of one kv head and streams the query tiles of
- *     every query head in its group, recomputing P from q, k and logsumexp, and accumulates dK and
- *     dV in registers; GQA's sum over the group happens in that loop;
- *  3. dQ pass: a workgroup owns a query tile and streams key/value tiles, accumulating dQ.
+ *  2. dK/dV pass: a workgroup owns a block of keys of one kv head and streams the query blocks of
+ *     every query head in its group, recomputing P^T = exp(K Q^T - logsumexp) and
+ *     dS^T = P^T * (V dO^T - D), and accumulates dV += P^T dO and dK += dS^T Q in registers;
+ *     GQA's sum over the group happens in that loop;
+ *  3. dQ pass: a workgroup owns a block of queries and streams key blocks, accumulating dQ += dS K.
  * No atomics: every output element is written by one thread after a fixed-order loop, so the same
  * inputs give the same bits.
+ *
+ * Both tiled passes are built as small matrix products (the way a SIMT GEMM is): every operand is
+ * staged through workgroup memory in chunks of `depth` head-dim columns (or `depth` rows for the
+ * accumulating products), so workgroup memory does not grow with the head dim, and each thread
+ * computes a rowsPerThread x colsPerThread block of the score tile and of its accumulators from
+ * vec4 reads of both operands (rowsPerThread * colsPerThread FMAs per (rowsPerThread +
+ * colsPerThread) floats read from workgroup memory). The resident block's operands (Q and dO in
+ * the dQ pass, K and V in the dK/dV pass) are re-read from L2 per streamed block: every pass is
+ * far from bandwidth-bound, and this is what lets headDim 128 and 256 keep 64-row tiles.
  */
 import { KernelConfig, KernelFunc, TensorInfo } from '@tensorflow/tfjs-core';
 import { FlashAttentionAttrs, FlashAttentionGrad, FlashAttentionGradInputs } from '../../src/kernel_names';
 import {
-  keyTileLoopWGSL, loadTileWGSL, OPTION_UNIFORMS, prefetchedTileWGSL, OptionFlags, optionFlags, optionHelpers,
-  optionUniforms, queryRangeWGSL,
+  keyRangeWGSL, OPTION_UNIFORMS, OptionFlags, optionFlags, optionHelpers, optionUniforms, queryRangeWGSL,
 } from './attention_wgsl';
 import {
-  attentionShape, AttentionShape, dotTileWGSL, keptAt, keptBitsWGSL, passPrologueWGSL, registersWGSL, tileConstants,
-  vec4sPerThread, weightedSumWGSL,
+  attentionShape, AttentionShape, passPrologueWGSL, registersWGSL, UNIFORM_WORKGROUP_ID_DECL,
 } from './flash_attention_webgpu';
 import {
   checkBindingSizes, checkDispatch, deviceLimits, FlashProgram, runProgram, shaderKeyOf, unpack,
   unroll, WebGPUBackend, withDeviceErrorCheck,
 } from './program';
-import { chooseTiles, threadsOf, TileConfig, vec4Count } from './tiles';
+import { backwardLayout, chooseTiles, threadsOf, TileConfig, vec4Count } from './tiles';
 
 /** Backward preprocess: stats = [logsumexp (copied), D = rowsum(dO * O)], each [B, H, Nq]. */
-
-/**
- * The recompute step both backward passes share: this thread's registers of the score tile
- * S = q·k and of dP = dO·v, and the keep bits of its elements. The dQ pass holds query rows
- * (rowsAreQueries); the dK/dV pass holds key rows, so it computes the transposed tiles.
- */
-function recomputeTileWGSL(t: TileConfig, rowsAreQueries: boolean, d4: number, dv4: number): string {
-  const [sRows, sCols, dpRows, dpCols] = rowsAreQueries ? ['qTile', 'kTile', 'doTile', 'vTile']
-                                                        : ['kTile', 'qTile', 'vTile', 'doTile'];
-  const zero = unroll(t.rowsPerThread, r => unroll(t.colsPerThread, c => `s_${r}_${c} = 0.0; dp_${r}_${c} = 0.0;`));
-  return `
-        ${registersWGSL('s', 'f32', t.rowsPerThread, t.colsPerThread)}
-        ${registersWGSL('dp', 'f32', t.rowsPerThread, t.colsPerThread)}
-        ${zero}
-        ${dotTileWGSL(t, 's', sRows, sCols, d4, t.unroll)}
-        ${dotTileWGSL(t, 'dp', dpRows, dpCols, dv4, t.unroll)}
-        ${keptBitsWGSL(t, rowsAreQueries)}`;
-}
-
 class BackwardPreprocessProgram extends FlashProgram {
   variableNames = ['o', 'dy', 'logsumexp'];
   outputShape: number[];
@@ -57,7 +46,7 @@ class BackwardPreprocessProgram extends FlashProgram {
     super();
     this.outputShape = [2 * s.batch * s.heads * s.seqQ];
     this.dispatch = [Math.ceil(s.batch * s.heads * s.seqQ / 64), 1, 1];
-    this.shaderKey = shaderKeyOf('flashAttentionBackwardPreprocess', { headDimV: s.headDimV });
+    this.shaderKey = shaderKeyOf('flashAttentionBackwardPreprocess', { headDimV: this.s.headDimV });
   }
 
   getUserCode(): string {
@@ -81,14 +70,172 @@ class BackwardPreprocessProgram extends FlashProgram {
 
 const GRAD_INPUTS = ['q', 'k', 'v', 'alibiSlopes', 'mask', 'dy', 'stats'];
 
-/** Reads this thread's rows' logsumexp and D from stats (0 past the sequence end). */
-const statsOf = (rowsOfThread: number) => unroll(rowsOfThread, r => `{
-      let i = row0 + tr * RPT + ${r};
-      if (i < nq) {
-        lse_${r} = stats[(b * heads + h) * nq + i];
-        delta_${r} = stats[batch * heads * nq + (b * heads + h) * nq + i];
-      }
-    }`);
+/**
+ * WGSL constants of a backward pass. The thread grid is TR x TC (tid = tr * TC + tc); a thread
+ * owns tile rows tr * RPT + r and tile columns tc * CPT + c (contiguous runs, read as vec4s when
+ * they are multiples of 4), and the accumulator vec4 columns tc + TC * m.
+ */
+function backwardConstants(t: TileConfig, headDim: number, headDimV: number): string {
+  const l = backwardLayout(t, headDim, headDimV);
+  return `
+    const ROWS = ${t.rows};
+    const COLS = ${t.cols};
+    const RPT = ${t.rowsPerThread};
+    const CPT = ${t.colsPerThread};
+    const TC = ${t.cols / t.colsPerThread};
+    const NT = ${threadsOf(t)};
+    const DEPTH = ${l.depth};
+    const D = ${headDim};
+    const D4 = ${vec4Count(headDim)};
+    const DV = ${headDimV};
+    const DV4 = ${vec4Count(headDimV)};
+    const ROWS4P = ${l.rows4p};
+    const STAGE4 = ${l.stage4};
+    ${UNIFORM_WORKGROUP_ID_DECL}
+    // Staging buffers: [DEPTH][ROWS4P] or [DEPTH][COLS4P] transposed operand chunks for the score
+    // products, [DEPTH][width4] row chunks for the accumulating products.
+    var<workgroup> stage0 : array<array<vec4<f32>, STAGE4>, DEPTH>;
+    var<workgroup> stage1 : array<array<vec4<f32>, STAGE4>, DEPTH>;`;
+}
+
+/**
+ * Reads `count` consecutive floats starting at element `first` of a vec4 row `row` (a WGSL
+ * expression of an array<vec4<f32>>): as vec4s when aligned runs of 4, else element by element.
+ * Declares name_0 .. name_{count-1} as f32 lets.
+ */
+function readRunWGSL(name: string, row: string, first: string, count: number): string {
+  if (count % 4 === 0) {
+    return unroll(count / 4, q => `let ${name}v${q} = ${row}[(${first}) / 4 + ${q}];
+      ${unroll(4, e => `let ${name}_${q * 4 + e} = ${name}v${q}[${e}];`, ' ')}`);
+  }
+  return unroll(count, e => `let ${name}_${e} = ${row}[(${first} + ${e}) / 4][(${first} + ${e}) % 4];`);
+}
+
+/**
+ * One chunked product of the score tile: acc[r][c] += sum_x A[row r][x] * B[col c][x] over
+ * x < width, A's rows `rowFirst`.. of tensor `a`, B's rows `colFirst`.. of tensor `bSrc`. Chunks
+ * of DEPTH columns are staged transposed (stage0[x][row], stage1[x][col]), zero-padded past
+ * the sequence ends and past `width`.
+ */
+function scoreProductWGSL(t: TileConfig, acc: string, o: {
+  a: string; aSeq: string; aHeads: string; aHead: string; aFirst: string; aMul?: string;
+  b: string; bSeq: string; bHeads: string; bHead: string; bFirst: string; bMul?: string; width: string;
+}): string {
+  const load = (stage: string, src: string, count: string, seq: string, heads: string, head: string,
+                first: string, mul?: string) => `
+        for (var idx = tid; idx < ${count} * DEPTH; idx += NT) {
+          let r = idx / DEPTH;
+          let x = idx - r * DEPTH;
+          let row = ${first} + r;
+          var val = 0.0;
+          if (row < ${seq} && x0 + x < ${o.width}) {
+            val = ${src}[((b * ${seq} + row) * ${heads} + ${head}) * ${o.width} + x0 + x]${mul ? ` * ${mul}` : ''};
+          }
+          ${stage}[x][r / 4][r % 4] = val;
+        }`;
+  return `
+      for (var x0 = 0; x0 < ${o.width}; x0 += DEPTH) {
+        workgroupBarrier();
+        ${load('stage0', o.a, 'ROWS', o.aSeq, o.aHeads, o.aHead, o.aFirst, o.aMul)}
+        ${load('stage1', o.b, 'COLS', o.bSeq, o.bHeads, o.bHead, o.bFirst, o.bMul)}
+        workgroupBarrier();
+        for (var x = 0; x < DEPTH; x++) {
+          ${readRunWGSL('av', 'stage0[x]', 'tr * RPT', t.rowsPerThread)}
+          ${readRunWGSL('bv', 'stage1[x]', 'tc * CPT', t.colsPerThread)}
+          ${unroll(t.rowsPerThread, r => unroll(t.colsPerThread, c => `${acc}_${r}_${c} += av_${r} * bv_${c};`, ' '))}
+        }
+      }`;
+}
+
+/**
+ * The accumulating products: out[r][m] += sum_col W[col][row r] * V[col][vec4 column tc + TC * m]
+ * for each (out, W, V source) given, over the COLS columns of the streamed block, staging DEPTH
+ * rows of each value tensor at a time (stage0 for the first, stage1 for the second).
+ */
+function accumulateWGSL(t: TileConfig, terms: Array<{
+  out: string; weights: string; src: string; width: string; width4: number; seq: string; heads: string;
+  head: string; mul?: string; perThread: number;
+}>): string {
+  const stages = ['stage0', 'stage1'];
+  return `
+      for (var j0 = 0; j0 < COLS; j0 += DEPTH) {
+        workgroupBarrier();
+        ${terms.map((o, n) => `
+        for (var idx = tid; idx < DEPTH * ${o.width4 * 4}; idx += NT) {
+          let r = idx / ${o.width4 * 4};
+          let x = idx - r * ${o.width4 * 4};
+          let row = col0 + j0 + r;
+          var val = 0.0;
+          if (row < ${o.seq} && x < ${o.width}) {
+            val = ${o.src}[((b * ${o.seq} + row) * ${o.heads} + ${o.head}) * ${o.width} + x]${o.mul ? ` * ${o.mul}` : ''};
+          }
+          ${stages[n]}[r][x / 4][x % 4] = val;
+        }`).join('')}
+        workgroupBarrier();
+        for (var j = 0; j < DEPTH; j++) {
+          ${terms.map((o, n) => `{
+            ${readRunWGSL('w', `${o.weights}[j0 + j]`, 'tr * RPT', t.rowsPerThread)}
+            ${unroll(o.perThread, m => `let vv${m} = ${stages[n]}[j][min(tc + TC * ${m}, ${o.width4 - 1})];`)}
+            ${unroll(t.rowsPerThread, r => unroll(o.perThread, m => `${o.out}_${r}_${m} += w_${r} * vv${m};`, ' '))}
+          }`).join('\n')}
+        }
+      }`;
+}
+
+/**
+ * keptBits: bit (r * CPT + c) says whether this thread's score (r, c) is kept. Whole tiles inside
+ * the window (and inside both sequences, without a mask) skip the per-element test in one
+ * uniform branch.
+ */
+function keptBitsWGSL(t: TileConfig, rowsAreQueries: boolean): string {
+  const [i0, i1, j0, j1] = rowsAreQueries ? ['row0', 'row0 + ROWS', 'col0', 'col0 + COLS']
+                                          : ['col0', 'col0 + COLS', 'row0', 'row0 + ROWS'];
+  const row = (r: number) => `row0 + tr * RPT + ${r}`, col = (c: number) => `col0 + tc * CPT + ${c}`;
+  return `
+        var keptBits = 0xffffffffu;
+        if (!tileFullyKept(${i0}, ${i1}, ${j0}, ${j1}, nq, nk, off)) {
+          keptBits = 0u;
+          ${unroll(t.rowsPerThread, r => unroll(t.colsPerThread, c => {
+            const [i, j] = rowsAreQueries ? [row(r), col(c)] : [col(c), row(r)];
+            return `keptBits |= select(0u, ${(1 << (r * t.colsPerThread + c)) >>> 0}u, isKept(b, h, ${i}, ${j}, nq, nk, off));`;
+          }))}
+        }`;
+}
+const keptAt = (t: TileConfig, r: number, c: number) =>
+    `((keptBits & ${(1 << (r * t.colsPerThread + c)) >>> 0}u) != 0u)`;
+
+/** Writes this thread's w_r_c registers (its rows x columns) into a [COLS][ROWS4P] tile. */
+function storeTransposedWGSL(t: TileConfig, tile: string, value: (r: number, c: number) => string): string {
+  return unroll(t.colsPerThread, c => t.rowsPerThread % 4 === 0
+      ? unroll(t.rowsPerThread / 4, q => `${tile}[tc * CPT + ${c}][tr * RPT / 4 + ${q}] = vec4<f32>(${
+          unroll(4, e => value(q * 4 + e, c), ', ')});`)
+      : unroll(t.rowsPerThread, r => `${tile}[tc * CPT + ${c}][(tr * RPT + ${r}) / 4][(tr * RPT + ${r}) % 4] = ${value(r, c)};`));
+}
+
+/** Writes accumulator registers acc_r_m (scaled by `scale`) to rows `first`.. of a [.., seq, heads, width] output. */
+function writeRowsWGSL(t: TileConfig, acc: string, perThread: number, o: {
+  base: string; first: string; seq: string; heads: string; head: string; width: string; scale?: string;
+}): string {
+  return unroll(t.rowsPerThread, r => `{
+        let row = ${o.first} + tr * RPT + ${r};
+        if (row < ${o.seq}) {
+          let base = ${o.base} + ((b * ${o.seq} + row) * ${o.heads} + ${o.head}) * ${o.width};
+          ${unroll(perThread, m => `{
+            let c4 = tc + TC * ${m};
+            ${unroll(4, e => `if (c4 * 4 + ${e} < ${o.width}) { result[base + c4 * 4 + ${e}] = ${acc}_${r}_${m}[${e}]${o.scale ? ` * ${o.scale}` : ''}; }`)}
+          }`)}
+        }
+      }`);
+}
+
+const zeroScores = (t: TileConfig) =>
+    `${registersWGSL('s', 'f32', t.rowsPerThread, t.colsPerThread)}
+        ${registersWGSL('dp', 'f32', t.rowsPerThread, t.colsPerThread)}
+        ${unroll(t.rowsPerThread, r => unroll(t.colsPerThread, c => `s_${r}_${c} = 0.0; dp_${r}_${c} = 0.0;`, ' '))}`;
+
+const zeroAccumulators = (t: TileConfig, name: string, perThread: number) =>
+    `${registersWGSL(name, 'vec4<f32>', t.rowsPerThread, perThread)}
+      ${unroll(t.rowsPerThread, r => unroll(perThread, m => `${name}_${r}_${m} = vec4<f32>(0.0);`, ' '))}`;
 
 /** dQ pass: rows are queries, columns keys. */
 class DQProgram extends FlashProgram {
@@ -110,20 +257,14 @@ class DQProgram extends FlashProgram {
 
   getUserCode(): string {
     const t = this.tiles, f = this.flags, { headDim, headDimV } = this.s;
-    const d4 = vec4Count(headDim), dv4 = vec4Count(headDimV);
-    const dj = vec4sPerThread(t, d4);
+    const d4 = vec4Count(headDim);
+    const tc = t.cols / t.colsPerThread;
+    const dj = Math.ceil(d4 / tc);
     const rows = (body: (r: number) => string) => unroll(t.rowsPerThread, body);
     const cols = (body: (c: number) => string) => unroll(t.colsPerThread, body);
-    const stream = { count: t.cols, threads: threadsOf(t), seqLen: 'nk', heads: 'kvHeads', head: 'kvh' };
-    const kPre = prefetchedTileWGSL({ name: 'kNext', tile: 'kTile', src: 'k', width: 'D', width4: d4, ...stream });
-    const vPre = prefetchedTileWGSL({ name: 'vNext', tile: 'vTile', src: 'v', width: 'DV', width4: dv4, ...stream });
     return `
-    ${tileConstants(t, headDim, headDimV)}
-    var<workgroup> qTile : array<array<vec4<f32>, D4P>, ROWS>;
-    var<workgroup> doTile : array<array<vec4<f32>, DV4P>, ROWS>;
-    var<workgroup> kTile : array<array<vec4<f32>, D4P>, COLS>;
-    var<workgroup> vTile : array<array<vec4<f32>, DV4P>, COLS>;
-    var<workgroup> dsTile : array<array<vec4<f32>, COLS4P>, ROWS>;
+    ${backwardConstants(t, headDim, headDimV)}
+    var<workgroup> dsTile : array<array<vec4<f32>, ROWS4P>, COLS>;
     ${optionHelpers(f)}
 
     fn main() {
@@ -134,50 +275,49 @@ class DQProgram extends FlashProgram {
       let off = nk - nq;
       let slope = slopeOf(h);
       let numRowTiles = (nq + ROWS - 1) / ROWS;
+      // Under a window the last query tiles see the most keys: start those first.
       let rowTile = ${f.window ? 'numRowTiles - 1 - i32(wgId.x)' : 'i32(wgId.x)'};
       let row0 = rowTile * ROWS;
       let row1 = min(row0 + ROWS, nq);
-      ${loadTileWGSL({ tile: 'qTile', src: 'q', width: 'D', width4: 'D4', count: 'ROWS', first: 'row0',
-                       seqLen: 'nq', heads: 'heads', head: 'h', mul: 'uniforms.scale' })}
-      ${loadTileWGSL({ tile: 'doTile', src: 'dy', width: 'DV', width4: 'DV4', count: 'ROWS', first: 'row0',
-                       seqLen: 'nq', heads: 'heads', head: 'h' })}
       ${registersWGSL('lse', 'f32', t.rowsPerThread)}
       ${registersWGSL('delta', 'f32', t.rowsPerThread)}
       ${registersWGSL('rowKey', 'u32', t.rowsPerThread)}
-      ${registersWGSL('dq', 'vec4<f32>', t.rowsPerThread, dj)}
-      ${rows(r => `lse_${r} = 0.0; delta_${r} = 0.0; rowKey_${r} = dropoutRowKey(b * heads + h, row0 + tr * RPT + ${r});
-      ${unroll(dj, jj => `dq_${r}_${jj} = vec4<f32>(0.0);`, ' ')}`)}
-      ${statsOf(t.rowsPerThread)}
-
-      ${keyTileLoopWGSL(f, [kPre, vPre], `        ${recomputeTileWGSL(t, true, d4, dv4)}
-        ${rows(r => `{
-          let row = tr * RPT + ${r};
-          let i = row0 + row;
-          ${cols(c => `{
-            let col = tc + TC * ${c};
-            let j = col0 + col;
-            let sg = scoreAndGrad(s_${r}_${c}, i, j, off, slope);
-            let kept = ${keptAt(t, r, c)};
-            let p = select(0.0, exp(sg.x - lse_${r}), kept);
-            let ds = p * (dp_${r}_${c} * dropoutScale(rowKey_${r}, j) - delta_${r}) * sg.y;
-            dsTile[row][col / 4][col % 4] = ds;
-          }`)}
-        }`)}
-        workgroupBarrier();
-        ${weightedSumWGSL(t, 'dq', 'dsTile', 'kTile', d4)}
-        workgroupBarrier();
-      `)}
-
       ${rows(r => `{
         let i = row0 + tr * RPT + ${r};
+        lse_${r} = 0.0; delta_${r} = 0.0;
+        rowKey_${r} = dropoutRowKey(b * heads + h, i);
         if (i < nq) {
-          let base = ((b * nq + i) * heads + h) * D;
-          ${unroll(dj, jj => `{
-            let c4 = tc + TC * ${jj};
-            ${unroll(4, e => `if (c4 * 4 + ${e} < D) { result[base + c4 * 4 + ${e}] = dq_${r}_${jj}[${e}] * uniforms.scale; }`)}
-          }`)}
+          lse_${r} = stats[(b * heads + h) * nq + i];
+          delta_${r} = stats[batch * heads * nq + (b * heads + h) * nq + i];
         }
       }`)}
+      ${zeroAccumulators(t, 'dq', dj)}
+
+      ${keyRangeWGSL(f, 'row0', 'row1')}
+      for (var col0 = (colBegin / COLS) * COLS; col0 < colEnd; col0 += COLS) {
+        ${zeroScores(t)}
+        // qs are pre-multiplied by scale: s = scale * q . k.
+        ${scoreProductWGSL(t, 's', { a: 'q', aSeq: 'nq', aHeads: 'heads', aHead: 'h', aFirst: 'row0', aMul: 'uniforms.scale',
+                                     b: 'k', bSeq: 'nk', bHeads: 'kvHeads', bHead: 'kvh', bFirst: 'col0', width: 'D' })}
+        ${scoreProductWGSL(t, 'dp', { a: 'dy', aSeq: 'nq', aHeads: 'heads', aHead: 'h', aFirst: 'row0',
+                                      b: 'v', bSeq: 'nk', bHeads: 'kvHeads', bHead: 'kvh', bFirst: 'col0', width: 'DV' })}
+        ${keptBitsWGSL(t, true)}
+        ${rows(r => `{
+          let i = row0 + tr * RPT + ${r};
+          ${cols(c => `{
+            let j = col0 + tc * CPT + ${c};
+            let sg = scoreAndGrad(s_${r}_${c}, i, j, off, slope);
+            let p = select(0.0, exp(sg.x - lse_${r}), ${keptAt(t, r, c)});
+            s_${r}_${c} = p * (dp_${r}_${c} * dropoutScale(rowKey_${r}, j) - delta_${r}) * sg.y;   // dS
+          }`)}
+        }`)}
+        ${storeTransposedWGSL(t, 'dsTile', (r, c) => `s_${r}_${c}`)}
+        // dQ += dS K (the staging barrier also orders the dsTile writes before these reads).
+        ${accumulateWGSL(t, [{ out: 'dq', weights: 'dsTile', src: 'k', width: 'D', width4: d4, seq: 'nk',
+                               heads: 'kvHeads', head: 'kvh', perThread: dj }])}
+      }
+      ${writeRowsWGSL(t, 'dq', dj, { base: '0', first: 'row0', seq: 'nq', heads: 'heads', head: 'h', width: 'D',
+                                     scale: 'uniforms.scale' })}
     }`;
   }
 }
@@ -204,27 +344,14 @@ class DKDVProgram extends FlashProgram {
   getUserCode(): string {
     const t = this.tiles, f = this.flags, { headDim, headDimV } = this.s;
     const d4 = vec4Count(headDim), dv4 = vec4Count(headDimV);
-    const dkj = vec4sPerThread(t, d4), dvj = vec4sPerThread(t, dv4);
+    const tc = t.cols / t.colsPerThread;
+    const dkj = Math.ceil(d4 / tc), dvj = Math.ceil(dv4 / tc);
     const rows = (body: (r: number) => string) => unroll(t.rowsPerThread, body);
     const cols = (body: (c: number) => string) => unroll(t.colsPerThread, body);
-    const stream = { count: t.cols, threads: threadsOf(t), seqLen: 'nq', heads: 'heads', head: 'h' };
-    const qPre = prefetchedTileWGSL({ name: 'qNext', tile: 'qTile', src: 'q', width: 'D', width4: d4,
-                                      mul: 'uniforms.scale', ...stream });
-    const doPre = prefetchedTileWGSL({ name: 'doNext', tile: 'doTile', src: 'dy', width: 'DV', width4: dv4, ...stream });
-    const write = (acc: string, n4: number, width: string, base: string, scale = '') => unroll(n4, jj => `{
-            let c4 = tc + TC * ${jj};
-            ${unroll(4, e => `if (c4 * 4 + ${e} < ${width}) { result[${base} + c4 * 4 + ${e}] = ${acc}_${jj}[${e}]${scale}; }`)}
-          }`);
     return `
-    ${tileConstants(t, headDim, headDimV)}
-    var<workgroup> kTile : array<array<vec4<f32>, D4P>, ROWS>;
-    var<workgroup> vTile : array<array<vec4<f32>, DV4P>, ROWS>;
-    var<workgroup> qTile : array<array<vec4<f32>, D4P>, COLS>;
-    var<workgroup> doTile : array<array<vec4<f32>, DV4P>, COLS>;
-    var<workgroup> pTile : array<array<vec4<f32>, COLS4P>, ROWS>;
-    var<workgroup> colLse : array<f32, COLS>;
-    var<workgroup> colDelta : array<f32, COLS>;
-    var<workgroup> colKey : array<u32, COLS>;
+    ${backwardConstants(t, headDim, headDimV)}
+    var<workgroup> pTile : array<array<vec4<f32>, ROWS4P>, COLS>;
+    var<workgroup> dsTile : array<array<vec4<f32>, ROWS4P>, COLS>;
     ${optionHelpers(f)}
 
     fn main() {
@@ -235,83 +362,54 @@ class DKDVProgram extends FlashProgram {
       let off = nk - nq;
       let row0 = i32(wgId.x) * ROWS;
       let row1 = min(row0 + ROWS, nk);
-      ${loadTileWGSL({ tile: 'kTile', src: 'k', width: 'D', width4: 'D4', count: 'ROWS', first: 'row0',
-                       seqLen: 'nk', heads: 'kvHeads', head: 'kvh' })}
-      ${loadTileWGSL({ tile: 'vTile', src: 'v', width: 'DV', width4: 'DV4', count: 'ROWS', first: 'row0',
-                       seqLen: 'nk', heads: 'kvHeads', head: 'kvh' })}
-      ${registersWGSL('dk', 'vec4<f32>', t.rowsPerThread, dkj)}
-      ${registersWGSL('dv', 'vec4<f32>', t.rowsPerThread, dvj)}
-      ${rows(r => `${unroll(dkj, jj => `dk_${r}_${jj} = vec4<f32>(0.0);`, ' ')}
-      ${unroll(dvj, jj => `dv_${r}_${jj} = vec4<f32>(0.0);`, ' ')}`)}
+      ${zeroAccumulators(t, 'dk', dkj)}
+      ${zeroAccumulators(t, 'dv', dvj)}
       ${queryRangeWGSL(f, 'row0', 'row1')}
 
-      ${qPre.declare}
-      ${doPre.declare}
       // GQA: the query heads of this kv head's group, in a fixed order (deterministic sum).
       for (var hg = 0; hg < group; hg++) {
         let h = kvh * group + hg;
         let slope = slopeOf(h);
-        let firstCol = (rowBegin / COLS) * COLS;
-        if (firstCol < rowEnd) {
-          ${qPre.load('firstCol')}
-          ${doPre.load('firstCol')}
-        }
-        for (var col0 = firstCol; col0 < rowEnd; col0 += COLS) {
-          ${qPre.store}
-          ${doPre.store}
-          for (var idx = tid; idx < COLS; idx += NT) {
-            let i = col0 + idx;
+        for (var col0 = (rowBegin / COLS) * COLS; col0 < rowEnd; col0 += COLS) {
+          ${zeroScores(t)}
+          ${scoreProductWGSL(t, 's', { a: 'k', aSeq: 'nk', aHeads: 'kvHeads', aHead: 'kvh', aFirst: 'row0',
+                                       b: 'q', bSeq: 'nq', bHeads: 'heads', bHead: 'h', bFirst: 'col0', bMul: 'uniforms.scale',
+                                       width: 'D' })}
+          ${scoreProductWGSL(t, 'dp', { a: 'v', aSeq: 'nk', aHeads: 'kvHeads', aHead: 'kvh', aFirst: 'row0',
+                                        b: 'dy', bSeq: 'nq', bHeads: 'heads', bHead: 'h', bFirst: 'col0', width: 'DV' })}
+          ${keptBitsWGSL(t, false)}
+          ${cols(c => `{
+            let i = col0 + tc * CPT + ${c};
             var lseI = 0.0;
             var deltaI = 0.0;
             if (i < nq) {
               lseI = stats[(b * heads + h) * nq + i];
               deltaI = stats[batch * heads * nq + (b * heads + h) * nq + i];
             }
-            colLse[idx] = lseI;
-            colDelta[idx] = deltaI;
-            colKey[idx] = dropoutRowKey(b * heads + h, i);
-          }
-          workgroupBarrier();
-          if (col0 + COLS < rowEnd) {
-            ${qPre.load('col0 + COLS')}
-            ${doPre.load('col0 + COLS')}
-          }
-          ${recomputeTileWGSL(t, false, d4, dv4)}
-          ${rows(r => `{
-            let row = tr * RPT + ${r};
-            let j = row0 + row;
-            ${cols(c => `{
-              let col = tc + TC * ${c};
-              let i = col0 + col;
+            let colKey = dropoutRowKey(b * heads + h, i);
+            ${rows(r => `{
+              let j = row0 + tr * RPT + ${r};
               let sg = scoreAndGrad(s_${r}_${c}, i, j, off, slope);
-              let kept = ${keptAt(t, r, c)};
-              let p = select(0.0, exp(sg.x - colLse[col]), kept);
-              let drop = dropoutScale(colKey[col], j);
-              pTile[row][col / 4][col % 4] = p * drop;
-              s_${r}_${c} = p * (dp_${r}_${c} * drop - colDelta[col]) * sg.y;   // dS
+              let p = select(0.0, exp(sg.x - lseI), ${keptAt(t, r, c)});
+              let drop = dropoutScale(colKey, j);
+              s_${r}_${c} = p * (dp_${r}_${c} * drop - deltaI) * sg.y;   // dS
+              dp_${r}_${c} = p * drop;                                    // dropped P
             }`)}
           }`)}
-          workgroupBarrier();
-          ${weightedSumWGSL(t, 'dv', 'pTile', 'doTile', dv4)}
-          workgroupBarrier();
-          ${rows(r => cols(c => `pTile[tr * RPT + ${r}][(tc + TC * ${c}) / 4][(tc + TC * ${c}) % 4] = s_${r}_${c};`))}
-          workgroupBarrier();
-          // qTile holds scale * q, so this is dK = scale * dS^T q.
-          ${weightedSumWGSL(t, 'dk', 'pTile', 'qTile', d4)}
-          workgroupBarrier();
+          ${storeTransposedWGSL(t, 'pTile', (r, c) => `dp_${r}_${c}`)}
+          ${storeTransposedWGSL(t, 'dsTile', (r, c) => `s_${r}_${c}`)}
+          // dV += P^T dO, dK += dS^T (scale q): dK = scale * dS^T q.
+          ${accumulateWGSL(t, [
+            { out: 'dv', weights: 'pTile', src: 'dy', width: 'DV', width4: dv4, seq: 'nq', heads: 'heads', head: 'h', perThread: dvj },
+            { out: 'dk', weights: 'dsTile', src: 'q', width: 'D', width4: d4, seq: 'nq', heads: 'heads', head: 'h',
+              mul: 'uniforms.scale', perThread: dkj },
+          ])}
         }
       }
 
       let dkSize = batch * nk * kvHeads * D;
-      ${rows(r => `{
-        let j = row0 + tr * RPT + ${r};
-        if (j < nk) {
-          let dkBase = ((b * nk + j) * kvHeads + kvh) * D;
-          let dvBase = dkSize + ((b * nk + j) * kvHeads + kvh) * DV;
-          ${write(`dk_${r}`, dkj, 'D', 'dkBase')}
-          ${write(`dv_${r}`, dvj, 'DV', 'dvBase')}
-        }
-      }`)}
+      ${writeRowsWGSL(t, 'dk', dkj, { base: '0', first: 'row0', seq: 'nk', heads: 'kvHeads', head: 'kvh', width: 'D' })}
+      ${writeRowsWGSL(t, 'dv', dvj, { base: 'dkSize', first: 'row0', seq: 'nk', heads: 'kvHeads', head: 'kvh', width: 'DV' })}
     }`;
   }
 }

@@ -18,6 +18,12 @@ export interface TileConfig {
   colsPerThread: number;
   /** vec4 steps per iteration of the head-dim dot-product loop (it must divide the loop). */
   unroll: number;
+  /**
+   * Backward passes: head-dim columns (score products) or rows (accumulating products) staged
+   * through workgroup memory per step; the largest of depth, 8, 4 that fits the device and
+   * divides cols is used. Default 16.
+   */
+  depth?: number;
 }
 
 export const vec4Count = (n: number) => Math.ceil(n / 4);
@@ -39,12 +45,24 @@ export function workgroupBytes(pass: Pass, t: TileConfig, headDim: number, headD
       case 'forward':   // q [rows][d4p], k [cols][d4p], v [cols][dv4], p [rows][cols4p], row partials
         return 16 * (t.rows * d4p + t.cols * d4p + t.cols * dv4 + t.rows * cols4p) +
                4 * t.rows * (threadCols | 1);
-      case 'dq':        // q, dO [rows][..p], k, v [cols][..p], dS [rows][cols4p]
-        return 16 * ((t.rows + t.cols) * (d4p + dv4p) + t.rows * cols4p);
-      case 'dkdv':      // k, v [rows][..p], q, dO [cols][..p], P/dS [rows][cols4p], lse, D, dropout keys
-        return 16 * ((t.rows + t.cols) * (d4p + dv4p) + t.rows * cols4p) + 12 * t.cols;
+      case 'dq':        // two staging buffers [depth][stage4], dS^T [cols][rows4p]
+      case 'dkdv': {    // two staging buffers, P^T and dS^T [cols][rows4p]
+        const l = backwardLayout(t, headDim, headDimV);
+        return 16 * (2 * l.depth * l.stage4 + (pass === 'dq' ? 1 : 2) * t.cols * l.rows4p);
+      }
     }
   }
+}
+
+/**
+ * Workgroup-memory layout of the backward passes (flash_attention_grad_webgpu.ts): score-tile
+ * operands staged transposed ([depth][rows or cols], padded by one vec4 so the column-wise stores
+ * spread over banks), value rows staged as [depth][width4], P^T/dS^T as [cols][rows4p].
+ */
+export function backwardLayout(t: TileConfig, headDim: number, headDimV: number) {
+  const rows4p = vec4Count(t.rows) + 1, cols4p = vec4Count(t.cols) + 1;
+  const depth = t.depth ?? 16;
+  return { depth, rows4p, stage4: Math.max(rows4p, cols4p, vec4Count(headDim), vec4Count(headDimV)) };
 }
 
 const cfg = (rows: number, cols: number, rowsPerThread: number, colsPerThread = 4, unroll = 2): TileConfig =>
@@ -63,10 +81,10 @@ const cfg = (rows: number, cols: number, rowsPerThread: number, colsPerThread = 
 const CANDIDATES: Record<Pass, TileConfig[]> = {
   forward: [cfg(64, 32, 4, 4, 4), cfg(64, 32, 2, 2), cfg(64, 32, 2), cfg(32, 32, 4), cfg(32, 16, 2, 2), cfg(32, 16, 4),
             cfg(16, 16, 2), cfg(16, 8, 2), cfg(8, 8, 1), cfg(4, 4, 1), cfg(2, 4, 1)],
-  dq: [cfg(64, 16, 2, 2), cfg(32, 32, 2), cfg(32, 32, 4), cfg(32, 16, 4), cfg(16, 16, 1, 2), cfg(16, 16, 2), cfg(16, 8, 2),
-       cfg(8, 8, 1), cfg(4, 4, 1), cfg(2, 4, 1)],
-  dkdv: [cfg(64, 16, 2, 2), cfg(32, 32, 2), cfg(32, 32, 4), cfg(32, 16, 4), cfg(16, 16, 1, 2), cfg(16, 16, 2), cfg(16, 8, 2),
-         cfg(8, 8, 1), cfg(4, 4, 1), cfg(2, 4, 1)],
+  dq: [cfg(64, 64, 4, 4), cfg(64, 32, 4, 4), cfg(32, 32, 4, 4), cfg(32, 32, 2, 2), cfg(16, 16, 2, 2), cfg(16, 8, 2, 2),
+       cfg(8, 8, 1, 2), cfg(4, 4, 1, 1)],
+  dkdv: [cfg(64, 64, 4, 4), cfg(64, 32, 4, 4), cfg(32, 32, 4, 4), cfg(32, 32, 2, 2), cfg(16, 16, 2, 2), cfg(16, 8, 2, 2),
+         cfg(8, 8, 1, 2), cfg(4, 4, 1, 1)],
 };
 
 let override: Partial<Record<Pass, TileConfig>> = {};
@@ -79,17 +97,31 @@ export function setTileConfigOverride(o: Partial<Record<Pass, TileConfig>>): voi
   override = { ...o };
 }
 
+/** A backward tile with the deepest staging step (its depth, 8 or 4, dividing cols) that fits. */
+function fitDepthFor(limits: DeviceLimits, pass: Pass, headDim: number, headDimV: number) {
+  return (t: TileConfig): TileConfig => {
+    for (const depth of [t.depth ?? 16, 8, 4]) {
+      const d = { ...t, depth };
+      if (t.cols % depth === 0 && depth <= (t.depth ?? 16) &&
+          workgroupBytes(pass, d, headDim, headDimV) <= limits.maxComputeWorkgroupStorageSize) return d;
+    }
+    return { ...t, depth: Math.min(4, t.cols) };
+  };
+}
+
 export function chooseTiles(pass: Pass, limits: DeviceLimits, headDim: number, headDimV: number): TileConfig {
   const fits = (t: TileConfig) =>
       t.rowsPerThread * t.colsPerThread <= 32 &&   // one bit per element in a u32 keep mask
       workgroupBytes(pass, t, headDim, headDimV) <= limits.maxComputeWorkgroupStorageSize &&
       threadsOf(t) <= limits.maxComputeInvocationsPerWorkgroup;
+  const fitDepth = fitDepthFor(limits, pass, headDim, headDimV);
   const forced = override[pass];
-  const chosen = forced ?? CANDIDATES[pass].find(fits);
-  if (!chosen || !fits(chosen)) {
+  const chosen = (forced ? [forced] : CANDIDATES[pass]).map(t => pass === 'forward' ? t : fitDepth(t)).find(fits);
+  if (!chosen) {
     throw new Error(`Error in flashAttention: no ${pass} tile fits this WebGPU device for headDim ` +
         `${headDim}, headDimV ${headDimV} (workgroup storage ${limits.maxComputeWorkgroupStorageSize} bytes)`);
   }
+  if (pass !== 'forward') return chosen;
   // The unrolled dot-product steps must divide the vec4 count of every dot product in the pass.
   const dots = pass === 'forward' ? [vec4Count(headDim)] : [vec4Count(headDim), vec4Count(headDimV)];
   let unroll = chosen.unroll;
