@@ -111,74 +111,157 @@ function readRunWGSL(name: string, row: string, first: string, count: number): s
   return unroll(count, e => `let ${name}_${e} = ${row}[(${first} + ${e}) / 4][(${first} + ${e}) % 4];`);
 }
 
-/**
- * One chunked product of the score tile: acc[r][c] += sum_x A[row r][x] * B[col c][x] over
- * x < width, A's rows `rowFirst`.. of tensor `a`, B's rows `colFirst`.. of tensor `bSrc`. Chunks
- * of DEPTH columns are staged transposed (stage0[x][row], stage1[x][col]), zero-padded past
- * the sequence ends and past `width`.
- */
-function scoreProductWGSL(t: TileConfig, acc: string, o: {
-  a: string; aSeq: string; aHeads: string; aHead: string; aFirst: string; aMul?: string;
-  b: string; bSeq: string; bHeads: string; bHead: string; bFirst: string; bMul?: string; width: string;
-}): string {
-  const load = (stage: string, src: string, count: string, seq: string, heads: string, head: string,
-                first: string, mul?: string) => `
-        for (var idx = tid; idx < ${count} * DEPTH; idx += NT) {
-          let r = idx / DEPTH;
-          let x = idx - r * DEPTH;
-          let row = ${first} + r;
-          var val = 0.0;
-          if (row < ${seq} && x0 + x < ${o.width}) {
-            val = ${src}[((b * ${seq} + row) * ${heads} + ${head}) * ${o.width} + x0 + x]${mul ? ` * ${mul}` : ''};
-          }
-          ${stage}[x][r / 4][r % 4] = val;
-        }`;
-  return `
-      for (var x0 = 0; x0 < ${o.width}; x0 += DEPTH) {
-        workgroupBarrier();
-        ${load('stage0', o.a, 'ROWS', o.aSeq, o.aHeads, o.aHead, o.aFirst, o.aMul)}
-        ${load('stage1', o.b, 'COLS', o.bSeq, o.bHeads, o.bHead, o.bFirst, o.bMul)}
-        workgroupBarrier();
-        for (var x = 0; x < DEPTH; x++) {
-          ${readRunWGSL('av', 'stage0[x]', 'tr * RPT', t.rowsPerThread)}
-          ${readRunWGSL('bv', 'stage1[x]', 'tc * CPT', t.colsPerThread)}
-          ${unroll(t.rowsPerThread, r => unroll(t.colsPerThread, c => `${acc}_${r}_${c} += av_${r} * bv_${c};`, ' '))}
-        }
-      }`;
+/** Where one staged chunk comes from: `count` floats, element idx at (row, x) of a [.., seq, heads, width] tensor. */
+interface StageLoad {
+  stage: 'stage0' | 'stage1';
+  src: string; seq: string; heads: string; head: string; width: string; mul?: string;
+  /** First sequence row of the chunk (a WGSL expression that may use col0). */
+  first: string;
+  /** Score operands are staged transposed ([x][row], DEPTH head-dim columns from x0); value rows as [row][x]. */
+  transposed: boolean;
+  /** Transposed: the tile's row count (ROWS or COLS) and the chunk's first head-dim column. Else the width in vec4s. */
+  rows?: string; x0?: string; width4?: number;
+}
+
+function stageCount(l: StageLoad, t: TileConfig, depth: number): number {
+  return l.transposed ? (l.rows === 'ROWS' ? t.rows : t.cols) * depth : depth * l.width4! * 4;
 }
 
 /**
- * The accumulating products: out[r][m] += sum_col W[col][row r] * V[col][vec4 column tc + TC * m]
- * for each (out, W, V source) given, over the COLS columns of the streamed block, staging DEPTH
- * rows of each value tensor at a time (stage0 for the first, stage1 for the second).
+ * One phase of a pass's pipeline: `chunks` steps, step k staging its operands' chunk k in
+ * workgroup memory and then running its products on them. While a step computes, each thread
+ * already holds the next step's share of global memory in registers (software pipelining, as the
+ * forward's key/value prefetch); the last step of a phase prefetches the next phase's first.
+ * Phases are WGSL loops (not unrolled): SwiftShader's compile time grows with the number of
+ * barriers in the shader text.
  */
-function accumulateWGSL(t: TileConfig, terms: Array<{
-  out: string; weights: string; src: string; width: string; width4: number; seq: string; heads: string;
-  head: string; mul?: string; perThread: number;
-}>): string {
-  const stages = ['stage0', 'stage1'];
-  return `
-      for (var j0 = 0; j0 < COLS; j0 += DEPTH) {
-        workgroupBarrier();
-        ${terms.map((o, n) => `
-        for (var idx = tid; idx < DEPTH * ${o.width4 * 4}; idx += NT) {
-          let r = idx / ${o.width4 * 4};
-          let x = idx - r * ${o.width4 * 4};
-          let row = col0 + j0 + r;
-          var val = 0.0;
-          if (row < ${o.seq} && x < ${o.width}) {
-            val = ${o.src}[((b * ${o.seq} + row) * ${o.heads} + ${o.head}) * ${o.width} + x]${o.mul ? ` * ${o.mul}` : ''};
+interface Phase { chunks: number; loads: (k: string) => StageLoad[]; compute: (k: string) => string; }
+
+/** WGSL of the register prefetch of one step: pf{n}_{u} = this thread's elements of each load. */
+function prefetchWGSL(loads: StageLoad[], t: TileConfig, depth: number, guard = ''): string {
+  const nt = threadsOf(t);
+  return loads.map((l, n) => {
+    const count = stageCount(l, t, depth);
+    const perThread = Math.ceil(count / nt);
+    return unroll(perThread, u => {
+      const idx = `tid + ${u * nt}`;
+      const [row, x] = l.transposed ? [`(${idx}) / DEPTH`, `(${idx}) % DEPTH`]
+                                    : [`(${idx}) / ${l.width4! * 4}`, `(${idx}) % ${l.width4! * 4}`];
+      const col = l.transposed ? `${l.x0} + ${x}` : x;
+      const inRange = (u + 1) * nt > count ? `${idx} < ${count} && ` : '';
+      return `{
+          let row = ${l.first} + ${row};
+          let x = ${col};
+          pf${n}_${u} = 0.0;
+          if (${guard}${inRange}row < ${l.seq} && x < ${l.width}) {
+            pf${n}_${u} = ${l.src}[((b * ${l.seq} + row) * ${l.heads} + ${l.head}) * ${l.width} + x]${l.mul ? ` * ${l.mul}` : ''};
           }
-          ${stages[n]}[r][x / 4][x % 4] = val;
-        }`).join('')}
-        workgroupBarrier();
+        }`;
+    });
+  }).join('\n');
+}
+
+/** WGSL moving the prefetched registers of a step into its staging buffers. */
+function storeStageWGSL(loads: StageLoad[], t: TileConfig, depth: number): string {
+  const nt = threadsOf(t);
+  return loads.map((l, n) => {
+    const count = stageCount(l, t, depth);
+    return unroll(Math.ceil(count / nt), u => {
+      const idx = `tid + ${u * nt}`;
+      const target = l.transposed ? `${l.stage}[(${idx}) % DEPTH][((${idx}) / DEPTH) / 4][((${idx}) / DEPTH) % 4]`
+          : `${l.stage}[(${idx}) / ${l.width4! * 4}][((${idx}) % ${l.width4! * 4}) / 4][(${idx}) % 4]`;
+      return (u + 1) * nt > count ? `if (${idx} < ${count}) { ${target} = pf${n}_${u}; }` : `${target} = pf${n}_${u};`;
+    });
+  }).join('\n');
+}
+
+/** Declares the prefetch registers the largest step needs. */
+function prefetchRegistersWGSL(phases: Phase[], t: TileConfig, depth: number): string {
+  const nt = threadsOf(t);
+  return [0, 1].map(n => {
+    const most = Math.max(0, ...phases.map(p => {
+      const l = p.loads('0')[n];
+      return l ? Math.ceil(stageCount(l, t, depth) / nt) : 0;
+    }));
+    return unroll(most, u => `var pf${n}_${u} = 0.0;`, ' ');
+  }).join(' ');
+}
+
+/**
+ * The score-product phase: acc[r][c] += sum_x A[row r][x] * B[col c][x] over x < width, in
+ * chunks of DEPTH head-dim columns staged transposed (stage0[x][row], stage1[x][col]).
+ */
+function scorePhase(t: TileConfig, depth: number, acc: string, width: number, a: Omit<StageLoad, 'stage' | 'transposed'>,
+                    b: Omit<StageLoad, 'stage' | 'transposed'>): Phase {
+  return {
+    chunks: Math.ceil(width / depth),
+    loads: k => [{ ...a, stage: 'stage0', transposed: true, rows: 'ROWS', x0: `${k} * DEPTH` },
+                 { ...b, stage: 'stage1', transposed: true, rows: 'COLS', x0: `${k} * DEPTH` }],
+    compute: () => `
+        for (var x = 0; x < ${Math.min(depth, width)}; x++) {
+          ${readRunWGSL('av', 'stage0[x]', 'tr * RPT', t.rowsPerThread)}
+          ${readRunWGSL('bv', 'stage1[x]', 'tc * CPT', t.colsPerThread)}
+          ${unroll(t.rowsPerThread, r => unroll(t.colsPerThread, c => `${acc}_${r}_${c} += av_${r} * bv_${c};`, ' '))}
+        }`,
+  };
+}
+
+/**
+ * The accumulating phase: out[r][m] += sum_col W[col][row r] * V[col][vec4 column tc + TC * m]
+ * for each (out, W, V) term, over the COLS columns of the streamed block, DEPTH value rows per
+ * step (stage0 for the first term, stage1 for the second).
+ */
+function accumulatePhase(t: TileConfig, depth: number, terms: Array<{
+  out: string; weights: string; perThread: number; load: Omit<StageLoad, 'stage' | 'transposed' | 'first'>;
+}>): Phase {
+  const stages = ['stage0', 'stage1'] as const;
+  return {
+    chunks: t.cols / depth,
+    loads: k => terms.map((o, n) => ({ ...o.load, stage: stages[n], transposed: false, first: `col0 + ${k} * DEPTH` })),
+    compute: k => `
         for (var j = 0; j < DEPTH; j++) {
           ${terms.map((o, n) => `{
-            ${readRunWGSL('w', `${o.weights}[j0 + j]`, 'tr * RPT', t.rowsPerThread)}
-            ${unroll(o.perThread, m => `let vv${m} = ${stages[n]}[j][min(tc + TC * ${m}, ${o.width4 - 1})];`)}
+            ${readRunWGSL('w', `${o.weights}[${k} * DEPTH + j]`, 'tr * RPT', t.rowsPerThread)}
+            ${unroll(o.perThread, m => `let vv${m} = ${stages[n]}[j][min(tc + TC * ${m}, ${o.load.width4! - 1})];`)}
             ${unroll(t.rowsPerThread, r => unroll(o.perThread, m => `${o.out}_${r}_${m} += w_${r} * vv${m};`, ' '))}
           }`).join('\n')}
+        }`,
+  };
+}
+
+/**
+ * The loop over the streamed blocks col0 = first, first + COLS, .. < end: each block runs the
+ * phases in order (`after[p]` after phase p's last step), prefetching every step's operands while
+ * the previous step computes, the next block's first step during this block's last.
+ */
+function pipelinedLoopWGSL(t: TileConfig, depth: number, first: string, end: string, phases: Phase[], head: string,
+                           after: Record<number, string>): string {
+  const nextBlock = phases[0].loads('0').map(l => ({ ...l, first: l.first.replace(/col0/g, '(col0 + COLS)') }));
+  return `
+      ${prefetchRegistersWGSL(phases, t, depth)}
+      {
+        let col0 = ${first};
+        if (col0 < ${end}) {
+          ${prefetchWGSL(phases[0].loads('0'), t, depth)}
         }
+      }
+      for (var col0 = ${first}; col0 < ${end}; col0 += COLS) {
+        ${head}
+        ${phases.map((phase, p) => `
+        for (var k${p} = 0; k${p} < ${phase.chunks}; k${p}++) {
+          workgroupBarrier();
+          ${storeStageWGSL(phase.loads(`k${p}`), t, depth)}
+          workgroupBarrier();
+          if (k${p} + 1 < ${phase.chunks}) {
+            ${prefetchWGSL(phase.loads(`(k${p} + 1)`), t, depth)}
+          } else ${p + 1 < phases.length ? `{
+            ${prefetchWGSL(phases[p + 1].loads('0'), t, depth)}
+          }` : `if (col0 + COLS < ${end}) {
+            ${prefetchWGSL(nextBlock, t, depth)}
+          }`}
+          ${phase.compute(`k${p}`)}
+        }
+        ${after[p] ?? ''}`).join('\n')}
       }`;
 }
 
@@ -262,6 +345,15 @@ class DQProgram extends FlashProgram {
     const dj = Math.ceil(d4 / tc);
     const rows = (body: (r: number) => string) => unroll(t.rowsPerThread, body);
     const cols = (body: (c: number) => string) => unroll(t.colsPerThread, body);
+    const depth = backwardLayout(t, headDim, headDimV).depth;
+    const qRows = { src: 'q', seq: 'nq', heads: 'heads', head: 'h', width: 'D', first: 'row0', mul: 'uniforms.scale' };
+    const dyRows = { src: 'dy', seq: 'nq', heads: 'heads', head: 'h', width: 'DV', first: 'row0' };
+    const kCols = { src: 'k', seq: 'nk', heads: 'kvHeads', head: 'kvh', width: 'D', first: 'col0' };
+    const vCols = { src: 'v', seq: 'nk', heads: 'kvHeads', head: 'kvh', width: 'DV', first: 'col0' };
+    // qs are pre-multiplied by scale: s = scale * q . k.
+    const phases = [scorePhase(t, depth, 's', headDim, qRows, kCols), scorePhase(t, depth, 'dp', headDimV, dyRows, vCols),
+                    accumulatePhase(t, depth, [
+      { out: 'dq', weights: 'dsTile', perThread: dj, load: { ...kCols, width4: d4 } }])];
     return `
     ${backwardConstants(t, headDim, headDimV)}
     var<workgroup> dsTile : array<array<vec4<f32>, ROWS4P>, COLS>;
@@ -294,13 +386,8 @@ class DQProgram extends FlashProgram {
       ${zeroAccumulators(t, 'dq', dj)}
 
       ${keyRangeWGSL(f, 'row0', 'row1')}
-      for (var col0 = (colBegin / COLS) * COLS; col0 < colEnd; col0 += COLS) {
-        ${zeroScores(t)}
-        // qs are pre-multiplied by scale: s = scale * q . k.
-        ${scoreProductWGSL(t, 's', { a: 'q', aSeq: 'nq', aHeads: 'heads', aHead: 'h', aFirst: 'row0', aMul: 'uniforms.scale',
-                                     b: 'k', bSeq: 'nk', bHeads: 'kvHeads', bHead: 'kvh', bFirst: 'col0', width: 'D' })}
-        ${scoreProductWGSL(t, 'dp', { a: 'dy', aSeq: 'nq', aHeads: 'heads', aHead: 'h', aFirst: 'row0',
-                                      b: 'v', bSeq: 'nk', bHeads: 'kvHeads', bHead: 'kvh', bFirst: 'col0', width: 'DV' })}
+      let firstCol = (colBegin / COLS) * COLS;
+      ${pipelinedLoopWGSL(t, depth, 'firstCol', 'colEnd', phases, zeroScores(t), { 1: `
         ${keptBitsWGSL(t, true)}
         ${rows(r => `{
           let i = row0 + tr * RPT + ${r};
@@ -311,11 +398,8 @@ class DQProgram extends FlashProgram {
             s_${r}_${c} = p * (dp_${r}_${c} * dropoutScale(rowKey_${r}, j) - delta_${r}) * sg.y;   // dS
           }`)}
         }`)}
-        ${storeTransposedWGSL(t, 'dsTile', (r, c) => `s_${r}_${c}`)}
-        // dQ += dS K (the staging barrier also orders the dsTile writes before these reads).
-        ${accumulateWGSL(t, [{ out: 'dq', weights: 'dsTile', src: 'k', width: 'D', width4: d4, seq: 'nk',
-                               heads: 'kvHeads', head: 'kvh', perThread: dj }])}
-      }
+        // The next step's barriers order these writes before the dQ += dS K steps read them.
+        ${storeTransposedWGSL(t, 'dsTile', (r, c) => `s_${r}_${c}`)}` })}
       ${writeRowsWGSL(t, 'dq', dj, { base: '0', first: 'row0', seq: 'nq', heads: 'heads', head: 'h', width: 'D',
                                      scale: 'uniforms.scale' })}
     }`;
@@ -348,6 +432,16 @@ class DKDVProgram extends FlashProgram {
     const dkj = Math.ceil(d4 / tc), dvj = Math.ceil(dv4 / tc);
     const rows = (body: (r: number) => string) => unroll(t.rowsPerThread, body);
     const cols = (body: (c: number) => string) => unroll(t.colsPerThread, body);
+    const depth = backwardLayout(t, headDim, headDimV).depth;
+    const kRows = { src: 'k', seq: 'nk', heads: 'kvHeads', head: 'kvh', width: 'D', first: 'row0' };
+    const vRows = { src: 'v', seq: 'nk', heads: 'kvHeads', head: 'kvh', width: 'DV', first: 'row0' };
+    const qCols = { src: 'q', seq: 'nq', heads: 'heads', head: 'h', width: 'D', first: 'col0', mul: 'uniforms.scale' };
+    const dyCols = { src: 'dy', seq: 'nq', heads: 'heads', head: 'h', width: 'DV', first: 'col0' };
+    // dV += P^T dO, dK += dS^T (scale q): dK = scale * dS^T q.
+    const phases = [scorePhase(t, depth, 's', headDim, kRows, qCols), scorePhase(t, depth, 'dp', headDimV, vRows, dyCols),
+                    accumulatePhase(t, depth, [
+      { out: 'dv', weights: 'pTile', perThread: dvj, load: { ...dyCols, width4: dv4 } },
+      { out: 'dk', weights: 'dsTile', perThread: dkj, load: { ...qCols, width4: d4 } }])];
     return `
     ${backwardConstants(t, headDim, headDimV)}
     var<workgroup> pTile : array<array<vec4<f32>, ROWS4P>, COLS>;
@@ -370,13 +464,8 @@ class DKDVProgram extends FlashProgram {
       for (var hg = 0; hg < group; hg++) {
         let h = kvh * group + hg;
         let slope = slopeOf(h);
-        for (var col0 = (rowBegin / COLS) * COLS; col0 < rowEnd; col0 += COLS) {
-          ${zeroScores(t)}
-          ${scoreProductWGSL(t, 's', { a: 'k', aSeq: 'nk', aHeads: 'kvHeads', aHead: 'kvh', aFirst: 'row0',
-                                       b: 'q', bSeq: 'nq', bHeads: 'heads', bHead: 'h', bFirst: 'col0', bMul: 'uniforms.scale',
-                                       width: 'D' })}
-          ${scoreProductWGSL(t, 'dp', { a: 'v', aSeq: 'nk', aHeads: 'kvHeads', aHead: 'kvh', aFirst: 'row0',
-                                        b: 'dy', bSeq: 'nq', bHeads: 'heads', bHead: 'h', bFirst: 'col0', width: 'DV' })}
+        let firstCol = (rowBegin / COLS) * COLS;
+        ${pipelinedLoopWGSL(t, depth, 'firstCol', 'rowEnd', phases, zeroScores(t), { 1: `
           ${keptBitsWGSL(t, false)}
           ${cols(c => `{
             let i = col0 + tc * CPT + ${c};
@@ -397,14 +486,7 @@ class DKDVProgram extends FlashProgram {
             }`)}
           }`)}
           ${storeTransposedWGSL(t, 'pTile', (r, c) => `dp_${r}_${c}`)}
-          ${storeTransposedWGSL(t, 'dsTile', (r, c) => `s_${r}_${c}`)}
-          // dV += P^T dO, dK += dS^T (scale q): dK = scale * dS^T q.
-          ${accumulateWGSL(t, [
-            { out: 'dv', weights: 'pTile', src: 'dy', width: 'DV', width4: dv4, seq: 'nq', heads: 'heads', head: 'h', perThread: dvj },
-            { out: 'dk', weights: 'dsTile', src: 'q', width: 'D', width4: d4, seq: 'nq', heads: 'heads', head: 'h',
-              mul: 'uniforms.scale', perThread: dkj },
-          ])}
-        }
+          ${storeTransposedWGSL(t, 'dsTile', (r, c) => `s_${r}_${c}`)}` })}
       }
 
       let dkSize = batch * nk * kvHeads * D;
