@@ -119,15 +119,22 @@ describe('head dims 1 and 256, and headDimV != headDim (small tiles)', () => {
 
 describe('the large-device tile geometry (64-row tiles) on a small head dim', () => {
   // The H100 defaults use 512 threads in the forward pass; SwiftShader allows 256, so its forward
-  // runs the same 64 x 32 tile with 4 columns per thread instead of 2.
+  // runs the same 64 x 32 tile with 4 columns per thread instead of 2. The H200's backward tiles
+  // (dQ 128 x 64 at 8 x 4 per thread, dK/dV 64 x 64 at 4 x 4) need 42 KiB of workgroup memory;
+  // SwiftShader has 32 KiB, so the same register blocks run here with half as many columns.
   beforeAll(() => setTileConfigOverride({
     forward: { rows: 64, cols: 32, rowsPerThread: 2, colsPerThread: 4, unroll: 2 },
-    dq: { rows: 64, cols: 16, rowsPerThread: 2, colsPerThread: 2, unroll: 2 },
-    dkdv: { rows: 64, cols: 16, rowsPerThread: 2, colsPerThread: 2, unroll: 2 },
+    dq: { rows: 128, cols: 32, rowsPerThread: 8, colsPerThread: 4, unroll: 1, depth: 8 },
+    dkdv: { rows: 32, cols: 64, rowsPerThread: 4, colsPerThread: 4, unroll: 1, depth: 16 },
   }));
   afterAll(() => setTileConfigOverride({}));
-  gpuTest('64x32 forward and 64x16 backward tiles, causal with seqQ != seqK and GQA', async () => {
+  gpuTest('64x32 forward, 128x32 dQ and 32x64 dK/dV tiles, causal with seqQ != seqK and GQA', async () => {
     const c: CaseSpec = { dims: { batch: 1, seqQ: 70, seqK: 97, heads: 4, kvHeads: 2, headDim: 8, headDimV: 8 }, seed: 12, causal: true };
+    expectAccurate(c, await runOnBoth(c));
+  }, COMPILE_HEAVY_MS);
+  gpuTest('several head-dim chunks with a partial last one (headDim 20, headDimV 36), window, GQA, past a block edge', async () => {
+    const c: CaseSpec = { dims: { batch: 1, seqQ: 130, seqK: 67, heads: 4, kvHeads: 2, headDim: 20, headDimV: 36 }, seed: 15,
+                          windowSize: [40, 9] };
     expectAccurate(c, await runOnBoth(c));
   }, COMPILE_HEAVY_MS);
 });

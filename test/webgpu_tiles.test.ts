@@ -3,7 +3,7 @@
  * per thread, backward 16 x 16 at 1 x 2), forced here on a small head dim so SwiftShader can run
  * them: forward and gradients against the float64 reference.
  */
-import { setTileConfigOverride, TileConfig } from '../kernels/webgpu/tiles';
+import { chooseTiles, setTileConfigOverride, threadsOf, TileConfig, workgroupBytes } from '../kernels/webgpu/tiles';
 import { CaseSpec, caseData, compare, F32_TOLERANCE, reference, runOp } from './helpers/attention_case';
 import { destroyWebGPU, gpuTest, useWebGPU, HAS_GPU } from './helpers/webgpu_env';
 
@@ -22,4 +22,29 @@ describe('the headDim-128 tile geometries', () => {
     expect(Math.max(e.out, e.lse)).toBeLessThan(F32_TOLERANCE.forward);
     expect(Math.max(e.dq, e.dk, e.dv)).toBeLessThan(F32_TOLERANCE.grads);
   }, 300000);
+});
+
+describe('backward tile choice from the device limits', () => {
+  const device = (storage: number, invocations: number) => ({
+    maxComputeWorkgroupStorageSize: storage, maxComputeInvocationsPerWorkgroup: invocations,
+    maxStorageBufferBindingSize: 2 ** 31 - 4, maxComputeWorkgroupsPerDimension: 65535,
+  });
+  test('the H200 (48 KiB, 1024 invocations) gets the tuned tiles; headDim 128 stages fewer value rows per step', () => {
+    const h200 = device(48 * 1024, 1024);
+    expect(chooseTiles('dq', h200, 64, 64)).toMatchObject({ rows: 128, cols: 64, rowsPerThread: 8, colsPerThread: 4, depth: 8 });
+    expect(chooseTiles('dkdv', h200, 64, 64)).toMatchObject({ rows: 64, cols: 64, depth: 16, accumulateDepth: 16 });
+    expect(chooseTiles('dkdv', h200, 128, 128)).toMatchObject({ rows: 64, cols: 64, depth: 16, accumulateDepth: 8 });
+  });
+  test('every head dim 1..256 gets a backward tile that fits 16, 32 and 48 KiB devices', () => {
+    for (const limits of [device(16384, 256), device(32768, 256), device(48 * 1024, 1024)]) {
+      for (const pass of ['dq', 'dkdv'] as const) {
+        for (const [d, dv] of [[1, 1], [3, 256], [8, 8], [20, 36], [32, 32], [64, 64], [128, 128], [256, 256]]) {
+          const t = chooseTiles(pass, limits, d, dv);
+          expect(workgroupBytes(pass, t, d, dv)).toBeLessThanOrEqual(limits.maxComputeWorkgroupStorageSize);
+          expect(threadsOf(t)).toBeLessThanOrEqual(limits.maxComputeInvocationsPerWorkgroup);
+          expect(t.cols % t.accumulateDepth!).toBe(0);
+        }
+      }
+    }
+  });
 });

@@ -85,17 +85,18 @@ function backwardConstants(t: TileConfig, headDim: number, headDimV: number): st
     const TC = ${t.cols / t.colsPerThread};
     const NT = ${threadsOf(t)};
     const DEPTH = ${l.depth};
+    const ACC_DEPTH = ${l.accumulateDepth};
     const D = ${headDim};
     const D4 = ${vec4Count(headDim)};
     const DV = ${headDimV};
     const DV4 = ${vec4Count(headDimV)};
     const ROWS4P = ${l.rows4p};
-    const STAGE4 = ${l.stage4};
+    const COLS4P = ${l.cols4p};
     ${UNIFORM_WORKGROUP_ID_DECL}
-    // Staging buffers: [DEPTH][ROWS4P] or [DEPTH][COLS4P] transposed operand chunks for the score
-    // products, [DEPTH][width4] row chunks for the accumulating products.
-    var<workgroup> stage0 : array<array<vec4<f32>, STAGE4>, DEPTH>;
-    var<workgroup> stage1 : array<array<vec4<f32>, STAGE4>, DEPTH>;`;
+    // Staging buffers, flat: [DEPTH][ROWS4P] or [DEPTH][COLS4P] transposed operand chunks for the
+    // score products, [ACC_DEPTH][width4] row chunks for the accumulating products.
+    var<workgroup> stage0 : array<vec4<f32>, ${l.stageVec4s}>;
+    var<workgroup> stage1 : array<vec4<f32>, ${l.stageVec4s}>;`;
 }
 
 /**
@@ -103,12 +104,12 @@ function backwardConstants(t: TileConfig, headDim: number, headDimV: number): st
  * expression of an array<vec4<f32>>): as vec4s when aligned runs of 4, else element by element.
  * Declares name_0 .. name_{count-1} as f32 lets.
  */
-function readRunWGSL(name: string, row: string, first: string, count: number): string {
+function readRunWGSL(name: string, row: (vec4Index: string) => string, first: string, count: number): string {
   if (count % 4 === 0) {
-    return unroll(count / 4, q => `let ${name}v${q} = ${row}[(${first}) / 4 + ${q}];
+    return unroll(count / 4, q => `let ${name}v${q} = ${row(`(${first}) / 4 + ${q}`)};
       ${unroll(4, e => `let ${name}_${q * 4 + e} = ${name}v${q}[${e}];`, ' ')}`);
   }
-  return unroll(count, e => `let ${name}_${e} = ${row}[(${first} + ${e}) / 4][(${first} + ${e}) % 4];`);
+  return unroll(count, e => `let ${name}_${e} = ${row(`(${first} + ${e}) / 4`)}[(${first} + ${e}) % 4];`);
 }
 
 /** Where one staged chunk comes from: `count` floats, element idx at (row, x) of a [.., seq, heads, width] tensor. */
@@ -120,11 +121,13 @@ interface StageLoad {
   /** Score operands are staged transposed ([x][row], DEPTH head-dim columns from x0); value rows as [row][x]. */
   transposed: boolean;
   /** Transposed: the tile's row count (ROWS or COLS) and the chunk's first head-dim column. Else the width in vec4s. */
-  rows?: string; x0?: string; width4?: number;
+  rows?: 'ROWS' | 'COLS'; x0?: string; width4?: number;
 }
 
-function stageCount(l: StageLoad, t: TileConfig, depth: number): number {
-  return l.transposed ? (l.rows === 'ROWS' ? t.rows : t.cols) * depth : depth * l.width4! * 4;
+/** Floats a staged chunk holds (DEPTH x rows transposed, ACC_DEPTH x width else). */
+function stageCount(l: StageLoad, t: TileConfig): number {
+  const { depth, accumulateDepth } = backwardLayout(t, 0, 0);
+  return l.transposed ? (l.rows === 'ROWS' ? t.rows : t.cols) * depth : accumulateDepth * l.width4! * 4;
 }
 
 /**
@@ -141,7 +144,7 @@ interface Phase { chunks: number; loads: (k: string) => StageLoad[]; compute: (k
 function prefetchWGSL(loads: StageLoad[], t: TileConfig, depth: number, guard = ''): string {
   const nt = threadsOf(t);
   return loads.map((l, n) => {
-    const count = stageCount(l, t, depth);
+    const count = stageCount(l, t);
     const perThread = Math.ceil(count / nt);
     return unroll(perThread, u => {
       const idx = `tid + ${u * nt}`;
@@ -165,11 +168,12 @@ function prefetchWGSL(loads: StageLoad[], t: TileConfig, depth: number, guard = 
 function storeStageWGSL(loads: StageLoad[], t: TileConfig, depth: number): string {
   const nt = threadsOf(t);
   return loads.map((l, n) => {
-    const count = stageCount(l, t, depth);
+    const count = stageCount(l, t);
     return unroll(Math.ceil(count / nt), u => {
       const idx = `tid + ${u * nt}`;
-      const target = l.transposed ? `${l.stage}[(${idx}) % DEPTH][((${idx}) / DEPTH) / 4][((${idx}) / DEPTH) % 4]`
-          : `${l.stage}[(${idx}) / ${l.width4! * 4}][((${idx}) % ${l.width4! * 4}) / 4][(${idx}) % 4]`;
+      const target = l.transposed
+          ? `${l.stage}[((${idx}) % DEPTH) * ${l.rows}4P + ((${idx}) / DEPTH) / 4][((${idx}) / DEPTH) % 4]`
+          : `${l.stage}[((${idx}) / ${l.width4! * 4}) * ${l.width4} + ((${idx}) % ${l.width4! * 4}) / 4][(${idx}) % 4]`;
       return (u + 1) * nt > count ? `if (${idx} < ${count}) { ${target} = pf${n}_${u}; }` : `${target} = pf${n}_${u};`;
     });
   }).join('\n');
@@ -181,7 +185,7 @@ function prefetchRegistersWGSL(phases: Phase[], t: TileConfig, depth: number): s
   return [0, 1].map(n => {
     const most = Math.max(0, ...phases.map(p => {
       const l = p.loads('0')[n];
-      return l ? Math.ceil(stageCount(l, t, depth) / nt) : 0;
+      return l ? Math.ceil(stageCount(l, t) / nt) : 0;
     }));
     return unroll(most, u => `var pf${n}_${u} = 0.0;`, ' ');
   }).join(' ');
@@ -199,8 +203,8 @@ function scorePhase(t: TileConfig, depth: number, acc: string, width: number, a:
                  { ...b, stage: 'stage1', transposed: true, rows: 'COLS', x0: `${k} * DEPTH` }],
     compute: () => `
         for (var x = 0; x < ${Math.min(depth, width)}; x++) {
-          ${readRunWGSL('av', 'stage0[x]', 'tr * RPT', t.rowsPerThread)}
-          ${readRunWGSL('bv', 'stage1[x]', 'tc * CPT', t.colsPerThread)}
+          ${readRunWGSL('av', i => `stage0[x * ROWS4P + ${i}]`, 'tr * RPT', t.rowsPerThread)}
+          ${readRunWGSL('bv', i => `stage1[x * COLS4P + ${i}]`, 'tc * CPT', t.colsPerThread)}
           ${unroll(t.rowsPerThread, r => unroll(t.colsPerThread, c => `${acc}_${r}_${c} += av_${r} * bv_${c};`, ' '))}
         }`,
   };
@@ -216,13 +220,13 @@ function accumulatePhase(t: TileConfig, depth: number, terms: Array<{
 }>): Phase {
   const stages = ['stage0', 'stage1'] as const;
   return {
-    chunks: t.cols / depth,
-    loads: k => terms.map((o, n) => ({ ...o.load, stage: stages[n], transposed: false, first: `col0 + ${k} * DEPTH` })),
+    chunks: t.cols / backwardLayout(t, 0, 0).accumulateDepth,
+    loads: k => terms.map((o, n) => ({ ...o.load, stage: stages[n], transposed: false, first: `col0 + ${k} * ACC_DEPTH` })),
     compute: k => `
-        for (var j = 0; j < DEPTH; j++) {
+        for (var j = 0; j < ACC_DEPTH; j++) {
           ${terms.map((o, n) => `{
-            ${readRunWGSL('w', `${o.weights}[${k} * DEPTH + j]`, 'tr * RPT', t.rowsPerThread)}
-            ${unroll(o.perThread, m => `let vv${m} = ${stages[n]}[j][min(tc + TC * ${m}, ${o.load.width4! - 1})];`)}
+            ${readRunWGSL('w', i => `${o.weights}[${k} * ACC_DEPTH + j][${i}]`, 'tr * RPT', t.rowsPerThread)}
+            ${unroll(o.perThread, m => `let vv${m} = ${stages[n]}[j * ${o.load.width4} + min(tc + TC * ${m}, ${o.load.width4! - 1})];`)}
             ${unroll(t.rowsPerThread, r => unroll(o.perThread, m => `${o.out}_${r}_${m} += w_${r} * vv${m};`, ' '))}
           }`).join('\n')}
         }`,

@@ -24,6 +24,8 @@ export interface TileConfig {
    * divides cols is used. Default 16.
    */
   depth?: number;
+  /** Backward passes: rows of the value tensors staged per step of the accumulating products (default depth). */
+  accumulateDepth?: number;
 }
 
 export const vec4Count = (n: number) => Math.ceil(n / 4);
@@ -48,7 +50,7 @@ export function workgroupBytes(pass: Pass, t: TileConfig, headDim: number, headD
       case 'dq':        // two staging buffers [depth][stage4], dS^T [cols][rows4p]
       case 'dkdv': {    // two staging buffers, P^T and dS^T [cols][rows4p]
         const l = backwardLayout(t, headDim, headDimV);
-        return 16 * (2 * l.depth * l.stage4 + (pass === 'dq' ? 1 : 2) * t.cols * l.rows4p);
+        return 16 * (2 * l.stageVec4s + (pass === 'dq' ? 1 : 2) * t.cols * l.rows4p);
       }
     }
   }
@@ -61,12 +63,16 @@ export function workgroupBytes(pass: Pass, t: TileConfig, headDim: number, headD
  */
 export function backwardLayout(t: TileConfig, headDim: number, headDimV: number) {
   const rows4p = vec4Count(t.rows) + 1, cols4p = vec4Count(t.cols) + 1;
-  const depth = t.depth ?? 16;
-  return { depth, rows4p, stage4: Math.max(rows4p, cols4p, vec4Count(headDim), vec4Count(headDimV)) };
+  const depth = t.depth ?? 16, accumulateDepth = t.accumulateDepth ?? depth;
+  const stageVec4s = Math.max(depth * Math.max(rows4p, cols4p), accumulateDepth * Math.max(vec4Count(headDim), vec4Count(headDimV)));
+  return { depth, accumulateDepth, rows4p, cols4p, stageVec4s };
 }
 
 const cfg = (rows: number, cols: number, rowsPerThread: number, colsPerThread = 4, unroll = 2): TileConfig =>
     ({ rows, cols, rowsPerThread, colsPerThread, unroll });
+
+const bwd = (rows: number, cols: number, rowsPerThread: number, colsPerThread: number, depth = 16): TileConfig =>
+    ({ rows, cols, rowsPerThread, colsPerThread, unroll: 1, depth });
 
 /**
  * Preferred first; the first that fits the device wins; the last (2 x 4 tiles) fit headDim 256
@@ -81,10 +87,14 @@ const cfg = (rows: number, cols: number, rowsPerThread: number, colsPerThread = 
 const CANDIDATES: Record<Pass, TileConfig[]> = {
   forward: [cfg(64, 32, 4, 4, 4), cfg(64, 32, 2, 2), cfg(64, 32, 2), cfg(32, 32, 4), cfg(32, 16, 2, 2), cfg(32, 16, 4),
             cfg(16, 16, 2), cfg(16, 8, 2), cfg(8, 8, 1), cfg(4, 4, 1), cfg(2, 4, 1)],
-  dq: [cfg(64, 64, 4, 4), cfg(64, 32, 4, 4), cfg(32, 32, 4, 4), cfg(32, 32, 2, 2), cfg(16, 16, 2, 2), cfg(16, 8, 2, 2),
-       cfg(8, 8, 1, 2), cfg(4, 4, 1, 1)],
-  dkdv: [cfg(64, 64, 4, 4), cfg(64, 32, 4, 4), cfg(32, 32, 4, 4), cfg(32, 32, 2, 2), cfg(16, 16, 2, 2), cfg(16, 8, 2, 2),
-         cfg(8, 8, 1, 2), cfg(4, 4, 1, 1)],
+  // Backward (H200, N = 4096, 16 heads, GPU time; kernels/webgpu/tune/backward.sh): the dQ pass at
+  // 128 x 64 with 8 x 4 per thread (d 64: 4.32 ms against 5.00 for 64 x 64 at 4 x 4; d 128: 9.04
+  // against 9.48), the dK/dV pass at 64 x 64 with 4 x 4 (d 64: 6.57 ms; 64 x 32, 32 x 64, 8 x 4 and
+  // 4 x 8 per thread all slower, 7.4 to 10.7 ms).
+  dq: [bwd(128, 64, 8, 4, 8), bwd(64, 64, 4, 4), bwd(64, 32, 4, 4), bwd(32, 32, 4, 4), bwd(32, 32, 2, 2),
+       bwd(16, 16, 2, 2), bwd(16, 8, 2, 2), bwd(8, 8, 1, 2), bwd(4, 4, 1, 1)],
+  dkdv: [bwd(64, 64, 4, 4), bwd(64, 32, 4, 4), bwd(32, 32, 4, 4), bwd(32, 32, 2, 2), bwd(16, 16, 2, 2), bwd(16, 8, 2, 2),
+         bwd(8, 8, 1, 2), bwd(4, 4, 1, 1)],
 };
 
 let override: Partial<Record<Pass, TileConfig>> = {};
@@ -97,15 +107,21 @@ export function setTileConfigOverride(o: Partial<Record<Pass, TileConfig>>): voi
   override = { ...o };
 }
 
-/** A backward tile with the deepest staging step (its depth, 8 or 4, dividing cols) that fits. */
+/**
+ * A backward tile with the deepest staging steps that fit: its depth and accumulateDepth first,
+ * then smaller accumulating steps, then both smaller (accumulateDepth must divide cols).
+ */
 function fitDepthFor(limits: DeviceLimits, pass: Pass, headDim: number, headDimV: number) {
   return (t: TileConfig): TileConfig => {
-    for (const depth of [t.depth ?? 16, 8, 4]) {
-      const d = { ...t, depth };
-      if (t.cols % depth === 0 && depth <= (t.depth ?? 16) &&
-          workgroupBytes(pass, d, headDim, headDimV) <= limits.maxComputeWorkgroupStorageSize) return d;
+    const depth = t.depth ?? 16, acc = t.accumulateDepth ?? depth;
+    const tries: Array<[number, number]> = [[depth, acc], [depth, acc / 2], [depth / 2, acc / 2], [depth / 2, acc / 4],
+                                            [4, 4], [4, 2], [4, 1]];
+    for (const [d, a] of tries) {
+      const c = { ...t, depth: d, accumulateDepth: a };
+      if (d >= 1 && a >= 1 && Number.isInteger(a) && t.cols % a === 0 &&
+          workgroupBytes(pass, c, headDim, headDimV) <= limits.maxComputeWorkgroupStorageSize) return c;
     }
-    return { ...t, depth: Math.min(4, t.cols) };
+    return { ...t, depth: 4, accumulateDepth: 1 };
   };
 }
 

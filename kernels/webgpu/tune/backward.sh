@@ -17,14 +17,16 @@ for phase in "$@"; do case $phase in
     t fa_tune_old --mode=time --n=4096 --bwd=1 --causal=1 ;;
   d64)
     t fa_tune --mode=time --n=4096 --bwd=1
-    for c in "64 64 4 4 8|64 64 4 4 8" "64 64 4 4 32|64 32 4 4 16" "128 64 8 4 8|32 64 4 4" "64 64 8 4|64 64 8 4" \
-             "64 64 4 8|64 64 4 8" "64 32 4 4|64 32 4 4 8" "128 32 8 4 8|128 32 8 4 8"; do
+    for c in "64 64 4 4 32|64 32 4 4 32" "128 64 8 4 8|32 64 4 4" "64 64 8 4|64 64 8 4" "64 64 4 8|64 64 4 8" \
+             "64 128 4 8 8|128 32 8 4 8" "64 64 4 4 8|64 64 4 4 8"; do
+      t fa_tune --mode=check --cases=3 --tiles="$(both "${c%|*}" "${c#*|}")"
       t fa_tune --mode=time --n=4096 --bwd=1 --tiles="$(both "${c%|*}" "${c#*|}")"
     done ;;
   d128)
     t fa_tune --mode=time --n=4096 --bwd=1 --d=128
-    for c in "64 32 4 4|64 32 4 4" "64 64 4 8 8|64 64 4 8 8" "128 64 8 4 8|32 64 4 4" "64 64 8 4 8|64 64 8 4 8" \
+    for c in "64 32 4 4|64 32 4 4" "128 64 8 4 8|32 64 4 4" "64 128 4 8 8|64 64 8 4 8" "64 64 4 8 8|64 64 4 8 8" \
              "32 64 4 4|32 32 4 4"; do
+      t fa_tune --mode=check --cases=3 --tiles="$(both "${c%|*}" "${c#*|}")"
       t fa_tune --mode=time --n=4096 --bwd=1 --d=128 --tiles="$(both "${c%|*}" "${c#*|}")"
     done ;;
   more)
@@ -34,4 +36,17 @@ for phase in "$@"; do case $phase in
     t fa_tune --mode=time --n=1024 --bwd=1 --d=64
     t fa_tune --mode=time --n=16384 --bwd=1 --d=128 --reps=2 --warmMs=0
     t fa_tune --mode=time --n=16384 --bwd=1 --d=64 --reps=2 --warmMs=0 ;;
+  final)   # the device-chosen tiles across head dims and lengths, then dQ alternatives
+    t fa_tune --mode=check
+    for d in 32 64 128; do t fa_tune --mode=time --n=4096 --bwd=1 --d=$d; t fa_tune --mode=time --n=4096 --bwd=1 --d=$d --causal=1; done
+    t fa_tune --mode=time --n=1024 --bwd=1 --d=64
+    t fa_tune --mode=time --n=1024 --bwd=1 --d=128
+    t fa_tune --mode=time --n=4096 --bwd=1 --d=256 --reps=3
+    t fa_tune --mode=time --n=4096 --bwd=1 --subgroups=1
+    t fa_tune --mode=time --n=16384 --bwd=1 --d=64 --reps=2 --warmMs=0
+    t fa_tune --mode=time --n=16384 --bwd=1 --d=128 --reps=2 --warmMs=0
+    for d in 64 128; do
+      t fa_tune --mode=time --n=4096 --bwd=1 --d=$d --tiles='{"dq":{"rows":64,"cols":64,"rowsPerThread":4,"colsPerThread":4,"unroll":1,"depth":16,"accumulateDepth":8}}'
+      t fa_tune --mode=time --n=4096 --bwd=1 --d=$d --tiles='{"dq":{"rows":128,"cols":64,"rowsPerThread":8,"colsPerThread":4,"unroll":1,"depth":8,"accumulateDepth":16}}'
+    done ;;
 esac; done
