@@ -18,10 +18,14 @@ interface LoaderAddon {
 
 type NodeRequire = (id: string) => unknown;
 
-/** CommonJS require when running under Node; undefined in browsers and bundles for them. */
+/** webpack's name for Node's own require, which it leaves alone (its `require` is its module system). */
+declare const __non_webpack_require__: NodeRequire | undefined;
+
+/** Node's require when running under Node; undefined in browsers and bundles for them. */
 function nodeRequire(): NodeRequire | undefined {
-  return typeof require === 'function' && typeof process === 'object' && process?.versions?.node
-    ? require : undefined;
+  if (typeof process !== 'object' || !process?.versions?.node) return undefined;
+  if (typeof __non_webpack_require__ === 'function') return __non_webpack_require__;
+  return typeof require === 'function' ? require : undefined;
 }
 
 /** Directories that may hold the build, most specific first. */
