@@ -7,28 +7,31 @@
  * at run time and loads a second copy of tfjs from disk (its kernels collide with the bundled
  * ones: "kernel already registered"), attached to instead of the copy the user holds.
  */
-import * as tfc from '@tensorflow/tfjs-core';
 import * as tfl from '@tensorflow/tfjs-layers';
 
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
 type AnyObject = Record<string, any>;
 
-/** The union package @tensorflow/tfjs where it was loaded before us (it is never loaded here). */
-function loadedTfjsUnion(): AnyObject[] {
+/** The entry files of @tensorflow/tfjs-core and the union @tensorflow/tfjs under Node. */
+const TF_NODE_ENTRY = /[\\/]@tensorflow[\\/]tfjs(-core)?[\\/]dist[\\/]tf(-core)?\.node\.js$/;
+
+/**
+ * The exports objects of tfjs-core and tfjs already loaded by Node (never loaded here). Only the
+ * module cache has them: an `import *` of a module without __esModule, as tfjs-core's CommonJS
+ * build is, gives a copy.
+ */
+function loadedTfModules(): AnyObject[] {
   const cache = typeof require === 'function' ? (require as { cache?: Record<string, { exports?: unknown }> }).cache : undefined;
   if (!cache || typeof cache !== 'object') return [];
-  return Object.keys(cache)
-      .filter(id => /[\\/]@tensorflow[\\/]tfjs[\\/]dist[\\/][^\\/]+\.js$/.test(id))
-      .map(id => cache[id]?.exports as AnyObject);
+  return Object.keys(cache).filter(id => TF_NODE_ENTRY.test(id)).map(id => cache[id]?.exports as AnyObject);
 }
 
 function tfObjects(sub?: 'layers'): AnyObject[] {
-  const g = globalThis as AnyObject;
-  const found: AnyObject[] = [g.tf, ...loadedTfjsUnion()];
-  // When @tensorflow/tfjs loads after us it copies tfjs-core's keys, ours included, and exposes
-  // tfjs-layers' own `layers` object: extending those two covers either import order.
+  // tfjs-core is always loaded by now (we import it). When @tensorflow/tfjs loads after us it
+  // copies tfjs-core's keys, ours included, and exposes tfjs-layers' own `layers` object: so
+  // extending those covers either import order.
+  const found: AnyObject[] = [(globalThis as AnyObject).tf, ...loadedTfModules()];
   if (sub === 'layers') found.push({ layers: tfl.layers });
-  else found.push(tfc as AnyObject);
   return found.filter(o => o && typeof o === 'object');
 }
 
