@@ -180,7 +180,7 @@ describe('installed from the tarball into a fresh project', () => {
     }
   });
 
-  test('CommonJS TypeScript (strict): tf.flashAttention is typed after importing tfjs-flash-attention/tf-namespace', () => {
+  test('CommonJS TypeScript (strict): tf.flashAttention and tf.layers.flashMultiHeadAttention typed and present with tfjs-flash-attention/tf-namespace', () => {
     const dir = path.join(app, 'cjs-ts');
     fs.mkdirSync(dir, { recursive: true });
     write(dir, {
@@ -189,8 +189,8 @@ describe('installed from the tarball into a fresh project', () => {
         strict: true, module: 'nodenext', moduleResolution: 'nodenext', target: 'es2020', lib: ['es2020', 'dom'],
         types: [], skipLibCheck: true, outDir: 'out' }, include: ['main.ts'] }),
       'main.ts': `
+        import 'tfjs-flash-attention/tf-namespace';   // before tfjs, as the README says
         import * as tf from '@tensorflow/tfjs';
-        import 'tfjs-flash-attention/tf-namespace';
         async function main(): Promise<void> {
           await tf.setBackend('cpu');
           const q = tf.randomNormal([1, 6, 2, 4]);
