@@ -9,7 +9,7 @@
  * code, which bundles for Node (webpack, esbuild) and other backends' users rely on.
  */
 import { getKernel, registerKernel } from '@tensorflow/tfjs-core';
-import { FlashAttention } from '../../src/kernel_names';
+import { FlashAttention } from '../../src/contract';
 import { flashAttentionGradTensorflowConfig, flashAttentionTensorflowConfig } from './flash_attention_tensorflow';
 import { loadOpLibrary, OpLibraryStatus } from './op_library';
 
