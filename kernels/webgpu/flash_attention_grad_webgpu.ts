@@ -11,19 +11,16 @@
  */
 import { KernelConfig, KernelFunc, TensorInfo } from '@tensorflow/tfjs-core';
 import { FlashAttentionAttrs, FlashAttentionGrad, FlashAttentionGradInputs } from '../../src/kernel_names';
+import { OPTION_UNIFORMS, OptionFlags, optionFlags, optionHelpers, optionUniforms } from './attention_wgsl';
 import {
-  keyTileLoopWGSL, loadTileWGSL, OPTION_UNIFORMS, prefetchedTileWGSL, OptionFlags, optionFlags, optionHelpers,
-  optionUniforms, queryRangeWGSL,
-} from './attention_wgsl';
-import {
-  attentionShape, AttentionShape, dotTileWGSL, keptAt, keptBitsWGSL, passPrologueWGSL, registersWGSL, tileConstants,
-  vec4sPerThread, weightedSumWGSL,
-} from './flash_attention_webgpu';
-import {
-  checkBindingSizes, checkDispatch, deviceLimits, FlashProgram, runProgram, shaderKeyOf, unpack,
-  unroll, WebGPUBackend, withDeviceErrorCheck,
+  attentionShape, AttentionShape, checkBindingSizes, checkDispatch, deviceLimits, FlashProgram, runProgram,
+  shaderKeyOf, unpack, unroll, WebGPUBackend, withDeviceErrorCheck,
 } from './program';
 import { chooseTiles, threadsOf, TileConfig, vec4Count } from './tiles';
+import {
+  dotTileWGSL, keptAt, keptBitsWGSL, keyTileLoopWGSL, loadTileWGSL, passPrologueWGSL, prefetchedTileWGSL,
+  queryRangeWGSL, registersWGSL, tileConstants, vec4sPerThread, weightedSumWGSL,
+} from './wgsl_fragments';
 
 /** Backward preprocess: stats = [logsumexp (copied), D = rowsum(dO * O)], each [B, H, Nq]. */
 
