@@ -137,7 +137,9 @@ function blockForward(q: Tensor, k: Tensor, v: Tensor, scorer: BlockScorer): { o
   return tidy(() => {
     const empty = equal(l, 0);                                   // no key left after masking
     const lSafe = whereAnyRank(empty, onesLike(l), l);
-    const out4 = div(acc, reshape(lSafe, [B, Hkv, g * Nq, 1]));  // acc is 0 on empty rows
+    // acc is 0 on empty rows unless a masked value was NaN or infinite (0 * NaN): out is 0 there.
+    const emptyRows = broadcastTo(reshape(empty, [B, Hkv, g * Nq, 1]), acc.shape);
+    const out4 = whereAnyRank(emptyRows, zerosLike(acc), div(acc, reshape(lSafe, [B, Hkv, g * Nq, 1])));
     const out = transpose(reshape(out4, [B, H, Nq, Dv]), [0, 2, 1, 3]);
     const lse = reshape(whereAnyRank(empty, broadcastTo(scalar(-Infinity), l.shape), add(m, log(lSafe))), [B, H, Nq]);
     dispose([m, l, acc]);
@@ -187,7 +189,9 @@ function blockBackward(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor
       dq4 = dqNew;
       dkBlocks.push(step.dkB); dvBlocks.push(step.dvB);
     }
-    const dq = transpose(reshape(dq4, [B, H, Nq, D]), [0, 2, 1, 3]);
+    // A fully masked row has zero dq, even where a masked key was NaN or infinite (0 * NaN).
+    const emptyRows = broadcastTo(reshape(equal(lse5, -Infinity), [B, Hkv, g * Nq, 1]), dq4.shape);
+    const dq = transpose(reshape(whereAnyRank(emptyRows, zerosLike(dq4), dq4), [B, H, Nq, D]), [0, 2, 1, 3]);
     const dk = transpose(concat(dkBlocks, 2), [0, 2, 1, 3]);
     const dv = transpose(concat(dvBlocks, 2), [0, 2, 1, 3]);
     return [dq, dk, dv];

@@ -54,20 +54,46 @@ export const NEG_HALF = '-1.0e38';
  * Helpers, all taking the query row i and key column j in sequence coordinates, and
  * off = seqK - seqQ (bottom-right alignment):
  *  - scoreOf(raw, i, j, off, slope) -> s after softcap and ALiBi;
- *  - scoreAndGrad(raw, ...) -> vec2(s, ds/draw / 1) for the backward (softcap's 1 - tanh^2);
+ *  - scoreAndGrad(raw, ...) -> vec2(s, ds/draw) for the backward (softcap's 1 - tanh^2);
  *  - isKept(b, h, i, j, nq, nk, off): window, bounds and mask;
  *  - tileFullyKept(i0, i1, j0, j1, nq, nk, off): every (i, j) of the tile is kept, so the
  *    per-element test can be skipped (interior tiles of causal/windowed attention);
  *  - dropoutRowKey(bh, i), dropoutScale(rowKey, j): the counter-based hash of src/dropout.ts.
  */
 export function optionHelpers(f: OptionFlags): string {
+  return `${NON_FINITE_HELPERS}${optionFunctions(f)}`;
+}
+
+/**
+ * Non-finite values tested on their bits: implementations may assume finite math, and exp, log,
+ * max and comparisons do not pass NaN on reliably (SwiftShader: exp(NaN) = +inf, log(NaN) = +inf,
+ * max(NaN, x) = x), so a kernel that must propagate NaN decides it with these.
+ *  - poisons(x): x is NaN or +inf, a score that turns its row into NaN in the composite
+ *    (exp(inf - inf)); -inf is not: its probability is 0;
+ *  - quietNaN(x): a NaN made from x's bits (WGSL has no NaN literal; x is NaN or +inf).
+ */
+const NON_FINITE_HELPERS = `
+    fn poisons(x : f32) -> bool {
+      let bits = bitcast<u32>(x);
+      return ((bits & 0x7fffffffu) > 0x7f800000u) | (bits == 0x7f800000u);
+    }
+    fn quietNaN(x : f32) -> f32 { return bitcast<f32>(bitcast<u32>(x) | 0x7fc00000u); }`;
+
+function optionFunctions(f: OptionFlags): string {
   const tanh = `
-    // tanh from exp: GPU tanh built-ins may be low-precision approximations.
-    fn preciseTanh(x : f32) -> f32 {
-      let t = exp(-2.0 * abs(x));
-      return sign(x) * (1.0 - t) / (1.0 + t);
+    // (tanh x, 1 - tanh^2 x) from e = exp(-2|x|): GPU tanh built-ins may be low-precision
+    // approximations. Below |x| = 1/4, 1 - e cancels (the relative error grew as the softcap
+    // grew), so tanh is the odd series to x^9 there (truncation < 1e-8 relative); 1 - tanh^2 is
+    // 4e / (1 + e)^2, which has no cancellation anywhere.
+    fn tanhAndSech2(x : f32) -> vec2<f32> {
+      let a = abs(x);
+      let e = exp(-2.0 * a);
+      let x2 = x * x;
+      let series = x * (1.0 + x2 * (-1.0 / 3.0 + x2 * (2.0 / 15.0 + x2 * (-17.0 / 315.0 + x2 * (62.0 / 2835.0)))));
+      let t = select(sign(x) * (1.0 - e) / (1.0 + e), series, a < 0.25);
+      return vec2<f32>(t, 4.0 * e / ((1.0 + e) * (1.0 + e)));
     }`;
-  const softcapped = f.softcap ? 'uniforms.softcap * preciseTanh(raw / uniforms.softcap)' : 'raw';
+  const softcapped = f.softcap ? 'uniforms.softcap * tanhAndSech2(raw / uniforms.softcap).x' : 'raw';
   const alibi = f.alibi ? ' - slope * f32(abs(i + off - j))' : '';
   return `
     ${f.softcap ? tanh : ''}
@@ -75,8 +101,8 @@ export function optionHelpers(f: OptionFlags): string {
       return ${softcapped}${alibi};
     }
     fn scoreAndGrad(raw : f32, i : i32, j : i32, off : i32, slope : f32) -> vec2<f32> {
-      ${f.softcap ? `let t = preciseTanh(raw / uniforms.softcap);
-      return vec2<f32>(uniforms.softcap * t${alibi}, 1.0 - t * t);`
+      ${f.softcap ? `let t = tanhAndSech2(raw / uniforms.softcap);
+      return vec2<f32>(uniforms.softcap * t.x${alibi}, t.y);`
                   : `return vec2<f32>(raw${alibi}, 1.0);`}
     }
     ${f.mask ? `

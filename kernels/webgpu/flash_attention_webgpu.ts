@@ -108,7 +108,7 @@ export class FlashForwardProgram extends FlashProgram {
             let j = col0 + tc + TC * ${c};
             let x = select(NEG_BIG, scoreOf(s_${r}_${c}, i, j, off, slope), ${keptAt(t, r, c)});
             s_${r}_${c} = x;
-            rowMax = max(rowMax, x);
+            rowMax = max(rowMax, select(x, NEG_BIG, poisons(x)));
           }`)}
           ${reduce.publish('rowMax', 'max', r)}
         }`)}
@@ -119,7 +119,8 @@ export class FlashForwardProgram extends FlashProgram {
           ${reduce.combine('tileMax', 'rowMax', 'max', r)}
           let newMax = max(m_${r}, tileMax);
           // Online softmax: rescale what was accumulated under the old max. Both maxima are
-          // finite (NEG_BIG when nothing is kept yet), so alpha is never NaN.
+          // finite (NEG_BIG while nothing is kept; NaN and +inf scores are left out of them), so
+          // alpha is never NaN.
           let alpha = exp(m_${r} - newMax);
           m_${r} = newMax;
           l_${r} *= alpha;
@@ -127,7 +128,10 @@ export class FlashForwardProgram extends FlashProgram {
           ${cols(c => `{
             let col = tc + TC * ${c};
             let x = s_${r}_${c};
-            let p = select(0.0, exp(x - newMax), x > NEG_HALF);
+            // Masking follows the keep bit, never a comparison of the score: a masked score
+            // contributes exactly 0, and a kept NaN or +inf one a NaN (the composite's
+            // exp(inf - inf)) that makes the row's sum, output and logsumexp NaN.
+            let p = select(select(0.0, exp(x - newMax), ${keptAt(t, r, c)}), quietNaN(x), poisons(x));
             l_${r} += p;   // the normaliser ignores dropout
             pTile[row][col / 4][col % 4] = p * dropoutScale(rowKey_${r}, col0 + col);
           }`)}
@@ -150,16 +154,20 @@ export class FlashForwardProgram extends FlashProgram {
         let i = row0 + row;
         ${reduce.combine('rowSum', 'rowSum', 'add', r)}
         if (i < nq) {
-          // A row with no kept key: out 0, logsumexp -Infinity.
-          let inv = select(0.0, 1.0 / rowSum, rowSum > 0.0);
+          // A row with no kept key (sum exactly 0): out 0 (even where acc holds 0 * NaN of a
+          // masked value), logsumexp -Infinity. A NaN sum is not empty: it propagates.
+          let empty = rowSum == 0.0;
+          let inv = 1.0 / select(rowSum, 1.0, empty);
           let base = ((b * nq + i) * heads + h) * DV;
           ${unroll(vj, jj => `{
             let c4 = tc + TC * ${jj};
-            ${unroll(4, e => `if (c4 * 4 + ${e} < DV) { result[base + c4 * 4 + ${e}] = acc_${r}_${jj}[${e}] * inv; }`)}
+            let o = select(acc_${r}_${jj} * inv, vec4<f32>(0.0), empty);
+            ${unroll(4, e => `if (c4 * 4 + ${e} < DV) { result[base + c4 * 4 + ${e}] = o[${e}]; }`)}
           }`)}
           if (tc == 0) {
-            result[outSize + (b * heads + h) * nq + i] =
-                select(-uniforms.INFINITY, m_${r} + log(rowSum), rowSum > 0.0);
+            // log(NaN) is not NaN everywhere (SwiftShader: +inf), so a NaN sum is passed on itself.
+            let lse = select(m_${r} + log(rowSum), rowSum, poisons(rowSum));
+            result[outSize + (b * heads + h) * nq + i] = select(lse, -uniforms.INFINITY, empty);
           }
         }
       }`)}
