@@ -1,47 +1,10 @@
 /**
  * WGSL shared by the forward and backward programs: the contract's per-element semantics
- * (src/kernel_names.ts) as helper functions. Each option is a compile-time switch: a disabled
+ * (src/contract/kernel_names.ts) as helper functions. Each option is a compile-time switch: a disabled
  * option compiles to a stub (onnxruntime's WGSL-template style), so one kernel family serves
  * every combination and the disabled cases cost nothing.
  */
-import { FlashAttentionAttrs } from '../../src/kernel_names';
-import { dropoutThreshold } from '../../src/dropout';
-import { Uniform } from './program';
-
-/** Which options a program is compiled with. */
-export interface OptionFlags {
-  window: boolean;
-  alibi: boolean;
-  softcap: boolean;
-  mask: boolean;
-  dropout: boolean;
-}
-
-export function optionFlags(a: FlashAttentionAttrs): OptionFlags {
-  return {
-    window: a.windowLeft >= 0 || a.windowRight >= 0,
-    alibi: a.hasAlibi,
-    softcap: a.softcap > 0,
-    mask: a.hasMask,
-    dropout: a.dropoutRate > 0,
-  };
-}
-
-/** Program-defined uniforms shared by the attention passes; field order = OPTION_UNIFORMS. */
-export const OPTION_UNIFORMS =
-    'scale : f32, softcap : f32, windowLeft : i32, windowRight : i32, seed : u32, dropThreshold : u32, dropScale : f32,';
-
-export function optionUniforms(a: FlashAttentionAttrs): Uniform[] {
-  return [
-    { type: 'float32', data: [a.scale] },
-    { type: 'float32', data: [a.softcap > 0 ? a.softcap : 1] },
-    { type: 'int32', data: [a.windowLeft] },
-    { type: 'int32', data: [a.windowRight] },
-    { type: 'uint32', data: [a.seed >>> 0] },
-    { type: 'uint32', data: [dropoutThreshold(a.dropoutRate)] },
-    { type: 'float32', data: [a.dropoutRate > 0 ? 1 / (1 - a.dropoutRate) : 1] },
-  ];
-}
+import { OptionFlags } from '../../src/contract';
 
 /**
  * Masked scores are set to this finite sentinel rather than -inf: WGSL lets implementations
@@ -58,7 +21,7 @@ export const NEG_HALF = '-1.0e38';
  *  - isKept(b, h, i, j, nq, nk, off): window, bounds and mask;
  *  - tileFullyKept(i0, i1, j0, j1, nq, nk, off): every (i, j) of the tile is kept, so the
  *    per-element test can be skipped (interior tiles of causal/windowed attention);
- *  - dropoutRowKey(bh, i), dropoutScale(rowKey, j): the counter-based hash of src/dropout.ts.
+ *  - dropoutRowKey(bh, i), dropoutScale(rowKey, j): the counter-based hash of src/contract/dropout.ts.
  */
 export function optionHelpers(f: OptionFlags): string {
   return `${NON_FINITE_HELPERS}${optionFunctions(f)}`;
@@ -80,29 +43,31 @@ const NON_FINITE_HELPERS = `
     fn quietNaN(x : f32) -> f32 { return bitcast<f32>(bitcast<u32>(x) | 0x7fc00000u); }`;
 
 function optionFunctions(f: OptionFlags): string {
-  const tanh = `
-    // (tanh x, 1 - tanh^2 x) from e = exp(-2|x|): GPU tanh built-ins may be low-precision
-    // approximations. Below |x| = 1/4, 1 - e cancels (the relative error grew as the softcap
-    // grew), so tanh is the odd series to x^9 there (truncation < 1e-8 relative); 1 - tanh^2 is
-    // 4e / (1 + e)^2, which has no cancellation anywhere.
-    fn tanhAndSech2(x : f32) -> vec2<f32> {
+  const softcapTerms = `
+    // (softcap * tanh(raw / softcap), 1 - tanh^2) from e = exp(-2|x|), x = raw / softcap: GPU
+    // tanh built-ins may be low-precision approximations. Below |x| = 1/4, 1 - e cancels (the
+    // error grew with the softcap), so there the score is raw times the odd series of tanh(x) / x
+    // (truncation < 1e-8 relative; exact even where x underflows, softcap near 3e38);
+    // 1 - tanh^2 is 4e / (1 + e)^2, which has no cancellation anywhere.
+    fn softcapTerms(raw : f32) -> vec2<f32> {
+      let x = raw / uniforms.softcap;
       let a = abs(x);
       let e = exp(-2.0 * a);
       let x2 = x * x;
-      let series = x * (1.0 + x2 * (-1.0 / 3.0 + x2 * (2.0 / 15.0 + x2 * (-17.0 / 315.0 + x2 * (62.0 / 2835.0)))));
-      let t = select(sign(x) * (1.0 - e) / (1.0 + e), series, a < 0.25);
-      return vec2<f32>(t, 4.0 * e / ((1.0 + e) * (1.0 + e)));
+      let nearZero = raw * (1.0 + x2 * (-1.0 / 3.0 + x2 * (2.0 / 15.0 + x2 * (-17.0 / 315.0 + x2 * (62.0 / 2835.0)))));
+      let s = select(uniforms.softcap * sign(x) * (1.0 - e) / (1.0 + e), nearZero, a < 0.25);
+      return vec2<f32>(s, 4.0 * e / ((1.0 + e) * (1.0 + e)));
     }`;
-  const softcapped = f.softcap ? 'uniforms.softcap * tanhAndSech2(raw / uniforms.softcap).x' : 'raw';
+  const softcapped = f.softcap ? 'softcapTerms(raw).x' : 'raw';
   const alibi = f.alibi ? ' - slope * f32(abs(i + off - j))' : '';
   return `
-    ${f.softcap ? tanh : ''}
+    ${f.softcap ? softcapTerms : ''}
     fn scoreOf(raw : f32, i : i32, j : i32, off : i32, slope : f32) -> f32 {
       return ${softcapped}${alibi};
     }
     fn scoreAndGrad(raw : f32, i : i32, j : i32, off : i32, slope : f32) -> vec2<f32> {
-      ${f.softcap ? `let t = tanhAndSech2(raw / uniforms.softcap);
-      return vec2<f32>(uniforms.softcap * t.x${alibi}, t.y);`
+      ${f.softcap ? `let t = softcapTerms(raw);
+      return vec2<f32>(t.x${alibi}, t.y);`
                   : `return vec2<f32>(raw${alibi}, 1.0);`}
     }
     ${f.mask ? `
@@ -118,8 +83,10 @@ function optionFunctions(f: OptionFlags): string {
     fn isKept(b : i32, h : i32, i : i32, j : i32, nq : i32, nk : i32, off : i32) -> bool {
       var keep = (i < nq) & (j < nk);
       ${f.window ? `
-      keep = keep & ((uniforms.windowLeft < 0) | (j >= i + off - uniforms.windowLeft));
-      keep = keep & ((uniforms.windowRight < 0) | (j <= i + off + uniforms.windowRight));` : ''}
+      // Offsets from the diagonal are bounded by the sequence lengths; i + off + window could
+      // overflow i32 for windows near 2^31.
+      keep = keep & ((uniforms.windowLeft < 0) | (i + off - j <= uniforms.windowLeft));
+      keep = keep & ((uniforms.windowRight < 0) | (j - i - off <= uniforms.windowRight));` : ''}
       ${f.mask ? 'keep = keep & maskAt(b, h, min(i, nq - 1), min(j, nk - 1));' : ''}
       return keep;
     }
@@ -128,8 +95,8 @@ function optionFunctions(f: OptionFlags): string {
       ${f.mask ? 'return false;' : `
       var full = i1 <= nq && j1 <= nk;
       ${f.window ? `
-      if (uniforms.windowLeft >= 0) { full = full && j0 >= i1 - 1 + off - uniforms.windowLeft; }
-      if (uniforms.windowRight >= 0) { full = full && j1 - 1 <= i0 + off + uniforms.windowRight; }` : ''}
+      if (uniforms.windowLeft >= 0) { full = full && i1 - 1 + off - j0 <= uniforms.windowLeft; }
+      if (uniforms.windowRight >= 0) { full = full && j1 - 1 - i0 - off <= uniforms.windowRight; }` : ''}
       return full;`}
     }
     ${f.dropout ? `

@@ -6,14 +6,17 @@
  * ever stored. Key tiles a query tile cannot see (causal, sliding window) are skipped whole.
  */
 import { KernelConfig, KernelFunc, TensorInfo } from '@tensorflow/tfjs-core';
-import { FlashAttention, FlashAttentionAttrs, FlashAttentionInputs } from '../../src/kernel_names';
-import { OPTION_UNIFORMS, OptionFlags, optionFlags, optionHelpers, optionUniforms } from './attention_wgsl';
 import {
-  attentionShape, AttentionShape, checkBindingSizes, checkDispatch, deviceLimits, FlashProgram, runProgram,
+  AttentionProblem, attentionProblem, FlashAttention, FlashAttentionAttrs, FlashAttentionInputs, OptionFlags,
+} from '../../src/contract';
+import { optionHelpers } from './attention_wgsl';
+import {
+  checkBindingSizes, checkDispatch, deviceLimits, FlashProgram, runProgram,
   shaderKeyOf, unpack, unroll, WebGPUBackend, withDeviceErrorCheck,
 } from './program';
 import { subgroupMinSizeOf } from './subgroups';
 import { chooseTiles, threadsOf, TileConfig, vec4Count } from './tiles';
+import { optionUniforms } from './uniforms';
 import {
   dotTileWGSL, keptAt, keptBitsWGSL, keyTileLoopWGSL, loadTileWGSL, passPrologueWGSL, prefetchedTileWGSL,
   registersWGSL, rowReduction, rowShuffleWidth, tileConstants, vec4sPerThread, weightedSumWGSL,
@@ -24,15 +27,16 @@ export class FlashForwardProgram extends FlashProgram {
   outputShape: number[];
   workgroupSize: [number, number, number];
   dispatch: [number, number, number];
-  uniforms = OPTION_UNIFORMS;
+  uniforms: string;
 
   /**
    * subgroupSize: the smallest subgroup size of the device when the row reductions may use
    * subgroup shuffles (see subgroups.ts), 0 for the workgroup-memory path.
    */
-  constructor(private s: AttentionShape, private tiles: TileConfig, private flags: OptionFlags,
+  constructor(private s: AttentionProblem, private tiles: TileConfig, private flags: OptionFlags,
               private subgroupSize = 0) {
     super();
+    this.uniforms = optionUniforms(s).fields;
     // One packed output: out [B, Nq, H, Dv], then logsumexp [B, H, Nq].
     this.outputShape = [s.batch * s.seqQ * s.heads * s.headDimV + s.batch * s.heads * s.seqQ];
     this.workgroupSize = [threadsOf(tiles), 1, 1];
@@ -180,15 +184,15 @@ export function flashAttentionWebGPU(
     args: { inputs: FlashAttentionInputs, backend: WebGPUBackend, attrs: FlashAttentionAttrs }): TensorInfo[] {
   const { inputs, backend, attrs } = args;
   const { q, k, v, alibiSlopes, mask } = inputs as unknown as Record<string, TensorInfo>;
-  const s = attentionShape(q, k, v);
+  const s = attentionProblem(q.shape, k.shape, v.shape, attrs);
   const limits = deviceLimits(backend);
   const program = new FlashForwardProgram(s, chooseTiles('forward', limits, s.headDim, s.headDimV),
-                                          optionFlags(attrs), subgroupMinSizeOf(backend));
+                                          s.flags, subgroupMinSizeOf(backend));
   checkBindingSizes(limits, [['q', q.shape], ['k', k.shape], ['v', v.shape], ['mask', mask.shape],
                              ['the output and logsumexp', program.outputShape]]);
   checkDispatch(limits, program.dispatch);
   return withDeviceErrorCheck(backend, () => {
-    const packed = runProgram(backend, program, [q, k, v, alibiSlopes, mask], optionUniforms(attrs));
+    const packed = runProgram(backend, program, [q, k, v, alibiSlopes, mask], optionUniforms(s).data);
     return unpack(backend, packed, [[s.batch, s.seqQ, s.heads, s.headDimV], [s.batch, s.heads, s.seqQ]]);
   });
 }

@@ -5,21 +5,9 @@
  */
 import type { WebGPUBackend, WebGPUProgram } from '@tensorflow/tfjs-backend-webgpu';
 import { TensorInfo, util } from '@tensorflow/tfjs-core';
-import { check, shapeStr } from '../../src/options';
+import { check, shapeStr } from '../../src/contract';
 
 export type { WebGPUBackend };
-
-/** The problem's dimensions, as the WebGPU passes read them from the input shapes. */
-export interface AttentionShape {
-  batch: number; seqQ: number; seqK: number; heads: number; kvHeads: number;
-  headDim: number; headDimV: number;
-}
-
-export function attentionShape(q: TensorInfo, k: TensorInfo, v: TensorInfo): AttentionShape {
-  const [batch, seqQ, heads, headDim] = q.shape;
-  const [, seqK, kvHeads] = k.shape;
-  return { batch, seqQ, seqK, heads, kvHeads, headDim, headDimV: v.shape[3] };
-}
 
 /** One program-defined uniform, in the order its field appears in `program.uniforms`. */
 export interface Uniform { type: 'float32' | 'int32' | 'uint32'; data: number[]; }

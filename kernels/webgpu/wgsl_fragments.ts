@@ -9,7 +9,8 @@
  * constants (ROWS, COLS, TC, RPT, NT, ...) are declared by tileConstants here, and the option
  * functions (isKept, tileFullyKept, ...) by optionHelpers in attention_wgsl.ts.
  */
-import { NEG_BIG, NEG_HALF, OptionFlags } from './attention_wgsl';
+import { OptionFlags } from '../../src/contract';
+import { NEG_BIG, NEG_HALF } from './attention_wgsl';
 import { unroll } from './program';
 import { paddedVec4, threadsOf, TileConfig, vec4Count } from './tiles';
 
@@ -107,8 +108,13 @@ export function keyRangeWGSL(f: OptionFlags, i0: string, i1: string, n: PassName
     var colBegin = 0;
     var colEnd = ${n.seqK};
     ${f.window ? `
-    if (uniforms.windowLeft >= 0) { colBegin = max(0, ${i0} + ${n.offset} - uniforms.windowLeft); }
-    if (uniforms.windowRight >= 0) { colEnd = min(${n.seqK}, ${i1} + ${n.offset} + uniforms.windowRight); }` : ''}`;
+    // Compared before adding, so windows near 2^31 cannot overflow i32.
+    if (uniforms.windowLeft >= 0 && uniforms.windowLeft < ${i0} + ${n.offset}) {
+      colBegin = ${i0} + ${n.offset} - uniforms.windowLeft;
+    }
+    if (uniforms.windowRight >= 0 && uniforms.windowRight < ${n.seqK} - ${i1} - ${n.offset}) {
+      colEnd = ${i1} + ${n.offset} + uniforms.windowRight;
+    }` : ''}`;
 }
 
 /** Query rows [begin, end) that see some key of columns [j0, j1), as `rowBegin`/`rowEnd`. */
@@ -117,8 +123,12 @@ export function queryRangeWGSL(f: OptionFlags, j0: string, j1: string, n: PassNa
     var rowBegin = 0;
     var rowEnd = ${n.seqQ};
     ${f.window ? `
-    if (uniforms.windowRight >= 0) { rowBegin = max(0, ${j0} - ${n.offset} - uniforms.windowRight); }
-    if (uniforms.windowLeft >= 0) { rowEnd = min(${n.seqQ}, ${j1} - ${n.offset} + uniforms.windowLeft); }` : ''}`;
+    if (uniforms.windowRight >= 0 && uniforms.windowRight < ${j0} - ${n.offset}) {
+      rowBegin = ${j0} - ${n.offset} - uniforms.windowRight;
+    }
+    if (uniforms.windowLeft >= 0 && uniforms.windowLeft < ${n.seqQ} - ${j1} + ${n.offset}) {
+      rowEnd = ${j1} - ${n.offset} + uniforms.windowLeft;
+    }` : ''}`;
 }
 
 /** Where a tile's rows come from: rows of a [batch, seqLen, heads, width] tensor. */

@@ -8,8 +8,8 @@
  * A tiled kernel skips whole tiles the mask hides, so it sits between the two: checkOutput accepts,
  * element by element, what either form gives.
  */
-import { dropoutKeep } from '../../src/dropout';
-import { CaseData, caseAttrs, CaseSpec, rng } from './attention_case';
+import { dropoutKeep } from '../../src/contract';
+import { CaseData, caseAttrs, CaseSpec, rng } from './cases';
 
 type Outputs = Record<'out' | 'lse' | 'dq' | 'dk' | 'dv', Float64Array>;
 
