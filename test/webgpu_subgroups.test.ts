@@ -8,7 +8,7 @@ import * as tf from '@tensorflow/tfjs';
 import '../src/index';
 import { useWebGPUWithSubgroups } from '../src/index';
 import { subgroupMinSizeOf } from '../kernels/webgpu/subgroups';
-import { rowShuffleWidth } from '../kernels/webgpu/flash_attention_webgpu';
+import { rowShuffleWidth } from '../kernels/webgpu/wgsl_fragments';
 import { setTileConfigOverride, TileConfig } from '../kernels/webgpu/tiles';
 import type { WebGPUBackend } from '@tensorflow/tfjs-backend-webgpu';
 import { CaseSpec, caseData, compare, describeCase, F32_TOLERANCE, reference, runOp } from './helpers/attention_case';

@@ -125,7 +125,9 @@ function blockForward(q: Tensor, k: Tensor, v: Tensor, scorer: BlockScorer): { o
   return tidy(() => {
     const empty = equal(l, 0);                                   // no key left after masking
     const lSafe = whereAnyRank(empty, onesLike(l), l);
-    const out4 = div(acc, reshape(lSafe, [batch, kvHeads, group * seqQ, 1]));  // acc is 0 on empty rows
+    // acc is 0 on empty rows unless a masked value was NaN or infinite (0 * NaN): out is 0 there.
+    const emptyRows = broadcastTo(reshape(empty, [batch, kvHeads, group * seqQ, 1]), acc.shape);
+    const out4 = whereAnyRank(emptyRows, zerosLike(acc), div(acc, reshape(lSafe, [batch, kvHeads, group * seqQ, 1])));
     const out = transpose(reshape(out4, [batch, heads, seqQ, headDimV]), [0, 2, 1, 3]);
     const logSumExp = reshape(whereAnyRank(empty, broadcastTo(scalar(-Infinity), l.shape), add(m, log(lSafe))),
                               [batch, heads, seqQ]);
@@ -176,7 +178,9 @@ function blockBackward(q: Tensor, k: Tensor, v: Tensor, out: Tensor, logSumExp: 
       dq4 = dqNew;
       dkBlocks.push(step.dkB); dvBlocks.push(step.dvB);
     }
-    const dq = transpose(reshape(dq4, [batch, heads, seqQ, headDim]), [0, 2, 1, 3]);
+    // A fully masked row has zero dq, even where a masked key was NaN or infinite (0 * NaN).
+    const emptyRows = broadcastTo(reshape(equal(logSumExp5, -Infinity), [batch, kvHeads, group * seqQ, 1]), dq4.shape);
+    const dq = transpose(reshape(whereAnyRank(emptyRows, zerosLike(dq4), dq4), [batch, heads, seqQ, headDim]), [0, 2, 1, 3]);
     const dk = transpose(concat(dkBlocks, 2), [0, 2, 1, 3]);
     const dv = transpose(concat(dvBlocks, 2), [0, 2, 1, 3]);
     return [dq, dk, dv];

@@ -17,29 +17,57 @@ export const NEG_HALF = '-1.0e38';
  * Helpers, all taking the query row i and key column j in sequence coordinates, and
  * off = seqK - seqQ (bottom-right alignment):
  *  - scoreOf(raw, i, j, off, slope) -> s after softcap and ALiBi;
- *  - scoreAndGrad(raw, ...) -> vec2(s, ds/draw / 1) for the backward (softcap's 1 - tanh^2);
+ *  - scoreAndGrad(raw, ...) -> vec2(s, ds/draw) for the backward (softcap's 1 - tanh^2);
  *  - isKept(b, h, i, j, nq, nk, off): window, bounds and mask;
  *  - tileFullyKept(i0, i1, j0, j1, nq, nk, off): every (i, j) of the tile is kept, so the
  *    per-element test can be skipped (interior tiles of causal/windowed attention);
  *  - dropoutRowKey(bh, i), dropoutScale(rowKey, j): the counter-based hash of src/contract/dropout.ts.
  */
 export function optionHelpers(f: OptionFlags): string {
-  const tanh = `
-    // tanh from exp: GPU tanh built-ins may be low-precision approximations.
-    fn preciseTanh(x : f32) -> f32 {
-      let t = exp(-2.0 * abs(x));
-      return sign(x) * (1.0 - t) / (1.0 + t);
+  return `${NON_FINITE_HELPERS}${optionFunctions(f)}`;
+}
+
+/**
+ * Non-finite values tested on their bits: implementations may assume finite math, and exp, log,
+ * max and comparisons do not pass NaN on reliably (SwiftShader: exp(NaN) = +inf, log(NaN) = +inf,
+ * max(NaN, x) = x), so a kernel that must propagate NaN decides it with these.
+ *  - poisons(x): x is NaN or +inf, a score that turns its row into NaN in the composite
+ *    (exp(inf - inf)); -inf is not: its probability is 0;
+ *  - quietNaN(x): a NaN made from x's bits (WGSL has no NaN literal; x is NaN or +inf).
+ */
+const NON_FINITE_HELPERS = `
+    fn poisons(x : f32) -> bool {
+      let bits = bitcast<u32>(x);
+      return ((bits & 0x7fffffffu) > 0x7f800000u) | (bits == 0x7f800000u);
+    }
+    fn quietNaN(x : f32) -> f32 { return bitcast<f32>(bitcast<u32>(x) | 0x7fc00000u); }`;
+
+function optionFunctions(f: OptionFlags): string {
+  const softcapTerms = `
+    // (softcap * tanh(raw / softcap), 1 - tanh^2) from e = exp(-2|x|), x = raw / softcap: GPU
+    // tanh built-ins may be low-precision approximations. Below |x| = 1/4, 1 - e cancels (the
+    // error grew with the softcap), so there the score is raw times the odd series of tanh(x) / x
+    // (truncation < 1e-8 relative; exact even where x underflows, softcap near 3e38);
+    // 1 - tanh^2 is 4e / (1 + e)^2, which has no cancellation anywhere.
+    fn softcapTerms(raw : f32) -> vec2<f32> {
+      let x = raw / uniforms.softcap;
+      let a = abs(x);
+      let e = exp(-2.0 * a);
+      let x2 = x * x;
+      let nearZero = raw * (1.0 + x2 * (-1.0 / 3.0 + x2 * (2.0 / 15.0 + x2 * (-17.0 / 315.0 + x2 * (62.0 / 2835.0)))));
+      let s = select(uniforms.softcap * sign(x) * (1.0 - e) / (1.0 + e), nearZero, a < 0.25);
+      return vec2<f32>(s, 4.0 * e / ((1.0 + e) * (1.0 + e)));
     }`;
-  const softcapped = f.softcap ? 'uniforms.softcap * preciseTanh(raw / uniforms.softcap)' : 'raw';
+  const softcapped = f.softcap ? 'softcapTerms(raw).x' : 'raw';
   const alibi = f.alibi ? ' - slope * f32(abs(i + off - j))' : '';
   return `
-    ${f.softcap ? tanh : ''}
+    ${f.softcap ? softcapTerms : ''}
     fn scoreOf(raw : f32, i : i32, j : i32, off : i32, slope : f32) -> f32 {
       return ${softcapped}${alibi};
     }
     fn scoreAndGrad(raw : f32, i : i32, j : i32, off : i32, slope : f32) -> vec2<f32> {
-      ${f.softcap ? `let t = preciseTanh(raw / uniforms.softcap);
-      return vec2<f32>(uniforms.softcap * t${alibi}, 1.0 - t * t);`
+      ${f.softcap ? `let t = softcapTerms(raw);
+      return vec2<f32>(t.x${alibi}, t.y);`
                   : `return vec2<f32>(raw${alibi}, 1.0);`}
     }
     ${f.mask ? `
@@ -55,8 +83,10 @@ export function optionHelpers(f: OptionFlags): string {
     fn isKept(b : i32, h : i32, i : i32, j : i32, nq : i32, nk : i32, off : i32) -> bool {
       var keep = (i < nq) & (j < nk);
       ${f.window ? `
-      keep = keep & ((uniforms.windowLeft < 0) | (j >= i + off - uniforms.windowLeft));
-      keep = keep & ((uniforms.windowRight < 0) | (j <= i + off + uniforms.windowRight));` : ''}
+      // Offsets from the diagonal are bounded by the sequence lengths; i + off + window could
+      // overflow i32 for windows near 2^31.
+      keep = keep & ((uniforms.windowLeft < 0) | (i + off - j <= uniforms.windowLeft));
+      keep = keep & ((uniforms.windowRight < 0) | (j - i - off <= uniforms.windowRight));` : ''}
       ${f.mask ? 'keep = keep & maskAt(b, h, min(i, nq - 1), min(j, nk - 1));' : ''}
       return keep;
     }
@@ -65,8 +95,8 @@ export function optionHelpers(f: OptionFlags): string {
       ${f.mask ? 'return false;' : `
       var full = i1 <= nq && j1 <= nk;
       ${f.window ? `
-      if (uniforms.windowLeft >= 0) { full = full && j0 >= i1 - 1 + off - uniforms.windowLeft; }
-      if (uniforms.windowRight >= 0) { full = full && j1 - 1 <= i0 + off + uniforms.windowRight; }` : ''}
+      if (uniforms.windowLeft >= 0) { full = full && i1 - 1 + off - j0 <= uniforms.windowLeft; }
+      if (uniforms.windowRight >= 0) { full = full && j1 - 1 - i0 - off <= uniforms.windowRight; }` : ''}
       return full;`}
     }
     ${f.dropout ? `
@@ -86,125 +116,4 @@ export function optionHelpers(f: OptionFlags): string {
     fn dropoutScale(rowKey : u32, j : i32) -> f32 { return 1.0; }`}
     fn slopeOf(h : i32) -> f32 { return ${f.alibi ? 'alibiSlopes[h]' : '0.0'}; }
   `;
-}
-
-/**
- * Key columns [begin, end) that query rows [i0, i1) can see under the window (end <= begin:
- * none). As WGSL statements assigning `colBegin`/`colEnd`.
- */
-export function keyRangeWGSL(f: OptionFlags, i0: string, i1: string): string {
-  return `
-    var colBegin = 0;
-    var colEnd = nk;
-    ${f.window ? `
-    if (uniforms.windowLeft >= 0) { colBegin = max(0, ${i0} + off - uniforms.windowLeft); }
-    if (uniforms.windowRight >= 0) { colEnd = min(nk, ${i1} + off + uniforms.windowRight); }` : ''}`;
-}
-
-/** Query rows [begin, end) that see some key of columns [j0, j1), as `rowBegin`/`rowEnd`. */
-export function queryRangeWGSL(f: OptionFlags, j0: string, j1: string): string {
-  return `
-    var rowBegin = 0;
-    var rowEnd = nq;
-    ${f.window ? `
-    if (uniforms.windowRight >= 0) { rowBegin = max(0, ${j0} - off - uniforms.windowRight); }
-    if (uniforms.windowLeft >= 0) { rowEnd = min(nq, ${j1} - off + uniforms.windowLeft); }` : ''}`;
-}
-
-/**
- * Cooperative load of `count` rows of a [.., rows, heads, width] tensor into a workgroup tile of
- * vec4s (zero-padded past `width` and past the sequence end), optionally multiplied by `mul`.
- */
-export function loadTileWGSL(o: {
-  tile: string; src: string; width: string; width4: string; count: string;
-  first: string; seqLen: string; heads: string; head: string; mul?: string;
-}): string {
-  return `
-    for (var idx = tid; idx < ${o.count} * ${o.width4} * 4; idx += NT) {
-      let r = idx / (${o.width4} * 4);
-      let c = idx - r * (${o.width4} * 4);
-      let row = ${o.first} + r;
-      var x = 0.0;
-      if (row < ${o.seqLen} && c < ${o.width}) {
-        x = ${o.src}[((b * ${o.seqLen} + row) * ${o.heads} + ${o.head}) * ${o.width} + c]${o.mul ? ` * ${o.mul}` : ''};
-      }
-      ${o.tile}[r][c / 4][c % 4] = x;
-    }`;
-}
-
-/** Prefetch at most this many floats per thread per streamed tile. */
-export const MAX_PREFETCH_PER_THREAD = 16;
-
-/**
- * Software pipelining of a streamed tile: each thread loads its share of the next tile from
- * global memory into registers before the current tile's math, and stores it to workgroup memory
- * after the closing barrier, so global-memory latency hides behind compute.
- */
-export function prefetchedTileWGSL(o: {
-  name: string; tile: string; src: string; width: string; width4: number; count: number; threads: number;
-  seqLen: string; heads: string; head: string; mul?: string;
-}) {
-  const total = o.count * o.width4 * 4;
-  const perThread = Math.ceil(total / o.threads);
-  if (perThread > MAX_PREFETCH_PER_THREAD) {
-    // Too many registers (and, on SwiftShader, a shader compile that ran out of memory): load
-    // the tile directly at the top of the iteration instead. The loop must name its start col0.
-    return {
-      declare: '',
-      load: (_first: string) => '',
-      store: loadTileWGSL({ tile: o.tile, src: o.src, width: o.width, width4: String(o.width4),
-                            count: String(o.count), first: 'col0', seqLen: o.seqLen, heads: o.heads,
-                            head: o.head, mul: o.mul }),
-    };
-  }
-  const each = (body: (u: number) => string) =>
-      Array.from({ length: perThread }, (_, u) => body(u)).join('\n');
-  const guard = (u: number) => (u + 1) * o.threads > total ? `idx < ${total} && ` : '';
-  return {
-    declare: each(u => `var ${o.name}${u} = 0.0;`),
-    load: (first: string) => each(u => `{
-      let idx = tid + ${u * o.threads};
-      let r = idx / ${o.width4 * 4};
-      let c = idx - r * ${o.width4 * 4};
-      let row = ${first} + r;
-      var x = 0.0;
-      if (${guard(u)}row < ${o.seqLen} && c < ${o.width}) {
-        x = ${o.src}[((b * ${o.seqLen} + row) * ${o.heads} + ${o.head}) * ${o.width} + c]${o.mul ? ` * ${o.mul}` : ''};
-      }
-      ${o.name}${u} = x;
-    }`),
-    store: each(u => `{
-      let idx = tid + ${u * o.threads};
-      ${guard(u) ? `if (idx < ${total}) {` : '{'}
-        let r = idx / ${o.width4 * 4};
-        let c = idx - r * ${o.width4 * 4};
-        ${o.tile}[r][c / 4][c % 4] = ${o.name}${u};
-      }
-    }`),
-  };
-}
-
-/**
- * The loop over the key/value tiles that query rows [row0, row1) can see (keyRangeWGSL skips the
- * tiles the window masks entirely), shared by the forward inner loop and the dQ pass: each
- * iteration moves the prefetched tiles into workgroup memory, then starts loading the next ones
- * into registers so their latency overlaps this tile's compute. The body sees col0.
- */
-export function keyTileLoopWGSL(f: OptionFlags, tiles: ReturnType<typeof prefetchedTileWGSL>[], body: string): string {
-  const each = (g: (t: ReturnType<typeof prefetchedTileWGSL>) => string) => tiles.map(g).join('\n        ');
-  return `
-      ${keyRangeWGSL(f, 'row0', 'row1')}
-      ${each(t => t.declare)}
-      let firstCol = (colBegin / COLS) * COLS;
-      if (firstCol < colEnd) {
-        ${each(t => t.load('firstCol'))}
-      }
-      for (var col0 = firstCol; col0 < colEnd; col0 += COLS) {
-        ${each(t => t.store)}
-        workgroupBarrier();
-        if (col0 + COLS < colEnd) {
-          ${each(t => t.load('col0 + COLS'))}
-        }
-${body}
-      }`;
 }

@@ -23,14 +23,14 @@ import { KernelConfig, KernelFunc, TensorInfo } from '@tensorflow/tfjs-core';
 import {
   AttentionProblem, attentionProblem, FlashAttentionAttrs, FlashAttentionGrad, FlashAttentionGradInputs, OptionFlags,
 } from '../../src/contract';
-import { keyRangeWGSL, optionHelpers, queryRangeWGSL } from './attention_wgsl';
-import { passPrologueWGSL, registersWGSL, UNIFORM_WORKGROUP_ID_DECL } from './flash_attention_webgpu';
+import { optionHelpers } from './attention_wgsl';
 import {
   checkBindingSizes, checkDispatch, deviceLimits, FlashProgram, runProgram, shaderKeyOf, unpack,
   unroll, WebGPUBackend, withDeviceErrorCheck,
 } from './program';
 import { backwardLayout, chooseTiles, threadsOf, TileConfig, vec4Count } from './tiles';
 import { optionUniforms } from './uniforms';
+import { keyRangeWGSL, passPrologueWGSL, queryRangeWGSL, registersWGSL, tileConstants } from './wgsl_fragments';
 
 /** Backward preprocess: stats = [logsumexp (copied), D = rowsum(dO * O)], each [B, H, Nq]. */
 class BackwardPreprocessProgram extends FlashProgram {
@@ -77,22 +77,14 @@ const GRAD_INPUTS = ['q', 'k', 'v', 'alibiSlopes', 'mask', 'dy', 'stats'];
 function backwardConstants(t: TileConfig, headDim: number, headDimV: number): string {
   const l = backwardLayout(t, headDim, headDimV);
   return `
-    const ROWS = ${t.rows};
-    const COLS = ${t.cols};
-    const RPT = ${t.rowsPerThread};
+    ${tileConstants(t, headDim, headDimV)}
     const CPT = ${t.colsPerThread};
-    const TC = ${t.cols / t.colsPerThread};
-    const NT = ${threadsOf(t)};
     const DEPTH = ${l.depth};
     const ACC_DEPTH = ${l.accumulateDepth};
-    const D = ${headDim};
-    const D4 = ${vec4Count(headDim)};
-    const DV = ${headDimV};
-    const DV4 = ${vec4Count(headDimV)};
-    const ROWS4P = ${l.rows4p};
-    const COLS4P = ${l.cols4p};
-    ${UNIFORM_WORKGROUP_ID_DECL}
-    // Staging buffers, flat: [DEPTH][ROWS4P] or [DEPTH][COLS4P] transposed operand chunks for the
+    // vec4s per staged row of a transposed operand chunk, and per row of the P^T and dS^T tiles.
+    const ROWS_STAGE4 = ${l.rows4p};
+    const COLS_STAGE4 = ${l.cols4p};
+    // Staging buffers, flat: [DEPTH][ROWS_STAGE4] or [DEPTH][COLS_STAGE4] transposed operand chunks for the
     // score products, [ACC_DEPTH][width4] row chunks for the accumulating products.
     var<workgroup> stage0 : array<vec4<f32>, ${l.stageVec4s}>;
     var<workgroup> stage1 : array<vec4<f32>, ${l.stageVec4s}>;`;
@@ -171,7 +163,7 @@ function storeStageWGSL(loads: StageLoad[], t: TileConfig, depth: number): strin
     return unroll(Math.ceil(count / nt), u => {
       const idx = `tid + ${u * nt}`;
       const target = l.transposed
-          ? `${l.stage}[((${idx}) % DEPTH) * ${l.rows}4P + ((${idx}) / DEPTH) / 4][((${idx}) / DEPTH) % 4]`
+          ? `${l.stage}[((${idx}) % DEPTH) * ${l.rows}_STAGE4 + ((${idx}) / DEPTH) / 4][((${idx}) / DEPTH) % 4]`
           : `${l.stage}[((${idx}) / ${l.width4! * 4}) * ${l.width4} + ((${idx}) % ${l.width4! * 4}) / 4][(${idx}) % 4]`;
       return (u + 1) * nt > count ? `if (${idx} < ${count}) { ${target} = pf${n}_${u}; }` : `${target} = pf${n}_${u};`;
     });
@@ -202,8 +194,8 @@ function scorePhase(t: TileConfig, depth: number, acc: string, width: number, a:
                  { ...b, stage: 'stage1', transposed: true, rows: 'COLS', x0: `${k} * DEPTH` }],
     compute: () => `
         for (var x = 0; x < ${Math.min(depth, width)}; x++) {
-          ${readRunWGSL('av', i => `stage0[x * ROWS4P + ${i}]`, 'tr * RPT', t.rowsPerThread)}
-          ${readRunWGSL('bv', i => `stage1[x * COLS4P + ${i}]`, 'tc * CPT', t.colsPerThread)}
+          ${readRunWGSL('av', i => `stage0[x * ROWS_STAGE4 + ${i}]`, 'tr * RPT', t.rowsPerThread)}
+          ${readRunWGSL('bv', i => `stage1[x * COLS_STAGE4 + ${i}]`, 'tc * CPT', t.colsPerThread)}
           ${unroll(t.rowsPerThread, r => unroll(t.colsPerThread, c => `${acc}_${r}_${c} += av_${r} * bv_${c};`, ' '))}
         }`,
   };
@@ -290,7 +282,7 @@ function keptBitsWGSL(t: TileConfig, rowsAreQueries: boolean): string {
 const keptAt = (t: TileConfig, r: number, c: number) =>
     `((keptBits & ${(1 << (r * t.colsPerThread + c)) >>> 0}u) != 0u)`;
 
-/** Writes this thread's w_r_c registers (its rows x columns) into a [COLS][ROWS4P] tile. */
+/** Writes this thread's w_r_c registers (its rows x columns) into a [COLS][ROWS_STAGE4] tile. */
 function storeTransposedWGSL(t: TileConfig, tile: string, value: (r: number, c: number) => string): string {
   return unroll(t.colsPerThread, c => t.rowsPerThread % 4 === 0
       ? unroll(t.rowsPerThread / 4, q => `${tile}[tc * CPT + ${c}][tr * RPT / 4 + ${q}] = vec4<f32>(${
@@ -360,7 +352,7 @@ class DQProgram extends FlashProgram {
       { out: 'dq', weights: 'dsTile', perThread: dj, load: { ...kCols, width4: d4 } }])];
     return `
     ${backwardConstants(t, headDim, headDimV)}
-    var<workgroup> dsTile : array<array<vec4<f32>, ROWS4P>, COLS>;
+    var<workgroup> dsTile : array<array<vec4<f32>, ROWS_STAGE4>, COLS>;
     ${optionHelpers(f)}
 
     fn main() {
@@ -449,8 +441,8 @@ class DKDVProgram extends FlashProgram {
       { out: 'dk', weights: 'dsTile', perThread: dkj, load: { ...qCols, width4: d4 } }])];
     return `
     ${backwardConstants(t, headDim, headDimV)}
-    var<workgroup> pTile : array<array<vec4<f32>, ROWS4P>, COLS>;
-    var<workgroup> dsTile : array<array<vec4<f32>, ROWS4P>, COLS>;
+    var<workgroup> pTile : array<array<vec4<f32>, ROWS_STAGE4>, COLS>;
+    var<workgroup> dsTile : array<array<vec4<f32>, ROWS_STAGE4>, COLS>;
     ${optionHelpers(f)}
 
     fn main() {

@@ -9,184 +9,18 @@ import { KernelConfig, KernelFunc, TensorInfo } from '@tensorflow/tfjs-core';
 import {
   AttentionProblem, attentionProblem, FlashAttention, FlashAttentionAttrs, FlashAttentionInputs, OptionFlags,
 } from '../../src/contract';
+import { optionHelpers } from './attention_wgsl';
 import {
-  keyTileLoopWGSL, loadTileWGSL, NEG_BIG, prefetchedTileWGSL, NEG_HALF, optionHelpers,
-} from './attention_wgsl';
-import {
-  checkBindingSizes, checkDispatch, deviceLimits, FlashProgram, runProgram, shaderKeyOf, unpack,
-  unroll, WebGPUBackend, withDeviceErrorCheck,
+  checkBindingSizes, checkDispatch, deviceLimits, FlashProgram, runProgram,
+  shaderKeyOf, unpack, unroll, WebGPUBackend, withDeviceErrorCheck,
 } from './program';
 import { subgroupMinSizeOf } from './subgroups';
-import { chooseTiles, paddedVec4, threadsOf, TileConfig, vec4Count } from './tiles';
+import { chooseTiles, threadsOf, TileConfig, vec4Count } from './tiles';
 import { optionUniforms } from './uniforms';
-
-/** WGSL constants of a tiled pass: tile sizes, thread grid and head dims. */
-export function tileConstants(t: TileConfig, headDim: number, headDimV: number): string {
-  const tc = t.cols / t.colsPerThread;
-  return `
-    const ROWS = ${t.rows};
-    const COLS = ${t.cols};
-    const COLS4 = ${t.cols / 4};
-    const COLS4P = ${(t.cols / 4) | 1};
-    const TCP = ${tc | 1};
-    const RPT = ${t.rowsPerThread};
-    const TC = ${tc};
-    const NT = ${threadsOf(t)};
-    const D = ${headDim};
-    const D4 = ${vec4Count(headDim)};
-    const D4P = ${paddedVec4(headDim)};
-    const DV = ${headDimV};
-    const DV4 = ${vec4Count(headDimV)};
-    const DV4P = ${paddedVec4(headDimV)};
-    const NEG_BIG = ${NEG_BIG};
-    const NEG_HALF = ${NEG_HALF};
-    ${UNIFORM_WORKGROUP_ID_DECL}`;
-}
-
-/**
- * WGSL accumulating acc[r][c] += dot(rowTile[row r][x], colTile[col c][x]) over x < width4 vec4s,
- * for this thread's RPT rows and colsPerThread strided columns.
- */
-export function dotTileWGSL(t: TileConfig, acc: string, rowTile: string, colTile: string,
-                            width4: number, step: number): string {
-  const cpt = t.colsPerThread;
-  return `
-    for (var x0 = 0; x0 < ${width4}; x0 += ${step}) {
-      ${unroll(step, u => `{
-        let x = x0 + ${u};
-        ${unroll(cpt, c => `let cv${c} = ${colTile}[tc + TC * ${c}][x];`)}
-        ${unroll(t.rowsPerThread, r => `{
-          let rv = ${rowTile}[tr * RPT + ${r}][x];
-          ${unroll(cpt, c => `${acc}_${r}_${c} += dot(rv, cv${c});`, ' ')}
-        }`)}
-      }`)}
-    }`;
-}
-
-/**
- * WGSL accumulating out[r][jj] += sum_col weights[row r][col] * values[col][vec4 column], for this
- * thread's vec4 columns tc + TC * jj (jj < perThread) of a `width4`-vec4-wide value tile.
- */
-export function weightedSumWGSL(t: TileConfig, out: string, weights: string, values: string,
-                                width4: number): string {
-  const perThread = Math.ceil(width4 / (t.cols / t.colsPerThread));
-  return `
-    for (var k4 = 0; k4 < COLS4; k4++) {
-      ${unroll(t.rowsPerThread, r => `let w${r} = ${weights}[tr * RPT + ${r}][k4];`)}
-      ${unroll(4, e => `{
-        ${unroll(perThread, jj => `let vv${jj} = ${values}[k4 * 4 + ${e}][min(tc + TC * ${jj}, ${width4 - 1})];`)}
-        ${unroll(t.rowsPerThread, r => unroll(perThread, jj => `${out}_${r}_${jj} += w${r}[${e}] * vv${jj};`, ' '))}
-      }`)}
-    }`;
-}
-
-/**
- * WGSL computing keptBits: bit (r * colsPerThread + c) says whether this thread's element
- * (r, c) is kept. Whole tiles inside the window (and inside both sequences, without a mask) skip
- * the per-element test in one uniform branch; the test itself is branch-free.
- */
-export function keptBitsWGSL(t: TileConfig, rowsAreQueries: boolean): string {
-  const [i0, i1, j0, j1] = rowsAreQueries ? ['row0', 'row0 + ROWS', 'col0', 'col0 + COLS']
-                                          : ['col0', 'col0 + COLS', 'row0', 'row0 + ROWS'];
-  const row = (r: number) => `row0 + tr * RPT + ${r}`, col = (c: number) => `col0 + tc + TC * ${c}`;
-  return `
-    var keptBits = 0xffffffffu;
-    if (!tileFullyKept(${i0}, ${i1}, ${j0}, ${j1}, nq, nk, off)) {
-      keptBits = 0u;
-      ${unroll(t.rowsPerThread, r => unroll(t.colsPerThread, c => {
-        const [i, j] = rowsAreQueries ? [row(r), col(c)] : [col(c), row(r)];
-        return `keptBits |= select(0u, ${1 << (r * t.colsPerThread + c) >>> 0}u, isKept(b, h, ${i}, ${j}, nq, nk, off));`;
-      }))}
-    }`;
-}
-export const keptAt = (t: TileConfig, r: number, c: number) =>
-    `((keptBits & ${(1 << (r * t.colsPerThread + c)) >>> 0}u) != 0u)`;
-
-/**
- * Declares per-thread registers name_r (or name_r_c) as separate variables, so no private array
- * can be left in local memory (on the H100 this measured the same as constant-indexed arrays;
- * SwiftShader compiled it several times faster).
- */
-export function registersWGSL(name: string, type: string, rows: number, cols = 0): string {
-  const names = cols === 0 ? Array.from({ length: rows }, (_, r) => `${name}_${r}`)
-      : Array.from({ length: rows * cols }, (_, i) => `${name}_${Math.floor(i / cols)}_${i % cols}`);
-  return names.map(n => `var ${n} : ${type};`).join(' ');
-}
-
-/** The vec4 columns a thread owns of a `width4`-vec4-wide accumulator row. */
-export const vec4sPerThread = (t: TileConfig, width4: number) => Math.ceil(width4 / (t.cols / t.colsPerThread));
-
-/**
- * tfjs hands the workgroup id over through a private variable, which WGSL's uniformity analysis
- * treats as non-uniform; loops that contain barriers must be bounded by uniform values, so the id
- * is passed through workgroup memory with workgroupUniformLoad (declares wgId).
- */
-export const UNIFORM_WORKGROUP_ID = `
-      if (localIndex == 0u) { sharedWorkgroupId = workgroupId; }
-      let wgId = workgroupUniformLoad(&sharedWorkgroupId);`;
-export const UNIFORM_WORKGROUP_ID_DECL = 'var<workgroup> sharedWorkgroupId : vec3<u32>;';
-
-/** Statically uses every binding: tfjs binds all inputs, and an 'auto' layout drops unused ones. */
-export const touchBindings = (names: string[]) => names.map(n => `_ = ${n}[0];`).join(' ');
-
-/**
- * The opening of every pass's main(): bindings touched, the uniform workgroup id (wgId), the
- * thread's tile coordinates (tid, tr, tc) and the shapes (batch, nq, heads, nk, kvHeads).
- */
-export const passPrologueWGSL = (variableNames: string[]) => `
-      ${touchBindings(variableNames)}
-      ${UNIFORM_WORKGROUP_ID}
-      let tid = i32(localIndex);
-      let tc = tid % TC;
-      let tr = tid / TC;
-      let batch = uniforms.qShape.x;
-      let nq = uniforms.qShape.y;
-      let heads = uniforms.qShape.z;
-      let nk = uniforms.kShape.y;
-      let kvHeads = uniforms.kShape.z;`;
-
-/**
- * How many adjacent threads of a row reduce by subgroupShuffleXor before the rest goes through
- * workgroup memory: the largest power of two dividing both the row's thread count TC and the
- * device's smallest subgroup size (1: workgroup memory only). A row's threads are consecutive
- * local indices (tid = tr * TC + tc), so aligned runs of this many lie in one subgroup at any
- * subgroup size the device may use.
- */
-export function rowShuffleWidth(t: TileConfig, subgroupSize: number): number {
-  const tc = t.cols / t.colsPerThread;
-  let w = 1;
-  while (subgroupSize > 0 && w * 2 <= subgroupSize && tc % (w * 2) === 0) w *= 2;
-  return w;
-}
-
-/**
- * WGSL reducing per-thread values across the TC threads of each row: publish (after each
- * thread's own value is in a variable), then barrier, then combine (declares the result). With
- * shuffles of width TC no workgroup memory and no barrier are needed; with width 1 this is the
- * workgroup-memory path exactly.
- */
-export function rowReduction(t: TileConfig, subgroupSize: number) {
-  const w = rowShuffleWidth(t, subgroupSize);
-  const tc = t.cols / t.colsPerThread;
-  const shared = w < tc;
-  const op = (kind: 'max' | 'add', a: string, b: string) => kind === 'max' ? `max(${a}, ${b})` : `${a} + ${b}`;
-  const shuffles = (v: string, kind: 'max' | 'add') =>
-      unroll(Math.log2(w), k => `${v} = ${op(kind, v, `subgroupShuffleXor(${v}, ${1 << k}u)`)};`, ' ');
-  return {
-    /** Whether the row partials go through workgroup memory (rowPartial is declared). */
-    shared,
-    /** Declares where publish leaves the reduced values when no workgroup memory is used. */
-    declare: (v: string) => shared ? '' : registersWGSL(`${v}Reduced`, 'f32', t.rowsPerThread),
-    publish: (v: string, kind: 'max' | 'add', r: number) => `
-      ${shuffles(v, kind)}
-      ${shared ? `rowPartial[tr * RPT + ${r}][tc] = ${v};` : `${v}Reduced_${r} = ${v};`}`,
-    barrier: shared ? 'workgroupBarrier();' : '',
-    combine: (out: string, kind: 'max' | 'add', r: number) => shared ? `
-      var ${out} = ${kind === 'max' ? 'NEG_BIG' : '0.0'};
-      for (var t = 0; t < TC; t += ${w}) { ${out} = ${op(kind, out, `rowPartial[row][t]`)}; }`
-      : `let ${out} = ${kind === 'max' ? 'rowMax' : 'rowSum'}Reduced_${r};`,
-  };
-}
+import {
+  dotTileWGSL, keptAt, keptBitsWGSL, keyTileLoopWGSL, loadTileWGSL, passPrologueWGSL, prefetchedTileWGSL,
+  registersWGSL, rowReduction, rowShuffleWidth, tileConstants, vec4sPerThread, weightedSumWGSL,
+} from './wgsl_fragments';
 
 export class FlashForwardProgram extends FlashProgram {
   variableNames = ['q', 'k', 'v', 'alibiSlopes', 'mask'];
@@ -278,7 +112,7 @@ export class FlashForwardProgram extends FlashProgram {
             let j = col0 + tc + TC * ${c};
             let x = select(NEG_BIG, scoreOf(s_${r}_${c}, i, j, off, slope), ${keptAt(t, r, c)});
             s_${r}_${c} = x;
-            rowMax = max(rowMax, x);
+            rowMax = max(rowMax, select(x, NEG_BIG, poisons(x)));
           }`)}
           ${reduce.publish('rowMax', 'max', r)}
         }`)}
@@ -286,10 +120,11 @@ export class FlashForwardProgram extends FlashProgram {
 
         ${rows(r => `{
           let row = tr * RPT + ${r};
-          ${reduce.combine('tileMax', 'max', r)}
+          ${reduce.combine('tileMax', 'rowMax', 'max', r)}
           let newMax = max(m_${r}, tileMax);
           // Online softmax: rescale what was accumulated under the old max. Both maxima are
-          // finite (NEG_BIG when nothing is kept yet), so alpha is never NaN.
+          // finite (NEG_BIG while nothing is kept; NaN and +inf scores are left out of them), so
+          // alpha is never NaN.
           let alpha = exp(m_${r} - newMax);
           m_${r} = newMax;
           l_${r} *= alpha;
@@ -297,7 +132,10 @@ export class FlashForwardProgram extends FlashProgram {
           ${cols(c => `{
             let col = tc + TC * ${c};
             let x = s_${r}_${c};
-            let p = select(0.0, exp(x - newMax), x > NEG_HALF);
+            // Masking follows the keep bit, never a comparison of the score: a masked score
+            // contributes exactly 0, and a kept NaN or +inf one a NaN (the composite's
+            // exp(inf - inf)) that makes the row's sum, output and logsumexp NaN.
+            let p = select(select(0.0, exp(x - newMax), ${keptAt(t, r, c)}), quietNaN(x), poisons(x));
             l_${r} += p;   // the normaliser ignores dropout
             pTile[row][col / 4][col % 4] = p * dropoutScale(rowKey_${r}, col0 + col);
           }`)}
@@ -318,18 +156,22 @@ export class FlashForwardProgram extends FlashProgram {
       ${rows(r => `{
         let row = tr * RPT + ${r};
         let i = row0 + row;
-        ${reduce.combine('rowSum', 'add', r)}
+        ${reduce.combine('rowSum', 'rowSum', 'add', r)}
         if (i < nq) {
-          // A row with no kept key: out 0, logsumexp -Infinity.
-          let inv = select(0.0, 1.0 / rowSum, rowSum > 0.0);
+          // A row with no kept key (sum exactly 0): out 0 (even where acc holds 0 * NaN of a
+          // masked value), logsumexp -Infinity. A NaN sum is not empty: it propagates.
+          let empty = rowSum == 0.0;
+          let inv = 1.0 / select(rowSum, 1.0, empty);
           let base = ((b * nq + i) * heads + h) * DV;
           ${unroll(vj, jj => `{
             let c4 = tc + TC * ${jj};
-            ${unroll(4, e => `if (c4 * 4 + ${e} < DV) { result[base + c4 * 4 + ${e}] = acc_${r}_${jj}[${e}] * inv; }`)}
+            let o = select(acc_${r}_${jj} * inv, vec4<f32>(0.0), empty);
+            ${unroll(4, e => `if (c4 * 4 + ${e} < DV) { result[base + c4 * 4 + ${e}] = o[${e}]; }`)}
           }`)}
           if (tc == 0) {
-            result[outSize + (b * heads + h) * nq + i] =
-                select(-uniforms.INFINITY, m_${r} + log(rowSum), rowSum > 0.0);
+            // log(NaN) is not NaN everywhere (SwiftShader: +inf), so a NaN sum is passed on itself.
+            let lse = select(m_${r} + log(rowSum), rowSum, poisons(rowSum));
+            result[outSize + (b * heads + h) * nq + i] = select(lse, -uniforms.INFINITY, empty);
           }
         }
       }`)}
