@@ -70,6 +70,20 @@ class BackwardPreprocessProgram extends FlashProgram {
 const GRAD_INPUTS = ['q', 'k', 'v', 'alibiSlopes', 'mask', 'dy', 'stats'];
 
 /**
+ * The recomputed probability of a score under its row's logsumexp, with the forward's
+ * non-finite semantics: a masked pair is exactly 0 (its dS too), a kept NaN or +inf score, or a
+ * NaN logsumexp (a poisoned row), gives NaN (exp(NaN) is not NaN everywhere: SwiftShader gives
+ * +inf), so NaN reaches dq, dk and dv wherever the composite's gradients are NaN.
+ */
+const PROBABILITY_WGSL = `
+    fn probability(score : f32, lse : f32, kept : bool) -> f32 {
+      let z = score - lse;
+      return select(0.0, select(exp(z), quietNaN(z), poisons(z) | poisons(score) | poisons(lse)), kept);
+    }
+    // logsumexp -Infinity: a row with no kept key (its dq is exactly 0, even with NaN in k).
+    fn emptyRow(lse : f32) -> bool { return bitcast<u32>(lse) == 0xff800000u; }`;
+
+/**
  * WGSL constants of a backward pass. The thread grid is TR x TC (tid = tr * TC + tc); a thread
  * owns tile rows tr * RPT + r and tile columns tc * CPT + c (contiguous runs, read as vec4s when
  * they are multiples of 4), and the accumulator vec4 columns tc + TC * m.
@@ -354,6 +368,7 @@ class DQProgram extends FlashProgram {
     ${backwardConstants(t, headDim, headDimV)}
     var<workgroup> dsTile : array<array<vec4<f32>, ROWS_STAGE4>, COLS>;
     ${optionHelpers(f)}
+    ${PROBABILITY_WGSL}
 
     fn main() {
       ${passPrologueWGSL(this.variableNames)}
@@ -390,12 +405,14 @@ class DQProgram extends FlashProgram {
           ${cols(c => `{
             let j = col0 + tc * CPT + ${c};
             let sg = scoreAndGrad(s_${r}_${c}, i, j, off, slope);
-            let p = select(0.0, exp(sg.x - lse_${r}), ${keptAt(t, r, c)});
-            s_${r}_${c} = p * (dp_${r}_${c} * dropoutScale(rowKey_${r}, j) - delta_${r}) * sg.y;   // dS
+            let kept = ${keptAt(t, r, c)};
+            let p = probability(sg.x, lse_${r}, kept);
+            s_${r}_${c} = select(0.0, p * (dp_${r}_${c} * dropoutScale(rowKey_${r}, j) - delta_${r}) * sg.y, kept);   // dS
           }`)}
         }`)}
         // The next step's barriers order these writes before the dQ += dS K steps read them.
         ${storeTransposedWGSL(t, 'dsTile', (r, c) => `s_${r}_${c}`)}` })}
+      ${rows(r => unroll(dj, m => `dq_${r}_${m} = select(dq_${r}_${m}, vec4<f32>(0.0), emptyRow(lse_${r}));`, ' '))}
       ${writeRowsWGSL(t, 'dq', dj, { base: '0', first: 'row0', seq: 'nq', heads: 'heads', head: 'h', width: 'D',
                                      scale: 'uniforms.scale' })}
     }`;
@@ -444,6 +461,7 @@ class DKDVProgram extends FlashProgram {
     var<workgroup> pTile : array<array<vec4<f32>, ROWS_STAGE4>, COLS>;
     var<workgroup> dsTile : array<array<vec4<f32>, ROWS_STAGE4>, COLS>;
     ${optionHelpers(f)}
+    ${PROBABILITY_WGSL}
 
     fn main() {
       ${passPrologueWGSL(this.variableNames)}
@@ -476,9 +494,10 @@ class DKDVProgram extends FlashProgram {
             ${rows(r => `{
               let j = row0 + tr * RPT + ${r};
               let sg = scoreAndGrad(s_${r}_${c}, i, j, off, slope);
-              let p = select(0.0, exp(sg.x - lseI), ${keptAt(t, r, c)});
+              let kept = ${keptAt(t, r, c)};
+              let p = probability(sg.x, lseI, kept);
               let drop = dropoutScale(colKey, j);
-              s_${r}_${c} = p * (dp_${r}_${c} * drop - deltaI) * sg.y;   // dS
+              s_${r}_${c} = select(0.0, p * (dp_${r}_${c} * drop - deltaI) * sg.y, kept);   // dS
               dp_${r}_${c} = p * drop;                                    // dropped P
             }`)}
           }`)}
