@@ -82,7 +82,8 @@ describe('every option combination matches the reference and the cpu kernel', ()
 describe('tile boundaries, sequence lengths and head dims (the device-chosen tiles)', () => {
   const dims = (seqQ: number, seqK: number, headDim = 16, headDimV = headDim, heads = 2, kvHeads = 1, batch = 1) =>
       ({ batch, seqQ, seqK, heads, kvHeads, headDim, headDimV });
-  // SwiftShader picks 32-row forward tiles and 32-row backward tiles for these head dims.
+  // SwiftShader (32 KiB, 256 invocations) picks 32-row forward tiles, the 64 x 64 dQ tile and
+  // the 64 x 32 dK/dV tile for these head dims.
   const cases: CaseSpec[] = [
     { dims: dims(1, 1), seed: 1 },
     { dims: dims(31, 33), seed: 2 },

@@ -1,9 +1,12 @@
 /**
- * The tile geometries that headDim 128 gets on a 48 KiB device (forward 32 x 16 at 2 x 2 scores
- * per thread, backward 16 x 16 at 1 x 2), forced here on a small head dim so SwiftShader can run
- * them: forward and gradients against the float64 reference.
+ * Small-tile geometries forced on a small head dim so SwiftShader can run them (the forward's
+ * headDim-128 tile on a 48 KiB device, 32 x 16 at 2 x 2 scores per thread, and a backward 16 x 16
+ * at 1 x 2, the kind small devices fall back to): forward and gradients against the float64
+ * reference. Then the backward's tile choice from device limits (no GPU needed).
  */
-import { chooseTiles, setTileConfigOverride, threadsOf, TileConfig, workgroupBytes } from '../kernels/webgpu/tiles';
+import {
+  chooseTiles, MAX_PREFETCH_PER_THREAD, setTileConfigOverride, threadsOf, TileConfig, workgroupBytes,
+} from '../kernels/webgpu/tiles';
 import { CaseSpec, caseData, compare, F32_TOLERANCE, reference, runOp } from './helpers/attention_case';
 import { destroyWebGPU, gpuTest, useWebGPU, HAS_GPU } from './helpers/webgpu_env';
 
@@ -35,7 +38,7 @@ describe('backward tile choice from the device limits', () => {
     expect(chooseTiles('dkdv', h200, 64, 64)).toMatchObject({ rows: 64, cols: 64, depth: 16, accumulateDepth: 16 });
     expect(chooseTiles('dkdv', h200, 128, 128)).toMatchObject({ rows: 64, cols: 64, depth: 16, accumulateDepth: 8 });
   });
-  test('every head dim 1..256 gets a backward tile that fits 16, 32 and 48 KiB devices', () => {
+  test('every head dim 1..256 gets a backward tile that fits 16, 32 and 48 KiB devices and the prefetch cap', () => {
     for (const limits of [device(16384, 256), device(32768, 256), device(48 * 1024, 1024)]) {
       for (const pass of ['dq', 'dkdv'] as const) {
         for (const [d, dv] of [[1, 1], [3, 256], [8, 8], [20, 36], [32, 32], [64, 64], [128, 128], [256, 256]]) {
@@ -43,6 +46,10 @@ describe('backward tile choice from the device limits', () => {
           expect(workgroupBytes(pass, t, d, dv)).toBeLessThanOrEqual(limits.maxComputeWorkgroupStorageSize);
           expect(threadsOf(t)).toBeLessThanOrEqual(limits.maxComputeInvocationsPerWorkgroup);
           expect(t.cols % t.accumulateDepth!).toBe(0);
+          // Prefetched floats per thread per chunk (more made SwiftShader's compiler run out of memory).
+          const width = Math.max(Math.ceil(d / 4), Math.ceil(dv / 4)) * 4;
+          expect(Math.ceil(t.depth! * Math.max(t.rows, t.cols) / threadsOf(t))).toBeLessThanOrEqual(MAX_PREFETCH_PER_THREAD);
+          expect(Math.ceil(t.accumulateDepth! * width / threadsOf(t))).toBeLessThanOrEqual(MAX_PREFETCH_PER_THREAD);
         }
       }
     }

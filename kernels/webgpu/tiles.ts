@@ -108,20 +108,33 @@ export function setTileConfigOverride(o: Partial<Record<Pass, TileConfig>>): voi
 }
 
 /**
- * A backward tile with the deepest staging steps that fit: its depth and accumulateDepth first,
- * then smaller accumulating steps, then both smaller (accumulateDepth must divide cols).
+ * Floats a thread prefetches into registers per staged chunk is capped: more made SwiftShader's
+ * shader compiler run out of memory (tens of GB at headDim 256 with 16 threads), and costs
+ * registers on any device.
+ */
+export const MAX_PREFETCH_PER_THREAD = 16;
+
+/**
+ * A backward tile with the deepest staging steps that fit the device's workgroup memory and the
+ * prefetch cap: its depth with its accumulateDepth, then smaller accumulating steps (down to one
+ * row), then smaller score steps (accumulateDepth must divide cols).
  */
 function fitDepthFor(limits: DeviceLimits, pass: Pass, headDim: number, headDimV: number) {
   return (t: TileConfig): TileConfig => {
     const depth = t.depth ?? 16, acc = t.accumulateDepth ?? depth;
-    const tries: Array<[number, number]> = [[depth, acc], [depth, acc / 2], [depth / 2, acc / 2], [depth / 2, acc / 4],
-                                            [4, 4], [4, 2], [4, 1]];
-    for (const [d, a] of tries) {
-      const c = { ...t, depth: d, accumulateDepth: a };
-      if (d >= 1 && a >= 1 && Number.isInteger(a) && t.cols % a === 0 &&
-          workgroupBytes(pass, c, headDim, headDimV) <= limits.maxComputeWorkgroupStorageSize) return c;
+    const nt = threadsOf(t);
+    const width = Math.max(vec4Count(headDim), vec4Count(headDimV)) * 4;
+    const halvings = (n: number) => Array.from({ length: Math.log2(n) + 1 }, (_, i) => n >> i).filter(x => x >= 1);
+    for (const d of halvings(depth)) {
+      for (const a of halvings(acc)) {
+        const c = { ...t, depth: d, accumulateDepth: a };
+        if (t.cols % a === 0 &&
+            Math.ceil(d * Math.max(t.rows, t.cols) / nt) <= MAX_PREFETCH_PER_THREAD &&
+            Math.ceil(a * width / nt) <= MAX_PREFETCH_PER_THREAD &&
+            workgroupBytes(pass, c, headDim, headDimV) <= limits.maxComputeWorkgroupStorageSize) return c;
+      }
     }
-    return { ...t, depth: 4, accumulateDepth: 1 };
+    return { ...t, depth: 1, accumulateDepth: 1 };
   };
 }
 
