@@ -18,6 +18,11 @@ export interface TileConfig {
   colsPerThread: number;
   /** vec4 steps per iteration of the head-dim dot-product loop (it must divide the loop). */
   unroll: number;
+  /**
+   * Forward only: K and V take turns in one workgroup tile (V is stored once the scores are
+   * computed), so wide head dims fit tiles with more rows.
+   */
+  sharedKV?: boolean;
 }
 
 export const vec4Count = (n: number) => Math.ceil(n / 4);
@@ -36,9 +41,9 @@ export function workgroupBytes(pass: Pass, t: TileConfig, headDim: number, headD
   function passBytes(): number {
     const d4p = paddedVec4(headDim), dv4p = paddedVec4(headDimV), cols4p = cols4 | 1;
     switch (pass) {
-      case 'forward':   // q [rows][d4p], k [cols][d4p], v [cols][dv4], p [rows][cols4p], row partials
-        return 16 * (t.rows * d4p + t.cols * d4p + t.cols * dv4 + t.rows * cols4p) +
-               4 * t.rows * (threadCols | 1);
+      case 'forward':   // q [rows][d4p], k [cols][d4p], v [cols][dv4] (or k/v in turn), p [rows][cols4p], row partials
+        return 16 * (t.rows * d4p + (t.sharedKV ? t.cols * Math.max(d4p, dv4) : t.cols * (d4p + dv4)) +
+                     t.rows * cols4p) + 4 * t.rows * (threadCols | 1);
       case 'dq':        // q, dO [rows][..p], k, v [cols][..p], dS [rows][cols4p]
         return 16 * ((t.rows + t.cols) * (d4p + dv4p) + t.rows * cols4p);
       case 'dkdv':      // k, v [rows][..p], q, dO [cols][..p], P/dS [rows][cols4p], lse, D, dropout keys
