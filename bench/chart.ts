@@ -63,7 +63,7 @@ export function benchChartSpec(run: RunRecord): TopLevelSpec {
     title: `${series.join(' vs ')}: ${unit.name} against sequence length (B = ${first?.batch ?? 1}, H = ${first?.heads ?? '?'})`,
     subtitle: [
       `${meta.backend}${variant} on ${device}, ${meta.date.slice(0, 10)}${meta.gitCommit ? `, commit ${meta.gitCommit}` : ''}`,
-      'solid: from wall time (median, dispatch to readback); dashed: from GPU time (kernel timestamps)',
+      'solid lines, dots: from wall time (median, dispatch to readback); dashed lines, circles: from GPU time (kernel timestamps)',
       'crosses: could not run (OOM: out of memory; >2GB: over the binding limit); SKIP: not run (deadline, too slow)',
     ],
     yTitle: unit.name,

@@ -16,13 +16,15 @@ export const SERIES_COLORS: Record<string, string> = {
 };
 const PALETTE = ['#9467bd', '#8c564b', '#e377c2', '#17becf', '#bcbd22', '#7f7f7f'];
 const FAILURE = '#c81e1e';
-const SKIPPED = '#8c8c8c';
 
 /** A colour per series, in the given order: the known ones from SERIES_COLORS, the rest from a palette. */
 export function seriesColors(series: readonly string[]): string[] {
   let next = 0;
   return series.map(s => SERIES_COLORS[s] ?? PALETTE[next++ % PALETTE.length]);
 }
+
+/** A log axis with a few labelled ticks (1, 2, 5 per decade at most) instead of a grid line per digit. */
+const LOG_AXIS = { tickCount: 4, format: '~g' } as const;
 
 /** 512, 1K, 2K, ..., as sequence lengths are usually written. */
 export const SEQ_LABEL_EXPR = "datum.value >= 1024 && datum.value % 1024 == 0 ? (datum.value / 1024) + 'K' : '' + datum.value";
@@ -89,7 +91,10 @@ export function sweepSpec(points: readonly SweepPoint[], failures: readonly Swee
     scale: { type: 'log', base: 2, domain: seqs.length ? [seqs[0], seqs[seqs.length - 1]] : undefined, nice: false, padding: 12 },
     axis: { values: seqs, labelExpr: SEQ_LABEL_EXPR, labelOverlap: 'parity', grid: true },
   } as const;
-  const y = { field: 'value', type: 'quantitative', title: o.yTitle, scale: o.logY ? { type: 'log' } : { zero: true } } as const;
+  const y = {
+    field: 'value', type: 'quantitative', title: o.yTitle, scale: o.logY ? { type: 'log' } : { zero: true },
+    axis: o.logY ? LOG_AXIS : {},
+  } as const;
   const color = {
     field: 'series', type: 'nominal', title: null,
     scale: { domain: [...o.series], range: o.colors ?? seriesColors(o.series) },
@@ -126,6 +131,12 @@ export function sweepSpec(points: readonly SweepPoint[], failures: readonly Swee
       mark: { type: 'point', filled: true, size: 40 },
       encoding: { x, y, color, tooltip },
     },
+    // Open dots for the other timing kinds, so a sweep of a single length still shows them.
+    ...(timings.length > 1 ? [{
+      transform: [{ filter: `datum.kind === "point" && !(${firstTiming})` }],
+      mark: { type: 'point', filled: false, size: 30, strokeWidth: 1.5, opacity: 1 },
+      encoding: { x, y, color, tooltip },
+    }] : []),
     {
       transform: [{ filter: 'datum.kind === "failure"' }],
       mark: { type: 'point', shape: 'M-1,-1L1,1M-1,1L1,-1', filled: false, size: 90, strokeWidth: 3, color: FAILURE, opacity: 1 },
@@ -136,7 +147,9 @@ export function sweepSpec(points: readonly SweepPoint[], failures: readonly Swee
       mark: { type: 'text', dy: -13, fontSize: 11, fontWeight: 'bold' },
       encoding: {
         x, y, text: { field: 'label' },
-        color: { condition: { test: 'datum.kind === "skipped"', value: SKIPPED }, ...color },
+        color,
+        // Skipped is not a failure: the label alone, lighter.
+        opacity: { condition: { test: 'datum.kind === "skipped"', value: 0.6 }, value: 1 },
       },
     },
   ];
@@ -169,9 +182,9 @@ export function sweepRows(points: readonly SweepPoint[], failures: readonly Swee
   const bottom = Math.min(...positive.map(p => p.value));
   const markAt = (series: string) => {
     const i = Math.max(0, o.series.indexOf(series));
-    if (!o.logY) return (top || 1) * (0.03 + 0.09 * i);
+    if (!o.logY) return (top || 1) * (0.05 + 0.16 * i);
     const lo = Number.isFinite(bottom) ? bottom : 1, hi = top || lo * 10;
-    return lo * (hi / lo) ** (0.03 + 0.09 * i) || lo;
+    return lo * (hi / lo) ** (0.05 + 0.16 * i) || lo;
   };
   return [
     ...points.map(p => ({ kind: 'point', ...p })),
@@ -203,7 +216,7 @@ export function lossSpec(losses: readonly number[], o: LossOptions): TopLevelSpe
     mark: { type: 'line', strokeWidth: 2, point: (o.points ?? losses.length <= 64) ? { filled: true, size: 30 } : false, clip: true },
     encoding: {
       x: { field: 'step', type: 'quantitative', title: 'step', axis: { tickMinStep: 1, format: 'd' } },
-      y: { field: 'loss', type: 'quantitative', title: o.yTitle, scale: o.logY ? { type: 'log' } : { zero: false } },
+      y: { field: 'loss', type: 'quantitative', title: o.yTitle, scale: o.logY ? { type: 'log' } : { zero: false }, axis: o.logY ? LOG_AXIS : {} },
       color: {
         field: 'series', type: 'nominal', title: null,
         scale: { domain: [series], range: seriesColors([series]) }, legend: null,

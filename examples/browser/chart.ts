@@ -13,7 +13,8 @@ export interface LiveChart {
 }
 
 export async function mountChart(element: HTMLElement, spec: TopLevelSpec): Promise<LiveChart> {
-  const { view } = await embed(element, spec, {
+  // resize: the axes and legends grow as data comes in, and the layout follows them.
+  const { view } = await embed(element, { ...spec, autosize: { type: 'pad', resize: true } } as TopLevelSpec, {
     renderer: 'svg',
     // Export only: the editor link would leave the page, and the source is this file's caller.
     actions: { export: true, source: false, compiled: false, editor: false },
