@@ -213,9 +213,9 @@ export function lossSpec(losses: readonly number[], o: LossOptions): TopLevelSpe
     width: o.width ?? 560, height: o.height ?? 260,
     data: { name: DATA, values: lossRows(losses, series) },
     config: { view: { stroke: '#ccc' }, axis: { titleFontSize: 12, labelFontSize: 11 } },
-    mark: { type: 'line', strokeWidth: 2, point: (o.points ?? losses.length <= 64) ? { filled: true, size: 30 } : false, clip: true },
+    mark: { type: 'line', strokeWidth: 2, point: (o.points ?? losses.length <= 64) ? { filled: true, size: 30 } : false },
     encoding: {
-      x: { field: 'step', type: 'quantitative', title: 'step', axis: { tickMinStep: 1, format: 'd' } },
+      x: { field: 'step', type: 'quantitative', title: 'step', scale: { zero: false, nice: false, padding: 8 }, axis: { tickMinStep: 1, format: 'd' } },
       y: { field: 'loss', type: 'quantitative', title: o.yTitle, scale: o.logY ? { type: 'log' } : { zero: false }, axis: o.logY ? LOG_AXIS : {} },
       color: {
         field: 'series', type: 'nominal', title: null,
