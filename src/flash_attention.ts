@@ -3,11 +3,9 @@ import {
   ones, zeros,
 } from '@tensorflow/tfjs-core';
 import {
-  FlashAttention, FlashAttentionAttrs, FlashAttentionInputs,
-} from './kernel_names';
-import {
-  check, FlashAttentionOptions, maskShape4D, normalizeAttrs, shapeStr, validateQKV,
-} from './options';
+  check, FlashAttention, FlashAttentionAttrs, FlashAttentionInputs, FlashAttentionOptions, maskShape4D,
+  normalizeAttrs, shapeStr, validateQKV,
+} from './contract';
 import { flashAttentionBlockwise } from '../kernels/fallback/blockwise';
 
 export interface FlashAttentionResult {

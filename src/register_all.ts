@@ -2,4 +2,4 @@
 import '../kernels/cpu/register';
 import '../kernels/webgpu/register';
 import '../kernels/tensorflow/register';
-import '../gradients/flash_attention_grad';
+import './gradients/flash_attention_grad';

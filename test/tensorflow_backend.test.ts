@@ -12,8 +12,7 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { getKernel, KernelConfig, TensorInfo } from '@tensorflow/tfjs-core';
-import { dropoutThreshold } from '../src/dropout';
-import { FlashAttention, FlashAttentionAttrs, FlashAttentionGrad } from '../src/kernel_names';
+import { dropoutThreshold, FlashAttention, FlashAttentionAttrs, FlashAttentionGrad } from '../src/contract';
 import {
   flashAttentionGradTensorflowConfig, flashAttentionTensorflowConfig, TensorflowBackendLike, TensorflowOpAttr,
 } from '../kernels/tensorflow/flash_attention_tensorflow';
@@ -84,8 +83,8 @@ describe('tensorflow kernels hand the op its inputs in order and the kernel attr
     expect(Math.floor(Math.fround(0.1) * 2 ** 32)).not.toBe(dropoutThreshold(0.1));
   });
 
-  it('FlashAttentionGrad: forward inputs, out, logsumexp, dy -> 3 outputs', () => {
-    const names = ['q', 'k', 'v', 'alibiSlopes', 'mask', 'out', 'logsumexp', 'dy'];
+  it('FlashAttentionGrad: forward inputs, out, logSumExp, dy -> 3 outputs', () => {
+    const names = ['q', 'k', 'v', 'alibiSlopes', 'mask', 'out', 'logSumExp', 'dy'];
     const { call, inputs } = runKernel(flashAttentionGradTensorflowConfig, names);
     expect(call.name).toBe(FlashAttentionGrad);
     expect(call.inputs).toEqual(names.map(n => inputs[n]));

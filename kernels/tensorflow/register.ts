@@ -5,7 +5,7 @@
  * cannot be used (not built, CPU-only TensorFlow, no GPU), that is said once, with the reason.
  */
 import { getKernel, registerKernel } from '@tensorflow/tfjs-core';
-import { FlashAttention } from '../../src/kernel_names';
+import { FlashAttention } from '../../src/contract';
 import { flashAttentionGradTensorflowConfig, flashAttentionTensorflowConfig } from './flash_attention_tensorflow';
 import { loadOpLibrary, OpLibraryStatus } from './op_library';
 
