@@ -48,6 +48,8 @@ export async function renderSvg(spec: TopLevelSpec): Promise<string> {
   };
   const themed = { ...spec, config: { font: CHART_FONT, background: 'white', ...spec.config } } as TopLevelSpec;
   const view = new vega.View(vega.parse(vegaLite.compile(themed).spec), { renderer: 'none' });
+  // Clip ids count from 1 in every file, so that a re-rendered chart differs only where its data does.
+  vega.resetSVGDefIds();
   try {
     return await view.toSVG();
   } finally {
