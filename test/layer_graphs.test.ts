@@ -192,3 +192,37 @@ describe.each(BACKENDS)('on $backend', ({ backend, available }) => {
     expect(Number.isFinite((await values(loaded.evaluate(x, y) as tf.Scalar))[0])).toBe(true);
   });
 });
+
+describe('models saved before inputs were passed once each', () => {
+  beforeAll(async () => {
+    await tf.setBackend('cpu');
+  });
+
+  test('[query, value, key] inbound nodes (self-attention listing one tensor thrice) still load and predict', async () => {
+    const arch = postLnEncoder();
+    const inputs = arch.inputs();
+    const model = tf.model({ inputs, outputs: arch.forward(inputs) as tf.SymbolicTensor });
+    let saved: tf.io.ModelArtifacts | undefined;
+    await model.save(tf.io.withSaveHandler(async (artifacts) => {
+      saved = artifacts;
+      return { modelArtifactsInfo: { dateSaved: new Date(), modelTopologyType: 'JSON' } };
+    }));
+    // Rewrite each attention call into the earlier form: one entry per role, no layout.
+    type InboundEntry = [string, number, number, Record<string, unknown>];
+    const topology = JSON.parse(JSON.stringify(saved!.modelTopology));
+    let rewritten = 0;
+    for (const layer of topology.config.layers) {
+      if (layer.class_name !== 'FlashMultiHeadAttention') continue;
+      layer.inbound_nodes = layer.inbound_nodes.map((entries: InboundEntry[]) => {
+        const { input_layout: layout, ...kwargs } = entries[0][3];
+        expect(layout).toEqual([0, 0, 0]);
+        rewritten++;
+        return (layout as number[]).map(at => [...entries[at].slice(0, 3), kwargs]);
+      });
+    }
+    expect(rewritten).toBe(2);
+    const loaded = await tf.loadLayersModel(tf.io.fromMemory({ ...saved!, modelTopology: topology }));
+    const { x } = arch.data(9);
+    expect(relativeError(await values(loaded.predict(x) as tf.Tensor), await values(model.predict(x) as tf.Tensor))).toBe(0);
+  });
+});
