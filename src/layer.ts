@@ -174,6 +174,22 @@ interface Geometry<D> {
   keyDims: D[];
 }
 
+/**
+ * broadcastTo, one axis at a time as a rank-3 tile: tfjs-webgpu tiles tensors of rank 5 or more
+ * on the CPU, reading them back synchronously, which Node cannot do.
+ */
+function broadcastAxes(x: Tensor, shape: number[]): Tensor {
+  const current = [...x.shape];
+  let y = x;
+  shape.forEach((size, axis) => {
+    if (current[axis] === size) return;
+    const [before, after] = [product(current.slice(0, axis)), product(current.slice(axis + 1))];
+    y = broadcastTo(reshape(y, [before, 1, after]), [before, size, after]);
+    current[axis] = size;
+  });
+  return y === x ? x : reshape(y, shape);
+}
+
 function geometryOf(queryShape: Shape, valueShape: Shape, axes: number[]): Geometry<number | null> {
   const batchAxes = Array.from({ length: queryShape.length - 1 }, (_, i) => i).filter(a => !axes.includes(a));
   const order = [...batchAxes, ...axes];
@@ -325,9 +341,10 @@ export class FlashMultiHeadAttention extends tfl.layers.Layer {
 
   /** Causal masks, windows and ALiBi are defined along one sequence axis. */
   private checkSingleAxisOptions(axes: number[], useCausalMask: boolean): void {
-    const options = [useCausalMask && 'causal masks', this.windowSize && 'windowSize', this.alibi !== false && 'alibi'];
-    check(axes.length === 1 || !options.some(o => o), () =>
-        `${options.filter(o => o).join(', ')} need a single attention axis, but attention runs over axes ${JSON.stringify(axes)}`);
+    const used = [useCausalMask && 'useCausalMask', this.windowSize && 'windowSize', this.alibi !== false && 'alibi']
+        .filter(o => o);
+    check(axes.length === 1 || used.length === 0, () =>
+        `${used.join(', ')} ${used.length > 1 ? 'need' : 'needs'} a single attention axis, but attention runs over axes ${JSON.stringify(axes)}`);
   }
 
   /**
@@ -642,8 +659,7 @@ export class FlashMultiHeadAttention extends tfl.layers.Layer {
     const heads = expanded[nb];
     const full = [...(perBatch ? g.batchDims : g.batchDims.map(() => 1)), heads, ...g.queryDims, ...g.keyDims];
     const m = reshape(cast(attentionMask, 'bool'), expanded);
-    const broadcast = expanded.every((d, i) => d === full[i]) ? m : broadcastTo(m, full);
-    return reshape(broadcast, [perBatch ? product(g.batchDims) : 1, heads, product(g.queryDims), product(g.keyDims)]);
+    return reshape(broadcastAxes(m, full), [perBatch ? product(g.batchDims) : 1, heads, product(g.queryDims), product(g.keyDims)]);
   }
 
   /** x [B, T, features] with kernel [features, h, d] and bias [h, d] -> [B, T, h, d] (BSHD). */
@@ -674,8 +690,8 @@ export class FlashMultiHeadAttention extends tfl.layers.Layer {
     if (left >= 0 || right >= 0) options.windowSize = [left, right];
     // One mask for all heads unless a per-head attentionMask was given; query and key axes full.
     if (combined) {
-      const [b, h, t, s] = combined.shape;
-      options.mask = t === seqQ && s === seqK ? combined : broadcastTo(combined, [b, h, seqQ, seqK]);
+      const [b, h] = combined.shape;
+      options.mask = broadcastAxes(combined, [b, h, seqQ, seqK]);
     }
     if (this.alibi !== false) options.alibiSlopes = this.alibi === true ? alibiSlopesFor(this.numHeads) : this.alibi;
     if (this.softcap > 0) options.softcap = this.softcap;
