@@ -608,6 +608,8 @@ export class FlashMultiHeadAttention extends tfl.layers.Layer {
 
   private attend(roles: Roles<Tensor>, kwargs: Kwargs, withScores: boolean): { output: Tensor, scores?: Tensor } {
     const [query, value, key, attentionMask] = roles;
+    roles.forEach((x, i) => check(x instanceof Tensor, () =>
+        `${['query', 'value', 'key', 'attentionMask'][i]} must be a Tensor, but got ${typeof x}`));
     const useCausalMask: boolean = kwargs['useCausalMask'] ?? this.causal;
     const g = this.checkShapes(roles.map(t => t!.shape) as Roles<Shape>, useCausalMask) as Geometry<number>;
     const [batch, seqQ, seqK] = [product(g.batchDims), product(g.queryDims), product(g.keyDims)];
