@@ -103,6 +103,15 @@ describe('checks run before the layer is built', () => {
     expect(layer.weights).toHaveLength(8);
   });
 
+  test('call() on a built layer checks its inputs as apply does', () => {
+    const layer = new FlashMultiHeadAttention({ numHeads: 2, keyDim: 4 });
+    const x = randomTensor([2, 5, 8], 8);
+    layer.call(x, { value: x });
+    expect(() => layer.call(x, { value: [[1, 2]] } as unknown as { value: tf.Tensor }))
+        .toThrow(ERROR(/value must be a Tensor, but got object/));
+    expect(() => layer.call(x, { value: randomTensor([2, 5, 6], 9) })).toThrow(ERROR(/value has 6 features but the layer was built for 8/));
+  });
+
   test('call() on a layer never applied builds it, with weights named in the layer\'s scope (as apply does)', () => {
     const layer = new FlashMultiHeadAttention({ numHeads: 2, keyDim: 4 });
     const x = randomTensor([2, 5, 8], 7);
