@@ -124,12 +124,21 @@ function editDistance(a: string, b: string): number {
   return row[b.length];
 }
 
+/** Arguments given to the constructor that belong to the call, and the reverse. */
+const MISPLACED: Record<string, string> = {
+  'argument useCausalMask': 'a call argument; the constructor\'s default for it is causal',
+  'argument returnAttentionScores': 'a call argument',
+  'argument training': 'a call argument',
+  'call argument causal': 'a constructor argument; the call takes useCausalMask',
+};
+
 /** Rejects keys of `given` outside `known`, naming the argument (and the nearest known one). */
 function rejectUnknown(given: object, known: readonly string[], what: string, shown = known): void {
   for (const name of Object.keys(given)) {
     if (known.includes(name)) continue;
     const nearest = shown.reduce((best, k) => (editDistance(name, k) < editDistance(name, best) ? k : best), shown[0]);
-    const hint = editDistance(name, nearest) <= 3 ? ` (did you mean '${nearest}'?)` : '';
+    const misplaced = MISPLACED[`${what} ${name}`];
+    const hint = misplaced ? ` (${misplaced})` : editDistance(name, nearest) <= 3 ? ` (did you mean '${nearest}'?)` : '';
     check(false, () => `unknown ${what} '${name}'${hint}; known ${what}s: ${shown.join(', ')}`);
   }
 }

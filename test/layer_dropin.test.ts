@@ -25,7 +25,8 @@ beforeAll(async () => {
 describe('unknown arguments are rejected, naming them', () => {
   test.each([
     [{ numHeads: 2, keyDim: 4, casual: true }, /unknown argument 'casual' \(did you mean 'causal'\?\); known arguments: numHeads, keyDim/],
-    [{ numHeads: 2, keyDim: 4, useCausalMask: true }, /unknown argument 'useCausalMask'/],
+    [{ numHeads: 2, keyDim: 4, useCausalMask: true },
+      /unknown argument 'useCausalMask' \(a call argument; the constructor's default for it is causal\)/],
     [{ numHeads: 2, keyDim: 4, num_heads: 2 }, /unknown argument 'num_heads' \(did you mean 'numHeads'\?\)/],
     [{ numHeads: 2, keyDim: 4, dtype: 'float16' }, /dtype must be 'float32' \(flashAttention computes in float32\), but got "float16"/],
   ])('constructor %j', (args, message) => {
@@ -41,6 +42,7 @@ describe('unknown arguments are rejected, naming them', () => {
   test.each([
     ['useCasualMask', { useCasualMask: true }, /unknown call argument 'useCasualMask' \(did you mean 'useCausalMask'\?\); known call arguments: value, key, attentionMask, useCausalMask, returnAttentionScores, training/],
     ['return_attention_scores', { return_attention_scores: true }, /unknown call argument 'return_attention_scores'/],
+    ['causal', { causal: true }, /unknown call argument 'causal' \(a constructor argument; the call takes useCausalMask\)/],
     ['a non-boolean useCausalMask', { useCausalMask: 'yes' }, /useCausalMask must be a boolean, but got "yes"/],
     ['a non-boolean returnAttentionScores', { returnAttentionScores: 1 }, /returnAttentionScores must be a boolean, but got 1/],
   ])('call with %s: eagerly, symbolically and through call()', (_, extra, message) => {
