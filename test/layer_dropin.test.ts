@@ -244,6 +244,24 @@ describe.each(BACKENDS)('on $backend', ({ backend, available }) => {
   });
 });
 
+describe('Keras masks carried by inputs', () => {
+  test('cross-attention where only the query carries one: padded query rows attend to nothing, the others to every key', () => {
+    const tokens = tf.tensor2d([[3, 1, 4, 0, 0], [2, 6, 5, 3, 5]], undefined, 'int32');
+    const query = tf.layers.embedding({ inputDim: 10, outputDim: 8, maskZero: true }).apply(tokens) as tf.Tensor;
+    const value = randomTensor([2, 7, 8], 31);
+    const layer = new FlashMultiHeadAttention({ numHeads: 2, keyDim: 4, biasInitializer: NONZERO_BIASES });
+    const masked = (layer.apply(query, { value }) as tf.Tensor).arraySync() as number[][][];
+    const unmasked = (layer.apply(tf.clone(query), { value }) as tf.Tensor).arraySync() as number[][][];
+    const outputBias = Array.from(layer.getWeights()[7].dataSync());
+    const padded = tokens.arraySync() as number[][];
+    for (let b = 0; b < 2; b++) {
+      for (let t = 0; t < 5; t++) {
+        expect(relativeError(masked[b][t], padded[b][t] === 0 ? outputBias : unmasked[b][t])).toBeLessThan(1e-6);
+      }
+    }
+  });
+});
+
 describe('attentionAxes that cannot work are clear errors', () => {
   test.each([
     ['an axis of rank-3 inputs other than the sequence', { attentionAxes: [2] }, [2, 5, 8], false,
