@@ -18,7 +18,7 @@ import type { Kwargs } from '@tensorflow/tfjs-layers/dist/types';
 import { attachToTf } from './attach';
 import { flashAttention } from './flash_attention';
 import { alibiSlopesFor, plainAttention } from './layer_plain_attention';
-import { FlashAttentionOptions, MAX_HEAD_DIM } from './options';
+import { FlashAttentionOptions, MAX_HEAD_DIM } from './contract';
 
 /** flashAttention's options as the layer passes them (always the plain output). */
 export type AttentionOptions = Omit<FlashAttentionOptions, 'returnLogSumExp'>;

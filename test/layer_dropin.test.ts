@@ -8,7 +8,7 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import { FlashMultiHeadAttention, FlashMultiHeadAttentionArgs, flashMultiHeadAttention } from '../src/index';
-import { FlashAttention } from '../src/kernel_names';
+import { FlashAttention } from '../src/contract';
 import { randomMaskWithoutEmptyRows, randomTensor, relativeError } from './helpers/tfjs_mha';
 import { destroyWebGPU, HAS_GPU } from './helpers/webgpu_env';
 

@@ -12,7 +12,7 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import { flashMultiHeadAttention } from '../src/index';
-import { FlashAttention } from '../src/kernel_names';
+import { FlashAttention } from '../src/contract';
 import { randomTensor, relativeError } from './helpers/tfjs_mha';
 import { rng } from './helpers/attention_case';
 import { destroyWebGPU, HAS_GPU } from './helpers/webgpu_env';

@@ -13,7 +13,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { AttentionOptions } from '../src/layer';
 import { FlashMultiHeadAttention } from '../src/index';
-import { FlashAttention } from '../src/kernel_names';
+import { FlashAttention } from '../src/contract';
 import { destroyWebGPU, HAS_GPU } from './helpers/webgpu_env';
 
 type Shape = Array<number | null>;
