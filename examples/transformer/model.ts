@@ -213,3 +213,49 @@ export async function sampleText(model: tf.LayersModel, encode: (s: string) => I
   }
   return decode(ids.slice(-length));
 }
+
+/**
+ * The compiled model's loss (sparse categorical cross-entropy of the softmax output, averaged
+ * over tokens, as tfjs-layers computes it) as a function of the weights, for optimizer.minimize:
+ * a training loop that need not read the loss back every step, as trainOnBatch and fit do.
+ */
+export function trainingLoss(model: tf.LayersModel, tokens: tf.Tensor, targets: tf.Tensor): tf.Scalar {
+  return tf.tidy(() => {
+    const probabilities = model.apply(tokens, { training: true }) as tf.Tensor;
+    const vocabSize = probabilities.shape[probabilities.shape.length - 1]!;
+    const epsilon = tf.backend().epsilon();
+    const oneHot = tf.oneHot(tf.cast(tf.reshape(targets, [-1]), 'int32'), vocabSize);
+    const logP = tf.log(tf.clipByValue(tf.reshape(probabilities, [-1, vocabSize]), epsilon, 1 - epsilon));
+    return tf.neg(tf.mean(tf.sum(tf.mul(oneHot, logP), -1))) as tf.Scalar;
+  });
+}
+
+/** The model's trainable weights as the variables optimizer.minimize updates. */
+export function trainableVariables(model: tf.LayersModel): tf.Variable[] {
+  return model.trainableWeights.map(w => w.read() as tf.Variable);
+}
+
+/**
+ * `steps` training steps with the compiled optimizer, each step's loss read back while the next
+ * step runs: model.fit and trainOnBatch wait for every step's loss before queuing the next step,
+ * which leaves the GPU idle while the CPU queues a step's kernels. onLoss sees every loss, one
+ * step late (the progress bar lags by one step, the losses are the same).
+ */
+export async function trainSteps(model: tf.LayersModel, steps: number,
+                                 batch: (step: number) => { tokens: tf.Tensor; targets: tf.Tensor },
+                                 onLoss: (step: number, loss: number) => void): Promise<void> {
+  const variables = trainableVariables(model);
+  let pending: { step: number; cost: tf.Scalar } | null = null;
+  const settle = async (p: { step: number; cost: tf.Scalar }) => {
+    const loss = (await p.cost.data())[0];
+    p.cost.dispose();
+    onLoss(p.step, loss);
+  };
+  for (let step = 0; step < steps; step++) {
+    const { tokens, targets } = batch(step);
+    const cost = model.optimizer.minimize(() => trainingLoss(model, tokens, targets), true, variables) as tf.Scalar;
+    if (pending) await settle(pending);
+    pending = { step, cost };
+  }
+  if (pending) await settle(pending);
+}
