@@ -10,6 +10,10 @@
 #   (device tool, carrying the kit) bash .gpu/h200/h200.sh [--quick] [--kit=DIR] [--no-bench]
 #        [--no-training] [--bench-seconds=S] [--training-seconds=S] [bench flags, e.g. --dims=32,256]
 # The kit carries this script too, so a checkout without it can run it from the kit.
+# A call may last 600 s: the bench gets --bench-seconds (400; no case starts after 80 % of it, the
+# rest is recorded as skipped), the training part --training-seconds (150). The full sweep (N 512 …
+# 32768, d 32 … 256, 392 cases) needs more than one call: split it, e.g. --dims=32,64 --no-training,
+# then --dims=128,256 --no-training, then --no-bench.
 # --quick: the bench's subset (N 1024, 4096, 16384; d 64, 128), the side by side at 4096 and 16384.
 # Writes 8 files to $OUT: env.txt, bench.log, results.json, results.md, chart.png, training.log,
 # compare.json, profile.json. The H100 used the same steps (bench/h100.sh until 2026-12-02).
@@ -18,7 +22,7 @@ OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 kit=$here; [[ -f $kit/run-webgpu.sh ]] || kit=.gpu/h200
-quick=0 bench=1 training=1 bench_s=420 training_s=150
+quick=0 bench=1 training=1 bench_s=400 training_s=150
 bench_flags=()
 for arg in "$@"; do
   case $arg in

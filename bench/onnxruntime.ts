@@ -56,6 +56,13 @@ export function loadOnnxruntime(): { ort: Ort | null; why: string } {
 
 /** Host inputs of one shape: q, k, v [B, N, H·d], a prime-period pattern (filled in O(period)). */
 interface HostInputs { q: Float32Array; k: Float32Array; v: Float32Array }
+const PERIODS = { q: 10007, k: 10009, v: 10037 };
+
+/** Repeats out's first `period` elements to its end (doubling copies: O(size) memcpy, no JS loop). */
+function tile<T extends Float32Array | Uint16Array>(out: T, period: number): T {
+  for (let filled = period; filled < out.length; filled *= 2) out.copyWithin(filled, 0, Math.min(filled, out.length - filled));
+  return out;
+}
 
 function patterned(size: number, period: number, seed: number): Float32Array {
   const out = new Float32Array(size);
@@ -64,13 +71,19 @@ function patterned(size: number, period: number, seed: number): Float32Array {
     a = (Math.imul(a, 1664525) + 1013904223) >>> 0;
     out[i] = (a / 2 ** 32) * 2 - 1;
   }
-  for (let filled = period; filled < size; filled *= 2) out.copyWithin(filled, 0, Math.min(filled, size - filled));
-  return out;
+  return tile(out, period);
+}
+
+/** Half-precision bits of a patterned input: its period converted, then tiled. */
+function patternedHalf(x: Float32Array, period: number): Uint16Array {
+  const out = new Uint16Array(x.length);
+  out.set(toFloat16Bits(x.subarray(0, Math.min(period, x.length))));
+  return tile(out, period);
 }
 
 function hostInputs(s: Shape): HostInputs {
   const size = s.batch * s.seq * s.heads * s.headDim;
-  return { q: patterned(size, 10007, 11), k: patterned(size, 10009, 23), v: patterned(size, 10037, 37) };
+  return { q: patterned(size, PERIODS.q, 11), k: patterned(size, PERIODS.k, 23), v: patterned(size, PERIODS.v, 37) };
 }
 
 /** One head's [N, d] slice of a [B, N, H·d] tensor (batch 0), as the float64 reference reads it. */
@@ -146,9 +159,9 @@ export async function timeOnnxruntime(ort: Ort, s: Shape, dtype: OnnxFloat, plan
   try {
     const x = hostInputs(s);
     const dims = [s.batch, s.seq, s.heads * s.headDim];
-    const tensor = (a: Float32Array) =>
-        dtype === 'float32' ? new ort.Tensor('float32', a, dims) : new ort.Tensor('float16', toFloat16Bits(a), dims);
-    const feeds = { query: tensor(x.q), key: tensor(x.k), value: tensor(x.v) };
+    const tensor = (name: keyof HostInputs) => dtype === 'float32' ? new ort.Tensor('float32', x[name], dims)
+        : new ort.Tensor('float16', patternedHalf(x[name], PERIODS[name]), dims);
+    const feeds = { query: tensor('q'), key: tensor('k'), value: tensor('v') };
     let output: OrtTensor | null = null;
     const once = async () => {
       const t0 = performance.now();
