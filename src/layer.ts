@@ -17,7 +17,7 @@ import type { Kwargs } from '@tensorflow/tfjs-layers/dist/types';
 import { attachToTf } from './attach';
 import { flashAttention } from './flash_attention';
 import { alibiSlopesFor, plainAttention } from './layer_plain_attention';
-import { FlashAttentionOptions } from './options';
+import { FlashAttentionOptions } from './contract';
 
 /** flashAttention's options as the layer passes them (always the plain output). */
 export type AttentionOptions = Omit<FlashAttentionOptions, 'returnLogSumExp'>;

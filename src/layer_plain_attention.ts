@@ -1,6 +1,6 @@
 /**
  * Attention the plain way: the full [batch, heads, seqQ, seqK] score matrix from matMul, masked,
- * softmax, matMul. It follows the same contract as flashAttention (src/kernel_names.ts) so the
+ * softmax, matMul. It follows the same contract as flashAttention (src/contract/) so the
  * two are interchangeable, and it exists for what only a materialised matrix can give:
  * FlashMultiHeadAttention.callAndReturnAttentionScores, and the stock side of the training
  * example's side-by-side comparison. Memory grows as batch * heads * seqQ * seqK floats (several
@@ -11,7 +11,7 @@ import {
   mul, neg, ones, range, reshape, scalar, softmax, sub, tanh, Tensor, Tensor4D, tensor1d, tidy,
   transpose,
 } from '@tensorflow/tfjs-core';
-import { FlashAttentionOptions, maskShape4D, normalizeAttrs, validateQKV } from './options';
+import { FlashAttentionOptions, maskShape4D, normalizeAttrs, validateQKV } from './contract';
 
 export interface PlainAttentionResult {
   /** [batch, seqQ, heads, headDimV], like flashAttention. */

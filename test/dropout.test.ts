@@ -1,7 +1,7 @@
 /** Dropout on the attention probabilities: rate, determinism per seed, and a consistent gradient. */
 import * as tf from '@tensorflow/tfjs';
 import { flashAttention } from '../src/index';
-import { dropoutKeep } from '../src/dropout';
+import { dropoutKeep } from '../src/contract';
 import { caseData, compare, F32_TOLERANCE, reference, runOp, CaseSpec } from './helpers/attention_case';
 import { CPU_PATHS, registerFallbackBackend } from './helpers/backends';
 

@@ -8,7 +8,7 @@ import * as tf from '@tensorflow/tfjs';
 import { FlashMultiHeadAttention, FlashMultiHeadAttentionArgs, flashMultiHeadAttention } from '../src/index';
 import { AttentionOptions } from '../src/layer';
 import { alibiSlopesFor, plainAttention } from '../src/layer_plain_attention';
-import { FlashAttention, FlashAttentionAttrs } from '../src/kernel_names';
+import { FlashAttention, FlashAttentionAttrs } from '../src/contract';
 import { referenceForward } from './helpers/reference';
 import '@tensorflow/tfjs-backend-webgpu';
 import {

@@ -1,11 +1,10 @@
 /**
- * What the CPU forward and backward kernels share: the problem read out of the backend once, and
- * the score tile (scale, softcap, ALiBi, window and mask applied), which the backward pass
- * recomputes instead of storing.
+ * What the CPU forward and backward kernels share: the contract's problem plus its data read out
+ * of the backend once, and the score tile (scale, softcap, ALiBi, window and mask applied), which
+ * the backward pass recomputes instead of storing.
  */
 import { backend_util, KernelBackend, TensorInfo, TypedArray } from '@tensorflow/tfjs-core';
-import { FlashAttentionAttrs } from '../../src/kernel_names';
-import { dropoutBits, dropoutRowKey, dropoutThreshold } from '../../src/dropout';
+import { AttentionProblem, attentionProblem, dropoutBits, dropoutRowKey, FlashAttentionAttrs } from '../../src/contract';
 // Module-level aliases: a global lookup (Math, Infinity) in a hot loop is ~40x slower inside
 // jest's vm sandbox, where the tests run these loops.
 const { abs, floor, max, min, tanh } = Math;
@@ -15,54 +14,44 @@ const INF = Infinity;
 export const TILE_Q = 32;
 export const TILE_K = 64;
 
-export interface AttentionProblem {
-  batch: number; seqQ: number; seqK: number; heads: number; kvHeads: number; group: number;
-  headDim: number; headDimV: number;
+export interface CPUProblem extends AttentionProblem {
   q: TypedArray; k: TypedArray; v: TypedArray;
   slopes: TypedArray;
   mask: TypedArray;
   /** Element strides of the rank-4 mask; 0 on broadcast (size-1) dimensions. */
   maskStrides: [number, number, number, number];
-  attrs: FlashAttentionAttrs;
-  dropThreshold: number;
-  dropScale: number;
 }
 
 export function readProblem(backend: KernelBackend, q: TensorInfo, k: TensorInfo, v: TensorInfo,
-                            alibiSlopes: TensorInfo, mask: TensorInfo, attrs: FlashAttentionAttrs): AttentionProblem {
-  const [batch, seqQ, heads, headDim] = q.shape;
-  const [, seqK, kvHeads] = k.shape;
-  const headDimV = v.shape[3];
+                            alibiSlopes: TensorInfo, mask: TensorInfo, attrs: FlashAttentionAttrs): CPUProblem {
   const read = (t: TensorInfo) => backend.readSync(t.dataId) as TypedArray;
   const ms = mask.shape;
   const dense = [ms[1] * ms[2] * ms[3], ms[2] * ms[3], ms[3], 1];
   const maskStrides = dense.map((s, d) => (ms[d] === 1 ? 0 : s)) as [number, number, number, number];
   return {
-    batch, seqQ, seqK, heads, kvHeads, group: heads / kvHeads, headDim, headDimV,
-    q: read(q), k: read(k), v: read(v), slopes: read(alibiSlopes), mask: read(mask), maskStrides, attrs,
-    dropThreshold: dropoutThreshold(attrs.dropoutRate),
-    dropScale: attrs.dropoutRate > 0 ? 1 / (1 - attrs.dropoutRate) : 1,
+    ...attentionProblem(q.shape, k.shape, v.shape, attrs),
+    q: read(q), k: read(k), v: read(v), slopes: read(alibiSlopes), mask: read(mask), maskStrides,
   };
 }
 
 /** Offsets of row starts in the BSHD layout. */
-export const qRow = (p: AttentionProblem, b: number, i: number, h: number) => ((b * p.seqQ + i) * p.heads + h) * p.headDim;
-export const kRow = (p: AttentionProblem, b: number, j: number, kvh: number) => ((b * p.seqK + j) * p.kvHeads + kvh) * p.headDim;
-export const vRow = (p: AttentionProblem, b: number, j: number, kvh: number) => ((b * p.seqK + j) * p.kvHeads + kvh) * p.headDimV;
-export const oRow = (p: AttentionProblem, b: number, i: number, h: number) => ((b * p.seqQ + i) * p.heads + h) * p.headDimV;
+export const qRow = (p: CPUProblem, b: number, i: number, h: number) => ((b * p.seqQ + i) * p.heads + h) * p.headDim;
+export const kRow = (p: CPUProblem, b: number, j: number, kvh: number) => ((b * p.seqK + j) * p.kvHeads + kvh) * p.headDim;
+export const vRow = (p: CPUProblem, b: number, j: number, kvh: number) => ((b * p.seqK + j) * p.kvHeads + kvh) * p.headDimV;
+export const oRow = (p: CPUProblem, b: number, i: number, h: number) => ((b * p.seqQ + i) * p.heads + h) * p.headDimV;
 
 /**
  * Fills s[r * TILE_K + c] for queries [i0, i1) x keys [j0, j1) of head (b, h) with the final
  * score, or -Infinity where the key is masked. When softcap is on, capGrad receives
  * d(softcapped)/d(raw) = 1 - tanh^2, which the backward pass needs.
  */
-export function scoreTile(p: AttentionProblem, b: number, h: number, i0: number, i1: number, j0: number, j1: number,
+export function scoreTile(p: CPUProblem, b: number, h: number, i0: number, i1: number, j0: number, j1: number,
                           s: Float64Array, capGrad: Float64Array | null): void {
   // Locals, not property loads, in the hot loop: this is most of the CPU kernel's time.
   const { q, k, mask, headDim: d } = p;
   const { scale, softcap, windowLeft: wl, windowRight: wr, hasAlibi, hasMask } = p.attrs;
   const kvh = floor(h / p.group);
-  const off = p.seqK - p.seqQ;
+  const off = p.offset;
   const slope = hasAlibi ? p.slopes[h] : 0;
   const [mb, mh, mi, mj] = p.maskStrides;
   const kStride = p.kvHeads * d;
@@ -93,9 +82,9 @@ export function scoreTile(p: AttentionProblem, b: number, h: number, i0: number,
 }
 
 /** Dropout multipliers (0 or 1/(1-rate)) for row i, keys [j0, j1), written to out[0..j1-j0). */
-export function dropoutRow(p: AttentionProblem, b: number, h: number, i: number, j0: number, j1: number, out: Float64Array): void {
+export function dropoutRow(p: CPUProblem, b: number, h: number, i: number, j0: number, j1: number, out: Float64Array): void {
   const key = dropoutRowKey(p.attrs.seed, b * p.heads + h, i);
-  for (let j = j0; j < j1; j++) out[j - j0] = dropoutBits(key, j) >= p.dropThreshold ? p.dropScale : 0;
+  for (let j = j0; j < j1; j++) out[j - j0] = dropoutBits(key, j) >= p.dropoutThreshold ? p.dropoutScale : 0;
 }
 
 /** The cpu backend's constructor of output tensors (not on the KernelBackend interface). */

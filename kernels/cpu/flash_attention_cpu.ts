@@ -5,20 +5,19 @@
  * Extra memory: O(TILE_Q * (TILE_K + headDimV)), never seqQ x seqK.
  */
 import { KernelConfig, KernelFunc, KernelBackend } from '@tensorflow/tfjs-core';
-import { FlashAttention, FlashAttentionAttrs, FlashAttentionInputs } from '../../src/kernel_names';
-import { keyRangeForQueries } from '../../src/window';
+import { FlashAttention, FlashAttentionAttrs, FlashAttentionInputs, keyRangeForQueries } from '../../src/contract';
 import {
-  AttentionProblem, dropoutRow, makeOutput, oRow, readProblem, scoreTile, TILE_K, TILE_Q, vRow,
+  CPUProblem, dropoutRow, makeOutput, oRow, readProblem, scoreTile, TILE_K, TILE_Q, vRow,
 } from './attention_problem';
 // Module-level aliases: a global lookup (Math, Infinity) in a hot loop is ~40x slower inside
 // jest's vm sandbox, where the tests run these loops.
 const { exp, floor, log, max, min } = Math;
 const INF = Infinity;
 
-export function flashForwardCPU(p: AttentionProblem): { out: Float32Array; lse: Float32Array } {
+export function flashForwardCPU(p: CPUProblem): { out: Float32Array; logSumExp: Float32Array } {
   const { batch, seqQ, seqK, heads, headDimV: dv, attrs } = p;
   const out = new Float32Array(batch * seqQ * heads * dv);
-  const lse = new Float32Array(batch * heads * seqQ);
+  const logSumExp = new Float32Array(batch * heads * seqQ);
   const s = new Float64Array(TILE_Q * TILE_K);
   const acc = new Float64Array(TILE_Q * dv);
   const rowMax = new Float64Array(TILE_Q);
@@ -46,12 +45,12 @@ export function flashForwardCPU(p: AttentionProblem): { out: Float32Array; lse: 
           rowSum[r] *= alpha;
           const ar = r * dv;
           for (let c = 0; c < dv; c++) acc[ar + c] *= alpha;
-          if (attrs.dropoutRate > 0) dropoutRow(p, b, h, i, j0, j1, drop);
+          if (p.flags.dropout) dropoutRow(p, b, h, i, j0, j1, drop);
           for (let j = j0; j < j1; j++) {
             const e = exp(s[sr + j - j0] - newMax);
             if (e === 0) continue;
             rowSum[r] += e;                               // the normaliser ignores dropout
-            const w = attrs.dropoutRate > 0 ? e * drop[j - j0] : e;
+            const w = p.flags.dropout ? e * drop[j - j0] : e;
             if (w === 0) continue;
             const vo = vRow(p, b, j, kvh);
             for (let c = 0; c < dv; c++) acc[ar + c] += w * p.v[vo + c];
@@ -62,21 +61,21 @@ export function flashForwardCPU(p: AttentionProblem): { out: Float32Array; lse: 
         const r = i - i0, oo = oRow(p, b, i, h);
         const empty = rowSum[r] === 0;                    // no key left after masking
         for (let c = 0; c < dv; c++) out[oo + c] = empty ? 0 : acc[r * dv + c] / rowSum[r];
-        lse[(b * heads + h) * seqQ + i] = empty ? -INF : rowMax[r] + log(rowSum[r]);
+        logSumExp[(b * heads + h) * seqQ + i] = empty ? -INF : rowMax[r] + log(rowSum[r]);
       }
     }
   }
-  return { out, lse };
+  return { out, logSumExp };
 }
 
 const flashAttentionCPU: KernelFunc = ({ inputs, backend, attrs }) => {
   const { q, k, v, alibiSlopes, mask } = inputs as unknown as FlashAttentionInputs;
   const a = attrs as unknown as FlashAttentionAttrs;
   const p = readProblem(backend as KernelBackend, q, k, v, alibiSlopes, mask, a);
-  const { out, lse } = flashForwardCPU(p);
+  const { out, logSumExp } = flashForwardCPU(p);
   return [
     makeOutput(backend as KernelBackend, [p.batch, p.seqQ, p.heads, p.headDimV], out),
-    makeOutput(backend as KernelBackend, [p.batch, p.heads, p.seqQ], lse),
+    makeOutput(backend as KernelBackend, [p.batch, p.heads, p.seqQ], logSumExp),
   ];
 };
 

@@ -1,26 +1,27 @@
 /**
  * CPU backward kernel (FlashAttention-2): the backward preprocess computes D = rowsum(dO * O);
- * the dK/dV pass walks key/value tiles, recomputes P = exp(S - logsumexp) tile by tile from q, k
- * and the saved logsumexp, and accumulates dK and dV in the tile (summing the query heads of a
+ * the dK/dV pass walks key/value tiles, recomputes P = exp(S - logSumExp) tile by tile from q, k
+ * and the saved logSumExp, and accumulates dK and dV in the tile (summing the query heads of a
  * GQA group). Being single-threaded, it also adds each tile's dS * K into dQ there, which saves
  * the GPU kernels' separate dQ pass (that pass exists on GPUs only to avoid atomics).
  * Extra memory: O(seq * headDim) for dQ plus O(TILE_Q * TILE_K) tiles; never seqQ x seqK.
  */
 import { KernelBackend, KernelConfig, KernelFunc, TensorInfo, TypedArray } from '@tensorflow/tfjs-core';
-import { FlashAttentionAttrs, FlashAttentionGrad, FlashAttentionGradInputs } from '../../src/kernel_names';
-import { queryRangeForKeys } from '../../src/window';
 import {
-  AttentionProblem, dropoutRow, kRow, makeOutput, oRow, qRow, readProblem, scoreTile, TILE_K, TILE_Q, vRow,
+  FlashAttentionAttrs, FlashAttentionGrad, FlashAttentionGradInputs, queryRangeForKeys,
+} from '../../src/contract';
+import {
+  CPUProblem, dropoutRow, kRow, makeOutput, oRow, qRow, readProblem, scoreTile, TILE_K, TILE_Q, vRow,
 } from './attention_problem';
 // Module-level aliases: a global lookup (Math, Infinity) in a hot loop is ~40x slower inside
 // jest's vm sandbox, where the tests run these loops.
 const { exp, min } = Math;
 const INF = Infinity;
 
-export interface SavedForward { out: TypedArray; lse: TypedArray; dy: TypedArray; }
+export interface SavedForward { out: TypedArray; logSumExp: TypedArray; dy: TypedArray; }
 
 /** Backward preprocess: D[b, h, i] = sum_c dO[b, i, h, c] * O[b, i, h, c]. */
-function backwardPreprocess(p: AttentionProblem, f: SavedForward): Float64Array {
+function backwardPreprocess(p: CPUProblem, f: SavedForward): Float64Array {
   const D = new Float64Array(p.batch * p.heads * p.seqQ);
   for (let b = 0; b < p.batch; b++) for (let h = 0; h < p.heads; h++) for (let i = 0; i < p.seqQ; i++) {
     const o = oRow(p, b, i, h);
@@ -31,14 +32,14 @@ function backwardPreprocess(p: AttentionProblem, f: SavedForward): Float64Array 
   return D;
 }
 
-export function flashBackwardCPU(p: AttentionProblem, f: SavedForward) {
+export function flashBackwardCPU(p: CPUProblem, f: SavedForward) {
   const { batch, seqQ, seqK, heads, kvHeads, headDim: d, headDimV: dvDim, attrs } = p;
   const dq = new Float64Array(batch * seqQ * heads * d);
   const dk = new Float32Array(batch * seqK * kvHeads * d);
   const dv = new Float32Array(batch * seqK * kvHeads * dvDim);
   const D = backwardPreprocess(p, f);
   const s = new Float64Array(TILE_Q * TILE_K);
-  const capGrad = attrs.softcap > 0 ? new Float64Array(TILE_Q * TILE_K) : null;
+  const capGrad = p.flags.softcap ? new Float64Array(TILE_Q * TILE_K) : null;
   const drop = new Float64Array(TILE_K).fill(1);
   const dkAcc = new Float64Array(TILE_K * d);
   const dvAcc = new Float64Array(TILE_K * dvDim);
@@ -55,17 +56,17 @@ export function flashBackwardCPU(p: AttentionProblem, f: SavedForward) {
           const i1 = min(iHi, i0 + TILE_Q);
           scoreTile(p, b, h, i0, i1, j0, j1, s, capGrad);   // recompute, never stored
           for (let i = i0; i < i1; i++) {
-            const rowLse = f.lse[(b * heads + h) * seqQ + i];
-            if (rowLse === -INF) continue;              // fully masked row: zero gradient
+            const rowLogSumExp = f.logSumExp[(b * heads + h) * seqQ + i];
+            if (rowLogSumExp === -INF) continue;              // fully masked row: zero gradient
             const sr = (i - i0) * TILE_K;
             const oo = oRow(p, b, i, h), qo = qRow(p, b, i, h);
             const Di = D[(b * heads + h) * seqQ + i];
-            if (attrs.dropoutRate > 0) dropoutRow(p, b, h, i, j0, j1, drop);
+            if (p.flags.dropout) dropoutRow(p, b, h, i, j0, j1, drop);
             for (let j = j0; j < j1; j++) {
               const c0 = j - j0;
               const sij = s[sr + c0];
               if (sij === -INF) continue;
-              const P = exp(sij - rowLse);
+              const P = exp(sij - rowLogSumExp);
               const vo = vRow(p, b, j, kvh);
               // dV += P~^T dO ;  dP = (dO . v) * dropout
               let dP = 0;
@@ -99,11 +100,11 @@ export function flashBackwardCPU(p: AttentionProblem, f: SavedForward) {
 }
 
 const flashAttentionGradCPU: KernelFunc = ({ inputs, backend, attrs }) => {
-  const { q, k, v, alibiSlopes, mask, out, logsumexp, dy } = inputs as unknown as FlashAttentionGradInputs;
+  const { q, k, v, alibiSlopes, mask, out, logSumExp, dy } = inputs as unknown as FlashAttentionGradInputs;
   const be = backend as KernelBackend;
   const p = readProblem(be, q, k, v, alibiSlopes, mask, attrs as unknown as FlashAttentionAttrs);
   const read = (t: TensorInfo) => be.readSync(t.dataId) as TypedArray;
-  const g = flashBackwardCPU(p, { out: read(out), lse: read(logsumexp), dy: read(dy) });
+  const g = flashBackwardCPU(p, { out: read(out), logSumExp: read(logSumExp), dy: read(dy) });
   return [makeOutput(be, q.shape, g.dq), makeOutput(be, k.shape, g.dk), makeOutput(be, v.shape, g.dv)];
 };
 

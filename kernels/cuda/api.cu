@@ -18,7 +18,7 @@ Problem makeProblem(const fa_params& a) {
   p.hasAlibi = a.alibi_slopes != nullptr;
   p.hasMask = a.mask != nullptr;
   p.hasDropout = a.dropout_rate > 0.f;
-  // threshold = min(floor(rate * 2^32), 2^32 - 1), as src/dropout.ts.
+  // threshold = min(floor(rate * 2^32), 2^32 - 1), as src/contract/dropout.ts.
   const double t = a.dropout_threshold >= 0 ? (double)a.dropout_threshold
                                             : floor((double)a.dropout_rate * 4294967296.0);
   p.dropThreshold = t >= 4294967295.0 ? 0xffffffffu : (uint32_t)t;

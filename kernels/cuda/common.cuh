@@ -1,5 +1,5 @@
 // Pieces shared by every kernel of the family: the problem description, the score function
-// (softcap, ALiBi, window, mask), the counter-based dropout hash of src/dropout.ts, and
+// (softcap, ALiBi, window, mask), the counter-based dropout hash of src/contract/dropout.ts, and
 // shared-memory tile loaders. Kernels are templates over two compile-time switches:
 //   LOCAL   - a window (causal included) is active: key tiles outside it are skipped and the
 //             boundary tiles test each element;
@@ -35,7 +35,7 @@ struct Problem {
 
 Problem makeProblem(const fa_params& p);
 
-// ---- counter-based dropout (bit-exact with src/dropout.ts) ----
+// ---- counter-based dropout (bit-exact with src/contract/dropout.ts) ----
 __device__ __forceinline__ uint32_t mix32(uint32_t x) {
   x ^= x >> 16; x *= 0x7feb352du; x ^= x >> 15; x *= 0x846ca68bu; x ^= x >> 16;
   return x;

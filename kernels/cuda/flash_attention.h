@@ -3,8 +3,8 @@
  * shared by the TensorFlow op library (native/tf_op/) and the standalone harness
  * (kernels/cuda/harness/, through ctypes). Plain C types only, so any caller can bind it.
  *
- * Semantics are those of src/kernel_names.ts (bottom-right aligned window, ALiBi, softcap,
- * rank-4 broadcast mask, counter-based dropout of src/dropout.ts, GQA/MQA, seqQ != seqK).
+ * Semantics are those of src/contract/kernel_names.ts (bottom-right aligned window, ALiBi, softcap,
+ * rank-4 broadcast mask, counter-based dropout of src/contract/dropout.ts, GQA/MQA, seqQ != seqK).
  * Layouts (contiguous, float32): q [B, Nq, H, D], k [B, Nk, Hkv, D], v [B, Nk, Hkv, Dv],
  * out [B, Nq, H, Dv], logsumexp [B, H, Nq]. headDim and headDimV are at most 256.
  *
@@ -47,7 +47,7 @@ typedef struct {
   int64_t mask_strides[4];
   float dropout_rate;      /* in [0, 1) */
   uint32_t seed;
-  /* keep = hash >= threshold. src/dropout.ts computes min(floor(rate * 2^32), 2^32 - 1) from
+  /* keep = hash >= threshold. src/contract/dropout.ts computes min(floor(rate * 2^32), 2^32 - 1) from
      the float64 rate; a float32 rate can round to a different threshold, so callers that have
      the float64 rate pass the threshold here; -1 derives it from dropout_rate. */
   int64_t dropout_threshold;

@@ -3,13 +3,13 @@
  * and `FlashAttentionGrad` that the CUDA op library registers (native/tf_op/), through
  * tfjs-node's executeMultipleOutputs. The op attributes are the tfjs kernels' attributes, plus
  * dropoutThreshold: TensorFlow's float attribute is float32, and floor(rate * 2^32) of the
- * float32 rate can differ from src/dropout.ts's float64 one, so the exact threshold travels too.
+ * float32 rate can differ from the contract's float64 one, so the exact threshold travels too.
  */
 import { KernelConfig, KernelFunc, TensorInfo } from '@tensorflow/tfjs-core';
-import { dropoutThreshold } from '../../src/dropout';
 import {
-  FlashAttention, FlashAttentionAttrs, FlashAttentionGrad, FlashAttentionGradInputs, FlashAttentionInputs,
-} from '../../src/kernel_names';
+  AttentionProblem, attentionProblem, FlashAttention, FlashAttentionAttrs, FlashAttentionGrad,
+  FlashAttentionGradInputs, FlashAttentionInputs,
+} from '../../src/contract';
 
 /** tfjs-node's TFEOpAttr: the attr type codes come from its binding (TF_ATTR_*). */
 export interface TensorflowOpAttr {
@@ -25,8 +25,9 @@ export interface TensorflowBackendLike {
                          numOutputs: number): TensorInfo[];
 }
 
-export function tensorflowOpAttrs(attrs: FlashAttentionAttrs, binding: TensorflowBackendLike['binding']): TensorflowOpAttr[] {
+export function tensorflowOpAttrs(problem: AttentionProblem, binding: TensorflowBackendLike['binding']): TensorflowOpAttr[] {
   const { TF_ATTR_INT: INT, TF_ATTR_FLOAT: FLOAT, TF_ATTR_BOOL: BOOL, TF_ATTR_STRING: STRING } = binding;
+  const { attrs } = problem;
   return [
     { name: 'scale', type: FLOAT, value: attrs.scale },
     { name: 'softcap', type: FLOAT, value: attrs.softcap },
@@ -38,22 +39,24 @@ export function tensorflowOpAttrs(attrs: FlashAttentionAttrs, binding: Tensorflo
     // As a signed 32-bit value: the op keeps the low 32 bits, whatever width the binding uses.
     { name: 'seed', type: INT, value: attrs.seed | 0 },
     { name: 'precision', type: STRING, value: attrs.precision },
-    { name: 'dropoutThreshold', type: INT, value: attrs.dropoutRate > 0 ? dropoutThreshold(attrs.dropoutRate) : -1 },
+    { name: 'dropoutThreshold', type: INT, value: problem.flags.dropout ? problem.dropoutThreshold : -1 },
   ];
 }
 
 const flashAttentionTensorflow: KernelFunc = ({ inputs, backend, attrs }) => {
   const { q, k, v, alibiSlopes, mask } = inputs as unknown as FlashAttentionInputs;
   const b = backend as unknown as TensorflowBackendLike;
-  return b.executeMultipleOutputs(FlashAttention, tensorflowOpAttrs(attrs as unknown as FlashAttentionAttrs, b.binding),
+  const problem = attentionProblem(q.shape, k.shape, v.shape, attrs as unknown as FlashAttentionAttrs);
+  return b.executeMultipleOutputs(FlashAttention, tensorflowOpAttrs(problem, b.binding),
                                   [q, k, v, alibiSlopes, mask], 2);
 };
 
 const flashAttentionGradTensorflow: KernelFunc = ({ inputs, backend, attrs }) => {
-  const { q, k, v, alibiSlopes, mask, out, logsumexp, dy } = inputs as unknown as FlashAttentionGradInputs;
+  const { q, k, v, alibiSlopes, mask, out, logSumExp, dy } = inputs as unknown as FlashAttentionGradInputs;
   const b = backend as unknown as TensorflowBackendLike;
-  return b.executeMultipleOutputs(FlashAttentionGrad, tensorflowOpAttrs(attrs as unknown as FlashAttentionAttrs, b.binding),
-                                  [q, k, v, alibiSlopes, mask, out, logsumexp, dy], 3);
+  const problem = attentionProblem(q.shape, k.shape, v.shape, attrs as unknown as FlashAttentionAttrs);
+  return b.executeMultipleOutputs(FlashAttentionGrad, tensorflowOpAttrs(problem, b.binding),
+                                  [q, k, v, alibiSlopes, mask, out, logSumExp, dy], 3);
 };
 
 export const flashAttentionTensorflowConfig: KernelConfig = {

@@ -1,47 +1,10 @@
 /**
  * WGSL shared by the forward and backward programs: the contract's per-element semantics
- * (src/kernel_names.ts) as helper functions. Each option is a compile-time switch: a disabled
+ * (src/contract/kernel_names.ts) as helper functions. Each option is a compile-time switch: a disabled
  * option compiles to a stub (onnxruntime's WGSL-template style), so one kernel family serves
  * every combination and the disabled cases cost nothing.
  */
-import { FlashAttentionAttrs } from '../../src/kernel_names';
-import { dropoutThreshold } from '../../src/dropout';
-import { Uniform } from './program';
-
-/** Which options a program is compiled with. */
-export interface OptionFlags {
-  window: boolean;
-  alibi: boolean;
-  softcap: boolean;
-  mask: boolean;
-  dropout: boolean;
-}
-
-export function optionFlags(a: FlashAttentionAttrs): OptionFlags {
-  return {
-    window: a.windowLeft >= 0 || a.windowRight >= 0,
-    alibi: a.hasAlibi,
-    softcap: a.softcap > 0,
-    mask: a.hasMask,
-    dropout: a.dropoutRate > 0,
-  };
-}
-
-/** Program-defined uniforms shared by the attention passes; field order = OPTION_UNIFORMS. */
-export const OPTION_UNIFORMS =
-    'scale : f32, softcap : f32, windowLeft : i32, windowRight : i32, seed : u32, dropThreshold : u32, dropScale : f32,';
-
-export function optionUniforms(a: FlashAttentionAttrs): Uniform[] {
-  return [
-    { type: 'float32', data: [a.scale] },
-    { type: 'float32', data: [a.softcap > 0 ? a.softcap : 1] },
-    { type: 'int32', data: [a.windowLeft] },
-    { type: 'int32', data: [a.windowRight] },
-    { type: 'uint32', data: [a.seed >>> 0] },
-    { type: 'uint32', data: [dropoutThreshold(a.dropoutRate)] },
-    { type: 'float32', data: [a.dropoutRate > 0 ? 1 / (1 - a.dropoutRate) : 1] },
-  ];
-}
+import { OptionFlags } from '../../src/contract';
 
 /**
  * Masked scores are set to this finite sentinel rather than -inf: WGSL lets implementations
@@ -58,7 +21,7 @@ export const NEG_HALF = '-1.0e38';
  *  - isKept(b, h, i, j, nq, nk, off): window, bounds and mask;
  *  - tileFullyKept(i0, i1, j0, j1, nq, nk, off): every (i, j) of the tile is kept, so the
  *    per-element test can be skipped (interior tiles of causal/windowed attention);
- *  - dropoutRowKey(bh, i), dropoutScale(rowKey, j): the counter-based hash of src/dropout.ts.
+ *  - dropoutRowKey(bh, i), dropoutScale(rowKey, j): the counter-based hash of src/contract/dropout.ts.
  */
 export function optionHelpers(f: OptionFlags): string {
   const tanh = `

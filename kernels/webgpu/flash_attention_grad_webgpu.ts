@@ -10,13 +10,14 @@
  * inputs give the same bits.
  */
 import { KernelConfig, KernelFunc, TensorInfo } from '@tensorflow/tfjs-core';
-import { FlashAttentionAttrs, FlashAttentionGrad, FlashAttentionGradInputs } from '../../src/kernel_names';
 import {
-  keyTileLoopWGSL, loadTileWGSL, OPTION_UNIFORMS, prefetchedTileWGSL, OptionFlags, optionFlags, optionHelpers,
-  optionUniforms, queryRangeWGSL,
+  AttentionProblem, attentionProblem, FlashAttentionAttrs, FlashAttentionGrad, FlashAttentionGradInputs, OptionFlags,
+} from '../../src/contract';
+import {
+  keyTileLoopWGSL, loadTileWGSL, prefetchedTileWGSL, optionHelpers, queryRangeWGSL,
 } from './attention_wgsl';
 import {
-  attentionShape, AttentionShape, dotTileWGSL, keptAt, keptBitsWGSL, passPrologueWGSL, registersWGSL, tileConstants,
+  dotTileWGSL, keptAt, keptBitsWGSL, passPrologueWGSL, registersWGSL, tileConstants,
   vec4sPerThread, weightedSumWGSL,
 } from './flash_attention_webgpu';
 import {
@@ -24,6 +25,7 @@ import {
   unroll, WebGPUBackend, withDeviceErrorCheck,
 } from './program';
 import { chooseTiles, threadsOf, TileConfig, vec4Count } from './tiles';
+import { optionUniforms } from './uniforms';
 
 /** Backward preprocess: stats = [logsumexp (copied), D = rowsum(dO * O)], each [B, H, Nq]. */
 
@@ -53,7 +55,7 @@ class BackwardPreprocessProgram extends FlashProgram {
   dispatchLayout = { x: [0] };
   size = true;
 
-  constructor(private s: AttentionShape) {
+  constructor(private s: AttentionProblem) {
     super();
     this.outputShape = [2 * s.batch * s.heads * s.seqQ];
     this.dispatch = [Math.ceil(s.batch * s.heads * s.seqQ / 64), 1, 1];
@@ -96,10 +98,11 @@ class DQProgram extends FlashProgram {
   outputShape: number[];
   workgroupSize: [number, number, number];
   dispatch: [number, number, number];
-  uniforms = OPTION_UNIFORMS;
+  uniforms: string;
 
-  constructor(private s: AttentionShape, private tiles: TileConfig, private flags: OptionFlags) {
+  constructor(private s: AttentionProblem, private tiles: TileConfig, private flags: OptionFlags) {
     super();
+    this.uniforms = optionUniforms(s).fields;
     this.outputShape = [s.batch, s.seqQ, s.heads, s.headDim];
     this.workgroupSize = [threadsOf(tiles), 1, 1];
     this.dispatch = [Math.ceil(s.seqQ / tiles.rows), s.heads, s.batch];
@@ -188,10 +191,11 @@ class DKDVProgram extends FlashProgram {
   outputShape: number[];
   workgroupSize: [number, number, number];
   dispatch: [number, number, number];
-  uniforms = OPTION_UNIFORMS;
+  uniforms: string;
 
-  constructor(private s: AttentionShape, private tiles: TileConfig, private flags: OptionFlags) {
+  constructor(private s: AttentionProblem, private tiles: TileConfig, private flags: OptionFlags) {
     super();
+    this.uniforms = optionUniforms(s).fields;
     // One packed output: dk [B, Nk, Hkv, D], then dv [B, Nk, Hkv, Dv].
     this.outputShape = [s.batch * s.seqK * s.kvHeads * (s.headDim + s.headDimV)];
     this.workgroupSize = [threadsOf(tiles), 1, 1];
@@ -319,10 +323,10 @@ class DKDVProgram extends FlashProgram {
 export function flashAttentionGradWebGPU(
     args: { inputs: FlashAttentionGradInputs, backend: WebGPUBackend, attrs: FlashAttentionAttrs }): TensorInfo[] {
   const { inputs, backend, attrs } = args;
-  const { q, k, v, alibiSlopes, mask, out, logsumexp, dy } = inputs as unknown as Record<string, TensorInfo>;
-  const s = attentionShape(q, k, v);
+  const { q, k, v, alibiSlopes, mask, out, logSumExp, dy } = inputs as unknown as Record<string, TensorInfo>;
+  const s = attentionProblem(q.shape, k.shape, v.shape, attrs);
   const limits = deviceLimits(backend);
-  const flags = optionFlags(attrs);
+  const flags = s.flags;
   const dqProgram = new DQProgram(s, chooseTiles('dq', limits, s.headDim, s.headDimV), flags);
   const dkdvProgram = new DKDVProgram(s, chooseTiles('dkdv', limits, s.headDim, s.headDimV), flags);
   const preprocess = new BackwardPreprocessProgram(s);
@@ -331,9 +335,9 @@ export function flashAttentionGradWebGPU(
                              ['logsumexp and D', preprocess.outputShape]]);
   checkDispatch(limits, dqProgram.dispatch);
   checkDispatch(limits, dkdvProgram.dispatch);
-  const uniforms = optionUniforms(attrs);
+  const uniforms = optionUniforms(s).data;
   return withDeviceErrorCheck(backend, () => {
-    const stats = runProgram(backend, preprocess, [out, dy, logsumexp], []);
+    const stats = runProgram(backend, preprocess, [out, dy, logSumExp], []);
     const passInputs = [q, k, v, alibiSlopes, mask, dy, stats];
     const dkdv = runProgram(backend, dkdvProgram, passInputs, uniforms);
     const [dk, dv] = unpack(backend, dkdv, [k.shape, v.shape]);

@@ -6,10 +6,11 @@
  * ever stored. Key tiles a query tile cannot see (causal, sliding window) are skipped whole.
  */
 import { KernelConfig, KernelFunc, TensorInfo } from '@tensorflow/tfjs-core';
-import { FlashAttention, FlashAttentionAttrs, FlashAttentionInputs } from '../../src/kernel_names';
 import {
-  keyTileLoopWGSL, loadTileWGSL, NEG_BIG, prefetchedTileWGSL, NEG_HALF, OPTION_UNIFORMS, OptionFlags, optionFlags,
-  optionHelpers, optionUniforms,
+  AttentionProblem, attentionProblem, FlashAttention, FlashAttentionAttrs, FlashAttentionInputs, OptionFlags,
+} from '../../src/contract';
+import {
+  keyTileLoopWGSL, loadTileWGSL, NEG_BIG, prefetchedTileWGSL, NEG_HALF, optionHelpers,
 } from './attention_wgsl';
 import {
   checkBindingSizes, checkDispatch, deviceLimits, FlashProgram, runProgram, shaderKeyOf, unpack,
@@ -17,17 +18,7 @@ import {
 } from './program';
 import { subgroupMinSizeOf } from './subgroups';
 import { chooseTiles, paddedVec4, threadsOf, TileConfig, vec4Count } from './tiles';
-
-export interface AttentionShape {
-  batch: number; seqQ: number; seqK: number; heads: number; kvHeads: number;
-  headDim: number; headDimV: number;
-}
-
-export function attentionShape(q: TensorInfo, k: TensorInfo, v: TensorInfo): AttentionShape {
-  const [batch, seqQ, heads, headDim] = q.shape;
-  const [, seqK, kvHeads] = k.shape;
-  return { batch, seqQ, seqK, heads, kvHeads, headDim, headDimV: v.shape[3] };
-}
+import { optionUniforms } from './uniforms';
 
 /** WGSL constants of a tiled pass: tile sizes, thread grid and head dims. */
 export function tileConstants(t: TileConfig, headDim: number, headDimV: number): string {
@@ -202,15 +193,16 @@ export class FlashForwardProgram extends FlashProgram {
   outputShape: number[];
   workgroupSize: [number, number, number];
   dispatch: [number, number, number];
-  uniforms = OPTION_UNIFORMS;
+  uniforms: string;
 
   /**
    * subgroupSize: the smallest subgroup size of the device when the row reductions may use
    * subgroup shuffles (see subgroups.ts), 0 for the workgroup-memory path.
    */
-  constructor(private s: AttentionShape, private tiles: TileConfig, private flags: OptionFlags,
+  constructor(private s: AttentionProblem, private tiles: TileConfig, private flags: OptionFlags,
               private subgroupSize = 0) {
     super();
+    this.uniforms = optionUniforms(s).fields;
     // One packed output: out [B, Nq, H, Dv], then logsumexp [B, H, Nq].
     this.outputShape = [s.batch * s.seqQ * s.heads * s.headDimV + s.batch * s.heads * s.seqQ];
     this.workgroupSize = [threadsOf(tiles), 1, 1];
@@ -350,15 +342,15 @@ export function flashAttentionWebGPU(
     args: { inputs: FlashAttentionInputs, backend: WebGPUBackend, attrs: FlashAttentionAttrs }): TensorInfo[] {
   const { inputs, backend, attrs } = args;
   const { q, k, v, alibiSlopes, mask } = inputs as unknown as Record<string, TensorInfo>;
-  const s = attentionShape(q, k, v);
+  const s = attentionProblem(q.shape, k.shape, v.shape, attrs);
   const limits = deviceLimits(backend);
   const program = new FlashForwardProgram(s, chooseTiles('forward', limits, s.headDim, s.headDimV),
-                                          optionFlags(attrs), subgroupMinSizeOf(backend));
+                                          s.flags, subgroupMinSizeOf(backend));
   checkBindingSizes(limits, [['q', q.shape], ['k', k.shape], ['v', v.shape], ['mask', mask.shape],
                              ['the output and logsumexp', program.outputShape]]);
   checkDispatch(limits, program.dispatch);
   return withDeviceErrorCheck(backend, () => {
-    const packed = runProgram(backend, program, [q, k, v, alibiSlopes, mask], optionUniforms(attrs));
+    const packed = runProgram(backend, program, [q, k, v, alibiSlopes, mask], optionUniforms(s).data);
     return unpack(backend, packed, [[s.batch, s.seqQ, s.heads, s.headDimV], [s.batch, s.heads, s.seqQ]]);
   });
 }

@@ -5,7 +5,7 @@
  */
 import type { WebGPUBackend, WebGPUProgram } from '@tensorflow/tfjs-backend-webgpu';
 import { TensorInfo, util } from '@tensorflow/tfjs-core';
-import { check, shapeStr } from '../../src/options';
+import { check, shapeStr } from '../../src/contract';
 
 export type { WebGPUBackend };
 

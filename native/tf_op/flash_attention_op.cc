@@ -1,5 +1,5 @@
 // TensorFlow custom op library: ops FlashAttention and FlashAttentionGrad (same inputs, outputs
-// and attributes as the tfjs kernels of src/kernel_names.ts) with GPU kernels that call the
+// and attributes as the tfjs kernels of src/contract/kernel_names.ts) with GPU kernels that call the
 // CUDA kernels through their C ABI. Built against TensorFlow's stable C API only (tf_c_api.h);
 // loaded into a running TensorFlow with TF_LoadLibrary (native/loader/).
 //

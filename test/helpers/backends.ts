@@ -5,7 +5,7 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import { MathBackendCPU } from '@tensorflow/tfjs-backend-cpu';
-import { FlashAttention, FlashAttentionGrad } from '../../src/kernel_names';
+import { FlashAttention, FlashAttentionGrad } from '../../src/contract';
 
 export const FALLBACK_BACKEND = 'cpu-no-flash';
 

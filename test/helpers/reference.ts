@@ -1,10 +1,9 @@
 /**
  * Float64 reference attention: the naive full-matrix algorithm, written independently of the
  * kernels (no tiling, no online softmax) to be the oracle of every test. It follows the contract
- * in src/kernel_names.ts literally, with analytical gradients.
+ * in src/contract/kernel_names.ts literally, with analytical gradients.
  */
-import { dropoutKeep } from '../../src/dropout';
-import { FlashAttentionAttrs } from '../../src/kernel_names';
+import { dropoutKeep, FlashAttentionAttrs } from '../../src/contract';
 // Module-level aliases: a global lookup (Math, Infinity) in a hot loop is ~40x slower inside
 // jest's vm sandbox, where the tests run these loops.
 const { abs, exp, floor, log, max, tanh } = Math;

@@ -10,7 +10,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { buildSync } from 'esbuild';
 import * as tf from '@tensorflow/tfjs';
-import { FlashAttentionAttrs } from '../../src/kernel_names';
+import { FlashAttentionAttrs } from '../../src/contract';
 import { referenceForward } from './reference';
 import { rng } from './attention_case';
 

@@ -4,9 +4,9 @@
   python3 harness.py --lib build/cuda/libflash_attention_cuda.so [--check] [--bench] [--out DIR]
 
 --check runs every option of the op, forward and gradients, against a float64 reference written
-here from the contract in src/kernel_names.ts (PyTorch on the GPU, float64, autograd for the
+here from the contract in src/contract/kernel_names.ts (PyTorch on the GPU, float64, autograd for the
 gradients; the dropout hash re-implemented and itself checked against dropout_vectors.json,
-which src/dropout.ts produced). --bench times the kernels against PyTorch's
+which src/contract/dropout.ts produced). --bench times the kernels against PyTorch's
 scaled_dot_product_attention on the same GPU in the same process.
 """
 import argparse
@@ -52,7 +52,7 @@ def load_library(path):
     return lib
 
 
-# ---------------------------------------------------------------- dropout hash (src/dropout.ts)
+# ---------------------------------------------------------------- dropout hash (src/contract/dropout.ts)
 M32 = 0xffffffff
 
 
@@ -124,7 +124,7 @@ def make_inputs(c, gen):
 
 
 def reference(c, q, k, v, dy, slopes, mask):
-    """The contract of src/kernel_names.ts, literally, in float64 (full score matrix)."""
+    """The contract of src/contract/kernel_names.ts, literally, in float64 (full score matrix)."""
     q, k, v = (t.double().requires_grad_() for t in (q, k, v))
     dy = dy.double()
     B, Nq, H, D = q.shape
@@ -264,7 +264,7 @@ CASES = [
 def run_checks(kern, report):
     n, bad = check_dropout_vectors()
     report['dropout_vectors'] = {'cases': n, 'mismatches': bad}
-    print('dropout hash vs src/dropout.ts vectors: %d cases, %d mismatches' % (n, bad))
+    print('dropout hash vs src/contract/dropout.ts vectors: %d cases, %d mismatches' % (n, bad))
     gen = torch.Generator(device='cuda')
     rows = []
     worst = {'fwd': 0.0, 'lse': 0.0, 'grad': 0.0, 'fast_fwd': 0.0, 'fast_grad': 0.0}

@@ -96,7 +96,7 @@ def main():
         gen.manual_seed(len(name))
         q, k, v, dy, slopes, mask = harness.make_inputs(c, gen)
         ref_out, ref_lse, ref_dq, ref_dk, ref_dv = harness.reference(c, q, k, v, dy, slopes, mask)
-        # Placeholders as the op sends them when an option is off (src/kernel_names.ts).
+        # Placeholders as the op sends them when an option is off (src/contract/kernel_names.ts).
         alibi_in = slopes if slopes is not None else torch.zeros(1, device='cuda')
         mask_in = mask.contiguous() if mask is not None else torch.ones(1, 1, 1, 1, dtype=torch.bool, device='cuda')
         for precision, tol_fwd, tol_grad in (('highest', 1e-5, 1e-4), ('fast', 2e-2, 5e-2)):

@@ -22,9 +22,21 @@ async function main() {
   Object.defineProperty(globalThis, 'navigator', { value: { gpu }, configurable: true, writable: true });
   const tf = await import('@tensorflow/tfjs');
   await import('@tensorflow/tfjs-backend-webgpu');
-  const { flashAttention } = await import('../../../src/index');
+  // The kernels themselves, run through tfjs's engine: no op, no API layer (src/).
+  await import('../register');
+  const { FlashAttention, FlashAttentionGrad, normalizeAttrs } = await import('../../../src/contract');
   const { setTileConfigOverride } = await import('../tiles');
-  const ac = await import('../../../test/helpers/attention_case');
+  const ac = await import('../../../test/helpers/cases');
+  type Tensor = import('@tensorflow/tfjs').Tensor;
+  const runKernel = (name: string, inputs: Record<string, Tensor>, attrs: object) =>
+    tf.engine().runKernel(name, inputs, attrs as {}) as Tensor[];
+  /** The forward kernel, then (grads) the backward kernel with dy: what tf.grads of the op runs. */
+  const runKernels = (x: Record<string, Tensor>, dy: Tensor, attrs: object, grads: boolean): Tensor[] => {
+    const [out, logSumExp] = runKernel(FlashAttention, x, attrs);
+    return grads ? [out, logSumExp, ...runKernel(FlashAttentionGrad, { ...x, out, logSumExp, dy }, attrs)] : [out, logSumExp];
+  };
+  /** Placeholders as the op passes them when ALiBi or the mask is off (src/contract/kernel_names.ts). */
+  const noSlopes = () => tf.zeros([1]), noMask = () => tf.ones([1, 1, 1, 1], 'bool');
   // --subgroups=1: the opt-in subgroups device (kernels/webgpu/subgroups.ts) instead of tfjs's own.
   if (num('subgroups', 0)) {
     const { useWebGPUWithSubgroups } = await import('../subgroups');
@@ -52,7 +64,19 @@ async function main() {
     for (const c of chosen) {
       const d = ac.caseData(c);
       const t0 = Date.now();
-      const got = await ac.runOp(c, d, grads);
+      const { batch, seqQ, seqK, heads, kvHeads, headDim, headDimV } = c.dims;
+      const x = {
+        q: tf.tensor(d.q, [batch, seqQ, heads, headDim]), k: tf.tensor(d.k, [batch, seqK, kvHeads, headDim]),
+        v: tf.tensor(d.v, [batch, seqK, kvHeads, headDimV]),
+        alibiSlopes: d.slopes ? tf.tensor(d.slopes) : noSlopes(),
+        mask: d.mask ? tf.tensor(d.mask, [...new Array(4 - c.maskShape.length).fill(1), ...c.maskShape], 'bool') : noMask(),
+      };
+      const dy = tf.tensor(d.dy, [batch, seqQ, heads, headDimV]);
+      const res = runKernels(x, dy, ac.caseAttrs(c, d), grads);
+      const [o, lse, dq, dk, dv] = await Promise.all(res.map(t => t.data() as Promise<Float32Array>));
+      const empty = new Float32Array(0);
+      const got = { out: o, lse, dq: dq ?? empty, dk: dk ?? empty, dv: dv ?? empty };
+      tf.dispose([...Object.values(x), dy, ...res]);
       const ms = Date.now() - t0;
       out({ case: ac.describeCase(c), ms, err: ac.compare(got, ac.reference(c, d), grads), deviceErrors: errors.splice(0) });
     }
@@ -61,8 +85,10 @@ async function main() {
     const causal = !!num('causal', 0), bwd = !!num('bwd', 0);
     const q = tf.randomNormal([1, n, heads, d]), k = tf.randomNormal([1, n, heads, d]), v = tf.randomNormal([1, n, heads, d]);
     const dy = tf.randomNormal([1, n, heads, d]);
-    const gradFn = tf.grads((a: any, b: any, c: any) => tf.sum(tf.mul(flashAttention(a, b, c, { causal }), dy)));
-    const run = () => bwd ? gradFn([q, k, v]) : [flashAttention(q as any, k as any, v as any, { causal })];
+    const dims = { batch: 1, seqQ: n, seqK: n, heads, kvHeads: heads, headDim: d, headDimV: d };
+    const attrs = normalizeAttrs(dims, { causal, seed: 1 }, false, false);
+    const x = { q, k, v, alibiSlopes: noSlopes(), mask: noMask() };
+    const run = () => runKernels(x, dy, attrs, bwd);
     // One tiny readback waits for everything queued before it (tidy: the reshape shares data).
     const sync = async (ts: any[]) => { const s = tf.tidy(() => tf.slice(tf.reshape(ts[ts.length - 1], [-1]), 0, 1)); await s.data(); s.dispose(); };
     // Warm up until the GPU clocks are up (~0.25 s of load).

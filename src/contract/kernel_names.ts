@@ -10,10 +10,10 @@
  *   key j is kept when (windowLeft  < 0 || j >= i + off - windowLeft)
  *                  and (windowRight < 0 || j <= i + off + windowRight)
  *                  and (!hasMask || mask[b,h,i,j])            (mask broadcast: size-1 dims repeat)
- *   P = softmax over kept keys; a row with no kept key gives out = 0, logsumexp = -Infinity and
+ *   P = softmax over kept keys; a row with no kept key gives out = 0, logSumExp = -Infinity and
  *       zero gradient.
  *   if dropoutRate > 0: P~_ij = P_ij * keep(seed, b*heads + h, i, j) / (1 - dropoutRate)
- *   out[b,i,h,:] = sum_j P~_ij v[b,j,kvh,:];   logsumexp[b,h,i] = log(sum_j exp(s_ij)) over kept j
+ *   out[b,i,h,:] = sum_j P~_ij v[b,j,kvh,:];   logSumExp[b,h,i] = log(sum_j exp(s_ij)) over kept j
  */
 import { TensorInfo } from '@tensorflow/tfjs-core';
 
@@ -24,9 +24,9 @@ export const FlashAttentionGrad = 'FlashAttentionGrad';
  * Inputs of `FlashAttention`. alibiSlopes and mask are always present so the registered gradient
  * can save them (tfjs's inputsToSave cannot name optional inputs); when hasAlibi/hasMask is false
  * they are 1-element placeholders that kernels must ignore.
- *  q [B, Nq, H, D], k [B, Nk, Hkv, D], v [B, Nk, Hkv, Dv]    float32
+ *  q [B, seqQ, H, D], k [B, seqK, Hkv, D], v [B, seqK, Hkv, Dv]    float32
  *  alibiSlopes [H] float32 (placeholder: [1])
- *  mask rank 4 bool, each dim 1 or [B, H, Nq, Nk]'s (placeholder: [1, 1, 1, 1] true)
+ *  mask rank 4 bool, each dim 1 or [B, H, seqQ, seqK]'s (placeholder: [1, 1, 1, 1] true)
  */
 export interface FlashAttentionInputs {
   q: TensorInfo; k: TensorInfo; v: TensorInfo; alibiSlopes: TensorInfo; mask: TensorInfo;
@@ -34,13 +34,13 @@ export interface FlashAttentionInputs {
 
 /** Inputs of `FlashAttentionGrad`: the forward inputs, its outputs and dy = dL/dout. */
 export interface FlashAttentionGradInputs extends FlashAttentionInputs {
-  out: TensorInfo; logsumexp: TensorInfo; dy: TensorInfo;
+  out: TensorInfo; logSumExp: TensorInfo; dy: TensorInfo;
 }
 
 export type Precision = 'highest' | 'fast';
 
 /**
- * Normalised attributes (see src/options.ts): causal is windowRight = 0; -1 means unbounded.
+ * Normalised attributes (see options.ts): causal is windowRight = 0; -1 means unbounded.
  * The same object is passed to `FlashAttention` and `FlashAttentionGrad`.
  */
 export interface FlashAttentionAttrs {
@@ -55,13 +55,13 @@ export interface FlashAttentionAttrs {
   hasMask: boolean;
   /** In [0, 1). */
   dropoutRate: number;
-  /** uint32 seed of the counter-based dropout hash (src/dropout.ts). */
+  /** uint32 seed of the counter-based dropout hash (dropout.ts). */
   seed: number;
   /** 'fast' lets a backend use a lower-precision path (e.g. tensor cores); others stay exact. */
   precision: Precision;
 }
 
-/** Outputs of `FlashAttention`: [out [B, Nq, H, Dv], logsumexp [B, H, Nq]]. */
+/** Outputs of `FlashAttention`: [out [B, seqQ, H, Dv], logSumExp [B, H, seqQ]]. */
 export type FlashAttentionOutputs = [TensorInfo, TensorInfo];
 /** Outputs of `FlashAttentionGrad`: [dq, dk, dv], shaped like q, k, v. */
 export type FlashAttentionGradOutputs = [TensorInfo, TensorInfo, TensorInfo];

@@ -1,10 +1,11 @@
 /**
- * Public options of flashAttention and their normalisation into the kernels' small attribute set
- * (src/kernel_names.ts). Done once, in the op, as FlashAttention's C++ API does: causal becomes
- * windowRight = 0 and -1 means unbounded, so no backend ever sees `causal`.
+ * Public options of flashAttention, their validation and their normalisation into the kernels'
+ * small attribute set (kernel_names.ts). Done once, in the op, as FlashAttention's C++ API does:
+ * causal becomes windowRight = 0 and -1 means unbounded, so no backend ever sees `causal`.
  */
 import { Tensor, Tensor1D } from '@tensorflow/tfjs-core';
 import { FlashAttentionAttrs, Precision } from './kernel_names';
+import { AttentionDims, attentionDims } from './problem';
 
 export interface FlashAttentionOptions {
   /** Bottom-right aligned causal mask: key j is kept for query i when j <= i + seqK - seqQ. */
@@ -42,12 +43,6 @@ function isIntegerAtLeast(x: unknown, min: number): x is number {
   return typeof x === 'number' && Number.isInteger(x) && x >= min;
 }
 
-/** Dimensions read once from validated q, k, v. */
-export interface AttentionDims {
-  batch: number; seqQ: number; seqK: number; heads: number; kvHeads: number;
-  headDim: number; headDimV: number;
-}
-
 /** Validates the shapes of q, k, v against each other and returns their dimensions. */
 export function validateQKV(q: Tensor, k: Tensor, v: Tensor): AttentionDims {
   for (const [name, t, layout] of [['q', q, '[batch, seqQ, heads, headDim]'],
@@ -57,9 +52,10 @@ export function validateQKV(q: Tensor, k: Tensor, v: Tensor): AttentionDims {
     check(t.dtype === 'float32', () => `${name} must be float32, but got ${t.dtype}`);
     check(t.shape.every(d => d > 0), () => `${name} must have no empty dimension, but got shape ${shapeStr(t.shape)}`);
   }
-  const [batch, seqQ, heads, headDim] = q.shape;
-  const [kb, seqK, kvHeads, kd] = k.shape;
-  const [vb, vs, vh, headDimV] = v.shape;
+  const dims = attentionDims(q.shape, k.shape, v.shape);
+  const { batch, seqK, heads, kvHeads, headDim, headDimV } = dims;
+  const [kb, , , kd] = k.shape;
+  const [vb, vs, vh] = v.shape;
   check(kb === batch && vb === batch, () =>
       `batch sizes differ: q ${shapeStr(q.shape)}, k ${shapeStr(k.shape)}, v ${shapeStr(v.shape)} (dimension 0 must match)`);
   check(kd === headDim, () =>
@@ -70,7 +66,7 @@ export function validateQKV(q: Tensor, k: Tensor, v: Tensor): AttentionDims {
       `heads (${heads}, from q ${shapeStr(q.shape)}) must be divisible by kvHeads (${kvHeads}, from k ${shapeStr(k.shape)})`);
   check(headDim <= MAX_HEAD_DIM && headDimV <= MAX_HEAD_DIM, () =>
       `headDim and headDimV must be in [1, ${MAX_HEAD_DIM}], but got headDim ${headDim}, headDimV ${headDimV}`);
-  return { batch, seqQ, heads, headDim, seqK, kvHeads, headDimV };
+  return dims;
 }
 
 /**

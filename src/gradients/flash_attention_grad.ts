@@ -3,13 +3,13 @@
  * the output and the row log-sum-exp, and hands them to the `FlashAttentionGrad` kernel, which
  * recomputes the probabilities tile by tile. No seqQ x seqK matrix is saved or built.
  *
- * The logsumexp output is treated as a constant (as in FlashAttention, whose autograd function
+ * The logSumExp output is treated as a constant (as in FlashAttention, whose autograd function
  * ignores the gradient of softmax_lse); ALiBi slopes and the mask get zero gradients.
  */
 import {
   engine, GradConfig, NamedAttrMap, registerGradient, Tensor, zeros, zerosLike,
 } from '@tensorflow/tfjs-core';
-import { FlashAttention, FlashAttentionGrad, FlashAttentionGradInputs } from '../src/kernel_names';
+import { FlashAttention, FlashAttentionGrad, FlashAttentionGradInputs } from '../contract';
 
 export const flashAttentionGradConfig: GradConfig = {
   kernelName: FlashAttention,
@@ -17,8 +17,8 @@ export const flashAttentionGradConfig: GradConfig = {
   outputsToSave: [true, true],
   gradFunc: (dys: Tensor | Tensor[], saved: Tensor[], attrs: NamedAttrMap) => {
     const dy = (dys as Tensor[])[0];
-    const [q, k, v, alibiSlopes, mask, out, logsumexp] = saved;
-    const inputs: FlashAttentionGradInputs = { q, k, v, alibiSlopes, mask, out, logsumexp, dy };
+    const [q, k, v, alibiSlopes, mask, out, logSumExp] = saved;
+    const inputs: FlashAttentionGradInputs = { q, k, v, alibiSlopes, mask, out, logSumExp, dy };
     // Backprop runs inside tfjs's tidy, so grads of pruned inputs are disposed, not leaked.
     const [dq, dk, dv] = engine().runKernel(FlashAttentionGrad, inputs as {}, attrs) as Tensor[];
     return {
