@@ -24,6 +24,10 @@ echo "onnxruntime-node $version in $dir/node_modules ($(du -sh "$dir/node_module
 if [[ ${1:-} == --pack ]]; then
   out=${2:?--pack needs a folder}
   mkdir -p "$out"
-  tar -C "$dir" -cf - node_modules | xz -T0 -6 > "$out/onnxruntime-node.tar.xz"
-  echo "packed: $out/onnxruntime-node.tar.xz ($(du -h "$out/onnxruntime-node.tar.xz" | cut -f1))"
+  packed=$out/onnxruntime-node.tar.xz
+  # Compressed again only when the installed package is newer (xz of 47 MB takes minutes here).
+  if [[ ! -s $packed || $dir/node_modules/onnxruntime-node/package.json -nt $packed ]]; then
+    tar -C "$dir" -cf - node_modules | xz -T0 -6 > "$packed.tmp" && mv "$packed.tmp" "$packed"
+  fi
+  echo "packed: $packed ($(du -h "$packed" | cut -f1))"
 fi
