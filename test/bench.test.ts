@@ -59,18 +59,34 @@ describe('composite head chunking under the 2 GiB binding limit', () => {
 
 describe('the sweep and its command line', () => {
   test('cases run sequence length outermost and flash before composite at each shape', () => {
-    const cases = enumerateCases(sweepDefaults({ seqs: [512, 1024], headDims: [64] }, true));
+    const cases = enumerateCases(sweepDefaults({ seqs: [512, 1024], headDims: [64], impls: ['flash', 'composite'] }, true));
     expect(cases).toHaveLength(2 * 2 * 2 * 2);
     expect(cases.slice(0, 8).every(c => c.seq === 512)).toBe(true);
     expect(cases.slice(0, 4).every(c => c.impl === 'flash')).toBe(true);
     expect(cases.slice(4, 8).every(c => c.impl === 'composite')).toBe(true);
   });
 
+  test('the subgroups device runs after every default-device case; the onnxruntime peer is forward only', () => {
+    const cases = enumerateCases(sweepDefaults({ seqs: [512, 1024], headDims: [64] }, true));
+    // Per shape: flash and composite 4 each, flash-subgroups 4, the two peers 2 each (forward only).
+    expect(cases).toHaveLength(2 * (4 + 4 + 4 + 2 + 2));
+    const firstSubgroups = cases.findIndex(c => c.impl === 'flash-subgroups');
+    expect(firstSubgroups).toBe(2 * 12);
+    expect(cases.slice(firstSubgroups).every(c => c.impl === 'flash-subgroups')).toBe(true);
+    const peers = cases.filter(c => c.impl.startsWith('onnxruntime'));
+    expect(peers).toHaveLength(8);
+    expect(peers.every(c => c.pass === 'fwd')).toBe(true);
+  });
+
   test('defaults: the issue\'s sweep on a real GPU, a small one elsewhere', () => {
     const gpu = sweepDefaults({}, true), cpu = sweepDefaults({}, false);
     expect(gpu.seqs[0]).toBe(512);
     expect(gpu.seqs).toContain(16384);
-    expect(gpu.headDims).toEqual([64, 128]);
+    expect(gpu.headDims).toEqual([32, 64, 128, 256]);
+    expect(gpu.impls).toEqual(['flash', 'composite', 'flash-subgroups', 'onnxruntime-f32', 'onnxruntime-f16']);
+    const quick = sweepDefaults({}, true, true);
+    expect(quick.seqs).toEqual([1024, 4096, 16384]);
+    expect(quick.headDims).toEqual([64, 128]);
     expect(gpu.heads).toBe(16);
     expect(Math.max(...cpu.seqs)).toBeLessThanOrEqual(256);
     expect(timingDefaults({}, false).maxReps).toBeLessThan(timingDefaults({}, true).maxReps);
@@ -85,6 +101,10 @@ describe('the sweep and its command line', () => {
     expect(o.deadlineS).toBe(30);
     expect(o.check).toBe(false);
     expect(parseArgs(['--causal=both']).sweep.causal).toEqual([false, true]);
+    expect(o.implsGiven).toBe(true);
+    expect(parseArgs([]).implsGiven).toBe(false);
+    expect(parseArgs(['--subgroups']).sweep.impls).toEqual(['flash-subgroups', 'composite']);
+    expect(parseArgs(['--quick']).quick).toBe(true);
   });
 
   test('unknown flags and bad values are errors that name the flag', () => {
