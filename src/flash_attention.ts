@@ -7,6 +7,7 @@ import {
   normalizeAttrs, shapeStr, validateQKV,
 } from './contract';
 import { flashAttentionBlockwise } from '../kernels/fallback/blockwise';
+import { ensureTensorflowKernels } from '../kernels/tensorflow/register';
 
 export interface FlashAttentionResult {
   output: Tensor4D;
@@ -38,13 +39,13 @@ function toSlopes(slopes: FlashAttentionOptions['alibiSlopes'], heads: number): 
  * v [batch, seqK, kvHeads, headDimV] -> [batch, seqQ, heads, headDimV] (BSHD, as FlashAttention).
  * heads % kvHeads == 0 gives grouped-query / multi-query attention.
  */
-function flashAttention_(q: Tensor4D | TensorLike, k: Tensor4D | TensorLike, v: Tensor4D | TensorLike,
+function flashAttention_(q: Tensor | TensorLike, k: Tensor | TensorLike, v: Tensor | TensorLike,
                          options?: FlashAttentionOptions & { returnLogSumExp?: false }): Tensor4D;
-function flashAttention_(q: Tensor4D | TensorLike, k: Tensor4D | TensorLike, v: Tensor4D | TensorLike,
+function flashAttention_(q: Tensor | TensorLike, k: Tensor | TensorLike, v: Tensor | TensorLike,
                          options: FlashAttentionOptions & { returnLogSumExp: true }): FlashAttentionResult;
-function flashAttention_(q: Tensor4D | TensorLike, k: Tensor4D | TensorLike, v: Tensor4D | TensorLike,
+function flashAttention_(q: Tensor | TensorLike, k: Tensor | TensorLike, v: Tensor | TensorLike,
                          options?: FlashAttentionOptions): Tensor4D | FlashAttentionResult;
-function flashAttention_(q: Tensor4D | TensorLike, k: Tensor4D | TensorLike, v: Tensor4D | TensorLike,
+function flashAttention_(q: Tensor | TensorLike, k: Tensor | TensorLike, v: Tensor | TensorLike,
                          options: FlashAttentionOptions = {}): Tensor4D | FlashAttentionResult {
   check(options !== null && typeof options === 'object',
         () => `options must be an object, but got ${options === null ? 'null' : typeof options}`);
@@ -68,7 +69,9 @@ function flashAttention_(q: Tensor4D | TensorLike, k: Tensor4D | TensorLike, v: 
   const attrs = normalizeAttrs(dims, options, hasAlibi, hasMask);
 
   let output: Tensor4D, logSumExp: Tensor3D;
-  if (getKernel(FlashAttention, engine().backendName) != null) {
+  const backendName = engine().backendName;
+  if (backendName === 'tensorflow') ensureTensorflowKernels();   // loads the CUDA op library once
+  if (getKernel(FlashAttention, backendName) != null) {
     const inputs: FlashAttentionInputs = { q: $q, k: $k, v: $v, alibiSlopes, mask };
     [output, logSumExp] = engine().runKernel(
         FlashAttention, inputs as {}, attrs as unknown as {}) as [Tensor4D, Tensor3D];
