@@ -20,7 +20,10 @@ export interface TileConfig {
   unroll: number;
   /**
    * Forward only: K and V take turns in one workgroup tile (V is stored once the scores are
-   * computed), so wide head dims fit tiles with more rows.
+   * computed), so wide head dims fit tiles with more rows. Checked against float64; on the H200
+   * (2026-12-02, a sweep with too short a warm-up, BENCHMARKS.md) it read 4.5-7.6x faster at
+   * headDim 256 (32 x 8 and 16 x 16 tiles against 16 x 8) and 8.9 against 11.6 ms at 128 (64 x 16),
+   * slower at 64: not among the candidates until a clean sweep confirms it.
    */
   sharedKV?: boolean;
 }
