@@ -67,10 +67,12 @@ const cfg = (rows: number, cols: number, rowsPerThread: number, colsPerThread = 
  * the next candidates with more threads for the same tile bytes measured 12x faster than the
  * 32-thread tiles that followed (forward 32 x 16 at 2 x 2 per thread: 140 -> 11.3 ms; backward
  * 16 x 16 at 1 x 2: forward + backward 670 -> 85 ms; H100, seq 4096, 16 heads, GPU time).
+ * Near headDim 256 only the forward's sharedKV 32 x 8 tile (64 threads) fits before 16 x 8 (16
+ * threads): H200, seq 4096, 16 heads, 149 against 1137 ms (BENCHMARKS.md, WebGPU forward on the H200).
  */
 const CANDIDATES: Record<Pass, TileConfig[]> = {
   forward: [cfg(64, 32, 4, 4, 4), cfg(64, 32, 2, 2), cfg(64, 32, 2), cfg(32, 32, 4), cfg(32, 16, 2, 2), cfg(32, 16, 4),
-            cfg(16, 16, 2), cfg(16, 8, 2), cfg(8, 8, 1), cfg(4, 4, 1), cfg(2, 4, 1)],
+            cfg(16, 16, 2), { ...cfg(32, 8, 2, 2), sharedKV: true }, cfg(16, 8, 2), cfg(8, 8, 1), cfg(4, 4, 1), cfg(2, 4, 1)],
   dq: [cfg(64, 16, 2, 2), cfg(32, 32, 2), cfg(32, 32, 4), cfg(32, 16, 4), cfg(16, 16, 1, 2), cfg(16, 16, 2), cfg(16, 8, 2),
        cfg(8, 8, 1), cfg(4, 4, 1), cfg(2, 4, 1)],
   dkdv: [cfg(64, 16, 2, 2), cfg(32, 32, 2), cfg(32, 32, 4), cfg(32, 16, 4), cfg(16, 16, 1, 2), cfg(16, 16, 2), cfg(16, 8, 2),
