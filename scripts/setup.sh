@@ -13,6 +13,12 @@ if ! { [ -f /usr/lib/chromium/vk_swiftshader_icd.json ] && ldconfig -p 2>/dev/nu
     exit 1
   fi
 fi
-# npm ci fails on this registry (jest's optional non-linux binaries 404); npm install with the
-# lockfile installs the same versions and leaves the lockfile unchanged.
-npm install --no-audit --no-fund --loglevel=error
+# npm packages exactly as package-lock.json says (npm ci fails when package.json and the lock
+# disagree, which keeps the lock in sync). Skipped when node_modules was installed from this very
+# lock (a stamp holds its hash): npm ci starts by deleting node_modules, so it is not quick.
+stamp=node_modules/.tfjs-flash-attention-setup
+lock_hash=$(sha256sum package-lock.json | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$lock_hash" ]; then
+  npm ci --no-audit --no-fund --loglevel=error
+  echo "$lock_hash" > "$stamp"
+fi

@@ -7,6 +7,7 @@ import {
   normalizeAttrs, shapeStr, validateOptionsObject, validateQKV,
 } from './contract';
 import { flashAttentionBlockwise } from '../kernels/fallback/blockwise';
+import { ensureTensorflowKernels } from '../kernels/tensorflow/register';
 
 export interface FlashAttentionResult {
   output: Tensor4D;
@@ -80,7 +81,9 @@ function flashAttention_(q: Tensor | TensorLike, k: Tensor | TensorLike, v: Tens
   const attrs = normalizeAttrs(dims, options, hasAlibi, hasMask);
 
   let output: Tensor4D, logSumExp: Tensor3D;
-  if (getKernel(FlashAttention, engine().backendName) != null) {
+  const backendName = engine().backendName;
+  if (backendName === 'tensorflow') ensureTensorflowKernels();   // loads the CUDA op library once
+  if (getKernel(FlashAttention, backendName) != null) {
     const inputs: FlashAttentionInputs = { q: $q, k: $k, v: $v, alibiSlopes, mask };
     [output, logSumExp] = engine().runKernel(
         FlashAttention, inputs as {}, attrs as unknown as {}) as [Tensor4D, Tensor3D];

@@ -1,7 +1,8 @@
 /**
- * tfjs-flash-attention: importing this module registers the kernels (cpu, webgpu, and tensorflow
- * when the CUDA op library is built) and the recompute gradient, and adds tf.flashAttention to the
- * CommonJS `tf` objects it can reach.
+ * tfjs-flash-attention: importing this module registers the kernels (cpu, webgpu) and the
+ * recompute gradient, and adds tf.flashAttention to the CommonJS `tf` objects it can reach. The
+ * tensorflow (CUDA) kernels are registered by the op the first time it runs on that backend, when
+ * the CUDA op library is built: importing touches neither the file system nor native code.
  */
 import './register_all';
 import { flashAttention } from './flash_attention';
@@ -11,7 +12,7 @@ export { flashAttention } from './flash_attention';
 export type { FlashAttentionResult } from './flash_attention';
 export type { FlashAttentionOptions } from './contract';
 export { MAX_HEAD_DIM, FlashAttention, FlashAttentionGrad } from './contract';
-/** Call after importing @tensorflow/tfjs-node-gpu when that import comes after this package's. */
+/** Optional: loads the CUDA op library now (the op does on first use) and says whether it is in use. */
 export { registerTensorflowKernels } from '../kernels/tensorflow/register';
 /** Opt-in: replaces the 'webgpu' backend with one whose device has `subgroups` (see its doc). */
 export { useWebGPUWithSubgroups } from '../kernels/webgpu/subgroups';

@@ -16,7 +16,7 @@ import { dropoutThreshold, FlashAttention, FlashAttentionAttrs, FlashAttentionGr
 import {
   flashAttentionGradTensorflowConfig, flashAttentionTensorflowConfig, TensorflowBackendLike, TensorflowOpAttr,
 } from '../kernels/tensorflow/flash_attention_tensorflow';
-import { tensorflowKernelStatus } from '../kernels/tensorflow/register';
+import { ensureTensorflowKernels, tensorflowKernelStatus } from '../kernels/tensorflow/register';
 
 const ROOT = path.resolve(__dirname, '..');
 const CUDA_HOME = process.env.CUDA_HOME ?? '/usr/local/cuda';
@@ -93,7 +93,12 @@ describe('tensorflow kernels hand the op its inputs in order and the kernel attr
 });
 
 describe('without tfjs-node-gpu in the process', () => {
+  it('importing the package tries nothing: the op library is loaded on first use of the tensorflow backend', () => {
+    expect(tensorflowKernelStatus()).toBeUndefined();
+  });
+
   it('registers no tensorflow kernel (the op takes the blockwise fallback) and stays quiet', () => {
+    ensureTensorflowKernels();
     const status = tensorflowKernelStatus();
     expect(status?.loaded).toBe(false);
     expect(status?.relevant).toBe(false);
@@ -193,6 +198,7 @@ describe('without tfjs-node-gpu in the process', () => {
       require(${JSON.stringify(fakeBinding)});
       const tf = require('@tensorflow/tfjs-core');
       const reg = require(${JSON.stringify(bundle)});
+      reg.ensureTensorflowKernels();     // what the op does on the tensorflow backend
       reg.registerTensorflowKernels();   // a second attempt must not warn again
       console.log(JSON.stringify({ status: reg.tensorflowKernelStatus(), kernel: tf.getKernel('FlashAttention', 'tensorflow') != null }));`,
     { TFJS_FLASH_ATTENTION_CUDA_DIR: dir });

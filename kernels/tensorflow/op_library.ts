@@ -16,12 +16,23 @@ interface LoaderAddon {
   load(path: string): { loaded: boolean; reason: string | null; cudaDevices: number };
 }
 
-type NodeRequire = (id: string) => unknown;
+type NodeRequire = ((id: string) => unknown) & { cache?: Record<string, unknown> };
 
-/** CommonJS require when running under Node; undefined in browsers and bundles for them. */
+/** webpack's name for Node's own require, which it leaves alone (its `require` is its module system). */
+declare const __non_webpack_require__: NodeRequire | undefined;
+
+/**
+ * Node's require when running under Node; undefined in browsers and bundles for them. Never the
+ * bare `require` as a value: webpack can only replace that with a stub that throws.
+ */
 function nodeRequire(): NodeRequire | undefined {
-  return typeof require === 'function' && typeof process === 'object' && process?.versions?.node
-    ? require : undefined;
+  if (typeof process !== 'object' || !process?.versions?.node) return undefined;
+  if (typeof __non_webpack_require__ === 'function') return __non_webpack_require__;
+  if (typeof module !== 'object' || typeof module?.require !== 'function') return undefined;
+  // Bound, not called as module.require(id): webpack warns about any require call it cannot follow.
+  const req: NodeRequire = module.require.bind(module);
+  req.cache = typeof require === 'function' ? require.cache : undefined;
+  return req;
 }
 
 /** Directories that may hold the build, most specific first. */
@@ -36,7 +47,7 @@ function candidateDirs(req: NodeRequire): string[] {
 
 /** True when tfjs-node-gpu has been required in this process. */
 function tfjsNodeGpuLoaded(req: NodeRequire): boolean {
-  const cache = (req as unknown as { cache?: Record<string, unknown> }).cache ?? {};
+  const cache = req.cache ?? {};
   return Object.keys(cache).some(k => k.includes('tfjs-node-gpu'));
 }
 

@@ -3,6 +3,10 @@
  * this process's TensorFlow: with no kernel registered, flashAttention on that backend takes
  * the blockwise fallback (src/flash_attention.ts). When tfjs-node-gpu is present but the library
  * cannot be used (not built, CPU-only TensorFlow, no GPU), that is said once, with the reason.
+ *
+ * Nothing happens at import: the op calls ensureTensorflowKernels() the first time it runs on the
+ * `tensorflow` backend. Importing the package therefore never touches the file system or native
+ * code, which bundles for Node (webpack, esbuild) and other backends' users rely on.
  */
 import { getKernel, registerKernel } from '@tensorflow/tfjs-core';
 import { FlashAttention } from '../../src/contract';
@@ -13,8 +17,9 @@ let status: OpLibraryStatus | undefined;
 let warned = false;
 
 /**
- * Loads the op library and registers the kernels if that has not happened yet; call it after
- * importing @tensorflow/tfjs-node-gpu when that import comes after this package's.
+ * Loads the op library and registers the kernels if that has not happened yet (tried again on
+ * each call until it loads). The op does this by itself on the `tensorflow` backend; call it to
+ * find out early whether the CUDA kernels are in use.
  */
 export function registerTensorflowKernels(): OpLibraryStatus {
   if (status?.loaded) return status;
@@ -36,4 +41,7 @@ export function tensorflowKernelStatus(): OpLibraryStatus | undefined {
   return status;
 }
 
-registerTensorflowKernels();
+/** The op's hook: the first call on the `tensorflow` backend tries once; later calls are free. */
+export function ensureTensorflowKernels(): void {
+  if (status === undefined) registerTensorflowKernels();
+}

@@ -1,0 +1,23 @@
+/**
+ * Types for the names this package adds to CommonJS `tf` objects: `tf.flashAttention` and
+ * `tf.layers.flashMultiHeadAttention`. Opt in with `import 'tfjs-flash-attention/tf-namespace';`
+ * (which also registers everything, as the main entry does).
+ *
+ * Not part of the main entry's types because ESM users cannot have these names: an ES module
+ * namespace object cannot be extended, so `tf.flashAttention` is undefined there; they import the
+ * names from this package.
+ */
+import { flashAttention as flashAttentionOp } from './flash_attention';
+import { flashMultiHeadAttention as flashMultiHeadAttentionFactory } from './layer';
+
+export * from './index';
+
+declare module '@tensorflow/tfjs-core' {
+  /** tfjs-flash-attention's op (see its `flashAttention` export). */
+  export const flashAttention: typeof flashAttentionOp;
+}
+
+declare module '@tensorflow/tfjs-layers/dist/exports_layers' {
+  /** tfjs-flash-attention's layer factory (see its `flashMultiHeadAttention` export). */
+  export const flashMultiHeadAttention: typeof flashMultiHeadAttentionFactory;
+}
