@@ -17,7 +17,7 @@ import {
 import {
   BenchCase, caseLabel, compositeHeadsPerChunk, enumerateCases, Shape,
 } from './cases';
-import { renderChart } from './chart';
+import { writeBenchChart } from './chart';
 import { ErrorScopes, GpuMemoryTracker, timeCall, TimingPlan } from './measure';
 import { BenchOptions, parseArgs, sweepDefaults, timingDefaults, USAGE } from './options';
 import { referenceRows, relativeError, RowRef } from './reference_rows';
@@ -248,11 +248,15 @@ function progressLine(i: number, n: number, c: BenchCase, r: CaseResult, elapsed
          `${r.status === 'wrong' ? '  WRONG' : ''} ${tail}`;
 }
 
-function writeOutputs(run: RunRecord, dir: string): void {
+/** Writes results.json and results.md, and with chart: true (once a run ends: it takes a second) the chart. */
+async function writeOutputs(run: RunRecord, dir: string, { chart: withChart = true } = {}): Promise<void> {
   mkdirSync(dir, { recursive: true });
   writeFileSync(join(dir, 'results.json'), JSON.stringify(run, null, 1) + '\n');
   writeFileSync(join(dir, 'results.md'), markdownReport(run));
-  writeFileSync(join(dir, 'chart.png'), renderChart(run));
+  if (!withChart) return;
+  const chart = await writeBenchChart(run, dir);
+  // The GPU kit carries no native PNG renderer: its chart.png is drawn later, here.
+  if (!chart.png) console.log(`# wrote ${chart.svg} only: ${chart.reason}; run npm run chart -- ${join(dir, 'results.json')}`);
 }
 
 async function main(): Promise<number> {
@@ -265,8 +269,8 @@ async function main(): Promise<number> {
   if (o.renderOnly) {
     const run = JSON.parse(readFileSync(o.renderOnly, 'utf8')) as RunRecord;
     const dir = process.argv.some(a => a.startsWith('--out=')) ? o.outDir : dirname(o.renderOnly);
-    writeOutputs(run, dir);
-    console.log(`rendered ${dir}/results.md and chart.png from ${o.renderOnly}`);
+    await writeOutputs(run, dir);
+    console.log(`rendered ${dir}/results.md and the chart from ${o.renderOnly}`);
     return 0;
   }
 
@@ -298,15 +302,15 @@ async function main(): Promise<number> {
     runner.results.push(r);
     console.log(progressLine(i, cases.length, cases[i], r, runner.elapsedS()));
     meta.elapsedS = +runner.elapsedS().toFixed(1);
-    writeOutputs(run, o.outDir);
+    await writeOutputs(run, o.outDir, { chart: false });
     if (r.status === 'device lost') {
       for (const c of cases.slice(i + 1)) runner.results.push(baseResult(c, 'skipped', 'device lost earlier'));
-      writeOutputs(run, o.outDir);
       break;
     }
   }
   runner.dropInputs();
-  console.log(`# done in ${runner.elapsedS().toFixed(1)} s: ${o.outDir}/results.json, results.md, chart.png`);
+  await writeOutputs(run, o.outDir);
+  console.log(`# done in ${runner.elapsedS().toFixed(1)} s: ${o.outDir}/results.json, results.md, chart.svg and chart.png`);
   return runner.results.some(r => r.status === 'wrong') ? 1 : 0;
 }
 

@@ -5,7 +5,8 @@
 #   ESBUILD_FLAGS='--define:__dirname=import.meta.dirname --define:__filename=import.meta.filename' \
 #     bash ../shared/gpu/pack-webgpu-kit.sh -o "$PWD/.gpu" bench/bench.ts
 # then (device tool): bash bench/h100.sh [bench flags]    e.g. --deadline=400
-# Writes $OUT/results.json, results.md, chart.png, bench.log and env.txt.
+# Writes $OUT/results.json, results.md, chart.svg, bench.log and env.txt (the kit has no PNG
+# renderer: `npm run chart -- <results.json>` here draws chart.png).
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"

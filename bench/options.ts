@@ -57,8 +57,8 @@ export const USAGE = `npm run bench -- [flags]
   --max-case-s=60             skip a case estimated to take longer
   --check=1                   spot-check output / dq rows against float64
   --subgroups                 webgpu: use the package's opt-in subgroups device (useWebGPUWithSubgroups)
-  --out=bench/results/latest  where results.json, results.md and chart.png go
-  --render=FILE.json          only re-render results.md and chart.png from FILE.json
+  --out=bench/results/latest  where results.json, results.md, chart.svg and chart.png go
+  --render=FILE.json          only re-render results.md and the chart from FILE.json
   --floor                     only print the FLOP / byte floor of the sweep (GPU defaults)
   --ceiling-tflops=51.6 --ceiling-gbs=3350   roofline used for the floor column (H100 f32 SIMT, HBM3)
 

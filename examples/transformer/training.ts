@@ -7,7 +7,7 @@ import { activateBackend } from './backend';
 import { hasCheckpoint, loadCheckpoint, saveCheckpoint, TrainingState } from './checkpoint';
 import { CharCorpus, seededRandom } from './data';
 import { buildTransformer, compileTransformer, sampleText, TransformerConfig } from './model';
-import { writeLossPng } from './plot';
+import { writeLossChart } from './plot';
 
 export interface TrainingOptions {
   backend: 'webgpu' | 'cpu'; backendDetail: string;
@@ -88,10 +88,9 @@ export async function runTraining(o: TrainingOptions): Promise<void> {
   console.log(`trained ${o.steps} steps in ${seconds.toFixed(1)} s ` +
               `(${Math.round(o.steps * o.batch * seqLen / seconds).toLocaleString('en-US')} tokens/s overall); ` +
               `checkpoint: ${checkpointDir}`);
-  const png = path.join(o.outDir, 'loss.png');
-  writeLossPng(png, state.losses);
+  const chart = await writeLossChart(path.join(o.outDir, 'loss'), state.losses);
   console.log(`loss curve (${state.losses.length} steps, ${state.losses[0]?.toFixed(3)} -> ` +
-              `${state.losses[state.losses.length - 1]?.toFixed(3)}): ${png}`);
+              `${state.losses[state.losses.length - 1]?.toFixed(3)}): ${chart.png ?? `${chart.svg} (${chart.reason})`}`);
 
   if (o.sampleLength > 0) {
     const prompt = 'There was once ';
