@@ -15,20 +15,25 @@ import {
   compositeRunnable, flashRunnable, Inputs, makeInputs, Runnable, TF,
 } from './attention';
 import {
-  BenchCase, caseLabel, compositeHeadsPerChunk, enumerateCases, Shape,
+  BenchCase, caseLabel, compositeHeadsPerChunk, enumerateCases, Impl, Shape, SUBGROUPS_DEVICE,
 } from './cases';
-import { renderChart } from './chart';
+import { writeBenchChart } from './chart';
 import { ErrorScopes, GpuMemoryTracker, timeCall, TimingPlan } from './measure';
+import { loadOnnxruntime, Ort, timeOnnxruntime } from './onnxruntime';
 import { BenchOptions, parseArgs, sweepDefaults, timingDefaults, USAGE } from './options';
 import { referenceRows, relativeError, RowRef } from './reference_rows';
 import { baseResult, CaseResult, floorTable, markdownReport, RunMeta, RunRecord } from './report';
 
 /** Above this the rows are not float32 round-off but a wrong result (the tests hold 1e-5 / 1e-4). */
 const WRONG_RESULT_REL_ERR = 1e-3;
+/** The same for float16 inputs and arithmetic (11 significant bits). */
+const WRONG_RESULT_REL_ERR_F16 = 2e-2;
 
 interface Backend {
   tf: TF;
   flash: typeof FlashAttentionFn;
+  /** Which WebGPU device tfjs runs on: tfjs's own, or the package's opt-in subgroups device. */
+  devicePath: 'default' | 'subgroups';
   name: string;
   device: GPUDevice | null;
   adapter: Record<string, unknown> | null;
@@ -60,33 +65,45 @@ async function setUpBackend(o: BenchOptions): Promise<Backend> {
   await import('@tensorflow/tfjs-core/dist/register_all_gradients');
   await import('@tensorflow/tfjs-backend-cpu');
   if (adapter) await import('@tensorflow/tfjs-backend-webgpu');
-  const { flashAttention, useWebGPUWithSubgroups } = await import('../src/index');
+  const { flashAttention } = await import('../src/index');
 
   const name = adapter ? 'webgpu' : 'cpu';
   if (o.backend === 'webgpu' && !adapter) throw new Error('--backend=webgpu: no WebGPU adapter found');
   if (!(await tf.setBackend(name))) throw new Error(`tf.setBackend('${name}') failed`);
-  if (o.subgroups && !(name === 'webgpu' && await useWebGPUWithSubgroups())) {
-    throw new Error('--subgroups: no WebGPU device with usable subgroups here');
-  }
   await tf.ready();
 
   if (name === 'cpu') {
-    return { tf, flash: flashAttention, name, device: null, adapter: null, realGpu: false, tracker: null,
-             maxBindingBytes: Number.MAX_SAFE_INTEGER, hasTimestamps: false };
+    return { tf, flash: flashAttention, devicePath: 'default', name, device: null, adapter: null, realGpu: false,
+             tracker: null, maxBindingBytes: Number.MAX_SAFE_INTEGER, hasTimestamps: false };
   }
-  const backend = tf.backend() as WebGPUBackend;
   const info = adapter!.info;
   const fields = { vendor: info.vendor, architecture: info.architecture, device: info.device,
                    description: info.description, isFallbackAdapter: info.isFallbackAdapter,
-                   ...(o.subgroups ? { subgroups: true } : {}) };
+                   subgroups: adapter!.features.has('subgroups'), shaderF16: adapter!.features.has('shader-f16') };
   const fallback = Boolean(info.isFallbackAdapter) ||
                    /swiftshader|lavapipe|llvmpipe/i.test(`${info.vendor} ${info.architecture} ${info.description}`);
+  return webgpuBackend({ tf, flash: flashAttention, devicePath: 'default', name, adapter: fields, realGpu: !fallback });
+}
+
+function webgpuBackend(b: Pick<Backend, 'tf' | 'flash' | 'devicePath' | 'name' | 'adapter' | 'realGpu'>): Backend {
+  const backend = b.tf.backend() as WebGPUBackend;
   return {
-    tf, flash: flashAttention, name, device: backend.device, adapter: fields, realGpu: !fallback,
-    tracker: new GpuMemoryTracker(backend),
+    ...b, device: backend.device, tracker: new GpuMemoryTracker(backend),
     maxBindingBytes: Math.min(backend.device.limits.maxStorageBufferBindingSize, backend.device.limits.maxBufferSize),
     hasTimestamps: backend.device.features.has('timestamp-query'),
   };
+}
+
+/**
+ * tfjs on the package's opt-in subgroups device, for the flash-subgroups cases: it replaces the
+ * 'webgpu' backend (disposing every tensor on it), hence last. Null where it cannot be had.
+ */
+async function switchToSubgroups(b: Backend): Promise<Backend | null> {
+  if (b.name !== 'webgpu') return null;
+  const { useWebGPUWithSubgroups } = await import('../src/index');
+  if (!(await useWebGPUWithSubgroups())) return null;
+  await b.tf.ready();
+  return webgpuBackend({ ...b, devicePath: 'subgroups' });
 }
 
 function commandLine(cmd: string, args: string[]): string | null {
@@ -128,13 +145,25 @@ function harnessOnlyBytes(c: BenchCase, x: Inputs): number {
 
 class Runner {
   private readonly start = performance.now();
+  private b: Backend;
+  private scopes: ErrorScopes;
   /** Useful FLOPs per ms last achieved by each impl × pass: predicts the next, larger case. */
   private readonly rate = new Map<string, number>();
   private inputs: { shape: Shape; x: Inputs; refs: Map<boolean, RowRef[]> } | null = null;
   readonly results: CaseResult[] = [];
-  private readonly scopes: ErrorScopes;
 
-  constructor(private readonly b: Backend, private readonly o: BenchOptions, private readonly plan: TimingPlan) {
+  constructor(b: Backend, private readonly o: BenchOptions, private readonly plan: TimingPlan,
+              private readonly ort: Ort | null) {
+    this.b = b;
+    this.scopes = new ErrorScopes(b.device);
+  }
+
+  get backend(): Backend { return this.b; }
+
+  /** Later cases run on b (the subgroups device); the old backend's tensors are gone with it. */
+  useBackend(b: Backend): void {
+    this.inputs = null;
+    this.b = b;
     this.scopes = new ErrorScopes(b.device);
   }
 
@@ -169,7 +198,7 @@ class Runner {
     }
     const left = this.o.deadlineS - this.elapsedS();
     if (left <= 0) return baseResult(c, 'skipped', `deadline (${this.o.deadlineS} s) reached`);
-    const rate = this.rate.get(`${c.impl}/${c.pass}`);
+    const rate = this.rate.get(`${c.impl}/${c.pass}/${c.headDim}`);
     if (rate) {
       const calls = 1 + this.plan.minReps + this.plan.timedReps + (this.o.check ? 1 : 0);
       const estimateS = (baseResult(c, 'ok').flops / rate) * calls / 1000;
@@ -195,8 +224,8 @@ class Runner {
       const refs = this.o.check ? await this.refsFor(c) : [];
       tracker?.resetPeak();
       liveBeforeBytes = tracker ? tracker.liveBytes : null;
-      runnable = c.impl === 'flash' ? flashRunnable(tf, this.b.flash, c, x)
-                                    : compositeRunnable(tf, c, x, headsPerChunk);
+      runnable = c.impl === 'composite' ? compositeRunnable(tf, c, x, headsPerChunk)
+                                        : flashRunnable(tf, this.b.flash, c, x);
       let peakBytes: number | null = null;
       const timing = await timeCall(tf, runnable.run, this.plan, () => {
         if (tracker) peakBytes = tracker.peak - harnessOnlyBytes(c, x);
@@ -232,8 +261,35 @@ class Runner {
     };
     r.tflopsWall = r.flops / timing.wallMs / 1e9;
     r.tflopsGpu = timing.gpuMs ? r.flops / timing.gpuMs / 1e9 : null;
-    this.rate.set(`${c.impl}/${c.pass}`, r.flops / timing.wallMs);
+    this.rate.set(`${c.impl}/${c.pass}/${c.headDim}`, r.flops / timing.wallMs);
     return r;
+  }
+
+  /** A forward case of the onnxruntime peer, on its own WebGPU device; its GPU time from its profiler. */
+  async runPeerCase(c: BenchCase): Promise<CaseResult> {
+    const skip = this.reasonToSkip(c, 1);
+    if (skip) return skip;
+    const dtype = c.impl === 'onnxruntime-f16' ? 'float16' : 'float32';
+    try {
+      const t = await timeOnnxruntime(this.ort!, c, dtype, {
+        minReps: this.plan.minReps, maxReps: this.plan.maxReps, targetMs: this.plan.targetMs,
+        warmupMs: this.plan.warmupMs, check: this.o.check,
+      });
+      const limit = dtype === 'float16' ? WRONG_RESULT_REL_ERR_F16 : WRONG_RESULT_REL_ERR;
+      const wrong = t.relErr !== undefined && !(t.relErr <= limit);
+      const r: CaseResult = {
+        ...baseResult(c, wrong ? 'wrong' : 'ok', wrong ? `relative error ${t.relErr} of checked out rows vs float64` : undefined),
+        wallMs: t.wallMs, wallAllMs: t.wallAllMs.map(x => +x.toFixed(3)), gpuMs: t.gpuMs, relErr: t.relErr,
+        warmupCalls: t.warmupCalls, otherGpuMs: t.otherGpuMs, peakBytes: null,
+      };
+      r.tflopsWall = r.flops / t.wallMs / 1e9;
+      r.tflopsGpu = t.gpuMs ? r.flops / t.gpuMs / 1e9 : null;
+      this.rate.set(`${c.impl}/${c.pass}/${c.headDim}`, r.flops / t.wallMs);
+      return r;
+    } catch (e) {
+      const message = (e instanceof Error ? e.message : String(e)).replace(/\s+/g, ' ').slice(0, 240);
+      return baseResult(c, /memory|allocat/i.test(message) ? 'OOM' : 'error', message);
+    }
   }
 }
 
@@ -248,30 +304,51 @@ function progressLine(i: number, n: number, c: BenchCase, r: CaseResult, elapsed
          `${r.status === 'wrong' ? '  WRONG' : ''} ${tail}`;
 }
 
-function writeOutputs(run: RunRecord, dir: string): void {
+/** Writes results.json and results.md, and with chart: true (once a run ends: it takes a second) the chart. */
+async function writeOutputs(run: RunRecord, dir: string, { chart: withChart = true } = {}): Promise<void> {
   mkdirSync(dir, { recursive: true });
   writeFileSync(join(dir, 'results.json'), JSON.stringify(run, null, 1) + '\n');
   writeFileSync(join(dir, 'results.md'), markdownReport(run));
-  writeFileSync(join(dir, 'chart.png'), renderChart(run));
+  if (!withChart) return;
+  const chart = await writeBenchChart(run, dir);
+  // The GPU kit carries no native PNG renderer: its chart.png is drawn later, here.
+  if (!chart.png) console.log(`# wrote ${chart.svg} only: ${chart.reason}; run npm run chart -- ${join(dir, 'results.json')}`);
 }
 
 async function main(): Promise<number> {
   const o = parseArgs(process.argv.slice(2));
   if (o.help) { console.log(USAGE); return 0; }
   if (o.floorOnly) {
-    console.log(floorTable(sweepDefaults(o.sweep, true), { tflops: o.ceilingTflops, gbPerS: o.ceilingGbPerS }));
+    console.log(floorTable(sweepDefaults(o.sweep, true, o.quick), { tflops: o.ceilingTflops, gbPerS: o.ceilingGbPerS }));
     return 0;
   }
   if (o.renderOnly) {
     const run = JSON.parse(readFileSync(o.renderOnly, 'utf8')) as RunRecord;
     const dir = process.argv.some(a => a.startsWith('--out=')) ? o.outDir : dirname(o.renderOnly);
-    writeOutputs(run, dir);
-    console.log(`rendered ${dir}/results.md and chart.png from ${o.renderOnly}`);
+    await writeOutputs(run, dir);
+    console.log(`rendered ${dir}/results.md and the chart from ${o.renderOnly}`);
     return 0;
   }
 
   const b = await setUpBackend(o);
-  const sweep = sweepDefaults(o.sweep, b.realGpu);
+  const sweep = sweepDefaults(o.sweep, b.realGpu, o.quick);
+  const { ort, why: ortMissing } = sweep.impls.some(i => i.startsWith('onnxruntime')) && b.name === 'webgpu'
+      ? loadOnnxruntime() : { ort: null, why: '' };
+  const unavailable = (impl: Impl): string | null => {
+    if (impl.startsWith('onnxruntime')) {
+      if (b.name !== 'webgpu') return 'the onnxruntime peer runs on WebGPU only';
+      if (!ort) return `onnxruntime-node not found (bash bench/install-peers.sh installs it): ${ortMissing}`;
+    }
+    if (impl === 'flash-subgroups' && !b.adapter?.subgroups) return 'no WebGPU adapter with subgroups';
+    return null;
+  };
+  for (const impl of [...sweep.impls]) {
+    const why = unavailable(impl);
+    if (!why) continue;
+    if (o.implsGiven) throw new Error(`--impls=${impl}: ${why}`);
+    console.log(`# ${impl} left out: ${why}`);
+    sweep.impls = sweep.impls.filter(i => i !== impl);
+  }
   const cases = enumerateCases(sweep);
   const timing = timingDefaults(o.timing, b.realGpu);
   const plan: TimingPlan = {
@@ -283,6 +360,7 @@ async function main(): Promise<number> {
     tfjsVersion: b.tf.version_core, node: process.version,
     gitCommit: process.env.BENCH_COMMIT || commandLine('git', ['rev-parse', '--short', 'HEAD']),
     argv: process.argv.slice(2), ceilings: { tflops: o.ceilingTflops, gbPerS: o.ceilingGbPerS },
+    ...(ort ? { onnxruntime: `onnxruntime-node ${ort.version}, WebGPU execution provider` } : {}),
   };
   console.log(`# backend ${b.name}${b.adapter ? ` (${Object.values(b.adapter).filter(v => v !== '').join(', ')})` : ''}` +
               `${meta.nvidiaSmi ? `; ${meta.nvidiaSmi}` : ''}; timestamps ${plan.timedReps > 0 ? 'on' : 'off'}`);
@@ -291,23 +369,38 @@ async function main(): Promise<number> {
               `deadline ${o.deadlineS} s -> ${o.outDir}`);
   if (b.realGpu) await warmUpClocks(b.tf, 400);
 
-  const runner = new Runner(b, o, plan);
+  const runner = new Runner(b, o, plan, ort);
   const run: RunRecord = { meta, results: runner.results };
+  let subgroupsFailed: string | null = null;
   for (let i = 0; i < cases.length; i++) {
-    const r = await runner.runCase(cases[i]);
+    const c = cases[i];
+    if (SUBGROUPS_DEVICE.includes(c.impl) && runner.backend.devicePath !== 'subgroups' && !subgroupsFailed) {
+      runner.dropInputs();
+      const sb = await switchToSubgroups(runner.backend);
+      if (sb) {
+        runner.useBackend(sb);
+        if (sb.realGpu) await warmUpClocks(sb.tf, 200);
+        console.log('# now on the opt-in subgroups device (useWebGPUWithSubgroups)');
+      } else {
+        subgroupsFailed = 'useWebGPUWithSubgroups() declined this adapter';
+      }
+    }
+    const r = subgroupsFailed && SUBGROUPS_DEVICE.includes(c.impl) ? baseResult(c, 'skipped', subgroupsFailed)
+            : c.impl.startsWith('onnxruntime') ? await runner.runPeerCase(c) : await runner.runCase(c);
     runner.results.push(r);
-    console.log(progressLine(i, cases.length, cases[i], r, runner.elapsedS()));
+    console.log(progressLine(i, cases.length, c, r, runner.elapsedS()));
     meta.elapsedS = +runner.elapsedS().toFixed(1);
-    writeOutputs(run, o.outDir);
+    await writeOutputs(run, o.outDir, { chart: false });
     if (r.status === 'device lost') {
       for (const c of cases.slice(i + 1)) runner.results.push(baseResult(c, 'skipped', 'device lost earlier'));
-      writeOutputs(run, o.outDir);
       break;
     }
   }
   runner.dropInputs();
-  console.log(`# done in ${runner.elapsedS().toFixed(1)} s: ${o.outDir}/results.json, results.md, chart.png`);
-  return runner.results.some(r => r.status === 'wrong') ? 1 : 0;
+  await writeOutputs(run, o.outDir);
+  console.log(`# done in ${runner.elapsedS().toFixed(1)} s: ${o.outDir}/results.json, results.md, chart.svg and chart.png`);
+  // A wrong peer is the peer's finding (reported in its rows), not a failure of this package.
+  return runner.results.some(r => r.status === 'wrong' && !r.impl.startsWith('onnxruntime')) ? 1 : 0;
 }
 
 main().then(code => process.exit(code), e => {

@@ -4,9 +4,18 @@
  * so the table, the chart and the tests share them.
  */
 
-export type Impl = 'flash' | 'composite';
+/**
+ * flash on tfjs's default WebGPU device, the stock composite, flash on the package's opt-in
+ * subgroups device (useWebGPUWithSubgroups), and onnxruntime's WebGPU MultiHeadAttention (forward
+ * only, float32 and float16) as a peer.
+ */
+export type Impl = 'flash' | 'composite' | 'flash-subgroups' | 'onnxruntime-f32' | 'onnxruntime-f16';
 export type Pass = 'fwd' | 'fwd+bwd';
-export const IMPLS: readonly Impl[] = ['flash', 'composite'];
+export const IMPLS: readonly Impl[] = ['flash', 'composite', 'flash-subgroups', 'onnxruntime-f32', 'onnxruntime-f16'];
+/** Implementations without a backward here. */
+export const FORWARD_ONLY: readonly Impl[] = ['onnxruntime-f32', 'onnxruntime-f16'];
+/** Run after every other case: switching tfjs to the subgroups device disposes the default one. */
+export const SUBGROUPS_DEVICE: readonly Impl[] = ['flash-subgroups'];
 export const PASSES: readonly Pass[] = ['fwd', 'fwd+bwd'];
 
 export interface Shape {
@@ -71,18 +80,23 @@ export interface Sweep {
 }
 
 /**
- * Cases in run order: sequence length outermost, so a run cut short by its deadline still covers
+ * Cases in run order: tfjs's default device first, the subgroups device after it (one switch per
+ * run); within each, sequence length outermost, so a run cut short by its deadline still covers
  * every configuration at the smaller sizes; flash before composite at each shape, so a composite
- * that exhausts memory cannot spoil flash's numbers.
+ * that exhausts memory cannot spoil flash's numbers. Forward-only peers get no fwd+bwd case.
  */
 export function enumerateCases(w: Sweep): BenchCase[] {
   const cases: BenchCase[] = [];
-  for (const seq of w.seqs) {
-    for (const headDim of w.headDims) {
-      for (const impl of w.impls) {
-        for (const pass of w.passes) {
-          for (const causal of w.causal) {
-            cases.push({ impl, pass, batch: w.batch, heads: w.heads, seq, headDim, causal });
+  const phases = [w.impls.filter(i => !SUBGROUPS_DEVICE.includes(i)), w.impls.filter(i => SUBGROUPS_DEVICE.includes(i))];
+  for (const impls of phases) {
+    for (const seq of w.seqs) {
+      for (const headDim of w.headDims) {
+        for (const impl of impls) {
+          for (const pass of w.passes) {
+            if (pass !== 'fwd' && FORWARD_ONLY.includes(impl)) continue;
+            for (const causal of w.causal) {
+              cases.push({ impl, pass, batch: w.batch, heads: w.heads, seq, headDim, causal });
+            }
           }
         }
       }
@@ -104,5 +118,5 @@ export function compositeHeadsPerChunk(heads: number, seq: number, maxBindingByt
 }
 
 export const caseLabel = (c: BenchCase) =>
-  `${c.impl.padEnd(9)} ${c.pass.padEnd(7)} N=${String(c.seq).padEnd(5)} d=${String(c.headDim).padEnd(3)} ` +
+  `${c.impl.padEnd(15)} ${c.pass.padEnd(7)} N=${String(c.seq).padEnd(5)} d=${String(c.headDim).padEnd(3)} ` +
   `H=${c.heads} ${c.causal ? 'causal' : 'full  '}`;

@@ -1,100 +1,13 @@
 /**
- * The benchmark's chart, drawn pixel by pixel into a PNG with pngjs: TFLOP/s against sequence
- * length, one panel per pass × head dim × mask, flash against the composite, wall time solid and
- * GPU time dashed, and a marked cross where a case ran out of memory or could not run.
+ * The benchmark's chart: TFLOP/s against sequence length, a panel per pass (rows) × head dim and
+ * mask (columns), a line per implementation in results.json (flash, composite, and whatever peers
+ * a run measured), solid from wall time and dashed from GPU time, and a cross with its reason where
+ * a case could not run. The figure is charts/specs.ts's length sweep; charts/render.ts draws it.
  */
-import { PNG } from 'pngjs';
-import { Pass } from './cases';
-import { ADVANCE, GLYPH_HEIGHT, GLYPH_WIDTH, glyph } from './font';
+import type { TopLevelSpec } from 'vega-lite';
+import { ChartFiles, writeChart } from '../charts/render';
+import { SweepFailure, SweepPoint, sweepSpec } from '../charts/specs';
 import { CaseResult, RunRecord } from './report';
-
-type RGB = [number, number, number];
-
-const WHITE: RGB = [255, 255, 255];
-const INK: RGB = [40, 40, 40];
-const GRID: RGB = [225, 225, 225];
-const FLASH: RGB = [31, 119, 180];
-const COMPOSITE: RGB = [230, 120, 20];
-const FAILURE: RGB = [200, 30, 30];
-const SKIPPED: RGB = [150, 150, 150];
-
-/** An RGBA raster with the few primitives a line chart needs. */
-export class Raster {
-  readonly png: PNG;
-
-  constructor(readonly width: number, readonly height: number) {
-    this.png = new PNG({ width, height });
-    this.fillRect(0, 0, width, height, WHITE);
-  }
-
-  setPixel(x: number, y: number, [r, g, b]: RGB): void {
-    x = Math.round(x); y = Math.round(y);
-    if (x < 0 || y < 0 || x >= this.width || y >= this.height) return;
-    const i = (y * this.width + x) * 4;
-    this.png.data[i] = r; this.png.data[i + 1] = g; this.png.data[i + 2] = b; this.png.data[i + 3] = 255;
-  }
-
-  getPixel(x: number, y: number): RGB {
-    const i = (y * this.width + x) * 4;
-    return [this.png.data[i], this.png.data[i + 1], this.png.data[i + 2]];
-  }
-
-  fillRect(x: number, y: number, w: number, h: number, color: RGB): void {
-    for (let yy = Math.round(y); yy < Math.round(y + h); yy++) {
-      for (let xx = Math.round(x); xx < Math.round(x + w); xx++) this.setPixel(xx, yy, color);
-    }
-  }
-
-  disc(cx: number, cy: number, radius: number, color: RGB): void {
-    const r = Math.max(radius, 0.5);
-    for (let y = Math.floor(cy - r); y <= Math.ceil(cy + r); y++) {
-      for (let x = Math.floor(cx - r); x <= Math.ceil(cx + r); x++) {
-        if ((x - cx) ** 2 + (y - cy) ** 2 <= r * r) this.setPixel(x, y, color);
-      }
-    }
-  }
-
-  /** A line of the given width; dash > 0 draws dash pixels on, dash pixels off. */
-  line(x0: number, y0: number, x1: number, y1: number, color: RGB, width = 1, dash = 0): void {
-    const length = Math.hypot(x1 - x0, y1 - y0);
-    const steps = Math.max(1, Math.ceil(length * 2));
-    for (let s = 0; s <= steps; s++) {
-      const t = s / steps;
-      if (dash > 0 && Math.floor((t * length) / dash) % 2 === 1) continue;
-      const x = x0 + (x1 - x0) * t, y = y0 + (y1 - y0) * t;
-      if (width <= 1) this.setPixel(x, y, color);
-      else this.disc(x, y, width / 2, color);
-    }
-  }
-
-  /** Text with its top-left corner at (x, y), each font pixel drawn scale × scale. */
-  text(x: number, y: number, s: string, color: RGB, scale = 2): void {
-    [...s].forEach((ch, n) => {
-      glyph(ch).forEach((bits, row) => {
-        for (let col = 0; col < GLYPH_WIDTH; col++) {
-          if (bits & (1 << (GLYPH_WIDTH - 1 - col))) {
-            this.fillRect(x + (n * ADVANCE + col) * scale, y + row * scale, scale, scale, color);
-          }
-        }
-      });
-    });
-  }
-
-  encode(): Buffer {
-    return PNG.sync.write(this.png);
-  }
-}
-
-export const textWidth = (s: string, scale = 2) => [...s].length * ADVANCE * scale - scale;
-const TEXT_HEIGHT = GLYPH_HEIGHT * 2;
-
-/** A round step (1, 2 or 5 × 10^k) that splits [0, max] into at most about five intervals. */
-export function niceStep(max: number): number {
-  if (!(max > 0)) return 1;
-  const raw = max / 5;
-  const p = 10 ** Math.floor(Math.log10(raw));
-  return [1, 2, 5, 10].map(m => m * p).find(s => s >= raw)!;
-}
 
 /** TFLOP/s on GPUs; GFLOP/s or MFLOP/s where a CPU-sized run would print only zeros. */
 export function throughputUnit(maxTflops: number): { name: string; factor: number } {
@@ -103,107 +16,69 @@ export function throughputUnit(maxTflops: number): { name: string; factor: numbe
   return { name: 'MFLOP/s', factor: 1e6 };
 }
 
-const seqLabel = (n: number) => (n >= 1024 && n % 1024 === 0 ? `${n / 1024}K` : String(n));
-const STATUS_MARK: Record<string, string> = {
-  OOM: 'OOM', 'too large': '>2GB', validation: 'ERR', 'device lost': 'LOST', error: 'ERR', wrong: 'WRONG',
+/** The short reason under a cross. */
+export const STATUS_MARK: Record<string, string> = {
+  OOM: 'OOM', 'too large': '>2GB', validation: 'ERR', 'device lost': 'LOST', error: 'ERR', wrong: 'WRONG', skipped: 'SKIP',
 };
+export const TIMINGS = ['wall time', 'GPU time'] as const;
+const PASS_LABEL: Record<string, string> = { fwd: 'forward', 'fwd+bwd': 'forward + backward' };
+const panelRow = (r: CaseResult) => PASS_LABEL[r.pass] ?? r.pass;
+const panelColumn = (r: CaseResult) => `d = ${r.headDim}, ${r.causal ? 'causal' : 'no mask'}`;
+const ms = (x: number | null | undefined) => (x === null || x === undefined ? '–' : `${x.toPrecision(3)} ms`);
 
-interface Panel { pass: Pass; headDim: number; causal: boolean; }
-
-/** Renders the chart of a run; panels are laid out with passes as rows, (d, mask) as columns. */
-export function renderChart(run: RunRecord): Buffer {
-  const results = run.results;
-  const passes = [...new Set(results.map(r => r.pass))].sort();
-  const columns = [...new Map(results.map(r => [`${r.headDim}/${r.causal}`, { headDim: r.headDim, causal: r.causal }])).values()]
-      .sort((a, b) => a.headDim - b.headDim || Number(a.causal) - Number(b.causal));
-  const seqs = [...new Set(results.map(r => r.seq))].sort((a, b) => a - b);
-
-  const panelW = 340, left = 20, top = 118, panelH = 300;
-  const width = Math.max(1040, left * 2 + panelW * Math.max(columns.length, 1));
-  const height = top + panelH * Math.max(passes.length, 1) + 30;
-  const img = new Raster(width, height);
-
-  const allRates = results.flatMap(r => [r.tflopsWall ?? 0, r.tflopsGpu ?? 0]);
-  const unit = throughputUnit(Math.max(0, ...allRates));
-  const a = run.meta.adapter;
-  const device = run.meta.nvidiaSmi?.split(',')[0] ??
-      (a ? [a.vendor, a.architecture, a.device, a.description].filter(Boolean).join(' ') : 'cpu');
-  const fit = (s: string) => s.slice(0, Math.floor((width - 2 * left) / (ADVANCE * 2)));
-  img.text(left, 10, fit(`flashAttention vs tfjs composite: ${unit.name} (B=${results[0]?.batch ?? 1}, ` +
-                         `H=${results[0]?.heads ?? '?'})`), INK);
-  const variant = a?.subgroups ? ' (subgroups device)' : '';
-  img.text(left, 32, fit(`${run.meta.backend}${variant} on ${device}, ${run.meta.date.slice(0, 10)}`), INK);
-  let lx = left;
-  for (const [name, color] of [['flash', FLASH], ['composite', COMPOSITE]] as const) {
-    img.line(lx, 65, lx + 30, 65, color, 3);
-    img.text(lx + 38, 58, name, INK);
-    lx += 38 + textWidth(name) + 30;
-  }
-  img.text(lx, 58, 'X: could not run (OOM; >2GB: over the binding limit)', FAILURE);
-  img.text(left, 80, 'solid: from wall time; dashed: from GPU time', INK);
-  img.text(left + textWidth('solid: from wall time; dashed: from GPU time') + 30, 80,
-           'SKIP: not run (deadline, too slow)', SKIPPED);
-
-  passes.forEach((pass, row) => {
-    const inRow = results.filter(r => r.pass === pass);
-    const yMax = Math.max(1e-12, ...inRow.flatMap(r => [r.tflopsWall ?? 0, r.tflopsGpu ?? 0])) * unit.factor;
-    const step = niceStep(yMax);
-    const yTop = Math.ceil(yMax / step) * step;
-    columns.forEach((col, c) => {
-      drawPanel(img, { pass, ...col }, inRow.filter(r => r.headDim === col.headDim && r.causal === col.causal),
-                seqs, unit.factor, yTop, step, left + c * panelW, top + row * panelH, panelW, panelH);
-    });
-  });
-  return img.encode();
+/** flash and composite first, then the other implementations in the order the run measured them. */
+export function implementations(results: readonly CaseResult[]): string[] {
+  const seen = [...new Set(results.map(r => r.impl as string))];
+  const known = ['flash', 'composite'].filter(i => seen.includes(i));
+  return [...known, ...seen.filter(i => !known.includes(i))];
 }
 
-function drawPanel(img: Raster, p: Panel, results: CaseResult[], seqs: number[], factor: number, yTop: number, yStep: number,
-                   x0: number, y0: number, w: number, h: number): void {
-  const plot = { x: x0 + 58, y: y0 + 28, w: w - 78, h: h - 78 };
-  img.text(x0 + 58, y0 + 6, `${p.pass === 'fwd' ? 'FWD' : 'FWD+BWD'} D=${p.headDim} ${p.causal ? 'CAUSAL' : 'FULL'}`, INK);
-  const xOf = (seq: number) => seqs.length === 1 ? plot.x + plot.w / 2
-      : plot.x + (seqs.indexOf(seq) / (seqs.length - 1)) * plot.w;
-  const yOf = (v: number) => plot.y + plot.h - (v / yTop) * plot.h;
-
-  for (let v = 0; v <= yTop + 1e-9; v += yStep) {
-    const y = yOf(v);
-    img.line(plot.x, y, plot.x + plot.w, y, GRID);
-    const label = yStep < 1 ? v.toFixed(Math.ceil(-Math.log10(yStep))) : String(Math.round(v));
-    img.text(plot.x - 8 - textWidth(label), y - TEXT_HEIGHT / 2, label, INK);
+/** The chart of a run as a Vega-Lite spec. */
+export function benchChartSpec(run: RunRecord): TopLevelSpec {
+  const { meta, results } = run;
+  const unit = throughputUnit(Math.max(0, ...results.flatMap(r => [r.tflopsWall ?? 0, r.tflopsGpu ?? 0])));
+  const series = implementations(results);
+  const passOrder = (p: string) => (p === 'fwd' ? 0 : 1);
+  const sorted = [...results].sort((a, b) => passOrder(a.pass) - passOrder(b.pass) || a.headDim - b.headDim ||
+                                             Number(a.causal) - Number(b.causal) || a.seq - b.seq);
+  const points: SweepPoint[] = [];
+  const failures: SweepFailure[] = [];
+  for (const r of sorted) {
+    const where = { seq: r.seq, series: r.impl, row: panelRow(r), column: panelColumn(r) };
+    if (r.status === 'ok') {
+      const detail = `${ms(r.wallMs)} wall, ${ms(r.gpuMs)} GPU`;
+      if (r.tflopsWall) points.push({ ...where, timing: TIMINGS[0], value: r.tflopsWall * unit.factor, detail });
+      if (r.tflopsGpu) points.push({ ...where, timing: TIMINGS[1], value: r.tflopsGpu * unit.factor, detail });
+    } else {
+      failures.push({ ...where, label: STATUS_MARK[r.status] ?? r.status, skipped: r.status === 'skipped',
+                      detail: r.note?.slice(0, 120) });
+    }
   }
-  seqs.forEach((seq, i) => {
-    const x = xOf(seq);
-    img.line(x, plot.y, x, plot.y + plot.h, GRID);
-    const label = seqLabel(seq);
-    // Alternate rows of labels when they would collide.
-    const crowded = seqs.length > 1 && plot.w / (seqs.length - 1) < textWidth('32K') + 6;
-    img.text(x - textWidth(label) / 2, plot.y + plot.h + 8 + (crowded && i % 2 ? TEXT_HEIGHT + 2 : 0), label, INK);
+  const a = meta.adapter as Record<string, unknown> | null;
+  const device = meta.nvidiaSmi?.split(',')[0] ??
+      (a ? [a.vendor, a.architecture, a.device, a.description].filter(Boolean).join(' ') : 'cpu');
+  const variant = a?.subgroups ? ' (subgroups device)' : '';
+  const first = results[0];
+  return sweepSpec(points, failures, {
+    title: `${series.join(' vs ')}: ${unit.name} against sequence length (B = ${first?.batch ?? 1}, H = ${first?.heads ?? '?'})`,
+    subtitle: [
+      `${meta.backend}${variant} on ${device}, ${meta.date.slice(0, 10)}${meta.gitCommit ? `, commit ${meta.gitCommit}` : ''}`,
+      'solid lines, dots: from wall time (median, dispatch to readback); dashed lines, circles: from GPU time (kernel timestamps)',
+      'crosses: could not run (OOM: out of memory; >2GB: over the binding limit); SKIP: not run (deadline, too slow)',
+    ],
+    yTitle: unit.name,
+    series,
+    timings: TIMINGS,
+    rows: [...new Set(sorted.map(panelRow))],
+    columns: [...new Set([...sorted].sort((x, y) => x.headDim - y.headDim || Number(x.causal) - Number(y.causal))
+                                    .map(panelColumn))],
+    seqs: [...new Set(results.map(r => r.seq))],
+    width: 260,
+    height: 200,
   });
-  img.line(plot.x, plot.y + plot.h, plot.x + plot.w, plot.y + plot.h, INK);
-  img.line(plot.x, plot.y, plot.x, plot.y + plot.h, INK);
-  img.text(plot.x + plot.w - textWidth('N'), plot.y + plot.h + 26 + TEXT_HEIGHT, 'N', INK);
+}
 
-  for (const [impl, color] of [['composite', COMPOSITE], ['flash', FLASH]] as const) {
-    const mine = results.filter(r => r.impl === impl).sort((a, b) => a.seq - b.seq);
-    for (const [key, width, dash] of [['tflopsGpu', 1, 5], ['tflopsWall', 3, 0]] as const) {
-      let prev: [number, number] | null = null;
-      for (const r of mine) {
-        const v = r.status === 'ok' ? r[key] : null;
-        if (v === null || v === undefined) { prev = null; continue; }
-        const pt: [number, number] = [xOf(r.seq), yOf(v * factor)];
-        if (prev) img.line(prev[0], prev[1], pt[0], pt[1], color, width, dash);
-        if (key === 'tflopsWall') img.disc(pt[0], pt[1], 3.5, color);
-        prev = pt;
-      }
-    }
-    for (const r of mine) {
-      const x = xOf(r.seq), y = plot.y + plot.h - 10 - (impl === 'flash' ? 34 : 0);
-      if (r.status === 'skipped') { img.text(x - textWidth('SKIP') / 2, y - 24, 'SKIP', SKIPPED); continue; }
-      const mark = STATUS_MARK[r.status];
-      if (!mark) continue;
-      img.line(x - 6, y - 6, x + 6, y + 6, FAILURE, 3);
-      img.line(x - 6, y + 6, x + 6, y - 6, FAILURE, 3);
-      img.text(x - textWidth(mark) / 2, y - 24, mark, color);
-    }
-  }
+/** Writes chart.svg and chart.png (where the PNG renderer loads) into dir. */
+export function writeBenchChart(run: RunRecord, dir: string): Promise<ChartFiles> {
+  return writeChart(benchChartSpec(run), `${dir}/chart`);
 }

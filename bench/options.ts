@@ -30,8 +30,10 @@ export interface BenchOptions {
   /** Compare rows of the output (and of dq) with a float64 reference. */
   check: boolean;
   outDir: string;
-  /** Run on the package's opt-in subgroups device (useWebGPUWithSubgroups). */
-  subgroups: boolean;
+  /** A quick subset of the GPU sweep (N 1024, 4096, 16384; d 64, 128), every implementation. */
+  quick: boolean;
+  /** --impls was given: an implementation that cannot run here is an error, not left out. */
+  implsGiven: boolean;
   /** Print the FLOP / byte floor of the sweep as Markdown and run nothing. */
   floorOnly: boolean;
   /** Re-render the Markdown table and the chart from an earlier results.json; runs nothing. */
@@ -49,20 +51,25 @@ export const USAGE = `npm run bench -- [flags]
   --heads=16 --batch=1
   --causal=both|0|1           full, causal or both (default both)
   --passes=fwd,fwd+bwd        'bwd' is accepted for fwd+bwd
-  --impls=flash,composite
+  --impls=flash,composite,flash-subgroups,onnxruntime-f32,onnxruntime-f16
+                              flash-subgroups: flash on the opt-in subgroups device
+                              (useWebGPUWithSubgroups), run after the rest; onnxruntime-*: the peer,
+                              forward only, when onnxruntime-node is installed (bash bench/install-peers.sh).
+                              Default: all that this machine can run
+  --quick                     a subset: N 1024,4096,16384; d 64,128 (other flags still apply)
   --reps=20 --min-reps=3      timed repetitions, adaptive between the two (cpu/SwiftShader: 5, 2)
   --target-ms=300             wall time the timed repetitions of one case aim for
   --gpu-reps=2                repetitions timed with GPU timestamps, 0 = off (1)
   --deadline=600              seconds; no case starts later (rest: "skipped")
   --max-case-s=60             skip a case estimated to take longer
   --check=1                   spot-check output / dq rows against float64
-  --subgroups                 webgpu: use the package's opt-in subgroups device (useWebGPUWithSubgroups)
-  --out=bench/results/latest  where results.json, results.md and chart.png go
-  --render=FILE.json          only re-render results.md and chart.png from FILE.json
+  --subgroups                 same as --impls=flash-subgroups,composite
+  --out=bench/results/latest  where results.json, results.md, chart.svg and chart.png go
+  --render=FILE.json          only re-render results.md and the chart from FILE.json
   --floor                     only print the FLOP / byte floor of the sweep (GPU defaults)
   --ceiling-tflops=51.6 --ceiling-gbs=3350   roofline used for the floor column (H100 f32 SIMT, HBM3)
 
-Defaults on a real GPU: seqs 512..32768, dims 64,128, heads 16, both passes, causal and full.
+Defaults on a real GPU: seqs 512..32768, dims 32,64,128,256, heads 16, both passes, causal and full.
 Defaults on cpu or a fallback adapter (SwiftShader): seqs 64,128, dims 64, heads 2, fewer repetitions.`;
 
 function list<T extends string>(raw: string, allowed: readonly T[], flag: string, alias: Record<string, T> = {}): T[] {
@@ -97,7 +104,7 @@ export function parseArgs(argv: readonly string[]): BenchOptions {
   const o: BenchOptions = {
     backend: 'auto', sweep: {}, timing: {},
     deadlineS: 600, maxCaseS: 60, check: true, outDir: 'bench/results/latest',
-    ceilingTflops: 51.6, ceilingGbPerS: 3350, help: false, floorOnly: false, subgroups: false,
+    ceilingTflops: 51.6, ceilingGbPerS: 3350, help: false, floorOnly: false, quick: false, implsGiven: false,
   };
   for (const arg of argv) {
     const m = /^--([a-z-]+)(?:=(.*))?$/.exec(arg);
@@ -114,7 +121,7 @@ export function parseArgs(argv: readonly string[]): BenchOptions {
         o.sweep.causal = value === 'both' ? [false, true] : [bool(value, flag)];
         break;
       case 'passes': o.sweep.passes = list<Pass>(value, PASSES, flag, { bwd: 'fwd+bwd', 'fwd+bwd': 'fwd+bwd' }); break;
-      case 'impls': o.sweep.impls = list<Impl>(value, IMPLS, flag); break;
+      case 'impls': o.sweep.impls = list<Impl>(value, IMPLS, flag); o.implsGiven = true; break;
       case 'reps': o.timing.maxReps = number(value, flag, 1); break;
       case 'min-reps': o.timing.minReps = number(value, flag, 1); break;
       case 'target-ms': o.timing.targetMs = number(value, flag, 0); break;
@@ -125,7 +132,10 @@ export function parseArgs(argv: readonly string[]): BenchOptions {
       case 'out': o.outDir = value; break;
       case 'render': o.renderOnly = value; break;
       case 'floor': o.floorOnly = bool(value, flag); break;
-      case 'subgroups': o.subgroups = bool(value, flag); break;
+      case 'subgroups':
+        if (bool(value, flag)) { o.sweep.impls = ['flash-subgroups', 'composite']; o.implsGiven = true; }
+        break;
+      case 'quick': o.quick = bool(value, flag); break;
       case 'ceiling-tflops': o.ceilingTflops = number(value, flag, 1e-9); break;
       case 'ceiling-gbs': o.ceilingGbPerS = number(value, flag, 1e-9); break;
       default: throw new Error(`unknown flag --${flag}; --help lists the flags`);
@@ -144,13 +154,14 @@ export function timingDefaults(given: Partial<TimingFlags>, realGpu: boolean): T
   return t;
 }
 
-/** Fills what the command line left open, by whether the device is a real GPU. */
-export function sweepDefaults(given: Partial<Sweep>, realGpu: boolean): Sweep {
-  const big = {
-    seqs: [512, 1024, 2048, 4096, 8192, 16384, 32768], headDims: [64, 128], heads: 16,
-  };
+/** The issue's GPU sweep, and the --quick subset of it. */
+export const GPU_SWEEP = { seqs: [512, 1024, 2048, 4096, 8192, 16384, 32768], headDims: [32, 64, 128, 256], heads: 16 };
+export const QUICK_SWEEP = { seqs: [1024, 4096, 16384], headDims: [64, 128], heads: 16 };
+
+/** Fills what the command line left open, by whether the device is a real GPU (and --quick). */
+export function sweepDefaults(given: Partial<Sweep>, realGpu: boolean, quick = false): Sweep {
   const small = { seqs: [64, 128], headDims: [64], heads: 2 };
-  const d = realGpu ? big : small;
+  const d = quick ? QUICK_SWEEP : realGpu ? GPU_SWEEP : small;
   return {
     seqs: given.seqs ?? d.seqs,
     headDims: given.headDims ?? d.headDims,

@@ -2,7 +2,7 @@
  * Results: the JSON record of a run and its Markdown rendering (one table per pass, head dim and
  * mask, flash and composite side by side).
  */
-import { attentionFlops, attentionMinBytes, BenchCase, Ceilings, floorMs, Pass, Sweep } from './cases';
+import { attentionFlops, attentionMinBytes, BenchCase, Ceilings, floorMs, Impl, Pass, Sweep } from './cases';
 
 export type Status = 'ok' | 'wrong' | 'OOM' | 'too large' | 'validation' | 'device lost' | 'error' | 'skipped';
 
@@ -25,6 +25,8 @@ export interface CaseResult extends BenchCase {
   liveBeforeBytes?: number | null;
   headsPerChunk?: number;
   warmupCalls?: number;
+  /** onnxruntime: GPU ms per run of its programs other than FlashAttention (CopyKVCache). */
+  otherGpuMs?: Record<string, number>;
 }
 
 export interface RunMeta {
@@ -41,6 +43,8 @@ export interface RunMeta {
   ceilings: Ceilings;
   /** Seconds the whole run took. */
   elapsedS?: number;
+  /** The onnxruntime peer's package and execution provider, where it ran. */
+  onnxruntime?: string;
 }
 
 export interface RunRecord {
@@ -87,9 +91,15 @@ function peakCell(r: CaseResult | undefined): string {
   return fmt(r.peakBytes / MiB, 0);
 }
 
-const sameShape = (a: BenchCase, b: BenchCase) =>
-  a.pass === b.pass && a.seq === b.seq && a.headDim === b.headDim && a.causal === b.causal &&
-  a.heads === b.heads && a.batch === b.batch;
+/**
+ * Columns after flash's and the composite's. onnxruntime's wall time includes copying q, k, v
+ * from the host and the output back (session.run), so only its GPU time is compared.
+ */
+const EXTRA_COLUMNS: ReadonlyArray<{ impl: Impl; label: string; short: string; gpuOnly: boolean }> = [
+  { impl: 'flash-subgroups', label: 'flash, subgroups device,', short: 'subgroups wall (GPU)', gpuOnly: false },
+  { impl: 'onnxruntime-f32', label: 'onnxruntime f32', short: 'ort f32 (GPU)', gpuOnly: true },
+  { impl: 'onnxruntime-f16', label: 'onnxruntime f16', short: 'ort f16 (GPU)', gpuOnly: true },
+];
 
 /** The Markdown report: a heading, how to read it, then one table per pass × head dim × mask. */
 export function markdownReport(run: RunRecord): string {
@@ -104,7 +114,10 @@ export function markdownReport(run: RunRecord): string {
     'Cells: wall ms = median of dispatch + 1-element readback, (GPU ms) = sum of kernel timestamps ' +
     '(tf.time); TFLOP/s from wall (and GPU) time with forward = 4·B·H·N²·d, halved for causal, ' +
     'forward+backward = 3.5× forward; speed-up = composite ÷ flash; peak = most WebGPU buffer ' +
-    `MiB live at once, inputs included. Floor = max(FLOPs ÷ ${meta.ceilings.tflops} TFLOP/s, ` +
+    'MiB live at once, inputs included. "flash, subgroups device": flash on the opt-in device of ' +
+    'useWebGPUWithSubgroups. onnxruntime: its WebGPU MultiHeadAttention (forward only), GPU ms = its ' +
+    "profiler's FlashAttention program; its wall ms include session.run's host copies, so only GPU " +
+    `time is compared${meta.onnxruntime ? ` (${meta.onnxruntime})` : ''}. Floor = max(FLOPs ÷ ${meta.ceilings.tflops} TFLOP/s, ` +
     `bytes ÷ ${meta.ceilings.gbPerS} GB/s).`,
   ];
   const groups: Array<{ pass: Pass; headDim: number; causal: boolean; heads: number; batch: number }> = [];
@@ -118,21 +131,35 @@ export function markdownReport(run: RunRecord): string {
   groups.sort((a, b) => passOrder(a.pass) - passOrder(b.pass) || a.headDim - b.headDim ||
                         Number(a.causal) - Number(b.causal));
   for (const g of groups) {
+    const inGroup = results.filter(r => r.pass === g.pass && r.headDim === g.headDim && r.causal === g.causal &&
+                                        r.heads === g.heads && r.batch === g.batch);
+    // The other implementations of this table (subgroups device, the onnxruntime peer), each with
+    // its ratio to the composite.
+    const extras = EXTRA_COLUMNS.filter(e => inGroup.some(r => r.impl === e.impl));
     lines.push('', `### ${g.pass === 'fwd' ? 'Forward' : 'Forward + backward'}, d = ${g.headDim}, ` +
                `${g.causal ? 'causal' : 'no mask'} (B = ${g.batch}, H = ${g.heads})`, '',
                '| N | GFLOP | floor ms | flash ms (GPU) | composite ms (GPU) | speed-up wall (GPU) | ' +
+               extras.map(e => `${e.label} ms (GPU) | composite ÷ ${e.short} | `).join('') +
                'flash TFLOP/s | composite TFLOP/s | flash peak MiB | composite peak MiB |',
-               '|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|');
-    const seqs = [...new Set(results.filter(r => r.pass === g.pass && r.headDim === g.headDim &&
-                                                r.causal === g.causal).map(r => r.seq))].sort((a, b) => a - b);
+               `|${'---:|'.repeat(10 + 2 * extras.length)}`);
+    const seqs = [...new Set(inGroup.map(r => r.seq))].sort((a, b) => a - b);
     for (const seq of seqs) {
       const shape = { ...g, seq, impl: 'flash' as const };
-      const flash = results.find(r => r.impl === 'flash' && sameShape(r, shape));
-      const comp = results.find(r => r.impl === 'composite' && sameShape(r, shape));
+      const find = (impl: Impl) => inGroup.find(r => r.impl === impl && r.seq === seq);
+      const flash = find('flash');
+      const comp = find('composite');
       const okFlash = flash?.status === 'ok', okComp = comp?.status === 'ok';
+      const extraCells = extras.map(e => {
+        const r = find(e.impl);
+        const ok = r?.status === 'ok' && okComp;
+        const speedup = !ok ? '–' : e.gpuOnly ? `(${ratio(comp!.gpuMs, r!.gpuMs)})`
+                                              : `${ratio(comp!.wallMs, r!.wallMs)} (${ratio(comp!.gpuMs, r!.gpuMs)})`;
+        return `${timeCell(r)} | ${speedup} | `;
+      }).join('');
       lines.push(`| ${seq} | ${fmt(attentionFlops(shape, g.pass) / 1e9, 1)} | ` +
                  `${fmtMs(floorMs(shape, g.pass, meta.ceilings))} | ${timeCell(flash)} | ${timeCell(comp)} | ` +
                  `${okFlash && okComp ? `${ratio(comp!.wallMs, flash!.wallMs)} (${ratio(comp!.gpuMs, flash!.gpuMs)})` : '–'} | ` +
+                 extraCells +
                  `${tflopsCell(flash)} | ${tflopsCell(comp)} | ${peakCell(flash)} | ${peakCell(comp)} |`);
     }
   }

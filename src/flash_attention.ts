@@ -3,8 +3,8 @@ import {
   ones, zeros,
 } from '@tensorflow/tfjs-core';
 import {
-  check, FlashAttention, FlashAttentionAttrs, FlashAttentionInputs, FlashAttentionOptions, maskShape4D,
-  normalizeAttrs, shapeStr, validateQKV,
+  check, FLOAT32_MAX, FlashAttention, FlashAttentionAttrs, FlashAttentionInputs, FlashAttentionOptions, maskShape4D,
+  normalizeAttrs, shapeStr, validateOptionsObject, validateQKV,
 } from './contract';
 import { flashAttentionBlockwise } from '../kernels/fallback/blockwise';
 import { ensureTensorflowKernels } from '../kernels/tensorflow/register';
@@ -21,7 +21,19 @@ function toFloatTensor(x: Tensor | TensorLike, name: string): Tensor {
   return tensor(x, undefined, 'float32');
 }
 
+/**
+ * Slopes given as numbers are checked here (finite in float32); a tensor's values stay on its
+ * device unread (a readback per call would stall GPU backends), so NaN slopes there give NaN out.
+ */
 function toSlopes(slopes: FlashAttentionOptions['alibiSlopes'], heads: number): Tensor1D {
+  if (!(slopes instanceof Tensor)) {
+    check(Array.isArray(slopes) || slopes instanceof Float32Array, () =>
+        `alibiSlopes must be a number[], Float32Array or Tensor1D, but got ${typeof slopes}`);
+    const bad = Array.from(slopes as ArrayLike<unknown>)
+        .findIndex(x => typeof x !== 'number' || !(Math.abs(x) <= FLOAT32_MAX));
+    check(bad < 0, () => `alibiSlopes must be finite float32 numbers, but alibiSlopes[${bad}] is ${
+        typeof slopes[bad] === 'string' ? JSON.stringify(slopes[bad]) : String(slopes[bad])}`);
+  }
   const t = slopes instanceof Tensor ? slopes as Tensor
                                      : tensor1d(Array.from(slopes as ArrayLike<number>), 'float32');
   check(t.rank === 1 && t.size === heads, () =>
@@ -37,6 +49,7 @@ function toSlopes(slopes: FlashAttentionOptions['alibiSlopes'], heads: number): 
  *
  * q [batch, seqQ, heads, headDim], k [batch, seqK, kvHeads, headDim],
  * v [batch, seqK, kvHeads, headDimV] -> [batch, seqQ, heads, headDimV] (BSHD, as FlashAttention).
+ * Any Tensor (or nested array) is accepted; the rank is checked when the op runs.
  * heads % kvHeads == 0 gives grouped-query / multi-query attention.
  */
 function flashAttention_(q: Tensor | TensorLike, k: Tensor | TensorLike, v: Tensor | TensorLike,
@@ -47,8 +60,7 @@ function flashAttention_(q: Tensor | TensorLike, k: Tensor | TensorLike, v: Tens
                          options?: FlashAttentionOptions): Tensor4D | FlashAttentionResult;
 function flashAttention_(q: Tensor | TensorLike, k: Tensor | TensorLike, v: Tensor | TensorLike,
                          options: FlashAttentionOptions = {}): Tensor4D | FlashAttentionResult {
-  check(options !== null && typeof options === 'object',
-        () => `options must be an object, but got ${options === null ? 'null' : typeof options}`);
+  validateOptionsObject(options);
   const $q = toFloatTensor(q, 'q') as Tensor4D;
   const $k = toFloatTensor(k, 'k') as Tensor4D;
   const $v = toFloatTensor(v, 'v') as Tensor4D;

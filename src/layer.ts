@@ -5,7 +5,8 @@
  * beyond Keras it adds grouped-query attention, sliding windows, ALiBi and soft-capping.
  */
 import {
-  add, cast, linalg, logicalAnd, matMul, ones, reshape, serialization, Tensor, Tensor4D, tidy,
+  add, broadcastTo, cast, linalg, logicalAnd, matMul, ones, reshape, serialization, Tensor, Tensor4D,
+  tidy, transpose,
 } from '@tensorflow/tfjs-core';
 import * as tfl from '@tensorflow/tfjs-layers';
 import type { Constraint, ConstraintIdentifier } from '@tensorflow/tfjs-layers/dist/constraints';
@@ -17,7 +18,7 @@ import type { Kwargs } from '@tensorflow/tfjs-layers/dist/types';
 import { attachToTf } from './attach';
 import { flashAttention } from './flash_attention';
 import { alibiSlopesFor, plainAttention } from './layer_plain_attention';
-import { FlashAttentionOptions } from './contract';
+import { FlashAttentionOptions, MAX_HEAD_DIM } from './contract';
 
 /** flashAttention's options as the layer passes them (always the plain output). */
 export type AttentionOptions = Omit<FlashAttentionOptions, 'returnLogSumExp'>;
@@ -29,9 +30,9 @@ type ConstraintArg = ConstraintIdentifier | Constraint;
 export interface FlashMultiHeadAttentionArgs extends LayerArgs {
   /** Number of query heads. */
   numHeads: number;
-  /** Size of each query and key head. */
+  /** Size of each query and key head, at most MAX_HEAD_DIM (256). */
   keyDim: number;
-  /** Size of each value head; default keyDim. */
+  /** Size of each value head, at most MAX_HEAD_DIM (256); default keyDim. */
   valueDim?: number;
   /** Dropout rate on the attention probabilities, applied in training only. */
   dropout?: number;
@@ -39,7 +40,12 @@ export interface FlashMultiHeadAttentionArgs extends LayerArgs {
   useBias?: boolean;
   /** Feature shape of the output; default the query's last dimension. */
   outputShape?: number | number[];
-  /** Only the default (attention over the sequence axis) is supported. */
+  /**
+   * Axes attention runs over, counted on the inputs (negative: from the end); the other axes but
+   * the features are batch-like. Default: every axis between the batch and the features (the
+   * sequence axis of [batch, seq, features]). Several axes attend as one flattened sequence,
+   * as in Keras; causal masks, windows and ALiBi need a single attention axis.
+   */
   attentionAxes?: number | number[] | null;
   kernelInitializer?: InitializerArg;
   biasInitializer?: InitializerArg;
@@ -60,15 +66,25 @@ export interface FlashMultiHeadAttentionArgs extends LayerArgs {
   softcap?: number;
 }
 
-/** The call's keyword arguments, as tfjs-layers' MultiHeadAttention takes them. */
+/** The call's keyword arguments, as tfjs-layers' MultiHeadAttention (and Keras) take them. */
 export interface FlashMultiHeadAttentionCallArgs {
   value: Tensor | tfl.SymbolicTensor;
   /** Default: value. */
   key?: Tensor | tfl.SymbolicTensor;
-  /** [batch, seqQ, seqK] (or broadcastable), true = attend; cast to bool. */
+  /**
+   * [batch, seqQ, seqK], or [batch, heads, seqQ, seqK], or broadcastable to them; true (non-zero)
+   * = attend. With several attention axes or batch-like axes, Keras's layout
+   * [batch, ...batch-like, heads?, ...query axes, ...key axes].
+   */
   attentionMask?: Tensor | tfl.SymbolicTensor;
   /** Lower-triangular mask on [seqQ, seqK], top-left aligned as in Keras. */
   useCausalMask?: boolean;
+  /**
+   * Also return the attention probabilities [batch, heads, seqQ, seqK] (before dropout): the call
+   * then returns [output, scores], as Keras does. They are computed the plain way, so this costs
+   * O(T·S) memory per head: for inspection, not for long sequences.
+   */
+  returnAttentionScores?: boolean;
   training?: boolean;
 }
 
@@ -80,6 +96,120 @@ function check(cond: boolean, msg: () => string): asserts cond {
 
 const isPositiveInt = (x: unknown): x is number => typeof x === 'number' && Number.isInteger(x) && x > 0;
 const shapeStr = (s: readonly (number | null)[]) => `[${s.join(', ')}]`;
+const product = (dims: readonly number[]) => dims.reduce((a, b) => a * b, 1);
+
+/** What tfjs-layers' Layer takes besides our own arguments. */
+const LAYER_ARGS = ['inputShape', 'batchInputShape', 'batchSize', 'dtype', 'name', 'trainable', 'weights', 'inputDType'];
+const OWN_ARGS = ['numHeads', 'keyDim', 'valueDim', 'dropout', 'useBias', 'outputShape', 'attentionAxes',
+                  'kernelInitializer', 'biasInitializer', 'kernelRegularizer', 'biasRegularizer',
+                  'activityRegularizer', 'kernelConstraint', 'biasConstraint',
+                  'numKeyValueHeads', 'causal', 'windowSize', 'alibi', 'softcap'];
+const CALL_ARGS = ['value', 'key', 'attentionMask', 'useCausalMask', 'returnAttentionScores', 'training'];
+/**
+ * Call arguments tfjs passes itself: the graph executor's `mask` (the first input's Keras mask)
+ * and our `inputLayout` (see InputLayout), which a functional model saves with each call.
+ */
+const INTERNAL_CALL_ARGS = ['mask', 'inputLayout'];
+
+/** Levenshtein distance, for "did you mean" on a misspelt argument. */
+function editDistance(a: string, b: string): number {
+  let row = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i++) {
+    const next = [i];
+    for (let j = 1; j <= b.length; j++) {
+      next[j] = Math.min(row[j] + 1, next[j - 1] + 1, row[j - 1] + (a[i - 1] === b[j - 1] ? 0 : 1));
+    }
+    row = next;
+  }
+  return row[b.length];
+}
+
+/** Arguments given to the constructor that belong to the call, and the reverse. */
+const MISPLACED: Record<string, string> = {
+  'argument useCausalMask': 'a call argument; the constructor\'s default for it is causal',
+  'argument returnAttentionScores': 'a call argument',
+  'argument training': 'a call argument',
+  'call argument causal': 'a constructor argument; the call takes useCausalMask',
+};
+
+/** Rejects keys of `given` outside `known`, naming the argument (and the nearest known one). */
+function rejectUnknown(given: object, known: readonly string[], what: string, shown = known): void {
+  for (const name of Object.keys(given)) {
+    if (known.includes(name)) continue;
+    const nearest = shown.reduce((best, k) => (editDistance(name, k) < editDistance(name, best) ? k : best), shown[0]);
+    const misplaced = MISPLACED[`${what} ${name}`];
+    const hint = misplaced ? ` (${misplaced})` : editDistance(name, nearest) <= 3 ? ` (did you mean '${nearest}'?)` : '';
+    check(false, () => `unknown ${what} '${name}'${hint}; known ${what}s: ${shown.join(', ')}`);
+  }
+}
+
+/**
+ * Where each role (query, value, key, attentionMask?) sits in the input list the layer hands to
+ * tfjs-layers: every distinct tensor once, query first. tfjs's graph executor counts a tensor's
+ * consumers once per consuming layer call but releases it once per input slot, so a tensor given
+ * to one call twice (query = value = key in self-attention) was freed while later layers (the
+ * residual add of a post-LN block, a second cross-attention) still needed it.
+ */
+type InputLayout = number[];
+type Roles<T> = [query: T, value: T, key: T, attentionMask?: T];
+
+function distinctInputs<T>(roles: readonly T[]): { list: T[], layout: InputLayout } {
+  const list: T[] = [];
+  const layout = roles.map((x) => {
+    const at = list.indexOf(x);
+    return at >= 0 ? at : list.push(x) - 1;
+  });
+  return { list, layout };
+}
+
+function isLayout(x: unknown): x is InputLayout {
+  return Array.isArray(x) && (x.length === 3 || x.length === 4) &&
+      x.every((at, role) => Number.isInteger(at) && at >= 0 && at <= role);
+}
+
+/**
+ * How the inputs map onto flashAttention's [batch, seq, features]: batch-like axes (the batch and
+ * every non-attention axis) first, then the attention axes, each group flattened into one axis.
+ * For [batch, seq, features] inputs with the default axes it is the identity. D is number | null
+ * for symbolic shapes.
+ */
+interface Geometry<D> {
+  /** Attention axes of the inputs, ascending. */
+  axes: number[];
+  /** Non-feature axes, batch-like first then attention axes; null when already in that order. */
+  perm: number[] | null;
+  batchDims: D[];
+  queryDims: D[];
+  keyDims: D[];
+}
+
+/**
+ * broadcastTo, one axis at a time as a rank-3 tile: tfjs-webgpu tiles tensors of rank 5 or more
+ * on the CPU, reading them back synchronously, which Node cannot do.
+ */
+function broadcastAxes(x: Tensor, shape: number[]): Tensor {
+  const current = [...x.shape];
+  let y = x;
+  shape.forEach((size, axis) => {
+    if (current[axis] === size) return;
+    const [before, after] = [product(current.slice(0, axis)), product(current.slice(axis + 1))];
+    y = broadcastTo(reshape(y, [before, 1, after]), [before, size, after]);
+    current[axis] = size;
+  });
+  return y === x ? x : reshape(y, shape);
+}
+
+function geometryOf(queryShape: Shape, valueShape: Shape, axes: number[]): Geometry<number | null> {
+  const batchAxes = Array.from({ length: queryShape.length - 1 }, (_, i) => i).filter(a => !axes.includes(a));
+  const order = [...batchAxes, ...axes];
+  return {
+    axes,
+    perm: order.every((a, i) => a === i) ? null : order,
+    batchDims: batchAxes.map(a => queryShape[a]),
+    queryDims: axes.map(a => queryShape[a]),
+    keyDims: axes.map(a => valueShape[a]),
+  };
+}
 
 /** Initializers, regularizers and constraints resolved from identifiers, configs or instances. */
 interface WeightArgs {
@@ -114,6 +244,16 @@ function serializeObject(x: serialization.Serializable | undefined): serializati
   return x == null ? null : { className: x.getClassName(), config: x.getConfig() };
 }
 
+
+/** What graph execution must reproduce of a symbolic call, since tfjs's executor does not pass call arguments. */
+interface LayerCall { layout: InputLayout; returnAttentionScores: boolean }
+
+/** The Layer fields a failed build resets (tfjs-layers keeps them private). */
+interface LayerWeightState {
+  _trainableWeights: tfl.LayerVariable[]; _nonTrainableWeights: tfl.LayerVariable[];
+  _addedWeightNames: string[]; _losses: unknown[];
+}
+
 export class FlashMultiHeadAttention extends tfl.layers.Layer {
   static className = 'FlashMultiHeadAttention';
 
@@ -129,7 +269,12 @@ export class FlashMultiHeadAttention extends tfl.layers.Layer {
   readonly alibi: boolean | number[];
   readonly softcap: number;
   private readonly outputShapeArg: number[] | null;
+  private readonly attentionAxesArg: number[] | null;
   private readonly weightArgs: WeightArgs;
+  /** Input layout and outputs of this layer's symbolic calls (one for all of them). */
+  private symbolicCall: LayerCall | null = null;
+  /** The call apply is running, for build, computeOutputShape and computeMask (tfjs calls them without it). */
+  private activeCall: LayerCall | null = null;
 
   private queryKernel!: tfl.LayerVariable;
   private keyKernel!: tfl.LayerVariable;
@@ -141,15 +286,21 @@ export class FlashMultiHeadAttention extends tfl.layers.Layer {
   private outputBias: tfl.LayerVariable | null = null;
 
   constructor(args: FlashMultiHeadAttentionArgs) {
-    check(args != null && typeof args === 'object', () => `args must be an object, but got ${args}`);
+    check(args != null && typeof args === 'object' && !Array.isArray(args), () => `args must be an object, but got ${args}`);
+    // tfjs's deserialization adds customObjects to every config it constructs a layer from.
+    rejectUnknown(args, [...OWN_ARGS, ...LAYER_ARGS, 'customObjects'], 'argument', [...OWN_ARGS, ...LAYER_ARGS]);
+    check(args.dtype == null || args.dtype === 'float32', () =>
+        `dtype must be 'float32' (flashAttention computes in float32), but got ${JSON.stringify(args.dtype)}`);
     super(args);
     this.supportsMasking = true;
     check(isPositiveInt(args.numHeads), () => `numHeads must be a positive integer, but got ${args.numHeads}`);
-    check(isPositiveInt(args.keyDim), () => `keyDim must be a positive integer, but got ${args.keyDim}`);
+    const headSize = (name: string, x: unknown) => check(isPositiveInt(x) && x <= MAX_HEAD_DIM, () =>
+        `${name} must be a positive integer <= ${MAX_HEAD_DIM} (flashAttention's largest head size), but got ${x}`);
+    headSize('keyDim', args.keyDim);
     this.numHeads = args.numHeads;
     this.keyDim = args.keyDim;
     this.valueDim = args.valueDim ?? args.keyDim;
-    check(isPositiveInt(this.valueDim), () => `valueDim must be a positive integer, but got ${args.valueDim}`);
+    headSize('valueDim', this.valueDim);
     this.dropout = args.dropout ?? 0;
     check(typeof this.dropout === 'number' && this.dropout >= 0 && this.dropout < 1,
           () => `dropout must be in [0, 1), but got ${args.dropout}`);
@@ -162,13 +313,6 @@ export class FlashMultiHeadAttention extends tfl.layers.Layer {
       this.outputShapeArg = Array.isArray(args.outputShape) ? [...args.outputShape] : [args.outputShape];
       check(this.outputShapeArg.length > 0 && this.outputShapeArg.every(isPositiveInt),
             () => `outputShape must be a positive integer or an array of them, but got ${JSON.stringify(args.outputShape)}`);
-    }
-    if (args.attentionAxes != null) {
-      const axes = Array.isArray(args.attentionAxes) ? args.attentionAxes : [args.attentionAxes];
-      // For [batch, seq, features] inputs Keras's default is attention over axis 1 (= -2).
-      check(axes.length === 1 && (axes[0] === 1 || axes[0] === -2), () =>
-          `attentionAxes ${JSON.stringify(args.attentionAxes)} is not supported: attention runs over ` +
-          `the sequence axis of [batch, seq, features] inputs only (leave attentionAxes unset)`);
     }
 
     this.numKeyValueHeads = args.numKeyValueHeads ?? args.numHeads;
@@ -188,25 +332,39 @@ export class FlashMultiHeadAttention extends tfl.layers.Layer {
     check(typeof this.softcap === 'number' && Number.isFinite(this.softcap) && this.softcap >= 0,
           () => `softcap must be a finite number >= 0 (0 = off), but got ${args.softcap}`);
 
+    if (args.attentionAxes == null) {
+      this.attentionAxesArg = null;
+    } else {
+      const axes = Array.isArray(args.attentionAxes) ? [...args.attentionAxes] : [args.attentionAxes];
+      check(axes.length > 0 && axes.every(a => Number.isInteger(a) && a !== 0 && a !== -1), () =>
+          `attentionAxes must be axes between the batch axis (0) and the features (-1), but got ${JSON.stringify(args.attentionAxes)}`);
+      this.attentionAxesArg = axes;
+      this.checkSingleAxisOptions(axes, this.causal);
+    }
+
     this.weightArgs = resolveWeightArgs(args);
     // Layer.apply refuses to run a layer with an activity regularizer, as it does for
     // tfjs-layers' MultiHeadAttention (whose sublayers get it); kept for config parity.
     if (this.weightArgs.activityRegularizer) this.activityRegularizer = this.weightArgs.activityRegularizer;
   }
 
+  /** Causal masks, windows and ALiBi are defined along one sequence axis. */
+  private checkSingleAxisOptions(axes: number[], useCausalMask: boolean): void {
+    const used = [useCausalMask && 'useCausalMask', this.windowSize && 'windowSize', this.alibi !== false && 'alibi']
+        .filter(o => o);
+    check(axes.length === 1 || used.length === 0, () =>
+        `${used.join(', ')} ${used.length > 1 ? 'need' : 'needs'} a single attention axis, but attention runs over axes ${JSON.stringify(axes)}`);
+  }
+
   /**
    * Builds the four projections from [query, value, key(, attentionMask)] shapes, in tfjs-layers'
    * MultiHeadAttention's order and shapes, so weights move between the two with setWeights.
+   * Shapes are checked before any weight exists, and a build that fails leaves the layer unbuilt.
    */
   override build(inputShape: Shape | Shape[]): void {
-    const [queryShape, valueShape, keyShape] = this.splitShapes(inputShape);
-    const featureDim = (shape: Shape, name: string) => {
-      check(shape.length === 3 && shape[2] != null, () =>
-          `${name} must be rank 3 [batch, sequence, features] with known features, but got shape ${shapeStr(shape)}`);
-      return shape[2] as number;
-    };
-    const [queryDim, valueDim, keyDim] =
-        [featureDim(queryShape, 'query'), featureDim(valueShape, 'value'), featureDim(keyShape, 'key')];
+    const roles = this.roleShapes(inputShape);
+    this.checkShapes(roles);
+    const [queryDim, valueDim, keyDim] = roles.slice(0, 3).map(s => s![s!.length - 1] as number);
     const heads = this.numHeads, kvHeads = this.numKeyValueHeads;
     const outShape = this.outputShapeArg ?? [queryDim];
     const projection = (name: string, kernelShape: number[], biasShape: number[]) => {
@@ -217,112 +375,235 @@ export class FlashMultiHeadAttention extends tfl.layers.Layer {
                                                  w.biasRegularizer, true, w.biasConstraint) : null;
       return [kernel, bias] as const;
     };
-    [this.queryKernel, this.queryBias] = projection('query', [queryDim, heads, this.keyDim], [heads, this.keyDim]);
-    [this.keyKernel, this.keyBias] = projection('key', [keyDim, kvHeads, this.keyDim], [kvHeads, this.keyDim]);
-    [this.valueKernel, this.valueBias] =
-        projection('value', [valueDim, kvHeads, this.valueDim], [kvHeads, this.valueDim]);
-    [this.outputKernel, this.outputBias] =
-        projection('attentionOutput', [heads, this.valueDim, ...outShape], outShape);
+    try {
+      [this.queryKernel, this.queryBias] = projection('query', [queryDim, heads, this.keyDim], [heads, this.keyDim]);
+      [this.keyKernel, this.keyBias] = projection('key', [keyDim, kvHeads, this.keyDim], [kvHeads, this.keyDim]);
+      [this.valueKernel, this.valueBias] =
+          projection('value', [valueDim, kvHeads, this.valueDim], [kvHeads, this.valueDim]);
+      [this.outputKernel, this.outputBias] =
+          projection('attentionOutput', [heads, this.valueDim, ...outShape], outShape);
+    } catch (e) {
+      // An initializer can still fail (e.g. 'orthogonal' on a rank-3 kernel): drop what was added.
+      const state = this as unknown as LayerWeightState;
+      [...state._trainableWeights, ...state._nonTrainableWeights].forEach(w => w.dispose());
+      Object.assign(state, { _trainableWeights: [], _nonTrainableWeights: [], _addedWeightNames: [], _losses: [] });
+      throw e;
+    }
     this.built = true;
   }
 
-  /** [query, value, key?, attentionMask?] shapes; a missing key means key = value (as in Keras). */
-  private splitShapes(inputShape: Shape | Shape[]): [Shape, Shape, Shape] {
-    check(Array.isArray(inputShape[0]), () =>
-        `expects [query, value] or [query, value, key] shapes, but got ${JSON.stringify(inputShape)}`);
-    const shapes = inputShape as Shape[];
-    check(shapes.length >= 2, () => `expects [query, value] or [query, value, key] shapes, but got ${shapes.length} shape(s)`);
-    return [shapes[0], shapes[1], shapes[2] ?? shapes[1]];
+  /**
+   * The role shapes [query, value, key, attentionMask?]: from the list apply hands to tfjs (while
+   * it runs), or the public form [queryShape, valueShape, keyShape?] of tfjs-layers'
+   * MultiHeadAttention, where a missing key means key = value.
+   */
+  private roleShapes(inputShape: Shape | Shape[]): Roles<Shape> {
+    const list = Array.isArray(inputShape[0]) ? inputShape as Shape[] : [inputShape as Shape];
+    if (this.activeCall) return this.activeCall.layout.map(at => list[at]) as Roles<Shape>;
+    check(Array.isArray(inputShape[0]) && list.length >= 2, () =>
+        `expects [queryShape, valueShape] or [queryShape, valueShape, keyShape], but got ${JSON.stringify(inputShape)}`);
+    return [list[0], list[1], list[2] ?? list[1]];
   }
 
   /**
    * [queryShape, valueShape(, keyShape)] -> output shape, with tfjs-layers' MultiHeadAttention's
-   * checks: query and value must share their last dimension, value and key all but their last.
+   * checks (query and value share their last dimension, value and key all but their last) and
+   * the rest of the layer's; with returnAttentionScores also the scores' shape.
    */
-  override computeOutputShape(inputShape: Shape | Shape[]): Shape {
-    const [queryShape, valueShape, keyShape] = this.splitShapes(inputShape);
-    check(queryShape[queryShape.length - 1] === valueShape[valueShape.length - 1], () =>
-        `the last dimension of 'queryShape' and 'valueShape' must be equal, but are ` +
-        `${queryShape[queryShape.length - 1]}, ${valueShape[valueShape.length - 1]}. ` +
-        `Received: queryShape=${shapeStr(queryShape)}, valueShape=${shapeStr(valueShape)}`);
-    const middle = (s: Shape) => s.slice(1, -1);
-    check(middle(valueShape).length === middle(keyShape).length &&
-          middle(valueShape).every((d, i) => d === middle(keyShape)[i]), () =>
-        `all dimensions of 'value' and 'key', except the last one, must be equal. ` +
-        `Received ${shapeStr(valueShape)} and ${shapeStr(keyShape)}`);
-    return this.outputShapeArg ? [...queryShape.slice(0, -1), ...this.outputShapeArg] : [...queryShape];
+  override computeOutputShape(inputShape: Shape | Shape[]): Shape | Shape[] {
+    const roles = this.roleShapes(inputShape);
+    const geometry = this.checkShapes(roles);
+    const queryShape = roles[0];
+    const output = this.outputShapeArg ? [...queryShape.slice(0, -1), ...this.outputShapeArg] : [...queryShape];
+    if (!this.activeCall?.returnAttentionScores) return output;
+    return [output, [...geometry.batchDims, this.numHeads, ...geometry.queryDims, ...geometry.keyDims]];
   }
 
   /**
-   * layer.apply(query, {value, key?, attentionMask?, useCausalMask?, training?}), eagerly or on
-   * SymbolicTensors. Inputs travel as one list [query, value, key, attentionMask?] so a functional
-   * model tracks (and serialises) all of them. tfjs's graph executor does not hand call arguments
-   * back to call(), so a symbolic call's useCausalMask becomes the layer's `causal` setting (and so
-   * is saved with the model); one layer cannot be used symbolically with both settings.
+   * Every check of the input shapes (dimensions may be unknown, as in a functional model). apply
+   * runs it before tfjs builds the layer, so a call that fails leaves the layer as it was, and
+   * eager and symbolic calls reject the same inputs.
+   */
+  private checkShapes(roles: Roles<Shape>, useCausalMask = false): Geometry<number | null> {
+    const [queryShape, valueShape, keyShape, maskShape] = roles;
+    const names = ['query', 'value', 'key'] as const;
+    const rank = queryShape.length;
+    [queryShape, valueShape, keyShape].forEach((shape, i) => {
+      check(shape.length >= 3 && shape[shape.length - 1] != null, () =>
+          `${names[i]} must be a rank-3 [batch, sequence, features] tensor (or of higher rank, see attentionAxes) ` +
+          `with known features, but got shape ${shapeStr(shape)}`);
+      check(shape.length === rank, () =>
+          `query, value and key must have the same rank, but got ${shapeStr(queryShape)}, ${shapeStr(valueShape)}, ${shapeStr(keyShape)}`);
+    });
+    if (this.built) {
+      const kernels = [this.queryKernel, this.valueKernel, this.keyKernel];
+      [queryShape, valueShape, keyShape].forEach((shape, i) => check(shape[rank - 1] === kernels[i].shape[0], () =>
+          `${names[i]} has ${shape[rank - 1]} features but the layer was built for ${kernels[i].shape[0]} (shape ${shapeStr(shape)})`));
+    }
+    check(queryShape[rank - 1] === valueShape[rank - 1], () =>
+        `the last dimension of 'queryShape' and 'valueShape' must be equal, but are ` +
+        `${queryShape[rank - 1]}, ${valueShape[rank - 1]}. ` +
+        `Received: queryShape=${shapeStr(queryShape)}, valueShape=${shapeStr(valueShape)}`);
+    const same = (a: number | null, b: number | null) => a == null || b == null || a === b;
+    check(valueShape.every((d, i) => i === rank - 1 || same(d, keyShape[i])), () =>
+        `all dimensions of 'value' and 'key', except the last one, must be equal (the same batch and ` +
+        `sequence length). Received ${shapeStr(valueShape)} and ${shapeStr(keyShape)}`);
+    const axes = this.attentionAxesFor(rank);
+    this.checkSingleAxisOptions(axes, useCausalMask);
+    check(queryShape.every((d, i) => i === rank - 1 || axes.includes(i) || same(d, valueShape[i])), () =>
+        `query, value and key must have the same batch size${rank > 3 ? ' and batch-like dimensions' : ''}, ` +
+        `but got ${shapeStr(queryShape)}, ${shapeStr(valueShape)}, ${shapeStr(keyShape)}`);
+    const geometry = geometryOf(queryShape, valueShape, axes);
+    if (maskShape) this.expandedMaskShape(maskShape, geometry);
+    return geometry;
+  }
+
+  /** Attention axes for rank-`rank` inputs, ascending (Keras's default: all but batch and features). */
+  private attentionAxesFor(rank: number): number[] {
+    const given = this.attentionAxesArg;
+    const axes = given == null ? Array.from({ length: rank - 2 }, (_, i) => i + 1) : given.map(a => (a < 0 ? a + rank : a));
+    check(axes.every(a => a >= 1 && a <= rank - 2) && new Set(axes).size === axes.length, () =>
+        `attentionAxes ${JSON.stringify(given)} must name distinct axes between the batch axis and the features ` +
+        `of rank-${rank} inputs (${rank > 3 ? `1 to ${rank - 2}, or ${2 - rank} to -2` : '1 or -2'})`);
+    return axes.sort((a, b) => a - b);
+  }
+
+  /**
+   * An attentionMask's shape in Keras's layout [batch, ...batch-like, heads, ...query axes,
+   * ...key axes], with the axes Keras inserts (a heads axis, then leading ones), after checking it
+   * broadcasts there.
+   */
+  private expandedMaskShape(maskShape: Shape, g: Geometry<number | null>): Shape {
+    const n = g.axes.length;
+    const target = [...g.batchDims, this.numHeads, ...g.queryDims, ...g.keyDims];
+    const expanded = [...maskShape];
+    while (expanded.length < target.length && expanded.length >= 2 * n) expanded.splice(expanded.length - 2 * n, 0, 1);
+    const withoutHeads = target.filter((_, i) => i !== g.batchDims.length);
+    check(expanded.length === target.length &&
+          expanded.every((d, i) => d == null || d === 1 || target[i] == null || d === target[i]), () =>
+        `attentionMask must be ${g.batchDims.length > 1 || n > 1 ? '[batch, ...batch-like axes, ...query axes, ...key axes]' : '[batch, seqQ, seqK]'} ` +
+        `= ${shapeStr(withoutHeads)} (or broadcastable, optionally with a heads axis before the query axes), ` +
+        `but got shape ${shapeStr(maskShape)}`);
+    return expanded;
+  }
+
+  /**
+   * layer.apply(query, {value, key?, attentionMask?, useCausalMask?, returnAttentionScores?,
+   * training?}), eagerly or on SymbolicTensors. The inputs travel as one list of distinct tensors
+   * (see InputLayout) so a functional model tracks and serialises all of them. tfjs's graph
+   * executor does not hand call arguments back to call(), so a symbolic call's useCausalMask
+   * becomes the layer's `causal` setting (and so is saved with the model), and its input layout
+   * and returnAttentionScores are kept on the layer: one layer is used symbolically in one way.
    */
   override apply(inputs: Tensor | Tensor[] | tfl.SymbolicTensor | tfl.SymbolicTensor[],
                  kwargs?: Kwargs): Tensor | Tensor[] | tfl.SymbolicTensor | tfl.SymbolicTensor[] {
-    let list: Array<Tensor | tfl.SymbolicTensor>;
-    const callArgs: Kwargs = {};
-    if (Array.isArray(inputs)) {
-      // Graph execution and model loading pass the list this method built, with plain kwargs.
-      list = inputs;
-      Object.assign(callArgs, kwargs);
-    } else {
-      check(kwargs != null && kwargs['value'] != null, () => 'must pass the `value` argument: layer.apply(query, {value})');
-      const { value, key, attentionMask, ...rest } = kwargs as FlashMultiHeadAttentionCallArgs & Kwargs;
-      list = [inputs, value, key ?? value, ...(attentionMask != null ? [attentionMask] : [])];
-      Object.assign(callArgs, rest);
+    const { roles, callArgs } = this.parseCall(inputs, kwargs);
+    const symbolic = roles.map(x => x instanceof tfl.SymbolicTensor);
+    check(symbolic.every(s => s === symbolic[0]), () =>
+        'in a functional model, value, key and attentionMask must be SymbolicTensors too ' +
+        '(e.g. tf.input({shape: [seqQ, seqK]}) for attentionMask), not concrete Tensors');
+    roles.forEach((x, i) => check(x instanceof Tensor || x instanceof tfl.SymbolicTensor, () =>
+        `${['query', 'value', 'key', 'attentionMask'][i]} must be a Tensor or SymbolicTensor, but got ${typeof x}`));
+    const useCausalMask: boolean = callArgs['useCausalMask'] ?? this.causal;
+    // Before tfjs builds the layer: a call that fails must leave it unbuilt.
+    this.checkShapes(roles.map(x => x!.shape) as Roles<Shape>, useCausalMask);
+    const { list, layout } = distinctInputs(roles);
+    const call: LayerCall = { layout, returnAttentionScores: callArgs['returnAttentionScores'] === true };
+    if (symbolic[0]) this.recordSymbolicCall(call, callArgs['useCausalMask']);
+    const outer = this.activeCall;
+    this.activeCall = call;
+    try {
+      return super.apply(list as Tensor[], { ...callArgs, inputLayout: layout });
+    } finally {
+      this.activeCall = outer;
     }
-    check(list.length === 3 || list.length === 4, () =>
-        `expects the inputs [query, value, key] or [query, value, key, attentionMask], but got ${list.length}`);
-    const symbolic = list.map(x => x instanceof tfl.SymbolicTensor);
-    if (symbolic.some(s => s)) {
-      check(symbolic.every(s => s), () =>
-          'in a functional model, value, key and attentionMask must be SymbolicTensors too ' +
-          '(e.g. tf.input({shape: [seqQ, seqK]}) for attentionMask), not concrete Tensors');
-      const useCausalMask = callArgs['useCausalMask'];
-      if (useCausalMask !== undefined && useCausalMask !== this.causal) {
-        check(this.inboundNodes.length === 0, () =>
-            `useCausalMask=${useCausalMask} differs from an earlier symbolic call of this layer ` +
-            `(causal=${this.causal}); use one layer per setting`);
-        this.causal = useCausalMask;
+  }
+
+  private recordSymbolicCall(call: LayerCall, useCausalMask: boolean | undefined): void {
+    const earlier = this.inboundNodes.length > 0 ? this.symbolicCall : null;
+    if (useCausalMask !== undefined && useCausalMask !== this.causal) {
+      check(earlier == null, () =>
+          `useCausalMask=${useCausalMask} differs from an earlier symbolic call of this layer ` +
+          `(causal=${this.causal}); use one layer per setting`);
+      this.causal = useCausalMask;
+    }
+    check(earlier == null || (JSON.stringify(earlier.layout) === JSON.stringify(call.layout) &&
+                              earlier.returnAttentionScores === call.returnAttentionScores), () =>
+        `this layer was applied symbolically with input layout ${JSON.stringify(earlier!.layout)} and ` +
+        `returnAttentionScores=${earlier!.returnAttentionScores}, now with ${JSON.stringify(call.layout)} and ` +
+        `${call.returnAttentionScores}; tfjs's graph executor cannot tell the calls apart: use one layer per way of calling it`);
+    this.symbolicCall = call;
+  }
+
+  /**
+   * Roles [query, value, key, attentionMask?] and the remaining call arguments, from
+   * apply(query, {value, ...}) or from the list apply hands to tfjs (back from graph execution,
+   * without call arguments, or from model loading, with them).
+   */
+  private parseCall<T>(inputs: T | T[], kwargs?: Kwargs): { roles: Roles<T>, callArgs: Kwargs } {
+    check(kwargs == null || (typeof kwargs === 'object' && !Array.isArray(kwargs)), () =>
+        `the call arguments must be an object {value, key?, ...}, but got ${kwargs}`);
+    rejectUnknown(kwargs ?? {}, [...CALL_ARGS, ...INTERNAL_CALL_ARGS], 'call argument', CALL_ARGS);
+    const { value, key, attentionMask, inputLayout, ...callArgs } = (kwargs ?? {}) as Kwargs;
+    for (const name of ['useCausalMask', 'returnAttentionScores', 'training']) {
+      check(callArgs[name] == null || typeof callArgs[name] === 'boolean', () =>
+          `${name} must be a boolean, but got ${JSON.stringify(callArgs[name])}`);
+    }
+    if (!Array.isArray(inputs) && inputLayout == null) {
+      check(value != null, () => 'must pass the `value` argument: layer.apply(query, {value})');
+      const roles = [inputs, value, key ?? value, ...(attentionMask != null ? [attentionMask] : [])];
+      return { roles: roles as Roles<T>, callArgs };
+    }
+    const list = Array.isArray(inputs) ? inputs : [inputs];
+    check(value == null && key == null && attentionMask == null, () =>
+        'pass value, key and attentionMask either in the input list or as call arguments, not both');
+    let layout = inputLayout as InputLayout | undefined;
+    if (layout == null) {
+      const recorded = this.symbolicCall;
+      if (recorded && Math.max(...recorded.layout) + 1 === list.length) {
+        // Graph execution: the list from a symbolic call, without its arguments.
+        layout = recorded.layout;
+        callArgs['returnAttentionScores'] ??= recorded.returnAttentionScores;
+      } else {
+        // [query, value, key(, attentionMask)]: models saved before input layouts, and plain lists.
+        check(list.length === 3 || list.length === 4, () =>
+            `expects the inputs [query, value, key] or [query, value, key, attentionMask], but got ${list.length}`);
+        layout = list.map((_, i) => i);
       }
     }
-    return super.apply(list as Tensor[], callArgs);
+    check(isLayout(layout) && Math.max(...layout) === list.length - 1, () =>
+        `inputLayout ${JSON.stringify(layout)} does not fit ${list.length} input(s)`);
+    return { roles: layout.map(at => list[at]) as Roles<T>, callArgs };
   }
 
   /**
-   * Runs on [query, value, key, attentionMask?] (from apply) or, as tfjs-layers'
-   * MultiHeadAttention allows, on query with {value, key?, attentionMask?} in kwargs.
+   * Runs on what apply hands it or, as tfjs-layers' MultiHeadAttention, on query with
+   * {value, key?, attentionMask?, useCausalMask?, returnAttentionScores?, training?}; builds
+   * the layer on a first call, as that class does. Returns [output, scores] with
+   * returnAttentionScores.
    */
-  override call(inputs: Tensor | Tensor[], kwargs: Kwargs): Tensor {
-    return tidy(() => this.attend(inputs, kwargs, false).output);
+  override call(inputs: Tensor | Tensor[], kwargs: Kwargs): Tensor | Tensor[] {
+    // Building inside apply gives the weights their layer-scoped names (what save/load matches).
+    if (!this.built) return this.apply(inputs, kwargs) as Tensor | Tensor[];
+    const { roles, callArgs } = this.parseCall(inputs, kwargs);
+    const withScores = callArgs['returnAttentionScores'] === true;
+    const { output, scores } = tidy(() => this.attend(roles, callArgs, withScores));
+    return withScores ? [output, scores!] : output;
   }
 
   /**
-   * Like call, and also returns the attention probabilities [batch, heads, seqQ, seqK] (before
-   * dropout). The output comes from flashAttention as in call; the probabilities are computed the
-   * plain way (matMul, mask, softmax), which materialises batch * heads * seqQ * seqK floats:
-   * meant for inspection at modest lengths, not for training.
+   * The call with returnAttentionScores (tfjs-layers' MultiHeadAttention's method): the output
+   * and the attention probabilities (see FlashMultiHeadAttentionCallArgs.returnAttentionScores).
    */
   callAndReturnAttentionScores(query: Tensor, kwargs: FlashMultiHeadAttentionCallArgs): [Tensor, Tensor] {
-    if (!this.built) {
-      // Building inside apply gives the weights their layer-scoped names (what save/load matches).
-      (this.apply(query, kwargs as unknown as Kwargs) as Tensor).dispose();
-    }
-    return tidy(() => {
-      const { output, scores } = this.attend(query, kwargs as unknown as Kwargs, true);
-      return [output, scores!];
-    });
+    return this.call(query, { ...kwargs, returnAttentionScores: true } as unknown as Kwargs) as [Tensor, Tensor];
   }
 
-  /** The output carries the query's mask, as in Keras. */
-  override computeMask(inputs: Tensor | Tensor[], mask?: Tensor | Tensor[]): Tensor {
-    if (Array.isArray(mask)) return mask[0] ?? null!;
-    if (mask != null) return mask;
+  /** The output carries the query's mask, as in Keras; the scores none. */
+  override computeMask(inputs: Tensor | Tensor[], mask?: Tensor | Tensor[]): Tensor | Tensor[] {
     const query = Array.isArray(inputs) ? inputs[0] : inputs;
-    return query?.kerasMask ?? null!;
+    const queryMask = (Array.isArray(mask) ? mask[0] : mask) ?? query?.kerasMask ?? null;
+    return (this.activeCall?.returnAttentionScores ? [queryMask, null] : queryMask) as Tensor | Tensor[];
   }
 
   /**
@@ -334,54 +615,62 @@ export class FlashMultiHeadAttention extends tfl.layers.Layer {
     return flashAttention(q, k, v, options);
   }
 
-  private attend(inputs: Tensor | Tensor[], kwargs: Kwargs, withScores: boolean): { output: Tensor, scores?: Tensor } {
-    let query: Tensor, value: Tensor, key: Tensor, attentionMask: Tensor | undefined;
-    if (Array.isArray(inputs)) {
-      [query, value, key, attentionMask] = inputs;
-    } else {
-      check(kwargs?.['value'] instanceof Tensor, () => 'must pass the `value` argument as a Tensor');
-      [query, value] = [inputs, kwargs['value']];
-      key = kwargs['key'] ?? value;
-      attentionMask = kwargs['attentionMask'] ?? undefined;
-    }
-    const [batch, seqQ, seqK] = this.checkCallShapes(query, value, key);
-    const mask = this.combinedMask(query, value, attentionMask, kwargs?.['mask'], batch, seqQ, seqK);
-    const options = this.attentionOptions(seqQ, seqK, kwargs?.['useCausalMask'] ?? this.causal,
-                                          mask, kwargs?.['training'] === true);
+  private attend(roles: Roles<Tensor>, kwargs: Kwargs, withScores: boolean): { output: Tensor, scores?: Tensor } {
+    const [query, value, key, attentionMask] = roles;
+    roles.forEach((x, i) => check(x instanceof Tensor, () =>
+        `${['query', 'value', 'key', 'attentionMask'][i]} must be a Tensor, but got ${typeof x}`));
+    const useCausalMask: boolean = kwargs['useCausalMask'] ?? this.causal;
+    const g = this.checkShapes(roles.map(t => t!.shape) as Roles<Shape>, useCausalMask) as Geometry<number>;
+    const [batch, seqQ, seqK] = [product(g.batchDims), product(g.queryDims), product(g.keyDims)];
+    // [batch, ..., features] -> [batch', seq', features] (a no-op for [batch, seq, features] inputs).
+    const toSequences = (x: Tensor, seqDims: number[]) =>
+        reshape(g.perm ? transpose(x, [...g.perm, x.rank - 1]) : x, [batch, product(seqDims), x.shape[x.rank - 1]]);
+    // A Keras mask [batch, ...] (the input's shape without features) -> [batch', seq'].
+    const kerasMaskToSequences = (m: Tensor, seqDims: number[]) =>
+        reshape(toSequences(reshape(cast(m, 'bool'), [...m.shape, 1]), seqDims), [batch, product(seqDims)]);
 
-    const q = this.project(query, this.queryKernel, this.queryBias);
-    const k = this.project(key, this.keyKernel, this.keyBias);
-    const v = this.project(value, this.valueKernel, this.valueBias);
+    const passed = Array.isArray(kwargs['mask']) ? kwargs['mask'] : [kwargs['mask']];
+    const queryMask: Tensor | null = query.kerasMask ?? passed[0] ?? null;
+    // The executor passes only the first input's mask; in self-attention it is the value's too.
+    const valueMask: Tensor | null = value.kerasMask ?? (value === query ? queryMask : null);
+    const parts: Tensor[] = [];
+    if (queryMask != null) parts.push(reshape(kerasMaskToSequences(queryMask, g.queryDims), [batch, 1, seqQ, 1]));
+    if (valueMask != null) parts.push(reshape(kerasMaskToSequences(valueMask, g.keyDims), [batch, 1, 1, seqK]));
+    if (attentionMask != null) parts.push(this.attentionMaskToSequences(attentionMask, g));
+    const mask = parts.length > 0 ? parts.reduce((a, b) => logicalAnd(a, b)) : null;
+    const options = this.attentionOptions(seqQ, seqK, useCausalMask, mask, kwargs['training'] === true);
+
+    const q = this.project(toSequences(query, g.queryDims), this.queryKernel, this.queryBias);
+    const k = this.project(toSequences(key, g.keyDims), this.keyKernel, this.keyBias);
+    const v = this.project(toSequences(value, g.keyDims), this.valueKernel, this.valueBias);
     const attended = this.computeAttention(q, k, v, options);
 
-    // [B, T, H, Dv] x [H, Dv, ...out] -> [B, T, ...out], as one matMul.
+    // [B', T', H, Dv] x [H, Dv, ...out] -> [B', T', ...out], as one matMul.
     const outShape = this.outputKernel.shape.slice(2) as number[];
-    const outSize = outShape.reduce((a, b) => a * b, 1);
+    const outSize = product(outShape);
     let output = matMul(reshape(attended, [batch * seqQ, this.numHeads * this.valueDim]),
                         reshape(this.outputKernel.read(), [this.numHeads * this.valueDim, outSize]));
     if (this.outputBias) output = add(output, reshape(this.outputBias.read(), [outSize]));
-    output = reshape(output, [batch, seqQ, ...outShape]);
+    output = reshape(output, [...g.batchDims, ...g.queryDims, ...outShape]);
+    if (g.perm) {
+      const inverse: number[] = [];
+      g.perm.forEach((axis, i) => { inverse[axis] = i; });
+      output = transpose(output, [...inverse, ...outShape.map((_, i) => g.perm!.length + i)]);
+    }
     if (!withScores) return { output };
     const { probabilities } = plainAttention(q, k, v, { ...options, dropoutRate: 0 });
-    return { output, scores: probabilities };
+    return { output, scores: reshape(probabilities, [...g.batchDims, this.numHeads, ...g.queryDims, ...g.keyDims]) };
   }
 
-  private checkCallShapes(query: Tensor, value: Tensor, key: Tensor): [number, number, number] {
-    for (const [name, t] of [['query', query], ['value', value], ['key', key]] as const) {
-      check(t instanceof Tensor && t.rank === 3, () =>
-          `${name} must be a rank-3 [batch, sequence, features] Tensor, but got ${t instanceof Tensor ? `shape ${shapeStr(t.shape)}` : typeof t}`);
-    }
-    const expectFeatures = (name: string, t: Tensor, kernel: tfl.LayerVariable) =>
-        check(t.shape[2] === kernel.shape[0], () =>
-            `${name} has ${t.shape[2]} features but the layer was built for ${kernel.shape[0]} (shape ${shapeStr(t.shape)})`);
-    expectFeatures('query', query, this.queryKernel);
-    expectFeatures('value', value, this.valueKernel);
-    expectFeatures('key', key, this.keyKernel);
-    check(value.shape[0] === query.shape[0] && key.shape[0] === query.shape[0], () =>
-        `query, value and key must have the same batch size, but got ${shapeStr(query.shape)}, ${shapeStr(value.shape)}, ${shapeStr(key.shape)}`);
-    check(key.shape[1] === value.shape[1], () =>
-        `key and value must have the same sequence length, but got key ${shapeStr(key.shape)} and value ${shapeStr(value.shape)}`);
-    return [query.shape[0], query.shape[1], value.shape[1]] as [number, number, number];
+  /** attentionMask in Keras's layout -> bool [batch' or 1, heads or 1, seqQ', seqK']; non-zero = attend. */
+  private attentionMaskToSequences(attentionMask: Tensor, g: Geometry<number>): Tensor {
+    const expanded = this.expandedMaskShape(attentionMask.shape, g) as number[];
+    const nb = g.batchDims.length;
+    const perBatch = expanded.slice(0, nb).some(d => d !== 1);
+    const heads = expanded[nb];
+    const full = [...(perBatch ? g.batchDims : g.batchDims.map(() => 1)), heads, ...g.queryDims, ...g.keyDims];
+    const m = reshape(cast(attentionMask, 'bool'), expanded);
+    return reshape(broadcastAxes(m, full), [perBatch ? product(g.batchDims) : 1, heads, product(g.queryDims), product(g.keyDims)]);
   }
 
   /** x [B, T, features] with kernel [features, h, d] and bias [h, d] -> [B, T, h, d] (BSHD). */
@@ -393,32 +682,7 @@ export class FlashMultiHeadAttention extends tfl.layers.Layer {
     return reshape(y, [batch, seq, heads, depth]);
   }
 
-  /**
-   * The Keras masks (the query's [B, T] and the value's [B, S], carried on the tensors by
-   * tfjs-layers or passed by the graph executor) ANDed with attentionMask, broadcast no further
-   * than [B, T, S]: heads are never materialised. Null when nothing is masked.
-   */
-  private combinedMask(query: Tensor, value: Tensor, attentionMask: Tensor | undefined,
-                       passedMasks: Tensor | Tensor[] | undefined,
-                       batch: number, seqQ: number, seqK: number): Tensor | null {
-    const passed = Array.isArray(passedMasks) ? passedMasks : [passedMasks];
-    const queryMask = query.kerasMask ?? passed[0] ?? null;
-    // The executor passes only the first input's mask; in self-attention it is the value's too.
-    const valueMask = value.kerasMask ?? passed[1] ?? (value === query ? queryMask : null);
-    const parts: Tensor[] = [];
-    if (queryMask != null) parts.push(reshape(cast(queryMask, 'bool'), [batch, seqQ, 1]));
-    if (valueMask != null) parts.push(reshape(cast(valueMask, 'bool'), [batch, 1, seqK]));
-    if (attentionMask != null) {
-      const m = attentionMask.rank === 2 ? reshape(attentionMask, [1, ...attentionMask.shape]) : attentionMask;
-      const target = [batch, seqQ, seqK];
-      check(m.rank === 3 && m.shape.every((d, i) => d === 1 || d === target[i]), () =>
-          `attentionMask must be [batch, seqQ, seqK] = ${shapeStr(target)} (or broadcastable), but got shape ${shapeStr(attentionMask.shape)}`);
-      parts.push(cast(m, 'bool'));
-    }
-    if (parts.length === 0) return null;
-    return parts.reduce((a, b) => logicalAnd(a, b));
-  }
-
+  /** flashAttention's options; `mask` is the Keras and attention masks ANDed ([b, h, T, S], broadcastable). */
   private attentionOptions(seqQ: number, seqK: number, useCausalMask: boolean, mask: Tensor | null,
                            training: boolean): AttentionOptions {
     const [left, unboundedOrRight]: [number, number] = this.windowSize ?? [-1, -1];
@@ -430,13 +694,16 @@ export class FlashMultiHeadAttention extends tfl.layers.Layer {
       // seqQ - seqK. When seqQ < seqK that is negative, which a window cannot express: a [T, S]
       // lower-triangular mask does it instead.
       if (seqQ >= seqK) right = right < 0 ? seqQ - seqK : Math.min(right, seqQ - seqK);
-      else causalMask = reshape(linalg.bandPart(ones([seqQ, seqK], 'bool'), -1, 0), [1, seqQ, seqK]);
+      else causalMask = reshape(linalg.bandPart(ones([seqQ, seqK], 'bool'), -1, 0), [1, 1, seqQ, seqK]);
     }
     const combined = mask && causalMask ? logicalAnd(mask, causalMask) : mask ?? causalMask;
     const options: AttentionOptions = {};
     if (left >= 0 || right >= 0) options.windowSize = [left, right];
-    // [B, T, S] -> [B, 1, T, S]: one mask shared by all heads.
-    if (combined) options.mask = reshape(combined, [combined.shape[0], 1, seqQ, seqK]);
+    // One mask for all heads unless a per-head attentionMask was given; query and key axes full.
+    if (combined) {
+      const [b, h] = combined.shape;
+      options.mask = broadcastAxes(combined, [b, h, seqQ, seqK]);
+    }
     if (this.alibi !== false) options.alibiSlopes = this.alibi === true ? alibiSlopesFor(this.numHeads) : this.alibi;
     if (this.softcap > 0) options.softcap = this.softcap;
     // No seed: flashAttention draws a fresh one per call, which its gradient then reuses.
@@ -453,7 +720,7 @@ export class FlashMultiHeadAttention extends tfl.layers.Layer {
       dropout: this.dropout,
       useBias: this.useBias,
       outputShape: this.outputShapeArg,
-      attentionAxes: null,
+      attentionAxes: this.attentionAxesArg,
       kernelInitializer: serializeObject(w.kernelInitializer),
       biasInitializer: serializeObject(w.biasInitializer),
       kernelRegularizer: serializeObject(w.kernelRegularizer),

@@ -2,4 +2,4 @@
 // tensorflow (CUDA) kernels are registered by the op on first use (kernels/tensorflow/register.ts).
 import '../kernels/cpu/register';
 import '../kernels/webgpu/register';
-import './gradients/flash_attention_grad';
+import '../gradients/flash_attention_grad';

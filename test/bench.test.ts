@@ -1,17 +1,18 @@
 /**
  * The benchmark's own arithmetic and outputs (bench/): FLOP and byte counts, head chunking, the
  * command line, the float64 row reference (against the tests' oracle), the Markdown table, the
- * chart, and one end-to-end run of `npm run bench` on the cpu backend.
+ * chart (its spec here, its SVG and PNG through `npm run chart`), and one end-to-end run of
+ * `npm run bench` on the cpu backend.
  */
 import { execFileSync } from 'child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'fs';
 import { tmpdir } from 'os';
 import * as path from 'path';
 import { PNG } from 'pngjs';
 import {
-  attentionFlops, attentionMinBytes, BenchCase, compositeHeadsPerChunk, enumerateCases, floorMs, Shape,
+  attentionFlops, attentionMinBytes, BenchCase, compositeHeadsPerChunk, enumerateCases, floorMs, Impl, Shape,
 } from '../bench/cases';
-import { renderChart, niceStep } from '../bench/chart';
+import { benchChartSpec, throughputUnit } from '../bench/chart';
 import { parseArgs, sweepDefaults, timingDefaults } from '../bench/options';
 import { checkedRows, referenceRow, relativeError } from '../bench/reference_rows';
 import { baseResult, CaseResult, markdownReport, RunRecord } from '../bench/report';
@@ -58,18 +59,34 @@ describe('composite head chunking under the 2 GiB binding limit', () => {
 
 describe('the sweep and its command line', () => {
   test('cases run sequence length outermost and flash before composite at each shape', () => {
-    const cases = enumerateCases(sweepDefaults({ seqs: [512, 1024], headDims: [64] }, true));
+    const cases = enumerateCases(sweepDefaults({ seqs: [512, 1024], headDims: [64], impls: ['flash', 'composite'] }, true));
     expect(cases).toHaveLength(2 * 2 * 2 * 2);
     expect(cases.slice(0, 8).every(c => c.seq === 512)).toBe(true);
     expect(cases.slice(0, 4).every(c => c.impl === 'flash')).toBe(true);
     expect(cases.slice(4, 8).every(c => c.impl === 'composite')).toBe(true);
   });
 
+  test('the subgroups device runs after every default-device case; the onnxruntime peer is forward only', () => {
+    const cases = enumerateCases(sweepDefaults({ seqs: [512, 1024], headDims: [64] }, true));
+    // Per shape: flash and composite 4 each, flash-subgroups 4, the two peers 2 each (forward only).
+    expect(cases).toHaveLength(2 * (4 + 4 + 4 + 2 + 2));
+    const firstSubgroups = cases.findIndex(c => c.impl === 'flash-subgroups');
+    expect(firstSubgroups).toBe(2 * 12);
+    expect(cases.slice(firstSubgroups).every(c => c.impl === 'flash-subgroups')).toBe(true);
+    const peers = cases.filter(c => c.impl.startsWith('onnxruntime'));
+    expect(peers).toHaveLength(8);
+    expect(peers.every(c => c.pass === 'fwd')).toBe(true);
+  });
+
   test('defaults: the issue\'s sweep on a real GPU, a small one elsewhere', () => {
     const gpu = sweepDefaults({}, true), cpu = sweepDefaults({}, false);
     expect(gpu.seqs[0]).toBe(512);
     expect(gpu.seqs).toContain(16384);
-    expect(gpu.headDims).toEqual([64, 128]);
+    expect(gpu.headDims).toEqual([32, 64, 128, 256]);
+    expect(gpu.impls).toEqual(['flash', 'composite', 'flash-subgroups', 'onnxruntime-f32', 'onnxruntime-f16']);
+    const quick = sweepDefaults({}, true, true);
+    expect(quick.seqs).toEqual([1024, 4096, 16384]);
+    expect(quick.headDims).toEqual([64, 128]);
     expect(gpu.heads).toBe(16);
     expect(Math.max(...cpu.seqs)).toBeLessThanOrEqual(256);
     expect(timingDefaults({}, false).maxReps).toBeLessThan(timingDefaults({}, true).maxReps);
@@ -84,6 +101,10 @@ describe('the sweep and its command line', () => {
     expect(o.deadlineS).toBe(30);
     expect(o.check).toBe(false);
     expect(parseArgs(['--causal=both']).sweep.causal).toEqual([false, true]);
+    expect(o.implsGiven).toBe(true);
+    expect(parseArgs([]).implsGiven).toBe(false);
+    expect(parseArgs(['--subgroups']).sweep.impls).toEqual(['flash-subgroups', 'composite']);
+    expect(parseArgs(['--quick']).quick).toBe(true);
   });
 
   test('unknown flags and bad values are errors that name the flag', () => {
@@ -171,33 +192,98 @@ describe('Markdown report', () => {
   });
 });
 
-describe('PNG chart', () => {
-  const png = PNG.sync.read(renderChart(fakeRun()));
-  const count = (rgb: [number, number, number]) => {
-    let n = 0;
-    for (let i = 0; i < png.data.length; i += 4) {
-      if (png.data[i] === rgb[0] && png.data[i + 1] === rgb[1] && png.data[i + 2] === rgb[2]) n++;
-    }
-    return n;
+describe('the chart (a Vega-Lite spec, drawn by charts/render.ts)', () => {
+  // The spec's dataset, its legend domains and its panels, as Vega-Lite will read them.
+  const specOf = (run: RunRecord) => benchChartSpec(run) as unknown as {
+    data: { values: Array<Record<string, unknown>> };
+    facet: { row: { sort: string[] }; column: { sort: string[] } };
+    spec: { layer: Array<{ encoding: { color?: { scale?: { domain: string[] } }; strokeDash?: { scale: { domain: string[] } } } }> };
+  };
+  const withPeer = (): RunRecord => {
+    const run = fakeRun();
+    // Any implementation in results.json gets its own line (the onnxruntime peer, say).
+    const peer = run.results.filter(r => r.impl === 'flash')
+        .map(r => ({ ...r, impl: 'onnxruntime' as Impl, wallMs: r.wallMs! * 2, tflopsWall: r.tflopsWall! / 2, tflopsGpu: r.tflopsGpu! / 2 }));
+    return { ...run, results: [...run.results, ...peer] };
   };
 
-  test('is an image with a panel per pass, flash and composite lines and a failure cross', () => {
-    expect(png.width).toBeGreaterThanOrEqual(1000);
-    expect(png.height).toBeGreaterThan(2 * 300);
-    expect(count([31, 119, 180])).toBeGreaterThan(500);   // flash
-    expect(count([230, 120, 20])).toBeGreaterThan(500);   // composite
-    expect(count([200, 30, 30])).toBeGreaterThan(100);    // the OOM cross and the legend
+  test('a line per implementation in results.json, flash and composite first, each from wall and GPU time', () => {
+    const spec = specOf(withPeer());
+    expect(spec.spec.layer[0].encoding.color!.scale!.domain).toEqual(['flash', 'composite', 'onnxruntime']);
+    expect(spec.spec.layer[0].encoding.strokeDash!.scale.domain).toEqual(['wall time', 'GPU time']);
+    const points = spec.data.values.filter(v => v.kind === 'point');
+    const flash1024 = points.filter(p => p.series === 'flash' && p.seq === 1024 && p.row === 'forward');
+    expect(flash1024.map(p => [p.timing, p.value])).toEqual([
+      ['wall time', fakeRun().results[0].tflopsWall], ['GPU time', fakeRun().results[0].tflopsGpu]]);
+    expect(new Set(points.map(p => p.series))).toEqual(new Set(['flash', 'composite', 'onnxruntime']));
   });
 
-  test('axis steps are 1, 2 or 5 × 10^k', () => {
-    expect(niceStep(9.3)).toBe(2);
-    expect(niceStep(23)).toBe(5);
-    expect(niceStep(0.004)).toBe(0.001);
+  test('a panel per pass (rows) and head dim × mask (columns)', () => {
+    const spec = specOf(fakeRun());
+    expect(spec.facet.row.sort).toEqual(['forward', 'forward + backward']);
+    expect(spec.facet.column.sort).toEqual(['d = 64, no mask']);
+  });
+
+  test('a case that could not run is a cross with its reason, not a point', () => {
+    const values = specOf(fakeRun()).data.values;
+    expect(values.filter(v => v.kind === 'failure')).toEqual([expect.objectContaining({
+      series: 'composite', seq: 2048, row: 'forward + backward', label: 'OOM', detail: 'vkAllocateMemory failed' })]);
+    expect(values.filter(v => v.kind === 'point' && v.series === 'composite' && v.row === 'forward + backward')).toEqual([]);
+  });
+
+  test('throughput in GFLOP/s or MFLOP/s where a CPU-sized run would show only zeros', () => {
+    expect(throughputUnit(20)).toEqual({ name: 'TFLOP/s', factor: 1 });
+    expect(throughputUnit(0.004)).toEqual({ name: 'GFLOP/s', factor: 1e3 });
+    expect(throughputUnit(2e-6)).toEqual({ name: 'MFLOP/s', factor: 1e6 });
+  });
+
+  test('npm run chart draws chart.svg and chart.png from results.json, and the loss curve from state.json', () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'chart-test-'));
+    try {
+      writeFileSync(path.join(dir, 'results.json'), JSON.stringify(withPeer()));
+      mkdirSync(path.join(dir, 'training'));
+      writeFileSync(path.join(dir, 'training', 'state.json'), JSON.stringify({ losses: [5, 4, 3.2, NaN, 2.5, 2.2, 2.1] }));
+      if (process.env.KEEP_CHART_TEST) console.log(dir);
+      execFileSync(process.execPath, ['examples/run.js', 'charts/cli.ts', path.join(dir, 'results.json'), path.join(dir, 'training', 'state.json')],
+                   { cwd: path.join(__dirname, '..'), stdio: ['ignore', 'pipe', 'pipe'] });
+
+      const svg = readFileSync(path.join(dir, 'chart.svg'), 'utf8');
+      expect(svg).toContain('flash vs composite vs onnxruntime: TFLOP/s against sequence length');
+      for (const label of ['forward + backward', 'wall time', 'GPU time', 'OOM', 'sequence length N', '2K']) expect(svg).toContain(label);
+      const chart = PNG.sync.read(readFileSync(path.join(dir, 'chart.png')));
+      expect(chart.width).toBeGreaterThan(1000);
+      // The lines in their series' colours, the red cross, and the title drawn in a real font:
+      // resvg draws no text at all when it finds no font.
+      expect(colorPixels(chart, [[0x1f, 0x77, 0xb4], [0xff, 0x7f, 0x0e], [0x2c, 0xa0, 0x2c], [0xc8, 0x1e, 0x1e]])
+          .map(n => n > 100)).toEqual([true, true, true, true]);
+      expect(colorPixels(chart, [[0, 0, 0]], { y0: 0, y1: 40 })[0]).toBeGreaterThan(500);
+
+      const loss = PNG.sync.read(readFileSync(path.join(dir, 'training', 'loss.png')));
+      expect(readFileSync(path.join(dir, 'training', 'loss.svg'), 'utf8')).toContain('loss (nats per token)');
+      expect(colorPixels(loss, [[0x2c, 0xa0, 0x2c]])[0]).toBeGreaterThan(500);
+      expect(colorPixels(loss, [[0, 0, 0]], { y0: 0, y1: 40 })[0]).toBeGreaterThan(500);
+    } finally {
+      if (!process.env.KEEP_CHART_TEST) rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
 
+/** How many pixels (in rows y0..y1) lie near each colour. */
+function colorPixels(png: PNG, colors: number[][], { y0 = 0, y1 = png.height } = {}): number[] {
+  const counts = colors.map(() => 0);
+  for (let y = y0; y < y1; y++) {
+    for (let x = 0; x < png.width; x++) {
+      const i = (y * png.width + x) * 4;
+      colors.forEach(([r, g, b], j) => {
+        if (Math.abs(png.data[i] - r) + Math.abs(png.data[i + 1] - g) + Math.abs(png.data[i + 2] - b) < 40) counts[j]++;
+      });
+    }
+  }
+  return counts;
+}
+
 describe('npm run bench end to end (cpu backend, tiny sweep)', () => {
-  test('writes results.json, results.md and chart.png with every case checked against float64', () => {
+  test('writes results.json, results.md, chart.svg and chart.png with every case checked against float64', () => {
     const out = mkdtempSync(path.join(tmpdir(), 'bench-test-'));
     try {
       const log = execFileSync(process.execPath,
@@ -214,6 +300,7 @@ describe('npm run bench end to end (cpu backend, tiny sweep)', () => {
         expect(r.wallMs).toBeGreaterThan(0);
       }
       expect(readFileSync(path.join(out, 'results.md'), 'utf8')).toContain('| 32 |');
+      expect(readFileSync(path.join(out, 'chart.svg'), 'utf8')).toMatch(/[MGT]FLOP\/s against sequence length/);
       expect(PNG.sync.read(readFileSync(path.join(out, 'chart.png'))).width).toBeGreaterThan(0);
     } finally {
       rmSync(out, { recursive: true, force: true });

@@ -273,6 +273,16 @@ describeBrowser('in headless Chromium', () => {
       expect(drawn).toEqual({ 'time-chart': [100, 100], 'memory-chart': [100, 100], 'loss-chart': [100] });
     });
 
+    test('hovering a point of a chart shows its values in a tooltip', async () => {
+      for (const id of ['time-chart', 'loss-chart']) {
+        await demo.locator(`#${id} .mark-symbol path`).first().hover();
+        const tooltip = demo.locator('#vg-tooltip-element.visible');
+        await tooltip.waitFor({ timeout: 5000 });
+        expect(await tooltip.textContent()).toMatch(id === 'time-chart' ? /seriesflashAttention|seriesstock attention/ : /step1loss/);
+        await demo.mouse.move(0, 0);
+      }
+    });
+
     test.each([[describeCase(causalGqa(DEMO_HEAD_DIM)), causalGqa(DEMO_HEAD_DIM)] as const])(
         'flashAttention forward and gradients match the float64 reference: %s',
         async (_name, c) => expectMatchesReference(demo, 'webgpu', c));

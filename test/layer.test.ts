@@ -436,7 +436,7 @@ describe('bad arguments', () => {
     [{ numHeads: 2, keyDim: 4, valueDim: -1 }, /valueDim must be a positive integer/],
     [{ numHeads: 2, keyDim: 4, dropout: 1 }, /dropout must be in \[0, 1\)/],
     [{ numHeads: 2, keyDim: 4, outputShape: [3, 0] }, /outputShape must be a positive integer/],
-    [{ numHeads: 2, keyDim: 4, attentionAxes: [2] }, /attentionAxes \[2\] is not supported/],
+    [{ numHeads: 2, keyDim: 4, attentionAxes: [0] }, /attentionAxes must be axes between the batch axis \(0\) and the features \(-1\)/],
     [{ numHeads: 4, keyDim: 4, numKeyValueHeads: 3 }, /numKeyValueHeads must be a positive integer dividing numHeads \(4\)/],
     [{ numHeads: 2, keyDim: 4, windowSize: [2] }, /windowSize must be \[left, right\]/],
     [{ numHeads: 2, keyDim: 4, alibi: [0.5] }, /alibi must be a boolean or 2 finite slopes/],
@@ -464,7 +464,8 @@ describe('bad arguments', () => {
       ['rank-2 query', () => layer.apply(tf.zeros([5, 8]), { value: query }), /query must be a rank-3/],
       ['wrong features', () => layer.apply(tf.zeros([2, 5, 6]), { value: query }), /query has 6 features but the layer was built for 8/],
       ['batch mismatch', () => layer.apply(query, { value: tf.zeros([3, 5, 8]) }), /same batch size/],
-      ['key/value length mismatch', () => layer.apply(query, { value: query, key: tf.zeros([2, 4, 8]) }), /same sequence length/],
+      ['key/value length mismatch', () => layer.apply(query, { value: query, key: tf.zeros([2, 4, 8]) }),
+        /all dimensions of 'value' and 'key', except the last one, must be equal \(the same batch and sequence length\)/],
       ['attentionMask shape', () => layer.apply(query, { value: query, attentionMask: tf.ones([2, 5, 4], 'bool') }),
         /attentionMask must be \[batch, seqQ, seqK\] = \[2, 5, 5\]/],
       ['concrete mask in a functional model', () => {

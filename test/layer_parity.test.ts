@@ -124,3 +124,36 @@ describe('FlashMultiHeadAttention matches tfjs-layers MultiHeadAttention', () =>
     }
   });
 });
+
+describe('attentionAxes on higher-rank inputs matches tfjs-layers MultiHeadAttention', () => {
+  beforeAll(async () => {
+    await tf.setBackend('cpu');
+  });
+
+  test.each([
+    { name: 'one axis next to the features, a free batch axis', attentionAxes: [2], query: [2, 3, 4, 8], value: [2, 3, 5, 8],
+      mask: [2, 3, 4, 5] },
+    { name: 'one axis away from the features', attentionAxes: [1], query: [2, 4, 3, 8], value: [2, 5, 3, 8], mask: [2, 3, 2, 4, 5] },
+    { name: 'two axes (the default on rank-4 inputs)', attentionAxes: undefined, query: [2, 3, 4, 8], value: [2, 2, 5, 8],
+      mask: [2, 3, 4, 2, 5] },
+    { name: 'two of three axes, rank 5', attentionAxes: [2, 3], query: [2, 2, 3, 2, 8], value: [2, 2, 2, 3, 8], mask: [2, 3, 2, 2, 3] },
+  ])('$name: same output and scores within 1e-5 with copied weights', ({ attentionAxes, query: qShape, value: vShape, mask: mShape }) => {
+    const query = randomTensor(qShape, 40);
+    const value = randomTensor(vShape, 41);
+    // Keeps at least one key per query row (index 0 of the last axis), so no row is fully masked.
+    const mask = tf.tidy(() => tf.logicalOr(tf.greater(randomTensor(mShape, 42), -0.3),
+                                            tf.oneHot(tf.zeros(mShape.slice(0, -1), 'int32'), mShape[mShape.length - 1]).cast('bool')));
+    const args = { numHeads: 2, keyDim: 4, attentionAxes, biasInitializer: NONZERO_BIASES };
+    const mha: TfjsMultiHeadAttention = new MultiHeadAttention(args);
+    const flash = new FlashMultiHeadAttention(args);
+    mha.call(query, { value });
+    flash.call(query, { value });
+    flash.setWeights(tfjsMhaWeights(mha));
+    const [expected, expectedScores] = mha.callAndReturnAttentionScores(query, { value, attentionMask: mask }) as tf.Tensor[];
+    const [actual, scores] = flash.callAndReturnAttentionScores(query, { value, attentionMask: mask });
+    expect(actual.shape).toEqual(expected.shape);
+    expect(scores.shape).toEqual(expectedScores.shape);
+    expect(relativeError(actual.dataSync(), expected.dataSync())).toBeLessThan(1e-5);
+    expect(relativeError(scores.dataSync(), expectedScores.dataSync())).toBeLessThan(1e-5);
+  });
+});

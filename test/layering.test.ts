@@ -1,5 +1,5 @@
 /**
- * The layers depend one way: API (src/) -> kernels (kernels/<backend>/) -> contract (src/contract/).
+ * The layers depend one way: API (src/, gradients/) -> kernels (kernels/<backend>/) -> contract (src/contract/).
  * A kernel file may reach (through its relative imports, followed transitively, tools' test
  * helpers included) only its own backend's files and the contract; the contract imports nothing
  * of the package. Checked on the import statements of every .ts file.
@@ -37,7 +37,7 @@ export interface SourceTree {
   read(rel: string): string;
 }
 
-const inPackage = (f: string) => f.startsWith('src/') || f.startsWith('kernels/');
+const inPackage = (f: string) => f.startsWith('src/') || f.startsWith('kernels/') || f.startsWith('gradients/');
 const backendOf = (f: string) => f.split('/').slice(0, 2).join('/') + '/';
 
 /** Every layering violation of the tree, as "file -> ... -> offending file" chains. */
@@ -93,7 +93,7 @@ function repositoryTree(): SourceTree {
       else if (e.name.endsWith('.ts')) files.push(rel);
     }
   };
-  for (const top of ['src', 'kernels', 'test', 'bench', 'examples']) {
+  for (const top of ['src', 'kernels', 'gradients', 'test', 'bench', 'examples']) {
     if (fs.existsSync(path.join(ROOT, top))) walk(top);
   }
   return { files, read: rel => fs.readFileSync(path.join(ROOT, rel), 'utf8') };

@@ -1,6 +1,9 @@
 /** Bad input throws before any work, names the argument, the expected and the given value, and leaks nothing. */
 import * as tf from '@tensorflow/tfjs';
-import { flashAttention, FlashAttentionOptions } from '../src/index';
+import { flashAttention, FlashAttention, FlashAttentionAttrs, FlashAttentionOptions } from '../src/index';
+import { normalizeAttrs } from '../src/contract';
+import { FALLBACK_BACKEND, registerFallbackBackend } from './helpers/backends';
+import { HAS_GPU, takeUncapturedErrors, useWebGPU, destroyWebGPU } from './helpers/webgpu_env';
 
 const q = () => tf.zeros([2, 5, 4, 8]) as tf.Tensor4D;
 const k = () => tf.zeros([2, 7, 2, 8]) as tf.Tensor4D;
@@ -31,6 +34,22 @@ const badInputs: [string, Args, RegExp][] = [
   ['NaN scale', () => [q(), k(), v(), { scale: NaN }], /scale must be a finite number, but got NaN/],
   ['unknown option', () => [q(), k(), v(), { casual: true } as FlashAttentionOptions], /unknown option 'casual'/],
   ['bad precision', () => [q(), k(), v(), { precision: 'half' as 'fast' }], /precision must be 'highest' or 'fast', but got "half"/],
+  ['scale beyond float32', () => [q(), k(), v(), { scale: 1e39 }], /scale must fit in float32 \(\|scale\| <= 3.4028234663852886e\+38\), but got 1e\+39/],
+  ['negative scale beyond float32', () => [q(), k(), v(), { scale: -4e38 }], /scale must fit in float32 .* but got -4e\+38/],
+  ['softcap beyond float32', () => [q(), k(), v(), { softcap: 1e39 }], /softcap must fit in float32 \(softcap <= 3.4028234663852886e\+38\), but got 1e\+39/],
+  ['a NaN alibi slope', () => [q(), k(), v(), { alibiSlopes: [0.5, NaN, 0.25, 0.125] }], /alibiSlopes must be finite float32 numbers, but alibiSlopes\[1\] is NaN/],
+  ['an infinite alibi slope', () => [q(), k(), v(), { alibiSlopes: new Float32Array([0.5, 0.5, -Infinity, 0.1]) }], /alibiSlopes\[2\] is -Infinity/],
+  ['an alibi slope beyond float32', () => [q(), k(), v(), { alibiSlopes: [1e39, 0.5, 0.25, 0.125] }], /alibiSlopes\[0\] is 1e\+39/],
+  ['a non-numeric alibi slope', () => [q(), k(), v(), { alibiSlopes: [0.5, 0.5, 0.5, '0.1'] as unknown as number[] }], /alibiSlopes\[3\] is "0.1"/],
+  ['alibiSlopes as a string', () => [q(), k(), v(), { alibiSlopes: '0.5' as unknown as number[] }], /alibiSlopes must be a number\[\], Float32Array or Tensor1D, but got string/],
+  ['a negative seed', () => [q(), k(), v(), { seed: -1 }], /seed must be an integer in \[0, 2\^32\), but got -1/],
+  ['a fractional seed', () => [q(), k(), v(), { seed: 1.5 }], /seed must be an integer in \[0, 2\^32\), but got 1.5/],
+  ['a seed of 2^32', () => [q(), k(), v(), { seed: 2 ** 32 }], /seed must be an integer in \[0, 2\^32\), but got 4294967296/],
+  ['a string seed', () => [q(), k(), v(), { seed: '7' as unknown as number }], /seed must be an integer in \[0, 2\^32\), but got "7"/],
+  ['returnLogSumExp not a boolean', () => [q(), k(), v(), { returnLogSumExp: 'yes' as unknown as boolean }], /returnLogSumExp must be a boolean, but got "yes"/],
+  ['options as a Map', () => [q(), k(), v(), new Map([['causal', true]]) as unknown as FlashAttentionOptions], /options must be a plain object such as \{ causal: true \}, but got a Map/],
+  ['options as an array', () => [q(), k(), v(), [] as unknown as FlashAttentionOptions], /options must be a plain object .* but got an Array/],
+  ['null options', () => [q(), k(), v(), null as unknown as FlashAttentionOptions], /options must be a plain object .* but got null/],
 ];
 
 describe('bad input', () => {
@@ -45,5 +64,100 @@ describe('bad input', () => {
     expect(() => flashAttention(made[0] as tf.Tensor4D, made[1] as tf.Tensor4D, made[2] as tf.Tensor4D, made[3]))
       .toThrow(/^Error in flashAttention: /);
     tf.dispose(made.flatMap(x => (x instanceof tf.Tensor ? [x] : x && typeof x === 'object' && 'mask' in x ? [x.mask as tf.Tensor] : [])));
+  });
+});
+
+describe('seeds', () => {
+  beforeAll(async () => { await tf.setBackend('cpu'); });
+
+  test.each([0, 1, 2 ** 31, 2 ** 32 - 1])('seed %d reaches the kernels unchanged', seed => {
+    const dims = { batch: 1, seqQ: 2, seqK: 2, heads: 1, kvHeads: 1, headDim: 4, headDimV: 4 };
+    expect(normalizeAttrs(dims, { seed }, false, false).seed).toBe(seed);
+  });
+});
+
+describe('windowSize wider than the sequences', () => {
+  const dims = { batch: 1, seqQ: 5, seqK: 7, heads: 2, kvHeads: 1, headDim: 8, headDimV: 8 };
+  // seqQ + seqK = 12: from 12 on a side keeps every key, so it is unbounded (-1).
+  type Options = FlashAttentionOptions & { returnLogSumExp?: false };
+  const unbounded: [string, [number, number], Options][] = [
+    ['[-1, 2^31 - 1]', [-1, 2 ** 31 - 1], {}],
+    ['[2^31 - 1, -1]', [2 ** 31 - 1, -1], {}],
+    ['[-1, 2^32]', [-1, 2 ** 32], {}],
+    ['[2^53, 2^31]', [2 ** 53, 2 ** 31], {}],
+    ['[12, 12]', [12, 12], {}],
+    ['[2^31, 2^32] with causal', [2 ** 31, 2 ** 32], { causal: true }],
+  ];
+
+  test.each(unbounded)('%s is normalised once, in the op, to what it means', (_, windowSize, base) => {
+    const attrs = normalizeAttrs(dims, { ...base, windowSize }, false, false);
+    const want = normalizeAttrs(dims, base, false, false);
+    expect([attrs.windowLeft, attrs.windowRight]).toEqual([want.windowLeft, want.windowRight]);
+  });
+
+  it('keeps a window that still cuts: [11, 0] stays as given', () => {
+    const attrs = normalizeAttrs(dims, { windowSize: [11, 0] }, false, false);
+    expect([attrs.windowLeft, attrs.windowRight]).toEqual([11, 0]);
+  });
+
+  it('never hands a kernel a window attribute outside int32', async () => {
+    await tf.setBackend('cpu');
+    const seen: FlashAttentionAttrs[] = [];
+    const engine = tf.engine();
+    const runKernel = engine.runKernel.bind(engine);
+    const spy = jest.spyOn(engine, 'runKernel').mockImplementation((name, inputs, attrs) => {
+      if (name === FlashAttention) seen.push(attrs as unknown as FlashAttentionAttrs);
+      return runKernel(name, inputs, attrs);
+    });
+    try {
+      const [x, y, z] = [tf.ones([1, 5, 2, 8]), tf.ones([1, 7, 1, 8]), tf.ones([1, 7, 1, 8])];
+      for (const [, windowSize, base] of unbounded) tf.dispose(flashAttention(x, y, z, { ...base, windowSize }));
+      tf.dispose([x, y, z]);
+    } finally {
+      spy.mockRestore();
+    }
+    expect(seen).toHaveLength(unbounded.length);
+    for (const a of seen) {
+      for (const w of [a.windowLeft, a.windowRight]) expect(w >= -1 && w < 2 ** 31).toBe(true);
+    }
+  });
+
+  const backends = [['cpu kernel', 'cpu'], ['blockwise fallback', FALLBACK_BACKEND],
+                    ...(HAS_GPU ? [['webgpu', 'webgpu']] : [])];
+  afterAll(() => destroyWebGPU());
+
+  test.each(backends)('gives the unbounded result and gradients on the %s', async (_, backend) => {
+    registerFallbackBackend();
+    if (backend === 'webgpu') await useWebGPU();
+    else await tf.setBackend(backend);
+    const [q0, k0, v0, dy] = [[1, 5, 2, 8], [1, 7, 1, 8], [1, 7, 1, 8], [1, 5, 2, 8]]
+        .map((shape, i) => tf.randomNormal(shape, 0, 1, 'float32', 7 + i));
+    const run = async (options: Options) => {
+      const f = (a: tf.Tensor, b: tf.Tensor, c: tf.Tensor) => tf.sum(tf.mul(flashAttention(a, b, c, options), dy));
+      const [dq, dk, dv] = tf.grads(f)([q0, k0, v0]);
+      const results = [flashAttention(q0, k0, v0, options), dq, dk, dv];
+      const values = await Promise.all(results.map(t => t.data()));
+      tf.dispose(results);
+      return values;
+    };
+    for (const [name, windowSize, base] of unbounded) {
+      const got = await run({ ...base, windowSize, seed: 1 }), want = await run({ ...base, seed: 1 });
+      got.forEach((g, i) => expect([name, i, Array.from(g)]).toEqual([name, i, Array.from(want[i])]));
+    }
+    if (backend === 'webgpu') expect(takeUncapturedErrors()).toEqual([]);
+    tf.dispose([q0, k0, v0, dy]);
+  }, 600000);
+});
+
+describe('types', () => {
+  beforeAll(async () => { await tf.setBackend('cpu'); });
+
+  it('takes the Tensor<Rank> that tf.randomNormal returns, and checks the rank when it runs', () => {
+    const x: tf.Tensor = tf.randomNormal([1, 3, 2, 4]);
+    const out: tf.Tensor4D = flashAttention(x, x, x);
+    expect(out.shape).toEqual([1, 3, 2, 4]);
+    const rank3: tf.Tensor = tf.randomNormal([3, 2, 4]);
+    expect(() => flashAttention(rank3, x, x)).toThrow(/q must be rank 4 \[batch, seqQ, heads, headDim\], but got shape \[3, 2, 4\]/);
+    tf.dispose([x, out, rank3]);
   });
 });

@@ -25,6 +25,24 @@ describe('the headDim-128 tile geometries', () => {
     expect(Math.max(e.out, e.lse)).toBeLessThan(F32_TOLERANCE.forward);
     expect(Math.max(e.dq, e.dk, e.dv)).toBeLessThan(F32_TOLERANCE.grads);
   }, 300000);
+
+  gpuTest('forward with K and V taking turns in one tile (sharedKV), prefetched and loaded directly', async () => {
+    const cases: Array<[TileConfig, CaseSpec]> = [
+      // The headDim-256 forward tile of a 48 KiB device, here on headDim 8.
+      [{ ...tile(32, 8, 2, 2), sharedKV: true },
+       { dims: { batch: 1, seqQ: 37, seqK: 45, heads: 4, kvHeads: 2, headDim: 8, headDimV: 8 }, seed: 6, causal: true, softcap: 2 }],
+      // headDimV wider than headDim; 64 floats of V per thread: no register prefetch, direct loads.
+      [{ ...tile(8, 16, 2, 4), sharedKV: true },
+       { dims: { batch: 2, seqQ: 19, seqK: 23, heads: 2, kvHeads: 1, headDim: 4, headDimV: 32 }, seed: 7, alibi: true,
+         maskShape: [1, 2, 19, 23], dropoutRate: 0.2 }],
+    ];
+    for (const [forward, c] of cases) {
+      setTileConfigOverride({ forward });
+      const d = caseData(c);
+      const e = compare(await runOp(c, d, false), reference(c, d), false);
+      expect(Math.max(e.out, e.lse)).toBeLessThan(F32_TOLERANCE.forward);
+    }
+  }, 300000);
 });
 
 describe('backward tile choice from the device limits', () => {

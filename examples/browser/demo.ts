@@ -10,7 +10,10 @@
  */
 import type * as tfTypes from '@tensorflow/tfjs';
 import type { flashAttention as FlashAttentionFn } from '../../src/flash_attention';
-import { drawChart, Series } from './chart';
+import { LiveChart, mountChart } from './chart';
+import {
+  lossRows, lossSpec, LossOptions, SERIES_COLORS, SweepFailure, SweepOptions, SweepPoint, sweepRows, sweepSpec,
+} from '../../charts/specs';
 
 type Tensor = tfTypes.Tensor;
 type Tensor4D = tfTypes.Tensor4D;
@@ -41,7 +44,11 @@ const params = new URLSearchParams(location.search);
 const SEQ_LENGTHS = (params.get('seqs') ?? '256,512,1024,2048,4096').split(',').map(Number).filter(n => n > 0);
 const TRAIN_STEPS = Number(params.get('steps') ?? 200);
 const BENCH = { batch: 1, heads: 4, headDim: Number(params.get('headDim') ?? 64), causal: true, repeats: 3 };
-const COLORS = { flash: '#1f77b4', stock: '#d62728', loss: '#2ca02c' };
+const SERIES = { flash: 'flashAttention', stock: 'stock attention' } as const;
+const LOSS_SERIES = 'loss';
+
+/** The page's three charts, mounted once by main() and fed as results come in. */
+const charts: Partial<Record<'time' | 'memory' | 'loss', LiveChart>> = {};
 
 const $ = (id: string) => document.getElementById(id)!;
 
@@ -141,16 +148,35 @@ async function peakMiB(fn: () => Tensor): Promise<number> {
   return (info.peakBytes - before) / 2 ** 20;
 }
 
-function drawBench(): void {
-  const series = (key: 'Ms' | 'MiB'): Series[] => (['flash', 'stock'] as const).map(which => ({
-    name: which === 'flash' ? 'flashAttention' : 'stock attention',
-    color: COLORS[which],
-    points: state.bench.filter(p => p[`${which}${key}`] !== undefined).map(p => [p.seq, p[`${which}${key}`]!] as [number, number]),
-  }));
-  drawChart($('time-chart') as HTMLCanvasElement, series('Ms'),
-            { title: 'Forward time (ms, median, incl. readback)', xLabel: 'sequence length', yLabel: 'ms', log2X: true });
-  drawChart($('memory-chart') as HTMLCanvasElement, series('MiB'),
-            { title: 'Peak tensor memory (MiB, tf.profile)', xLabel: 'sequence length', yLabel: 'MiB', log2X: true });
+/** Time and memory against sequence length: charts/specs.ts's length sweep, as in the bench's chart. */
+function benchChartOptions(key: 'Ms' | 'MiB'): SweepOptions {
+  return {
+    title: key === 'Ms' ? 'Forward time (median, incl. readback)' : 'Peak tensor memory (tf.profile)',
+    yTitle: key === 'Ms' ? 'ms (log scale)' : 'MiB (log scale)',
+    logY: true,
+    series: [SERIES.flash, SERIES.stock],
+    colors: [SERIES_COLORS.flash, SERIES_COLORS.stock],
+    seqs: SEQ_LENGTHS,
+    width: 420,
+    height: 220,
+  };
+}
+
+function benchRows(key: 'Ms' | 'MiB'): Array<Record<string, unknown>> {
+  const points: SweepPoint[] = [];
+  const failures: SweepFailure[] = [];
+  for (const p of state.bench) {
+    for (const which of ['flash', 'stock'] as const) {
+      const value = p[`${which}${key}`], error = p[`${which}Error`];
+      if (error) failures.push({ seq: p.seq, series: SERIES[which], label: 'failed', detail: error.slice(0, 120) });
+      else if (value !== undefined) points.push({ seq: p.seq, series: SERIES[which], value });
+    }
+  }
+  return sweepRows(points, failures, benchChartOptions(key));
+}
+
+async function drawBench(): Promise<void> {
+  await Promise.all([charts.time?.update(benchRows('Ms')), charts.memory?.update(benchRows('MiB'))]);
 }
 
 async function runBenchmark(): Promise<void> {
@@ -158,7 +184,7 @@ async function runBenchmark(): Promise<void> {
   $('bench-config').textContent =
       `q, k, v: [${batch}, seq, ${heads} heads, ${headDim}], ${causal ? 'causal' : 'full'}; ` +
       `stock = matMul → softmax → matMul with the [batch, heads, seq, seq] matrix.`;
-  drawBench();
+  await drawBench();
   const status: string[] = [];
   for (const seq of SEQ_LENGTHS) {
     const point: BenchPoint = { seq };
@@ -182,7 +208,7 @@ async function runBenchmark(): Promise<void> {
     status.push(`seq ${String(seq).padStart(5)}: flash ${fmt(point.flashMs, point.flashMiB, point.flashError)}; ` +
                 `stock ${fmt(point.stockMs, point.stockMiB, point.stockError)}`);
     $('bench-status').textContent = status.join('\n');
-    drawBench();
+    await drawBench();
     await tf.nextFrame();
   }
 }
@@ -201,10 +227,14 @@ function runningMeanBatch(): { x: Tensor; y: Tensor } {
   });
 }
 
-function drawLoss(): void {
-  drawChart($('loss-chart') as HTMLCanvasElement,
-            [{ name: 'training loss (MSE)', color: COLORS.loss, points: state.losses.map((l, i) => [i + 1, l]) }],
-            { title: 'Training loss, live', xLabel: 'step', yLabel: 'loss (log scale)', logY: true });
+/** The live loss: charts/specs.ts's loss curve, as in the training example's loss.png. */
+const LOSS_CHART: LossOptions = {
+  title: 'Training loss, live', yTitle: 'loss (MSE, log scale)', logY: true, series: LOSS_SERIES,
+  points: TRAIN_STEPS <= 64, width: 420, height: 220,
+};
+
+async function drawLoss(): Promise<void> {
+  await charts.loss?.update(lossRows(state.losses, LOSS_SERIES));
 }
 
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
@@ -230,7 +260,7 @@ async function runTraining(): Promise<void> {
   state.trainedWith = 'tf.layers.flashMultiHeadAttention';
   const model = buildModel(factory);
   model.compile({ optimizer: tf.train.adam(TRAIN.learningRate), loss: 'meanSquaredError' });
-  drawLoss();
+  await drawLoss();
   for (let step = 0; step < TRAIN_STEPS; step++) {
     const { x, y } = runningMeanBatch();
     const loss = await model.trainOnBatch(x, y) as number;
@@ -238,7 +268,7 @@ async function runTraining(): Promise<void> {
     state.losses.push(loss);
     $('train-status').textContent = `step ${step + 1} / ${TRAIN_STEPS}: loss ${loss.toExponential(3)}`;
     if (step % 5 === 4 || step === TRAIN_STEPS - 1) {
-      drawLoss();
+      await drawLoss();
       await tf.nextFrame();
     }
   }
@@ -247,6 +277,11 @@ async function runTraining(): Promise<void> {
 
 async function main(): Promise<void> {
   try {
+    [charts.time, charts.memory, charts.loss] = await Promise.all([
+      mountChart($('time-chart'), sweepSpec([], [], benchChartOptions('Ms'))),
+      mountChart($('memory-chart'), sweepSpec([], [], benchChartOptions('MiB'))),
+      mountChart($('loss-chart'), lossSpec([], LOSS_CHART)),
+    ]);
     await pickBackend();
     await runBenchmark();
     await runTraining();

@@ -7,6 +7,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import * as tf from '@tensorflow/tfjs';
+import { FlatAdam, trainableVariables } from './model';
 
 export interface TrainingState {
   step: number;
@@ -43,6 +44,12 @@ export async function loadCheckpoint(dir: string): Promise<{ model: tf.LayersMod
   const weightData = bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength);
   const { weightsManifest, ...rest } = json;
   const model = await tf.loadLayersModel(tf.io.fromMemory({ ...rest, weightSpecs: weightsManifest[0].weights, weightData }));
+  // tfjs restores the optimizer as its own Adam holding FlatAdam's state: hand that state back.
+  const loaded = model.optimizer as tf.AdamOptimizer;
+  const flat = new FlatAdam(loaded.getConfig().learningRate as number, trainableVariables(model));
+  await flat.setWeights(await loaded.getWeights());
+  loaded.dispose();
+  model.optimizer = flat;
   const state = JSON.parse(fs.readFileSync(path.join(dir, 'state.json'), 'utf8')) as TrainingState;
   return { model, state };
 }

@@ -14,6 +14,7 @@ import { BackendChoice, prepareBackend } from './backend';
 const FLAGS = {
   backend: 'auto', seqs: '128,256,512,1024,2048,4096', batch: '1', layers: '1', dim: '32', heads: '2',
   steps: '2', 'max-step-seconds': '60', out: 'runs/compare.json', seed: '1', attention: 'flash,stock',
+  loop: 'pipelined',
 };
 
 async function main() {
@@ -26,6 +27,10 @@ async function main() {
     batch: intFlag(flags, 'batch'), layers: intFlag(flags, 'layers'), dim: intFlag(flags, 'dim'),
     heads: intFlag(flags, 'heads'), steps: intFlag(flags, 'steps'),
     maxStepSeconds: numberFlag(flags, 'max-step-seconds'), out: String(flags.out), seed: intFlag(flags, 'seed'),
+    loop: ((l: string) => {
+      if (l !== 'pipelined' && l !== 'trainOnBatch') throw new Error(`--loop takes pipelined or trainOnBatch, got ${l}`);
+      return l;
+    })(String(flags.loop)),
     attentions: String(flags.attention).split(',').map(a => {
       if (a !== 'flash' && a !== 'stock') throw new Error(`--attention takes flash and/or stock, got ${a}`);
       return a;

@@ -1,6 +1,7 @@
 /**
  * Trains the small decoder-only transformer of model.ts on the embedded corpus at long sequence
- * length (4096 by default) with model.fit, FlashMultiHeadAttention doing the attention.
+ * length (4096 by default) with FlashMultiHeadAttention doing the attention (trainSteps: Adam, the loss
+ * read one step late so the GPU is never left waiting for it).
  *
  *   npm run train                                  # short default run: 2 steps at 4096, tiny model
  *   npm run train -- --steps=200 --layers=2 --dim=64 --heads=4   # a longer run

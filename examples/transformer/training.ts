@@ -6,8 +6,8 @@ import '../../src/index';
 import { activateBackend } from './backend';
 import { hasCheckpoint, loadCheckpoint, saveCheckpoint, TrainingState } from './checkpoint';
 import { CharCorpus, seededRandom } from './data';
-import { buildTransformer, compileTransformer, sampleText, TransformerConfig } from './model';
-import { writeLossPng } from './plot';
+import { buildTransformer, compileTransformer, sampleText, trainSteps, TransformerConfig } from './model';
+import { writeLossChart } from './plot';
 
 export interface TrainingOptions {
   backend: 'webgpu' | 'cpu'; backendDetail: string;
@@ -58,29 +58,29 @@ export async function runTraining(o: TrainingOptions): Promise<void> {
 
   const started = Date.now();
   const firstStep = state.step;
-  let stepStart = Date.now();
   const saveEvery = o.saveEvery > 0 ? o.saveEvery : o.steps;
-  // model.fit over chunks of steps, with a checkpoint after each chunk.
+  // Chunks of steps (one upload of their windows each), a checkpoint after each chunk. The steps
+  // run through trainSteps, which reads each loss while the next step runs (model.fit would wait
+  // for every loss with the GPU idle); the progress line therefore trails by one step.
   for (let done = 0; done < o.steps;) {
     const chunk = Math.min(saveEvery, o.steps - done);
     const { inputs, targets } = corpus.windows(chunk * o.batch, seqLen, random);
     const xs = tf.tensor2d(inputs, [chunk * o.batch, seqLen], 'int32');
-    // tfjs's sparse categorical cross-entropy wants float targets shaped like the output, last dim 1.
     const ys = tf.tensor3d(Float32Array.from(targets), [chunk * o.batch, seqLen, 1]);
-    await model.fit(xs, ys, {
-      batchSize: o.batch, epochs: 1, shuffle: false, verbose: 0,
-      callbacks: {
-        onBatchBegin: async () => { stepStart = Date.now(); },
-        onBatchEnd: async (_batch, logs) => {
-          const loss = Number(logs?.loss);
-          state.losses.push(loss);
-          state.step++;
-          const now = Date.now();
-          progress(state.step - firstStep, o.steps, loss, o.batch * seqLen / ((now - stepStart) / 1000), now - started);
-        },
-      },
+    const batches: tf.Tensor[] = [];
+    await trainSteps(model, chunk, step => {
+      const tokens = tf.slice(xs, [step * o.batch, 0], [o.batch, seqLen]);
+      const stepTargets = tf.slice(ys, [step * o.batch, 0, 0], [o.batch, seqLen, 1]);
+      batches.push(tokens, stepTargets);
+      return { tokens, targets: stepTargets };
+    }, (_step, loss) => {
+      state.losses.push(loss);
+      state.step++;
+      // Steps overlap (the loss arrives one step late), so the rate is the run's so far.
+      const done = state.step - firstStep, elapsed = Date.now() - started;
+      progress(done, o.steps, loss, done * o.batch * seqLen / (elapsed / 1000), elapsed);
     });
-    tf.dispose([xs, ys]);
+    tf.dispose([xs, ys, ...batches]);
     done += chunk;
     await saveCheckpoint(checkpointDir, model, state);
   }
@@ -88,10 +88,9 @@ export async function runTraining(o: TrainingOptions): Promise<void> {
   console.log(`trained ${o.steps} steps in ${seconds.toFixed(1)} s ` +
               `(${Math.round(o.steps * o.batch * seqLen / seconds).toLocaleString('en-US')} tokens/s overall); ` +
               `checkpoint: ${checkpointDir}`);
-  const png = path.join(o.outDir, 'loss.png');
-  writeLossPng(png, state.losses);
+  const chart = await writeLossChart(path.join(o.outDir, 'loss'), state.losses);
   console.log(`loss curve (${state.losses.length} steps, ${state.losses[0]?.toFixed(3)} -> ` +
-              `${state.losses[state.losses.length - 1]?.toFixed(3)}): ${png}`);
+              `${state.losses[state.losses.length - 1]?.toFixed(3)}): ${chart.png ?? `${chart.svg} (${chart.reason})`}`);
 
   if (o.sampleLength > 0) {
     const prompt = 'There was once ';

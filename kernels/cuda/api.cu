@@ -21,8 +21,8 @@ Problem makeProblem(const fa_params& a) {
   // threshold = min(floor(rate * 2^32), 2^32 - 1), as src/contract/dropout.ts.
   const double t = a.dropout_threshold >= 0 ? (double)a.dropout_threshold
                                             : floor((double)a.dropout_rate * 4294967296.0);
-  p.dropThreshold = t >= 4294967295.0 ? 0xffffffffu : (uint32_t)t;
-  p.dropScale = p.hasDropout ? 1.f / (1.f - a.dropout_rate) : 1.f;
+  p.dropoutThreshold = t >= 4294967295.0 ? 0xffffffffu : (uint32_t)t;
+  p.dropoutScale = p.hasDropout ? 1.f / (1.f - a.dropout_rate) : 1.f;
   p.seed = a.seed;
   return p;
 }

@@ -131,13 +131,8 @@ __global__ void __launch_bounds__(NT) dqKernel(Problem p, const float* __restric
 #pragma unroll
       for (int n = 0; n < TN; ++n) {
         const int jl = ColMap<TN>::col(colGroup, n), j = j0 + jl;
-        const bool kept = (edgeTile || GENERAL) ? isKept<LOCAL, GENERAL>(p, b, h, i, j) : true;
-        const float raw = s[m][n] * p.scale;
-        const float pr = kept ? exp2f(applyScoreMods<GENERAL>(p, raw, slope, i, j) * kLog2e - lse2[m]) : 0.f;
-        float dpv = dp[m][n];
-        if (GENERAL && p.hasDropout) dpv *= dropoutMultiplier(p, rowKey[m], j);
-        const float ds = pr * (dpv - dlt[m]) * softcapDerivative<GENERAL>(p, raw) * p.scale;
-        dSt[jl * BR + rowGroup * TM + m] = ds;
+        dSt[jl * BR + rowGroup * TM + m] = backwardStep<LOCAL, GENERAL>(
+            p, edgeTile, b, h, i, j, s[m][n], slope, lse2[m], dp[m][n], dlt[m], rowKey[m]).ds;
       }
     }
     cpAsyncWaitGroup<0>();
@@ -273,12 +268,10 @@ __global__ void __launch_bounds__(NT) dkvKernel(Problem p, const float* __restri
 #pragma unroll
         for (int m = 0; m < TM; ++m) {
           const int jl = rowGroup * TM + m, j = j0 + jl;
-          const bool kept = (edgeTile || GENERAL) ? isKept<LOCAL, GENERAL>(p, b, h, i, j) : true;
-          const float raw = s[m][n] * p.scale;
-          const float pr = kept ? exp2f(applyScoreMods<GENERAL>(p, raw, slope, i, j) * kLog2e - lseS[il]) : 0.f;
-          const float drop = (GENERAL && p.hasDropout) ? dropoutMultiplier(p, rowKeyS[il], j) : 1.f;
-          Ps[il * BC + jl] = pr * drop;
-          dSs[il * BC + jl] = pr * (dp[m][n] * drop - deltaS[il]) * softcapDerivative<GENERAL>(p, raw) * p.scale;
+          const ProbAndScoreGrad g = backwardStep<LOCAL, GENERAL>(
+              p, edgeTile, b, h, i, j, s[m][n], slope, lseS[il], dp[m][n], deltaS[il], rowKeyS[il]);
+          Ps[il * BC + jl] = g.p;
+          dSs[il * BC + jl] = g.ds;
         }
       }
       cpAsyncWaitGroup<0>();
@@ -354,12 +347,9 @@ cudaError_t dispatchFlags(const Problem& p, const float* q, const float* k, cons
   if ((err = stageTransposedF32(k, kt, p.batch, p.seqK, p.kvHeads, p.headDim, st.nkPad, DMAX, s))) return err;
   if ((err = stageTransposedF32(v, vt, p.batch, p.seqK, p.kvHeads, p.headDimV, st.nkPad, DMAX, s))) return err;
   st.qt = qt; st.dot = dot; st.kt = kt; st.vt = vt;
-  const bool local = p.windowLeft >= 0 || p.windowRight >= 0;
-  const bool general = p.hasAlibi || p.hasSoftcap || p.hasMask || p.hasDropout;
-  if (local) return general ? launchPasses<DMAX, true, true>(p, q, k, v, lse, delta, dout, dq, dk, dv, st, s)
-                            : launchPasses<DMAX, true, false>(p, q, k, v, lse, delta, dout, dq, dk, dv, st, s);
-  return general ? launchPasses<DMAX, false, true>(p, q, k, v, lse, delta, dout, dq, dk, dv, st, s)
-                 : launchPasses<DMAX, false, false>(p, q, k, v, lse, delta, dout, dq, dk, dv, st, s);
+  return OPTIONS_SWITCH(p, [&] {
+    return launchPasses<DMAX, LOCAL, GENERAL>(p, q, k, v, lse, delta, dout, dq, dk, dv, st, s);
+  });
 }
 
 int simtHeadDim(const Problem& p) {

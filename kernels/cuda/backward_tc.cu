@@ -124,12 +124,10 @@ __global__ void __launch_bounds__(NT) dkvTensorCoreKernel(Problem p, Staged st, 
       for (int e = 0; e < 4; ++e) {
         const int il = nb * 8 + 2 * t + (e & 1), i = i0 + il;
         const int j = j0 + keyRow + (e >> 1) * 8;
-        const bool kept = (edgeTile || GENERAL) ? isKept<LOCAL, GENERAL>(p, b, h, i, j) : true;
-        const float raw = sT[nb][e] * p.scale;
-        const float pr = kept ? exp2f(applyScoreMods<GENERAL>(p, raw, slope, i, j) * kLog2e - lse2[il]) : 0.f;
-        const float drop = (GENERAL && p.hasDropout) ? dropoutMultiplier(p, rk[il], j) : 1.f;
-        sT[nb][e] = pr * drop;
-        dpT[nb][e] = pr * (dpT[nb][e] * drop - dlt[il]) * softcapDerivative<GENERAL>(p, raw) * p.scale;
+        const ProbAndScoreGrad g = backwardStep<LOCAL, GENERAL>(
+            p, edgeTile, b, h, i, j, sT[nb][e], slope, lse2[il], dpT[nb][e], dlt[il], rk[il]);
+        sT[nb][e] = g.p;
+        dpT[nb][e] = g.ds;
       }
 
 #pragma unroll
@@ -257,12 +255,8 @@ __global__ void __launch_bounds__(NT) dqTensorCoreKernel(Problem p, Staged st, c
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int half = e >> 1, i = rows[half], j = j0 + nb * 8 + 2 * t + (e & 1);
-        const bool kept = (edgeTile || GENERAL) ? isKept<LOCAL, GENERAL>(p, b, h, i, j) : true;
-        const float raw = sc[nb][e] * p.scale;
-        const float pr = kept ? exp2f(applyScoreMods<GENERAL>(p, raw, slope, i, j) * kLog2e - lse2[half]) : 0.f;
-        float dpv = dp[nb][e];
-        if (GENERAL && p.hasDropout) dpv *= dropoutMultiplier(p, rowKey[half], j);
-        sc[nb][e] = pr * (dpv - dlt[half]) * softcapDerivative<GENERAL>(p, raw) * p.scale;
+        sc[nb][e] = backwardStep<LOCAL, GENERAL>(p, edgeTile, b, h, i, j, sc[nb][e], slope, lse2[half],
+                                                 dp[nb][e], dlt[half], rowKey[half]).ds;
       }
 #pragma unroll
     for (int kk = 0; kk < KT / 16; ++kk) {
@@ -318,12 +312,7 @@ cudaError_t launchPasses(const Problem& p, const Staged& st, const float* lse, c
 template <int DP>
 cudaError_t dispatchFlags(const Problem& p, const Staged& st, const float* lse, const float* delta, float* dq,
                           float* dk, float* dv, cudaStream_t s) {
-  const bool local = p.windowLeft >= 0 || p.windowRight >= 0;
-  const bool general = p.hasAlibi || p.hasSoftcap || p.hasMask || p.hasDropout;
-  if (local) return general ? launchPasses<DP, true, true>(p, st, lse, delta, dq, dk, dv, s)
-                            : launchPasses<DP, true, false>(p, st, lse, delta, dq, dk, dv, s);
-  return general ? launchPasses<DP, false, true>(p, st, lse, delta, dq, dk, dv, s)
-                 : launchPasses<DP, false, false>(p, st, lse, delta, dq, dk, dv, s);
+  return OPTIONS_SWITCH(p, [&] { return launchPasses<DP, LOCAL, GENERAL>(p, st, lse, delta, dq, dk, dv, s); });
 }
 
 }  // namespace

@@ -1,6 +1,7 @@
 // Pieces shared by every kernel of the family: the problem description, the score function
 // (softcap, ALiBi, window, mask), the counter-based dropout hash of src/contract/dropout.ts, and
-// shared-memory tile loaders. Kernels are templates over two compile-time switches:
+// shared-memory tile loaders. Kernels are templates over two compile-time switches
+// (OPTIONS_SWITCH in static_switch.h dispatches them once per launch):
 //   LOCAL   - a window (causal included) is active: key tiles outside it are skipped and the
 //             boundary tiles test each element;
 //   GENERAL - ALiBi, softcap, mask or dropout is on: per-element work beyond the dot product,
@@ -13,6 +14,7 @@
 #include <math.h>
 
 #include "flash_attention.h"
+#include "static_switch.h"
 
 namespace fa {
 
@@ -28,12 +30,16 @@ struct Problem {
   const uint8_t* mask;
   long long maskStride[4];
   bool hasSoftcap, hasAlibi, hasMask, hasDropout;
-  uint32_t dropThreshold;
-  float dropScale;  // 1 / (1 - rate)
+  uint32_t dropoutThreshold;
+  float dropoutScale;  // 1 / (1 - rate)
   uint32_t seed;
 };
 
 Problem makeProblem(const fa_params& p);
+
+// The compile-time switches of the kernels (dispatched by OPTIONS_SWITCH, static_switch.h).
+inline bool isLocal(const Problem& p) { return p.windowLeft >= 0 || p.windowRight >= 0; }
+inline bool isGeneral(const Problem& p) { return p.hasAlibi || p.hasSoftcap || p.hasMask || p.hasDropout; }
 
 // ---- counter-based dropout (bit-exact with src/contract/dropout.ts) ----
 __device__ __forceinline__ uint32_t mix32(uint32_t x) {
@@ -45,7 +51,7 @@ __device__ __forceinline__ uint32_t dropoutRowKey(uint32_t seed, uint32_t bh, ui
 }
 // Multiplier of P for element (row key, j): 0 when dropped, 1/(1-rate) when kept.
 __device__ __forceinline__ float dropoutMultiplier(const Problem& p, uint32_t rowKey, int j) {
-  return mix32(rowKey ^ (uint32_t)j) >= p.dropThreshold ? p.dropScale : 0.f;
+  return mix32(rowKey ^ (uint32_t)j) >= p.dropoutThreshold ? p.dropoutScale : 0.f;
 }
 
 // ---- the score of (b, h, i, j) ----
@@ -101,6 +107,40 @@ template <bool GENERAL>
 __device__ __forceinline__ float softcapDerivative(const Problem& p, float raw) {
   if (GENERAL && p.hasSoftcap) { const float t = tanhf(raw / p.softcap); return 1.f - t * t; }
   return 1.f;
+}
+
+// ---- kept -> P -> dropout -> dS: the steps every kernel takes per (query i, key j) ----
+// Masking is decided by the keep condition, never by comparing a score with a sentinel, so NaN
+// and infinite scores of kept keys (from NaN/Inf in q, k) propagate as through the plain
+// composite: a row whose kept scores are all NaN or -inf gives NaN, not an empty row.
+
+// Forward inner loop: weight of a score x (log2 units) under the running max mNew; 0 when masked.
+__device__ __forceinline__ float softmaxWeight(bool kept, float x, float mNew) {
+  return kept ? exp2f(x - mNew) : 0.f;
+}
+// End of the forward inner loop, from the row sum l: a row with no kept key has l == 0 (out 0,
+// logsumexp -inf); a NaN that reached the row makes l NaN, and both outputs NaN.
+__device__ __forceinline__ float outputScale(float l) { return l == 0.f ? 0.f : 1.f / l; }
+__device__ __forceinline__ float rowLogSumExp(float m2, float l) {
+  return l == 0.f ? -INFINITY : (m2 + log2f(l)) * kLn2;
+}
+
+// Backward, shared by the exact and tensor-core dK/dV and dQ passes: from the recomputed raw dot
+// q.k, P = exp(s - logsumexp) (lse2: logsumexp in log2 units), then
+//   p  = P * dropout multiplier                                   (dV accumulates P~^T dO),
+//   ds = P * (dP * dropout multiplier - delta) * ds/draw * scale  (dK, dQ accumulate dS).
+// A masked key contributes exactly 0 to both.
+struct ProbAndScoreGrad { float p, ds; };
+template <bool LOCAL, bool GENERAL>
+__device__ __forceinline__ ProbAndScoreGrad backwardStep(const Problem& p, bool edgeTile, int b, int h, int i,
+                                                         int j, float dot, float slope, float lse2, float dp,
+                                                         float delta, uint32_t rowKey) {
+  const bool kept = (edgeTile || GENERAL) ? isKept<LOCAL, GENERAL>(p, b, h, i, j) : true;
+  const float raw = dot * p.scale;
+  const float pr = exp2f(applyScoreMods<GENERAL>(p, raw, slope, i, j) * kLog2e - lse2);
+  const float drop = (GENERAL && p.hasDropout) ? dropoutMultiplier(p, rowKey, j) : 1.f;
+  const float ds = pr * (dp * drop - delta) * softcapDerivative<GENERAL>(p, raw) * p.scale;
+  return {kept ? pr * drop : 0.f, kept ? ds : 0.f};
 }
 
 // ---- shared-memory tile loaders (global float32, rows of `width` valid elements) ----

@@ -97,23 +97,24 @@ __global__ void __launch_bounds__(NT) forwardSimtKernel(Problem p, const float* 
     for (int m = 0; m < TM; ++m) {
       const int i = i0 + rowGroup * TM + m;
       float tileMax = -INFINITY;
+      bool kept[TN];
 #pragma unroll
       for (int n = 0; n < TN; ++n) {
         const int j = j0 + ColMap<TN>::col(colGroup, n);
-        const bool kept = (edgeTile || GENERAL) ? isKept<LOCAL, GENERAL>(p, b, h, i, j) : true;
-        const float x = kept ? applyScoreMods<GENERAL>(p, s[m][n] * p.scale, slope, i, j) * kLog2e : -INFINITY;
+        kept[n] = (edgeTile || GENERAL) ? isKept<LOCAL, GENERAL>(p, b, h, i, j) : true;
+        const float x = kept[n] ? applyScoreMods<GENERAL>(p, s[m][n] * p.scale, slope, i, j) * kLog2e : -INFINITY;
         s[m][n] = x;
         tileMax = fmaxf(tileMax, x);
       }
       tileMax = groupMax(tileMax);
       const float mNew = fmaxf(mRow[m], tileMax);
-      // A row with no kept key so far keeps m = -inf and contributes nothing.
+      // Nothing finite so far: m stays -inf and the (zero or NaN) accumulators stay as they are.
       const float alpha = mNew == -INFINITY ? 1.f : exp2f(mRow[m] - mNew);
       mRow[m] = mNew;
       float rowSum = 0.f;
 #pragma unroll
       for (int n = 0; n < TN; ++n) {
-        float pv = mNew == -INFINITY ? 0.f : exp2f(s[m][n] - mNew);
+        float pv = softmaxWeight(kept[n], s[m][n], mNew);
         rowSum += pv;
         if (GENERAL && p.hasDropout) {
           const int j = j0 + ColMap<TN>::col(colGroup, n);
@@ -142,7 +143,7 @@ __global__ void __launch_bounds__(NT) forwardSimtKernel(Problem p, const float* 
     const int i = i0 + rowGroup * TM + m;
     const float l = groupSum(lPart[m]);
     if (i >= p.seqQ) continue;
-    const float inv = l > 0.f ? 1.f / l : 0.f;
+    const float inv = outputScale(l);
     float* orow = out + (((long long)b * p.seqQ + i) * p.heads + h) * p.headDimV;
 #pragma unroll
     for (int d = 0; d < TD; ++d) {
@@ -150,7 +151,7 @@ __global__ void __launch_bounds__(NT) forwardSimtKernel(Problem p, const float* 
       if (c < p.headDimV) orow[c] = o[m][d] * inv;
     }
     if (colGroup == 0)
-      lse[((long long)b * p.heads + h) * p.seqQ + i] = l > 0.f ? (mRow[m] + log2f(l)) * kLn2 : -INFINITY;
+      lse[((long long)b * p.heads + h) * p.seqQ + i] = rowLogSumExp(mRow[m], l);
   }
 }
 
@@ -173,12 +174,7 @@ cudaError_t dispatchFlags(const Problem& p, const float* q, const float* k, cons
   float* kt = static_cast<float*>(workspace);
   cudaError_t err = stageTransposedF32(k, kt, p.batch, p.seqK, p.kvHeads, p.headDim, nkPad, DMAX, s);
   if (err != cudaSuccess) return err;
-  const bool local = p.windowLeft >= 0 || p.windowRight >= 0;
-  const bool general = p.hasAlibi || p.hasSoftcap || p.hasMask || p.hasDropout;
-  if (local) return general ? launch<DMAX, true, true>(p, q, kt, nkPad, v, out, lse, s)
-                            : launch<DMAX, true, false>(p, q, kt, nkPad, v, out, lse, s);
-  return general ? launch<DMAX, false, true>(p, q, kt, nkPad, v, out, lse, s)
-                 : launch<DMAX, false, false>(p, q, kt, nkPad, v, out, lse, s);
+  return OPTIONS_SWITCH(p, [&] { return launch<DMAX, LOCAL, GENERAL>(p, q, kt, nkPad, v, out, lse, s); });
 }
 
 int simtHeadDim(const Problem& p) {

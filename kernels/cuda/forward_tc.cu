@@ -89,15 +89,16 @@ __global__ void __launch_bounds__(NT) forwardTensorCoreKernel(Problem p, const _
     for (int half = 0; half < 2; ++half) {
       const int i = rows[half];
       float tileMax = -INFINITY;
+      bool kept[NBLK][2];
 #pragma unroll
       for (int nb = 0; nb < NBLK; ++nb)
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
           const int j = j0 + nb * 8 + 2 * t + e;
           float& x = s[nb][half * 2 + e];
-          const bool kept = (edgeTile || GENERAL) ? isKept<LOCAL, GENERAL>(p, b, h, i, j) : true;
-          x = !kept ? -INFINITY
-                    : GENERAL ? applyScoreMods<GENERAL>(p, x * p.scale, slope, i, j) * kLog2e : x * scaleLog2;
+          kept[nb][e] = (edgeTile || GENERAL) ? isKept<LOCAL, GENERAL>(p, b, h, i, j) : true;
+          x = !kept[nb][e] ? -INFINITY
+                           : GENERAL ? applyScoreMods<GENERAL>(p, x * p.scale, slope, i, j) * kLog2e : x * scaleLog2;
           tileMax = fmaxf(tileMax, x);
         }
       tileMax = fmaxf(tileMax, __shfl_xor_sync(0xffffffffu, tileMax, 1));
@@ -111,7 +112,7 @@ __global__ void __launch_bounds__(NT) forwardTensorCoreKernel(Problem p, const _
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
           float& x = s[nb][half * 2 + e];
-          float pv = mNew == -INFINITY ? 0.f : exp2f(x - mNew);
+          float pv = softmaxWeight(kept[nb][e], x, mNew);
           rowSum += pv;
           if (GENERAL && p.hasDropout) pv *= dropoutMultiplier(p, rowKey[half], j0 + nb * 8 + 2 * t + e);
           x = pv;
@@ -142,7 +143,7 @@ __global__ void __launch_bounds__(NT) forwardTensorCoreKernel(Problem p, const _
     l += __shfl_xor_sync(0xffffffffu, l, 2);
     const int i = rows[half];
     if (i >= p.seqQ) continue;
-    const float inv = l > 0.f ? 1.f / l : 0.f;
+    const float inv = outputScale(l);
     float* orow = out + (((long long)b * p.seqQ + i) * p.heads + h) * p.headDimV;
 #pragma unroll
     for (int db = 0; db < DBLK; ++db) {
@@ -154,7 +155,7 @@ __global__ void __launch_bounds__(NT) forwardTensorCoreKernel(Problem p, const _
         if (c + 1 < p.headDimV) orow[c + 1] = o[db][half * 2 + 1] * inv;
       }
     }
-    if (t == 0) lse[((long long)b * p.heads + h) * p.seqQ + i] = l > 0.f ? (mRow[half] + log2f(l)) * kLn2 : -INFINITY;
+    if (t == 0) lse[((long long)b * p.heads + h) * p.seqQ + i] = rowLogSumExp(mRow[half], l);
   }
 }
 
@@ -173,12 +174,7 @@ cudaError_t launch(const Problem& p, const __nv_bfloat16* qb, const __nv_bfloat1
 template <int DP>
 cudaError_t dispatchFlags(const Problem& p, const __nv_bfloat16* qb, const __nv_bfloat16* kb,
                           const __nv_bfloat16* vtb, int nqPad, int nkPad, float* out, float* lse, cudaStream_t s) {
-  const bool local = p.windowLeft >= 0 || p.windowRight >= 0;
-  const bool general = p.hasAlibi || p.hasSoftcap || p.hasMask || p.hasDropout;
-  if (local) return general ? launch<DP, true, true>(p, qb, kb, vtb, nqPad, nkPad, out, lse, s)
-                            : launch<DP, true, false>(p, qb, kb, vtb, nqPad, nkPad, out, lse, s);
-  return general ? launch<DP, false, true>(p, qb, kb, vtb, nqPad, nkPad, out, lse, s)
-                 : launch<DP, false, false>(p, qb, kb, vtb, nqPad, nkPad, out, lse, s);
+  return OPTIONS_SWITCH(p, [&] { return launch<DP, LOCAL, GENERAL>(p, qb, kb, vtb, nqPad, nkPad, out, lse, s); });
 }
 
 }  // namespace

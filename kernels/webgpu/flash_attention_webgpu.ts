@@ -15,7 +15,7 @@ import {
   shaderKeyOf, unpack, unroll, WebGPUBackend, withDeviceErrorCheck,
 } from './program';
 import { subgroupMinSizeOf } from './subgroups';
-import { chooseTiles, threadsOf, TileConfig, vec4Count } from './tiles';
+import { chooseTiles, paddedVec4, threadsOf, TileConfig, vec4Count } from './tiles';
 import { optionUniforms } from './uniforms';
 import {
   dotTileWGSL, keptAt, keptBitsWGSL, keyTileLoopWGSL, loadTileWGSL, passPrologueWGSL, prefetchedTileWGSL,
@@ -57,14 +57,20 @@ export class FlashForwardProgram extends FlashProgram {
     const rows = (body: (r: number) => string) => unroll(t.rowsPerThread, body);
     const cols = (body: (c: number) => string) => unroll(t.colsPerThread, body);
     const stream = { count: t.cols, threads: threadsOf(t), seqLen: 'nk', heads: 'kvHeads', head: 'kvh' };
-    const kPre = prefetchedTileWGSL({ name: 'kNext', tile: 'kTile', src: 'k', width: 'D', width4: d4, ...stream });
-    const vPre = prefetchedTileWGSL({ name: 'vNext', tile: 'vTile', src: 'v', width: 'DV', width4: dv4, ...stream });
+    // With sharedKV, K and V take turns in kvTile: the next K is prefetched as usual, and this
+    // tile's V is loaded into registers at the top of the iteration (its latency hidden by the
+    // scores) and stored once every thread is done reading K.
+    const shared = !!t.sharedKV;
+    const [kTile, vTile] = shared ? ['kvTile', 'kvTile'] : ['kTile', 'vTile'];
+    const kPre = prefetchedTileWGSL({ name: 'kNext', tile: kTile, src: 'k', width: 'D', width4: d4, ...stream });
+    const vPre = prefetchedTileWGSL({ name: shared ? 'vNow' : 'vNext', tile: vTile, src: 'v', width: 'DV', width4: dv4, ...stream });
     return `
     ${tileConstants(t, headDim, headDimV)}
     // Rows read by several thread rows at once are padded to an odd vec4 count (no bank conflicts).
     var<workgroup> qTile : array<array<vec4<f32>, D4P>, ROWS>;
+    ${shared ? `var<workgroup> kvTile : array<array<vec4<f32>, ${Math.max(paddedVec4(headDim), dv4)}>, COLS>;` : `
     var<workgroup> kTile : array<array<vec4<f32>, D4P>, COLS>;
-    var<workgroup> vTile : array<array<vec4<f32>, DV4>, COLS>;
+    var<workgroup> vTile : array<array<vec4<f32>, DV4>, COLS>;`}
     var<workgroup> pTile : array<array<vec4<f32>, COLS4P>, ROWS>;
     ${reduce.shared ? 'var<workgroup> rowPartial : array<array<f32, TCP>, ROWS>;' : ''}
     ${optionHelpers(f)}
@@ -98,10 +104,12 @@ export class FlashForwardProgram extends FlashProgram {
       ${unroll(vj, jj => `acc_${r}_${jj} = vec4<f32>(0.0);`, ' ')}`)}
 
       // Forward inner loop.
-      ${keyTileLoopWGSL(f, [kPre, vPre], `
+      ${keyTileLoopWGSL(f, shared ? [kPre] : [kPre, vPre], `
+        ${shared ? `${vPre.declare}
+        ${vPre.load('col0')}` : ''}
         ${registersWGSL('s', 'f32', t.rowsPerThread, t.colsPerThread)}
         ${rows(r => cols(c => `s_${r}_${c} = 0.0;`))}
-        ${dotTileWGSL(t, 's', 'qTile', 'kTile', d4, t.unroll)}
+        ${dotTileWGSL(t, 's', 'qTile', kTile, d4, t.unroll)}
 
         ${keptBitsWGSL(t, true)}
         ${reduce.declare('rowMax')}
@@ -116,7 +124,8 @@ export class FlashForwardProgram extends FlashProgram {
           }`)}
           ${reduce.publish('rowMax', 'max', r)}
         }`)}
-        ${reduce.barrier}
+        ${shared ? `workgroupBarrier();   // every thread is done with K: V takes its place
+        ${vPre.store}` : reduce.barrier}
 
         ${rows(r => `{
           let row = tr * RPT + ${r};
@@ -141,7 +150,7 @@ export class FlashForwardProgram extends FlashProgram {
           }`)}
         }`)}
         workgroupBarrier();
-        ${weightedSumWGSL(t, 'acc', 'pTile', 'vTile', dv4)}
+        ${weightedSumWGSL(t, 'acc', 'pTile', vTile, dv4)}
         workgroupBarrier();
       `)}
 

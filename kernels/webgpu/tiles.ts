@@ -19,13 +19,21 @@ export interface TileConfig {
   /** vec4 steps per iteration of the head-dim dot-product loop (it must divide the loop). */
   unroll: number;
   /**
-   * Backward passes: head-dim columns (score products) or rows (accumulating products) staged
-   * through workgroup memory per step; the largest of depth, 8, 4 that fits the device and
-   * divides cols is used. Default 16.
+   * Backward passes: head-dim columns staged through workgroup memory per step of the score
+   * products (S, dP). Default 16; chooseTiles halves it (and accumulateDepth) until the stages fit
+   * the device's workgroup memory and MAX_PREFETCH_PER_THREAD.
    */
   depth?: number;
-  /** Backward passes: rows of the value tensors staged per step of the accumulating products (default depth). */
+  /** Backward passes: value rows staged per step of the accumulating products (default depth; divides cols). */
   accumulateDepth?: number;
+  /**
+   * Forward only: K and V take turns in one workgroup tile (V is stored once the scores are
+   * computed), so wide head dims fit tiles with more rows. Checked against float64; on the H200
+   * (2026-12-02, a sweep with too short a warm-up, BENCHMARKS.md) it read 4.5-7.6x faster at
+   * headDim 256 (32 x 8 and 16 x 16 tiles against 16 x 8) and 8.9 against 11.6 ms at 128 (64 x 16),
+   * slower at 64: not among the candidates until a clean sweep confirms it.
+   */
+  sharedKV?: boolean;
 }
 
 export const vec4Count = (n: number) => Math.ceil(n / 4);
@@ -44,9 +52,9 @@ export function workgroupBytes(pass: Pass, t: TileConfig, headDim: number, headD
   function passBytes(): number {
     const d4p = paddedVec4(headDim), dv4p = paddedVec4(headDimV), cols4p = cols4 | 1;
     switch (pass) {
-      case 'forward':   // q [rows][d4p], k [cols][d4p], v [cols][dv4], p [rows][cols4p], row partials
-        return 16 * (t.rows * d4p + t.cols * d4p + t.cols * dv4 + t.rows * cols4p) +
-               4 * t.rows * (threadCols | 1);
+      case 'forward':   // q [rows][d4p], k [cols][d4p], v [cols][dv4] (or k/v in turn), p [rows][cols4p], row partials
+        return 16 * (t.rows * d4p + (t.sharedKV ? t.cols * Math.max(d4p, dv4) : t.cols * (d4p + dv4)) +
+                     t.rows * cols4p) + 4 * t.rows * (threadCols | 1);
       case 'dq':        // two staging buffers [depth][stage4], dS^T [cols][rows4p]
       case 'dkdv': {    // two staging buffers, P^T and dS^T [cols][rows4p]
         const l = backwardLayout(t, headDim, headDimV);
@@ -83,10 +91,12 @@ const bwd = (rows: number, cols: number, rowsPerThread: number, colsPerThread: n
  * the next candidates with more threads for the same tile bytes measured 12x faster than the
  * 32-thread tiles that followed (forward 32 x 16 at 2 x 2 per thread: 140 -> 11.3 ms; backward
  * 16 x 16 at 1 x 2: forward + backward 670 -> 85 ms; H100, seq 4096, 16 heads, GPU time).
+ * Near headDim 256 only the forward's sharedKV 32 x 8 tile (64 threads) fits before 16 x 8 (16
+ * threads): H200, seq 4096, 16 heads, 149 against 1137 ms (BENCHMARKS.md, WebGPU forward on the H200).
  */
 const CANDIDATES: Record<Pass, TileConfig[]> = {
   forward: [cfg(64, 32, 4, 4, 4), cfg(64, 32, 2, 2), cfg(64, 32, 2), cfg(32, 32, 4), cfg(32, 16, 2, 2), cfg(32, 16, 4),
-            cfg(16, 16, 2), cfg(16, 8, 2), cfg(8, 8, 1), cfg(4, 4, 1), cfg(2, 4, 1)],
+            cfg(16, 16, 2), { ...cfg(32, 8, 2, 2), sharedKV: true }, cfg(16, 8, 2), cfg(8, 8, 1), cfg(4, 4, 1), cfg(2, 4, 1)],
   // Backward (H200, N = 4096, 16 heads, GPU time; kernels/webgpu/tune/backward.sh): the dQ pass at
   // 128 x 64 with 8 x 4 per thread (d 64: 4.32 ms against 5.00 for 64 x 64 at 4 x 4; d 128: 9.04
   // against 9.48), the dK/dV pass at 64 x 64 with 4 x 4 (d 64: 6.57 ms; 64 x 32, 32 x 64, 8 x 4 and

@@ -22,7 +22,7 @@ export interface FlashAttentionOptions {
   mask?: Tensor;
   /** Dropout on the attention probabilities, in [0, 1). */
   dropoutRate?: number;
-  /** Seed of the counter-based dropout mask; random when omitted. */
+  /** Seed of the counter-based dropout mask: an integer in [0, 2^32); random when omitted. */
   seed?: number;
   /** Also return the row log-sum-exp [batch, heads, seqQ]. */
   returnLogSumExp?: boolean;
@@ -69,12 +69,35 @@ export function validateQKV(q: Tensor, k: Tensor, v: Tensor): AttentionDims {
   return dims;
 }
 
+/** The largest finite float32: kernels read scale, softcap and ALiBi slopes as float32. */
+export const FLOAT32_MAX = 3.4028234663852886e38;
+
+function describeValue(x: unknown): string {
+  if (x === null || typeof x !== 'object') return typeof x === 'string' ? JSON.stringify(x) : String(x);
+  const name = (x as object).constructor?.name ?? 'null-prototype object';
+  return `${/^[aeiou]/i.test(name) ? 'an' : 'a'} ${name}`;
+}
+
+/**
+ * Options must be a plain object: anything else (a Map, an array, a tensor passed in the wrong
+ * place) would have its settings silently ignored.
+ */
+export function validateOptionsObject(options: unknown): asserts options is FlashAttentionOptions {
+  check(options !== null && typeof options === 'object' && Object.prototype.toString.call(options) === '[object Object]'
+        && !(options instanceof Tensor),
+        () => `options must be a plain object such as { causal: true }, but got ${describeValue(options)}`);
+}
+
+/** A number that is finite as float32 (what the kernels compute with). */
+const isFiniteFloat32 = (x: number) => Math.abs(x) <= FLOAT32_MAX;
+
 /**
  * Validates the scalar options and normalises them. Tensor options (mask, alibiSlopes) are
  * validated by the op, which owns their conversion to tensors.
  */
 export function normalizeAttrs(dims: AttentionDims, options: FlashAttentionOptions,
                                hasAlibi: boolean, hasMask: boolean): FlashAttentionAttrs {
+  validateOptionsObject(options);
   const known = new Set(['causal', 'scale', 'softcap', 'alibiSlopes', 'windowSize', 'mask',
                          'dropoutRate', 'seed', 'returnLogSumExp', 'precision']);
   for (const key of Object.keys(options)) {
@@ -82,16 +105,19 @@ export function normalizeAttrs(dims: AttentionDims, options: FlashAttentionOptio
   }
   const scale = options.scale ?? 1 / Math.sqrt(dims.headDim);
   check(typeof scale === 'number' && Number.isFinite(scale), () => `scale must be a finite number, but got ${options.scale}`);
+  check(isFiniteFloat32(scale), () => `scale must fit in float32 (|scale| <= ${FLOAT32_MAX}), but got ${scale}`);
   const softcap = options.softcap ?? 0;
   check(typeof softcap === 'number' && Number.isFinite(softcap) && softcap >= 0,
         () => `softcap must be a finite number >= 0 (0 = off), but got ${options.softcap}`);
+  check(isFiniteFloat32(softcap), () => `softcap must fit in float32 (softcap <= ${FLOAT32_MAX}), but got ${softcap}`);
   const dropoutRate = options.dropoutRate ?? 0;
   check(typeof dropoutRate === 'number' && dropoutRate >= 0 && dropoutRate < 1,
         () => `dropoutRate must be in [0, 1), but got ${options.dropoutRate}`);
-  check(options.seed === undefined || (typeof options.seed === 'number' && Number.isFinite(options.seed)),
-        () => `seed must be a finite number, but got ${options.seed}`);
-  const seed = options.seed === undefined ? Math.floor(Math.random() * 4294967296) >>> 0
-                                          : Math.trunc(options.seed) >>> 0;
+  check(options.seed === undefined || (isIntegerAtLeast(options.seed, 0) && options.seed < 2 ** 32),
+        () => `seed must be an integer in [0, 2^32), but got ${describeValue(options.seed)}`);
+  const seed = options.seed ?? Math.floor(Math.random() * 2 ** 32);
+  check(options.returnLogSumExp === undefined || typeof options.returnLogSumExp === 'boolean',
+        () => `returnLogSumExp must be a boolean, but got ${describeValue(options.returnLogSumExp)}`);
   const precision = options.precision ?? 'highest';
   check(precision === 'highest' || precision === 'fast',
         () => `precision must be 'highest' or 'fast', but got ${JSON.stringify(options.precision)}`);
@@ -103,7 +129,9 @@ export function normalizeAttrs(dims: AttentionDims, options: FlashAttentionOptio
     const w = options.windowSize;
     check(Array.isArray(w) && w.length === 2 && w.every(x => isIntegerAtLeast(x, -1)),
           () => `windowSize must be [left, right] with integers >= -1 (-1 = unbounded), but got ${JSON.stringify(w)}`);
-    [windowLeft, windowRight] = w;
+    // A window wider than seqQ + seqK keeps every key: it is unbounded, so no backend ever sees a
+    // value beyond int32 (WGSL i32, the CUDA ABI's int).
+    [windowLeft, windowRight] = w.map(x => (x >= dims.seqQ + dims.seqK ? -1 : x));
   }
   if (options.causal) windowRight = windowRight < 0 ? 0 : Math.min(windowRight, 0);
 

@@ -145,11 +145,12 @@ def reference(c, q, k, v, dy, slopes, mask):
     kept = kept[None, None].expand(B, H, Nq, Nk)
     if mask is not None:
         kept = kept & mask.expand(B, H, Nq, Nk)
-    # A large finite fill (not -inf) keeps autograd free of NaN; multiplying by `kept` then
-    # zeroes rows with no kept key, as the contract asks.
+    # A large finite fill (not -inf) keeps autograd free of NaN; selecting by `kept` then zeroes
+    # rows with no kept key, as the contract asks, and keeps a masked key out of every result
+    # (its P and its gradient are exactly 0, even when NaN or Inf inputs make the row NaN).
     sm = s.masked_fill(~kept, -1e300)
     lse = torch.logsumexp(sm, dim=-1)
-    p = torch.exp(sm - lse[..., None]) * kept
+    p = torch.where(kept, torch.exp(sm - lse[..., None]), torch.zeros((), dtype=sm.dtype, device=sm.device))
     lse = lse.masked_fill(~kept.any(-1), -math.inf)
     if c['dropout'] > 0:
         bh = (torch.arange(B, device=q.device)[:, None] * H + torch.arange(H, device=q.device)[None, :])
@@ -261,6 +262,56 @@ CASES = [
 ]
 
 
+# NaN and Inf in q, k, v must propagate as through the plain composite (a NaN query row gives a NaN
+# output row and NaN logsumexp, not an empty row). Cases without masks or windows: there a dense
+# reference and a tiled kernel agree on where 0 * NaN products land. (tensor, index, value);
+# index None = the whole last dimension.
+NONFINITE_CASES = [
+    ('NaN in one q row', dict(B=2, Nq=100, Nk=90, H=2), ('q', (1, 37, 1, None), math.nan)),
+    ('NaN in one q row, headDim 128', dict(Nq=150, Nk=150, D=128), ('q', (0, 140, 0, None), math.nan)),
+    ('NaN in one k element, GQA 4/2', dict(Nq=80, Nk=130, H=4, Hkv=2), ('k', (0, 64, 1, 5), math.nan)),
+    ('NaN in one v element', dict(Nq=90, Nk=110, H=2), ('v', (0, 20, 1, 9), math.nan)),
+    ('+Inf in one v element', dict(Nq=90, Nk=110, H=2), ('v', (0, 20, 1, 9), math.inf)),
+]
+
+
+def nonfinite_err(x, ref):
+    """inf unless x is non-finite exactly where ref is; else rel_err over the finite entries."""
+    finite = torch.isfinite(ref)
+    if not torch.equal(torch.isfinite(x), finite):
+        return math.inf
+    return rel_err(x[finite], ref[finite]) if finite.any() else 0.0
+
+
+def run_nonfinite_checks(kern, gen):
+    rows, all_ok = [], True
+    for name, spec, (tensor_name, index, value) in NONFINITE_CASES:
+        c = normalize(spec)
+        gen.manual_seed(zlib.crc32(name.encode()))
+        q, k, v, dy, slopes, mask = make_inputs(c, gen)
+        x = dict(q=q, k=k, v=v)[tensor_name]
+        x[tuple(slice(None) if i is None else i for i in index)] = value
+        ref = reference(c, q, k, v, dy, slopes, mask)
+        e = {}
+        for precision, label in ((0, ''), (1, 'fast_')):
+            p = params_for(c, slopes, mask, precision)
+            out, lse = kern.forward(p, q, k, v)
+            got = (out, lse) + kern.backward(p, q, k, v, out, lse, dy)
+            torch.cuda.synchronize()
+            for key, g, r in zip(('out', 'lse', 'dq', 'dk', 'dv'), got, ref):
+                e[label + key] = nonfinite_err(g, r)
+        nonfinite = {key: int((~torch.isfinite(r)).sum()) for key, r in zip(('out', 'lse', 'dq', 'dk', 'dv'), ref)}
+        ok = (max(e[k_] for k_ in ('out', 'lse')) < 1e-5 and max(e[k_] for k_ in ('dq', 'dk', 'dv')) < 1e-4
+              and max(e[k_] for k_ in ('fast_out', 'fast_lse')) < 2e-2
+              and max(e[k_] for k_ in ('fast_dq', 'fast_dk', 'fast_dv')) < 5e-2 and nonfinite['out'] > 0)
+        all_ok &= ok
+        rows.append(dict(name=name, errors=e, nonfinite_in_reference=nonfinite, ok=ok))
+        print('%-34s %9.2e %9.2e %9.2e %9.2e %9.2e | %9.2e %9.2e %9.2e  non-finite in ref: %s %s' % (
+            name, e['out'], e['lse'], e['dq'], e['dk'], e['dv'], e['fast_out'], e['fast_lse'],
+            max(e['fast_dq'], e['fast_dk'], e['fast_dv']), nonfinite, 'ok' if ok else 'FAIL'))
+    return rows, all_ok
+
+
 def run_checks(kern, report):
     n, bad = check_dropout_vectors()
     report['dropout_vectors'] = {'cases': n, 'mismatches': bad}
@@ -304,6 +355,9 @@ def run_checks(kern, report):
         print('%-34s %9.2e %9.2e %9.2e %9.2e %9.2e | %9.2e %9.2e %9.2e  %s %s' % (
             name, e['out'], e['lse'], e['dq'], e['dk'], e['dv'], e['fast_out'], e['fast_lse'], e['fast_grad'],
             'yes' if det else 'NO', 'ok' if ok else 'FAIL'))
+    print('NaN/Inf inputs: non-finite exactly where the float64 reference is, errors over the finite entries')
+    report['nonfinite_checks'], nonfinite_ok = run_nonfinite_checks(kern, gen)
+    all_ok &= nonfinite_ok
     report['checks'] = rows
     report['worst'] = worst
     report['checks_ok'] = all_ok

@@ -9,7 +9,7 @@
 import {
   engine, GradConfig, NamedAttrMap, registerGradient, Tensor, zeros, zerosLike,
 } from '@tensorflow/tfjs-core';
-import { FlashAttention, FlashAttentionGrad, FlashAttentionGradInputs } from '../contract';
+import { FlashAttention, FlashAttentionGrad, FlashAttentionGradInputs } from '../src/contract';
 
 export const flashAttentionGradConfig: GradConfig = {
   kernelName: FlashAttention,
