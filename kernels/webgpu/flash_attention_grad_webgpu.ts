@@ -145,10 +145,19 @@ function stageCount(l: StageLoad, t: TileConfig): number {
  */
 interface Phase { chunks: number; loads: (k: string) => StageLoad[]; compute: (k: string) => string; }
 
+/**
+ * Loads of more floats per thread than this are not prefetched but read straight into workgroup
+ * memory after the step's first barrier: unrolled, they made SwiftShader's compiler use over
+ * 20 GB (headDim 256 on 16-thread tiles). The tuned H200 tiles prefetch at most 4.
+ */
+const MAX_UNROLLED_PREFETCH = 8;
+const prefetched = (l: StageLoad, t: TileConfig) => Math.ceil(stageCount(l, t) / threadsOf(t)) <= MAX_UNROLLED_PREFETCH;
+
 /** WGSL of the register prefetch of one step: pf{n}_{u} = this thread's elements of each load. */
 function prefetchWGSL(loads: StageLoad[], t: TileConfig, depth: number, guard = ''): string {
   const nt = threadsOf(t);
   return loads.map((l, n) => {
+    if (!prefetched(l, t)) return '';
     const count = stageCount(l, t);
     const perThread = Math.ceil(count / nt);
     return unroll(perThread, u => {
@@ -174,6 +183,21 @@ function storeStageWGSL(loads: StageLoad[], t: TileConfig, depth: number): strin
   const nt = threadsOf(t);
   return loads.map((l, n) => {
     const count = stageCount(l, t);
+    if (!prefetched(l, t)) {
+      const [row, x] = l.transposed ? ['idx / DEPTH', 'idx % DEPTH'] : [`idx / ${l.width4! * 4}`, `idx % ${l.width4! * 4}`];
+      const target = l.transposed ? `${l.stage}[(idx % DEPTH) * ${l.rows}_STAGE4 + (idx / DEPTH) / 4][(idx / DEPTH) % 4]`
+          : `${l.stage}[(idx / ${l.width4! * 4}) * ${l.width4} + (idx % ${l.width4! * 4}) / 4][idx % 4]`;
+      return `
+          for (var idx = tid; idx < ${count}; idx += NT) {
+            let row = ${l.first} + ${row};
+            let x = ${l.transposed ? `${l.x0} + ${x}` : x};
+            var val = 0.0;
+            if (row < ${l.seq} && x < ${l.width}) {
+              val = ${l.src}[((b * ${l.seq} + row) * ${l.heads} + ${l.head}) * ${l.width} + x]${l.mul ? ` * ${l.mul}` : ''};
+            }
+            ${target} = val;
+          }`;
+    }
     return unroll(Math.ceil(count / nt), u => {
       const idx = `tid + ${u * nt}`;
       const target = l.transposed
@@ -190,7 +214,7 @@ function prefetchRegistersWGSL(phases: Phase[], t: TileConfig, depth: number): s
   return [0, 1].map(n => {
     const most = Math.max(0, ...phases.map(p => {
       const l = p.loads('0')[n];
-      return l ? Math.ceil(stageCount(l, t) / nt) : 0;
+      return l && prefetched(l, t) ? Math.ceil(stageCount(l, t) / nt) : 0;
     }));
     return unroll(most, u => `var pf${n}_${u} = 0.0;`, ' ');
   }).join(' ');
