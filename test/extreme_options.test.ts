@@ -8,14 +8,12 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import '../src/index';
-import { setTileConfigOverride, TileConfig } from '../kernels/webgpu/tiles';
 import { caseData, CaseSpec, compare, describeCase, F32_TOLERANCE, reference, runOp } from './helpers/attention_case';
 import { CPU_PATHS, registerFallbackBackend } from './helpers/backends';
-import { destroyWebGPU, gpuTest, HAS_GPU, takeUncapturedErrors, useWebGPU } from './helpers/webgpu_env';
+import { gpuTest, takeUncapturedErrors, useBackendForSuite } from './helpers/webgpu_env';
 
 registerFallbackBackend();
 
-const TINY_TILES: TileConfig = { rows: 8, cols: 8, rowsPerThread: 1, colsPerThread: 4, unroll: 1 };
 const COMPILE_HEAVY_MS = 600000;
 const dims = { batch: 1, seqQ: 13, seqK: 17, heads: 2, kvHeads: 1, headDim: 8, headDimV: 8 };
 
@@ -41,18 +39,7 @@ const WINDOWS: Array<[number, number]> = [
 
 describe.each([{ name: 'webgpu', backend: 'webgpu' }, ...CPU_PATHS])('extreme option values on the $name', ({ backend }) => {
   const run = backend === 'webgpu' ? gpuTest : test;
-  beforeAll(async () => {
-    if (backend === 'webgpu') {
-      if (!HAS_GPU) return;
-      await useWebGPU();
-      setTileConfigOverride({ forward: TINY_TILES, dq: TINY_TILES, dkdv: TINY_TILES });
-    } else {
-      await tf.setBackend(backend);
-    }
-  });
-  afterAll(() => {
-    if (backend === 'webgpu') { setTileConfigOverride({}); destroyWebGPU(); }
-  });
+  useBackendForSuite(backend);
 
   run(`softcap ${SOFTCAPS.join(', ')}: forward < 1e-5, gradients < 1e-4`, async () => {
     const cases = SOFTCAPS.map((softcap, i): CaseSpec => ({ dims, seed: 40 + i, softcap, causal: i % 2 === 1 }));

@@ -8,9 +8,8 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import { FlashMultiHeadAttention, FlashMultiHeadAttentionArgs, flashMultiHeadAttention } from '../src/index';
-import { FlashAttention } from '../src/contract';
 import { randomMaskWithoutEmptyRows, randomTensor, relativeError } from './helpers/tfjs_mha';
-import { destroyWebGPU, HAS_GPU } from './helpers/webgpu_env';
+import { LAYER_BACKENDS, useLayerBackend } from './helpers/layer_backends';
 
 const ERROR = (message: RegExp) => new RegExp(`^Error in flashMultiHeadAttention: .*${message.source}`);
 const NONZERO_BIASES = tf.initializers.randomNormal({ mean: 0, stddev: 0.5 });
@@ -125,24 +124,9 @@ describe('checks run before the layer is built', () => {
   });
 });
 
-const BACKENDS = [
-  { backend: 'cpu', available: true },
-  // Without the WebGPU kernel flashAttention would take the fallback, whose reads Node cannot do.
-  { backend: 'webgpu', available: HAS_GPU && tf.getKernel(FlashAttention, 'webgpu') != null },
-];
-
-describe.each(BACKENDS)('on $backend', ({ backend, available }) => {
+describe.each(LAYER_BACKENDS)('on $backend', ({ backend, available }) => {
   const run = available ? test : test.skip;
-  beforeAll(async () => {
-    if (!available) return;
-    // tfjs-webgpu runs tiny ops on the CPU and reads their inputs back synchronously (no OffscreenCanvas in Node).
-    if (backend === 'webgpu') tf.env().set('WEBGPU_CPU_FORWARD', false);
-    expect(await tf.setBackend(backend)).toBe(true);
-  });
-  afterAll(async () => {
-    if (backend === 'webgpu') destroyWebGPU();
-    await tf.setBackend('cpu');
-  });
+  useLayerBackend({ backend, available });
 
   describe('returnAttentionScores: [output, scores] as in Keras', () => {
     run('eagerly: the output of a plain call and the scores of callAndReturnAttentionScores', async () => {

@@ -12,10 +12,9 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import { flashMultiHeadAttention } from '../src/index';
-import { FlashAttention } from '../src/contract';
 import { randomTensor, relativeError } from './helpers/tfjs_mha';
 import { rng } from './helpers/attention_case';
-import { destroyWebGPU, HAS_GPU } from './helpers/webgpu_env';
+import { LAYER_BACKENDS, useLayerBackend } from './helpers/layer_backends';
 
 const [VOCAB, SEQ, DIM, BATCH] = [11, 6, 8, 8];
 type Input = tf.Tensor | tf.SymbolicTensor;
@@ -144,24 +143,9 @@ async function savedAndLoaded(model: tf.LayersModel): Promise<tf.LayersModel> {
   return tf.loadLayersModel(tf.io.fromMemory(saved!));
 }
 
-const BACKENDS = [
-  { backend: 'cpu', available: true },
-  // Without the WebGPU kernel flashAttention would take the fallback, whose reads Node cannot do.
-  { backend: 'webgpu', available: HAS_GPU && tf.getKernel(FlashAttention, 'webgpu') != null },
-];
-
-describe.each(BACKENDS)('on $backend', ({ backend, available }) => {
+describe.each(LAYER_BACKENDS)('on $backend', ({ backend, available }) => {
   const run = available ? test : test.skip;
-  beforeAll(async () => {
-    if (!available) return;
-    // tfjs-webgpu runs tiny ops on the CPU and reads their inputs back synchronously (no OffscreenCanvas in Node).
-    if (backend === 'webgpu') tf.env().set('WEBGPU_CPU_FORWARD', false);
-    expect(await tf.setBackend(backend)).toBe(true);
-  });
-  afterAll(async () => {
-    if (backend === 'webgpu') destroyWebGPU();
-    await tf.setBackend('cpu');
-  });
+  useLayerBackend({ backend, available });
 
   run.each(ARCHITECTURES.filter(([, , onGpu]) => backend === 'cpu' || onGpu))(
       '%s: predict equals the eager layers; evaluate, fit with validation (cpu), save and load work', async (_, make) => {

@@ -13,8 +13,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { AttentionOptions } from '../src/layer';
 import { FlashMultiHeadAttention } from '../src/index';
-import { FlashAttention } from '../src/contract';
-import { destroyWebGPU, HAS_GPU } from './helpers/webgpu_env';
+import { LAYER_BACKENDS, useLayerBackend } from './helpers/layer_backends';
 
 type Shape = Array<number | null>;
 
@@ -27,24 +26,9 @@ async function maxAbsDiff(a: tf.Tensor, b: tf.Tensor): Promise<number> {
 /** tfjs's expectTensorsClose / expectTensorsNotClose tolerance. */
 const EPSILON = 1e-3;
 
-const BACKENDS = [
-  { backend: 'cpu', available: true },
-  // Without the WebGPU kernel flashAttention would take the fallback, whose reads Node cannot do.
-  { backend: 'webgpu', available: HAS_GPU && tf.getKernel(FlashAttention, 'webgpu') != null },
-];
-
-describe.each(BACKENDS)('MultiHeadAttention suite on $backend', ({ backend, available }) => {
+describe.each(LAYER_BACKENDS)('MultiHeadAttention suite on $backend', ({ backend, available }) => {
   const it = available ? test : test.skip;
-  beforeAll(async () => {
-    if (!available) return;
-    // tfjs-webgpu runs tiny ops on the CPU and reads their inputs back synchronously (no OffscreenCanvas in Node).
-    if (backend === 'webgpu') tf.env().set('WEBGPU_CPU_FORWARD', false);
-    expect(await tf.setBackend(backend)).toBe(true);
-  });
-  afterAll(async () => {
-    if (backend === 'webgpu') destroyWebGPU();
-    await tf.setBackend('cpu');
-  });
+  useLayerBackend({ backend, available });
 
   describe('Non Masked Attention', () => {
     it.each([

@@ -16,13 +16,12 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import '../src/index';
-import { setTileConfigOverride, TileConfig } from '../kernels/webgpu/tiles';
 import {
   CaseData, caseData, CaseSpec, comboCase, describeCase, F32_TOLERANCE, OpResult, reference, runOp,
 } from './helpers/attention_case';
 import { checkOutput, compositeFloat64, kind, SPECIAL, withNonFinite } from './helpers/nonfinite';
 import { CPU_PATHS, registerFallbackBackend } from './helpers/backends';
-import { destroyWebGPU, gpuTest, HAS_GPU, takeUncapturedErrors, useWebGPU } from './helpers/webgpu_env';
+import { gpuTest, takeUncapturedErrors, useBackendForSuite } from './helpers/webgpu_env';
 
 registerFallbackBackend();
 
@@ -77,7 +76,6 @@ function fullyMaskedRowCase(): { c: CaseSpec; d: CaseData; finite: CaseData } {
   return { c, d: { ...base, mask, q, k, v }, finite: { ...base, mask } };
 }
 
-const TINY_TILES: TileConfig = { rows: 8, cols: 8, rowsPerThread: 1, colsPerThread: 4, unroll: 1 };
 const COMPILE_HEAVY_MS = 600000;
 
 const BACKENDS = [{ name: 'webgpu', backend: 'webgpu' }, ...CPU_PATHS];
@@ -123,18 +121,7 @@ describe('the float64 composite used as the oracle', () => {
 
 describe.each(BACKENDS)('NaN and Infinity propagate on the $name', ({ backend }) => {
   const run = backend === 'webgpu' ? gpuTest : test;
-  beforeAll(async () => {
-    if (backend === 'webgpu') {
-      if (!HAS_GPU) return;
-      await useWebGPU();
-      setTileConfigOverride({ forward: TINY_TILES, dq: TINY_TILES, dkdv: TINY_TILES });
-    } else {
-      await tf.setBackend(backend);
-    }
-  });
-  afterAll(() => {
-    if (backend === 'webgpu') { setTileConfigOverride({}); destroyWebGPU(); }
-  });
+  useBackendForSuite(backend);
 
   // The forward and the gradients are separate tests: on WebGPU they are separate kernels.
   for (const [i, { label, flags }] of OPTION_SETS.entries()) {

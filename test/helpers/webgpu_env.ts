@@ -5,6 +5,7 @@
 import * as tf from '@tensorflow/tfjs';
 import '@tensorflow/tfjs-backend-webgpu';
 import type { WebGPUBackend } from '@tensorflow/tfjs-backend-webgpu';
+import { setTileConfigOverride, TileConfig } from '../../kernels/webgpu/tiles';
 
 export const HAS_GPU = !!process.env.WEBGPU_ADAPTER;
 /** `test`, or `test.skip` when there is no WebGPU adapter. */
@@ -36,4 +37,29 @@ export function destroyWebGPU(): void {
 /** Buffers the webgpu backend holds for tensors (the buffer manager's used bytes). */
 export function gpuBytesInUse(): number {
   return (tf.memory() as unknown as { numBytesInGPU: number }).numBytesInGPU;
+}
+
+/**
+ * Tiles small enough that the suites' small shapes span several of them on WebGPU (boundary and
+ * multi-tile paths), whatever the device would choose.
+ */
+export const TINY_TILES: TileConfig = { rows: 8, cols: 8, rowsPerThread: 1, colsPerThread: 4, unroll: 1 };
+
+/**
+ * Runs the enclosing describe block on `backend`: webgpu with TINY_TILES in every pass (and the
+ * device destroyed afterwards), or a cpu path by name.
+ */
+export function useBackendForSuite(backend: string): void {
+  beforeAll(async () => {
+    if (backend === 'webgpu') {
+      if (!HAS_GPU) return;
+      await useWebGPU();
+      setTileConfigOverride({ forward: TINY_TILES, dq: TINY_TILES, dkdv: TINY_TILES });
+    } else {
+      await tf.setBackend(backend);
+    }
+  });
+  afterAll(() => {
+    if (backend === 'webgpu') { setTileConfigOverride({}); destroyWebGPU(); }
+  });
 }
