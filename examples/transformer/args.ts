@@ -57,3 +57,12 @@ export function numberFlag(flags: Flags, name: string): number {
   if (!Number.isFinite(value)) throw new Error(`--${name} must be a number, got ${flags[name]}`);
   return value;
 }
+
+/** A comma-separated subset of `allowed`, e.g. `--attention=flash,stock`. */
+export function choicesFlag<T extends string>(flags: Flags, name: string, allowed: readonly T[]): T[] {
+  return String(flags[name]).split(',').map(s => {
+    const choice = s as T;
+    if (!allowed.includes(choice)) throw new Error(`--${name} takes ${allowed.join(' and/or ')}, got ${s}`);
+    return choice;
+  });
+}

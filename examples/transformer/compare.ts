@@ -8,7 +8,7 @@
  *   node examples/run.js examples/transformer/compare.ts --backend=webgpu --dim=256 --heads=4 \
  *        --layers=2 --seqs=1024,2048,4096,8192,16384,32768
  */
-import { intFlag, numberFlag, parseFlags } from './args';
+import { choicesFlag, intFlag, numberFlag, parseFlags } from './args';
 import { BackendChoice, prepareBackend } from './backend';
 
 const FLAGS = {
@@ -31,10 +31,7 @@ async function main() {
       if (l !== 'pipelined' && l !== 'trainOnBatch') throw new Error(`--loop takes pipelined or trainOnBatch, got ${l}`);
       return l;
     })(String(flags.loop)),
-    attentions: String(flags.attention).split(',').map(a => {
-      if (a !== 'flash' && a !== 'stock') throw new Error(`--attention takes flash and/or stock, got ${a}`);
-      return a;
-    }),
+    attentions: choicesFlag(flags, 'attention', ['flash', 'stock'] as const),
   });
 }
 

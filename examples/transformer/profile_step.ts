@@ -8,7 +8,7 @@
  *   node examples/run.js examples/transformer/profile_step.ts --backend=webgpu --dim=256 --heads=4 \
  *        --layers=2 --seq=4096
  */
-import { intFlag, parseFlags } from './args';
+import { choicesFlag, intFlag, parseFlags } from './args';
 import { BackendChoice, prepareBackend } from './backend';
 
 const FLAGS = {
@@ -24,10 +24,7 @@ async function main() {
     backend, backendDetail: detail, seq: intFlag(flags, 'seq'), batch: intFlag(flags, 'batch'),
     layers: intFlag(flags, 'layers'), dim: intFlag(flags, 'dim'), heads: intFlag(flags, 'heads'),
     steps: Math.max(1, intFlag(flags, 'steps')), out: String(flags.out), seed: intFlag(flags, 'seed'),
-    attentions: String(flags.attention).split(',').map(a => {
-      if (a !== 'flash' && a !== 'stock') throw new Error(`--attention takes flash and/or stock, got ${a}`);
-      return a;
-    }),
+    attentions: choicesFlag(flags, 'attention', ['flash', 'stock'] as const),
   });
 }
 
