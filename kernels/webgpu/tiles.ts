@@ -118,9 +118,9 @@ export function setTileConfigOverride(o: Partial<Record<Pass, TileConfig>>): voi
 }
 
 /**
- * Floats a thread prefetches into registers per staged chunk is capped: more made SwiftShader's
- * shader compiler run out of memory (tens of GB at headDim 256 with 16 threads), and costs
- * registers on any device.
+ * Floats a thread prefetches into registers per staged chunk (backward) or streamed tile
+ * (forward, wgsl_fragments.ts) is capped: more made SwiftShader's shader compiler run out of
+ * memory (tens of GB at headDim 256 with 16 threads), and costs registers on any device.
  */
 export const MAX_PREFETCH_PER_THREAD = 16;
 

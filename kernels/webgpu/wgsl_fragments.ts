@@ -12,7 +12,7 @@
 import { OptionFlags } from '../../src/contract';
 import { NEG_BIG, NEG_HALF } from './attention_wgsl';
 import { unroll } from './program';
-import { paddedVec4, threadsOf, TileConfig, vec4Count } from './tiles';
+import { MAX_PREFETCH_PER_THREAD, paddedVec4, threadsOf, TileConfig, vec4Count } from './tiles';
 
 /** The WGSL names of the values a pass declares and the fragments read. */
 export interface PassNames {
@@ -165,9 +165,6 @@ export function loadTileWGSL(o: TileSource & { width4: string; count: string; fi
       ${o.tile}[r][c / 4][c % 4] = x;
     }`;
 }
-
-/** Prefetch at most this many floats per thread per streamed tile. */
-export const MAX_PREFETCH_PER_THREAD = 16;
 
 /** A streamed tile split into its register prefetch (declare, load(first)) and its store. */
 export interface PrefetchedTile { declare: string; load: (first: string) => string; store: string; }
