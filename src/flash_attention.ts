@@ -3,8 +3,8 @@ import {
   ones, zeros,
 } from '@tensorflow/tfjs-core';
 import {
-  check, FLOAT32_MAX, FlashAttention, FlashAttentionAttrs, FlashAttentionInputs, FlashAttentionOptions, maskShape4D,
-  normalizeAttrs, shapeStr, validateOptionsObject, validateQKV,
+  check, FlashAttention, FlashAttentionAttrs, FlashAttentionInputs, FlashAttentionOptions, maskShape4D,
+  isFiniteFloat32, normalizeAttrs, shapeStr, validateOptionsObject, validateQKV,
 } from './contract';
 import { flashAttentionBlockwise } from '../kernels/fallback/blockwise';
 import { ensureTensorflowKernels } from '../kernels/tensorflow/register';
@@ -30,7 +30,7 @@ function toSlopes(slopes: FlashAttentionOptions['alibiSlopes'], heads: number): 
     check(Array.isArray(slopes) || slopes instanceof Float32Array, () =>
         `alibiSlopes must be a number[], Float32Array or Tensor1D, but got ${typeof slopes}`);
     const bad = Array.from(slopes as ArrayLike<unknown>)
-        .findIndex(x => typeof x !== 'number' || !(Math.abs(x) <= FLOAT32_MAX));
+        .findIndex(x => typeof x !== 'number' || !isFiniteFloat32(x));
     check(bad < 0, () => `alibiSlopes must be finite float32 numbers, but alibiSlopes[${bad}] is ${
         typeof slopes[bad] === 'string' ? JSON.stringify(slopes[bad]) : String(slopes[bad])}`);
   }

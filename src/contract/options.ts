@@ -89,7 +89,7 @@ export function validateOptionsObject(options: unknown): asserts options is Flas
 }
 
 /** A number that is finite as float32 (what the kernels compute with). */
-const isFiniteFloat32 = (x: number) => Math.abs(x) <= FLOAT32_MAX;
+export const isFiniteFloat32 = (x: number) => Math.abs(x) <= FLOAT32_MAX;
 
 /**
  * Validates the scalar options and normalises them. Tensor options (mask, alibiSlopes) are
