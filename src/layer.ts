@@ -5,8 +5,8 @@
  * beyond Keras it adds grouped-query attention, sliding windows, ALiBi and soft-capping.
  */
 import {
-  add, broadcastTo, cast, concat, fill, linalg, logicalAnd, matMul, max, maximum, mul, ones, range, reshape,
-  serialization, slice, sub, Tensor, Tensor1D, Tensor4D, tidy, transpose, where, zerosLike,
+  add, broadcastTo, cast, concat, getBackend, linalg, logicalAnd, matMul, max, mul, ones, range, reshape,
+  serialization, slice, sum, Tensor, Tensor4D, tidy, transpose, where, zerosLike,
 } from '@tensorflow/tfjs-core';
 import * as tfl from '@tensorflow/tfjs-layers';
 import type { Constraint, ConstraintIdentifier } from '@tensorflow/tfjs-layers/dist/constraints';
@@ -268,10 +268,49 @@ function serializeObject(x: serialization.Serializable | undefined): serializati
  */
 interface CallMasks { query: Tensor | null; key: Tensor | null; attention: Tensor | null }
 
-/** int32 [B]: one past the last true entry of each row of a bool [B, N] mask (0 for none). */
-function pastLastKept(mask: Tensor): Tensor1D {
-  const n = mask.shape[1]!;
-  return max(mul(cast(mask, 'int32'), range(1, n + 1, 1, 'int32')), 1) as Tensor1D;
+/** Where the Keras masks of a call end: see paddingExtents. */
+interface PaddingExtents {
+  /** One past each sequence's last kept query / key (0 for none); null without that mask. */
+  lastQ: number[] | null;
+  lastK: number[] | null;
+  /** Whether every row of the mask is a prefix (right padding): its length then says it all. */
+  queriesArePrefixes: boolean;
+  keysArePrefixes: boolean;
+}
+
+/**
+ * Whether the active backend reads tensors synchronously: tfjs-webgpu does so through an
+ * OffscreenCanvas, which browsers have and Node does not.
+ */
+function canReadSync(): boolean {
+  return getBackend() !== 'webgpu' || typeof OffscreenCanvas !== 'undefined';
+}
+
+/**
+ * The extents of the query's and the value's Keras masks (bool [B, T], [B, S]): per row, one
+ * past the last kept position and whether the row is a prefix, computed on the device and read
+ * back at once (4 x batch int32: the one synchronous read of a padded call, as flashAttention would
+ * make for tensor lengths). Null where that read cannot be made (WebGPU in Node): the masks are
+ * then applied as they are, without lengths.
+ */
+function paddingExtents(queryMask: Tensor | null, keyMask: Tensor | null): PaddingExtents | null {
+  if (!canReadSync()) return null;
+  const masks = [queryMask, keyMask].filter((m): m is Tensor => m != null);
+  const values = tidy(() => concat(masks.flatMap(m => {
+    const kept = cast(m, 'int32');
+    const past = max(mul(kept, range(1, m.shape[1]! + 1, 1, 'int32')), 1);
+    return [past, sum(kept, 1)];
+  }))).dataSync();
+  const batch = masks[0].shape[0]!;
+  const read = (at: number) => {
+    const past = Array.from(values.subarray(2 * at * batch, (2 * at + 1) * batch));
+    const counts = values.subarray((2 * at + 1) * batch, (2 * at + 2) * batch);
+    return { past, prefix: past.every((p, b) => p === counts[b]) };
+  };
+  const q = queryMask ? read(0) : null;
+  const k = keyMask ? read(queryMask ? 1 : 0) : null;
+  return { lastQ: q?.past ?? null, lastK: k?.past ?? null,
+           queriesArePrefixes: q?.prefix ?? true, keysArePrefixes: k?.prefix ?? true };
 }
 
 /** x [B, T, ...] with the rows where kept [B, T] (or [B, 1, T], ...) is false set to 0. */
@@ -832,17 +871,18 @@ export class FlashMultiHeadAttention extends tfl.layers.Layer {
   }
 
   /**
-   * flashAttention's options for a call, and the queries whose output is kept (the query's Keras
-   * mask on the padding path, else null).
+   * flashAttention's options for a call, and the queries whose output is kept (null: all).
    *
-   * Keras padding masks (the query's [B, T], the value's [B, S]) never become a [B, T, S] tensor.
-   * The value's mask goes to the op as a [B, 1, 1, S] mask, and padded query rows are zeroed. The
-   * lengths seqLensQ/seqLensK are set just past each sequence's last kept query / key (computed
-   * on the device, no readback): for right padding (prefix masks) the kernels then skip the
-   * padding, so the cost follows the lengths; a mask with holes stays exact through the mask.
+   * Keras padding masks (the query's [B, T], the value's [B, S]; no attentionMask) never become
+   * a [B, T, S] tensor. Their extents are read back (paddingExtents: one read of 4 x batch int32
+   * per call) and passed as seqLensQ/seqLensK, so the kernels skip the padding and the cost
+   * follows the lengths. A mask that is a prefix in every row (right padding) is said by its
+   * lengths alone; one with holes is applied too, the value's as a [B, 1, 1, S] mask, the query's
+   * by zeroing those rows. Where no synchronous read is possible (WebGPU in Node) the masks are
+   * applied that way without lengths: linear memory still, but no skipped work.
    * Causal masks, windows and ALiBi keep the padded shape's alignment: when they are on, the
    * lengths are widened so that lenK - lenQ = seqK - seqQ in every sequence. An explicit
-   * attentionMask takes the mask path: all masks ANDed into one [B, heads, T, S] mask.
+   * attentionMask takes the mask path: every mask ANDed into one [B, heads, T, S] mask.
    */
   private attentionOptions(batch: number, seqQ: number, seqK: number, useCausalMask: boolean, masks: CallMasks,
                            training: boolean): { options: AttentionOptions, keptQueries: Tensor | null } {
@@ -862,11 +902,39 @@ export class FlashMultiHeadAttention extends tfl.layers.Layer {
       else causalMask = reshape(linalg.bandPart(ones([seqQ, seqK], 'bool'), -1, 0), [1, 1, seqQ, seqK]);
     }
     const padding = masks.attention == null && (masks.query != null || masks.key != null);
+    // The Keras masks' extents and whether they are prefixes, read once (see paddingExtents).
+    const extents = padding ? paddingExtents(masks.query, masks.key) : null;
+    const options: AttentionOptions = {};
+    if (left >= 0 || right >= 0) options.windowSize = [left, right];
+    const lastQ = extents?.lastQ ?? new Array<number>(batch).fill(seqQ);
+    const lastK = extents?.lastK ?? new Array<number>(batch).fill(seqK);
+    if (causalByLengths) {
+      Object.assign(options, { seqLensQ: lastQ, seqLensK: lastQ });
+    } else if (extents) {
+      if (!useCausalMask && !aligned) {
+        if (extents.lastQ) options.seqLensQ = extents.lastQ;
+        if (extents.lastK) options.seqLensK = extents.lastK;
+      } else {
+        // lenQ >= every kept query, lenK = lenQ + seqK - seqQ >= every kept key (and <= seqK).
+        const offset = seqK - seqQ;
+        const lenQ = lastQ.map((len, b) => Math.max(len, lastK[b] - offset));
+        Object.assign(options, { seqLensQ: lenQ, seqLensK: lenQ.map(len => len + offset) });
+      }
+    }
+
     let mask: Tensor | null;
     let keptQueries: Tensor | null = null;
     if (padding) {
-      mask = masks.key && reshape(masks.key, [batch, 1, 1, seqK]);
-      keptQueries = masks.query;
+      // A prefix mask is said by its length alone, unless the lengths had to be widened past
+      // it (alignment); a mask with holes, or unread, is applied too.
+      const widened = (lens: ArrayLike<number> | undefined, last: number[], seq: number) =>
+        last.some((l, b) => l < (lens ? lens[b] : seq));
+      const keysNeedMask = !extents || !extents.keysArePrefixes ||
+          widened(options.seqLensK as number[] | undefined, lastK, seqK);
+      const queriesNeedMask = !extents || !extents.queriesArePrefixes ||
+          widened(options.seqLensQ as number[] | undefined, lastQ, seqQ);
+      mask = masks.key && keysNeedMask ? reshape(masks.key, [batch, 1, 1, seqK]) : null;
+      keptQueries = masks.query && queriesNeedMask ? masks.query : null;
     } else {
       const parts: Tensor[] = [];
       if (masks.query) parts.push(reshape(masks.query, [batch, 1, seqQ, 1]));
@@ -875,30 +943,10 @@ export class FlashMultiHeadAttention extends tfl.layers.Layer {
       mask = parts.length > 0 ? parts.reduce((x, y) => logicalAnd(x, y)) : null;
     }
     if (causalMask) mask = mask ? logicalAnd(mask, causalMask) : causalMask;
-
-    const options: AttentionOptions = {};
-    if (left >= 0 || right >= 0) options.windowSize = [left, right];
     if (mask) {
       const [b, h, t, sk] = mask.shape;
       // A [B, 1, 1, S] key padding mask stays that small; anything else spans the query and key axes.
       options.mask = t === 1 && sk === seqK && padding ? mask : broadcastAxes(mask, [b, h, seqQ, seqK]);
-    }
-    const fullQ = () => fill([batch], seqQ, 'int32');
-    if (causalByLengths) {
-      const lenQ = padding && masks.query ? pastLastKept(masks.query) : fullQ();
-      Object.assign(options, { seqLensQ: lenQ, seqLensK: lenQ });
-    } else if (padding) {
-      const lastQ = masks.query && pastLastKept(masks.query);
-      const lastK = masks.key && pastLastKept(masks.key);
-      if (!useCausalMask && !aligned) {
-        if (lastQ) options.seqLensQ = lastQ;
-        if (lastK) options.seqLensK = lastK;
-      } else {
-        // lenQ >= every kept query, lenK = lenQ + seqK - seqQ >= every kept key (and <= seqK).
-        const offset = seqK - seqQ;
-        const lenQ = maximum(lastQ ?? fullQ(), sub(lastK ?? fill([batch], seqK, 'int32'), offset));
-        Object.assign(options, { seqLensQ: lenQ, seqLensK: add(lenQ, offset) });
-      }
     }
     if (this.alibi !== false) options.alibiSlopes = this.alibi === true ? alibiSlopesFor(this.numHeads) : this.alibi;
     if (this.softcap > 0) options.softcap = this.softcap;

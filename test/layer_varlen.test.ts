@@ -131,10 +131,17 @@ describe.each(LAYER_BACKENDS)('on $backend', ({ backend, available }) => {
       query.kerasMask = undefined;
       value.kerasMask = undefined;
 
-      // The padded call passed lengths and at most a [batch, 1, 1, S] mask.
-      expect(options.maskShape == null || options.maskShape.join() === [batch, 1, 1, c.seqK].join()).toBe(true);
-      expect(await lengthsOf(options.seqLensQ)).toEqual(c.expectLens?.q);
-      expect(await lengthsOf(options.seqLensK)).toEqual(c.expectLens?.k);
+      // The padded call passed lengths, and a [batch, 1, 1, S] mask only for keys with holes. WebGPU
+      // in Node cannot read the masks' extents synchronously: masks as they are, no lengths.
+      const readable = backend === 'cpu';
+      // (Also where lengths widened for alignment reach past a prefix.)
+      const widened = c.lenK != null && c.expectLens?.k != null && c.expectLens.k.some((len, b) => len > c.lenK![b]);
+      const keyMaskKept = masks.k != null && (c.rowsK != null || !readable || widened);
+      expect(options.maskShape).toEqual(keyMaskKept ? [batch, 1, 1, c.seqK] : undefined);
+      const causalByLengths = c.useCausalMask && c.seqQ < c.seqK && new Array(batch).fill(c.seqQ);
+      const expectLens = readable ? c.expectLens : causalByLengths ? { q: causalByLengths, k: causalByLengths } : {};
+      expect(await lengthsOf(options.seqLensQ)).toEqual(expectLens?.q);
+      expect(await lengthsOf(options.seqLensK)).toEqual(expectLens?.k);
 
       const [a, b] = [await Promise.all(padded.map(read)), await Promise.all(viaMask.map(read))];
       expect(relativeError(a[0], b[0])).toBeLessThan(1e-5);
@@ -224,7 +231,8 @@ describe('memory: a padded call never builds a [batch, T, S] tensor', () => {
     const sizes = info.kernels.flatMap(k => k.outputShapes.map(s => (s as number[]).reduce((a, b) => a * b, 1)));
     // A [batch, T, S] bool mask would be 2^29 elements; the largest here is a [batch, T, features]-sized one.
     expect(Math.max(...sizes)).toBeLessThanOrEqual(batch * seq * 8);
-    expect(info.peakBytes - before).toBeLessThan(64 * batch * seq * 4);
+    // Peak far below one [batch, T, S] bool mask (2^29 bytes).
+    expect(info.peakBytes - before).toBeLessThan(batch * seq * seq / 8);
     expect(layer.seen.at(-1)!.seqLensK).toBeDefined();
     x.kerasMask = undefined;
   });
