@@ -126,7 +126,7 @@ interface PositionEmbeddingArgs { maxLength: number; dim: number; name?: string 
 /** Adds a learned embedding of each position (0, 1, ...) to [batch, T, dim] inputs, T <= maxLength. */
 export class PositionEmbedding extends tf.layers.Layer {
   static className = 'PositionEmbedding';
-  private readonly maxLength: number;
+  readonly maxLength: number;
   private readonly dim: number;
   private embeddings!: tf.LayerVariable;
 
@@ -147,12 +147,16 @@ export class PositionEmbedding extends tf.layers.Layer {
   }
 
   override call(inputs: tf.Tensor | tf.Tensor[]): tf.Tensor {
-    const x = Array.isArray(inputs) ? inputs[0] : inputs;
+    return this.addPositions(Array.isArray(inputs) ? inputs[0] : inputs, 0);
+  }
+
+  /** x [batch, T, dim] at positions start ... start + T - 1 (generation with a cache feeds later positions). */
+  addPositions(x: tf.Tensor, start: number): tf.Tensor {
     const length = x.shape[1]!;
-    if (length > this.maxLength) {
-      throw new Error(`PositionEmbedding: sequence length ${length} exceeds maxLength ${this.maxLength}`);
+    if (start + length > this.maxLength) {
+      throw new Error(`PositionEmbedding: positions up to ${start + length} exceed maxLength ${this.maxLength}`);
     }
-    return tf.tidy(() => tf.add(x, tf.slice(this.embeddings.read(), [0, 0], [length, this.dim])));
+    return tf.tidy(() => tf.add(x, tf.slice(this.embeddings.read(), [start, 0], [length, this.dim])));
   }
 
   override getConfig(): tf.serialization.ConfigDict {
