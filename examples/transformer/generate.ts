@@ -3,8 +3,8 @@
  *  - with a key/value cache: a prefill of the prompt, then one token per step, every attention
  *    layer called with its cache (FlashMultiHeadAttention's cached call) so a step costs one
  *    token's projections and one row of attention over the cache;
- *  - by full recomputation: the whole sequence so far through model.predict for every token
- *    (what sampleText does over a fixed window), the baseline.
+ *  - by full recomputation: the whole sequence so far through model.predict for every token, the
+ *    baseline.
  * Both walk the same weights and give the same tokens under greedy decoding.
  */
 import * as tf from '@tensorflow/tfjs';

@@ -253,35 +253,6 @@ export function compileTransformer(model: tf.LayersModel, learningRate: number):
 }
 
 /**
- * Samples `length` characters after `prompt`, feeding back the last `context` tokens (a short
- * context is enough for a small model and keeps sampling cheap), left-padded with spaces so every
- * call has the same shape: WebGPU then compiles its shaders once, not once per length.
- */
-export async function sampleText(model: tf.LayersModel, encode: (s: string) => Int32Array,
-                                 decode: (ids: number[]) => string, prompt: string, length: number,
-                                 context: number, temperature: number, random: () => number): Promise<string> {
-  const ids = Array.from(encode(prompt));
-  const space = encode(' ')[0];
-  for (let n = 0; n < length; n++) {
-    const recent = ids.slice(-context);
-    const window = [...new Array(context - recent.length).fill(space), ...recent];
-    const last = tf.tidy(() => {
-      const out = model.predict(tf.tensor2d([window], [1, window.length], 'int32')) as tf.Tensor;
-      return tf.squeeze(tf.slice(out, [0, window.length - 1, 0], [1, 1, -1]));
-    });
-    // Asynchronous read: WebGPU in Node cannot read synchronously (no OffscreenCanvas).
-    const probs = await last.data();
-    last.dispose();
-    // Temperature: p^(1/t), renormalised.
-    const weights = Array.from(probs, p => Math.pow(Math.max(p, 1e-12), 1 / temperature));
-    let r = random() * weights.reduce((a, b) => a + b, 0), next = 0;
-    while (next < weights.length - 1 && (r -= weights[next]) > 0) next++;
-    ids.push(next);
-  }
-  return decode(ids.slice(-length));
-}
-
-/**
  * The compiled model's loss (sparse categorical cross-entropy of the softmax output, averaged
  * over tokens, as tfjs-layers computes it) as a function of the weights, for optimizer.minimize:
  * a training loop that need not read the loss back every step, as trainOnBatch and fit do.
