@@ -20,6 +20,8 @@ export interface GenerateOptions {
   random: () => number;
   /** Called after every generated token (progress output). */
   onToken?: (generated: number, total: number) => void;
+  /** Positions of the key/value cache; default prompt + length (a bench's warm-up passes its run's). */
+  cacheLength?: number;
 }
 
 export interface Generation {
@@ -146,7 +148,7 @@ export class CachedDecoder {
 /** Generation with the key/value cache: prefill the prompt, then one token per step. */
 export async function generateCached(model: tf.LayersModel, prompt: number[], o: GenerateOptions): Promise<Generation> {
   checkLength(model, prompt, o.length);
-  const decoder = new CachedDecoder(model, prompt.length + o.length);
+  const decoder = new CachedDecoder(model, o.cacheLength ?? prompt.length + o.length);
   const tokens: number[] = [];
   const started = performance.now();
   try {
