@@ -770,6 +770,15 @@ export class FlashMultiHeadAttention extends tfl.layers.Layer {
     return this.call(query, { ...kwargs, returnAttentionScores: true } as unknown as Kwargs) as [Tensor, Tensor];
   }
 
+  /**
+   * The cached call (FlashMultiHeadAttentionCallArgs.cache), typed: [output, newCache]. The same
+   * as call(query, {value, cache, cacheUpdateIndex, ...}).
+   */
+  callWithCache(query: Tensor, kwargs: FlashMultiHeadAttentionCallArgs & { cache: Tensor; cacheUpdateIndex: number }):
+      [Tensor, Tensor] {
+    return this.call(query, kwargs as unknown as Kwargs) as [Tensor, Tensor];
+  }
+
   /** The output carries the query's mask, as in Keras; the scores and the cache none. */
   override computeMask(inputs: Tensor | Tensor[], mask?: Tensor | Tensor[]): Tensor | Tensor[] {
     const query = Array.isArray(inputs) ? inputs[0] : inputs;

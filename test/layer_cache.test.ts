@@ -53,7 +53,7 @@ describe.each(LAYER_BACKENDS)('on $backend', ({ backend, available }) => {
       for (const n of c.chunks) {
         const step = tf.slice(x, [0, index, 0], [batch, n, features]);
         // Inside tf.tidy as a generation loop would be: the output and the new cache survive it.
-        const [output, next] = tf.tidy(() => layer.call(step, { value: step, cache, cacheUpdateIndex: index } as never) as tf.Tensor[]);
+        const [output, next] = tf.tidy(() => layer.callWithCache(step, { value: step, cache, cacheUpdateIndex: index }));
         expect(output.shape).toEqual([batch, n, features]);
         expect(next.shape).toEqual([batch, 2, maxLength, kvHeads, keyDim]);
         tf.dispose([cache, step]);

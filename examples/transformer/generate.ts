@@ -29,6 +29,13 @@ export interface Generation {
   tokens: number[];
   /** Seconds from the first call to the last token read back (prefill included). */
   seconds: number;
+  /** Seconds to the first token (the prompt's pass: the prefill with the cache). */
+  firstTokenSeconds: number;
+}
+
+/** Tokens per second after the first token: the per-token rate of a long generation. */
+export function stepRate(g: Generation): number {
+  return (g.tokens.length - 1) / (g.seconds - g.firstTokenSeconds);
 }
 
 /** The next token from a probability row: argmax when greedy, else a tempered sample. */
@@ -69,15 +76,17 @@ export async function generateUncached(model: tf.LayersModel, prompt: number[], 
   checkLength(model, prompt, o.length);
   const ids = [...prompt];
   const started = performance.now();
+  let firstTokenSeconds = 0;
   for (let n = 0; n < o.length; n++) {
     const last = tf.tidy(() => {
       const probabilities = model.predict(tf.tensor2d([ids], [1, ids.length], 'int32')) as tf.Tensor;
       return tf.reshape(tf.slice(probabilities, [0, ids.length - 1, 0], [1, 1, -1]), [-1]);
     });
     ids.push(pickToken(await readRow(last), o.temperature, o.random));
+    if (n === 0) firstTokenSeconds = (performance.now() - started) / 1000;
     o.onToken?.(n + 1, o.length);
   }
-  return { tokens: ids.slice(prompt.length), seconds: (performance.now() - started) / 1000 };
+  return { tokens: ids.slice(prompt.length), seconds: (performance.now() - started) / 1000, firstTokenSeconds };
 }
 
 /**
@@ -122,9 +131,9 @@ export class CachedDecoder {
       let x = (this.model.getLayer('position_embedding') as PositionEmbedding).addPositions(embedded, start);
       for (let i = 0; i < this.blocks; i++) {
         const normed = this.apply(`block${i}_norm1`, x);
-        const [attended, cache] = this.attention(i).call(normed, {
+        const [attended, cache] = this.attention(i).callWithCache(normed, {
           value: normed, cache: this.caches[i], cacheUpdateIndex: start,
-        } as unknown as tf.serialization.ConfigDict) as tf.Tensor[];
+        });
         next.push(tf.keep(cache));
         x = tf.add(x, attended);
         const hidden = this.apply(`block${i}_mlp_in`, this.apply(`block${i}_norm2`, x));
@@ -151,15 +160,17 @@ export async function generateCached(model: tf.LayersModel, prompt: number[], o:
   const decoder = new CachedDecoder(model, o.cacheLength ?? prompt.length + o.length);
   const tokens: number[] = [];
   const started = performance.now();
+  let firstTokenSeconds = 0;
   try {
     let probabilities = decoder.feed(prompt);
     for (let n = 0; n < o.length; n++) {
       tokens.push(pickToken(await readRow(probabilities), o.temperature, o.random));
+      if (n === 0) firstTokenSeconds = (performance.now() - started) / 1000;
       o.onToken?.(n + 1, o.length);
       if (n + 1 < o.length) probabilities = decoder.feed([tokens[n]]);
     }
   } finally {
     decoder.dispose();
   }
-  return { tokens, seconds: (performance.now() - started) / 1000 };
+  return { tokens, seconds: (performance.now() - started) / 1000, firstTokenSeconds };
 }

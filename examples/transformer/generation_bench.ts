@@ -7,7 +7,7 @@ import '../../src/index';
 import { activateBackend } from './backend';
 import { loadCheckpoint } from './checkpoint';
 import { CharCorpus, seededRandom } from './data';
-import { Generation, generateCached, generateUncached } from './generate';
+import { generateCached, generateUncached, stepRate } from './generate';
 import { buildTransformer } from './model';
 
 export interface GenerationBenchOptions {
@@ -18,7 +18,9 @@ export interface GenerationBenchOptions {
 
 interface Row {
   context: number; tokens: number;
+  /** Per token after the first (decode steps); the first token's seconds (prefill) apart. */
   cachedTokensPerSecond: number; uncachedTokensPerSecond?: number; speedup?: number;
+  cachedFirstTokenSeconds: number; uncachedFirstTokenSeconds?: number;
   identical?: boolean;
   /** Why the uncached run was left out (the previous context took longer than --max-seconds). */
   skipped?: string;
@@ -42,7 +44,6 @@ export async function runGenerationBench(o: GenerationBenchOptions): Promise<voi
   const random = seededRandom(o.seed);
   const rows: Row[] = [];
   let uncachedTooSlow: string | undefined;
-  const rate = (g: Generation) => g.tokens.length / g.seconds;
   for (const context of o.contexts) {
     const start = Math.floor(random() * corpus.ids.length);
     const prompt = Array.from({ length: context }, (_, i) => corpus.ids[(start + i) % corpus.ids.length]);
@@ -51,13 +52,15 @@ export async function runGenerationBench(o: GenerationBenchOptions): Promise<voi
     // not generation speed. Without the cache every token is a new shape, as it is for users.
     await generateCached(model, prompt, { ...options, length: 2, cacheLength: context + o.tokens });
     const cached = await generateCached(model, prompt, options);
-    const row: Row = { context, tokens: o.tokens, cachedTokensPerSecond: rate(cached) };
+    const row: Row = { context, tokens: o.tokens, cachedTokensPerSecond: stepRate(cached),
+                       cachedFirstTokenSeconds: cached.firstTokenSeconds };
     if (uncachedTooSlow) {
       row.skipped = uncachedTooSlow;
     } else {
       await generateUncached(model, prompt, { ...options, length: 2 });
       const full = await generateUncached(model, prompt, options);
-      Object.assign(row, { uncachedTokensPerSecond: rate(full), speedup: full.seconds / cached.seconds,
+      Object.assign(row, { uncachedTokensPerSecond: stepRate(full), uncachedFirstTokenSeconds: full.firstTokenSeconds,
+                           speedup: stepRate(cached) / stepRate(full),
                            identical: full.tokens.every((t, i) => t === cached.tokens[i]) });
       if (full.seconds > o.maxSeconds) uncachedTooSlow = `context ${context} took ${full.seconds.toFixed(1)} s without the cache`;
     }
@@ -67,10 +70,11 @@ export async function runGenerationBench(o: GenerationBenchOptions): Promise<voi
                   ? `, without ${row.uncachedTokensPerSecond.toFixed(1)} tokens/s (${row.speedup!.toFixed(2)}x), tokens ${row.identical ? 'identical' : 'DIFFER'}`
                   : `, without: skipped (${row.skipped})`));
   }
-  console.log('\n| prompt tokens | new tokens | with cache (tokens/s) | without (tokens/s) | speed-up | same tokens |');
-  console.log('|---:|---:|---:|---:|---:|:---:|');
+  console.log('\n| prompt tokens | new tokens | with cache: first token (s) | tokens/s after | without: first token (s) | tokens/s after | speed-up | same tokens |');
+  console.log('|---:|---:|---:|---:|---:|---:|---:|:---:|');
   for (const r of rows) {
-    console.log(`| ${r.context} | ${r.tokens} | ${r.cachedTokensPerSecond.toFixed(1)} | ${r.uncachedTokensPerSecond?.toFixed(1) ?? '—'} | ` +
+    console.log(`| ${r.context} | ${r.tokens} | ${r.cachedFirstTokenSeconds.toFixed(2)} | ${r.cachedTokensPerSecond.toFixed(1)} | ` +
+                `${r.uncachedFirstTokenSeconds?.toFixed(2) ?? '—'} | ${r.uncachedTokensPerSecond?.toFixed(1) ?? '—'} | ` +
                 `${r.speedup ? `${r.speedup.toFixed(2)}x` : '—'} | ${r.identical == null ? '—' : r.identical ? 'yes' : 'NO'} |`);
   }
   fs.mkdirSync(path.dirname(o.out), { recursive: true });
