@@ -697,19 +697,26 @@ export class FlashMultiHeadAttention extends tfl.layers.Layer {
 
     const q = this.project(query, this.queryKernel, this.queryBias);
     const width = kvHeads * headDim;
-    // Keys and values as [B, 2, positions, kvHeads * headDim]: rank 4 keeps every op on the GPU.
-    const fresh = concat([reshape(this.project(key, this.keyKernel, this.keyBias), [batch, 1, seqQ, width]),
-                          reshape(this.project(value, this.valueKernel, this.valueBias), [batch, 1, seqQ, width])], 1);
-    const stored = reshape(cache, [batch, 2, maxLength, width]);
     const end = index + seqQ;
-    const parts = [
-      ...(index > 0 ? [slice(stored, [0, 0, 0, 0], [batch, 2, index, width])] : []),
-      fresh,
-      ...(end < maxLength ? [slice(stored, [0, 0, end, 0], [batch, 2, maxLength - end, width])] : []),
-    ];
-    const updated = parts.length === 1 ? parts[0] : concat(parts, 2);
-    const k = reshape(slice(updated, [0, 0, 0, 0], [batch, 1, maxLength, width]), [batch, maxLength, kvHeads, headDim]) as Tensor4D;
-    const v = reshape(slice(updated, [0, 1, 0, 0], [batch, 1, maxLength, width]), [batch, maxLength, kvHeads, headDim]) as Tensor4D;
+    // The cache as [B, 2, maxLength * width]: keys and values each one contiguous run per batch
+    // element (slices of whole runs are copies of memory on the cpu backend, not element loops),
+    // and rank 3 keeps every op on the GPU.
+    const stored = reshape(cache, [batch, 2, maxLength * width]);
+    /** One half of the cache [B, maxLength, width] with this call's rows written at index. */
+    const written = (half: number, fresh: Tensor) => {
+      const old = reshape(slice(stored, [0, half, 0], [batch, 1, maxLength * width]), [batch, maxLength, width]);
+      const parts = [
+        ...(index > 0 ? [slice(old, [0, 0, 0], [batch, index, width])] : []),
+        reshape(fresh, [batch, seqQ, width]),
+        ...(end < maxLength ? [slice(old, [0, end, 0], [batch, maxLength - end, width])] : []),
+      ];
+      return parts.length === 1 ? parts[0] : concat(parts, 1);
+    };
+    const keys = written(0, this.project(key, this.keyKernel, this.keyBias));
+    const values = written(1, this.project(value, this.valueKernel, this.valueBias));
+    const k = reshape(keys, [batch, maxLength, kvHeads, headDim]) as Tensor4D;
+    const v = reshape(values, [batch, maxLength, kvHeads, headDim]) as Tensor4D;
+    const updated = concat([reshape(keys, [batch, 1, maxLength * width]), reshape(values, [batch, 1, maxLength * width])], 1);
 
     // Query i sits at position index + i: with lenK = index + seqQ the op's bottom-right diagonal
     // (j <= i + lenK - lenQ) is that position, for the causal mask, the window and ALiBi alike.
@@ -920,14 +927,16 @@ export class FlashMultiHeadAttention extends tfl.layers.Layer {
     if (causalByLengths) {
       Object.assign(options, { seqLensQ: lastQ, seqLensK: lastQ });
     } else if (extents) {
+      // Lengths only where some sequence is shorter: a batch without padding stays dense.
+      const short = (lens: number[], seq: number) => lens.some(len => len < seq);
       if (!useCausalMask && !aligned) {
-        if (extents.lastQ) options.seqLensQ = extents.lastQ;
-        if (extents.lastK) options.seqLensK = extents.lastK;
+        if (short(lastQ, seqQ)) options.seqLensQ = lastQ;
+        if (short(lastK, seqK)) options.seqLensK = lastK;
       } else {
         // lenQ >= every kept query, lenK = lenQ + seqK - seqQ >= every kept key (and <= seqK).
         const offset = seqK - seqQ;
         const lenQ = lastQ.map((len, b) => Math.max(len, lastK[b] - offset));
-        Object.assign(options, { seqLensQ: lenQ, seqLensK: lenQ.map(len => len + offset) });
+        if (short(lenQ, seqQ)) Object.assign(options, { seqLensQ: lenQ, seqLensK: lenQ.map(len => len + offset) });
       }
     }
 
