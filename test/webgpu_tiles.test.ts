@@ -45,6 +45,58 @@ describe('the headDim-128 tile geometries', () => {
   }, 300000);
 });
 
+describe('the staged forward (chunked products, as the backward)', () => {
+  beforeAll(async () => { if (HAS_GPU) await useWebGPU(); });
+  afterAll(() => { setTileConfigOverride({}); if (HAS_GPU) destroyWebGPU(); });
+
+  const staged = (rows: number, cols: number, rowsPerThread: number, colsPerThread: number, depth: number,
+                  accumulateDepth: number): TileConfig =>
+    ({ rows, cols, rowsPerThread, colsPerThread, unroll: 1, depth, accumulateDepth, staged: true });
+
+  gpuTest('large-device geometries across tile and chunk boundaries, every option, against float64', async () => {
+    const cases: Array<[TileConfig, CaseSpec]> = [
+      // The H200's 64 x 64 tile at 4 x 4 per thread; head dims not multiples of the chunk depth
+      // nor of 4; sequences ending mid-tile; causal with paired query tiles; GQA; dropout.
+      [staged(64, 64, 4, 4, 4, 8),
+       { dims: { batch: 1, seqQ: 70, seqK: 131, heads: 4, kvHeads: 2, headDim: 10, headDimV: 18 }, seed: 21, causal: true,
+         softcap: 3, dropoutRate: 0.1 }],
+      // 32 x 32 at 2 x 2: window (paired tiles, skipped tiles), ALiBi, a broadcast mask, seqQ > seqK.
+      [staged(32, 32, 2, 2, 8, 4),
+       { dims: { batch: 2, seqQ: 77, seqK: 40, heads: 2, kvHeads: 1, headDim: 3, headDimV: 5 }, seed: 22,
+         windowSize: [9, 4], alibi: true, maskShape: [1, 2, 77, 40] }],
+      // 16 x 16 at 2 x 2 with one-row value steps; headDimV narrower than headDim.
+      [staged(16, 16, 2, 2, 16, 1),
+       { dims: { batch: 1, seqQ: 33, seqK: 17, heads: 3, kvHeads: 3, headDim: 20, headDimV: 4 }, seed: 23 }],
+    ];
+    for (const [forward, c] of cases) {
+      setTileConfigOverride({ forward });
+      const d = caseData(c);
+      const e = compare(await runOp(c, d, false), reference(c, d), false);
+      expect(Math.max(e.out, e.lse)).toBeLessThan(F32_TOLERANCE.forward);
+    }
+  }, 300000);
+
+  test('is the forward of head dims above 64 on the H200 and fits every head dim 1..256 on 16-48 KiB devices', () => {
+    const device = (storage: number, invocations: number) => ({
+      maxComputeWorkgroupStorageSize: storage, maxComputeInvocationsPerWorkgroup: invocations,
+      maxStorageBufferBindingSize: 2 ** 31 - 4, maxComputeWorkgroupsPerDimension: 65535,
+    });
+    setTileConfigOverride({});
+    const h200 = device(48 * 1024, 1024);
+    expect(chooseTiles('forward', h200, 128, 128)).toMatchObject({ rows: 64, cols: 64, staged: true });
+    expect(chooseTiles('forward', h200, 256, 256)).toMatchObject({ rows: 64, cols: 64, staged: true });
+    for (const limits of [device(16384, 256), device(32768, 256), h200]) {
+      for (let d = 1; d <= 256; d++) {
+        for (const dv of [d, 1 + (d * 7) % 256]) {
+          const t = chooseTiles('forward', limits, d, dv);
+          expect(workgroupBytes('forward', t, d, dv)).toBeLessThanOrEqual(limits.maxComputeWorkgroupStorageSize);
+          expect(threadsOf(t)).toBeLessThanOrEqual(limits.maxComputeInvocationsPerWorkgroup);
+        }
+      }
+    }
+  });
+});
+
 describe('backward tile choice from the device limits', () => {
   const device = (storage: number, invocations: number) => ({
     maxComputeWorkgroupStorageSize: storage, maxComputeInvocationsPerWorkgroup: invocations,

@@ -15,10 +15,14 @@ import {
   shaderKeyOf, unpack, unroll, WebGPUBackend, withDeviceErrorCheck,
 } from './program';
 import { subgroupMinSizeOf } from './subgroups';
-import { chooseTiles, paddedVec4, threadsOf, TileConfig, vec4Count } from './tiles';
+import {
+  accumulatePhase, keptAt as stagedKeptAt, keptBitsWGSL as stagedKeptBitsWGSL, pipelinedLoopWGSL, scorePhase,
+  stagedConstants, storeTransposedWGSL, zeroAccumulators, zeroScores,
+} from './staged_wgsl';
+import { backwardLayout, chooseTiles, paddedVec4, threadsOf, TileConfig, vec4Count } from './tiles';
 import { optionUniforms } from './uniforms';
 import {
-  dotTileWGSL, keptAt, keptBitsWGSL, keyTileLoopWGSL, loadTileWGSL, passPrologueWGSL, prefetchedTileWGSL,
+  dotTileWGSL, keptAt, keptBitsWGSL, keyRangeWGSL, keyTileLoopWGSL, loadTileWGSL, passPrologueWGSL, prefetchedTileWGSL,
   registersWGSL, rowReduction, rowShuffleWidth, tileConstants, vec4sPerThread, weightedSumWGSL,
 } from './wgsl_fragments';
 
@@ -50,6 +54,100 @@ export class FlashForwardProgram extends FlashProgram {
   }
 
   getUserCode(): string {
+    return this.tiles.staged ? this.stagedUserCode() : this.tiledUserCode();
+  }
+
+  /**
+   * The staged forward: the backward's chunked products (staged_wgsl.ts). Each key tile runs
+   * S = Q K^T in DEPTH-column chunks into a register block per thread, the online softmax on that
+   * block (row max and sum across a row's threads by rowReduction), P^T through workgroup memory,
+   * and O += P V in ACC_DEPTH-row chunks into the thread's accumulator registers.
+   */
+  private stagedUserCode(): string {
+    const t = this.tiles, f = this.flags, { headDim, headDimV } = this.s;
+    const reduce = rowReduction(t, this.subgroupSize);
+    const dv4 = vec4Count(headDimV);
+    const vj = vec4sPerThread(t, dv4);
+    const rows = (body: (r: number) => string) => unroll(t.rowsPerThread, body);
+    const cols = (body: (c: number) => string) => unroll(t.colsPerThread, body);
+    const depth = backwardLayout(t, headDim, headDimV).depth;
+    const qRows = { src: 'q', seq: 'nq', heads: 'heads', head: 'h', width: 'D', first: 'row0', mul: 'uniforms.scale' };
+    const kCols = { src: 'k', seq: 'nk', heads: 'kvHeads', head: 'kvh', width: 'D', first: 'col0' };
+    const vCols = { src: 'v', seq: 'nk', heads: 'kvHeads', head: 'kvh', width: 'DV', first: 'col0' };
+    const phases = [scorePhase(t, depth, 's', headDim, qRows, kCols),
+                    accumulatePhase(t, depth, [{ out: 'acc', weights: 'pTile', perThread: vj, load: { ...vCols, width4: dv4 } }])];
+    return `
+    ${stagedConstants(t, headDim, headDimV)}
+    var<workgroup> pTile : array<array<vec4<f32>, ROWS_STAGE4>, COLS>;
+    ${reduce.shared ? 'var<workgroup> rowPartial : array<array<f32, TCP>, ROWS>;' : ''}
+    ${optionHelpers(f)}
+
+    fn main() {
+      ${passPrologueWGSL(this.variableNames)}
+      let h = i32(wgId.y);
+      let b = i32(wgId.z);
+      let kvh = h / (heads / kvHeads);
+      let off = nk - nq;
+      let slope = slopeOf(h);
+      let numRowTiles = (nq + ROWS - 1) / ROWS;
+      ${f.window ? `
+      // Query tiles paired heaviest-first, as the tiled forward.
+      let pairedTiles = select(2, 1, 2 * i32(wgId.x) + 1 == numRowTiles);
+      for (var pairIdx = 0; pairIdx < pairedTiles; pairIdx++) {
+      workgroupBarrier();   // the previous tile's threads are done with rowPartial
+      let rowTile = select(numRowTiles - 1 - i32(wgId.x), i32(wgId.x), pairIdx == 1);` : `
+      let rowTile = i32(wgId.x);`}
+      let row0 = rowTile * ROWS;
+      let row1 = min(row0 + ROWS, nq);
+      ${registersWGSL('m', 'f32', t.rowsPerThread)}
+      ${registersWGSL('l', 'f32', t.rowsPerThread)}
+      ${registersWGSL('rowKey', 'u32', t.rowsPerThread)}
+      ${rows(r => `m_${r} = NEG_BIG; l_${r} = 0.0; rowKey_${r} = dropoutRowKey(b * heads + h, row0 + tr * RPT + ${r});`)}
+      ${zeroAccumulators(t, 'acc', vj)}
+
+      // Forward inner loop.
+      ${keyRangeWGSL(f, 'row0', 'row1')}
+      let firstCol = (colBegin / COLS) * COLS;
+      ${pipelinedLoopWGSL(t, depth, 'firstCol', 'colEnd', phases, zeroScores(t, ['s']), { 0: `
+        ${stagedKeptBitsWGSL(t, true)}
+        ${reduce.declare('rowMax')}
+        ${rows(r => `{
+          let i = row0 + tr * RPT + ${r};
+          var rowMax = NEG_BIG;
+          ${cols(c => `{
+            let j = col0 + tc * CPT + ${c};
+            let x = select(NEG_BIG, scoreOf(s_${r}_${c}, i, j, off, slope), ${stagedKeptAt(t, r, c)});
+            s_${r}_${c} = x;
+            rowMax = max(rowMax, select(x, NEG_BIG, poisons(x)));
+          }`)}
+          ${reduce.publish('rowMax', 'max', r)}
+        }`)}
+        ${reduce.barrier}
+        ${rows(r => `{
+          ${reduce.combine('tileMax', 'rowMax', 'max', r)}
+          let newMax = max(m_${r}, tileMax);
+          // Online softmax, as the tiled forward: both maxima finite, alpha never NaN; masking
+          // from the keep bit; a kept NaN or +inf score poisons the row.
+          let alpha = exp(m_${r} - newMax);
+          m_${r} = newMax;
+          l_${r} *= alpha;
+          ${unroll(vj, jj => `acc_${r}_${jj} *= alpha;`, ' ')}
+          ${cols(c => `{
+            let x = s_${r}_${c};
+            let p = select(select(0.0, exp(x - newMax), ${stagedKeptAt(t, r, c)}), quietNaN(x), poisons(x));
+            l_${r} += p;   // the normaliser ignores dropout
+            s_${r}_${c} = p * dropoutScale(rowKey_${r}, col0 + tc * CPT + ${c});
+          }`)}
+        }`)}
+        // The next step's barriers order these writes before the O += P V steps read them.
+        ${storeTransposedWGSL(t, 'pTile', (r, c) => `s_${r}_${c}`)}` })}
+
+      ${this.epilogueWGSL(reduce, vj)}
+      ${f.window ? '}' : ''}
+    }`;
+  }
+
+  private tiledUserCode(): string {
     const t = this.tiles, f = this.flags, { headDim, headDimV } = this.s;
     const reduce = rowReduction(t, this.subgroupSize);
     const d4 = vec4Count(headDim), dv4 = vec4Count(headDimV);
@@ -154,7 +252,18 @@ export class FlashForwardProgram extends FlashProgram {
         workgroupBarrier();
       `)}
 
-      // Each thread summed its own columns; combine the row sums across the row's threads.
+      ${this.epilogueWGSL(reduce, vj)}
+      ${f.window ? '}' : ''}
+    }`;
+  }
+
+  /**
+   * After the inner loop: each thread summed its own columns, so the row sums are combined across
+   * the row's threads, then the output (acc_r_jj holds vec4 column tc + TC * jj) and logsumexp.
+   */
+  private epilogueWGSL(reduce: ReturnType<typeof rowReduction>, vj: number): string {
+    const rows = (body: (r: number) => string) => unroll(this.tiles.rowsPerThread, body);
+    return `
       ${reduce.declare('rowSum')}
       ${rows(r => `{
         var rowSum = l_${r};
@@ -183,9 +292,7 @@ export class FlashForwardProgram extends FlashProgram {
             result[outSize + (b * heads + h) * nq + i] = select(lse, -uniforms.INFINITY, empty);
           }
         }
-      }`)}
-      ${f.window ? '}' : ''}
-    }`;
+      }`)}`;
   }
 }
 

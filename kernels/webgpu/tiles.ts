@@ -34,6 +34,12 @@ export interface TileConfig {
    * slower at 64: not among the candidates until a clean sweep confirms it.
    */
   sharedKV?: boolean;
+  /**
+   * Forward only: the staged forward (the backward's chunked products: Q and K staged DEPTH
+   * head-dim columns at a time, V ACC_DEPTH rows at a time, P through workgroup memory), whose
+   * workgroup memory does not grow with the head dim. depth/accumulateDepth as the backward's.
+   */
+  staged?: boolean;
 }
 
 export const vec4Count = (n: number) => Math.ceil(n / 4);
@@ -52,7 +58,12 @@ export function workgroupBytes(pass: Pass, t: TileConfig, headDim: number, headD
   function passBytes(): number {
     const d4p = paddedVec4(headDim), dv4p = paddedVec4(headDimV), cols4p = cols4 | 1;
     switch (pass) {
-      case 'forward':   // q [rows][d4p], k [cols][d4p], v [cols][dv4] (or k/v in turn), p [rows][cols4p], row partials
+      case 'forward':
+        if (t.staged) {   // as the dQ pass (P^T in place of dS^T), plus the row partials
+          const l = backwardLayout(t, headDim, headDimV);
+          return 16 * (2 * l.stageVec4s + t.cols * l.rows4p) + 4 * t.rows * (threadCols | 1);
+        }
+        // q [rows][d4p], k [cols][d4p], v [cols][dv4] (or k/v in turn), p [rows][cols4p], row partials
         return 16 * (t.rows * d4p + (t.sharedKV ? t.cols * Math.max(d4p, dv4) : t.cols * (d4p + dv4)) +
                      t.rows * cols4p) + 4 * t.rows * (threadCols | 1);
       case 'dq':        // two staging buffers [depth][stage4], dS^T [cols][rows4p]
@@ -94,6 +105,15 @@ const bwd = (rows: number, cols: number, rowsPerThread: number, colsPerThread: n
  * Near headDim 256 only the forward's sharedKV 32 x 8 tile (64 threads) fits before 16 x 8 (16
  * threads): H200, seq 4096, 16 heads, 149 against 1137 ms (BENCHMARKS.md, WebGPU forward on the H200).
  */
+/**
+ * The staged forward's candidates, tried first for head dims of at least STAGED_FORWARD_MIN_HEAD_DIM
+ * (the old forward's full-head-dim tiles fit 48 KiB only with 32 x 16 tiles from headDim 128 on).
+ */
+export const STAGED_FORWARD: TileConfig[] = [
+  { ...bwd(64, 64, 4, 4), staged: true }, { ...bwd(32, 32, 2, 2), staged: true }, { ...bwd(16, 16, 2, 2), staged: true },
+];
+export const STAGED_FORWARD_MIN_HEAD_DIM = 65;
+
 const CANDIDATES: Record<Pass, TileConfig[]> = {
   forward: [cfg(64, 32, 4, 4, 4), cfg(64, 32, 2, 2), cfg(64, 32, 2), cfg(32, 32, 4), cfg(32, 16, 2, 2), cfg(32, 16, 4),
             cfg(16, 16, 2), { ...cfg(32, 8, 2, 2), sharedKV: true }, cfg(16, 8, 2), cfg(8, 8, 1), cfg(4, 4, 1), cfg(2, 4, 1)],
@@ -155,12 +175,14 @@ export function chooseTiles(pass: Pass, limits: DeviceLimits, headDim: number, h
       threadsOf(t) <= limits.maxComputeInvocationsPerWorkgroup;
   const fitDepth = fitDepthFor(limits, pass, headDim, headDimV);
   const forced = override[pass];
-  const chosen = (forced ? [forced] : CANDIDATES[pass]).map(t => pass === 'forward' ? t : fitDepth(t)).find(fits);
+  const candidates = pass === 'forward' && Math.max(headDim, headDimV) >= STAGED_FORWARD_MIN_HEAD_DIM
+      ? [...STAGED_FORWARD, ...CANDIDATES.forward] : CANDIDATES[pass];
+  const chosen = (forced ? [forced] : candidates).map(t => pass !== 'forward' || t.staged ? fitDepth(t) : t).find(fits);
   if (!chosen) {
     throw new Error(`Error in flashAttention: no ${pass} tile fits this WebGPU device for headDim ` +
         `${headDim}, headDimV ${headDimV} (workgroup storage ${limits.maxComputeWorkgroupStorageSize} bytes)`);
   }
-  if (pass !== 'forward') return chosen;
+  if (pass !== 'forward' || chosen.staged) return chosen;
   // The unrolled dot-product steps must divide the vec4 count of every dot product in the pass.
   const dots = pass === 'forward' ? [vec4Count(headDim)] : [vec4Count(headDim), vec4Count(headDimV)];
   let unroll = chosen.unroll;
