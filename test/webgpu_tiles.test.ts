@@ -76,19 +76,24 @@ describe('the staged forward (chunked products, as the backward)', () => {
     }
   }, 300000);
 
-  test('is the forward of head dims above 64 on the H200 and fits every head dim 1..256 on 16-48 KiB devices', () => {
+  test('ranks on the H200 as measured there, and fits every head dim 1..256 on 16-48 KiB devices', () => {
     const device = (storage: number, invocations: number) => ({
       maxComputeWorkgroupStorageSize: storage, maxComputeInvocationsPerWorkgroup: invocations,
       maxStorageBufferBindingSize: 2 ** 31 - 4, maxComputeWorkgroupsPerDimension: 65535,
     });
     setTileConfigOverride({});
     const h200 = device(48 * 1024, 1024);
-    expect(chooseTiles('forward', h200, 128, 128)).toMatchObject({ rows: 64, cols: 64, staged: true });
-    expect(chooseTiles('forward', h200, 256, 256)).toMatchObject({ rows: 64, cols: 64, staged: true });
+    const staged64 = { rows: 64, cols: 64, rowsPerThread: 4, colsPerThread: 4, staged: true };
+    expect(chooseTiles('forward', h200, 32, 32)).toEqual({ rows: 64, cols: 32, rowsPerThread: 4, colsPerThread: 4, unroll: 4 });
+    expect(chooseTiles('forward', h200, 64, 64)).toMatchObject(staged64);
+    // headDim 128: the tiled 32 x 16 unless row reductions use shuffles (subgroups of 32).
+    expect(chooseTiles('forward', h200, 128, 128)).toEqual({ rows: 32, cols: 16, rowsPerThread: 2, colsPerThread: 2, unroll: 2 });
+    expect(chooseTiles('forward', h200, 128, 128, 32)).toMatchObject(staged64);
+    expect(chooseTiles('forward', h200, 256, 256)).toMatchObject({ ...staged64, depth: 16, accumulateDepth: 8 });
     for (const limits of [device(16384, 256), device(32768, 256), h200]) {
       for (let d = 1; d <= 256; d++) {
         for (const dv of [d, 1 + (d * 7) % 256]) {
-          const t = chooseTiles('forward', limits, d, dv);
+          const t = chooseTiles('forward', limits, d, dv, d % 2 === 0 ? 32 : 0);
           expect(workgroupBytes('forward', t, d, dv)).toBeLessThanOrEqual(limits.maxComputeWorkgroupStorageSize);
           expect(threadsOf(t)).toBeLessThanOrEqual(limits.maxComputeInvocationsPerWorkgroup);
         }

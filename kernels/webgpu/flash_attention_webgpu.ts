@@ -302,8 +302,9 @@ export function flashAttentionWebGPU(
   const { q, k, v, alibiSlopes, mask } = inputs as unknown as Record<string, TensorInfo>;
   const s = attentionProblem(q.shape, k.shape, v.shape, attrs);
   const limits = deviceLimits(backend);
-  const program = new FlashForwardProgram(s, chooseTiles('forward', limits, s.headDim, s.headDimV),
-                                          s.flags, subgroupMinSizeOf(backend));
+  const subgroupSize = subgroupMinSizeOf(backend);
+  const program = new FlashForwardProgram(s, chooseTiles('forward', limits, s.headDim, s.headDimV, subgroupSize),
+                                          s.flags, subgroupSize);
   checkBindingSizes(limits, [['q', q.shape], ['k', k.shape], ['v', v.shape], ['mask', mask.shape],
                              ['the output and logsumexp', program.outputShape]]);
   checkDispatch(limits, program.dispatch);

@@ -106,13 +106,27 @@ const bwd = (rows: number, cols: number, rowsPerThread: number, colsPerThread: n
  * threads): H200, seq 4096, 16 heads, 149 against 1137 ms (BENCHMARKS.md, WebGPU forward on the H200).
  */
 /**
- * The staged forward's candidates, tried first for head dims of at least STAGED_FORWARD_MIN_HEAD_DIM
- * (the old forward's full-head-dim tiles fit 48 KiB only with 32 x 16 tiles from headDim 128 on).
+ * The staged forward's candidates and where they rank (H200, N = 4096, 16 heads, GPU time, full /
+ * causal ms, 2026-12-02, kernels/webgpu/tune/forward_sweep.ts; BENCHMARKS.md):
+ *  - headDim 256: 13.2 / 18.9 (64 x 64 at 4 x 4) against 150 / 85 for the sharedKV 32 x 8 tile, so
+ *    it ranks before every tile smaller than 32 x 16 (those that fit only past headDim ~170);
+ *  - headDim 128: 6.3 / 3.4 with subgroup shuffles against 11.6 / 6.1 for 32 x 16, but 25.9 / 15.4
+ *    on the default device (its row max and sum through workgroup memory): first only with shuffles;
+ *  - headDim 64: 3.63 / 1.95 against 3.76 / 2.04 (subgroups 3.47 / 1.88 against 3.70 / 1.98): first;
+ *  - headDim 32: 2.73 / 1.46 against 2.40 / 1.28: not used.
  */
 export const STAGED_FORWARD: TileConfig[] = [
   { ...bwd(64, 64, 4, 4), staged: true }, { ...bwd(32, 32, 2, 2), staged: true }, { ...bwd(16, 16, 2, 2), staged: true },
 ];
-export const STAGED_FORWARD_MIN_HEAD_DIM = 65;
+/** The tiled forward's candidates the staged ones rank after on the default device past headDim 64. */
+const TILED_FORWARD_LEADERS = 6;
+
+function forwardCandidates(headDim: number, headDimV: number, rowShuffles: boolean): TileConfig[] {
+  const tiled = CANDIDATES.forward, width = Math.max(headDim, headDimV);
+  if (width <= 32) return tiled;
+  if (width <= 64 || rowShuffles) return [...STAGED_FORWARD, ...tiled];
+  return [...tiled.slice(0, TILED_FORWARD_LEADERS), ...STAGED_FORWARD, ...tiled.slice(TILED_FORWARD_LEADERS)];
+}
 
 const CANDIDATES: Record<Pass, TileConfig[]> = {
   forward: [cfg(64, 32, 4, 4, 4), cfg(64, 32, 2, 2), cfg(64, 32, 2), cfg(32, 32, 4), cfg(32, 16, 2, 2), cfg(32, 16, 4),
@@ -168,15 +182,19 @@ function fitDepthFor(limits: DeviceLimits, pass: Pass, headDim: number, headDimV
   };
 }
 
-export function chooseTiles(pass: Pass, limits: DeviceLimits, headDim: number, headDimV: number): TileConfig {
+/**
+ * subgroupSize: the device's smallest subgroup size when the forward's row reductions may use
+ * subgroup shuffles (0: workgroup memory), which decides where the staged forward ranks.
+ */
+export function chooseTiles(pass: Pass, limits: DeviceLimits, headDim: number, headDimV: number,
+                            subgroupSize = 0): TileConfig {
   const fits = (t: TileConfig) =>
       t.rowsPerThread * t.colsPerThread <= 32 &&   // one bit per element in a u32 keep mask
       workgroupBytes(pass, t, headDim, headDimV) <= limits.maxComputeWorkgroupStorageSize &&
       threadsOf(t) <= limits.maxComputeInvocationsPerWorkgroup;
   const fitDepth = fitDepthFor(limits, pass, headDim, headDimV);
   const forced = override[pass];
-  const candidates = pass === 'forward' && Math.max(headDim, headDimV) >= STAGED_FORWARD_MIN_HEAD_DIM
-      ? [...STAGED_FORWARD, ...CANDIDATES.forward] : CANDIDATES[pass];
+  const candidates = pass === 'forward' ? forwardCandidates(headDim, headDimV, subgroupSize >= 16) : CANDIDATES[pass];
   const chosen = (forced ? [forced] : candidates).map(t => pass !== 'forward' || t.staged ? fitDepth(t) : t).find(fits);
   if (!chosen) {
     throw new Error(`Error in flashAttention: no ${pass} tile fits this WebGPU device for headDim ` +
