@@ -166,3 +166,39 @@ describe.each(BACKENDS)('NaN and Infinity propagate on the $name', ({ backend })
     expect(problems(got, c, d, finite, GRADIENTS)).toEqual([]);
   }, COMPILE_HEAVY_MS);
 });
+
+describe('NaN and Infinity propagate through the staged WebGPU forward', () => {
+  // The staged forward (the backward's chunked products) on a small tile with several head-dim
+  // chunks and value-row steps per key tile.
+  const STAGED_TILES: TileConfig = {
+    rows: 8, cols: 8, rowsPerThread: 2, colsPerThread: 2, unroll: 1, depth: 4, accumulateDepth: 4, staged: true,
+  };
+  beforeAll(async () => {
+    if (!HAS_GPU) return;
+    await useWebGPU();
+    setTileConfigOverride({ forward: STAGED_TILES });
+  });
+  afterAll(() => { if (HAS_GPU) { setTileConfigOverride({}); destroyWebGPU(); } });
+
+  for (const [i, { label, flags }] of OPTION_SETS.entries()) {
+    gpuTest(`${label}: output and logsumexp`, async () => {
+      const found: string[] = [];
+      for (const { c, d, finite, label: inputs } of nonFiniteCases(flags, i)) {
+        const p = problems(await runOp(c, d, false), c, d, finite, FORWARD);
+        if (p.length) found.push(`${inputs}, ${describeCase(c)}:\n  ${p.join('\n  ')}`);
+      }
+      expect(takeUncapturedErrors()).toEqual([]);
+      expect(found).toEqual([]);
+    }, COMPILE_HEAVY_MS);
+  }
+
+  gpuTest('a fully masked row gives 0 and logsumexp -Infinity, even with NaN in it', async () => {
+    const { c, d, finite } = fullyMaskedRowCase();
+    const got = await runOp(c, d, false);
+    for (const h of [0, 1]) {
+      expect(Array.from(got.out.slice(h * 8, h * 8 + 8))).toEqual(new Array(8).fill(0));
+      expect(got.lse[h * 9]).toBe(-Infinity);
+    }
+    expect(problems(got, c, d, finite, FORWARD)).toEqual([]);
+  }, COMPILE_HEAVY_MS);
+});
