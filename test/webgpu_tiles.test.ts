@@ -13,6 +13,16 @@ import { destroyWebGPU, gpuTest, useWebGPU, HAS_GPU } from './helpers/webgpu_env
 const tile = (rows: number, cols: number, rowsPerThread: number, colsPerThread: number): TileConfig =>
   ({ rows, cols, rowsPerThread, colsPerThread, unroll: 2 });
 
+/** Each case's forward on its forced tile geometry matches the float64 reference. */
+async function expectForwardsMatch(cases: Array<[TileConfig, CaseSpec]>): Promise<void> {
+    for (const [forward, c] of cases) {
+      setTileConfigOverride({ forward });
+      const d = caseData(c);
+      const e = compare(await runOp(c, d, false), reference(c, d), false);
+      expect(Math.max(e.out, e.lse)).toBeLessThan(F32_TOLERANCE.forward);
+    }
+}
+
 describe('the headDim-128 tile geometries', () => {
   beforeAll(async () => { if (HAS_GPU) await useWebGPU(); });
   afterAll(() => { setTileConfigOverride({}); if (HAS_GPU) destroyWebGPU(); });
@@ -36,12 +46,7 @@ describe('the headDim-128 tile geometries', () => {
        { dims: { batch: 2, seqQ: 19, seqK: 23, heads: 2, kvHeads: 1, headDim: 4, headDimV: 32 }, seed: 7, alibi: true,
          maskShape: [1, 2, 19, 23], dropoutRate: 0.2 }],
     ];
-    for (const [forward, c] of cases) {
-      setTileConfigOverride({ forward });
-      const d = caseData(c);
-      const e = compare(await runOp(c, d, false), reference(c, d), false);
-      expect(Math.max(e.out, e.lse)).toBeLessThan(F32_TOLERANCE.forward);
-    }
+    await expectForwardsMatch(cases);
   }, 300000);
 });
 
@@ -68,12 +73,7 @@ describe('the staged forward (chunked products, as the backward)', () => {
       [staged(16, 16, 2, 2, 16, 1),
        { dims: { batch: 1, seqQ: 33, seqK: 17, heads: 3, kvHeads: 3, headDim: 20, headDimV: 4 }, seed: 23 }],
     ];
-    for (const [forward, c] of cases) {
-      setTileConfigOverride({ forward });
-      const d = caseData(c);
-      const e = compare(await runOp(c, d, false), reference(c, d), false);
-      expect(Math.max(e.out, e.lse)).toBeLessThan(F32_TOLERANCE.forward);
-    }
+    await expectForwardsMatch(cases);
   }, 300000);
 
   test('ranks on the H200 as measured there, and fits every head dim 1..256 on 16-48 KiB devices', () => {
