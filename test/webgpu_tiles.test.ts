@@ -23,7 +23,7 @@ async function expectForwardsMatch(cases: Array<[TileConfig, CaseSpec]>): Promis
     }
 }
 
-describe('the headDim-128 tile geometries', () => {
+describe('tile geometries forced on small head dims', () => {
   beforeAll(async () => { if (HAS_GPU) await useWebGPU(); });
   afterAll(() => { setTileConfigOverride({}); if (HAS_GPU) destroyWebGPU(); });
 
@@ -48,17 +48,12 @@ describe('the headDim-128 tile geometries', () => {
     ];
     await expectForwardsMatch(cases);
   }, 300000);
-});
-
-describe('the staged forward (chunked products, as the backward)', () => {
-  beforeAll(async () => { if (HAS_GPU) await useWebGPU(); });
-  afterAll(() => { setTileConfigOverride({}); if (HAS_GPU) destroyWebGPU(); });
 
   const staged = (rows: number, cols: number, rowsPerThread: number, colsPerThread: number, depth: number,
                   accumulateDepth: number): TileConfig =>
     ({ rows, cols, rowsPerThread, colsPerThread, unroll: 1, depth, accumulateDepth, staged: true });
 
-  gpuTest('large-device geometries across tile and chunk boundaries, every option, against float64', async () => {
+  gpuTest('the staged forward (the backward\'s chunked products) on large-device geometries, across tile and chunk boundaries, every option', async () => {
     const cases: Array<[TileConfig, CaseSpec]> = [
       // The H200's 64 x 64 tile at 4 x 4 per thread; head dims not multiples of the chunk depth
       // nor of 4; sequences ending mid-tile; causal with paired query tiles; GQA; dropout.
@@ -75,34 +70,9 @@ describe('the staged forward (chunked products, as the backward)', () => {
     ];
     await expectForwardsMatch(cases);
   }, 300000);
-
-  test('ranks on the H200 as measured there, and fits every head dim 1..256 on 16-48 KiB devices', () => {
-    const device = (storage: number, invocations: number) => ({
-      maxComputeWorkgroupStorageSize: storage, maxComputeInvocationsPerWorkgroup: invocations,
-      maxStorageBufferBindingSize: 2 ** 31 - 4, maxComputeWorkgroupsPerDimension: 65535,
-    });
-    setTileConfigOverride({});
-    const h200 = device(48 * 1024, 1024);
-    const staged64 = { rows: 64, cols: 64, rowsPerThread: 4, colsPerThread: 4, staged: true };
-    expect(chooseTiles('forward', h200, 32, 32)).toEqual({ rows: 64, cols: 32, rowsPerThread: 4, colsPerThread: 4, unroll: 4 });
-    expect(chooseTiles('forward', h200, 64, 64)).toMatchObject(staged64);
-    // headDim 128: the tiled 32 x 16 unless row reductions use shuffles (subgroups of 32).
-    expect(chooseTiles('forward', h200, 128, 128)).toEqual({ rows: 32, cols: 16, rowsPerThread: 2, colsPerThread: 2, unroll: 2 });
-    expect(chooseTiles('forward', h200, 128, 128, 32)).toMatchObject(staged64);
-    expect(chooseTiles('forward', h200, 256, 256)).toMatchObject({ ...staged64, depth: 16, accumulateDepth: 8 });
-    for (const limits of [device(16384, 256), device(32768, 256), h200]) {
-      for (let d = 1; d <= 256; d++) {
-        for (const dv of [d, 1 + (d * 7) % 256]) {
-          const t = chooseTiles('forward', limits, d, dv, d % 2 === 0 ? 32 : 0);
-          expect(workgroupBytes('forward', t, d, dv)).toBeLessThanOrEqual(limits.maxComputeWorkgroupStorageSize);
-          expect(threadsOf(t)).toBeLessThanOrEqual(limits.maxComputeInvocationsPerWorkgroup);
-        }
-      }
-    }
-  });
 });
 
-describe('backward tile choice from the device limits', () => {
+describe('tile choice from the device limits', () => {
   const device = (storage: number, invocations: number) => ({
     maxComputeWorkgroupStorageSize: storage, maxComputeInvocationsPerWorkgroup: invocations,
     maxStorageBufferBindingSize: 2 ** 31 - 4, maxComputeWorkgroupsPerDimension: 65535,
@@ -125,6 +95,27 @@ describe('backward tile choice from the device limits', () => {
           const width = Math.max(Math.ceil(d / 4), Math.ceil(dv / 4)) * 4;
           expect(Math.ceil(t.depth! * Math.max(t.rows, t.cols) / threadsOf(t))).toBeLessThanOrEqual(MAX_PREFETCH_PER_THREAD);
           expect(Math.ceil(t.accumulateDepth! * width / threadsOf(t))).toBeLessThanOrEqual(MAX_PREFETCH_PER_THREAD);
+        }
+      }
+    }
+  });
+
+  test('the forward ranks the staged tiles as measured on the H200; every head dim 1..256 fits 16-48 KiB devices', () => {
+    setTileConfigOverride({});
+    const h200 = device(48 * 1024, 1024);
+    const staged64 = { rows: 64, cols: 64, rowsPerThread: 4, colsPerThread: 4, staged: true };
+    expect(chooseTiles('forward', h200, 32, 32)).toEqual({ rows: 64, cols: 32, rowsPerThread: 4, colsPerThread: 4, unroll: 4 });
+    expect(chooseTiles('forward', h200, 64, 64)).toMatchObject(staged64);
+    // headDim 128: the tiled 32 x 16 unless row reductions use shuffles (subgroups of 32).
+    expect(chooseTiles('forward', h200, 128, 128)).toEqual({ rows: 32, cols: 16, rowsPerThread: 2, colsPerThread: 2, unroll: 2 });
+    expect(chooseTiles('forward', h200, 128, 128, 32)).toMatchObject(staged64);
+    expect(chooseTiles('forward', h200, 256, 256)).toMatchObject({ ...staged64, depth: 16, accumulateDepth: 8 });
+    for (const limits of [device(16384, 256), device(32768, 256), h200]) {
+      for (let d = 1; d <= 256; d++) {
+        for (const dv of [d, 1 + (d * 7) % 256]) {
+          const t = chooseTiles('forward', limits, d, dv, d % 2 === 0 ? 32 : 0);
+          expect(workgroupBytes('forward', t, d, dv)).toBeLessThanOrEqual(limits.maxComputeWorkgroupStorageSize);
+          expect(threadsOf(t)).toBeLessThanOrEqual(limits.maxComputeInvocationsPerWorkgroup);
         }
       }
     }
