@@ -21,9 +21,9 @@ import {
 } from './helpers/attention_case';
 import { checkOutput, compositeFloat64, kind, SPECIAL, withNonFinite } from './helpers/nonfinite';
 import { CPU_PATHS, registerFallbackBackend } from './helpers/backends';
-import { setTileConfigOverride, TileConfig } from '../kernels/webgpu/tiles';
+import { setTileConfigOverride } from '../kernels/webgpu/tiles';
 import {
-  destroyWebGPU, gpuTest, HAS_GPU, takeUncapturedErrors, TINY_TILES, useBackendForSuite, useWebGPU,
+  gpuTest, takeUncapturedErrors, TINY_STAGED_TILES, TINY_TILES, useBackendForSuite,
 } from './helpers/webgpu_env';
 
 registerFallbackBackend();
@@ -178,13 +178,8 @@ describe.each(BACKENDS)('NaN and Infinity propagate on the $name', ({ backend })
   }, COMPILE_HEAVY_MS);
 
   if (backend === 'webgpu') {
-    // The staged forward (the backward's chunked products) on a small tile with several head-dim
-    // chunks and value-row steps per key tile.
-    const STAGED_TILES: TileConfig = {
-      rows: 8, cols: 8, rowsPerThread: 2, colsPerThread: 2, unroll: 1, depth: 4, accumulateDepth: 4, staged: true,
-    };
     describe('through the staged forward', () => {
-      beforeAll(() => setTileConfigOverride({ forward: STAGED_TILES, dq: TINY_TILES, dkdv: TINY_TILES }));
+      beforeAll(() => setTileConfigOverride({ forward: TINY_STAGED_TILES, dq: TINY_TILES, dkdv: TINY_TILES }));
       afterAll(() => setTileConfigOverride({ forward: TINY_TILES, dq: TINY_TILES, dkdv: TINY_TILES }));
 
       for (const [i, { label, flags }] of OPTION_SETS.entries()) {

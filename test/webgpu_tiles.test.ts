@@ -5,7 +5,8 @@
  * reference. Then the backward's tile choice from device limits (no GPU needed).
  */
 import {
-  chooseTiles, MAX_PREFETCH_PER_THREAD, setStagedForward, setTileConfigOverride, threadsOf, TileConfig, workgroupBytes,
+  chooseTiles, MAX_PREFETCH_PER_THREAD, setForwardVariant, setTileConfigOverride, STAGED_FORWARD_FIRST, threadsOf, TileConfig,
+  workgroupBytes,
 } from '../kernels/webgpu/tiles';
 import { CaseSpec, caseData, compare, F32_TOLERANCE, reference, runOp } from './helpers/attention_case';
 import { destroyWebGPU, gpuTest, useWebGPU, HAS_GPU } from './helpers/webgpu_env';
@@ -100,30 +101,46 @@ describe('tile choice from the device limits', () => {
     }
   });
 
-  test('opted in, the forward ranks the staged tiles as measured on the H200; every head dim 1..256 fits 16-48 KiB devices', () => {
+  test('the forward takes the staged tiles exactly where they measured faster on the H200, per device path', () => {
     setTileConfigOverride({});
     const h200 = device(48 * 1024, 1024);
-    expect(chooseTiles('forward', h200, 256, 256, 32)).toMatchObject({ rows: 32, cols: 8, sharedKV: true });   // opt-in
-    setStagedForward(true);
     const staged64 = { rows: 64, cols: 64, rowsPerThread: 4, colsPerThread: 4, staged: true };
-    expect(chooseTiles('forward', h200, 32, 32)).toEqual({ rows: 64, cols: 32, rowsPerThread: 4, colsPerThread: 4, unroll: 4 });
-    expect(chooseTiles('forward', h200, 64, 64)).toMatchObject(staged64);
-    // headDim 128: the tiled 32 x 16 unless row reductions use shuffles (subgroups of 32).
-    expect(chooseTiles('forward', h200, 128, 128)).toEqual({ rows: 32, cols: 16, rowsPerThread: 2, colsPerThread: 2, unroll: 2 });
-    expect(chooseTiles('forward', h200, 128, 128, 32)).toMatchObject(staged64);
-    expect(chooseTiles('forward', h200, 256, 256)).toMatchObject({ ...staged64, depth: 16, accumulateDepth: 8 });
+    for (const [path, subgroupSize] of [['default', 0], ['subgroups', 32]] as const) {
+      for (const width of [16, 32, 48, 64, 96, 128, 160]) {
+        const first = STAGED_FORWARD_FIRST[path].some(([lo, hi]) => width >= lo && width <= hi);
+        const t = chooseTiles('forward', h200, width, width, subgroupSize);
+        expect([path, width, !!t.staged]).toEqual([path, width, first]);
+        if (first) expect(t).toMatchObject(staged64);
+      }
+      // Past headDim ~170 none of the leading tiled tiles fits 48 KiB: the staged 64 x 64 beats the
+      // smaller tiled ones there on both paths (d = 256: 13.2 against 150 ms).
+      expect(chooseTiles('forward', h200, 256, 256, subgroupSize)).toMatchObject({ ...staged64, depth: 16, accumulateDepth: 8 });
+    }
+  });
+
+  test('forced variants: tiled never stages, staged always does; every head dim 1..256 fits 16-48 KiB devices', () => {
+    setTileConfigOverride({});
+    const h200 = device(48 * 1024, 1024);
     try {
-      for (const limits of [device(16384, 256), device(32768, 256), h200]) {
-        for (let d = 1; d <= 256; d++) {
-          for (const dv of [d, 1 + (d * 7) % 256]) {
-            const t = chooseTiles('forward', limits, d, dv, d % 2 === 0 ? 32 : 0);
-            expect(workgroupBytes('forward', t, d, dv)).toBeLessThanOrEqual(limits.maxComputeWorkgroupStorageSize);
-            expect(threadsOf(t)).toBeLessThanOrEqual(limits.maxComputeInvocationsPerWorkgroup);
+      setForwardVariant('tiled');
+      expect(chooseTiles('forward', h200, 256, 256, 32)).toMatchObject({ rows: 32, cols: 8, sharedKV: true });
+      setForwardVariant('staged');
+      expect(chooseTiles('forward', h200, 32, 32)).toMatchObject({ rows: 64, cols: 64, staged: true });
+      for (const variant of ['auto', 'tiled', 'staged'] as const) {
+        setForwardVariant(variant);
+        for (const limits of [device(16384, 256), device(32768, 256), h200]) {
+          for (let d = 1; d <= 256; d++) {
+            for (const dv of [d, 1 + (d * 7) % 256]) {
+              const t = chooseTiles('forward', limits, d, dv, d % 2 === 0 ? 32 : 0);
+              expect(variant !== 'tiled' || !t.staged).toBe(true);
+              expect(workgroupBytes('forward', t, d, dv)).toBeLessThanOrEqual(limits.maxComputeWorkgroupStorageSize);
+              expect(threadsOf(t)).toBeLessThanOrEqual(limits.maxComputeInvocationsPerWorkgroup);
+            }
           }
         }
       }
     } finally {
-      setStagedForward(false);
+      setForwardVariant('auto');
     }
   });
 });

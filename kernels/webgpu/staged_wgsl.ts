@@ -12,8 +12,9 @@ import { registersWGSL, tileConstants } from './wgsl_fragments';
 
 /**
  * WGSL constants of a staged pass (the backward passes and the staged forward). The thread
- * grid is TR x TC (tid = tr * TC + tc); a thread owns tile rows tr * RPT + r and tile columns tc * CPT + c (contiguous runs, read as vec4s when
- * they are multiples of 4), and the accumulator vec4 columns tc + TC * m.
+ * grid is TR x TC (tid = tr * TC + tc); a thread owns tile rows tr * RPT + r and tile columns
+ * tc * CPT + c (contiguous runs, read as vec4s when they are multiples of 4), and the
+ * accumulator vec4 columns tc + TC * m.
  */
 export function stagedConstants(t: TileConfig, headDim: number, headDimV: number): string {
   const l = backwardLayout(t, headDim, headDimV);
@@ -75,7 +76,9 @@ export interface Phase { chunks: number; loads: (k: string) => StageLoad[]; comp
 /**
  * Loads of more floats per thread than this are not prefetched but read straight into workgroup
  * memory after the step's first barrier: unrolled, they made SwiftShader's compiler use over
- * 20 GB (headDim 256 on 16-thread tiles). The tuned H200 tiles prefetch at most 4.
+ * 20 GB (the backward at headDim 256 on 16-thread tiles; measured again 2026-12-02 with a cap of
+ * 16: bad_alloc past 5.7 GB after 105 s, against 0.78 GB and 7 s with 8). The tuned H200 tiles
+ * prefetch at most 4.
  */
 const MAX_UNROLLED_PREFETCH = 8;
 const prefetched = (l: StageLoad, t: TileConfig) => Math.ceil(stageCount(l, t) / threadsOf(t)) <= MAX_UNROLLED_PREFETCH;

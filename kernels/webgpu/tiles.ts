@@ -106,36 +106,43 @@ const bwd = (rows: number, cols: number, rowsPerThread: number, colsPerThread: n
  * threads): H200, seq 4096, 16 heads, 149 against 1137 ms (BENCHMARKS.md, WebGPU forward on the H200).
  */
 /**
- * The staged forward's candidates and where they rank (H200, N = 4096, 16 heads, GPU time, full /
- * causal ms, 2026-12-02, kernels/webgpu/tune/forward_sweep.ts; BENCHMARKS.md):
- *  - headDim 256: 13.2 / 18.9 (64 x 64 at 4 x 4) against 150 / 85 for the sharedKV 32 x 8 tile, so
- *    it ranks before every tile smaller than 32 x 16 (those that fit only past headDim ~170);
- *  - headDim 128: 6.3 / 3.4 with subgroup shuffles against 11.6 / 6.1 for 32 x 16, but 25.9 / 15.4
- *    on the default device (its row max and sum through workgroup memory): first only with shuffles;
- *  - headDim 64: 3.63 / 1.95 against 3.76 / 2.04 (subgroups 3.47 / 1.88 against 3.70 / 1.98): first;
- *  - headDim 32: 2.73 / 1.46 against 2.40 / 1.28: not used.
+ * The staged forward's candidates, best first (H200, 2026-12-02, fwd2's sweep at N = 4096 in
+ * BENCHMARKS.md: 64 x 64 at 4 x 4 ahead of 128 x 64 at 8 x 4 at every head dim).
  */
 export const STAGED_FORWARD: TileConfig[] = [
   { ...bwd(64, 64, 4, 4), staged: true }, { ...bwd(32, 32, 2, 2), staged: true }, { ...bwd(16, 16, 2, 2), staged: true },
 ];
-/** The tiled forward's candidates the staged ones rank after on the default device past headDim 64. */
+/**
+ * The tiled forward's candidates that rank before the staged ones where the staged forward is not
+ * preferred: the staged 64 x 64 tile still beats every smaller tiled tile, which is all that fits
+ * past headDim ~170 (d = 256: 13.2 against 150 ms, both devices, N = 4096).
+ */
 const TILED_FORWARD_LEADERS = 6;
 
-let stagedForward = false;
+/** Which forward the tile choice takes: as measured (auto), or one variant forced (bench, tuning). */
+export type ForwardVariant = 'auto' | 'tiled' | 'staged';
+let forwardVariant: ForwardVariant = 'auto';
+
+export function setForwardVariant(v: ForwardVariant): void {
+  forwardVariant = v;
+}
 
 /**
- * Opts the forward into the staged candidates where they measured faster (below). Off by default:
- * the staged forward passed its own tests and the float64 check on the H200, but the full WebGPU
- * suite had not finished on it by this round's deadline (2026-12-02).
+ * Head widths (max(headDim, headDimV), inclusive ranges) where the staged forward ranks first,
+ * per device path: 'subgroups' where the row max and sum use subgroup shuffles, 'default' where
+ * they go through workgroup memory.
  */
-export function setStagedForward(on: boolean): void {
-  stagedForward = on;
-}
+export const STAGED_FORWARD_FIRST: Record<'default' | 'subgroups', Array<[number, number]>> = {
+  default: [],
+  subgroups: [],
+};
 
 function forwardCandidates(headDim: number, headDimV: number, rowShuffles: boolean): TileConfig[] {
   const tiled = CANDIDATES.forward, width = Math.max(headDim, headDimV);
-  if (!stagedForward || width <= 32) return tiled;
-  if (width <= 64 || rowShuffles) return [...STAGED_FORWARD, ...tiled];
+  if (forwardVariant === 'tiled') return tiled;
+  const first = forwardVariant === 'staged' ||
+      STAGED_FORWARD_FIRST[rowShuffles ? 'subgroups' : 'default'].some(([lo, hi]) => width >= lo && width <= hi);
+  if (first) return [...STAGED_FORWARD, ...tiled];
   return [...tiled.slice(0, TILED_FORWARD_LEADERS), ...STAGED_FORWARD, ...tiled.slice(TILED_FORWARD_LEADERS)];
 }
 
