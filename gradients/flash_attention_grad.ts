@@ -13,12 +13,12 @@ import { FlashAttention, FlashAttentionGrad, FlashAttentionGradInputs } from '..
 
 export const flashAttentionGradConfig: GradConfig = {
   kernelName: FlashAttention,
-  inputsToSave: ['q', 'k', 'v', 'alibiSlopes', 'mask'],
+  inputsToSave: ['q', 'k', 'v', 'alibiSlopes', 'mask', 'seqRangesQ', 'seqRangesK'],
   outputsToSave: [true, true],
   gradFunc: (dys: Tensor | Tensor[], saved: Tensor[], attrs: NamedAttrMap) => {
     const dy = (dys as Tensor[])[0];
-    const [q, k, v, alibiSlopes, mask, out, logSumExp] = saved;
-    const inputs: FlashAttentionGradInputs = { q, k, v, alibiSlopes, mask, out, logSumExp, dy };
+    const [q, k, v, alibiSlopes, mask, seqRangesQ, seqRangesK, out, logSumExp] = saved;
+    const inputs: FlashAttentionGradInputs = { q, k, v, alibiSlopes, mask, seqRangesQ, seqRangesK, out, logSumExp, dy };
     // Backprop runs inside tfjs's tidy, so grads of pruned inputs are disposed, not leaked.
     const [dq, dk, dv] = engine().runKernel(FlashAttentionGrad, inputs as {}, attrs) as Tensor[];
     return {
@@ -27,6 +27,8 @@ export const flashAttentionGradConfig: GradConfig = {
       v: () => dv,
       alibiSlopes: () => zerosLike(alibiSlopes),
       mask: () => zeros(mask.shape, 'float32'),
+      seqRangesQ: () => zeros(seqRangesQ.shape, 'float32'),
+      seqRangesK: () => zeros(seqRangesK.shape, 'float32'),
     };
   },
 };

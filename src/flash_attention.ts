@@ -84,7 +84,9 @@ function flashAttention_(q: Tensor | TensorLike, k: Tensor | TensorLike, v: Tens
   const backendName = engine().backendName;
   if (backendName === 'tensorflow') ensureTensorflowKernels();   // loads the CUDA op library once
   if (getKernel(FlashAttention, backendName) != null) {
-    const inputs: FlashAttentionInputs = { q: $q, k: $k, v: $v, alibiSlopes, mask };
+    // Lengths arrive with issue 12's seqLensQ/K; until then the ranges are placeholders.
+    const seqRangesQ = zeros([1, 2], 'int32'), seqRangesK = zeros([1, 2], 'int32');
+    const inputs: FlashAttentionInputs = { q: $q, k: $k, v: $v, alibiSlopes, mask, seqRangesQ, seqRangesK };
     [output, logSumExp] = engine().runKernel(
         FlashAttention, inputs as {}, attrs as unknown as {}) as [Tensor4D, Tensor3D];
   } else {

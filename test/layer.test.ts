@@ -109,7 +109,7 @@ describe('the plain attention path follows the flashAttention contract', () => {
     const { output } = plainAttention(q, k, v, { mask, alibiSlopes: slopes, softcap: 3, windowSize: [4, 2] });
     const attrs: FlashAttentionAttrs = {
       scale: 1 / Math.sqrt(5), softcap: 3, windowLeft: 4, windowRight: 2, hasAlibi: true, hasMask: true,
-      dropoutRate: 0, seed: 0, precision: 'highest',
+      dropoutRate: 0, seed: 0, precision: 'highest', seqLayout: 'dense', maxSeqLenQ: 6, maxSeqLenK: 7, numSeqs: 2,
     };
     const { out } = referenceForward(dims, { q: q.dataSync(), k: k.dataSync(), v: v.dataSync(), alibiSlopes: slopes,
                                              mask: { values: maskValues, shape: [2, 1, 6, 7] } }, attrs);

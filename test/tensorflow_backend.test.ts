@@ -24,7 +24,7 @@ const canBuildFakes = fs.existsSync(path.join(CUDA_HOME, 'include', 'cuda_runtim
 
 const ATTRS: FlashAttentionAttrs = {
   scale: 0.125, softcap: 30, windowLeft: 64, windowRight: 0, hasAlibi: true, hasMask: false,
-  dropoutRate: 0.1, seed: 0xfffffffe, precision: 'fast',
+  dropoutRate: 0.1, seed: 0xfffffffe, precision: 'fast', seqLayout: 'dense', maxSeqLenQ: 0, maxSeqLenK: 0, numSeqs: 0,
 };
 
 /** A tfjs-node backend stand-in that records what the kernels ask it to execute. */

@@ -4,7 +4,7 @@
  * causal becomes windowRight = 0 and -1 means unbounded, so no backend ever sees `causal`.
  */
 import { Tensor, Tensor1D } from '@tensorflow/tfjs-core';
-import { FlashAttentionAttrs, Precision } from './kernel_names';
+import { FlashAttentionAttrs, Precision, SeqLayout } from './kernel_names';
 import { AttentionDims, attentionDims } from './problem';
 
 export interface FlashAttentionOptions {
@@ -28,6 +28,70 @@ export interface FlashAttentionOptions {
   returnLogSumExp?: boolean;
   /** 'fast' allows a faster lower-precision path where a backend has one (CUDA tensor cores). */
   precision?: Precision;
+  /**
+   * int32 per batch element, 0 <= seqLensQ[b] <= seqQ: queries i >= seqLensQ[b] do not exist
+   * (output 0, logSumExp -Infinity, zero gradient). Causal, window and ALiBi align to the lengths.
+   */
+  seqLensQ?: SeqLens;
+  /** int32 per batch element, 0 <= seqLensK[b] <= seqK: keys j >= seqLensK[b] do not exist. */
+  seqLensK?: SeqLens;
+}
+
+/** Lengths per batch element (or cumulative offsets, for flashAttentionVarlen). */
+export type SeqLens = number[] | Int32Array | Tensor1D;
+
+/**
+ * Options of flashAttentionVarlen (packed sequences, as FlashAttention's flash_attn_varlen_func):
+ * every option of flashAttention except mask and seqLensQ/K applies per sequence.
+ */
+export interface FlashAttentionVarlenOptions extends Omit<FlashAttentionOptions, 'mask' | 'seqLensQ' | 'seqLensK'> {
+  /** int32 [numSeqs + 1]: 0 = cuSeqLensQ[0] <= ... <= cuSeqLensQ[numSeqs] = totalQ. */
+  cuSeqLensQ: SeqLens;
+  /** int32 [numSeqs + 1]: 0 = cuSeqLensK[0] <= ... <= cuSeqLensK[numSeqs] = totalK. */
+  cuSeqLensK: SeqLens;
+}
+
+/** How the sequences of one call lie in q/k/v: the attributes the op derives from the lengths. */
+export type SequenceAttrs = Pick<FlashAttentionAttrs, 'seqLayout' | 'maxSeqLenQ' | 'maxSeqLenK' | 'numSeqs'>;
+
+/** No lengths given: every sequence is the full seqQ x seqK. */
+export function denseSequences(dims: AttentionDims): SequenceAttrs {
+  return { seqLayout: 'dense', maxSeqLenQ: dims.seqQ, maxSeqLenK: dims.seqK, numSeqs: dims.batch };
+}
+
+/**
+ * Checks lengths read from seqLensQ/seqLensK (name) against the batch and the sequence dimension:
+ * integers in [0, maxLen], one per batch element.
+ */
+export function validateSeqLens(values: ArrayLike<number>, name: string, batch: number, maxLen: number,
+                                dimName: string): void {
+  check(values.length === batch, () => `${name} must have one length per batch element (${batch}), but got ${values.length}`);
+  for (let b = 0; b < values.length; b++) {
+    const x = values[b];
+    check(Number.isInteger(x) && x >= 0 && x <= maxLen, () =>
+        `${name}[${b}] must be an integer in [0, ${dimName} = ${maxLen}], but got ${x}`);
+  }
+}
+
+/**
+ * Checks cumulative offsets cuSeqLensQ/K (name): at least 2 integers, starting at 0,
+ * non-decreasing, ending at total (rows of q, or of k and v). Returns the lengths.
+ */
+export function validateCuSeqLens(values: ArrayLike<number>, name: string, total: number,
+                                  totalName: string): number[] {
+  check(values.length >= 2, () => `${name} must have numSeqs + 1 >= 2 offsets, but got ${values.length}`);
+  check(values[0] === 0, () => `${name} must start at 0, but ${name}[0] is ${values[0]}`);
+  const lens: number[] = [];
+  for (let s = 1; s < values.length; s++) {
+    const x = values[s];
+    check(Number.isInteger(x), () => `${name}[${s}] must be an integer, but got ${x}`);
+    check(x >= values[s - 1], () =>
+        `${name} must be non-decreasing, but ${name}[${s}] = ${x} < ${name}[${s - 1}] = ${values[s - 1]}`);
+    lens.push(x - values[s - 1]);
+  }
+  const last = values[values.length - 1];
+  check(last === total, () => `${name} must end at ${totalName} = ${total}, but ends at ${last}`);
+  return lens;
 }
 
 export const MAX_HEAD_DIM = 256;
@@ -96,10 +160,11 @@ export const isFiniteFloat32 = (x: number) => Math.abs(x) <= FLOAT32_MAX;
  * validated by the op, which owns their conversion to tensors.
  */
 export function normalizeAttrs(dims: AttentionDims, options: FlashAttentionOptions,
-                               hasAlibi: boolean, hasMask: boolean): FlashAttentionAttrs {
+                               hasAlibi: boolean, hasMask: boolean,
+                               sequences: SequenceAttrs = denseSequences(dims)): FlashAttentionAttrs {
   validateOptionsObject(options);
   const known = new Set(['causal', 'scale', 'softcap', 'alibiSlopes', 'windowSize', 'mask',
-                         'dropoutRate', 'seed', 'returnLogSumExp', 'precision']);
+                         'dropoutRate', 'seed', 'returnLogSumExp', 'precision', 'seqLensQ', 'seqLensK']);
   for (const key of Object.keys(options)) {
     check(known.has(key), () => `unknown option '${key}'; known options: ${[...known].join(', ')}`);
   }
@@ -135,7 +200,7 @@ export function normalizeAttrs(dims: AttentionDims, options: FlashAttentionOptio
   }
   if (options.causal) windowRight = windowRight < 0 ? 0 : Math.min(windowRight, 0);
 
-  return { scale, softcap, windowLeft, windowRight, hasAlibi, hasMask, dropoutRate, seed, precision };
+  return { scale, softcap, windowLeft, windowRight, hasAlibi, hasMask, dropoutRate, seed, precision, ...sequences };
 }
 
 /** Broadcasts a mask shape (rank <= 4) to rank 4 against [batch, heads, seqQ, seqK]. */

@@ -7,7 +7,11 @@
 import { FlashAttentionAttrs } from './kernel_names';
 import { dropoutThreshold } from './dropout';
 
-/** The problem's dimensions, read from q [B, seqQ, H, D], k [B, seqK, Hkv, D], v [B, seqK, Hkv, Dv]. */
+/**
+ * The problem's dimensions, read from q [B, seqQ, H, D], k [B, seqK, Hkv, D], v [B, seqK, Hkv, Dv].
+ * With seqLayout 'packed' (kernel_names.ts), attentionProblem replaces batch by the number of
+ * sequences and seqQ/seqK by the longest sequence's lengths (the grid extents).
+ */
 export interface AttentionDims {
   batch: number; seqQ: number; seqK: number; heads: number; kvHeads: number;
   headDim: number; headDimV: number;
@@ -20,6 +24,10 @@ export interface OptionFlags {
   softcap: boolean;
   mask: boolean;
   dropout: boolean;
+  /** seqRangesQ/K are read (seqLayout 'padded' or 'packed'). */
+  seqRanges: boolean;
+  /** seqLayout 'packed': sequences packed back to back in q [1, totalQ, H, D]. */
+  packed: boolean;
 }
 
 /** A WGSL scalar type; a uniform's value is converted to it exactly once, by its backend. */
@@ -33,8 +41,20 @@ export interface UniformField {
 }
 
 export interface AttentionProblem extends AttentionDims {
-  /** seqK - seqQ: the causal mask, the window and ALiBi are aligned bottom-right. */
+  /**
+   * seqK - seqQ: the causal mask, the window and ALiBi are aligned bottom-right. With seqRanges
+   * the offset is per sequence, lenK - lenQ (sequenceOffset), and this value is unused.
+   */
   offset: number;
+  /** Rows of q (and out) / of k and v in memory: dimension 0 x dimension 1 (totalQ/totalK when packed). */
+  rowsQ: number;
+  rowsK: number;
+  /** logSumExp index = startQ * lseStartStride + h * lseHeadStride + i (kernel_names.ts header). */
+  lseStartStride: number;
+  lseHeadStride: number;
+  /** Shapes of the forward's outputs: out and logSumExp. */
+  outShape: [number, number, number, number];
+  logSumExpShape: [number, number, number];
   /** Query heads per kv head (GQA/MQA): query head h reads kv head floor(h / group). */
   group: number;
   attrs: FlashAttentionAttrs;
@@ -61,19 +81,34 @@ export function optionFlags(a: FlashAttentionAttrs): OptionFlags {
     softcap: a.softcap > 0,
     mask: a.hasMask,
     dropout: a.dropoutRate > 0,
+    seqRanges: a.seqLayout !== 'dense',
+    packed: a.seqLayout === 'packed',
   };
 }
 
 /** Derives the problem of one kernel call from the shapes of q, k, v and the attributes. */
 export function attentionProblem(qShape: readonly number[], kShape: readonly number[], vShape: readonly number[],
                                  attrs: FlashAttentionAttrs): AttentionProblem {
-  const dims = attentionDims(qShape, kShape, vShape);
   const flags = optionFlags(attrs);
+  const shapeDims = attentionDims(qShape, kShape, vShape);
+  const dims = flags.packed
+    ? { ...shapeDims, batch: attrs.numSeqs, seqQ: attrs.maxSeqLenQ, seqK: attrs.maxSeqLenK }
+    : shapeDims;
+  const rowsQ = qShape[0] * qShape[1];
+  const rowsK = kShape[0] * kShape[1];
   const threshold = dropoutThreshold(attrs.dropoutRate);
   const dropoutScale = flags.dropout ? 1 / (1 - attrs.dropoutRate) : 1;
   return {
     ...dims,
     offset: dims.seqK - dims.seqQ,
+    rowsQ,
+    rowsK,
+    // Padded/dense: startQ = b * seqQ, so startQ * heads = b * heads * seqQ ([B, H, seqQ]);
+    // packed: [1, H, totalQ] indexed by the global row startQ + i.
+    lseStartStride: flags.packed ? 1 : dims.heads,
+    lseHeadStride: flags.packed ? rowsQ : dims.seqQ,
+    outShape: [qShape[0], qShape[1], dims.heads, dims.headDimV],
+    logSumExpShape: flags.packed ? [1, dims.heads, rowsQ] : [dims.batch, dims.heads, dims.seqQ],
     group: dims.heads / dims.kvHeads,
     attrs,
     flags,
@@ -89,6 +124,21 @@ export function attentionProblem(qShape: readonly number[], kShape: readonly num
       { name: 'seed', type: 'u32', value: attrs.seed >>> 0 },
       { name: 'dropThreshold', type: 'u32', value: threshold },
       { name: 'dropScale', type: 'f32', value: dropoutScale },
+      { name: 'lseStartStride', type: 'i32', value: flags.packed ? 1 : dims.heads },
+      { name: 'lseHeadStride', type: 'i32', value: flags.packed ? rowsQ : dims.seqQ },
     ],
   };
+}
+
+/**
+ * (start row, length) of sequence b's queries or keys as a kernel sees them without ranges
+ * ('dense'): rows b * seqLen ... (b + 1) * seqLen - 1. With ranges, read seqRangesQ/K[b] instead.
+ */
+export function denseRange(b: number, seqLen: number): [number, number] {
+  return [b * seqLen, seqLen];
+}
+
+/** The bottom-right alignment offset of one sequence: lenK - lenQ (problem.offset when dense). */
+export function sequenceOffset(lenQ: number, lenK: number): number {
+  return lenK - lenQ;
 }

@@ -129,7 +129,7 @@ export function referenceLayerForward(c: LayerReferenceCase): Float64Array {
   const attrs: FlashAttentionAttrs = {
     scale: 1 / Math.sqrt(c.keyDim), softcap: 0, windowLeft: -1, windowRight: -1,
     hasAlibi: c.alibiSlopes != null, hasMask: c.mask != null, dropoutRate: 0, seed: 0,
-    precision: 'highest', ...c.attrs,
+    precision: 'highest', seqLayout: 'dense', maxSeqLenQ: seqQ, maxSeqLenK: seqK, numSeqs: batch, ...c.attrs,
   };
   const { out } = referenceForward(
       { batch, seqQ, seqK, heads: c.numHeads, kvHeads: c.numKeyValueHeads, headDim: c.keyDim, headDimV: c.valueDim },
