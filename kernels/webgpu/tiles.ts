@@ -130,11 +130,22 @@ export function setForwardVariant(v: ForwardVariant): void {
 /**
  * Head widths (max(headDim, headDimV), inclusive ranges) where the staged forward ranks first,
  * per device path: 'subgroups' where the row max and sum use subgroup shuffles, 'default' where
- * they go through workgroup memory.
+ * they go through workgroup memory. As measured on the H200 (2026-12-02 05:53 UTC, one process per
+ * device path, head dim and variant, 500 ms warm-up, median of 10, GPU ms, 16 heads; full / causal;
+ * kernels/webgpu/tune/forward_h200.sh, BENCHMARKS.md "WebGPU forward on the H200"):
+ *
+ *   d    N       default: tiled        staged          subgroups: tiled      staged
+ *   32   4096    2.39 / 1.28      2.72 / 1.45         2.39 / 1.27      2.59 / 1.40   tiled (also at 1024, 16384)
+ *   64   4096    3.78 / 2.03      3.62 / 1.93         3.69 / 1.98      3.46 / 1.88   staged (also at 1024, 16384)
+ *   128  4096   11.62 / 6.26      6.48 / 3.49        11.54 / 6.09      6.28 / 3.42   staged (1.7-1.8x at 1024, 16384)
+ *   256  4096  149.4 / 84.6      13.10 / 7.50       149.1 / 84.6     13.34 / 7.41   staged
+ *
+ * Between 64 and 256 both measured neighbours favour the staged forward; below 64 only d = 32 was
+ * measured (tiled), so head widths 33-63 keep the tiled forward.
  */
 export const STAGED_FORWARD_FIRST: Record<'default' | 'subgroups', Array<[number, number]>> = {
-  default: [],
-  subgroups: [],
+  default: [[64, 256]],
+  subgroups: [[64, 256]],
 };
 
 function forwardCandidates(headDim: number, headDimV: number, rowShuffles: boolean): TileConfig[] {
