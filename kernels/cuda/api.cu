@@ -106,7 +106,7 @@ int fa_backward(const fa_params* a, const float* q, const float* k, const float*
   const cudaStream_t s = static_cast<cudaStream_t>(stream);
   float* delta = static_cast<float*>(workspace);
   if (useTensorCores(a, p)) {
-    if (cudaError_t e = fa::launchBackwardPreprocess(p, out, dout, delta, s)) return e;
+    if (cudaError_t e = fa::launchBackwardPreprocess(p, out, dout, delta, true, s)) return e;
     return fa::launchBackwardTensorCore(p, q, k, v, lse, dout, delta, dq, dk, dv,
                                         static_cast<char*>(workspace) + deltaBytes(a), s);
   }

@@ -5,6 +5,8 @@
 //      query head that shares it (GQA), recomputing P from the saved log-sum-exp;
 //   3. dQ pass: a block owns a query tile and walks the key tiles.
 // Also used by precision 'fast' (see api.cu).
+#include <cuda_bf16.h>
+
 #include "common.cuh"
 
 namespace fa {
@@ -13,6 +15,12 @@ namespace {
 constexpr int NT = 128;
 
 // Backward preprocess (Triton tutorial: "_attn_bwd_preprocess").
+// BF16_DOUT (the tensor-core backward): dO rounded to BF16 as its dP = dO V^T products see it,
+// so that delta_i = sum_j P_ij dP_ij holds for the dP the passes compute. Otherwise a row whose
+// probability sits on one key (P = 1: one key left by a window or a length of 1) gets
+// dS = dP - delta = (the BF16 rounding of dO) . v instead of 0, and dK of that key sums that
+// noise over every query.
+template <bool BF16_DOUT>
 __global__ void backwardPreprocessKernel(Problem p, const float* __restrict__ out,
                                          const float* __restrict__ dout, float* __restrict__ delta) {
   const long long rows = (long long)p.rowsQ * p.heads;
@@ -22,7 +30,8 @@ __global__ void backwardPreprocessKernel(Problem p, const float* __restrict__ ou
   const float* o = out + row * p.headDimV;
   const float* d = dout + row * p.headDimV;
   float acc = 0.f;
-  for (int c = lane; c < p.headDimV; c += 32) acc = fmaf(o[c], d[c], acc);
+  for (int c = lane; c < p.headDimV; c += 32)
+    acc = fmaf(o[c], BF16_DOUT ? __bfloat162float(__float2bfloat16_rn(d[c])) : d[c], acc);
 #pragma unroll
   for (int s = 16; s > 0; s >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, s);
   if (lane == 0) {
@@ -377,17 +386,18 @@ size_t simtBackwardWorkspace(const Problem& p) {
 }
 
 cudaError_t launchBackwardPreprocess(const Problem& p, const float* out, const float* dout, float* delta,
-                                     cudaStream_t stream) {
+                                     bool bf16Dout, cudaStream_t stream) {
   const long long rows = (long long)p.rowsQ * p.heads;
   if (rows == 0) return cudaSuccess;
-  backwardPreprocessKernel<<<(unsigned)((rows + 7) / 8), 256, 0, stream>>>(p, out, dout, delta);
+  auto kernel = bf16Dout ? backwardPreprocessKernel<true> : backwardPreprocessKernel<false>;
+  kernel<<<(unsigned)((rows + 7) / 8), 256, 0, stream>>>(p, out, dout, delta);
   return cudaGetLastError();
 }
 
 cudaError_t launchBackwardSimt(const Problem& p, const float* q, const float* k, const float* v,
                                const float* out, const float* lse, const float* dout, float* dq,
                                float* dk, float* dv, float* delta, void* staging, cudaStream_t stream) {
-  cudaError_t err = launchBackwardPreprocess(p, out, dout, delta, stream);
+  cudaError_t err = launchBackwardPreprocess(p, out, dout, delta, false, stream);
   if (err != cudaSuccess) return err;
   switch (simtHeadDim(p)) {
     case 64: return dispatchFlags<64>(p, q, k, v, lse, delta, dout, dq, dk, dv, staging, stream);

@@ -93,9 +93,13 @@ __device__ __forceinline__ uint32_t mix32(uint32_t x) {
 __device__ __forceinline__ uint32_t dropoutRowKey(uint32_t seed, uint32_t bh, uint32_t i) {
   return mix32(mix32(mix32(seed ^ 0x9e3779b9u) ^ bh) ^ i);
 }
+// Whether dropout keeps element (row key, j).
+__device__ __forceinline__ bool dropoutKeeps(const Problem& p, uint32_t rowKey, int j) {
+  return mix32(rowKey ^ (uint32_t)j) >= p.dropoutThreshold;
+}
 // Multiplier of P for element (row key, j): 0 when dropped, 1/(1-rate) when kept.
 __device__ __forceinline__ float dropoutMultiplier(const Problem& p, uint32_t rowKey, int j) {
-  return mix32(rowKey ^ (uint32_t)j) >= p.dropoutThreshold ? p.dropoutScale : 0.f;
+  return dropoutKeeps(p, rowKey, j) ? p.dropoutScale : 0.f;
 }
 
 // ---- the score of (b, h, i, j) ----
@@ -347,8 +351,9 @@ size_t tensorCoreBackwardWorkspace(const Problem& p);
 cudaError_t launchBackwardTensorCore(const Problem& p, const float* q, const float* k, const float* v,
                                      const float* lse, const float* dout, const float* delta, float* dq,
                                      float* dk, float* dv, void* workspace, cudaStream_t stream);
+// delta = rowsum(dO * O); bf16Dout: with dO rounded to BF16 (the tensor-core passes' dP operand).
 cudaError_t launchBackwardPreprocess(const Problem& p, const float* out, const float* dout, float* delta,
-                                     cudaStream_t stream);
+                                     bool bf16Dout, cudaStream_t stream);
 size_t simtBackwardWorkspace(const Problem& p);
 cudaError_t launchBackwardSimt(const Problem& p, const float* q, const float* k, const float* v,
                                const float* out, const float* lse, const float* dout, float* dq,

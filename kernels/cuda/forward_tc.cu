@@ -117,7 +117,9 @@ __global__ void __launch_bounds__(NT) forwardTensorCoreKernel(Problem p, const _
           float& x = s[nb][half * 2 + e];
           float pv = softmaxWeight(kept[nb][e], x, mNew);
           rowSum += pv;
-          if (GENERAL && p.hasDropout) pv *= dropoutMultiplier(p, rowKey[half], j0 + nb * 8 + 2 * t + e);
+          // Dropped or kept (0 or 1, exact in BF16); 1 / (1 - rate) is applied to O in float32 at
+          // the end, so that P~ = P exactly where P = 1 (the backward's delta relies on it).
+          if (GENERAL && p.hasDropout && !dropoutKeeps(p, rowKey[half], j0 + nb * 8 + 2 * t + e)) pv = 0.f;
           x = pv;
         }
       lPart[half] = lPart[half] * alpha + rowSum;
@@ -148,7 +150,7 @@ __global__ void __launch_bounds__(NT) forwardTensorCoreKernel(Problem p, const _
     if (i >= sq.rowsQ) continue;
     // Rows past the length (padded layout) are written as zeros, whatever the accumulators hold.
     const bool inSeq = i < sq.lenQ;
-    const float inv = outputScale(l);
+    const float inv = outputScale(l) * ((GENERAL && p.hasDropout) ? p.dropoutScale : 1.f);
     float* orow = out + (((long long)sq.startQ + i) * p.heads + h) * p.headDimV;
 #pragma unroll
     for (int db = 0; db < DBLK; ++db) {
