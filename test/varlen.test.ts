@@ -135,6 +135,22 @@ describe.each(BACKENDS)('variable lengths on %s', backend => {
     expectClose(packed, expected, describeVarlen(c), { forward: 1e-6, grads: 1e-6 });
   }, COMPILE_HEAVY_MS);
 
+  onBackend('padding rows may hold anything, NaN included: they do not exist', async () => {
+    const c: VarlenSpec = {
+      dims: dims(3, 9, 12, 4, 2, 8), layout: 'padded', lensQ: [5, 0, 9], lensK: [7, 3, 12], alibi: true, seed: 23,
+    };
+    const d = varlenData(c);
+    const rows = sequenceRows(c);
+    const { seqQ, seqK, heads, kvHeads, headDim, headDimV } = c.dims;
+    const poison = (x: Float32Array, seq: number, width: number, lens: number[]) =>
+      lens.forEach((len, b) => x.fill(NaN, (b * seq + len) * width, (b + 1) * seq * width));
+    poison(d.q, seqQ, heads * headDim, c.lensQ);
+    poison(d.k, seqK, kvHeads * headDim, c.lensK);
+    poison(d.v, seqK, kvHeads * headDimV, c.lensK);
+    expect(rows.q.length).toBe(3);
+    expectClose(await runVarlenOp(c, d), varlenReference(c, d), describeVarlen(c));
+  }, COMPILE_HEAVY_MS);
+
   onBackend('full lengths give what no lengths give', async () => {
     const c: VarlenSpec = {
       dims: dims(2, 7, 10, 2, 1, 8), layout: 'padded', lensQ: [7, 7], lensK: [10, 10], causal: true, alibi: true,

@@ -267,7 +267,7 @@ export function flashAttentionBlockwise(q: Tensor4D, k: Tensor4D, v: Tensor4D, a
         return blockBackward(sq, sk, sv, sOut, sLogSumExp, dy, bwScorer);
       },
     };
-  })(q, k, v);
+  })(...(lens ? withoutPadding(q, k, v, lens) : [q, k, v]));
   const output = reshape(slice(packed, 0, outSize), [batch, seqQ, heads, headDimV]) as Tensor4D;
   const logSumExp = reshape(slice(packed, outSize, batch * heads * seqQ), [batch, heads, seqQ]) as Tensor3D;
   packed.dispose();
@@ -275,8 +275,23 @@ export function flashAttentionBlockwise(q: Tensor4D, k: Tensor4D, v: Tensor4D, a
 }
 
 /**
+ * q, k, v with the rows past each length zeroed: those rows do not exist, so whatever they hold
+ * (NaN included) must not reach a product with a zero weight (0 * NaN) in the block matMuls.
+ * where()'s gradient passes zero to them, which is theirs by the contract.
+ */
+function withoutPadding(q: Tensor4D, k: Tensor4D, v: Tensor4D, lens: PaddedLengths): Tensor4D[] {
+  const inside = (x: Tensor4D, l: number[]) => {
+    const [b, n] = x.shape;
+    const rows = new Uint8Array(b * n);
+    l.forEach((len, i) => rows.fill(1, i * n, i * n + len));
+    return tidy(() => whereAnyRank(broadcastTo(tensor(rows, [b, n, 1, 1], 'bool'), x.shape), x, zerosLike(x)) as Tensor4D);
+  };
+  return [inside(q, lens.q), inside(k, lens.k), inside(v, lens.k)];
+}
+
+/**
  * Packed sequences: gathered into a padded batch [numSeqs, longest, ...] (a row index per slot;
- * slots past a length read row 0 and are masked), run as 'padded', and gathered back. Gather's
+ * slots past a length read row 0, then zeroed), run as 'padded', and gathered back. Gather's
  * gradient scatters the padded gradients back to the packed rows, so no gradient code is added.
  */
 function packedBlockwise(q: Tensor4D, k: Tensor4D, v: Tensor4D, alibiSlopes: Tensor1D, mask: Tensor4D,
