@@ -11,7 +11,7 @@ import {
   CaseSpec, caseData, F32_TOLERANCE, OPTION_NAMES, optionPowerset, OpResult, relError, runOp,
 } from './helpers/attention_case';
 import {
-  cuSeqLens, describeVarlen, runVarlenOp, sequenceRows, varlenCase, varlenData, varlenReference, VarlenSpec,
+  cuSeqLens, describeVarlen, lengthsMask, runVarlenOp, sequenceRows, varlenCase, varlenData, varlenReference, VarlenSpec,
 } from './helpers/varlen_case';
 import { FALLBACK_BACKEND, registerFallbackBackend } from './helpers/backends';
 import { gpuTest, takeUncapturedErrors, useBackendForSuite } from './helpers/webgpu_env';
@@ -151,6 +151,16 @@ describe.each(BACKENDS)('variable lengths on %s', backend => {
     poison(d.v, seqK, kvHeads * headDimV, c.lensK);
     expect(rows.q.length).toBe(3);
     expectClose(await runVarlenOp(c, d), varlenReference(c, d), describeVarlen(c));
+  }, COMPILE_HEAVY_MS);
+
+  onBackend('lengths give what the equivalent explicit mask gives', async () => {
+    for (const [i, flags] of [[], ['causal'], ['window', 'softcap'], ['causal', 'dropout']].entries()) {
+      const c = shaped(varlenCase(new Set(flags), 70 + i, 'padded'));
+      const d = varlenData(c);
+      const { causal: _c, windowSize: _w, ...plain } = c;
+      const masked: CaseSpec = { ...plain, maskShape: [c.dims.batch, 1, c.dims.seqQ, c.dims.seqK] };
+      expectClose(await runVarlenOp(c, d), await runOp(masked, { ...d, mask: lengthsMask(c, d) }), describeVarlen(c));
+    }
   }, COMPILE_HEAVY_MS);
 
   onBackend('full lengths give what no lengths give', async () => {
