@@ -110,7 +110,7 @@ export function runFlashAttention(q: Tensor4D, k: Tensor4D, v: Tensor4D, alibiSl
   return engine().runKernel(FlashAttention, inputs as {}, attrs as unknown as {}) as [Tensor4D, Tensor3D];
 }
 
-/** What a user may pass as lengths; anything else would be misread. */
+/** How a lengths value that is not a number[], Int32Array or Tensor is named in an error. */
 function describeLens(x: unknown): string {
   if (x === null || typeof x !== 'object') return typeof x === 'string' ? JSON.stringify(x) : String(x);
   return `a ${(x as object).constructor?.name ?? 'null-prototype object'}`;
