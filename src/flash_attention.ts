@@ -124,7 +124,17 @@ export function readSeqLens(x: SeqLens, name: string): number[] {
   if (x instanceof Tensor) {
     check(x.dtype === 'int32', () => `${name} must be an int32 tensor, but got ${x.dtype}`);
     check(x.rank === 1, () => `${name} must be a Tensor1D, but got shape ${shapeStr(x.shape)}`);
-    return Array.from(x.dataSync());
+    let values: ArrayLike<number>;
+    try {
+      values = x.dataSync() as Int32Array;
+    } catch (e) {
+      // WebGPU in Node cannot read a GPU-resident tensor synchronously (tfjs reads through an
+      // OffscreenCanvas, which Node lacks); the op must know the lengths before it runs.
+      check(false, () => `${name}'s values could not be read synchronously on the '${engine().backendName}' ` +
+          `backend (${(e as Error).message}): pass them as a number[] or Int32Array, e.g. ` +
+          `Array.from(await ${name}.data())`);
+    }
+    return Array.from(values);
   }
   check(Array.isArray(x) || x instanceof Int32Array, () =>
       `${name} must be a number[], Int32Array or int32 Tensor1D, but got ${describeLens(x)}`);

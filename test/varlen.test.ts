@@ -6,7 +6,7 @@
  * seqQ != seqK; packed results equal running each sequence alone.
  */
 import * as tf from '@tensorflow/tfjs';
-import { flashAttentionVarlen } from '../src/index';
+import { flashAttention, flashAttentionVarlen } from '../src/index';
 import {
   CaseSpec, caseData, F32_TOLERANCE, OPTION_NAMES, optionPowerset, OpResult, relError, runOp,
 } from './helpers/attention_case';
@@ -184,6 +184,34 @@ describe.each(BACKENDS)('variable lengths on %s', backend => {
       // tf.grads leaves one tensor per call (notes/tfjs-facts.md); nothing else may remain.
       expect(tf.memory().numTensors - before).toBeLessThanOrEqual(3);
     }
+  }, COMPILE_HEAVY_MS);
+});
+
+describe('lengths in a tensor on the GPU', () => {
+  useBackendForSuite('webgpu');
+
+  // Node's WebGPU has no synchronous read of GPU-resident data (tfjs reads through an
+  // OffscreenCanvas there): the op says what to do instead of failing inside tfjs.
+  gpuTest('are read if they can be, and otherwise (in Node) named in a clear error', async () => {
+    const q = tf.randomNormal([2, 4, 1, 8]);
+    const uploaded = tf.tensor1d([3, 1], 'int32');          // values still on the CPU side
+    const out = flashAttention(q, q, q, { seqLensQ: uploaded });
+    expect(out.shape).toEqual([2, 4, 1, 8]);
+    // Computed on the GPU (small ops would otherwise run on the CPU): GPU-resident.
+    tf.env().set('WEBGPU_CPU_FORWARD', false);
+    const zero = tf.scalar(0, 'int32');
+    const onGpu = tf.add(uploaded, zero) as tf.Tensor1D;
+    tf.env().set('WEBGPU_CPU_FORWARD', true);
+    const before = tf.memory().numTensors;
+    let message = '';
+    try {
+      tf.dispose(flashAttention(q, q, q, { seqLensK: onGpu }));
+    } catch (e) {
+      message = (e as Error).message;
+    }
+    expect(message).toMatch(/^Error in flashAttention: seqLensK's values could not be read synchronously on the 'webgpu' backend .*Array.from\(await seqLensK.data\(\)\)/);
+    expect(tf.memory().numTensors).toBe(before);
+    tf.dispose([q, uploaded, out, onGpu, zero]);
   }, COMPILE_HEAVY_MS);
 });
 
