@@ -231,7 +231,7 @@ describe('flashAttentionVarlen', () => {
     tf.dispose([q, k, v, output, logSumExp, plain]);
   });
 
-  it('padded lengths and flashAttention take the same dropout mask as packed sequences', async () => {
+  it('a padded batch and packed sequences draw the same dropout mask', async () => {
     // Sequence index and local positions drive the dropout hash in both layouts.
     const packed: VarlenSpec = { dims: dims(2, 6, 5, 2, 1, 4), layout: 'packed', lensQ: [6, 3], lensK: [5, 4],
                                  dropoutRate: 0.4, causal: true, seed: 41 };
