@@ -191,27 +191,25 @@ describe('lengths in a tensor on the GPU', () => {
   useBackendForSuite('webgpu');
 
   // Node's WebGPU has no synchronous read of GPU-resident data (tfjs reads through an
-  // OffscreenCanvas there): the op says what to do instead of failing inside tfjs.
-  gpuTest('are read if they can be, and otherwise (in Node) named in a clear error', async () => {
+  // OffscreenCanvas there): such lengths stay on the device, clamped to [0, seq] there.
+  gpuTest('give the same result as lengths read on the host; out-of-range values are clamped', async () => {
     const q = tf.randomNormal([2, 4, 1, 8]);
-    const uploaded = tf.tensor1d([3, 1], 'int32');          // values still on the CPU side
-    const out = flashAttention(q, q, q, { seqLensQ: uploaded });
-    expect(out.shape).toEqual([2, 4, 1, 8]);
+    const onHost = flashAttention(q, q, q, { seqLensK: [3, 1], seqLensQ: [4, 2] });
     // Computed on the GPU (small ops would otherwise run on the CPU): GPU-resident.
     tf.env().set('WEBGPU_CPU_FORWARD', false);
-    const zero = tf.scalar(0, 'int32');
-    const onGpu = tf.add(uploaded, zero) as tf.Tensor1D;
+    const onGpuK = tf.add(tf.tensor1d([3, 1], 'int32'), tf.scalar(0, 'int32')) as tf.Tensor1D;
+    const onGpuQ = tf.maximum(tf.add(tf.tensor1d([9, 7], 'int32'), tf.scalar(-5, 'int32')), 0) as tf.Tensor1D;  // [4, 2]
+    const tooLong = tf.add(tf.tensor1d([7, 2], 'int32'), tf.scalar(0, 'int32')) as tf.Tensor1D;
     tf.env().set('WEBGPU_CPU_FORWARD', true);
     const before = tf.memory().numTensors;
-    let message = '';
-    try {
-      tf.dispose(flashAttention(q, q, q, { seqLensK: onGpu }));
-    } catch (e) {
-      message = (e as Error).message;
-    }
-    expect(message).toMatch(/^Error in flashAttention: seqLensK's values could not be read synchronously on the 'webgpu' backend .*Array.from\(await seqLensK.data\(\)\)/);
+    const onDevice = flashAttention(q, q, q, { seqLensK: onGpuK, seqLensQ: onGpuQ });
+    expect(Array.from(await onDevice.data())).toEqual(Array.from(await onHost.data()));
+    const clamped = flashAttention(q, q, q, { seqLensK: tooLong });          // 7 > seqK = 4: read as 4
+    const full = flashAttention(q, q, q, { seqLensK: [4, 2] });
+    expect(Array.from(await clamped.data())).toEqual(Array.from(await full.data()));
+    tf.dispose([onDevice, clamped, full]);
     expect(tf.memory().numTensors).toBe(before);
-    tf.dispose([q, uploaded, out, onGpu, zero]);
+    tf.dispose([q, onHost, onGpuK, onGpuQ, tooLong]);
   }, COMPILE_HEAVY_MS);
 });
 
