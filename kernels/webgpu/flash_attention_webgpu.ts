@@ -4,6 +4,9 @@
  * workgroup memory, keeps the running row max, row sum and output accumulator in registers
  * (online softmax), and writes the output and the row log-sum-exp once. Nothing seqQ x seqK is
  * ever stored. Key tiles a query tile cannot see (causal, sliding window) are skipped whole.
+ * Two variants of the inner loop (tiles.ts chooses, as measured): tiled (whole-head-dim Q, K, V
+ * tiles in workgroup memory) and staged (the backward's chunked products, staged_wgsl.ts), whose
+ * workgroup memory does not grow with the head dim.
  */
 import { KernelConfig, KernelFunc, TensorInfo } from '@tensorflow/tfjs-core';
 import {

@@ -94,18 +94,6 @@ const bwd = (rows: number, cols: number, rowsPerThread: number, colsPerThread: n
     ({ rows, cols, rowsPerThread, colsPerThread, unroll: 1, depth });
 
 /**
- * Preferred first; the first that fits the device wins; the last (2 x 4 tiles) fit headDim 256
- * in WebGPU's minimum 16 KiB of workgroup storage.
- * The leaders were measured on an H100 (48 KiB workgroup storage, 1024 invocations), seq 4096,
- * 16 heads, headDim 64 (kernels/webgpu/tune/): the forward with 4 x 4 scores per thread and the
- * backward passes with 256 threads per workgroup. At headDim 128 none of those fits 48 KiB; there
- * the next candidates with more threads for the same tile bytes measured 12x faster than the
- * 32-thread tiles that followed (forward 32 x 16 at 2 x 2 per thread: 140 -> 11.3 ms; backward
- * 16 x 16 at 1 x 2: forward + backward 670 -> 85 ms; H100, seq 4096, 16 heads, GPU time).
- * Near headDim 256 only the forward's sharedKV 32 x 8 tile (64 threads) fits before 16 x 8 (16
- * threads): H200, seq 4096, 16 heads, 149 against 1137 ms (BENCHMARKS.md, WebGPU forward on the H200).
- */
-/**
  * The staged forward's candidates, best first (H200, 2026-12-02, fwd2's sweep at N = 4096 in
  * BENCHMARKS.md: 64 x 64 at 4 x 4 ahead of 128 x 64 at 8 x 4 at every head dim).
  */
@@ -157,6 +145,19 @@ function forwardCandidates(headDim: number, headDimV: number, rowShuffles: boole
   return [...tiled.slice(0, TILED_FORWARD_LEADERS), ...STAGED_FORWARD, ...tiled.slice(TILED_FORWARD_LEADERS)];
 }
 
+/**
+ * Preferred first; the first that fits the device wins; the last (2 x 4 tiles) fit headDim 256
+ * in WebGPU's minimum 16 KiB of workgroup storage.
+ * The leaders were measured on an H100 (48 KiB workgroup storage, 1024 invocations), seq 4096,
+ * 16 heads, headDim 64 (kernels/webgpu/tune/): the forward with 4 x 4 scores per thread and the
+ * backward passes with 256 threads per workgroup. At headDim 128 none of those fits 48 KiB; there
+ * the next candidates with more threads for the same tile bytes measured 12x faster than the
+ * 32-thread tiles that followed (forward 32 x 16 at 2 x 2 per thread: 140 -> 11.3 ms; backward
+ * 16 x 16 at 1 x 2: forward + backward 670 -> 85 ms; H100, seq 4096, 16 heads, GPU time).
+ * Near headDim 256 only the tiled forward's sharedKV 32 x 8 tile (64 threads) fits before 16 x 8
+ * (16 threads): H200, seq 4096, 16 heads, 149 against 1137 ms (BENCHMARKS.md, WebGPU forward on the
+ * H200); the staged forward (forwardCandidates) ranks before both there.
+ */
 const CANDIDATES: Record<Pass, TileConfig[]> = {
   forward: [cfg(64, 32, 4, 4, 4), cfg(64, 32, 2, 2), cfg(64, 32, 2), cfg(32, 32, 4), cfg(32, 16, 2, 2), cfg(32, 16, 4),
             cfg(16, 16, 2), { ...cfg(32, 8, 2, 2), sharedKV: true }, cfg(16, 8, 2), cfg(8, 8, 1), cfg(4, 4, 1), cfg(2, 4, 1)],
