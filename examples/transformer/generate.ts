@@ -51,6 +51,20 @@ export function pickToken(probs: ArrayLike<number>, temperature: number, random:
   return next;
 }
 
+/** Progress of a generation: redrawn per token on a terminal, a line every 2 s otherwise (logs). */
+export function tokenProgress(label: string): (done: number, total: number) => void {
+  const started = performance.now();
+  let shown = started;
+  return (done, total) => {
+    const now = performance.now();
+    if (!process.stdout.isTTY && now - shown < 2000 && done < total) return;
+    shown = now;
+    const line = `${label}: ${done}/${total} tokens, ${(done / ((now - started) / 1000)).toFixed(1)} tokens/s`;
+    if (process.stdout.isTTY) process.stdout.write(`\r${line}${done === total ? '\n' : ''}`);
+    else console.log(line);
+  };
+}
+
 /** The longest sequence the model's position embedding covers. */
 export function contextLength(model: tf.LayersModel): number {
   return (model.getLayer('position_embedding') as PositionEmbedding).maxLength;

@@ -7,7 +7,7 @@ import '../../src/index';
 import { activateBackend } from './backend';
 import { loadCheckpoint } from './checkpoint';
 import { CharCorpus, seededRandom } from './data';
-import { generateCached, generateUncached, stepRate } from './generate';
+import { generateCached, generateUncached, stepRate, tokenProgress } from './generate';
 import { buildTransformer } from './model';
 
 export interface GenerationBenchOptions {
@@ -51,14 +51,14 @@ export async function runGenerationBench(o: GenerationBenchOptions): Promise<voi
     // A short warm-up each way (same cache size): shader compiles and first-use allocations are
     // not generation speed. Without the cache every token is a new shape, as it is for users.
     await generateCached(model, prompt, { ...options, length: 2, cacheLength: context + o.tokens });
-    const cached = await generateCached(model, prompt, options);
+    const cached = await generateCached(model, prompt, { ...options, onToken: tokenProgress(`context ${context}, with the cache`) });
     const row: Row = { context, tokens: o.tokens, cachedTokensPerSecond: stepRate(cached),
                        cachedFirstTokenSeconds: cached.firstTokenSeconds };
     if (uncachedTooSlow) {
       row.skipped = uncachedTooSlow;
     } else {
       await generateUncached(model, prompt, { ...options, length: 2 });
-      const full = await generateUncached(model, prompt, options);
+      const full = await generateUncached(model, prompt, { ...options, onToken: tokenProgress(`context ${context}, without`) });
       Object.assign(row, { uncachedTokensPerSecond: stepRate(full), uncachedFirstTokenSeconds: full.firstTokenSeconds,
                            speedup: stepRate(cached) / stepRate(full),
                            identical: full.tokens.every((t, i) => t === cached.tokens[i]) });

@@ -6,7 +6,7 @@ import '../../src/index';
 import { activateBackend } from './backend';
 import { hasCheckpoint, loadCheckpoint, saveCheckpoint, TrainingState } from './checkpoint';
 import { CharCorpus, seededRandom } from './data';
-import { contextLength, Generation, generateCached, generateUncached } from './generate';
+import { contextLength, Generation, generateCached, generateUncached, tokenProgress } from './generate';
 import { buildTransformer, compileTransformer, trainSteps, TransformerConfig } from './model';
 import { writeLossChart } from './plot';
 
@@ -108,20 +108,6 @@ export async function runTraining(o: TrainingOptions): Promise<void> {
               `${state.losses[state.losses.length - 1]?.toFixed(3)}): ${chart.png ?? `${chart.svg} (${chart.reason})`}`);
 
   if (o.sampleLength > 0) await generateText(model, corpus, o, random);
-}
-
-/** Progress of a generation: redrawn per token on a terminal, a line every 2 s otherwise (logs). */
-function tokenProgress(label: string): (done: number, total: number) => void {
-  const started = performance.now();
-  let shown = started;
-  return (done, total) => {
-    const now = performance.now();
-    if (!process.stdout.isTTY && now - shown < 2000 && done < total) return;
-    shown = now;
-    const line = `${label}: ${done}/${total} tokens, ${(done / ((now - started) / 1000)).toFixed(1)} tokens/s`;
-    if (process.stdout.isTTY) process.stdout.write(`\r${line}${done === total ? '\n' : ''}`);
-    else console.log(line);
-  };
 }
 
 const rate = (g: Generation) => `${g.tokens.length} tokens in ${g.seconds.toFixed(2)} s, ${(g.tokens.length / g.seconds).toFixed(1)} tokens/s`;
