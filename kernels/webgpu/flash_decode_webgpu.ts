@@ -64,6 +64,10 @@ export function setDecodeOverride(o: DecodeOverride): void {
   override = { ...o };
 }
 
+let calls = 0;
+/** How many calls ran the split-KV kernel in this process (tests and the bench check the choice). */
+export const decodeCalls = () => calls;
+
 const nextPow2 = (n: number) => 2 ** Math.ceil(Math.log2(Math.max(1, n)));
 
 /** The decode geometry for this device: the widest key tile that fits its workgroup memory. */
@@ -166,6 +170,7 @@ export function flashDecodeWebGPU(backend: WebGPUBackend, inputs: FlashAttention
                              ['the decode partials', split.outputShape], ['the output and logsumexp', combine.outputShape]]);
   checkDispatch(limits, split.dispatch);
   checkDispatch(limits, combine.dispatch);
+  calls++;
   return withDeviceErrorCheck(backend, () => {
     const partials = runProgram(backend, split, [q, k, v, alibiSlopes, mask, seqRangesQ, seqRangesK], split.uniformData());
     const packed = runProgram(backend, combine, [partials, seqRangesQ], combine.uniformData());
