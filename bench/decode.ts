@@ -22,17 +22,19 @@ export interface DecodeSweep {
   seqKs: number[]; batches: number[]; heads: number; kvHeads: number[]; headDims: number[];
   /** Split-pass workgroup targets to tune over (empty: the default only). */
   targets: number[];
+  /** Split-pass thread counts to try besides the default (tuning). */
+  threads: number[];
   /** Size of the copy kernel's buffer. */
   copyBytes: number;
 }
 
 export const DECODE_GPU_SWEEP: DecodeSweep = {
   seqKs: [1024, 2048, 4096, 8192, 16384, 32768, 65536], batches: [1, 8], heads: 16, kvHeads: [16, 2],
-  headDims: [64, 128], targets: [], copyBytes: 512 * 2 ** 20,
+  headDims: [64, 128], targets: [], threads: [], copyBytes: 512 * 2 ** 20,
 };
 /** SwiftShader / no GPU: tiny, a minute at most. */
 export const DECODE_SMALL_SWEEP: DecodeSweep = {
-  seqKs: [512, 2048], batches: [1], heads: 4, kvHeads: [4, 1], headDims: [32], targets: [], copyBytes: 16 * 2 ** 20,
+  seqKs: [512, 2048], batches: [1], heads: 4, kvHeads: [4, 1], headDims: [32], targets: [], threads: [], copyBytes: 16 * 2 ** 20,
 };
 
 export interface DecodeRow {
@@ -43,7 +45,7 @@ export interface DecodeRow {
 }
 
 interface DecodeHooks {
-  setDecodeOverride: (o: { mode?: 'auto' | 'on' | 'off'; targetWorkgroups?: number }) => void;
+  setDecodeOverride: (o: { mode?: 'auto' | 'on' | 'off'; targetWorkgroups?: number; tiles?: { threads?: number } }) => void;
   decodeCalls: () => number;
 }
 
@@ -98,15 +100,16 @@ export async function runDecodeBench(tf: TF, flash: typeof FlashAttentionFn, hoo
     const group = heads / kvHeads;
     const qg = tf.reshape(q, [batch, kvHeads, group, headDim]);   // seqQ = 1: [B, 1, H, D] is [B, Hkv, G, D]
     const kh = tf.transpose(k, [0, 2, 1, 3]), vh = tf.transpose(v, [0, 2, 1, 3]);
-    const variants: Array<{ impl: string; run: () => Tensor; target?: number }> = [
+    const variants: Array<{ impl: string; run: () => Tensor; target?: number; threads?: number }> = [
       { impl: 'decode', run: () => flash(q, k, v) },
       ...sw.targets.map(target => ({ impl: `decode@${target}`, run: () => flash(q, k, v), target })),
+      ...sw.threads.map(threads => ({ impl: `decode/t${threads}`, run: () => flash(q, k, v), threads })),
       { impl: 'one-pass', run: () => flash(q, k, v) },
       { impl: 'composite', run: () => compositeDecode(tf, qg, kh, vh, 1 / Math.sqrt(headDim)) },
     ];
     let reference: Float32Array | null = null;
     for (const x of variants) {
-      hooks.setDecodeOverride(x.impl === 'one-pass' ? { mode: 'off' } : x.impl === 'composite' ? {} : { mode: 'on', targetWorkgroups: x.target });
+      hooks.setDecodeOverride(x.impl === 'one-pass' ? { mode: 'off' } : x.impl === 'composite' ? {} : { mode: 'on', targetWorkgroups: x.target, tiles: x.threads ? { threads: x.threads } : undefined });
       const callsBefore = hooks.decodeCalls();
       const r = await scopes.run(async () => {
         const t = await timeCall(tf, x.run, plan);

@@ -44,6 +44,7 @@ export interface BenchOptions {
   /** Run the decode sweep (bench/decode.ts) instead; decodeTargets: split-pass workgroup targets to tune over. */
   decode: boolean;
   decodeTargets: number[];
+  decodeThreads: number[];
 }
 
 export const USAGE = `npm run bench -- [flags]
@@ -75,6 +76,7 @@ export const USAGE = `npm run bench -- [flags]
                               lengths (GPU default 1024..65536), batch 1 and 8, heads 16, kv heads 16 and 2,
                               d 64,128; split-KV vs one-pass vs composite, GB/s against a copy kernel
   --decode-targets=256,512    also time the split-KV forward at these split-pass workgroup targets
+  --decode-threads=256        ... and with these split-pass workgroup sizes
 
 Defaults on a real GPU: seqs 512..32768, dims 32,64,128,256, heads 16, both passes, causal and full.
 Defaults on cpu or a fallback adapter (SwiftShader): seqs 64,128, dims 64, heads 2, fewer repetitions.`;
@@ -112,7 +114,7 @@ export function parseArgs(argv: readonly string[]): BenchOptions {
     backend: 'auto', sweep: {}, timing: {},
     deadlineS: 600, maxCaseS: 60, check: true, outDir: 'bench/results/latest',
     ceilingTflops: 51.6, ceilingGbPerS: 3350, help: false, floorOnly: false, quick: false, implsGiven: false,
-    decode: false, decodeTargets: [],
+    decode: false, decodeTargets: [], decodeThreads: [],
   };
   for (const arg of argv) {
     const m = /^--([a-z-]+)(?:=(.*))?$/.exec(arg);
@@ -148,6 +150,7 @@ export function parseArgs(argv: readonly string[]): BenchOptions {
       case 'ceiling-gbs': o.ceilingGbPerS = number(value, flag, 1e-9); break;
       case 'decode': o.decode = bool(value, flag); break;
       case 'decode-targets': o.decodeTargets = positiveInts(value, flag); break;
+      case 'decode-threads': o.decodeThreads = positiveInts(value, flag); break;
       default: throw new Error(`unknown flag --${flag}; --help lists the flags`);
     }
   }

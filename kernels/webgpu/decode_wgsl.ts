@@ -54,17 +54,21 @@ export function decodeWorkgroupBytes(t: DecodeTiles, headDim: number, headDimV: 
          4 * (2 * t.rows * t.cols + t.threads + 3 * t.rows) + 16;          // s, keep, red, alpha, final, wgId
 }
 
-/** Loads (unrolled in groups, so each thread has several loads in flight) from global into a tile. */
-function tileLoadWGSL(tile: string, elem: (e: string) => string, width4: number, count: string, threads: number): string {
-  const group = 8;
-  const total = `(${count} * ${width4 * 4})`;
+/**
+ * Loads the key and value tiles from global memory, unrolled so each thread has up to 2 x 16 loads
+ * in flight before it stores any: a decode workgroup does little else than wait for these.
+ */
+function kvTileLoadWGSL(parts: Array<{ tile: string; elem: (e: string) => string; width4: number }>, count: number,
+                        threads: number): string {
+  const totals = parts.map(p => count * p.width4 * 4);
+  const group = Math.min(16, Math.ceil(Math.max(...totals) / threads));
   return `
-      for (var e0 = tid; e0 < ${total}; e0 += ${threads * group}) {
-        ${unroll(group, u => `let x${u} = ${elem(`e0 + ${u * threads}`)};`)}
-        ${unroll(group, u => `{
+      for (var e0 = tid; e0 < ${Math.max(...totals)}; e0 += ${threads * group}) {
+        ${parts.map((p, n) => unroll(group, u => `let x${n}_${u} = ${p.elem(`e0 + ${u * threads}`)};`)).join('\n')}
+        ${parts.map((p, n) => unroll(group, u => `{
           let e = e0 + ${u * threads};
-          if (e < ${total}) { ${tile}[e / ${width4 * 4}][(e % ${width4 * 4}) / 4][e % 4] = x${u}; }
-        }`)}
+          if (e < ${totals[n]}) { ${p.tile}[e / ${p.width4 * 4}][(e % ${p.width4 * 4}) / 4][e % 4] = x${n}_${u}; }
+        }`)).join('\n')}
       }`;
 }
 
@@ -195,8 +199,8 @@ export function splitPassWGSL(variableNames: string[], t: DecodeTiles, f: Option
 
       for (var col0 = firstCol; col0 < hi; col0 += COLS) {
         workgroupBarrier();   // the previous tile is consumed
-        ${tileLoadWGSL('kTile', e => `kElem(${e}, col0, hi, startK, kvh)`, d4, 'COLS', t.threads)}
-        ${tileLoadWGSL('vTile', e => `vElem(${e}, col0, hi, startK, kvh)`, dv4, 'COLS', t.threads)}
+        ${kvTileLoadWGSL([{ tile: 'kTile', elem: e => `kElem(${e}, col0, hi, startK, kvh)`, width4: d4 },
+                          { tile: 'vTile', elem: e => `vElem(${e}, col0, hi, startK, kvh)`, width4: dv4 }], t.cols, t.threads)}
         workgroupBarrier();
 
         // Score phase.
