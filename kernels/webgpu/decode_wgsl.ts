@@ -129,17 +129,17 @@ export function splitPassWGSL(variableNames: string[], t: DecodeTiles, f: Option
       let r = e / (D4 * 4);
       let c = e - r * (D4 * 4);
       let j = col0 + r;
-      var x = 0.0;
-      if (j < hi && c < D) { x = k[((startK + j) * uniforms.kShape.z + kvh) * D + c]; }
-      return x;
+      // Branch-free (an always-valid index, then select): SwiftShader's compiler blew up on the
+      // branches of many unrolled loads.
+      let ok = (j < hi) & (c < D);
+      return select(0.0, k[select(0, ((startK + j) * uniforms.kShape.z + kvh) * D + c, ok)], ok);
     }
     fn vElem(e : i32, col0 : i32, hi : i32, startK : i32, kvh : i32) -> f32 {
       let r = e / (DV4 * 4);
       let c = e - r * (DV4 * 4);
       let j = col0 + r;
-      var x = 0.0;
-      if (j < hi && c < DV) { x = v[((startK + j) * uniforms.kShape.z + kvh) * DV + c]; }
-      return x;
+      let ok = (j < hi) & (c < DV);
+      return select(0.0, v[select(0, ((startK + j) * uniforms.kShape.z + kvh) * DV + c, ok)], ok);
     }
 
     fn main() {
