@@ -51,7 +51,7 @@ export function accumulateLayout(t: DecodeTiles, headDimV: number) {
 export function decodeWorkgroupBytes(t: DecodeTiles, headDim: number, headDimV: number): number {
   const d4p = paddedVec4(headDim), dv4 = vec4Count(headDimV);
   return 16 * (t.rows * d4p + t.cols * d4p + t.cols * dv4 + t.threads) +   // q, k, v, accRed
-         4 * (2 * t.rows * t.cols + t.threads + 3 * t.rows) + 16;          // s, keep, red, alpha, final, wgId
+         4 * (2 * t.rows * t.cols + 2 * t.threads + 3 * t.rows) + 16;      // s, keep, red, scorePart, alpha, final, wgId
 }
 
 /**
@@ -97,6 +97,21 @@ export function splitPassWGSL(variableNames: string[], t: DecodeTiles, f: Option
   const acc = accumulateLayout(t, headDimV);
   const each = (body: (u: number) => string) => unroll(acc.perThread, body);
   // The accumulator a thread owns (pair) and the keys of the tile it sums (c = kp, kp + KP, ...).
+  // Threads per score: a power of two with one pass over the tile's scores (ROWS x COLS <= NT / SP).
+  let sp = 1;
+  while (sp * 2 <= d4 && t.rows * t.cols * sp * 2 <= t.threads) sp *= 2;
+  // Masks, biases and stores the score dotSum of element e (row e / COLS, column e % COLS).
+  const finishScore = `{
+          let r = e / COLS;
+          let c = e - r * COLS;
+          let gr = gr0 + r;
+          let i = gr % uniforms.nqMax;
+          let h = min(kvh * group + gr / uniforms.nqMax, heads - 1);
+          let j = col0 + c;
+          let kept = (gr < grEnd) & (j < hi) & isKept(b, h, i, j, lenQ, lenK, off);
+          keepTile[r][c] = select(0u, 1u, kept);
+          sTile[r][c] = select(NEG_BIG, scoreOf(dotSum, i, j, off, slopeOf(h)), kept);
+        }`;
   const pairOf = (u: number) => acc.keyParts > 1 ? 'tid % PAIRS' : `tid + ${u * t.threads}`;
   return `
     const ROWS = ${t.rows};
@@ -110,6 +125,7 @@ export function splitPassWGSL(variableNames: string[], t: DecodeTiles, f: Option
     const DV4 = ${dv4};
     const PAIRS = ${acc.pairs};
     const KP = ${acc.keyParts};
+    const SP = ${sp};
     const NEG_BIG = ${NEG_BIG};
     var<workgroup> sharedWorkgroupId : vec3<u32>;
     var<workgroup> qTile : array<array<vec4<f32>, D4P>, ROWS>;
@@ -122,6 +138,7 @@ export function splitPassWGSL(variableNames: string[], t: DecodeTiles, f: Option
     var<workgroup> rowAlpha : array<f32, ROWS>;
     var<workgroup> rowFinal : array<vec2<f32>, ROWS>;
     var<workgroup> accRed : array<vec4<f32>, NT>;
+    ${sp > 1 ? 'var<workgroup> scorePart : array<f32, NT>;' : ''}
     ${optionHelpers(f)}
     ${rangeHelpers(f)}
 
@@ -203,20 +220,21 @@ export function splitPassWGSL(variableNames: string[], t: DecodeTiles, f: Option
                           { tile: 'vTile', elem: e => `vElem(${e}, col0, hi, startK, kvh)`, width4: dv4 }], t.cols, t.threads)}
         workgroupBarrier();
 
-        // Score phase.
-        for (var e = tid; e < ROWS * COLS; e += NT) {
+        // Score phase: SP threads per score (each a strided share of the head dim), so that a
+        // few query rows still keep every thread busy; the shares meet in workgroup memory.
+        for (var e = tid / SP; e < ROWS * COLS; e += NT / SP) {
           let r = e / COLS;
           let c = e - r * COLS;
           var dotSum = 0.0;
-          for (var x = 0; x < D4; x++) { dotSum += dot(qTile[r][x], kTile[c][x]); }
-          let gr = gr0 + r;
-          let i = gr % uniforms.nqMax;
-          let h = min(kvh * group + gr / uniforms.nqMax, heads - 1);
-          let j = col0 + c;
-          let kept = (gr < grEnd) & (j < hi) & isKept(b, h, i, j, lenQ, lenK, off);
-          keepTile[r][c] = select(0u, 1u, kept);
-          sTile[r][c] = select(NEG_BIG, scoreOf(dotSum, i, j, off, slopeOf(h)), kept);
+          for (var x = tid % SP; x < D4; x += SP) { dotSum += dot(qTile[r][x], kTile[c][x]); }
+          ${sp > 1 ? 'scorePart[tid] = dotSum;' : finishScore}
         }
+        ${sp > 1 ? `workgroupBarrier();
+        for (var e = tid; e < ROWS * COLS; e += NT) {
+          var dotSum = 0.0;
+          ${unroll(sp, u => `dotSum += scorePart[e * SP + ${u}];`, ' ')}
+          ${finishScore}
+        }` : ''}
         workgroupBarrier();
 
         // Row phase: the tile's row max, then probabilities under the new running max.
@@ -297,12 +315,15 @@ export function splitPassWGSL(variableNames: string[], t: DecodeTiles, f: Option
     }`;
 }
 
-export function combinePassWGSL(variableNames: string[], f: OptionFlags, headDimV: number, threads: number): string {
+export function combinePassWGSL(variableNames: string[], f: OptionFlags, headDimV: number, threads: number,
+                                maxSplits: number): string {
   return `
     const DV = ${headDimV};
     const NT = ${threads};
     const NEG_BIG = ${NEG_BIG};
     var<workgroup> sharedWorkgroupId : vec3<u32>;
+    var<workgroup> red : array<f32, NT>;
+    var<workgroup> weight : array<f32, ${maxSplits}>;
     ${optionHelpers({ ...f, mask: false, dropout: false, alibi: false, softcap: false, window: false })}
     ${rangeHelpers(f, 'uniforms.nqMax', '')}
 
@@ -318,17 +339,31 @@ export function combinePassWGSL(variableNames: string[], f: OptionFlags, headDim
       let rq = rangeQ(b);
       let startQ = rq.x;
       ${f.packed ? `
-      // Packed rows past this sequence's length belong to the next sequence: not ours to write.
+      // Packed rows past this sequence's length belong to the next sequence: not ours to write
+      // (a uniform branch: the whole workgroup returns).
       if (i >= rq.y) { return; }` : ''}
       let outSize = uniforms.rowsQ * heads * DV;
       let g = (b * heads + h) * nqMax + i;
       let mlBase = uniforms.batchSeqs * heads * nqMax * numSplits * DV + g * numSplits * 2;
+      // The splits' weights exp(m_s - M) once, in parallel, into workgroup memory (the splits
+      // are dealt to threads; every reduction runs in a fixed order: deterministic).
+      var partMax = NEG_BIG;
+      for (var s = tid; s < numSplits; s += NT) { partMax = max(partMax, partials[mlBase + 2 * s]); }
+      red[tid] = partMax;
+      workgroupBarrier();
       var rowMax = NEG_BIG;
-      for (var s = 0; s < numSplits; s++) { rowMax = max(rowMax, partials[mlBase + 2 * s]); }
-      var rowSum = 0.0;
-      for (var s = 0; s < numSplits; s++) {
-        rowSum += exp(partials[mlBase + 2 * s] - rowMax) * partials[mlBase + 2 * s + 1];
+      for (var u = 0; u < NT; u++) { rowMax = max(rowMax, red[u]); }
+      workgroupBarrier();
+      var partSum = 0.0;
+      for (var s = tid; s < numSplits; s += NT) {
+        let w = exp(partials[mlBase + 2 * s] - rowMax);
+        weight[s] = w;
+        partSum += w * partials[mlBase + 2 * s + 1];
       }
+      red[tid] = partSum;
+      workgroupBarrier();
+      var rowSum = 0.0;
+      for (var u = 0; u < NT; u++) { rowSum += red[u]; }
       // Query rows past the sequence's length (padded layout) have no kept key: out 0, lse -inf.
       // A row with no kept key has sum exactly 0 (even where acc holds 0 * NaN); a NaN sum is
       // not empty and propagates.
@@ -336,11 +371,16 @@ export function combinePassWGSL(variableNames: string[], f: OptionFlags, headDim
       let inv = 1.0 / select(rowSum, 1.0, empty);
       let accBase = g * numSplits * DV;
       for (var c = tid; c < DV; c += NT) {
-        var o = 0.0;
-        for (var s = 0; s < numSplits; s++) {
-          o += exp(partials[mlBase + 2 * s] - rowMax) * partials[accBase + s * DV + c];
+        // Four independent sums in flight, added in a fixed order.
+        var o = vec4<f32>(0.0);
+        var s = 0;
+        for (; s + 4 <= numSplits; s += 4) {
+          o += vec4<f32>(weight[s], weight[s + 1], weight[s + 2], weight[s + 3]) *
+               vec4<f32>(partials[accBase + s * DV + c], partials[accBase + (s + 1) * DV + c],
+                         partials[accBase + (s + 2) * DV + c], partials[accBase + (s + 3) * DV + c]);
         }
-        result[((startQ + i) * heads + h) * DV + c] = select(o * inv, 0.0, empty);
+        for (; s < numSplits; s++) { o.x += weight[s] * partials[accBase + s * DV + c]; }
+        result[((startQ + i) * heads + h) * DV + c] = select((o.x + o.y + o.z + o.w) * inv, 0.0, empty);
       }
       if (tid == 0) {
         // log(NaN) is not NaN everywhere (SwiftShader: +inf), so a NaN sum is passed on itself.
