@@ -331,10 +331,9 @@ describe('when the split-KV forward is chosen', () => {
     expect(plan(1, DECODE_MIN_SEQ_K - 1).use).toBe(false);
   });
   test('a grid already full of (batch, head) workgroups stays one pass, unless query heads share kv heads', () => {
-    expect(plan(1, 1024, 64, 16, 16).use).toBe(false);
-    const gqa = plan(1, 1024, 64, 16, 2);
-    expect(gqa.use).toBe(true);
-    expect(gqa.numSplits).toBe(4);
+    expect(plan(1, 1024, 8, 16, 16).use).toBe(false);
+    expect(plan(1, 65536, 8, 16, 16).use).toBe(false);
+    expect(plan(1, 1024, 8, 16, 2).use).toBe(true);
   });
   test('the mode hook forces it on and off', () => {
     setDecodeOverride({ mode: 'off' });

@@ -30,12 +30,21 @@ import { optionUniforms } from './uniforms';
 export const DECODE_MAX_SEQ_Q = 16;
 /** Shortest key sequence the automatic choice sends to it. */
 export const DECODE_MIN_SEQ_K = 256;
-/** Split-pass workgroups the split count aims for (H200 tuning: BENCHMARKS.md, decode). */
-export const DECODE_TARGET_WORKGROUPS = 512;
+/**
+ * Split-pass workgroups the split count aims for. H200 (BENCHMARKS.md, decode): 128 was the
+ * fastest or as fast as 256 ... 4096 in every tuned shape (GQA 16/2 at 64k keys: 0.30 against 0.33
+ * ms at 512); more splits only add partials to combine.
+ */
+export const DECODE_TARGET_WORKGROUPS = 128;
 /** A split covers at least this many key tiles. */
 export const DECODE_MIN_TILES_PER_SPLIT = 4;
-/** Split-pass threads: 256 read K and V at 1.8x the bandwidth of 128 on the H200 (BENCHMARKS.md). */
+/**
+ * Split-pass threads (more threads: more loads of K and V in flight per workgroup). H200, d 128,
+ * 64k keys: one query row per workgroup (MHA decode) 512 threads 1.47 ms, 256 1.86, 128 3.31;
+ * eight rows (GQA 16/2) 256 threads 0.33 ms, 512 0.31, at 16k keys 0.096 against 0.110.
+ */
 const DECODE_THREADS = 256;
+const DECODE_THREADS_FEW_ROWS = 512;
 const COMBINE_THREADS = 128;
 /** Most splits (the combine pass keeps one weight per split in workgroup memory). */
 export const DECODE_MAX_SPLITS = 256;
@@ -75,8 +84,10 @@ const nextPow2 = (n: number) => 2 ** Math.ceil(Math.log2(Math.max(1, n)));
 
 /** The decode geometry for this device: the widest key tile that fits its workgroup memory. */
 export function chooseDecodeTiles(limits: DeviceLimits, s: AttentionProblem): DecodeTiles {
-  const threads = Math.min(override.tiles?.threads ?? DECODE_THREADS, limits.maxComputeInvocationsPerWorkgroup);
-  const rows = override.tiles?.rows ?? Math.min(nextPow2(s.group * s.seqQ), DECODE_MAX_ROWS, threads);
+  const rowsWanted = Math.min(nextPow2(s.group * s.seqQ), DECODE_MAX_ROWS);
+  const threads = Math.min(override.tiles?.threads ?? (rowsWanted <= 2 ? DECODE_THREADS_FEW_ROWS : DECODE_THREADS),
+                           limits.maxComputeInvocationsPerWorkgroup);
+  const rows = override.tiles?.rows ?? Math.min(rowsWanted, threads);
   for (const cols of override.tiles?.cols ? [override.tiles.cols] : [64, 32, 16, 8, 4]) {
     const t = { rows, cols, threads };
     if (decodeWorkgroupBytes(t, s.headDim, s.headDimV) <= limits.maxComputeWorkgroupStorageSize) return t;
