@@ -330,10 +330,10 @@ describe('when the split-KV forward is chosen', () => {
     expect(plan(DECODE_MAX_SEQ_Q + 1, 8192).use).toBe(false);
     expect(plan(1, DECODE_MIN_SEQ_K - 1).use).toBe(false);
   });
-  test('a grid already full of (batch, head) workgroups stays one pass, unless query heads share kv heads', () => {
-    expect(plan(1, 1024, 8, 16, 16).use).toBe(false);
-    expect(plan(1, 65536, 8, 16, 16).use).toBe(false);
-    expect(plan(1, 1024, 8, 16, 2).use).toBe(true);
+  test('a grid already full of (batch, head) workgroups: one split, fewer splits the fewer keys', () => {
+    expect(plan(1, 1024, 8, 16, 16)).toMatchObject({ use: true, numSplits: 1 });
+    expect(plan(1, 65536, 8, 16, 2).numSplits).toBe(8);
+    expect(plan(1, 65536, 1, 16, 2).numSplits).toBeGreaterThan(plan(1, 4096, 1, 16, 2).numSplits);
   });
   test('the mode hook forces it on and off', () => {
     setDecodeOverride({ mode: 'off' });

@@ -8,14 +8,15 @@
  * reading them. Every option is supported (ALiBi, window/causal, softcap, mask, dropout, padded
  * and packed sequence ranges); the gradient is the regular backward (this is a forward choice).
  *
- * When it is picked (decodePlan): at most DECODE_MAX_SEQ_Q query rows per sequence, at least
- * DECODE_MIN_SEQ_K keys, and either the keys split in two or more (the one-pass grid would be
- * small) or grouped query heads share a kv head (each kv head's keys read once instead of group
- * times). The split count targets DECODE_TARGET_WORKGROUPS workgroups in the split pass (WebGPU
- * does not expose the number of compute units, so the target is tuned on a large GPU: enough
- * workgroups to fill it, and no split shorter than DECODE_MIN_TILES_PER_SPLIT tiles so the
- * partials stay small against the keys read). The tile (keys per tile) is the largest that fits
- * the device's workgroup memory.
+ * When it is picked (decodePlan): at most DECODE_MAX_SEQ_Q query rows per sequence and at least
+ * DECODE_MIN_SEQ_K keys. On the H200 (BENCHMARKS.md, decode) it was faster than the one-pass
+ * forward in every such shape measured (6x to 38x with batch x kv heads below the workgroup
+ * target, up to 1.25x with a full grid of 128 (batch, head) workgroups and one split) but one,
+ * d 128 with batch 8 x 16 kv heads, where the two are within 3 %. The split count targets
+ * DECODE_TARGET_WORKGROUPS workgroups in the split pass (WebGPU does not expose the number of
+ * compute units, so the target is tuned on a large GPU), with no split shorter than
+ * DECODE_MIN_TILES_PER_SPLIT tiles. The tile (keys per tile) is the largest that fits the device's
+ * workgroup memory; the thread count follows the rows a workgroup owns (DECODE_THREADS*).
  */
 import { TensorInfo, util } from '@tensorflow/tfjs-core';
 import { AttentionProblem, attentionProblem, FlashAttentionAttrs, FlashAttentionInputs } from '../../src/contract';
@@ -109,7 +110,7 @@ export function decodePlan(limits: DeviceLimits, s: AttentionProblem): DecodePla
   numSplits = Math.max(1, Math.min(numSplits, keyTiles, DECODE_MAX_SPLITS, limits.maxComputeWorkgroupsPerDimension));
   const tilesPerSplit = Math.ceil(keyTiles / numSplits);
   numSplits = Math.ceil(keyTiles / tilesPerSplit);
-  const auto = s.seqQ <= DECODE_MAX_SEQ_Q && s.seqK >= DECODE_MIN_SEQ_K && (numSplits >= 2 || s.group > 1);
+  const auto = s.seqQ <= DECODE_MAX_SEQ_Q && s.seqK >= DECODE_MIN_SEQ_K;
   return {
     use: mode === 'on' || (mode === 'auto' && auto),
     tiles, rowBlocks, numSplits, splitKeys: tilesPerSplit * tiles.cols,
