@@ -40,6 +40,8 @@ export interface BenchOptions {
   renderOnly?: string;
   ceilingTflops: number;
   ceilingGbPerS: number;
+  /** Which WebGPU forward flash takes (kernels/webgpu/tiles.ts setForwardVariant). */
+  forwardVariant: 'auto' | 'tiled' | 'staged';
   help: boolean;
   /** Run the decode sweep (bench/decode.ts) instead; decodeTargets: split-pass workgroup targets to tune over. */
   decode: boolean;
@@ -68,6 +70,7 @@ export const USAGE = `npm run bench -- [flags]
   --max-case-s=60             skip a case estimated to take longer
   --check=1                   spot-check output / dq rows against float64
   --subgroups                 same as --impls=flash-subgroups,composite
+  --forward=auto|tiled|staged flash's WebGPU forward: as measured (auto, default) or one variant forced
   --out=bench/results/latest  where results.json, results.md, chart.svg and chart.png go
   --render=FILE.json          only re-render results.md and the chart from FILE.json
   --floor                     only print the FLOP / byte floor of the sweep (GPU defaults)
@@ -115,6 +118,7 @@ export function parseArgs(argv: readonly string[]): BenchOptions {
     deadlineS: 600, maxCaseS: 60, check: true, outDir: 'bench/results/latest',
     ceilingTflops: 51.6, ceilingGbPerS: 3350, help: false, floorOnly: false, quick: false, implsGiven: false,
     decode: false, decodeTargets: [], decodeThreads: [],
+    forwardVariant: 'auto',
   };
   for (const arg of argv) {
     const m = /^--([a-z-]+)(?:=(.*))?$/.exec(arg);
@@ -146,6 +150,7 @@ export function parseArgs(argv: readonly string[]): BenchOptions {
         if (bool(value, flag)) { o.sweep.impls = ['flash-subgroups', 'composite']; o.implsGiven = true; }
         break;
       case 'quick': o.quick = bool(value, flag); break;
+      case 'forward': o.forwardVariant = list(value, ['auto', 'tiled', 'staged'] as const, flag)[0]; break;
       case 'ceiling-tflops': o.ceilingTflops = number(value, flag, 1e-9); break;
       case 'ceiling-gbs': o.ceilingGbPerS = number(value, flag, 1e-9); break;
       case 'decode': o.decode = bool(value, flag); break;
