@@ -7,7 +7,7 @@
  * combinations share one small geometry and head dim.
  */
 import * as tf from '@tensorflow/tfjs';
-import '../src/index';
+import { flashAttention } from '../src/index';
 import {
   FlashAttention, FlashAttentionAttrs, FlashAttentionInputs, attentionProblem,
 } from '../src/contract';
@@ -256,6 +256,26 @@ describe('sequence ranges (seqLensK of a filled cache, packed sequences)', () =>
       expect(takeUncapturedErrors()).toEqual([]);
       expectClose(`${describeCase(c)} lensQ ${lensQ} lensK ${lensK}`, got, want);
     }
+  }, COMPILE_HEAVY_MS);
+
+  gpuTest('through the op: flashAttention(q, k, v, { seqLensK }) over a cache filled to different lengths, picked without a hook', async () => {
+    const c: CaseSpec = { dims: { batch: 3, seqQ: 1, seqK: 700, heads: 4, kvHeads: 2, headDim: 8, headDimV: 8 }, seed: 81, causal: true, alibi: true };
+    const d = caseData(c);
+    const lensK = [700, 1, 300];
+    const [q, k, v] = [tf.tensor4d(d.q, [3, 1, 4, 8]), tf.tensor4d(d.k, [3, 700, 2, 8]), tf.tensor4d(d.v, [3, 700, 2, 8])];
+    const before = decodeCalls();
+    const { output, logSumExp } = flashAttention(q, k, v, { causal: true, alibiSlopes: Array.from(d.slopes!), seqLensK: lensK, returnLogSumExp: true });
+    const got = { out: await output.data() as Float32Array, lse: await logSumExp.data() as Float32Array };
+    expect(decodeCalls()).toBe(before + 1);
+    tf.dispose([q, k, v, output, logSumExp]);
+    const want = { out: new Float64Array(3 * 4 * 8), lse: new Float64Array(3 * 4) };
+    lensK.forEach((lenK, b) => {
+      const r = sequenceReference(c, d, b, 1, lenK);
+      want.out.set(r.out, b * 4 * 8);
+      want.lse.set(r.lse, b * 4);
+    });
+    expect(takeUncapturedErrors()).toEqual([]);
+    expectClose(`seqLensK ${lensK}`, got, want);
   }, COMPILE_HEAVY_MS);
 
   gpuTest('packed: sequences back to back, every option but the mask', async () => {
