@@ -17,7 +17,7 @@ import {
 import { DeviceLimits } from '../kernels/webgpu/program';
 import { setTileConfigOverride } from '../kernels/webgpu/tiles';
 import {
-  CaseData, caseAttrs, caseData, CaseSpec, comboCase, describeCase, F32_TOLERANCE, OPTION_NAMES, randInt,
+  CaseData, caseAttrs, caseData, CaseSpec, compare, comboCase, describeCase, F32_TOLERANCE, OPTION_NAMES, randInt,
   reference, relError, rng, runOp,
 } from './helpers/attention_case';
 import { referenceForward, RefInputs } from './helpers/reference';
@@ -73,14 +73,6 @@ function decodeCase(flags: ReadonlySet<string>, seed: number, maxSeqK = 200): Ca
   }
   c.dims.headDim = 8; c.dims.headDimV = 8;
   return c;
-}
-
-if (HAS_GPU) {
-  beforeAll(async () => {
-    await useWebGPU();
-    setTileConfigOverride({ forward: TINY_TILES });
-  });
-  afterAll(() => { setTileConfigOverride({}); setDecodeOverride({}); destroyWebGPU(); });
 }
 
 /** Every element of a rank-4 broadcast mask, as [B, H, seqQ, seqK] 0/1 values. */
@@ -194,7 +186,7 @@ function lengths(r: () => number, batch: number, max: number): number[] {
 if (HAS_GPU) {
   beforeAll(async () => {
     await useWebGPU();
-    setTileConfigOverride({ forward: TINY_TILES });
+    setTileConfigOverride({ forward: TINY_TILES, dq: TINY_TILES, dkdv: TINY_TILES });
   });
   afterAll(() => { setTileConfigOverride({}); setDecodeOverride({}); destroyWebGPU(); });
 }
@@ -215,6 +207,22 @@ describe('the split-KV forward equals the reference and the one-pass kernel', ()
   ];
   gpuTest(`each option and their combinations: ${OPTION_SETS.map(s => s.join('+')).join(', ')}`, async () => {
     for (const [n, set] of OPTION_SETS.entries()) await expectDecodeAccurate(decodeCase(new Set(set), 2000 + n), [3]);
+  }, COMPILE_HEAVY_MS);
+
+  gpuTest('the gradient of a decode forward is the regular backward: dq, dk, dv against the reference', async () => {
+    const c: CaseSpec = { dims: { batch: 2, seqQ: 3, seqK: 90, heads: 4, kvHeads: 2, headDim: 8, headDimV: 8 }, seed: 91, causal: true, softcap: 3 };
+    const d = caseData(c), want = reference(c, d);
+    setDecodeOverride({ mode: 'on', tiles: TINY_DECODE, numSplits: 4 });
+    const before = decodeCalls();
+    const got = await runOp(c, d, true);
+    const calls = decodeCalls() - before;
+    setDecodeOverride({});
+    expect(calls).toBeGreaterThan(0);
+    expect(takeUncapturedErrors()).toEqual([]);
+    const errs = compare(got, want);
+    for (const [k, e] of Object.entries(errs)) {
+      expect([k, e < (k === 'out' || k === 'lse' ? TOL : F32_TOLERANCE.grads)]).toEqual([k, true]);
+    }
   }, COMPILE_HEAVY_MS);
 
   gpuTest('a few thousand keys: MHA, GQA and MQA, causal and windowed', async () => {
