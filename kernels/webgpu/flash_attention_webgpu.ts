@@ -13,6 +13,7 @@ import {
   AttentionProblem, attentionProblem, FlashAttention, FlashAttentionAttrs, FlashAttentionInputs, OptionFlags,
 } from '../../src/contract';
 import { optionHelpers } from './attention_wgsl';
+import { maybeFlashDecodeWebGPU } from './flash_decode_webgpu';
 import {
   checkBindingSizes, checkDispatch, deviceLimits, FlashProgram, runProgram,
   shaderKeyOf, unpack, unroll, WebGPUBackend, withDeviceErrorCheck,
@@ -286,6 +287,9 @@ export class FlashForwardProgram extends FlashProgram {
 export function flashAttentionWebGPU(
     args: { inputs: FlashAttentionInputs, backend: WebGPUBackend, attrs: FlashAttentionAttrs }): TensorInfo[] {
   const { inputs, backend, attrs } = args;
+  // A few query rows over many keys: the split-KV kernel (flash_decode_webgpu.ts) when it picks them.
+  const decoded = maybeFlashDecodeWebGPU(args);
+  if (decoded) return decoded;
   const { q, k, v, alibiSlopes, mask } = inputs as unknown as Record<string, TensorInfo>;
   const s = attentionProblem(q.shape, k.shape, v.shape, attrs);
   const limits = deviceLimits(backend);
