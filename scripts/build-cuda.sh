@@ -34,7 +34,7 @@ NVFLAGS=(-std=c++17 -O3 -Xcompiler -fPIC -Xcompiler -fvisibility=hidden --expt-r
 mkdir -p "$OUT/obj"
 
 # Each .cu compiles on its own core: they are the slow part (templates x architectures).
-SOURCES=(api stage_bf16 forward_simt forward_tc backward_simt backward_tc)
+SOURCES=(api stage_bf16 forward_simt forward_tc backward_simt backward_tc decode_splitkv)
 printf '%s\n' "${SOURCES[@]}" | xargs -P "$JOBS" -I{} \
   "$NVCC" "${NVFLAGS[@]}" -c "$ROOT/kernels/cuda/{}.cu" -o "$OUT/obj/{}.o"
 OBJS=()

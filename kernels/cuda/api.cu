@@ -1,5 +1,5 @@
-// The C ABI (flash_attention.h): argument checks, the choice between the exact and the
-// tensor-core path, and the backward's workspace.
+// The C ABI (flash_attention.h): argument checks, the choice between the exact, the exact
+// split-KV (decode) and the tensor-core path, and the backward's workspace.
 #include "common.cuh"
 
 namespace fa {
@@ -66,9 +66,15 @@ static bool useTensorCores(const fa_params* a, const fa::Problem& p) {
   return a->precision == FA_PRECISION_FAST && fa::tensorCoreHeadDim(p) != 0;
 }
 
+// The exact path's split-KV forward for decode shapes (few query rows, many keys).
+static bool useDecode(const fa_params* a, const fa::Problem& p) {
+  return !useTensorCores(a, p) && fa::decodeEligible(p);
+}
+
 size_t fa_forward_workspace_size(const fa_params* a) {
   if (fa::checkParams(a, false)) return 0;
   const fa::Problem p = fa::makeProblem(*a);
+  if (useDecode(a, p)) return fa::decodeForwardWorkspace(p);
   return useTensorCores(a, p) ? fa::tensorCoreForwardWorkspace(p) : fa::simtForwardWorkspace(p);
 }
 
@@ -80,6 +86,7 @@ int fa_forward(const fa_params* a, const float* q, const float* k, const float* 
   if (workspace == nullptr && fa_forward_workspace_size(a) > 0) return FA_ERR_BAD_ARGUMENT;
   if (p.rowsQ == 0) return 0;  // no query rows: nothing to write
   if (useTensorCores(a, p)) return fa::launchForwardTensorCore(p, q, k, v, out, lse, workspace, s);
+  if (useDecode(a, p)) return fa::launchForwardDecode(p, q, k, v, out, lse, workspace, s);
   return fa::launchForwardSimt(p, q, k, v, out, lse, workspace, s);
 }
 

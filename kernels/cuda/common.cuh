@@ -342,6 +342,14 @@ __device__ __forceinline__ float groupSum(float x) {
 size_t simtForwardWorkspace(const Problem& p);
 cudaError_t launchForwardSimt(const Problem& p, const float* q, const float* k, const float* v,
                               float* out, float* lse, void* workspace, cudaStream_t stream);
+// Split-KV forward (decode_splitkv.cu): chosen for at most kDecodeMaxSeqQ query rows over at least
+// kDecodeMinSeqK keys (environment FA_DECODE=0 / 1 forces it off / on, for tests and benches).
+constexpr int kDecodeMaxSeqQ = 16;
+constexpr int kDecodeMinSeqK = 256;
+bool decodeEligible(const Problem& p);
+size_t decodeForwardWorkspace(const Problem& p);
+cudaError_t launchForwardDecode(const Problem& p, const float* q, const float* k, const float* v,
+                                float* out, float* lse, void* workspace, cudaStream_t stream);
 // Tensor-core path: the padded head dimension it runs at (64 or 128), 0 when it cannot.
 int tensorCoreHeadDim(const Problem& p);
 size_t tensorCoreForwardWorkspace(const Problem& p);

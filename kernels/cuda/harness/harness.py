@@ -3,6 +3,8 @@
 
   python3 harness.py --lib build/cuda/libflash_attention_cuda.so [--check] [--bench] [--out DIR]
 
+--decode-check / --decode-bench: the split-KV decode forward (decode_splitkv.cu) against the
+reference and the one-pass forward, and timed against it (GB/s over the bytes of K and V).
 --check runs every option of the op, forward and gradients, against a float64 reference written
 here from the contract in src/contract/kernel_names.ts (PyTorch on the GPU, float64, autograd for the
 gradients; the dropout hash re-implemented and itself checked against dropout_vectors.json,
@@ -665,6 +667,192 @@ def print_varlen_row(r):
         r['kind'], r['D'], r['n'], r['causal'], r['lens'], r['work_ratio'], '\n    '.join(parts)), flush=True)
 
 
+# ---------------------------------------------------------------- split-KV decode forward
+# decode_splitkv.cu: picked by fa_forward for <= 16 query rows over >= 256 keys on the exact path;
+# FA_DECODE=0 forces the one-pass forward, FA_DECODE=1 the split-KV forward, FA_DECODE_SPLITS=n
+# the split count. (name, case, lens_q, lens_k, layout, splits): lens None = dense.
+DECODE_CASES = [
+    ('decode seqQ 1 MHA 16', dict(B=2, Nq=1, Nk=300, H=16), None, None, FA_SEQ_DENSE, None),
+    ('decode seqQ 1 GQA 16/2 d128', dict(Nq=1, Nk=5000, H=16, Hkv=2, D=128), None, None, FA_SEQ_DENSE, None),
+    ('decode seqQ 4 causal GQA 8/2', dict(B=2, Nq=4, Nk=1000, H=8, Hkv=2, causal=True), None, None, FA_SEQ_DENSE, None),
+    ('decode seqQ 16 causal GQA 16/2', dict(Nq=16, Nk=777, H=16, Hkv=2), None, None, FA_SEQ_DENSE, None),
+    ('decode seqQ 16 window (100, 0)', dict(Nq=16, Nk=2000, H=4, window=(100, 0)), None, None, FA_SEQ_DENSE, None),
+    ('decode seqQ 4 window (64, 8)', dict(Nq=4, Nk=1500, H=4, window=(64, 8)), None, None, FA_SEQ_DENSE, None),
+    ('decode alibi + causal', dict(Nq=4, Nk=900, H=4, alibi=True, causal=True), None, None, FA_SEQ_DENSE, None),
+    ('decode softcap 5', dict(Nq=1, Nk=3000, H=4, softcap=5.0, scale=0.5), None, None, FA_SEQ_DENSE, None),
+    ('decode mask [B,H,Nq,Nk]', dict(B=2, Nq=4, Nk=600, H=4, Hkv=2, mask='BHQK'), None, None, FA_SEQ_DENSE, None),
+    ('decode mask [B,1,1,Nk]', dict(B=2, Nq=1, Nk=1200, H=4, mask='BK'), None, None, FA_SEQ_DENSE, None),
+    ('decode dropout 0.3', dict(B=2, Nq=4, Nk=800, H=4, Hkv=2, dropout=0.3, seed=7), None, None, FA_SEQ_DENSE, None),
+    ('decode MQA 8/1 causal seqQ 16', dict(Nq=16, Nk=1000, H=8, Hkv=1, causal=True), None, None, FA_SEQ_DENSE, None),
+    ('decode headDim 33, Dv 17', dict(Nq=4, Nk=400, H=2, D=33, Dv=17), None, None, FA_SEQ_DENSE, None),
+    ('decode headDim 256 alibi', dict(Nq=2, Nk=700, H=4, D=256, alibi=True), None, None, FA_SEQ_DENSE, None),
+    ('decode headDim 64, Dv 128', dict(Nq=3, Nk=513, H=4, D=64, Dv=128), None, None, FA_SEQ_DENSE, None),
+    ('decode everything', dict(B=2, Nq=8, Nk=1300, H=6, Hkv=2, D=96, Dv=80, window=(600, 4), causal=True, alibi=True,
+                               softcap=8.0, mask='BHQK', dropout=0.2, seed=99), None, None, FA_SEQ_DENSE, None),
+    ('decode 1 split', dict(Nq=1, Nk=2000, H=4), None, None, FA_SEQ_DENSE, 1),
+    ('decode 79 splits causal window', dict(Nq=4, Nk=5000, H=4, Hkv=2, causal=True, window=(300, -1)), None, None,
+     FA_SEQ_DENSE, 79),
+    ('decode padded causal GQA 16/2', dict(B=4, Nq=16, Nk=3000, H=16, Hkv=2, causal=True),
+     [16, 1, 0, 7], [3000, 1, 257, 0], FA_SEQ_PADDED, None),
+    ('decode padded seqQ 1 alibi dropout', dict(B=5, Nq=1, Nk=4096, H=4, alibi=True, dropout=0.3, seed=5),
+     [1, 1, 1, 0, 1], [0, 1, 300, 2000, 4096], FA_SEQ_PADDED, None),
+    ('decode padded mask + softcap', dict(B=3, Nq=4, Nk=700, H=4, Hkv=2, mask='BHQK', softcap=5.0),
+     [4, 2, 1], [700, 256, 1], FA_SEQ_PADDED, None),
+    ('decode packed causal GQA 16/2', dict(H=16, Hkv=2, causal=True), [1, 4, 0, 16, 1], [500, 3000, 10, 16, 0],
+     FA_SEQ_PACKED, None),
+    ('decode packed window softcap dropout', dict(H=4, window=(200, 0), softcap=6.0, dropout=0.2, seed=3),
+     [2, 1, 8], [2500, 1, 900], FA_SEQ_PACKED, None),
+]
+
+
+class decode_env:
+    """FA_DECODE / FA_DECODE_SPLITS for the calls inside (read by fa_forward and its workspace size)."""
+    def __init__(self, mode, splits=None):
+        self.vals = {'FA_DECODE': mode, 'FA_DECODE_SPLITS': None if splits is None else str(splits)}
+
+    def __enter__(self):
+        self.old = {k_: os.environ.get(k_) for k_ in self.vals}
+        for k_, v_ in self.vals.items():
+            if v_ is None:
+                os.environ.pop(k_, None)
+            else:
+                os.environ[k_] = v_
+
+    def __exit__(self, *a):
+        for k_, v_ in self.old.items():
+            if v_ is None:
+                os.environ.pop(k_, None)
+            else:
+                os.environ[k_] = v_
+
+
+def run_decode_case(kern, gen, name, spec, lens_q, lens_k, layout, splits):
+    base = dict(spec)
+    if layout == FA_SEQ_PACKED:
+        base.update(B=len(lens_q), Nq=max(lens_q), Nk=max(lens_k))
+    c = normalize(base)
+    gen.manual_seed(zlib.crc32(name.encode()))
+    q, k, v, dy, slopes, mask = make_inputs(c, gen)
+    ref = reference(c, q, k, v, dy, slopes, mask, lens_q, lens_k)
+    mask_c = mask.contiguous() if mask is not None else None
+    p = params_for(c, slopes, mask_c, 0)
+    if layout == FA_SEQ_PACKED:
+        qi, ki, vi, dyi = pack_rows(q, lens_q), pack_rows(k, lens_k), pack_rows(v, lens_k), pack_rows(dy, lens_q)
+        ref = (pack_rows(ref[0], lens_q), pack_lse(ref[1], lens_q), pack_rows(ref[2], lens_q),
+               pack_rows(ref[3], lens_k), pack_rows(ref[4], lens_k))
+        set_ranges(p, layout, packed_ranges(lens_q), packed_ranges(lens_k), sum(lens_q), sum(lens_k),
+                   max(lens_q), max(lens_k))
+    elif layout == FA_SEQ_PADDED:
+        qi, ki, vi, dyi = (nan_padding(x, l_) for x, l_ in ((q, lens_q), (k, lens_k), (v, lens_k), (dy, lens_q)))
+        B, Nq, Nk = c['B'], c['Nq'], c['Nk']
+        rq = torch.tensor([[b * Nq, n] for b, n in enumerate(lens_q)], dtype=torch.int32, device='cuda')
+        rk = torch.tensor([[b * Nk, n] for b, n in enumerate(lens_k)], dtype=torch.int32, device='cuda')
+        set_ranges(p, layout, rq, rk, B * Nq, B * Nk, Nq, Nk)
+    else:
+        qi, ki, vi, dyi = q, k, v, dy
+
+    def fwd(mode, s=None):
+        out = torch.full((qi.shape[0], qi.shape[1], c['H'], c['Dv']), math.nan, device='cuda')
+        lse = torch.full((qi.shape[0], c['H'], qi.shape[1]), math.nan, device='cuda')
+        with decode_env(mode, s):
+            kern.forward(p, qi, ki, vi, out, lse)
+        return out, lse
+    auto = fwd(None, splits)
+    forced = fwd('1', splits)
+    again = fwd('1', splits)
+    one = fwd('0')
+    grads = kern.backward(p, qi, ki, vi, auto[0], auto[1], dyi)
+    torch.cuda.synchronize()
+    e = dict(out=rel_err(auto[0], ref[0]), lse=lse_err(auto[1], ref[1]),
+             grad=max(rel_err(g_, r_) for g_, r_ in zip(grads, ref[2:])),
+             vs_one_pass=max(rel_err(auto[0], one[0]), lse_err(auto[1], one[1].double())),
+             picked=bool(torch.equal(auto[0], forced[0]) and torch.equal(auto[1], forced[1])),
+             bitwise_one_pass=bool(torch.equal(auto[0], one[0])),
+             deterministic=bool(torch.equal(forced[0], again[0]) and torch.equal(forced[1], again[1])),
+             finite=bool(torch.isfinite(auto[0]).all()))
+    if layout == FA_SEQ_PADDED:
+        e['padding_zero'] = all(bool((auto[0][b, lq:] == 0).all()) and bool((auto[1][b, :, lq:] == -math.inf).all())
+                                for b, lq in enumerate(lens_q))
+    ok = e['out'] < 1e-5 and e['lse'] < 1e-5 and e['vs_one_pass'] < 1e-5 and e['grad'] < 1e-4 and e['picked'] \
+        and e['deterministic'] and e['finite'] and e.get('padding_zero', True)
+    return e, ok
+
+
+def run_decode_checks(kern, report):
+    print('split-KV decode forward (exact) vs the float64 reference and vs the one-pass forward (FA_DECODE=0); '
+          'grad = the regular backward from its out/logsumexp; picked = the automatic choice equals FA_DECODE=1 bitwise')
+    print('%-40s %9s %9s %9s %9s  %s' % ('case', 'out', 'lse', 'vs 1-pass', 'grad', 'picked det pad'))
+    gen = torch.Generator(device='cuda')
+    rows, all_ok = [], True
+    for name, spec, lens_q, lens_k, layout, splits in DECODE_CASES:
+        try:
+            e, ok = run_decode_case(kern, gen, name, spec, lens_q, lens_k, layout, splits)
+        except Exception as ex:  # noqa: BLE001 - report, keep going
+            e, ok = {'error': str(ex)[:300]}, False
+            print('%-40s ERROR %s' % (name, e['error']), flush=True)
+            rows.append(dict(name=name, errors=e, ok=ok))
+            all_ok = False
+            continue
+        all_ok &= ok
+        rows.append(dict(name=name, lens_q=lens_q, lens_k=lens_k, splits=splits,
+                         case={k_: (list(v_) if isinstance(v_, tuple) else v_) for k_, v_ in spec.items()},
+                         errors=e, ok=ok))
+        print('%-40s %9.2e %9.2e %9.2e %9.2e  %s %s %s %s' % (
+            name, e['out'], e['lse'], e['vs_one_pass'], e['grad'], 'yes' if e['picked'] else 'NO',
+            'yes' if e['deterministic'] else 'NO',
+            {True: 'yes', False: 'NO', None: '-'}[e.get('padding_zero')], 'ok' if ok else 'FAIL'), flush=True)
+    report['decode_checks'] = rows
+    report['decode_checks_ok'] = all_ok
+    print('decode checks:', 'ALL OK' if all_ok else 'FAILURES', flush=True)
+    return all_ok
+
+
+def run_decode_bench(kern, report, seqs, batches, dims):
+    """seqQ = 1, H = 16, MHA and GQA 16/2: the split-KV forward against the one-pass exact forward
+    (and the fast one), GB/s over the bytes of K and V, beside a device-to-device copy's."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    H, reps = 16, 7
+    x = torch.empty(1 << 29, device='cuda')  # 2 GiB
+    y = torch.empty_like(x)
+    copy_ms = time_ms(lambda: y.copy_(x), 3, 10)
+    copy_gbs = 2 * x.numel() * 4 / copy_ms / 1e6
+    del x, y
+    report['copy_gbs'] = copy_gbs
+    print('device-to-device copy of 2 GiB: %.3f ms, %.0f GB/s (read + write)' % (copy_ms, copy_gbs))
+    print('%3s %4s %6s %4s | %9s %9s %9s | %8s %8s | %7s %9s' % (
+        'd', 'B', 'seqK', 'Hkv', 'split ms', '1-pass ms', 'fast ms', 'GB/s', '1-pass', 'speedup', 'of copy'))
+    rows = []
+    for D in dims:
+        for B in batches:
+            for N in seqs:
+                for Hkv in (16, 2):
+                    c = normalize(dict(B=B, Nq=1, Nk=N, H=H, Hkv=Hkv, D=D))
+                    g = torch.Generator(device='cuda').manual_seed(N + D + B + Hkv)
+                    q, k, v, _, _, _ = make_inputs(c, g)
+                    out = torch.empty(B, 1, H, D, device='cuda')
+                    lse = torch.empty(B, H, 1, device='cuda')
+                    r = dict(D=D, B=B, seqK=N, H=H, Hkv=Hkv, kv_bytes=k.numel() * 4 + v.numel() * 4)
+                    for label, mode, prec in (('split', '1', 0), ('one_pass', '0', 0), ('fast_one_pass', '0', 1)):
+                        try:
+                            p = params_for(c, None, None, prec)
+                            with decode_env(mode):
+                                ws = kern.forward_workspace(p)
+                                r[label + '_ms'] = time_ms(lambda: kern.forward(p, q, k, v, out, lse, ws), 2, reps)
+                        except Exception as ex:  # noqa: BLE001
+                            r[label + '_error'] = str(ex)[:200]
+                    t = r.get('split_ms', math.nan)
+                    r['split_gbs'] = r['kv_bytes'] / t / 1e6
+                    r['one_pass_gbs'] = r['kv_bytes'] / r.get('one_pass_ms', math.nan) / 1e6
+                    rows.append(r)
+                    print('%3d %4d %6d %4d | %9.4f %9.4f %9.4f | %8.0f %8.0f | %7.2f %8.0f%%' % (
+                        D, B, N, Hkv, t, r.get('one_pass_ms', math.nan), r.get('fast_one_pass_ms', math.nan),
+                        r['split_gbs'], r['one_pass_gbs'], r.get('one_pass_ms', math.nan) / t,
+                        100 * r['split_gbs'] / copy_gbs), flush=True)
+                    del q, k, v, out, lse
+                    torch.cuda.empty_cache()
+    report['decode_bench'] = rows
+
+
 # ---------------------------------------------------------------- benchmark
 def time_ms(fn, warmup=3, reps=10):
     for _ in range(warmup):
@@ -769,6 +957,11 @@ def main():
     ap.add_argument('--varlen-bench', action='store_true', help='ragged batch and packed documents vs the masked call')
     ap.add_argument('--varlen-n', type=int, default=4096)
     ap.add_argument('--varlen-dims', default='64')
+    ap.add_argument('--decode-check', action='store_true', help='split-KV decode forward vs the reference and the one-pass forward')
+    ap.add_argument('--decode-bench', action='store_true', help='split-KV decode forward vs the one-pass forward, seqQ = 1')
+    ap.add_argument('--decode-seqs', default='4096,16384,65536')
+    ap.add_argument('--decode-batches', default='1,8')
+    ap.add_argument('--decode-dims', default='64,128')
     a = ap.parse_args()
     kern = Kernels(load_library(a.lib))
     report = {'device': torch.cuda.get_device_name(), 'torch': torch.__version__}
@@ -781,6 +974,11 @@ def main():
             run_bench(kern, report, [int(s) for s in a.seqs.split(',')], [int(d) for d in a.dims.split(',')])
         if a.varlen_bench:
             run_varlen_bench(kern, report, a.varlen_n, [int(d) for d in a.varlen_dims.split(',')])
+        if a.decode_check:
+            ok &= run_decode_checks(kern, report)
+        if a.decode_bench:
+            run_decode_bench(kern, report, [int(s) for s in a.decode_seqs.split(',')],
+                             [int(b) for b in a.decode_batches.split(',')], [int(d) for d in a.decode_dims.split(',')])
     finally:
         if a.out:
             os.makedirs(a.out, exist_ok=True)
