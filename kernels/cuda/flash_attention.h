@@ -75,7 +75,8 @@ typedef struct {
    for the exact path; BF16 Q, K, V for the tensor-core path). */
 FA_API size_t fa_forward_workspace_size(const fa_params* p);
 
-/* out [B, Nq, H, Dv], lse [B, H, Nq]. */
+/* out [B, Nq, H, Dv], lse [B, H, Nq]. On the exact path, at most 16 query rows over at least 256
+   keys run the split-KV forward (decode_splitkv.cu; environment FA_DECODE=0/1 forces it off/on). */
 FA_API int fa_forward(const fa_params* p, const float* q, const float* k, const float* v,
                       float* out, float* lse, void* workspace, void* stream);
 

@@ -740,8 +740,8 @@ def run_decode_case(kern, gen, name, spec, lens_q, lens_k, layout, splits):
         qi, ki, vi, dyi = pack_rows(q, lens_q), pack_rows(k, lens_k), pack_rows(v, lens_k), pack_rows(dy, lens_q)
         ref = (pack_rows(ref[0], lens_q), pack_lse(ref[1], lens_q), pack_rows(ref[2], lens_q),
                pack_rows(ref[3], lens_k), pack_rows(ref[4], lens_k))
-        set_ranges(p, layout, packed_ranges(lens_q), packed_ranges(lens_k), sum(lens_q), sum(lens_k),
-                   max(lens_q), max(lens_k))
+        rq, rk = packed_ranges(lens_q), packed_ranges(lens_k)  # kept alive: p holds their device pointers
+        set_ranges(p, layout, rq, rk, sum(lens_q), sum(lens_k), max(lens_q), max(lens_k))
     elif layout == FA_SEQ_PADDED:
         qi, ki, vi, dyi = (nan_padding(x, l_) for x, l_ in ((q, lens_q), (k, lens_k), (v, lens_k), (dy, lens_q)))
         B, Nq, Nk = c['B'], c['Nq'], c['Nk']
@@ -778,13 +778,15 @@ def run_decode_case(kern, gen, name, spec, lens_q, lens_k, layout, splits):
     return e, ok
 
 
-def run_decode_checks(kern, report):
+def run_decode_checks(kern, report, only=None):
     print('split-KV decode forward (exact) vs the float64 reference and vs the one-pass forward (FA_DECODE=0); '
           'grad = the regular backward from its out/logsumexp; picked = the automatic choice equals FA_DECODE=1 bitwise')
     print('%-40s %9s %9s %9s %9s  %s' % ('case', 'out', 'lse', 'vs 1-pass', 'grad', 'picked det pad'))
     gen = torch.Generator(device='cuda')
     rows, all_ok = [], True
     for name, spec, lens_q, lens_k, layout, splits in DECODE_CASES:
+        if only and only not in name:
+            continue
         try:
             e, ok = run_decode_case(kern, gen, name, spec, lens_q, lens_k, layout, splits)
         except Exception as ex:  # noqa: BLE001 - report, keep going
@@ -959,6 +961,7 @@ def main():
     ap.add_argument('--varlen-dims', default='64')
     ap.add_argument('--decode-check', action='store_true', help='split-KV decode forward vs the reference and the one-pass forward')
     ap.add_argument('--decode-bench', action='store_true', help='split-KV decode forward vs the one-pass forward, seqQ = 1')
+    ap.add_argument('--decode-only', default=None, help='decode checks whose name contains this')
     ap.add_argument('--decode-seqs', default='4096,16384,65536')
     ap.add_argument('--decode-batches', default='1,8')
     ap.add_argument('--decode-dims', default='64,128')
@@ -975,7 +978,7 @@ def main():
         if a.varlen_bench:
             run_varlen_bench(kern, report, a.varlen_n, [int(d) for d in a.varlen_dims.split(',')])
         if a.decode_check:
-            ok &= run_decode_checks(kern, report)
+            ok &= run_decode_checks(kern, report, a.decode_only)
         if a.decode_bench:
             run_decode_bench(kern, report, [int(s) for s in a.decode_seqs.split(',')],
                              [int(b) for b in a.decode_batches.split(',')], [int(d) for d in a.decode_dims.split(',')])
