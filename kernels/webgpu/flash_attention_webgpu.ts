@@ -5,25 +5,26 @@
  * (online softmax), and writes the output and the row log-sum-exp once. Nothing seqQ x seqK is
  * ever stored. Key tiles a query tile cannot see (causal, sliding window) are skipped whole.
  */
-import { KernelConfig, KernelFunc, TensorInfo } from '@tensorflow/tfjs-core';
+import { KernelConfig, KernelFunc, TensorInfo, util } from '@tensorflow/tfjs-core';
 import {
   AttentionProblem, attentionProblem, FlashAttention, FlashAttentionAttrs, FlashAttentionInputs, OptionFlags,
 } from '../../src/contract';
 import { optionHelpers } from './attention_wgsl';
 import {
   checkBindingSizes, checkDispatch, deviceLimits, FlashProgram, runProgram,
-  shaderKeyOf, unpack, unroll, WebGPUBackend, withDeviceErrorCheck,
+  RANGE_NAMES, shaderKeyOf, unpack, unroll, WebGPUBackend, withDeviceErrorCheck, withSeqRanges,
 } from './program';
 import { subgroupMinSizeOf } from './subgroups';
 import { chooseTiles, paddedVec4, threadsOf, TileConfig, vec4Count } from './tiles';
 import { optionUniforms } from './uniforms';
 import {
   dotTileWGSL, keptAt, keptBitsWGSL, keyTileLoopWGSL, loadTileWGSL, passPrologueWGSL, prefetchedTileWGSL,
-  registersWGSL, rowReduction, rowShuffleWidth, tileConstants, vec4sPerThread, weightedSumWGSL,
+  logSumExpIndexWGSL, registersWGSL, rowReduction, rowShuffleWidth, sequenceWGSL, tileConstants, vec4sPerThread,
+  weightedSumWGSL,
 } from './wgsl_fragments';
 
 export class FlashForwardProgram extends FlashProgram {
-  variableNames = ['q', 'k', 'v', 'alibiSlopes', 'mask'];
+  variableNames: string[];
   outputShape: number[];
   workgroupSize: [number, number, number];
   dispatch: [number, number, number];
@@ -36,9 +37,10 @@ export class FlashForwardProgram extends FlashProgram {
   constructor(private s: AttentionProblem, private tiles: TileConfig, private flags: OptionFlags,
               private subgroupSize = 0) {
     super();
+    this.variableNames = withSeqRanges(['q', 'k', 'v', 'alibiSlopes', 'mask'], flags, RANGE_NAMES);
     this.uniforms = optionUniforms(s).fields;
-    // One packed output: out [B, Nq, H, Dv], then logsumexp [B, H, Nq].
-    this.outputShape = [s.batch * s.seqQ * s.heads * s.headDimV + s.batch * s.heads * s.seqQ];
+    // One packed output: out [B, Nq, H, Dv], then logsumexp [B, H, Nq] (problem.ts has the shapes).
+    this.outputShape = [util.sizeFromShape(s.outShape) + util.sizeFromShape(s.logSumExpShape)];
     this.workgroupSize = [threadsOf(tiles), 1, 1];
     const rowTiles = Math.ceil(s.seqQ / tiles.rows);
     // Windowed programs pair query tiles (see getUserCode).
@@ -56,7 +58,7 @@ export class FlashForwardProgram extends FlashProgram {
     const vj = vec4sPerThread(t, dv4);
     const rows = (body: (r: number) => string) => unroll(t.rowsPerThread, body);
     const cols = (body: (c: number) => string) => unroll(t.colsPerThread, body);
-    const stream = { count: t.cols, threads: threadsOf(t), seqLen: 'nk', heads: 'kvHeads', head: 'kvh' };
+    const stream = { count: t.cols, threads: threadsOf(t), start: 'kStart', seqLen: 'nk', heads: 'kvHeads', head: 'kvh' };
     // With sharedKV, K and V take turns in kvTile: the next K is prefetched as usual, and this
     // tile's V is loaded into registers at the top of the iteration (its latency hidden by the
     // scores) and stored once every thread is done reading K.
@@ -80,13 +82,15 @@ export class FlashForwardProgram extends FlashProgram {
       let h = i32(wgId.y);
       let b = i32(wgId.z);
       let kvh = h / (heads / kvHeads);
-      let off = nk - nq;
+      ${sequenceWGSL(f)}
       let slope = slopeOf(h);
-      let numRowTiles = (nq + ROWS - 1) / ROWS;
+      let numRowTiles = (qExtent + ROWS - 1) / ROWS;
       ${f.window ? `
       // Under a causal mask query tile i sees i + 1 key tiles: a workgroup takes tiles
       // n - 1 - x and x (heaviest first), so every workgroup does about the same work.
-      let pairedTiles = select(2, 1, 2 * i32(wgId.x) + 1 == numRowTiles);
+      ${f.seqRanges ? `// The grid is sized for the longest sequence: a shorter one leaves workgroups idle.
+      let pairedTiles = clamp(numRowTiles - 2 * i32(wgId.x), 0, 2);`
+                    : 'let pairedTiles = select(2, 1, 2 * i32(wgId.x) + 1 == numRowTiles);'}
       for (var pairIdx = 0; pairIdx < pairedTiles; pairIdx++) {
       workgroupBarrier();   // the previous tile's threads are done with the workgroup tiles
       let rowTile = select(numRowTiles - 1 - i32(wgId.x), i32(wgId.x), pairIdx == 1);` : `
@@ -94,7 +98,7 @@ export class FlashForwardProgram extends FlashProgram {
       let row0 = rowTile * ROWS;
       let row1 = min(row0 + ROWS, nq);
       ${loadTileWGSL({ tile: 'qTile', src: 'q', width: 'D', width4: 'D4', count: 'ROWS', first: 'row0',
-                       seqLen: 'nq', heads: 'heads', head: 'h', mul: 'uniforms.scale' })}
+                       start: 'qStart', seqLen: 'nq', heads: 'heads', head: 'h', mul: 'uniforms.scale' })}
 
       ${registersWGSL('m', 'f32', t.rowsPerThread)}
       ${registersWGSL('l', 'f32', t.rowsPerThread)}
@@ -161,17 +165,18 @@ export class FlashForwardProgram extends FlashProgram {
         ${reduce.publish('rowSum', 'add', r)}
       }`)}
       ${reduce.barrier}
-      let outSize = batch * nq * heads * DV;
+      let outSize = rowsQ * heads * DV;
       ${rows(r => `{
         let row = tr * RPT + ${r};
         let i = row0 + row;
         ${reduce.combine('rowSum', 'rowSum', 'add', r)}
-        if (i < nq) {
-          // A row with no kept key (sum exactly 0): out 0 (even where acc holds 0 * NaN of a
-          // masked value), logsumexp -Infinity. A NaN sum is not empty: it propagates.
+        if (i < qExtent) {
+          // A row with no kept key (sum exactly 0; rows past the sequence's length keep none):
+          // out 0 (even where acc holds 0 * NaN of a masked value), logsumexp -Infinity. A NaN
+          // sum is not empty: it propagates.
           let empty = rowSum == 0.0;
           let inv = 1.0 / select(rowSum, 1.0, empty);
-          let base = ((b * nq + i) * heads + h) * DV;
+          let base = ((qStart + i) * heads + h) * DV;
           ${unroll(vj, jj => `{
             let c4 = tc + TC * ${jj};
             let o = select(acc_${r}_${jj} * inv, vec4<f32>(0.0), empty);
@@ -180,7 +185,7 @@ export class FlashForwardProgram extends FlashProgram {
           if (tc == 0) {
             // log(NaN) is not NaN everywhere (SwiftShader: +inf), so a NaN sum is passed on itself.
             let lse = select(m_${r} + log(rowSum), rowSum, poisons(rowSum));
-            result[outSize + (b * heads + h) * nq + i] = select(lse, -uniforms.INFINITY, empty);
+            result[outSize + ${logSumExpIndexWGSL('h', 'i')}] = select(lse, -uniforms.INFINITY, empty);
           }
         }
       }`)}
@@ -192,7 +197,7 @@ export class FlashForwardProgram extends FlashProgram {
 export function flashAttentionWebGPU(
     args: { inputs: FlashAttentionInputs, backend: WebGPUBackend, attrs: FlashAttentionAttrs }): TensorInfo[] {
   const { inputs, backend, attrs } = args;
-  const { q, k, v, alibiSlopes, mask } = inputs as unknown as Record<string, TensorInfo>;
+  const { q, k, v, alibiSlopes, mask, seqRangesQ, seqRangesK } = inputs as unknown as Record<string, TensorInfo>;
   const s = attentionProblem(q.shape, k.shape, v.shape, attrs);
   const limits = deviceLimits(backend);
   const program = new FlashForwardProgram(s, chooseTiles('forward', limits, s.headDim, s.headDimV),
@@ -201,8 +206,9 @@ export function flashAttentionWebGPU(
                              ['the output and logsumexp', program.outputShape]]);
   checkDispatch(limits, program.dispatch);
   return withDeviceErrorCheck(backend, () => {
-    const packed = runProgram(backend, program, [q, k, v, alibiSlopes, mask], optionUniforms(s).data);
-    return unpack(backend, packed, [[s.batch, s.seqQ, s.heads, s.headDimV], [s.batch, s.heads, s.seqQ]]);
+    const programInputs = withSeqRanges([q, k, v, alibiSlopes, mask], s.flags, () => [seqRangesQ, seqRangesK]);
+    const packed = runProgram(backend, program, programInputs, optionUniforms(s).data);
+    return unpack(backend, packed, [s.outShape, s.logSumExpShape]);
   });
 }
 
