@@ -1,12 +1,13 @@
 import {
-  engine, getKernel, op, reshape, tensor, Tensor, Tensor1D, Tensor3D, Tensor4D, tensor1d, TensorLike,
+  engine, getKernel, op, reshape, tensor, Tensor, Tensor1D, Tensor3D, Tensor4D, tensor1d, tensor2d, TensorLike,
   ones, zeros,
 } from '@tensorflow/tfjs-core';
 import {
-  check, FlashAttention, FlashAttentionAttrs, FlashAttentionInputs, FlashAttentionOptions, maskShape4D,
-  isFiniteFloat32, normalizeAttrs, shapeStr, validateOptionsObject, validateQKV,
+  AttentionDims, check, FlashAttention, FlashAttentionAttrs, FlashAttentionInputs, FlashAttentionOptions, maskShape4D,
+  isFiniteFloat32, normalizeAttrs, SeqLens, SequenceAttrs, shapeStr, validateOptionsObject, validateQKV,
+  validateSeqLens,
 } from './contract';
-import { flashAttentionBlockwise } from '../kernels/fallback/blockwise';
+import { flashAttentionBlockwise, SequenceRanges } from '../kernels/fallback/blockwise';
 import { ensureTensorflowKernels } from '../kernels/tensorflow/register';
 
 export interface FlashAttentionResult {
@@ -15,7 +16,7 @@ export interface FlashAttentionResult {
 }
 
 /** Like tfjs's convertToTensor: tensors pass through (dtype checked later), arrays become float32. */
-function toFloatTensor(x: Tensor | TensorLike, name: string): Tensor {
+export function toFloatTensor(x: Tensor | TensorLike, name: string): Tensor {
   if (x instanceof Tensor) return x;
   check(x != null && typeof x === 'object', () => `${name} must be a Tensor or a nested array, but got ${x === null ? 'null' : typeof x}`);
   return tensor(x, undefined, 'float32');
@@ -25,7 +26,7 @@ function toFloatTensor(x: Tensor | TensorLike, name: string): Tensor {
  * Slopes given as numbers are checked here (finite in float32); a tensor's values stay on its
  * device unread (a readback per call would stall GPU backends), so NaN slopes there give NaN out.
  */
-function toSlopes(slopes: FlashAttentionOptions['alibiSlopes'], heads: number): Tensor1D {
+export function toSlopes(slopes: FlashAttentionOptions['alibiSlopes'], heads: number): Tensor1D {
   if (!(slopes instanceof Tensor)) {
     check(Array.isArray(slopes) || slopes instanceof Float32Array, () =>
         `alibiSlopes must be a number[], Float32Array or Tensor1D, but got ${typeof slopes}`);
@@ -51,6 +52,8 @@ function toSlopes(slopes: FlashAttentionOptions['alibiSlopes'], heads: number): 
  * v [batch, seqK, kvHeads, headDimV] -> [batch, seqQ, heads, headDimV] (BSHD, as FlashAttention).
  * Any Tensor (or nested array) is accepted; the rank is checked when the op runs.
  * heads % kvHeads == 0 gives grouped-query / multi-query attention.
+ * seqLensQ/seqLensK give each batch element's actual lengths (a padded batch): rows past them are
+ * skipped, not masked, so the cost follows the lengths; flashAttentionVarlen takes packed sequences.
  */
 function flashAttention_(q: Tensor | TensorLike, k: Tensor | TensorLike, v: Tensor | TensorLike,
                          options?: FlashAttentionOptions & { returnLogSumExp?: false }): Tensor4D;
@@ -65,6 +68,8 @@ function flashAttention_(q: Tensor | TensorLike, k: Tensor | TensorLike, v: Tens
   const $k = toFloatTensor(k, 'k') as Tensor4D;
   const $v = toFloatTensor(v, 'v') as Tensor4D;
   const dims = validateQKV($q, $k, $v);
+  // Lengths are read and checked before anything runs: bad ones throw with no work done.
+  const padded = paddedSequences(options, dims);
 
   // Tensors made here are disposed by op()'s scope whether we return or throw.
   const hasAlibi = options.alibiSlopes !== undefined && options.alibiSlopes !== null;
@@ -78,21 +83,86 @@ function flashAttention_(q: Tensor | TensorLike, k: Tensor | TensorLike, v: Tens
   } else {
     mask = ones([1, 1, 1, 1], 'bool') as Tensor4D;
   }
-  const attrs = normalizeAttrs(dims, options, hasAlibi, hasMask);
+  const attrs = normalizeAttrs(dims, options, hasAlibi, hasMask, padded?.attrs);
+  const [output, logSumExp] = runFlashAttention($q, $k, $v, alibiSlopes, mask, attrs, padded?.ranges ?? null);
+  return options.returnLogSumExp ? { output, logSumExp } : output;
+}
 
-  let output: Tensor4D, logSumExp: Tensor3D;
+/**
+ * Runs the FlashAttention kernel of the current backend on checked inputs, or the blockwise
+ * fallback where the backend has none. ranges: the sequences' (start row, length) pairs when
+ * attrs.seqLayout is not 'dense' (the op read them from the user's lengths). Call inside an op
+ * scope: the tensors made here are disposed by it.
+ */
+export function runFlashAttention(q: Tensor4D, k: Tensor4D, v: Tensor4D, alibiSlopes: Tensor1D, mask: Tensor4D,
+                                  attrs: FlashAttentionAttrs, ranges: SequenceRanges | null): [Tensor4D, Tensor3D] {
   const backendName = engine().backendName;
   if (backendName === 'tensorflow') ensureTensorflowKernels();   // loads the CUDA op library once
-  if (getKernel(FlashAttention, backendName) != null) {
-    // Lengths arrive with issue 12's seqLensQ/K; until then the ranges are placeholders.
-    const seqRangesQ = zeros([1, 2], 'int32'), seqRangesK = zeros([1, 2], 'int32');
-    const inputs: FlashAttentionInputs = { q: $q, k: $k, v: $v, alibiSlopes, mask, seqRangesQ, seqRangesK };
-    [output, logSumExp] = engine().runKernel(
-        FlashAttention, inputs as {}, attrs as unknown as {}) as [Tensor4D, Tensor3D];
-  } else {
-    ({ output, logSumExp } = flashAttentionBlockwise($q, $k, $v, alibiSlopes, mask, attrs));
+  if (getKernel(FlashAttention, backendName) == null) {
+    const { output, logSumExp } = flashAttentionBlockwise(q, k, v, alibiSlopes, mask, attrs, ranges);
+    return [output, logSumExp];
   }
-  return options.returnLogSumExp ? { output, logSumExp } : output;
+  const rangesTensor = (r: Int32Array | undefined) =>
+    r ? tensor2d(r, [r.length / 2, 2], 'int32') : zeros([1, 2], 'int32');
+  const inputs: FlashAttentionInputs = {
+    q, k, v, alibiSlopes, mask, seqRangesQ: rangesTensor(ranges?.q), seqRangesK: rangesTensor(ranges?.k),
+  };
+  return engine().runKernel(FlashAttention, inputs as {}, attrs as unknown as {}) as [Tensor4D, Tensor3D];
+}
+
+/** What a user may pass as lengths; anything else would be misread. */
+function describeLens(x: unknown): string {
+  if (x === null || typeof x !== 'object') return typeof x === 'string' ? JSON.stringify(x) : String(x);
+  return `a ${(x as object).constructor?.name ?? 'null-prototype object'}`;
+}
+
+/**
+ * The values of seqLensQ/K or cuSeqLensQ/K (name), read at once (one small read) so that bad
+ * values throw before any work: a number[], an Int32Array or an int32 Tensor1D.
+ */
+export function readSeqLens(x: SeqLens, name: string): number[] {
+  if (x instanceof Tensor) {
+    check(x.dtype === 'int32', () => `${name} must be an int32 tensor, but got ${x.dtype}`);
+    check(x.rank === 1, () => `${name} must be a Tensor1D, but got shape ${shapeStr(x.shape)}`);
+    return Array.from(x.dataSync());
+  }
+  check(Array.isArray(x) || x instanceof Int32Array, () =>
+      `${name} must be a number[], Int32Array or int32 Tensor1D, but got ${describeLens(x)}`);
+  const values = Array.from(x as ArrayLike<unknown>);
+  const bad = values.findIndex(e => typeof e !== 'number');
+  check(bad < 0, () => `${name}[${bad}] must be a number, but got ${describeLens(values[bad])}`);
+  return values as number[];
+}
+
+/**
+ * seqLensQ/K of a padded batch: the sequence attributes and each batch element's ranges
+ * (start b * seq, given length; the side not given is full length). null when neither is given.
+ */
+function paddedSequences(options: FlashAttentionOptions, dims: AttentionDims):
+    { attrs: SequenceAttrs; ranges: SequenceRanges } | null {
+  const given = (x: unknown) => x !== undefined && x !== null;
+  if (!given(options.seqLensQ) && !given(options.seqLensK)) return null;
+  const { batch, seqQ, seqK } = dims;
+  const lengths = (x: SeqLens | undefined, name: string, seq: number, dimName: string) => {
+    if (!given(x)) return new Array<number>(batch).fill(seq);
+    const values = readSeqLens(x!, name);
+    validateSeqLens(values, name, batch, seq, dimName);
+    return values;
+  };
+  const lensQ = lengths(options.seqLensQ, 'seqLensQ', seqQ, 'seqQ');
+  const lensK = lengths(options.seqLensK, 'seqLensK', seqK, 'seqK');
+  return {
+    attrs: { seqLayout: 'padded', maxSeqLenQ: seqQ, maxSeqLenK: seqK, numSeqs: batch },
+    ranges: { q: sequenceRanges(lensQ.map((_, b) => b * seqQ), lensQ),
+              k: sequenceRanges(lensK.map((_, b) => b * seqK), lensK) },
+  };
+}
+
+/** (start, length) pairs, flat, as the kernels' seqRangesQ/K [numSeqs, 2]. */
+export function sequenceRanges(starts: readonly number[], lens: readonly number[]): Int32Array {
+  const r = new Int32Array(2 * lens.length);
+  lens.forEach((l, s) => { r[2 * s] = starts[s]; r[2 * s + 1] = l; });
+  return r;
 }
 
 export const flashAttention = op({ flashAttention_ });

@@ -1,6 +1,9 @@
 /** Bad input throws before any work, names the argument, the expected and the given value, and leaks nothing. */
 import * as tf from '@tensorflow/tfjs';
-import { flashAttention, FlashAttention, FlashAttentionAttrs, FlashAttentionOptions } from '../src/index';
+import {
+  flashAttention, FlashAttention, FlashAttentionAttrs, FlashAttentionOptions, flashAttentionVarlen,
+  FlashAttentionVarlenOptions,
+} from '../src/index';
 import { normalizeAttrs } from '../src/contract';
 import { FALLBACK_BACKEND, registerFallbackBackend } from './helpers/backends';
 import { HAS_GPU, takeUncapturedErrors, useWebGPU, destroyWebGPU } from './helpers/webgpu_env';
@@ -64,6 +67,86 @@ describe('bad input', () => {
     expect(() => flashAttention(made[0] as tf.Tensor4D, made[1] as tf.Tensor4D, made[2] as tf.Tensor4D, made[3]))
       .toThrow(/^Error in flashAttention: /);
     tf.dispose(made.flatMap(x => (x instanceof tf.Tensor ? [x] : x && typeof x === 'object' && 'mask' in x ? [x.mask as tf.Tensor] : [])));
+  });
+});
+
+/**
+ * Bad lengths (issue 12): q, k, v as above (batch 2, seqQ 5, seqK 7) with seqLensQ/K, and packed
+ * q [5, 4, 8], k [7, 2, 8], v [7, 2, 6] with cuSeqLensQ/K. Each throws before any kernel runs.
+ */
+const q3 = () => tf.zeros([5, 4, 8]);
+const k3 = () => tf.zeros([7, 2, 8]);
+const v3 = () => tf.zeros([7, 2, 6]);
+const cu = (cuSeqLensQ: FlashAttentionVarlenOptions['cuSeqLensQ'], cuSeqLensK: FlashAttentionVarlenOptions['cuSeqLensK'] = [0, 3, 7]) =>
+  ({ cuSeqLensQ, cuSeqLensK });
+
+type VarlenCall = () => { run: () => unknown; made: tf.Tensor[] };
+/** Options are built when the test runs (tensors need a backend). */
+const padded = (makeOptions: () => FlashAttentionOptions): VarlenCall => () => {
+  const made = [q(), k(), v()];
+  const options = makeOptions();
+  const lens = [options.seqLensQ, options.seqLensK].filter((x): x is tf.Tensor1D => x instanceof tf.Tensor);
+  return { run: () => flashAttention(made[0], made[1], made[2], options), made: [...made, ...lens] };
+};
+const packed = (makeOptions: () => FlashAttentionVarlenOptions, shapes = [[5, 4, 8], [7, 2, 8], [7, 2, 6]]): VarlenCall => () => {
+  const made = shapes.map(s => tf.zeros(s));
+  const options = makeOptions();
+  const extra = Object.values(options).filter((x): x is tf.Tensor => x instanceof tf.Tensor);
+  return { run: () => flashAttentionVarlen(made[0], made[1], made[2], options), made: [...made, ...extra] };
+};
+
+const badLengths: [string, VarlenCall, RegExp][] = [
+  ['seqLensQ above seqQ', padded(() => ({ seqLensQ: [6, 1] })), /^Error in flashAttention: seqLensQ\[0\] must be an integer in \[0, seqQ = 5\], but got 6/],
+  ['a negative seqLensK', padded(() => ({ seqLensK: [3, -1] })), /seqLensK\[1\] must be an integer in \[0, seqK = 7\], but got -1/],
+  ['a fractional seqLensK', padded(() => ({ seqLensK: new Int32Array([3, 4]), seqLensQ: [1.5, 2] })), /seqLensQ\[0\] must be an integer in \[0, seqQ = 5\], but got 1.5/],
+  ['a NaN length', padded(() => ({ seqLensK: [NaN, 1] })), /seqLensK\[0\] must be an integer .* but got NaN/],
+  ['seqLensQ of the wrong count', padded(() => ({ seqLensQ: [1, 2, 3] })), /seqLensQ must have one length per batch element \(2\), but got 3/],
+  ['seqLensK as an int32 tensor of the wrong count', padded(() => ({ seqLensK: tf.tensor1d([7], 'int32') })), /seqLensK must have one length per batch element \(2\), but got 1/],
+  ['seqLensK above seqK in a tensor', padded(() => ({ seqLensK: tf.tensor1d([7, 8], 'int32') })), /seqLensK\[1\] must be an integer in \[0, seqK = 7\], but got 8/],
+  ['seqLensQ as a float32 tensor', padded(() => ({ seqLensQ: tf.tensor1d([1, 2]) })), /seqLensQ must be an int32 tensor, but got float32/],
+  ['seqLensK as a rank-2 tensor', padded(() => ({ seqLensK: tf.tensor2d([[1], [2]], [2, 1], 'int32') as unknown as tf.Tensor1D })), /seqLensK must be a Tensor1D, but got shape \[2, 1\]/],
+  ['seqLensQ as a Float32Array', padded(() => ({ seqLensQ: new Float32Array([1, 2]) as unknown as Int32Array })), /seqLensQ must be a number\[\], Int32Array or int32 Tensor1D, but got a Float32Array/],
+  ['a string length', padded(() => ({ seqLensQ: [1, '2'] as unknown as number[] })), /seqLensQ\[1\] must be a number, but got "2"/],
+  ['seqLensQ as a number', padded(() => ({ seqLensQ: 3 as unknown as number[] })), /seqLensQ must be a number\[\], Int32Array or int32 Tensor1D, but got 3/],
+  ['cuSeqLensQ not starting at 0', packed(() => cu([1, 3, 5])), /^Error in flashAttentionVarlen: cuSeqLensQ must start at 0, but cuSeqLensQ\[0\] is 1/],
+  ['decreasing cuSeqLensK', packed(() => cu([0, 2, 5], [0, 4, 3, 7])), /cuSeqLensK must be non-decreasing, but cuSeqLensK\[2\] = 3 < cuSeqLensK\[1\] = 4/],
+  ['cuSeqLensQ not ending at totalQ', packed(() => cu([0, 2, 4])), /cuSeqLensQ must end at totalQ \(q's dimension 0\) = 5, but ends at 4/],
+  ['cuSeqLensK past totalK', packed(() => cu([0, 2, 5], [0, 3, 8])), /cuSeqLensK must end at totalK \(k's dimension 0\) = 7, but ends at 8/],
+  ['cuSeqLensQ of one offset', packed(() => cu([0])), /cuSeqLensQ must have numSeqs \+ 1 >= 2 offsets, but got 1/],
+  ['a fractional offset', packed(() => cu([0, 2.5, 5])), /cuSeqLensQ\[1\] must be an integer, but got 2.5/],
+  ['mismatched numSeqs', packed(() => cu([0, 2, 5], [0, 1, 3, 7])), /cuSeqLensQ and cuSeqLensK must describe the same number of sequences, but got 2 and 3/],
+  ['cuSeqLensK as a float32 tensor', packed(() => cu([0, 2, 5], tf.tensor1d([0, 3, 7]) as tf.Tensor1D)), /cuSeqLensK must be an int32 tensor, but got float32/],
+  ['a missing cuSeqLensK', packed(() => ({ cuSeqLensQ: [0, 5] } as FlashAttentionVarlenOptions)), /cuSeqLensK is required: int32 \[numSeqs \+ 1\]/],
+  ['a mask with packed sequences', packed(() => ({ ...cu([0, 2, 5]), mask: tf.ones([1, 1, 5, 7], 'bool') } as FlashAttentionVarlenOptions)),
+   /mask is not supported with packed sequences/],
+  ['seqLensQ with packed sequences', packed(() => ({ ...cu([0, 2, 5]), seqLensQ: [2, 3] } as FlashAttentionVarlenOptions)),
+   /seqLensQ is not an option of packed sequences: give cuSeqLensQ and cuSeqLensK/],
+  ['packed q of rank 4', packed(() => cu([0, 2, 5]), [[1, 5, 4, 8], [7, 2, 8], [7, 2, 6]]), /q must be rank 3 \[totalQ, heads, headDim\], but got shape \[1, 5, 4, 8\]/],
+  ['packed v of the wrong rows', packed(() => cu([0, 2, 5]), [[5, 4, 8], [7, 2, 8], [6, 2, 6]]), /v must be \[batch, seqK, kvHeads, headDimV\]/],
+  ['an unknown packed option', packed(() => ({ ...cu([0, 2, 5]), cuSeqlensK: [0, 7] } as FlashAttentionVarlenOptions)), /unknown option 'cuSeqlensK'/],
+];
+
+describe('bad lengths', () => {
+  beforeAll(async () => { await tf.setBackend('cpu'); });
+
+  test.each(badLengths)('%s throws a message naming it before any kernel runs, and leaks nothing', (_, call, message) => {
+    const { run, made } = call();
+    const before = tf.memory().numTensors;
+    const engine = tf.engine();
+    const kernels: string[] = [];
+    const runKernel = engine.runKernel.bind(engine);
+    const spy = jest.spyOn(engine, 'runKernel').mockImplementation((name, inputs, attrs) => {
+      kernels.push(name);
+      return runKernel(name, inputs, attrs);
+    });
+    try {
+      expect(run).toThrow(message);
+    } finally {
+      spy.mockRestore();
+    }
+    expect(kernels.filter(name => name === FlashAttention)).toEqual([]);
+    expect(tf.memory().numTensors).toBe(before);
+    tf.dispose(made);
   });
 });
 

@@ -7,7 +7,7 @@
 import { KernelConfig, KernelFunc, KernelBackend } from '@tensorflow/tfjs-core';
 import { FlashAttention, FlashAttentionAttrs, FlashAttentionInputs, keyRangeForQueries } from '../../src/contract';
 import {
-  CPUProblem, dropoutRow, makeOutput, oRow, readProblem, scoreTile, TILE_K, TILE_Q, vRow,
+  CPUProblem, dropoutRow, lseIndex, makeOutput, oRow, readProblem, scoreTile, TILE_K, TILE_Q, vRow,
 } from './attention_problem';
 // Module-level aliases: a global lookup (Math, Infinity) in a hot loop is ~40x slower inside
 // jest's vm sandbox, where the tests run these loops.
@@ -15,24 +15,26 @@ const { exp, floor, log, max, min } = Math;
 const INF = Infinity;
 
 export function flashForwardCPU(p: CPUProblem): { out: Float32Array; logSumExp: Float32Array } {
-  const { batch, seqQ, seqK, heads, headDimV: dv, attrs } = p;
-  const out = new Float32Array(batch * seqQ * heads * dv);
-  const logSumExp = new Float32Array(batch * heads * seqQ);
+  const { heads, headDimV: dv, attrs } = p;
+  const out = new Float32Array(p.rowsQ * heads * dv);          // rows past a length stay 0
+  const logSumExp = new Float32Array(p.logSumExpShape.reduce((a, b) => a * b, 1)).fill(-INF);
   const s = new Float64Array(TILE_Q * TILE_K);
   const acc = new Float64Array(TILE_Q * dv);
   const rowMax = new Float64Array(TILE_Q);
   const rowSum = new Float64Array(TILE_Q);
   const drop = new Float64Array(TILE_K);
-  for (let b = 0; b < batch; b++) for (let h = 0; h < heads; h++) {
+  for (const seq of p.sequences) for (let h = 0; h < heads; h++) {
+    const { b, lenQ, lenK } = seq;
     const kvh = floor(h / p.group);
-    for (let i0 = 0; i0 < seqQ; i0 += TILE_Q) {
-      const i1 = min(seqQ, i0 + TILE_Q);
+    // Only the sequence's own tiles: the cost follows lenQ * lenK, not the padded extents.
+    for (let i0 = 0; i0 < lenQ; i0 += TILE_Q) {
+      const i1 = min(lenQ, i0 + TILE_Q);
       acc.fill(0); rowMax.fill(-INF); rowSum.fill(0);
-      const [jLo, jHi] = keyRangeForQueries(attrs, i0, i1, seqQ, seqK);
+      const [jLo, jHi] = keyRangeForQueries(attrs, i0, i1, lenQ, lenK);
       // Forward inner loop over the key/value tiles this query tile can see.
       for (let j0 = jLo; j0 < jHi; j0 += TILE_K) {
         const j1 = min(jHi, j0 + TILE_K);
-        scoreTile(p, b, h, i0, i1, j0, j1, s, null);
+        scoreTile(p, seq, h, i0, i1, j0, j1, s, null);
         for (let i = i0; i < i1; i++) {
           const r = i - i0, sr = r * TILE_K;
           let tileMax = -INF;
@@ -52,16 +54,16 @@ export function flashForwardCPU(p: CPUProblem): { out: Float32Array; logSumExp: 
             rowSum[r] += e;                               // the normaliser ignores dropout
             const w = p.flags.dropout ? e * drop[j - j0] : e;
             if (w === 0) continue;
-            const vo = vRow(p, b, j, kvh);
+            const vo = vRow(p, seq.startK + j, kvh);
             for (let c = 0; c < dv; c++) acc[ar + c] += w * p.v[vo + c];
           }
         }
       }
       for (let i = i0; i < i1; i++) {
-        const r = i - i0, oo = oRow(p, b, i, h);
+        const r = i - i0, oo = oRow(p, seq.startQ + i, h);
         const empty = rowSum[r] === 0;                    // no key left after masking
         for (let c = 0; c < dv; c++) out[oo + c] = empty ? 0 : acc[r * dv + c] / rowSum[r];
-        logSumExp[(b * heads + h) * seqQ + i] = empty ? -INF : rowMax[r] + log(rowSum[r]);
+        logSumExp[lseIndex(p, seq, h, i)] = empty ? -INF : rowMax[r] + log(rowSum[r]);
       }
     }
   }
@@ -69,13 +71,13 @@ export function flashForwardCPU(p: CPUProblem): { out: Float32Array; logSumExp: 
 }
 
 const flashAttentionCPU: KernelFunc = ({ inputs, backend, attrs }) => {
-  const { q, k, v, alibiSlopes, mask } = inputs as unknown as FlashAttentionInputs;
+  const { q, k, v, alibiSlopes, mask, seqRangesQ, seqRangesK } = inputs as unknown as FlashAttentionInputs;
   const a = attrs as unknown as FlashAttentionAttrs;
-  const p = readProblem(backend as KernelBackend, q, k, v, alibiSlopes, mask, a);
+  const p = readProblem(backend as KernelBackend, q, k, v, alibiSlopes, mask, seqRangesQ, seqRangesK, a);
   const { out, logSumExp } = flashForwardCPU(p);
   return [
-    makeOutput(backend as KernelBackend, [p.batch, p.seqQ, p.heads, p.headDimV], out),
-    makeOutput(backend as KernelBackend, [p.batch, p.heads, p.seqQ], logSumExp),
+    makeOutput(backend as KernelBackend, p.outShape, out),
+    makeOutput(backend as KernelBackend, p.logSumExpShape, logSumExp),
   ];
 };
 

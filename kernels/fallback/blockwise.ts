@@ -17,6 +17,12 @@ import {
   AttentionProblem, attentionProblem, dropoutBits, dropoutRowKey, FlashAttentionAttrs, keyRangeForQueries,
 } from '../../src/contract';
 
+/**
+ * The sequences' (start row, length) pairs, flat as the kernels' seqRangesQ/K [numSeqs, 2]: the
+ * op read them from the user's lengths, so the fallback gets them as values, not tensors.
+ */
+export interface SequenceRanges { q: Int32Array; k: Int32Array; }
+
 /** Keys per block: the fallback's working set is O(heads * seqQ * KEY_BLOCK) floats. */
 export const KEY_BLOCK = 256;
 
@@ -192,7 +198,8 @@ function blockBackward(q: Tensor, k: Tensor, v: Tensor, out: Tensor, logSumExp: 
  * `FlashAttention` kernel (alibiSlopes and mask are used only when attrs.hasAlibi / hasMask).
  */
 export function flashAttentionBlockwise(q: Tensor4D, k: Tensor4D, v: Tensor4D, alibiSlopes: Tensor1D,
-                                        mask: Tensor4D, attrs: FlashAttentionAttrs): { output: Tensor4D; logSumExp: Tensor3D } {
+                                        mask: Tensor4D, attrs: FlashAttentionAttrs,
+                                        ranges: SequenceRanges | null = null): { output: Tensor4D; logSumExp: Tensor3D } {
   const problem = attentionProblem(q.shape, k.shape, v.shape, attrs);
   const { batch, seqQ, heads, kvHeads, group, headDimV } = problem;
   const outSize = batch * seqQ * heads * headDimV;

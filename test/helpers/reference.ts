@@ -20,6 +20,11 @@ export interface RefInputs {
   alibiSlopes?: ArrayLike<number>;
   /** rank-4 broadcastable bool mask as 0/1 values with its shape, when attrs.hasMask. */
   mask?: { values: ArrayLike<number | boolean>; shape: number[] };
+  /**
+   * The sequence index dropout hashes for batch element 0, when the reference runs one sequence
+   * of a larger batch alone (variable lengths, helpers/varlen_cases.ts); default: b.
+   */
+  sequence?: number;
 }
 
 export interface RefForward { out: Float64Array; lse: Float64Array; }
@@ -69,7 +74,7 @@ function headProblem(d: RefDims, x: RefInputs, a: FlashAttentionAttrs, b: number
   const drop = new Float64Array(nq * nk).fill(1);
   if (a.dropoutRate > 0) {
     for (let i = 0; i < nq; i++) for (let j = 0; j < nk; j++) {
-      drop[i * nk + j] = dropoutKeep(a.seed, b * heads + h, i, j, a.dropoutRate) ? 1 / (1 - a.dropoutRate) : 0;
+      drop[i * nk + j] = dropoutKeep(a.seed, (x.sequence ?? b) * heads + h, i, j, a.dropoutRate) ? 1 / (1 - a.dropoutRate) : 0;
     }
   }
   return { kvh, raw, s, p, lse, drop };
