@@ -41,6 +41,8 @@ export interface BenchOptions {
   ceilingTflops: number;
   ceilingGbPerS: number;
   help: boolean;
+  /** The variable-length cases (bench/varlen.ts): off, before the sweep, or instead of it. */
+  varlen: 'off' | 'on' | 'only';
 }
 
 export const USAGE = `npm run bench -- [flags]
@@ -64,6 +66,11 @@ export const USAGE = `npm run bench -- [flags]
   --max-case-s=60             skip a case estimated to take longer
   --check=1                   spot-check output / dq rows against float64
   --subgroups                 same as --impls=flash-subgroups,composite
+  --varlen=0|1|only           also (1) or only run the variable-length cases (bench/varlen.ts): a
+                              ragged batch of 8 (seqLensQ/K) and packed documents
+                              (flashAttentionVarlen), each beside a dense bool mask and dense
+                              attention, at the sweep's --seqs, --dims, --heads, --causal, --passes
+                              (default 0); written to varlen.md and varlen.json
   --out=bench/results/latest  where results.json, results.md, chart.svg and chart.png go
   --render=FILE.json          only re-render results.md and the chart from FILE.json
   --floor                     only print the FLOP / byte floor of the sweep (GPU defaults)
@@ -105,6 +112,7 @@ export function parseArgs(argv: readonly string[]): BenchOptions {
     backend: 'auto', sweep: {}, timing: {},
     deadlineS: 600, maxCaseS: 60, check: true, outDir: 'bench/results/latest',
     ceilingTflops: 51.6, ceilingGbPerS: 3350, help: false, floorOnly: false, quick: false, implsGiven: false,
+    varlen: 'off',
   };
   for (const arg of argv) {
     const m = /^--([a-z-]+)(?:=(.*))?$/.exec(arg);
@@ -136,6 +144,7 @@ export function parseArgs(argv: readonly string[]): BenchOptions {
         if (bool(value, flag)) { o.sweep.impls = ['flash-subgroups', 'composite']; o.implsGiven = true; }
         break;
       case 'quick': o.quick = bool(value, flag); break;
+      case 'varlen': o.varlen = value === 'only' ? 'only' : bool(value, flag) ? 'on' : 'off'; break;
       case 'ceiling-tflops': o.ceilingTflops = number(value, flag, 1e-9); break;
       case 'ceiling-gbs': o.ceilingGbPerS = number(value, flag, 1e-9); break;
       default: throw new Error(`unknown flag --${flag}; --help lists the flags`);
