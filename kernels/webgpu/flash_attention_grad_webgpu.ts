@@ -10,6 +10,10 @@
  * No atomics: every output element is written by one thread after a fixed-order loop, so the same
  * inputs give the same bits.
  *
+ * With sequence lengths (a compile-time option, as in the forward) both passes work inside each
+ * sequence's ranges: tiles past a length are skipped, and rows past it get dQ = 0 (queries) or
+ * dK = dV = 0 (keys), written even where a partial tile summed 0 * NaN.
+ *
  * Both tiled passes are built as small matrix products (the way a SIMT GEMM is): every operand is
  * staged through workgroup memory in chunks of `depth` head-dim columns (or `depth` rows for the
  * accumulating products), so workgroup memory does not grow with the head dim, and each thread

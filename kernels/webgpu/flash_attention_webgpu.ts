@@ -4,6 +4,11 @@
  * workgroup memory, keeps the running row max, row sum and output accumulator in registers
  * (online softmax), and writes the output and the row log-sum-exp once. Nothing seqQ x seqK is
  * ever stored. Key tiles a query tile cannot see (causal, sliding window) are skipped whole.
+ *
+ * With sequence lengths (seqLayout 'padded' or 'packed', a compile-time option: sequenceWGSL),
+ * workgroup z is a sequence: its queries and keys are read from (start, length) ranges, key tiles
+ * past its keys are never loaded, a query tile past its queries does no key work and (padded)
+ * writes out 0 and logsumexp -Infinity, so the cost follows sum(lenQ * lenK).
  */
 import { KernelConfig, KernelFunc, TensorInfo, util } from '@tensorflow/tfjs-core';
 import {
