@@ -69,6 +69,7 @@ async function setUpBackend(o: BenchOptions): Promise<Backend> {
   await import('@tensorflow/tfjs-backend-cpu');
   if (adapter) await import('@tensorflow/tfjs-backend-webgpu');
   const { flashAttention, flashAttentionVarlen } = await import('../src/index');
+  (await import('../kernels/webgpu/tiles')).setForwardVariant(o.forwardVariant);
 
   const name = adapter ? 'webgpu' : 'cpu';
   if (o.backend === 'webgpu' && !adapter) throw new Error('--backend=webgpu: no WebGPU adapter found');

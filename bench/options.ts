@@ -40,6 +40,8 @@ export interface BenchOptions {
   renderOnly?: string;
   ceilingTflops: number;
   ceilingGbPerS: number;
+  /** Which WebGPU forward flash takes (kernels/webgpu/tiles.ts setForwardVariant). */
+  forwardVariant: 'auto' | 'tiled' | 'staged';
   help: boolean;
   /** The variable-length cases (bench/varlen.ts): off, before the sweep, or instead of it. */
   varlen: 'off' | 'on' | 'only';
@@ -66,6 +68,7 @@ export const USAGE = `npm run bench -- [flags]
   --max-case-s=60             skip a case estimated to take longer
   --check=1                   spot-check output / dq rows against float64
   --subgroups                 same as --impls=flash-subgroups,composite
+  --forward=auto|tiled|staged flash's WebGPU forward: as measured (auto, default) or one variant forced
   --varlen=0|1|only           also (1) or only run the variable-length cases (bench/varlen.ts): a
                               ragged batch of 8 (seqLensQ/K) and packed documents
                               (flashAttentionVarlen), each beside a dense bool mask and dense
@@ -112,6 +115,7 @@ export function parseArgs(argv: readonly string[]): BenchOptions {
     backend: 'auto', sweep: {}, timing: {},
     deadlineS: 600, maxCaseS: 60, check: true, outDir: 'bench/results/latest',
     ceilingTflops: 51.6, ceilingGbPerS: 3350, help: false, floorOnly: false, quick: false, implsGiven: false,
+    forwardVariant: 'auto',
     varlen: 'off',
   };
   for (const arg of argv) {
@@ -144,6 +148,7 @@ export function parseArgs(argv: readonly string[]): BenchOptions {
         if (bool(value, flag)) { o.sweep.impls = ['flash-subgroups', 'composite']; o.implsGiven = true; }
         break;
       case 'quick': o.quick = bool(value, flag); break;
+      case 'forward': o.forwardVariant = list(value, ['auto', 'tiled', 'staged'] as const, flag)[0]; break;
       case 'varlen': o.varlen = value === 'only' ? 'only' : bool(value, flag) ? 'on' : 'off'; break;
       case 'ceiling-tflops': o.ceilingTflops = number(value, flag, 1e-9); break;
       case 'ceiling-gbs': o.ceilingGbPerS = number(value, flag, 1e-9); break;

@@ -4,7 +4,9 @@
  * recomputes the probabilities tile by tile. No seqQ x seqK matrix is saved or built.
  *
  * The logSumExp output is treated as a constant (as in FlashAttention, whose autograd function
- * ignores the gradient of softmax_lse); ALiBi slopes and the mask get zero gradients.
+ * ignores the gradient of softmax_lse); ALiBi slopes and the mask get zero gradients, and so do
+ * the sequence ranges (integers). The ranges are saved with q, k, v, so the backward pass of a
+ * variable-length call walks the same sequences as its forward (kernel_names.ts header).
  */
 import {
   engine, GradConfig, NamedAttrMap, registerGradient, Tensor, zeros, zerosLike,

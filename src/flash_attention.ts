@@ -1,13 +1,13 @@
 import {
-  engine, getKernel, op, reshape, tensor, Tensor, Tensor1D, Tensor3D, Tensor4D, tensor1d, tensor2d, TensorLike,
-  ones, zeros,
+  cast, engine, getKernel, maximum, minimum, mul, op, range, reshape, scalar, stack, tensor, Tensor, Tensor1D, Tensor2D,
+  Tensor3D, Tensor4D, tensor1d, tensor2d, TensorLike, ones, zeros,
 } from '@tensorflow/tfjs-core';
 import {
   AttentionDims, check, FlashAttention, FlashAttentionAttrs, FlashAttentionInputs, FlashAttentionOptions, maskShape4D,
   isFiniteFloat32, normalizeAttrs, SeqLens, SequenceAttrs, shapeStr, validateOptionsObject, validateQKV,
   validateSeqLens,
 } from './contract';
-import { flashAttentionBlockwise, SequenceRanges } from '../kernels/fallback/blockwise';
+import { flashAttentionBlockwise } from '../kernels/fallback/blockwise';
 import { ensureTensorflowKernels } from '../kernels/tensorflow/register';
 
 export interface FlashAttentionResult {
@@ -95,22 +95,25 @@ function flashAttention_(q: Tensor | TensorLike, k: Tensor | TensorLike, v: Tens
  * scope: the tensors made here are disposed by it.
  */
 export function runFlashAttention(q: Tensor4D, k: Tensor4D, v: Tensor4D, alibiSlopes: Tensor1D, mask: Tensor4D,
-                                  attrs: FlashAttentionAttrs, ranges: SequenceRanges | null): [Tensor4D, Tensor3D] {
+                                  attrs: FlashAttentionAttrs, ranges: OpRanges | null): [Tensor4D, Tensor3D] {
   const backendName = engine().backendName;
   if (backendName === 'tensorflow') ensureTensorflowKernels();   // loads the CUDA op library once
   if (getKernel(FlashAttention, backendName) == null) {
-    const { output, logSumExp } = flashAttentionBlockwise(q, k, v, alibiSlopes, mask, attrs, ranges);
+    // Backends without a kernel read synchronously (device-resident ranges only arise on WebGPU).
+    const onHost = (r: Int32Array | Tensor2D) => (r instanceof Tensor ? r.dataSync() as Int32Array : r);
+    const hostRanges = ranges && { q: onHost(ranges.q), k: onHost(ranges.k) };
+    const { output, logSumExp } = flashAttentionBlockwise(q, k, v, alibiSlopes, mask, attrs, hostRanges);
     return [output, logSumExp];
   }
-  const rangesTensor = (r: Int32Array | undefined) =>
-    r ? tensor2d(r, [r.length / 2, 2], 'int32') : zeros([1, 2], 'int32');
+  const rangesTensor = (r: Int32Array | Tensor2D | undefined) =>
+    r instanceof Tensor ? r : r ? tensor2d(r, [r.length / 2, 2], 'int32') : zeros([1, 2], 'int32');
   const inputs: FlashAttentionInputs = {
     q, k, v, alibiSlopes, mask, seqRangesQ: rangesTensor(ranges?.q), seqRangesK: rangesTensor(ranges?.k),
   };
   return engine().runKernel(FlashAttention, inputs as {}, attrs as unknown as {}) as [Tensor4D, Tensor3D];
 }
 
-/** What a user may pass as lengths; anything else would be misread. */
+/** How a lengths value that is not a number[], Int32Array or Tensor is named in an error. */
 function describeLens(x: unknown): string {
   if (x === null || typeof x !== 'object') return typeof x === 'string' ? JSON.stringify(x) : String(x);
   return `a ${(x as object).constructor?.name ?? 'null-prototype object'}`;
@@ -118,13 +121,28 @@ function describeLens(x: unknown): string {
 
 /**
  * The values of seqLensQ/K or cuSeqLensQ/K (name), read at once (one small read) so that bad
- * values throw before any work: a number[], an Int32Array or an int32 Tensor1D.
+ * values throw before any work: a number[], an Int32Array or an int32 Tensor1D. When a tensor's
+ * values cannot be read synchronously (GPU-resident data on WebGPU in Node) and allowDevice is
+ * set, the tensor itself is returned: the caller keeps the lengths on the device.
  */
-export function readSeqLens(x: SeqLens, name: string): number[] {
+export function readSeqLens(x: SeqLens, name: string): number[];
+export function readSeqLens(x: SeqLens, name: string, allowDevice: true): number[] | Tensor1D;
+export function readSeqLens(x: SeqLens, name: string, allowDevice = false): number[] | Tensor1D {
   if (x instanceof Tensor) {
     check(x.dtype === 'int32', () => `${name} must be an int32 tensor, but got ${x.dtype}`);
     check(x.rank === 1, () => `${name} must be a Tensor1D, but got shape ${shapeStr(x.shape)}`);
-    return Array.from(x.dataSync());
+    let values: ArrayLike<number>;
+    try {
+      values = x.dataSync() as Int32Array;
+    } catch (e) {
+      // WebGPU in Node cannot read a GPU-resident tensor synchronously (tfjs reads through an
+      // OffscreenCanvas, which Node lacks).
+      if (allowDevice) return x as Tensor1D;
+      check(false, () => `${name}'s values could not be read synchronously on the '${engine().backendName}' ` +
+          `backend (${(e as Error).message}): pass them as a number[] or Int32Array, e.g. ` +
+          `Array.from(await ${name}.data())`);
+    }
+    return Array.from(values);
   }
   check(Array.isArray(x) || x instanceof Int32Array, () =>
       `${name} must be a number[], Int32Array or int32 Tensor1D, but got ${describeLens(x)}`);
@@ -139,24 +157,34 @@ export function readSeqLens(x: SeqLens, name: string): number[] {
  * (start b * seq, given length; the side not given is full length). null when neither is given.
  */
 function paddedSequences(options: FlashAttentionOptions, dims: AttentionDims):
-    { attrs: SequenceAttrs; ranges: SequenceRanges } | null {
+    { attrs: SequenceAttrs; ranges: OpRanges } | null {
   const given = (x: unknown) => x !== undefined && x !== null;
   if (!given(options.seqLensQ) && !given(options.seqLensK)) return null;
   const { batch, seqQ, seqK } = dims;
-  const lengths = (x: SeqLens | undefined, name: string, seq: number, dimName: string) => {
-    if (!given(x)) return new Array<number>(batch).fill(seq);
-    const values = readSeqLens(x!, name);
+  const ranges = (x: SeqLens | undefined, name: string, seq: number, dimName: string): Int32Array | Tensor2D => {
+    const starts = Array.from({ length: batch }, (_, b) => b * seq);
+    if (!given(x)) return sequenceRanges(starts, new Array<number>(batch).fill(seq));
+    const values = readSeqLens(x!, name, true);
+    if (values instanceof Tensor) {
+      // Lengths on the device (unreadable synchronously): shape checked here, values clamped to
+      // [0, seq] on the device, so a bad length cannot reach memory outside its sequence.
+      check(values.size === batch, () =>
+          `${name} must have one length per batch element (${batch}), but got ${values.size}`);
+      const lens = minimum(maximum(values, scalar(0, 'int32')), scalar(seq, 'int32'));
+      return stack([cast(mul(range(0, batch, 1, 'int32'), scalar(seq, 'int32')), 'int32'), lens], 1) as Tensor2D;
+    }
     validateSeqLens(values, name, batch, seq, dimName);
-    return values;
+    return sequenceRanges(starts, values);
   };
-  const lensQ = lengths(options.seqLensQ, 'seqLensQ', seqQ, 'seqQ');
-  const lensK = lengths(options.seqLensK, 'seqLensK', seqK, 'seqK');
   return {
     attrs: { seqLayout: 'padded', maxSeqLenQ: seqQ, maxSeqLenK: seqK, numSeqs: batch },
-    ranges: { q: sequenceRanges(lensQ.map((_, b) => b * seqQ), lensQ),
-              k: sequenceRanges(lensK.map((_, b) => b * seqK), lensK) },
+    ranges: { q: ranges(options.seqLensQ, 'seqLensQ', seqQ, 'seqQ'),
+              k: ranges(options.seqLensK, 'seqLensK', seqK, 'seqK') },
   };
 }
+
+/** The sequences' (start, length) pairs: read on the host, or (lengths on the GPU) on the device. */
+export interface OpRanges { q: Int32Array | Tensor2D; k: Int32Array | Tensor2D; }
 
 /** (start, length) pairs, flat, as the kernels' seqRangesQ/K [numSeqs, 2]. */
 export function sequenceRanges(starts: readonly number[], lens: readonly number[]): Int32Array {

@@ -21,7 +21,10 @@ import {
 } from './helpers/attention_case';
 import { checkOutput, compositeFloat64, kind, SPECIAL, withNonFinite } from './helpers/nonfinite';
 import { CPU_PATHS, registerFallbackBackend } from './helpers/backends';
-import { gpuTest, takeUncapturedErrors, useBackendForSuite } from './helpers/webgpu_env';
+import { setTileConfigOverride } from '../kernels/webgpu/tiles';
+import {
+  gpuTest, takeUncapturedErrors, TINY_STAGED_TILES, TINY_TILES, useBackendForSuite,
+} from './helpers/webgpu_env';
 
 registerFallbackBackend();
 
@@ -76,6 +79,26 @@ function fullyMaskedRowCase(): { c: CaseSpec; d: CaseData; finite: CaseData } {
   return { c, d: { ...base, mask, q, k, v }, finite: { ...base, mask } };
 }
 
+/** What is wrong on the current backend with the outputs `names` of option set i's non-finite cases. */
+async function nonFiniteProblems(flags: string[], i: number, names: ReadonlyArray<keyof OpResult>): Promise<string[]> {
+  const found: string[] = [];
+  for (const { c, d, finite, label: inputs } of nonFiniteCases(flags, i)) {
+    const p = problems(await runOp(c, d, names === GRADIENTS), c, d, finite, names);
+    if (p.length) found.push(`${inputs}, ${describeCase(c)}:\n  ${p.join('\n  ')}`);
+  }
+  return found;
+}
+
+async function expectFullyMaskedRowForward(): Promise<void> {
+  const { c, d, finite } = fullyMaskedRowCase();
+  const got = await runOp(c, d, false);
+  for (const h of [0, 1]) {
+    expect(Array.from(got.out.slice(h * 8, h * 8 + 8))).toEqual(new Array(8).fill(0));
+    expect(got.lse[h * 9]).toBe(-Infinity);
+  }
+  expect(problems(got, c, d, finite, FORWARD)).toEqual([]);
+}
+
 const COMPILE_HEAVY_MS = 600000;
 
 const BACKENDS = [{ name: 'webgpu', backend: 'webgpu' }, ...CPU_PATHS];
@@ -127,12 +150,7 @@ describe.each(BACKENDS)('NaN and Infinity propagate on the $name', ({ backend })
   for (const [i, { label, flags }] of OPTION_SETS.entries()) {
     for (const [what, names] of [['output and logsumexp', FORWARD], ['dq, dk and dv', GRADIENTS]] as const) {
       run(`${label}: ${what}`, async () => {
-        const found: string[] = [];
-        for (const { c, d, finite, label: inputs } of nonFiniteCases(flags, i)) {
-          const got = await runOp(c, d, names === GRADIENTS);
-          const p = problems(got, c, d, finite, names);
-          if (p.length) found.push(`${inputs}, ${describeCase(c)}:\n  ${p.join('\n  ')}`);
-        }
+        const found = await nonFiniteProblems(flags, i, names);
         if (backend === 'webgpu') expect(takeUncapturedErrors()).toEqual([]);
         expect(found).toEqual([]);
       }, COMPILE_HEAVY_MS);
@@ -149,15 +167,8 @@ describe.each(BACKENDS)('NaN and Infinity propagate on the $name', ({ backend })
     expect(Array.from(got.out.slice(0, 16)).every(Number.isFinite)).toBe(true);
   }, COMPILE_HEAVY_MS);
 
-  run('a fully masked row gives 0 and logsumexp -Infinity, even with NaN in it', async () => {
-    const { c, d, finite } = fullyMaskedRowCase();
-    const got = await runOp(c, d, false);
-    for (const h of [0, 1]) {
-      expect(Array.from(got.out.slice(h * 8, h * 8 + 8))).toEqual(new Array(8).fill(0));
-      expect(got.lse[h * 9]).toBe(-Infinity);
-    }
-    expect(problems(got, c, d, finite, FORWARD)).toEqual([]);
-  }, COMPILE_HEAVY_MS);
+  run('a fully masked row gives 0 and logsumexp -Infinity, even with NaN in it', expectFullyMaskedRowForward,
+      COMPILE_HEAVY_MS);
 
   run('a fully masked row has zero dq, even with NaN in it', async () => {
     const { c, d, finite } = fullyMaskedRowCase();
@@ -165,4 +176,22 @@ describe.each(BACKENDS)('NaN and Infinity propagate on the $name', ({ backend })
     for (const h of [0, 1]) expect(Array.from(got.dq.slice(h * 8, h * 8 + 8))).toEqual(new Array(8).fill(0));
     expect(problems(got, c, d, finite, GRADIENTS)).toEqual([]);
   }, COMPILE_HEAVY_MS);
+
+  if (backend === 'webgpu') {
+    describe('through the staged forward', () => {
+      beforeAll(() => setTileConfigOverride({ forward: TINY_STAGED_TILES, dq: TINY_TILES, dkdv: TINY_TILES }));
+      afterAll(() => setTileConfigOverride({ forward: TINY_TILES, dq: TINY_TILES, dkdv: TINY_TILES }));
+
+      for (const [i, { label, flags }] of OPTION_SETS.entries()) {
+        run(`${label}: output and logsumexp`, async () => {
+          const found = await nonFiniteProblems(flags, i, FORWARD);
+          expect(takeUncapturedErrors()).toEqual([]);
+          expect(found).toEqual([]);
+        }, COMPILE_HEAVY_MS);
+      }
+
+      run('a fully masked row gives 0 and logsumexp -Infinity, even with NaN in it', expectFullyMaskedRowForward,
+          COMPILE_HEAVY_MS);
+    });
+  }
 });

@@ -162,13 +162,13 @@ describe('installed from the tarball into a fresh project', () => {
     expectSmoke(run('node', ['smoke.cjs'], app), TFJS_VERSION);
   });
 
-  test('CommonJS: tf.flashAttention and tf.layers.flashMultiHeadAttention, whichever is required first', () => {
+  test('CommonJS: tf.flashAttention, tf.flashAttentionVarlen and tf.layers.flashMultiHeadAttention, whichever is required first', () => {
     for (const order of [['@tensorflow/tfjs', 'tfjs-flash-attention'], ['tfjs-flash-attention', '@tensorflow/tfjs']]) {
       const { stdout, stderr } = run('node', ['-e', `
         for (const m of ${JSON.stringify(order)}) require(m);
         const tf = require('@tensorflow/tfjs');
-        console.log(JSON.stringify([typeof tf.flashAttention, typeof tf.layers.flashMultiHeadAttention]));`], app);
-      expect(lastJson(stdout)).toEqual(['function', 'function']);
+        console.log(JSON.stringify([typeof tf.flashAttention, typeof tf.flashAttentionVarlen, typeof tf.layers.flashMultiHeadAttention]));`], app);
+      expect(lastJson(stdout)).toEqual(['function', 'function', 'function']);
       expect(stderr).not.toMatch(/already registered/);
     }
   });

@@ -9,7 +9,7 @@
  * copying K or V; for masking the scores are viewed as [batch, kvHeads, group, seqQ, block].
  */
 import {
-  abs, add, customGrad, div, equal, exp, greaterEqual, lessEqual, log, logicalAnd, matMul, max, maximum,
+  abs, add, customGrad, less, gather, div, equal, exp, greaterEqual, lessEqual, log, logicalAnd, matMul, max, maximum,
   mul, range, reshape, scalar, slice, sub, sum, tanh, Tensor, tensor, tidy, transpose, where, zeros,
   concat, dispose, onesLike, zerosLike, Tensor1D, Tensor3D, Tensor4D, broadcastTo, GradSaveFunc,
 } from '@tensorflow/tfjs-core';
@@ -23,12 +23,22 @@ import {
  */
 export interface SequenceRanges { q: Int32Array; k: Int32Array; }
 
+/** Each batch element's lengths in a padded batch. */
+interface PaddedLengths { q: number[]; k: number[]; }
+
+const lengthsOf = (r: Int32Array) => Array.from(r.filter((_, i) => i % 2 === 1));
+
 /** Keys per block: the fallback's working set is O(heads * seqQ * KEY_BLOCK) floats. */
 export const KEY_BLOCK = 256;
 
 /** Everything a block needs besides the block's k/v: shared by the forward and backward passes. */
 class BlockScorer {
-  constructor(readonly problem: AttentionProblem, readonly slopes5: Tensor | null, readonly mask4: Tensor | null) {}
+  /**
+   * lens: each batch element's query and key lengths (seqLayout 'padded'), or null when every
+   * sequence is full length.
+   */
+  constructor(readonly problem: AttentionProblem, readonly slopes5: Tensor | null, readonly mask4: Tensor | null,
+              readonly lens: PaddedLengths | null) {}
 
   /**
    * Scores of keys [j0, j1) for q4 [batch, kvHeads, group * seqQ, headDim] as
@@ -47,13 +57,22 @@ class BlockScorer {
       capTanh = tidy(() => tanh(div(s5, scalar(a.softcap))));
       update(() => mul(capTanh!, scalar(a.softcap)));
     }
-    // rel = j - (i + off), [1, 1, 1, seqQ, len]: small, shared by heads and batches.
-    const rel = tidy(() => sub(reshape(range(j0, j1, 1, 'float32'), [1, 1, 1, 1, len]),
-                               reshape(range(offset, seqK, 1, 'float32'), [1, 1, 1, seqQ, 1])));
+    const lens = this.lens;
+    const keys = () => reshape(range(j0, j1, 1, 'float32'), [1, 1, 1, 1, len]);
+    const queries = () => reshape(range(0, seqQ, 1, 'float32'), [1, 1, 1, seqQ, 1]);
+    const perBatch = (x: number[]) => tensor(x, [batch, 1, 1, 1, 1], 'float32');
+    // rel = j - (i + off), [1, 1, 1, seqQ, len]: small, shared by heads and batches; with lengths
+    // off = lenK - lenQ per batch element, [batch, 1, 1, seqQ, len].
+    const rel = tidy(() => (lens
+      ? sub(keys(), add(queries(), perBatch(lens.k.map((l, b) => l - lens.q[b]))))
+      : sub(keys(), reshape(range(offset, seqK, 1, 'float32'), [1, 1, 1, seqQ, 1]))));
     if (this.slopes5) update(() => sub(s5, mul(this.slopes5!, abs(rel))));
     const keepMask = tidy(() => {
       let keep: Tensor | null = null;
       const and = (m: Tensor) => { keep = keep ? logicalAnd(keep, m) : m; };
+      if (lens) {   // keys j >= lenK do not exist; queries i >= lenQ see none
+        and(logicalAnd(less(keys(), perBatch(lens.k)), less(queries(), perBatch(lens.q))));
+      }
       if (a.windowLeft >= 0) and(greaterEqual(rel, scalar(-a.windowLeft)));
       if (a.windowRight >= 0) and(lessEqual(rel, scalar(a.windowRight)));
       if (this.mask4) {
@@ -98,6 +117,23 @@ function whereAnyRank(cond: Tensor, a: Tensor, b: Tensor): Tensor {
 /** [batch, seq, heads, dim] -> [batch, heads, seq, dim]; q's heads then split as [kvHeads, group * seq]. */
 const toHeadMajor = (x: Tensor) => transpose(x, [0, 2, 1, 3]);
 
+/**
+ * The keys [lo, hi) some query can see: the window's range, per batch element when the lengths
+ * differ (their union), so blocks past every sequence's keys are never computed.
+ */
+function visibleKeys(scorer: BlockScorer): [number, number] {
+  const { attrs, seqQ, seqK } = scorer.problem;
+  const lens = scorer.lens;
+  if (!lens) return keyRangeForQueries(attrs, 0, seqQ, seqQ, seqK);
+  let [lo, hi] = [seqK, 0];
+  lens.q.forEach((lenQ, b) => {
+    if (lenQ === 0 || lens.k[b] === 0) return;
+    const [l, h] = keyRangeForQueries(attrs, 0, lenQ, lenQ, lens.k[b]);
+    if (l < h) [lo, hi] = [Math.min(lo, l), Math.max(hi, h)];
+  });
+  return lo < hi ? [lo, hi] : [0, 0];
+}
+
 function blockForward(q: Tensor, k: Tensor, v: Tensor, scorer: BlockScorer): { out: Tensor; logSumExp: Tensor } {
   const { batch, seqQ, seqK, heads, kvHeads, group, headDim, headDimV } = scorer.problem;
   const q4 = reshape(toHeadMajor(q), [batch, kvHeads, group * seqQ, headDim]);
@@ -105,7 +141,7 @@ function blockForward(q: Tensor, k: Tensor, v: Tensor, scorer: BlockScorer): { o
   let m: Tensor = broadcastTo(scalar(-Infinity), [batch, kvHeads, group, seqQ, 1]);
   let l: Tensor = zeros([batch, kvHeads, group, seqQ, 1]);
   let acc: Tensor = zeros([batch, kvHeads, group * seqQ, headDimV]);
-  const [jLo, jHi] = keyRangeForQueries(scorer.problem.attrs, 0, seqQ, seqQ, seqK);
+  const [jLo, jHi] = visibleKeys(scorer);
   for (let j0 = jLo; j0 < jHi; j0 += KEY_BLOCK) {
     const j1 = Math.min(jHi, j0 + KEY_BLOCK);
     const next = tidy(() => {
@@ -156,8 +192,10 @@ function blockBackward(q: Tensor, k: Tensor, v: Tensor, out: Tensor, logSumExp: 
     const logSumExpSafe = whereAnyRank(equal(logSumExp5, -Infinity), zerosLike(logSumExp5), logSumExp5);
     let dq4: Tensor = zeros([batch, kvHeads, group * seqQ, headDim]);
     const dkBlocks: Tensor[] = [], dvBlocks: Tensor[] = [];
-    for (let j0 = 0; j0 < seqK; j0 += KEY_BLOCK) {
-      const j1 = Math.min(seqK, j0 + KEY_BLOCK);
+    // Keys past every sequence's length get zero dk, dv without being visited.
+    const keysUsed = scorer.lens ? Math.max(0, ...scorer.lens.k) : seqK;
+    for (let j0 = 0; j0 < keysUsed; j0 += KEY_BLOCK) {
+      const j1 = Math.min(keysUsed, j0 + KEY_BLOCK);
       const step = tidy(() => {
         const { s5, capTanh, kb, len } = scorer.scores(q4, j0, j1, k4);
         const p = tidy(() => exp(sub(s5, logSumExpSafe)));      // recomputed; 0 where masked
@@ -187,6 +225,10 @@ function blockBackward(q: Tensor, k: Tensor, v: Tensor, out: Tensor, logSumExp: 
     // A fully masked row has zero dq, even where a masked key was NaN or infinite (0 * NaN).
     const emptyRows = broadcastTo(reshape(equal(logSumExp5, -Infinity), [batch, kvHeads, group * seqQ, 1]), dq4.shape);
     const dq = transpose(reshape(whereAnyRank(emptyRows, zerosLike(dq4), dq4), [batch, heads, seqQ, headDim]), [0, 2, 1, 3]);
+    if (keysUsed < seqK) {
+      dkBlocks.push(zeros([batch, kvHeads, seqK - keysUsed, headDim]));
+      dvBlocks.push(zeros([batch, kvHeads, seqK - keysUsed, headDimV]));
+    }
     const dk = transpose(concat(dkBlocks, 2), [0, 2, 1, 3]);
     const dv = transpose(concat(dvBlocks, 2), [0, 2, 1, 3]);
     return [dq, dk, dv];
@@ -195,20 +237,23 @@ function blockBackward(q: Tensor, k: Tensor, v: Tensor, out: Tensor, logSumExp: 
 
 /**
  * Memory-lean attention from tfjs ops with a recompute gradient. Same contract as the
- * `FlashAttention` kernel (alibiSlopes and mask are used only when attrs.hasAlibi / hasMask).
+ * `FlashAttention` kernel (alibiSlopes and mask are used only when attrs.hasAlibi / hasMask); with
+ * seqLayout 'padded' or 'packed', ranges holds the sequences' (start row, length) pairs.
  */
 export function flashAttentionBlockwise(q: Tensor4D, k: Tensor4D, v: Tensor4D, alibiSlopes: Tensor1D,
                                         mask: Tensor4D, attrs: FlashAttentionAttrs,
                                         ranges: SequenceRanges | null = null): { output: Tensor4D; logSumExp: Tensor3D } {
+  if (attrs.seqLayout === 'packed') return packedBlockwise(q, k, v, alibiSlopes, mask, attrs, ranges!);
   const problem = attentionProblem(q.shape, k.shape, v.shape, attrs);
   const { batch, seqQ, heads, kvHeads, group, headDimV } = problem;
+  const lens = problem.flags.seqRanges ? { q: lengthsOf(ranges!.q), k: lengthsOf(ranges!.k) } : null;
   const outSize = batch * seqQ * heads * headDimV;
   // customGrad returns one tensor: output and logSumExp travel packed, then are split below.
   const packed = customGrad((...args: Array<Tensor | GradSaveFunc>) => {
     const [qx, kx, vx] = args as Tensor[];
     const save = args[3] as GradSaveFunc;
     const slopes5 = attrs.hasAlibi ? reshape(alibiSlopes, [1, kvHeads, group, 1, 1]) : null;
-    const scorer = new BlockScorer(problem, slopes5, attrs.hasMask ? mask : null);
+    const scorer = new BlockScorer(problem, slopes5, attrs.hasMask ? mask : null, lens);
     const { out, logSumExp } = blockForward(qx, kx, vx, scorer);
     save([qx, kx, vx, out, logSumExp, alibiSlopes, mask]);
     return {
@@ -216,15 +261,68 @@ export function flashAttentionBlockwise(q: Tensor4D, k: Tensor4D, v: Tensor4D, a
       gradFunc: (dPacked: Tensor, saved: Tensor[]): Tensor[] => {
         const [sq, sk, sv, sOut, sLogSumExp, sSlopes, sMask] = saved;
         const bwScorer = new BlockScorer(problem, attrs.hasAlibi ? reshape(sSlopes, [1, kvHeads, group, 1, 1]) : null,
-                                         attrs.hasMask ? sMask : null);
+                                         attrs.hasMask ? sMask : null, lens);
         // The logSumExp part of the gradient is ignored, as in the kernels' registered gradient.
         const dy = reshape(slice(dPacked, 0, outSize), sOut.shape);
         return blockBackward(sq, sk, sv, sOut, sLogSumExp, dy, bwScorer);
       },
     };
-  })(q, k, v);
+  })(...(lens ? withoutPadding(q, k, v, lens) : [q, k, v]));
   const output = reshape(slice(packed, 0, outSize), [batch, seqQ, heads, headDimV]) as Tensor4D;
   const logSumExp = reshape(slice(packed, outSize, batch * heads * seqQ), [batch, heads, seqQ]) as Tensor3D;
   packed.dispose();
+  return { output, logSumExp };
+}
+
+/**
+ * q, k, v with the rows past each length zeroed: those rows do not exist, so whatever they hold
+ * (NaN included) must not reach a product with a zero weight (0 * NaN) in the block matMuls.
+ * where()'s gradient passes zero to them, which is theirs by the contract.
+ */
+function withoutPadding(q: Tensor4D, k: Tensor4D, v: Tensor4D, lens: PaddedLengths): Tensor4D[] {
+  const inside = (x: Tensor4D, l: number[]) => {
+    const [b, n] = x.shape;
+    const rows = new Uint8Array(b * n);
+    l.forEach((len, i) => rows.fill(1, i * n, i * n + len));
+    return tidy(() => whereAnyRank(broadcastTo(tensor(rows, [b, n, 1, 1], 'bool'), x.shape), x, zerosLike(x)) as Tensor4D);
+  };
+  return [inside(q, lens.q), inside(k, lens.k), inside(v, lens.k)];
+}
+
+/**
+ * Packed sequences: gathered into a padded batch [numSeqs, longest, ...] (a row index per slot;
+ * slots past a length read row 0, then zeroed), run as 'padded', and gathered back. Gather's
+ * gradient scatters the padded gradients back to the packed rows, so no gradient code is added.
+ */
+function packedBlockwise(q: Tensor4D, k: Tensor4D, v: Tensor4D, alibiSlopes: Tensor1D, mask: Tensor4D,
+                         attrs: FlashAttentionAttrs, ranges: SequenceRanges): { output: Tensor4D; logSumExp: Tensor3D } {
+  const { numSeqs, maxSeqLenQ, maxSeqLenK } = attrs;
+  const [, totalQ, heads] = q.shape;
+  const totalK = k.shape[1];
+  const headDimV = v.shape[3];
+  /** Packed row of every padded slot (0 past a length), and padded slot of every packed row. */
+  const slots = (r: Int32Array, longest: number) => {
+    const rowOfSlot = new Int32Array(numSeqs * longest), slotOfRow: number[] = [];
+    for (let s = 0; s < numSeqs; s++) {
+      for (let i = 0; i < r[2 * s + 1]; i++) { rowOfSlot[s * longest + i] = r[2 * s] + i; slotOfRow.push(s * longest + i); }
+    }
+    return { rowOfSlot: tensor(rowOfSlot, [rowOfSlot.length], 'int32'), slotOfRow: tensor(slotOfRow, [slotOfRow.length], 'int32') };
+  };
+  const sq = slots(ranges.q, maxSeqLenQ), sk = slots(ranges.k, maxSeqLenK);
+  const toPadded = (x: Tensor4D, rows: number, longest: number, idx: Tensor) => {
+    const [, , h, d] = x.shape;
+    return reshape(gather(reshape(x, [rows, h, d]), idx), [numSeqs, longest, h, d]) as Tensor4D;
+  };
+  const qp = toPadded(q, totalQ, maxSeqLenQ, sq.rowOfSlot);
+  const kp = toPadded(k, totalK, maxSeqLenK, sk.rowOfSlot);
+  const vp = toPadded(v, totalK, maxSeqLenK, sk.rowOfSlot);
+  const paddedRanges = (r: Int32Array, longest: number) => r.map((x, i) => (i % 2 === 0 ? (i / 2) * longest : x));
+  const padded = flashAttentionBlockwise(qp, kp, vp, alibiSlopes, mask, { ...attrs, seqLayout: 'padded' },
+                                         { q: paddedRanges(ranges.q, maxSeqLenQ), k: paddedRanges(ranges.k, maxSeqLenK) });
+  const output = reshape(gather(reshape(padded.output, [numSeqs * maxSeqLenQ, heads, headDimV]), sq.slotOfRow),
+                         [1, totalQ, heads, headDimV]) as Tensor4D;
+  const lseRows = reshape(transpose(padded.logSumExp, [1, 0, 2]), [heads, numSeqs * maxSeqLenQ]);
+  const logSumExp = reshape(gather(lseRows, sq.slotOfRow, 1), [1, heads, totalQ]) as Tensor3D;
+  dispose([qp, kp, vp, padded.output, padded.logSumExp, lseRows, sq.rowOfSlot, sq.slotOfRow, sk.rowOfSlot, sk.slotOfRow]);
   return { output, logSumExp };
 }

@@ -8,7 +8,8 @@
  * With sequence lengths (seqLayout 'padded' or 'packed', a compile-time option: sequenceWGSL),
  * workgroup z is a sequence: its queries and keys are read from (start, length) ranges, key tiles
  * past its keys are never loaded, a query tile past its queries does no key work and (padded)
- * writes out 0 and logsumexp -Infinity, so the cost follows sum(lenQ * lenK).
+ * writes out 0 and logsumexp -Infinity, so the cost follows sum(lenQ * lenK). Both variants
+ * (tiled and staged) take the same row tile, sequence and epilogue.
  */
 import { KernelConfig, KernelFunc, TensorInfo, util } from '@tensorflow/tfjs-core';
 import {
@@ -20,12 +21,16 @@ import {
   RANGE_NAMES, shaderKeyOf, unpack, unroll, WebGPUBackend, withDeviceErrorCheck, withSeqRanges,
 } from './program';
 import { subgroupMinSizeOf } from './subgroups';
-import { chooseTiles, paddedVec4, threadsOf, TileConfig, vec4Count } from './tiles';
+import {
+  accumulatePhase, keptBitsWGSL as stagedKeptBitsWGSL, pipelinedLoopWGSL, scorePhase,
+  stagedConstants, storeTransposedWGSL, zeroAccumulators, zeroScores,
+} from './staged_wgsl';
+import { backwardLayout, chooseTiles, paddedVec4, threadsOf, TileConfig, vec4Count } from './tiles';
 import { optionUniforms } from './uniforms';
 import {
-  dotTileWGSL, keptAt, keptBitsWGSL, keyTileLoopWGSL, loadTileWGSL, passPrologueWGSL, prefetchedTileWGSL,
-  logSumExpIndexWGSL, registersWGSL, rowReduction, rowShuffleWidth, sequenceWGSL, tileConstants, vec4sPerThread,
-  weightedSumWGSL,
+  dotTileWGSL, keptAt, keptBitsWGSL, keyRangeWGSL, keyTileLoopWGSL, loadTileWGSL, logSumExpIndexWGSL,
+  passPrologueWGSL, prefetchedTileWGSL, registersWGSL, rowReduction, rowShuffleWidth, sequenceWGSL, tileConstants,
+  vec4sPerThread, weightedSumWGSL,
 } from './wgsl_fragments';
 
 export class FlashForwardProgram extends FlashProgram {
@@ -57,12 +62,58 @@ export class FlashForwardProgram extends FlashProgram {
   }
 
   getUserCode(): string {
+    return this.tiles.staged ? this.stagedUserCode() : this.tiledUserCode();
+  }
+
+  /**
+   * The staged forward: the backward's chunked products (staged_wgsl.ts). Each key tile runs
+   * S = Q K^T in DEPTH-column chunks into a register block per thread, the online softmax on that
+   * block (row max and sum across a row's threads by rowReduction), P^T through workgroup memory,
+   * and O += P V in ACC_DEPTH-row chunks into the thread's accumulator registers.
+   */
+  private stagedUserCode(): string {
+    const t = this.tiles, f = this.flags, { headDim, headDimV } = this.s;
+    const reduce = rowReduction(t, this.subgroupSize);
+    const dv4 = vec4Count(headDimV);
+    const vj = vec4sPerThread(t, dv4);
+    const depth = backwardLayout(t, headDim, headDimV).depth;
+    const qRows = { src: 'q', start: 'qStart', seq: 'nq', heads: 'heads', head: 'h', width: 'D', first: 'row0', mul: 'uniforms.scale' };
+    const kCols = { src: 'k', start: 'kStart', seq: 'nk', heads: 'kvHeads', head: 'kvh', width: 'D', first: 'col0' };
+    const vCols = { src: 'v', start: 'kStart', seq: 'nk', heads: 'kvHeads', head: 'kvh', width: 'DV', first: 'col0' };
+    const phases = [scorePhase(t, depth, 's', headDim, qRows, kCols),
+                    accumulatePhase(t, depth, [{ out: 'acc', weights: 'pTile', perThread: vj, load: { ...vCols, width4: dv4 } }])];
+    return `
+    ${stagedConstants(t, headDim, headDimV)}
+    var<workgroup> pTile : array<array<vec4<f32>, ROWS_STAGE4>, COLS>;
+    ${reduce.shared ? 'var<workgroup> rowPartial : array<array<f32, TCP>, ROWS>;' : ''}
+    ${optionHelpers(f)}
+
+    fn main() {
+      ${passPrologueWGSL(this.variableNames)}
+      ${this.rowTileWGSL()}
+      ${this.rowStateWGSL(vj)}
+
+      // Forward inner loop.
+      ${keyRangeWGSL(f, 'row0', 'row1')}
+      let firstCol = (colBegin / COLS) * COLS;
+      ${pipelinedLoopWGSL(t, depth, 'firstCol', 'colEnd', phases, zeroScores(t, ['s']), { 0: `
+        ${stagedKeptBitsWGSL(t, true)}
+        ${this.rowMaxWGSL(reduce, c => `col0 + tc * CPT + ${c}`)}
+        ${reduce.barrier}
+        ${this.probabilitiesWGSL(reduce, vj, c => `col0 + tc * CPT + ${c}`, (r, c, p) => `s_${r}_${c} = ${p};`)}
+        // The next step's barriers order these writes before the O += P V steps read them.
+        ${storeTransposedWGSL(t, 'pTile', (r, c) => `s_${r}_${c}`)}` })}
+
+      ${this.epilogueWGSL(reduce, vj)}
+      ${f.window ? '}   // the paired query tiles' : ''}
+    }`;
+  }
+
+  private tiledUserCode(): string {
     const t = this.tiles, f = this.flags, { headDim, headDimV } = this.s;
     const reduce = rowReduction(t, this.subgroupSize);
     const d4 = vec4Count(headDim), dv4 = vec4Count(headDimV);
     const vj = vec4sPerThread(t, dv4);
-    const rows = (body: (r: number) => string) => unroll(t.rowsPerThread, body);
-    const cols = (body: (c: number) => string) => unroll(t.colsPerThread, body);
     const stream = { count: t.cols, threads: threadsOf(t), start: 'kStart', seqLen: 'nk', heads: 'kvHeads', head: 'kvh' };
     // With sharedKV, K and V take turns in kvTile: the next K is prefetched as usual, and this
     // tile's V is loaded into registers at the top of the iteration (its latency hidden by the
@@ -84,6 +135,43 @@ export class FlashForwardProgram extends FlashProgram {
 
     fn main() {
       ${passPrologueWGSL(this.variableNames)}
+      ${this.rowTileWGSL()}
+      ${loadTileWGSL({ tile: 'qTile', src: 'q', width: 'D', width4: 'D4', count: 'ROWS', first: 'row0',
+                       start: 'qStart', seqLen: 'nq', heads: 'heads', head: 'h', mul: 'uniforms.scale' })}
+
+      ${this.rowStateWGSL(vj)}
+
+      // Forward inner loop.
+      ${keyTileLoopWGSL(f, shared ? [kPre] : [kPre, vPre], `
+        ${shared ? `${vPre.declare}
+        ${vPre.load('col0')}` : ''}
+        ${zeroScores(t, ['s'])}
+        ${dotTileWGSL(t, 's', 'qTile', kTile, d4, t.unroll)}
+
+        ${keptBitsWGSL(t, true)}
+        ${this.rowMaxWGSL(reduce, c => `col0 + tc + TC * ${c}`)}
+        ${shared ? `workgroupBarrier();   // every thread is done with K: V takes its place
+        ${vPre.store}` : reduce.barrier}
+
+        ${this.probabilitiesWGSL(reduce, vj, c => `col0 + tc + TC * ${c}`,
+                                 (r, c, p) => `pTile[tr * RPT + ${r}][(tc + TC * ${c}) / 4][(tc + TC * ${c}) % 4] = ${p};`)}
+        workgroupBarrier();
+        ${weightedSumWGSL(t, 'acc', 'pTile', vTile, dv4)}
+        workgroupBarrier();
+      `)}
+
+      ${this.epilogueWGSL(reduce, vj)}
+      ${f.window ? '}   // the paired query tiles' : ''}
+    }`;
+  }
+
+  /**
+   * The opening of main() after the prologue: the workgroup's head (h, kvh, slope) and query tile
+   * [row0, row1). Windowed programs take two query tiles, closed by rowTileEndWGSL.
+   */
+  private rowTileWGSL(): string {
+    const f = this.flags;
+    return `
       let h = i32(wgId.y);
       let b = i32(wgId.z);
       let kvh = h / (heads / kvHeads);
@@ -101,69 +189,76 @@ export class FlashForwardProgram extends FlashProgram {
       let rowTile = select(numRowTiles - 1 - i32(wgId.x), i32(wgId.x), pairIdx == 1);` : `
       let rowTile = i32(wgId.x);`}
       let row0 = rowTile * ROWS;
-      let row1 = min(row0 + ROWS, nq);
-      ${loadTileWGSL({ tile: 'qTile', src: 'q', width: 'D', width4: 'D4', count: 'ROWS', first: 'row0',
-                       start: 'qStart', seqLen: 'nq', heads: 'heads', head: 'h', mul: 'uniforms.scale' })}
+      let row1 = min(row0 + ROWS, nq);`;
+  }
 
+  /** The online softmax's per-row state: max m, sum l, dropout key, output accumulator acc. */
+  private rowStateWGSL(vj: number): string {
+    const t = this.tiles;
+    return `
       ${registersWGSL('m', 'f32', t.rowsPerThread)}
       ${registersWGSL('l', 'f32', t.rowsPerThread)}
-      ${registersWGSL('acc', 'vec4<f32>', t.rowsPerThread, vj)}
       ${registersWGSL('rowKey', 'u32', t.rowsPerThread)}
-      ${rows(r => `m_${r} = NEG_BIG; l_${r} = 0.0; rowKey_${r} = dropoutRowKey(b * heads + h, row0 + tr * RPT + ${r});
-      ${unroll(vj, jj => `acc_${r}_${jj} = vec4<f32>(0.0);`, ' ')}`)}
+      ${unroll(t.rowsPerThread, r => `m_${r} = NEG_BIG; l_${r} = 0.0; rowKey_${r} = dropoutRowKey(b * heads + h, row0 + tr * RPT + ${r});`)}
+      ${zeroAccumulators(t, 'acc', vj)}`;
+  }
 
-      // Forward inner loop.
-      ${keyTileLoopWGSL(f, shared ? [kPre] : [kPre, vPre], `
-        ${shared ? `${vPre.declare}
-        ${vPre.load('col0')}` : ''}
-        ${registersWGSL('s', 'f32', t.rowsPerThread, t.colsPerThread)}
-        ${rows(r => cols(c => `s_${r}_${c} = 0.0;`))}
-        ${dotTileWGSL(t, 's', 'qTile', kTile, d4, t.unroll)}
-
-        ${keptBitsWGSL(t, true)}
+  /**
+   * The scores s_r_c of this thread's block (key column colOf(c), keep bits in keptBits) after
+   * options and masking, and each row's max published for rowReduction (a barrier must follow).
+   */
+  private rowMaxWGSL(reduce: ReturnType<typeof rowReduction>, colOf: (c: number) => string): string {
+    const t = this.tiles;
+    return `
         ${reduce.declare('rowMax')}
-        ${rows(r => `{
+        ${unroll(t.rowsPerThread, r => `{
           let i = row0 + tr * RPT + ${r};
           var rowMax = NEG_BIG;
-          ${cols(c => `{
-            let j = col0 + tc + TC * ${c};
+          ${unroll(t.colsPerThread, c => `{
+            let j = ${colOf(c)};
             let x = select(NEG_BIG, scoreOf(s_${r}_${c}, i, j, off, slope), ${keptAt(t, r, c)});
             s_${r}_${c} = x;
             rowMax = max(rowMax, select(x, NEG_BIG, poisons(x)));
           }`)}
           ${reduce.publish('rowMax', 'max', r)}
-        }`)}
-        ${shared ? `workgroupBarrier();   // every thread is done with K: V takes its place
-        ${vPre.store}` : reduce.barrier}
+        }`)}`;
+  }
 
-        ${rows(r => `{
-          let row = tr * RPT + ${r};
+  /**
+   * Online softmax on this thread's block: the new row max, the rescale of what was accumulated
+   * under the old one, and each probability p (dropped) handed to storeP(r, c, p).
+   */
+  private probabilitiesWGSL(reduce: ReturnType<typeof rowReduction>, vj: number, colOf: (c: number) => string,
+                            storeP: (r: number, c: number, p: string) => string): string {
+    const t = this.tiles;
+    return unroll(t.rowsPerThread, r => `{
           ${reduce.combine('tileMax', 'rowMax', 'max', r)}
           let newMax = max(m_${r}, tileMax);
-          // Online softmax: rescale what was accumulated under the old max. Both maxima are
-          // finite (NEG_BIG while nothing is kept; NaN and +inf scores are left out of them), so
-          // alpha is never NaN.
+          // Both maxima are finite (NEG_BIG while nothing is kept; NaN and +inf scores are left
+          // out of them), so alpha is never NaN.
           let alpha = exp(m_${r} - newMax);
           m_${r} = newMax;
           l_${r} *= alpha;
           ${unroll(vj, jj => `acc_${r}_${jj} *= alpha;`, ' ')}
-          ${cols(c => `{
-            let col = tc + TC * ${c};
+          ${unroll(t.colsPerThread, c => `{
             let x = s_${r}_${c};
             // Masking follows the keep bit, never a comparison of the score: a masked score
             // contributes exactly 0, and a kept NaN or +inf one a NaN (the composite's
             // exp(inf - inf)) that makes the row's sum, output and logsumexp NaN.
             let p = select(select(0.0, exp(x - newMax), ${keptAt(t, r, c)}), quietNaN(x), poisons(x));
             l_${r} += p;   // the normaliser ignores dropout
-            pTile[row][col / 4][col % 4] = p * dropoutScale(rowKey_${r}, col0 + col);
+            ${storeP(r, c, `p * dropoutScale(rowKey_${r}, ${colOf(c)})`)}
           }`)}
-        }`)}
-        workgroupBarrier();
-        ${weightedSumWGSL(t, 'acc', 'pTile', vTile, dv4)}
-        workgroupBarrier();
-      `)}
+        }`);
+  }
 
-      // Each thread summed its own columns; combine the row sums across the row's threads.
+  /**
+   * After the inner loop: each thread summed its own columns, so the row sums are combined across
+   * the row's threads, then the output (acc_r_jj holds vec4 column tc + TC * jj) and logsumexp.
+   */
+  private epilogueWGSL(reduce: ReturnType<typeof rowReduction>, vj: number): string {
+    const rows = (body: (r: number) => string) => unroll(this.tiles.rowsPerThread, body);
+    return `
       ${reduce.declare('rowSum')}
       ${rows(r => `{
         var rowSum = l_${r};
@@ -193,9 +288,7 @@ export class FlashForwardProgram extends FlashProgram {
             result[outSize + ${logSumExpIndexWGSL('h', 'i')}] = select(lse, -uniforms.INFINITY, empty);
           }
         }
-      }`)}
-      ${f.window ? '}' : ''}
-    }`;
+      }`)}`;
   }
 }
 
@@ -205,8 +298,9 @@ export function flashAttentionWebGPU(
   const { q, k, v, alibiSlopes, mask, seqRangesQ, seqRangesK } = inputs as unknown as Record<string, TensorInfo>;
   const s = attentionProblem(q.shape, k.shape, v.shape, attrs);
   const limits = deviceLimits(backend);
-  const program = new FlashForwardProgram(s, chooseTiles('forward', limits, s.headDim, s.headDimV),
-                                          s.flags, subgroupMinSizeOf(backend));
+  const subgroupSize = subgroupMinSizeOf(backend);
+  const program = new FlashForwardProgram(s, chooseTiles('forward', limits, s.headDim, s.headDimV, subgroupSize),
+                                          s.flags, subgroupSize);
   checkBindingSizes(limits, [['q', q.shape], ['k', k.shape], ['v', v.shape], ['mask', mask.shape],
                              ['the output and logsumexp', program.outputShape]]);
   checkDispatch(limits, program.dispatch);

@@ -34,6 +34,12 @@ export interface TileConfig {
    * slower at 64: not among the candidates until a clean sweep confirms it.
    */
   sharedKV?: boolean;
+  /**
+   * Forward only: the staged forward (the backward's chunked products: Q and K staged DEPTH
+   * head-dim columns at a time, V ACC_DEPTH rows at a time, P through workgroup memory), whose
+   * workgroup memory does not grow with the head dim. depth/accumulateDepth as the backward's.
+   */
+  staged?: boolean;
 }
 
 export const vec4Count = (n: number) => Math.ceil(n / 4);
@@ -52,7 +58,12 @@ export function workgroupBytes(pass: Pass, t: TileConfig, headDim: number, headD
   function passBytes(): number {
     const d4p = paddedVec4(headDim), dv4p = paddedVec4(headDimV), cols4p = cols4 | 1;
     switch (pass) {
-      case 'forward':   // q [rows][d4p], k [cols][d4p], v [cols][dv4] (or k/v in turn), p [rows][cols4p], row partials
+      case 'forward':
+        if (t.staged) {   // as the dQ pass (P^T in place of dS^T), plus the row partials
+          const l = backwardLayout(t, headDim, headDimV);
+          return 16 * (2 * l.stageVec4s + t.cols * l.rows4p) + 4 * t.rows * (threadCols | 1);
+        }
+        // q [rows][d4p], k [cols][d4p], v [cols][dv4] (or k/v in turn), p [rows][cols4p], row partials
         return 16 * (t.rows * d4p + (t.sharedKV ? t.cols * Math.max(d4p, dv4) : t.cols * (d4p + dv4)) +
                      t.rows * cols4p) + 4 * t.rows * (threadCols | 1);
       case 'dq':        // two staging buffers [depth][stage4], dS^T [cols][rows4p]
@@ -94,6 +105,47 @@ const bwd = (rows: number, cols: number, rowsPerThread: number, colsPerThread: n
  * Near headDim 256 only the forward's sharedKV 32 x 8 tile (64 threads) fits before 16 x 8 (16
  * threads): H200, seq 4096, 16 heads, 149 against 1137 ms (BENCHMARKS.md, WebGPU forward on the H200).
  */
+/**
+ * The staged forward's candidates, best first (H200, 2026-12-02, fwd2's sweep at N = 4096 in
+ * BENCHMARKS.md: 64 x 64 at 4 x 4 ahead of 128 x 64 at 8 x 4 at every head dim).
+ */
+export const STAGED_FORWARD: TileConfig[] = [
+  { ...bwd(64, 64, 4, 4), staged: true }, { ...bwd(32, 32, 2, 2), staged: true }, { ...bwd(16, 16, 2, 2), staged: true },
+];
+/**
+ * The tiled forward's candidates that rank before the staged ones where the staged forward is not
+ * preferred: the staged 64 x 64 tile still beats every smaller tiled tile, which is all that fits
+ * past headDim ~170 (d = 256: 13.2 against 150 ms, both devices, N = 4096).
+ */
+const TILED_FORWARD_LEADERS = 6;
+
+/** Which forward the tile choice takes: as measured (auto), or one variant forced (bench, tuning). */
+export type ForwardVariant = 'auto' | 'tiled' | 'staged';
+let forwardVariant: ForwardVariant = 'auto';
+
+export function setForwardVariant(v: ForwardVariant): void {
+  forwardVariant = v;
+}
+
+/**
+ * Head widths (max(headDim, headDimV), inclusive ranges) where the staged forward ranks first,
+ * per device path: 'subgroups' where the row max and sum use subgroup shuffles, 'default' where
+ * they go through workgroup memory.
+ */
+export const STAGED_FORWARD_FIRST: Record<'default' | 'subgroups', Array<[number, number]>> = {
+  default: [],
+  subgroups: [],
+};
+
+function forwardCandidates(headDim: number, headDimV: number, rowShuffles: boolean): TileConfig[] {
+  const tiled = CANDIDATES.forward, width = Math.max(headDim, headDimV);
+  if (forwardVariant === 'tiled') return tiled;
+  const first = forwardVariant === 'staged' ||
+      STAGED_FORWARD_FIRST[rowShuffles ? 'subgroups' : 'default'].some(([lo, hi]) => width >= lo && width <= hi);
+  if (first) return [...STAGED_FORWARD, ...tiled];
+  return [...tiled.slice(0, TILED_FORWARD_LEADERS), ...STAGED_FORWARD, ...tiled.slice(TILED_FORWARD_LEADERS)];
+}
+
 const CANDIDATES: Record<Pass, TileConfig[]> = {
   forward: [cfg(64, 32, 4, 4, 4), cfg(64, 32, 2, 2), cfg(64, 32, 2), cfg(32, 32, 4), cfg(32, 16, 2, 2), cfg(32, 16, 4),
             cfg(16, 16, 2), { ...cfg(32, 8, 2, 2), sharedKV: true }, cfg(16, 8, 2), cfg(8, 8, 1), cfg(4, 4, 1), cfg(2, 4, 1)],
@@ -148,19 +200,25 @@ function fitDepthFor(limits: DeviceLimits, pass: Pass, headDim: number, headDimV
   };
 }
 
-export function chooseTiles(pass: Pass, limits: DeviceLimits, headDim: number, headDimV: number): TileConfig {
+/**
+ * subgroupSize: the device's smallest subgroup size when the forward's row reductions may use
+ * subgroup shuffles (0: workgroup memory), which decides where the staged forward ranks.
+ */
+export function chooseTiles(pass: Pass, limits: DeviceLimits, headDim: number, headDimV: number,
+                            subgroupSize = 0): TileConfig {
   const fits = (t: TileConfig) =>
       t.rowsPerThread * t.colsPerThread <= 32 &&   // one bit per element in a u32 keep mask
       workgroupBytes(pass, t, headDim, headDimV) <= limits.maxComputeWorkgroupStorageSize &&
       threadsOf(t) <= limits.maxComputeInvocationsPerWorkgroup;
   const fitDepth = fitDepthFor(limits, pass, headDim, headDimV);
   const forced = override[pass];
-  const chosen = (forced ? [forced] : CANDIDATES[pass]).map(t => pass === 'forward' ? t : fitDepth(t)).find(fits);
+  const candidates = pass === 'forward' ? forwardCandidates(headDim, headDimV, subgroupSize >= 16) : CANDIDATES[pass];
+  const chosen = (forced ? [forced] : candidates).map(t => pass !== 'forward' || t.staged ? fitDepth(t) : t).find(fits);
   if (!chosen) {
     throw new Error(`Error in flashAttention: no ${pass} tile fits this WebGPU device for headDim ` +
         `${headDim}, headDimV ${headDimV} (workgroup storage ${limits.maxComputeWorkgroupStorageSize} bytes)`);
   }
-  if (pass !== 'forward') return chosen;
+  if (pass !== 'forward' || chosen.staged) return chosen;
   // The unrolled dot-product steps must divide the vec4 count of every dot product in the pass.
   const dots = pass === 'forward' ? [vec4Count(headDim)] : [vec4Count(headDim), vec4Count(headDimV)];
   let unroll = chosen.unroll;

@@ -113,6 +113,23 @@ export function varlenReference(c: VarlenSpec, d: CaseData) {
   return r;
 }
 
+/**
+ * The explicit bool mask [batch, 1, seqQ, seqK] (as 0/1) that says what a padded case's lengths
+ * say, with its causal/window aligned to the lengths (lenK - lenQ): flashAttention with this mask
+ * and without causal/window must give what the lengths give, ALiBi aside (a bias, not a mask).
+ */
+export function lengthsMask(c: VarlenSpec, d: CaseData): Uint8Array {
+  if (c.layout !== 'padded' || c.alibi || c.maskShape) throw new Error('lengthsMask: padded cases without ALiBi or mask');
+  const { windowLeft: wl, windowRight: wr } = caseAttrs(c, d);
+  const { batch, seqQ, seqK } = c.dims;
+  const m = new Uint8Array(batch * seqQ * seqK);
+  for (let b = 0; b < batch; b++) for (let i = 0; i < c.lensQ[b]; i++) for (let j = 0; j < c.lensK[b]; j++) {
+    const rel = j - (i + c.lensK[b] - c.lensQ[b]);
+    m[(b * seqQ + i) * seqK + j] = (wl < 0 || rel >= -wl) && (wr < 0 || rel <= wr) ? 1 : 0;
+  }
+  return m;
+}
+
 /** A length in [0, full], drawn so that 0, 1 and full each come up often. */
 function randomLength(r: () => number, full: number): number {
   switch (randInt(r, 0, 3)) {

@@ -46,6 +46,15 @@ export function gpuBytesInUse(): number {
 export const TINY_TILES: TileConfig = { rows: 8, cols: 8, rowsPerThread: 1, colsPerThread: 4, unroll: 1 };
 
 /**
+ * The staged forward (the backward's chunked products) on tiles as small: several head-dim chunks
+ * and value-row steps per key tile, 16 threads. Small on purpose: SwiftShader's compile time and
+ * memory grow with the tile (64 x 64 staged at headDim 64: 7 s and 1 GB; this one: 2 s).
+ */
+export const TINY_STAGED_TILES: TileConfig = {
+  rows: 8, cols: 8, rowsPerThread: 2, colsPerThread: 2, unroll: 1, depth: 4, accumulateDepth: 4, staged: true,
+};
+
+/**
  * Runs the enclosing describe block on `backend`: webgpu with TINY_TILES in every pass (and the
  * device destroyed afterwards), or a cpu path by name.
  */

@@ -1,10 +1,12 @@
 /**
  * Forward tile candidates in one process: each geometry is checked against the float64 reference
  * on a small random case, then timed (GPU time, tf.time) at --n (default 4096), 16 heads, on the
- * default device and then on the opt-in subgroups device. Prints `RESULT {json}` lines.
+ * default device and then on the opt-in subgroups device. Prints `RESULT {json}` lines, one per
+ * geometry and sequence length.
  *
  *   --grid='[{"d":64,"tiles":[{"rows":64,...}]}, ...]'   head dims and their candidates
- *   --n=4096 --heads=16 --causal=0|1|both --reps=10 --subgroups=0|1|both
+ *   --n=4096 (or a list: --n=1024,4096,16384) --heads=16 --causal=0|1|both --reps=10
+ *   --subgroups=0|1|both --warmMs=600
  */
 import { create, globals } from 'webgpu';
 
@@ -31,7 +33,7 @@ async function main() {
     tf.engine().runKernel(FlashAttention, x, attrs as {}) as Tensor[];
   const noSlopes = () => tf.zeros([1]), noMask = () => tf.ones([1, 1, 1, 1], 'bool');
   const grid = JSON.parse(arg.grid) as Array<{ d: number; tiles: object[] }>;
-  const n = num('n', 4096), heads = num('heads', 16), reps = num('reps', 10);
+  const ns = (arg.n ?? '4096').split(',').map(Number), heads = num('heads', 16), reps = num('reps', 10);
 
   for (const subgroups of both('subgroups', 'both')) {
     if (subgroups) {
@@ -59,24 +61,33 @@ async function main() {
           tf.dispose([...Object.values(x0), o, lse]);
           res.err = ac.compare(got, ac.reference(c as any, data), false);
           // Time.
-          for (const causal of both('causal', 'both')) {
-            const q = tf.randomNormal([1, n, heads, d]), k = tf.randomNormal([1, n, heads, d]), v = tf.randomNormal([1, n, heads, d]);
-            const dims = { batch: 1, seqQ: n, seqK: n, heads, kvHeads: heads, headDim: d, headDimV: d };
-            const x = { q, k, v, alibiSlopes: noSlopes(), mask: noMask() };
-            const attrs = normalizeAttrs(dims, { causal, seed: 1 }, false, false);
-            const sync = async (ts: Tensor[]) => { await ts[1].data(); };
-            // Warm up until the GPU clocks are up: 3 calls were not enough on the H200 (2026-12-02),
-            // so configurations timed after an idle gap (compile, check) read several times slower.
-            const tw = performance.now();
-            while (performance.now() - tw < num('warmMs', 600)) { const r = forward(x, attrs); await sync(r); tf.dispose(r); }
-            const ms: number[] = [];
-            for (let i = 0; i < reps; i++) {
-              const t0 = await tf.time(() => { const r = forward(x, attrs); tf.dispose(r); });
-              ms.push(t0.kernelMs as number);
+          for (const n of ns) {
+            res.n = n;
+            for (const causal of both('causal', 'both')) {
+              const q = tf.randomNormal([1, n, heads, d]), k = tf.randomNormal([1, n, heads, d]), v = tf.randomNormal([1, n, heads, d]);
+              const dims = { batch: 1, seqQ: n, seqK: n, heads, kvHeads: heads, headDim: d, headDimV: d };
+              const x = { q, k, v, alibiSlopes: noSlopes(), mask: noMask() };
+              const attrs = normalizeAttrs(dims, { causal, seed: 1 }, false, false);
+              const sync = async (ts: Tensor[]) => { await ts[1].data(); };
+              // Warm up until the GPU clocks are up: 3 calls were not enough on the H200 (2026-12-02),
+              // so configurations timed after an idle gap (compile, check) read several times slower.
+              const tw = performance.now();
+              while (performance.now() - tw < num('warmMs', 600)) { const r = forward(x, attrs); await sync(r); tf.dispose(r); }
+              const ms: number[] = [];
+              for (let i = 0; i < reps; i++) {
+                const t0 = await tf.time(() => { const r = forward(x, attrs); tf.dispose(r); });
+                ms.push(t0.kernelMs as number);
+              }
+              ms.sort((a, b) => a - b);
+              // The median, and the fastest and slowest repetitions (a wide spread flags noise).
+              res[causal ? 'causalMs' : 'fullMs'] = +ms[ms.length >> 1].toFixed(3);
+              res[causal ? 'causalRange' : 'fullRange'] = [+ms[0].toFixed(3), +ms[ms.length - 1].toFixed(3)];
+              tf.dispose([q, k, v, x.alibiSlopes, x.mask]);
             }
-            ms.sort((a, b) => a - b);
-            res[causal ? 'causalMs' : 'fullMs'] = +ms[ms.length >> 1].toFixed(3);
-            tf.dispose([q, k, v, x.alibiSlopes, x.mask]);
+            if (n !== ns[ns.length - 1]) {
+              console.log('RESULT ' + JSON.stringify({ ...res, deviceErrors: errors.splice(0) }));
+              for (const key of ['fullMs', 'causalMs', 'fullRange', 'causalRange']) delete res[key];
+            }
           }
         } catch (e) {
           res.error = String((e as Error)?.message ?? e).slice(0, 300);
