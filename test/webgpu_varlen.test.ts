@@ -11,7 +11,8 @@ import { CaseData, F32_TOLERANCE, OpResult, relError } from './helpers/cases';
 import {
   describeVarlen, runVarlenOp, sequenceRows, varlenCase, varlenData, varlenReference, VarlenLayout, VarlenSpec,
 } from './helpers/varlen_case';
-import { gpuTest, takeUncapturedErrors, useBackendForSuite } from './helpers/webgpu_env';
+import { setTileConfigOverride } from '../kernels/webgpu/tiles';
+import { gpuTest, takeUncapturedErrors, TINY_STAGED_TILES, TINY_TILES, useBackendForSuite } from './helpers/webgpu_env';
 
 /** Pipeline compiles on SwiftShader take seconds each. */
 const COMPILE_HEAVY_MS = 600000;
@@ -83,14 +84,24 @@ describe('WebGPU kernels with sequence lengths', () => {
   useBackendForSuite('webgpu');   // 8 x 8 tiles in every pass
   const one = (names: string[]) => new Set(names);
 
-  gpuTest('lengths on and around 8-row tile boundaries, seqQ != seqK, causal offsets of both signs', async () => {
-    const base = varlenCase(one([]), 7, 'padded');
-    base.dims = { ...base.dims, heads: 4, kvHeads: 2, headDim: 8, headDimV: 8, seqQ: 17, seqK: 17 };
-    await checkCase(withLengths(base, [0, 1, 7, 8, 9, 16, 17], [17, 9, 8, 7, 16, 1, 0]));
-    const causal = { ...base, causal: true };
-    await checkCase(withLengths(causal, [8, 9, 17, 3, 16], [17, 9, 8, 16, 3]));
-    await checkCase(withLengths(causal, [9, 8, 17, 3, 16, 1, 0], [17, 9, 8, 16, 3, 0, 5], 'packed'));
-  }, COMPILE_HEAVY_MS);
+  // Both forward variants (the backward passes are the same programs in both).
+  for (const [variant, forward] of [['tiled', TINY_TILES], ['staged', TINY_STAGED_TILES]] as const) {
+    gpuTest(`${variant} forward: lengths on and around 8-row tile boundaries, seqQ != seqK, causal offsets of both signs`, async () => {
+      setTileConfigOverride({ forward, dq: TINY_TILES, dkdv: TINY_TILES });
+      try {
+        const base = varlenCase(one([]), 7, 'padded');
+        base.dims = { ...base.dims, heads: 4, kvHeads: 2, headDim: 8, headDimV: 8, seqQ: 17, seqK: 17 };
+        await checkCase(withLengths(base, [0, 1, 7, 8, 9, 16, 17], [17, 9, 8, 7, 16, 1, 0]));
+        const causal = { ...base, causal: true };
+        await checkCase(withLengths(causal, [8, 9, 17, 3, 16], [17, 9, 8, 16, 3]));
+        await checkCase(withLengths(causal, [9, 8, 17, 3, 16, 1, 0], [17, 9, 8, 16, 3, 0, 5], 'packed'));
+        const options = { ...causal, alibi: true, dropoutRate: 0.3, softcap: 2 };
+        await checkCase(withLengths(options, [9, 8, 17, 3, 16, 1, 0], [17, 9, 8, 16, 3, 0, 5], 'packed'));
+      } finally {
+        setTileConfigOverride({ forward: TINY_TILES, dq: TINY_TILES, dkdv: TINY_TILES });
+      }
+    }, COMPILE_HEAVY_MS);
+  }
 
   gpuTest('buffers reused across shapes and layouts in one process: padding rows are written, not left over', async () => {
     const base = varlenCase(one(['causal']), 11, 'padded');
