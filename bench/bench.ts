@@ -19,6 +19,7 @@ import {
   BenchCase, caseLabel, compositeHeadsPerChunk, enumerateCases, Impl, Shape, SUBGROUPS_DEVICE,
 } from './cases';
 import { writeBenchChart } from './chart';
+import { DECODE_GPU_SWEEP, DECODE_SMALL_SWEEP, DecodeSweep, runDecodeBench } from './decode';
 import { ErrorScopes, GpuMemoryTracker, timeCall, TimingPlan } from './measure';
 import { loadOnnxruntime, Ort, timeOnnxruntime } from './onnxruntime';
 import { BenchOptions, parseArgs, sweepDefaults, timingDefaults, USAGE } from './options';
@@ -367,6 +368,7 @@ async function main(): Promise<number> {
   }
 
   const b = await setUpBackend(o);
+  if (o.decode) return decodeMain(o, b);
   const sweep = sweepDefaults(o.sweep, b.realGpu, o.quick);
   const { ort, why: ortMissing } = sweep.impls.some(i => i.startsWith('onnxruntime')) && b.name === 'webgpu'
       ? loadOnnxruntime() : { ort: null, why: '' };
@@ -442,6 +444,29 @@ async function main(): Promise<number> {
   console.log(`# done in ${runner.elapsedS().toFixed(1)} s: ${o.outDir}/results.json, results.md, chart.svg and chart.png`);
   // A wrong peer is the peer's finding (reported in its rows), not a failure of this package.
   return runner.results.some(r => r.status === 'wrong' && !r.impl.startsWith('onnxruntime')) ? 1 : 0;
+}
+
+/** `--decode`: the decode sweep (bench/decode.ts) on this backend. */
+async function decodeMain(o: BenchOptions, b: Backend): Promise<number> {
+  const d = b.realGpu ? DECODE_GPU_SWEEP : DECODE_SMALL_SWEEP;
+  const sweep: DecodeSweep = {
+    ...d, seqKs: o.sweep.seqs ?? d.seqKs, headDims: o.sweep.headDims ?? d.headDims, heads: o.sweep.heads ?? d.heads,
+    batches: o.sweep.batch ? [o.sweep.batch] : d.batches, targets: o.decodeTargets, threads: o.decodeThreads,
+  };
+  const timing = timingDefaults(o.timing, b.realGpu);
+  const plan: TimingPlan = { ...timing, warmupMs: b.realGpu ? 100 : 0, timedReps: b.hasTimestamps ? timing.timedReps : 0 };
+  const hooks = await import('../kernels/webgpu/flash_decode_webgpu');
+  const meta = {
+    date: new Date().toISOString(), backend: b.name, adapter: b.adapter,
+    nvidiaSmi: commandLine('nvidia-smi', ['--query-gpu=name,memory.total,driver_version,clocks.max.sm', '--format=csv,noheader']),
+    gitCommit: process.env.BENCH_COMMIT || commandLine('git', ['rev-parse', '--short', 'HEAD']), argv: process.argv.slice(2),
+  };
+  console.log(`# decode sweep on ${b.name}${b.adapter ? ` (${Object.values(b.adapter).filter(v => v !== '').join(', ')})` : ''}` +
+              `${meta.nvidiaSmi ? `; ${meta.nvidiaSmi}` : ''}; timestamps ${plan.timedReps > 0 ? 'on' : 'off'} -> ${o.outDir}`);
+  if (b.realGpu) await warmUpClocks(b.tf, 400);
+  const rows = await runDecodeBench(b.tf, b.flash, hooks, sweep, plan, b.device, o.outDir, meta, o.deadlineS);
+  console.log(`# decode done: ${o.outDir}/decode.json, decode.md`);
+  return rows.some(r => r.status === 'wrong' || r.status === 'decode path not taken') ? 1 : 0;
 }
 
 main().then(code => process.exit(code), e => {

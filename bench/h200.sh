@@ -4,11 +4,15 @@
 #   1. the benchmark sweep: flash on tfjs's default WebGPU device and on the opt-in subgroups
 #      device, the stock composite, and onnxruntime's WebGPU attention (f32, f16) as a peer;
 #   2. the training example side by side (flash vs stock, examples/transformer/compare.ts);
-#   3. the per-kernel profile of one training step (examples/transformer/profile_step.ts).
+#   3. the per-kernel profile of one training step (examples/transformer/profile_step.ts);
+#   4. with --generation: the example's generation, key/value cache vs full recomputation
+#      (examples/transformer/generate_bench.ts; writes generation.log and generation.json).
 #
 #   bash bench/pack-h200.sh                  # here; kit in .gpu/h200 (or: bash bench/pack-h200.sh DIR)
 #   (device tool, carrying the kit) bash .gpu/h200/h200.sh [--quick] [--kit=DIR] [--no-bench]
-#        [--no-training] [--bench-seconds=S] [--training-seconds=S] [bench flags, e.g. --dims=32,256]
+#        [--no-training] [--generation] [--bench-seconds=S] [--training-seconds=S] [--generation-seconds=S]
+#        [bench flags, e.g. --dims=32,256]
+# Generation alone: bash .gpu/h200/h200.sh --no-bench --no-training --generation (3 files back).
 # The kit carries this script too, so a checkout without it can run it from the kit.
 # A call may last 600 s: the bench gets --bench-seconds (400; no case starts after 80 % of it, the
 # rest is recorded as skipped), the training part --training-seconds (150). The full sweep (N 512 …
@@ -22,7 +26,7 @@ OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 kit=$here; [[ -f $kit/run-webgpu.sh ]] || kit=.gpu/h200
-quick=0 bench=1 training=1 bench_s=400 training_s=150
+quick=0 bench=1 training=1 generation=0 bench_s=400 training_s=150 generation_s=200
 bench_flags=()
 for arg in "$@"; do
   case $arg in
@@ -30,6 +34,8 @@ for arg in "$@"; do
     --kit=*) kit=${arg#--kit=} ;;
     --no-bench) bench=0 ;;
     --no-training) training=0 ;;
+    --generation) generation=1 ;;
+    --generation-seconds=*) generation_s=${arg#*=} ;;
     --bench-seconds=*) bench_s=${arg#*=} ;;
     --training-seconds=*) training_s=${arg#*=} ;;
     *) bench_flags+=("$arg") ;;
@@ -74,6 +80,13 @@ if [[ $training == 1 ]]; then
     timeout $((training_s / 2)) bash "$kit/run-webgpu.sh" "$kit/compare.mjs" "${model[@]}" --seqs=$seqs --steps=3 \
       --max-step-seconds=15 --out="$OUT/compare.json"
   } 2>&1 | filter | tee "$OUT/training.log"
+fi
+if [[ $generation == 1 ]]; then
+  {
+    echo "## generation: key/value cache vs full recomputation (greedy, same tokens checked)"
+    timeout "$generation_s" bash "$kit/run-webgpu.sh" "$kit/generate_bench.mjs" --backend=webgpu --dim=256 --heads=4 \
+      --layers=2 --contexts=256,1024,4096,16384 --tokens=64 --max-seconds=40 --out="$OUT/generation.json"
+  } 2>&1 | filter | tee "$OUT/generation.log"
 fi
 ls -la "$OUT"
 exit "$status"

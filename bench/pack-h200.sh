@@ -13,7 +13,8 @@ done
 [[ -n $pack ]] || { echo "pack-webgpu-kit.sh not found: set PACK_WEBGPU_KIT" >&2; exit 1; }
 # ESM bundles lack __dirname, which kernels/tensorflow's op-library lookup uses.
 ESBUILD_FLAGS='--define:__dirname=import.meta.dirname --define:__filename=import.meta.filename' \
-  bash "$pack" -o "$out" bench/bench.ts examples/transformer/compare.ts examples/transformer/profile_step.ts
+  bash "$pack" -o "$out" bench/bench.ts examples/transformer/compare.ts examples/transformer/profile_step.ts \
+  examples/transformer/generate_bench.ts
 bash bench/install-peers.sh --pack "$out"
 cp bench/h200.sh "$out/h200.sh"
 git rev-parse --short HEAD > "$out/commit.txt"

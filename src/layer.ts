@@ -5,8 +5,8 @@
  * beyond Keras it adds grouped-query attention, sliding windows, ALiBi and soft-capping.
  */
 import {
-  add, broadcastTo, cast, linalg, logicalAnd, matMul, ones, reshape, serialization, Tensor, Tensor4D,
-  tidy, transpose,
+  add, broadcastTo, cast, concat, getBackend, linalg, logicalAnd, matMul, max, mul, ones, range, reshape,
+  serialization, slice, sum, Tensor, Tensor4D, tidy, transpose, where, zerosLike,
 } from '@tensorflow/tfjs-core';
 import * as tfl from '@tensorflow/tfjs-layers';
 import type { Constraint, ConstraintIdentifier } from '@tensorflow/tfjs-layers/dist/constraints';
@@ -86,6 +86,22 @@ export interface FlashMultiHeadAttentionCallArgs {
    */
   returnAttentionScores?: boolean;
   training?: boolean;
+  /**
+   * A key/value cache for generation (as keras_hub's CachedMultiHeadAttention): float32
+   * [batch, 2, maxLength, numKeyValueHeads, keyDim], the projected keys then the projected values
+   * of earlier positions. With it the call returns [output, newCache]: this call's keys and values
+   * (from key and value, which hold the new positions only, as many as the query) written at
+   * cacheUpdateIndex, and the output of the queries at positions cacheUpdateIndex,
+   * cacheUpdateIndex + 1, ... attending to the cache's positions up to their own: causal within
+   * the new tokens whatever the layer's `causal` (useCausalMask: false lets the new tokens see each
+   * other), window and ALiBi at those positions. Nothing past cacheUpdateIndex + query length is
+   * read, so a cache can start as tf.zeros. Eager calls only (inside tf.tidy or not); needs
+   * valueDim == keyDim and [batch, seq, features] inputs; Keras (padding) masks are not taken
+   * (attentionMask [batch, seqQ, maxLength] is), nor returnAttentionScores.
+   */
+  cache?: Tensor;
+  /** Where this call's keys and values go in the cache: an integer, 0 <= cacheUpdateIndex <= maxLength - seqQ. */
+  cacheUpdateIndex?: number;
 }
 
 const LAYER = 'flashMultiHeadAttention';
@@ -104,7 +120,8 @@ const OWN_ARGS = ['numHeads', 'keyDim', 'valueDim', 'dropout', 'useBias', 'outpu
                   'kernelInitializer', 'biasInitializer', 'kernelRegularizer', 'biasRegularizer',
                   'activityRegularizer', 'kernelConstraint', 'biasConstraint',
                   'numKeyValueHeads', 'causal', 'windowSize', 'alibi', 'softcap'];
-const CALL_ARGS = ['value', 'key', 'attentionMask', 'useCausalMask', 'returnAttentionScores', 'training'];
+const CALL_ARGS = ['value', 'key', 'attentionMask', 'useCausalMask', 'returnAttentionScores', 'training', 'cache',
+                   'cacheUpdateIndex'];
 /**
  * Call arguments tfjs passes itself: the graph executor's `mask` (the first input's Keras mask)
  * and our `inputLayout` (see InputLayout), which a functional model saves with each call.
@@ -245,8 +262,65 @@ function serializeObject(x: serialization.Serializable | undefined): serializati
 }
 
 
+/**
+ * The masks of one call on flattened sequences: the Keras masks of the query [B', T'] and of the
+ * value [B', S'] (bool), and the attentionMask [B' or 1, heads or 1, T', S'].
+ */
+interface CallMasks { query: Tensor | null; key: Tensor | null; attention: Tensor | null }
+
+/** Where the Keras masks of a call end: see paddingExtents. */
+interface PaddingExtents {
+  /** One past each sequence's last kept query / key (0 for none); null without that mask. */
+  lastQ: number[] | null;
+  lastK: number[] | null;
+  /** Whether every row of the mask is a prefix (right padding): its length then says it all. */
+  queriesArePrefixes: boolean;
+  keysArePrefixes: boolean;
+}
+
+/**
+ * Whether the active backend reads tensors synchronously: tfjs-webgpu does so through an
+ * OffscreenCanvas, which browsers have and Node does not.
+ */
+function canReadSync(): boolean {
+  return getBackend() !== 'webgpu' || typeof OffscreenCanvas !== 'undefined';
+}
+
+/**
+ * The extents of the query's and the value's Keras masks (bool [B, T], [B, S]): per row, one
+ * past the last kept position and whether the row is a prefix, computed on the device and read
+ * back at once (4 x batch int32: the one synchronous read of a padded call, as flashAttention would
+ * make for tensor lengths). Null where that read cannot be made (WebGPU in Node): the masks are
+ * then applied as they are, without lengths.
+ */
+function paddingExtents(queryMask: Tensor | null, keyMask: Tensor | null): PaddingExtents | null {
+  if (!canReadSync()) return null;
+  const masks = [queryMask, keyMask].filter((m): m is Tensor => m != null);
+  const values = tidy(() => concat(masks.flatMap(m => {
+    const kept = cast(m, 'int32');
+    const past = max(mul(kept, range(1, m.shape[1]! + 1, 1, 'int32')), 1);
+    return [past, sum(kept, 1)];
+  }))).dataSync();
+  const batch = masks[0].shape[0]!;
+  const read = (at: number) => {
+    const past = Array.from(values.subarray(2 * at * batch, (2 * at + 1) * batch));
+    const counts = values.subarray((2 * at + 1) * batch, (2 * at + 2) * batch);
+    return { past, prefix: past.every((p, b) => p === counts[b]) };
+  };
+  const q = queryMask ? read(0) : null;
+  const k = keyMask ? read(queryMask ? 1 : 0) : null;
+  return { lastQ: q?.past ?? null, lastK: k?.past ?? null,
+           queriesArePrefixes: q?.prefix ?? true, keysArePrefixes: k?.prefix ?? true };
+}
+
+/** x [B, T, ...] with the rows where kept [B, T] (or [B, 1, T], ...) is false set to 0. */
+function zeroRows<T extends Tensor>(x: T, kept: Tensor): T {
+  const condition = reshape(kept, [...kept.shape, ...new Array(x.rank - kept.rank).fill(1)]);
+  return where(broadcastAxes(condition, x.shape), x, zerosLike(x)) as T;
+}
+
 /** What graph execution must reproduce of a symbolic call, since tfjs's executor does not pass call arguments. */
-interface LayerCall { layout: InputLayout; returnAttentionScores: boolean }
+interface LayerCall { layout: InputLayout; returnAttentionScores: boolean; cached?: boolean }
 
 /** The Layer fields a failed build resets (tfjs-layers keeps them private). */
 interface LayerWeightState {
@@ -504,11 +578,15 @@ export class FlashMultiHeadAttention extends tfl.layers.Layer {
         '(e.g. tf.input({shape: [seqQ, seqK]}) for attentionMask), not concrete Tensors');
     roles.forEach((x, i) => check(x instanceof Tensor || x instanceof tfl.SymbolicTensor, () =>
         `${['query', 'value', 'key', 'attentionMask'][i]} must be a Tensor or SymbolicTensor, but got ${typeof x}`));
-    const useCausalMask: boolean = callArgs['useCausalMask'] ?? this.causal;
+    const cached = callArgs['cache'] != null || callArgs['cacheUpdateIndex'] != null;
+    check(!cached || !symbolic[0], () =>
+        'a cached call (cache, cacheUpdateIndex) runs eagerly on Tensors, not in a functional model');
+    const useCausalMask: boolean = callArgs['useCausalMask'] ?? (cached || this.causal);
     // Before tfjs builds the layer: a call that fails must leave it unbuilt.
     this.checkShapes(roles.map(x => x!.shape) as Roles<Shape>, useCausalMask);
+    if (cached) this.checkCache(roles.map(x => x!.shape) as Roles<Shape>, callArgs);
     const { list, layout } = distinctInputs(roles);
-    const call: LayerCall = { layout, returnAttentionScores: callArgs['returnAttentionScores'] === true };
+    const call: LayerCall = { layout, returnAttentionScores: callArgs['returnAttentionScores'] === true, cached };
     if (symbolic[0]) this.recordSymbolicCall(call, callArgs['useCausalMask']);
     const outer = this.activeCall;
     this.activeCall = call;
@@ -586,9 +664,109 @@ export class FlashMultiHeadAttention extends tfl.layers.Layer {
     // Building inside apply gives the weights their layer-scoped names (what save/load matches).
     if (!this.built) return this.apply(inputs, kwargs) as Tensor | Tensor[];
     const { roles, callArgs } = this.parseCall(inputs, kwargs);
+    if (callArgs['cache'] != null || callArgs['cacheUpdateIndex'] != null) {
+      const { output, cache } = tidy(() => this.attendCached(roles, callArgs));
+      return [output, cache];
+    }
     const withScores = callArgs['returnAttentionScores'] === true;
     const { output, scores } = tidy(() => this.attend(roles, callArgs, withScores));
     return withScores ? [output, scores!] : output;
+  }
+
+  /**
+   * The cached call (FlashMultiHeadAttentionCallArgs.cache): query [B, T, features] at positions
+   * cacheUpdateIndex ... cacheUpdateIndex + T - 1. The keys and values are written into the
+   * cache and attention runs over the whole cache with seqLensK = cacheUpdateIndex + T, so no copy
+   * of the filled part is made and the op's short-query kernels see the cache as it is.
+   */
+  private attendCached(roles: Roles<Tensor>, kwargs: Kwargs): { output: Tensor, cache: Tensor } {
+    const [query, value, key, attentionMask] = roles;
+    roles.forEach((x, i) => check(x instanceof Tensor, () =>
+        `${['query', 'value', 'key', 'attentionMask'][i]} must be a Tensor, but got ${typeof x}`));
+    const passed = Array.isArray(kwargs['mask']) ? kwargs['mask'] : [kwargs['mask']];
+    check(query.kerasMask == null && value.kerasMask == null && key.kerasMask == null && passed[0] == null, () =>
+        'a cached call does not take Keras (padding) masks: the cache has no room for them; pass attentionMask ' +
+        '[batch, seqQ, maxLength] instead');
+    const useCausalMask: boolean = kwargs['useCausalMask'] ?? true;
+    const g = this.checkShapes(roles.map(t => t!.shape) as Roles<Shape>, useCausalMask) as Geometry<number>;
+    const { maxLength, index } = this.checkCache(roles.map(t => t!.shape) as Roles<Shape>, kwargs);
+    const cache = kwargs['cache'] as Tensor;
+    const [batch, seqQ] = query.shape;
+    const [kvHeads, headDim] = [this.numKeyValueHeads, this.keyDim];
+    const cacheGeometry: Geometry<number> = { ...g, keyDims: [maxLength] };
+
+    const q = this.project(query, this.queryKernel, this.queryBias);
+    const width = kvHeads * headDim;
+    const end = index + seqQ;
+    // The cache as [B, 2, maxLength * width]: keys and values each one contiguous run per batch
+    // element (slices of whole runs are copies of memory on the cpu backend, not element loops),
+    // and rank 3 keeps every op on the GPU.
+    const stored = reshape(cache, [batch, 2, maxLength * width]);
+    /** One half of the cache [B, maxLength, width] with this call's rows written at index. */
+    const written = (half: number, fresh: Tensor) => {
+      const old = reshape(slice(stored, [0, half, 0], [batch, 1, maxLength * width]), [batch, maxLength, width]);
+      const parts = [
+        ...(index > 0 ? [slice(old, [0, 0, 0], [batch, index, width])] : []),
+        reshape(fresh, [batch, seqQ, width]),
+        ...(end < maxLength ? [slice(old, [0, end, 0], [batch, maxLength - end, width])] : []),
+      ];
+      return parts.length === 1 ? parts[0] : concat(parts, 1);
+    };
+    const keys = written(0, this.project(key, this.keyKernel, this.keyBias));
+    const values = written(1, this.project(value, this.valueKernel, this.valueBias));
+    const k = reshape(keys, [batch, maxLength, kvHeads, headDim]) as Tensor4D;
+    const v = reshape(values, [batch, maxLength, kvHeads, headDim]) as Tensor4D;
+    const updated = concat([reshape(keys, [batch, 1, maxLength * width]), reshape(values, [batch, 1, maxLength * width])], 1);
+
+    // Query i sits at position index + i: with lenK = index + seqQ the op's bottom-right diagonal
+    // (j <= i + lenK - lenQ) is that position, for the causal mask, the window and ALiBi alike.
+    const options: AttentionOptions = { seqLensK: new Int32Array(batch).fill(end) };
+    const [left, right] = this.windowSize ?? [-1, -1];
+    const causalRight = useCausalMask ? (right < 0 ? 0 : Math.min(right, 0)) : right;
+    if (left >= 0 || causalRight >= 0) options.windowSize = [left, causalRight];
+    if (attentionMask) {
+      const m = this.attentionMaskToSequences(attentionMask, cacheGeometry);
+      options.mask = broadcastAxes(m, [m.shape[0]!, m.shape[1]!, seqQ, maxLength]);
+    }
+    if (this.alibi !== false) options.alibiSlopes = this.alibi === true ? alibiSlopesFor(this.numHeads) : this.alibi;
+    if (this.softcap > 0) options.softcap = this.softcap;
+    if (kwargs['training'] === true && this.dropout > 0) options.dropoutRate = this.dropout;
+    const attended = this.computeAttention(q, k, v, options);
+    const { output } = this.finishOutput(attended, q, k, v, options, cacheGeometry, false, null);
+    return { output, cache: reshape(updated, [batch, 2, maxLength, kvHeads, headDim]) };
+  }
+
+  /**
+   * Checks a cached call's arguments against the role shapes, before any work (apply runs it
+   * before tfjs builds the layer): returns the cache's maxLength and the update index.
+   */
+  private checkCache(roles: Roles<Shape>, kwargs: Kwargs): { maxLength: number, index: number } {
+    const [queryShape, valueShape] = roles;
+    const cache = kwargs['cache'], index = kwargs['cacheUpdateIndex'];
+    const kvHeads = this.numKeyValueHeads, headDim = this.keyDim;
+    const layout = `[batch, 2, maxLength, numKeyValueHeads, keyDim] = [${queryShape[0]}, 2, maxLength, ${kvHeads}, ${headDim}]`;
+    check(cache != null, () => 'cacheUpdateIndex needs a cache: pass cache (float32 ' + layout + ') too');
+    check(cache instanceof Tensor, () =>
+        `cache must be a Tensor ${layout} (eager calls only), but got ${cache instanceof tfl.SymbolicTensor ? 'a SymbolicTensor' : typeof cache}`);
+    check(cache.rank === 5 && cache.shape[0] === queryShape[0] && cache.shape[1] === 2 && cache.shape[3] === kvHeads &&
+          cache.shape[4] === headDim, () => `cache must be ${layout}, but got shape ${shapeStr(cache.shape)}`);
+    check(cache.dtype === 'float32', () => `cache must be float32, but got ${cache.dtype}`);
+    check(kwargs['returnAttentionScores'] !== true, () => 'a cached call does not return attention scores');
+    check(this.valueDim === this.keyDim, () =>
+        `a cache holds keys and values of one size: it needs valueDim == keyDim, but they are ${this.valueDim} and ${this.keyDim}`);
+    check(queryShape.length === 3 && this.attentionAxesFor(3).length === 1, () =>
+        `a cached call takes [batch, seq, features] inputs, but got query ${shapeStr(queryShape)}`);
+    const maxLength = cache.shape[2];
+    check(typeof index === 'number' && Number.isInteger(index) && index >= 0 && index <= maxLength, () =>
+        `cacheUpdateIndex must be an integer in [0, maxLength = ${maxLength}], but got ${JSON.stringify(index)}`);
+    const seqQ = queryShape[1] as number;
+    check(index + seqQ <= maxLength, () =>
+        `the query's ${seqQ} positions from cacheUpdateIndex ${index} do not fit in the cache: ` +
+        `cacheUpdateIndex + seqQ must be <= maxLength = ${maxLength}, but is ${index + seqQ}`);
+    check(valueShape[1] === seqQ, () =>
+        `in a cached call value and key hold the query's new positions: their sequence length must be ` +
+        `seqQ = ${seqQ}, but got value ${shapeStr(valueShape)}`);
+    return { maxLength, index };
   }
 
   /**
@@ -599,11 +777,22 @@ export class FlashMultiHeadAttention extends tfl.layers.Layer {
     return this.call(query, { ...kwargs, returnAttentionScores: true } as unknown as Kwargs) as [Tensor, Tensor];
   }
 
-  /** The output carries the query's mask, as in Keras; the scores none. */
+  /**
+   * The cached call (FlashMultiHeadAttentionCallArgs.cache), typed: [output, newCache]. The same
+   * as call(query, {value, cache, cacheUpdateIndex, ...}).
+   */
+  callWithCache(query: Tensor, kwargs: FlashMultiHeadAttentionCallArgs & { cache: Tensor; cacheUpdateIndex: number }):
+      [Tensor, Tensor] {
+    return this.call(query, kwargs as unknown as Kwargs) as [Tensor, Tensor];
+  }
+
+  /** The output carries the query's mask, as in Keras; the scores and the cache none. */
   override computeMask(inputs: Tensor | Tensor[], mask?: Tensor | Tensor[]): Tensor | Tensor[] {
     const query = Array.isArray(inputs) ? inputs[0] : inputs;
-    const queryMask = (Array.isArray(mask) ? mask[0] : mask) ?? query?.kerasMask ?? null;
-    return (this.activeCall?.returnAttentionScores ? [queryMask, null] : queryMask) as Tensor | Tensor[];
+    // A clone: tfjs disposes a tensor's kerasMask with the tensor, and the query keeps its own.
+    const queryMask = ((Array.isArray(mask) ? mask[0] : mask) ?? query?.kerasMask)?.clone() ?? null;
+    const twoOutputs = this.activeCall?.returnAttentionScores || this.activeCall?.cached;
+    return (twoOutputs ? [queryMask, null] : queryMask) as Tensor | Tensor[];
   }
 
   /**
@@ -633,18 +822,32 @@ export class FlashMultiHeadAttention extends tfl.layers.Layer {
     const queryMask: Tensor | null = query.kerasMask ?? passed[0] ?? null;
     // The executor passes only the first input's mask; in self-attention it is the value's too.
     const valueMask: Tensor | null = value.kerasMask ?? (value === query ? queryMask : null);
-    const parts: Tensor[] = [];
-    if (queryMask != null) parts.push(reshape(kerasMaskToSequences(queryMask, g.queryDims), [batch, 1, seqQ, 1]));
-    if (valueMask != null) parts.push(reshape(kerasMaskToSequences(valueMask, g.keyDims), [batch, 1, 1, seqK]));
-    if (attentionMask != null) parts.push(this.attentionMaskToSequences(attentionMask, g));
-    const mask = parts.length > 0 ? parts.reduce((a, b) => logicalAnd(a, b)) : null;
-    const options = this.attentionOptions(seqQ, seqK, useCausalMask, mask, kwargs['training'] === true);
+    const masks: CallMasks = {
+      query: queryMask == null ? null : kerasMaskToSequences(queryMask, g.queryDims),
+      key: valueMask == null ? null : kerasMaskToSequences(valueMask, g.keyDims),
+      attention: attentionMask == null ? null : this.attentionMaskToSequences(attentionMask, g),
+    };
+    const { options, keptQueries } = this.attentionOptions(batch, seqQ, seqK, useCausalMask, masks,
+                                                           kwargs['training'] === true);
 
-    const q = this.project(toSequences(query, g.queryDims), this.queryKernel, this.queryBias);
+    let q = this.project(toSequences(query, g.queryDims), this.queryKernel, this.queryBias);
     const k = this.project(toSequences(key, g.keyDims), this.keyKernel, this.keyBias);
     const v = this.project(toSequences(value, g.keyDims), this.valueKernel, this.valueBias);
-    const attended = this.computeAttention(q, k, v, options);
+    // Padding queries inside a sequence (a query mask that is not a prefix) are zeroed before and
+    // after attention: their output is 0 as on the mask path, and a NaN there reaches no gradient.
+    if (keptQueries) q = zeroRows(q, keptQueries);
+    let attended = this.computeAttention(q, k, v, options);
+    if (keptQueries) attended = zeroRows(attended, keptQueries);
+    return this.finishOutput(attended, q, k, v, options, g, withScores, keptQueries);
+  }
 
+  /**
+   * The output projection of attended [B', T', H, Dv], back to the inputs' layout, and (with
+   * returnAttentionScores) the probabilities computed the plain way with the same options.
+   */
+  private finishOutput(attended: Tensor4D, q: Tensor4D, k: Tensor4D, v: Tensor4D, options: AttentionOptions,
+                       g: Geometry<number>, withScores: boolean, keptQueries: Tensor | null): { output: Tensor, scores?: Tensor } {
+    const [batch, seqQ] = attended.shape;
     // [B', T', H, Dv] x [H, Dv, ...out] -> [B', T', ...out], as one matMul.
     const outShape = this.outputKernel.shape.slice(2) as number[];
     const outSize = product(outShape);
@@ -658,7 +861,8 @@ export class FlashMultiHeadAttention extends tfl.layers.Layer {
       output = transpose(output, [...inverse, ...outShape.map((_, i) => g.perm!.length + i)]);
     }
     if (!withScores) return { output };
-    const { probabilities } = plainAttention(q, k, v, { ...options, dropoutRate: 0 });
+    let { probabilities } = plainAttention(q, k, v, { ...options, dropoutRate: 0 });
+    if (keptQueries) probabilities = zeroRows(probabilities, reshape(keptQueries, [batch, 1, seqQ]));
     return { output, scores: reshape(probabilities, [...g.batchDims, this.numHeads, ...g.queryDims, ...g.keyDims]) };
   }
 
@@ -682,33 +886,91 @@ export class FlashMultiHeadAttention extends tfl.layers.Layer {
     return reshape(y, [batch, seq, heads, depth]);
   }
 
-  /** flashAttention's options; `mask` is the Keras and attention masks ANDed ([b, h, T, S], broadcastable). */
-  private attentionOptions(seqQ: number, seqK: number, useCausalMask: boolean, mask: Tensor | null,
-                           training: boolean): AttentionOptions {
+  /**
+   * flashAttention's options for a call, and the queries whose output is kept (null: all).
+   *
+   * Keras padding masks (the query's [B, T], the value's [B, S]; no attentionMask) never become
+   * a [B, T, S] tensor. Their extents are read back (paddingExtents: one read of 4 x batch int32
+   * per call) and passed as seqLensQ/seqLensK, so the kernels skip the padding and the cost
+   * follows the lengths. A mask that is a prefix in every row (right padding) is said by its
+   * lengths alone; one with holes is applied too, the value's as a [B, 1, 1, S] mask, the query's
+   * by zeroing those rows. Where no synchronous read is possible (WebGPU in Node) the masks are
+   * applied that way without lengths: linear memory still, but no skipped work.
+   * Causal masks, windows and ALiBi keep the padded shape's alignment: when they are on, the
+   * lengths are widened so that lenK - lenQ = seqK - seqQ in every sequence. An explicit
+   * attentionMask takes the mask path: every mask ANDed into one [B, heads, T, S] mask.
+   */
+  private attentionOptions(batch: number, seqQ: number, seqK: number, useCausalMask: boolean, masks: CallMasks,
+                           training: boolean): { options: AttentionOptions, keptQueries: Tensor | null } {
     const [left, unboundedOrRight]: [number, number] = this.windowSize ?? [-1, -1];
     let right = unboundedOrRight;
+    const aligned = this.windowSize != null && (left >= 0 || unboundedOrRight >= 0) || this.alibi !== false;
     let causalMask: Tensor | null = null;
+    // Keras's causal mask keeps key j for query i when j <= i (top-left aligned); flashAttention's
+    // is bottom-right aligned (j <= i + lenK - lenQ + right).
+    const causalByLengths = useCausalMask && seqQ < seqK && !aligned;
     if (useCausalMask) {
-      // Keras's causal mask keeps key j for query i when j <= i (top-left aligned); flashAttention's
-      // window is bottom-right aligned (j <= i + seqK - seqQ + right), so it is the right window
-      // seqQ - seqK. When seqQ < seqK that is negative, which a window cannot express: a [T, S]
-      // lower-triangular mask does it instead.
+      // seqQ >= seqK: the right window seqQ - seqK.
       if (seqQ >= seqK) right = right < 0 ? seqQ - seqK : Math.min(right, seqQ - seqK);
+      // seqQ < seqK: no query reaches a key j >= seqQ, so lenK = lenQ (offset 0) with right 0.
+      else if (causalByLengths) right = 0;
+      // Unless a window or ALiBi needs the padded offset: then a [T, S] lower-triangular mask.
       else causalMask = reshape(linalg.bandPart(ones([seqQ, seqK], 'bool'), -1, 0), [1, 1, seqQ, seqK]);
     }
-    const combined = mask && causalMask ? logicalAnd(mask, causalMask) : mask ?? causalMask;
+    const padding = masks.attention == null && (masks.query != null || masks.key != null);
+    // The Keras masks' extents and whether they are prefixes, read once (see paddingExtents).
+    const extents = padding ? paddingExtents(masks.query, masks.key) : null;
     const options: AttentionOptions = {};
     if (left >= 0 || right >= 0) options.windowSize = [left, right];
-    // One mask for all heads unless a per-head attentionMask was given; query and key axes full.
-    if (combined) {
-      const [b, h] = combined.shape;
-      options.mask = broadcastAxes(combined, [b, h, seqQ, seqK]);
+    const lastQ = extents?.lastQ ?? new Array<number>(batch).fill(seqQ);
+    const lastK = extents?.lastK ?? new Array<number>(batch).fill(seqK);
+    if (causalByLengths) {
+      Object.assign(options, { seqLensQ: lastQ, seqLensK: lastQ });
+    } else if (extents) {
+      // Lengths only where some sequence is shorter: a batch without padding stays dense.
+      const short = (lens: number[], seq: number) => lens.some(len => len < seq);
+      if (!useCausalMask && !aligned) {
+        if (short(lastQ, seqQ)) options.seqLensQ = lastQ;
+        if (short(lastK, seqK)) options.seqLensK = lastK;
+      } else {
+        // lenQ >= every kept query, lenK = lenQ + seqK - seqQ >= every kept key (and <= seqK).
+        const offset = seqK - seqQ;
+        const lenQ = lastQ.map((len, b) => Math.max(len, lastK[b] - offset));
+        if (short(lenQ, seqQ)) Object.assign(options, { seqLensQ: lenQ, seqLensK: lenQ.map(len => len + offset) });
+      }
+    }
+
+    let mask: Tensor | null;
+    let keptQueries: Tensor | null = null;
+    if (padding) {
+      // A prefix mask is said by its length alone, unless the lengths had to be widened past
+      // it (alignment); a mask with holes, or unread, is applied too.
+      const widened = (lens: ArrayLike<number> | undefined, last: number[], seq: number) =>
+        last.some((l, b) => l < (lens ? lens[b] : seq));
+      const keysNeedMask = !extents || !extents.keysArePrefixes ||
+          widened(options.seqLensK as number[] | undefined, lastK, seqK);
+      const queriesNeedMask = !extents || !extents.queriesArePrefixes ||
+          widened(options.seqLensQ as number[] | undefined, lastQ, seqQ);
+      mask = masks.key && keysNeedMask ? reshape(masks.key, [batch, 1, 1, seqK]) : null;
+      keptQueries = masks.query && queriesNeedMask ? masks.query : null;
+    } else {
+      const parts: Tensor[] = [];
+      if (masks.query) parts.push(reshape(masks.query, [batch, 1, seqQ, 1]));
+      if (masks.key) parts.push(reshape(masks.key, [batch, 1, 1, seqK]));
+      if (masks.attention) parts.push(masks.attention);
+      mask = parts.length > 0 ? parts.reduce((x, y) => logicalAnd(x, y)) : null;
+    }
+    if (causalMask) mask = mask ? logicalAnd(mask, causalMask) : causalMask;
+    if (mask) {
+      const [b, h, t, sk] = mask.shape;
+      // A [B, 1, 1, S] key padding mask stays that small; anything else spans the query and key axes.
+      options.mask = t === 1 && sk === seqK && padding ? mask : broadcastAxes(mask, [b, h, seqQ, seqK]);
     }
     if (this.alibi !== false) options.alibiSlopes = this.alibi === true ? alibiSlopesFor(this.numHeads) : this.alibi;
     if (this.softcap > 0) options.softcap = this.softcap;
     // No seed: flashAttention draws a fresh one per call, which its gradient then reuses.
     if (training && this.dropout > 0) options.dropoutRate = this.dropout;
-    return options;
+    return { options, keptQueries };
   }
 
   override getConfig(): serialization.ConfigDict {

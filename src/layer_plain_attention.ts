@@ -7,11 +7,18 @@
  * times over when differentiated), which is what flashAttention avoids.
  */
 import {
-  add, cast, abs, dropout as tfDropout, gather, greaterEqual, lessEqual, logicalAnd, matMul,
+  add, cast, abs, dropout as tfDropout, gather, greaterEqual, less, lessEqual, logicalAnd, matMul,
   mul, neg, ones, range, reshape, scalar, softmax, sub, tanh, Tensor, Tensor4D, tensor1d, tidy,
   transpose,
 } from '@tensorflow/tfjs-core';
-import { FlashAttentionOptions, maskShape4D, normalizeAttrs, validateQKV } from './contract';
+import { FlashAttentionOptions, maskShape4D, normalizeAttrs, SeqLens, validateQKV } from './contract';
+
+/** seqLensQ/K as int32 [batch, 1, 1, 1] (the full length when not given). */
+function lengthsOf(lens: SeqLens | undefined, batch: number, full: number): Tensor {
+  if (lens == null) return reshape(tensor1d(new Array(batch).fill(full), 'int32'), [batch, 1, 1, 1]);
+  const t = lens instanceof Tensor ? cast(lens, 'int32') : tensor1d(Array.from(lens), 'int32');
+  return reshape(t, [batch, 1, 1, 1]);
+}
 
 export interface PlainAttentionResult {
   /** [batch, seqQ, heads, headDimV], like flashAttention. */
@@ -38,8 +45,12 @@ export function plainAttention(q: Tensor4D, k: Tensor4D, v: Tensor4D,
     const hasAlibi = options.alibiSlopes != null;
     const hasMask = options.mask != null;
     const attrs = normalizeAttrs(dims, { ...options, returnLogSumExp: undefined }, hasAlibi, hasMask);
-    const { seqQ, seqK, heads, kvHeads } = dims;
-    const off = seqK - seqQ;
+    const { batch, seqQ, seqK, heads, kvHeads } = dims;
+    const hasLengths = options.seqLensQ != null || options.seqLensK != null;
+    // [batch, 1, 1, 1] lengths; each sequence's causal/window/ALiBi diagonal is lenK - lenQ.
+    const lenQ = hasLengths ? lengthsOf(options.seqLensQ, batch, seqQ) : null;
+    const lenK = hasLengths ? lengthsOf(options.seqLensK, batch, seqK) : null;
+    const off: Tensor | number = hasLengths ? sub(lenK!, lenQ!) : seqK - seqQ;
 
     // [B, S, Hkv, D] -> [B, H, S, D]; query head h reads key/value head floor(h / group).
     const group = heads / kvHeads;
@@ -52,8 +63,11 @@ export function plainAttention(q: Tensor4D, k: Tensor4D, v: Tensor4D,
                              scalar(attrs.scale));
     if (attrs.softcap > 0) scores = mul(tanh(mul(scores, 1 / attrs.softcap)), attrs.softcap);
 
-    // Signed distance j - (i + off) from each query's (bottom-right aligned) diagonal: [T, S].
-    const distance = sub(reshape(range(0, seqK), [1, seqK]), reshape(range(off, seqQ + off), [seqQ, 1]));
+    // Signed distance j - (i + off) from each query's (bottom-right aligned) diagonal: [T, S]
+    // ([B, 1, T, S] with lengths).
+    const rows = reshape(range(0, seqQ, 1, 'int32'), [seqQ, 1]);
+    const cols = reshape(range(0, seqK, 1, 'int32'), [1, seqK]);
+    const distance = cast(sub(sub(cols, rows), off), 'float32');
     if (hasAlibi) {
       const slopes = options.alibiSlopes instanceof Tensor ? options.alibiSlopes
                                                            : tensor1d(Array.from(options.alibiSlopes!));
@@ -63,6 +77,8 @@ export function plainAttention(q: Tensor4D, k: Tensor4D, v: Tensor4D,
     if (attrs.windowLeft >= 0) kept = logicalAnd(kept, greaterEqual(distance, -attrs.windowLeft));
     if (attrs.windowRight >= 0) kept = logicalAnd(kept, lessEqual(distance, attrs.windowRight));
     if (hasMask) kept = logicalAnd(kept, reshape(options.mask!, maskShape4D(options.mask!.shape, dims)));
+    // Queries i >= lenQ and keys j >= lenK do not exist.
+    if (hasLengths) kept = logicalAnd(kept, logicalAnd(less(rows, lenQ!), less(cols, lenK!)));
     const keptFloat = cast(kept, 'float32');
     scores = add(scores, mul(sub(1, keptFloat), MASKED_SCORE));
 

@@ -13,7 +13,7 @@ function example(script: string, ...args: string[]) {
                    { cwd: ROOT, encoding: 'utf8', timeout: 60000 });
 }
 
-describe.each(['train.ts', 'compare.ts', 'profile_step.ts'])('examples/transformer/%s', script => {
+describe.each(['train.ts', 'compare.ts', 'profile_step.ts', 'generate_bench.ts'])('examples/transformer/%s', script => {
   test('--help prints every flag with its default and exits 0', () => {
     const r = example(script, '--help');
     expect(r.stderr).toBe('');

@@ -24,8 +24,9 @@ const canBuildFakes = fs.existsSync(path.join(CUDA_HOME, 'include', 'cuda_runtim
 
 const ATTRS: FlashAttentionAttrs = {
   scale: 0.125, softcap: 30, windowLeft: 64, windowRight: 0, hasAlibi: true, hasMask: false,
-  dropoutRate: 0.1, seed: 0xfffffffe, precision: 'fast', seqLayout: 'dense', maxSeqLenQ: 0, maxSeqLenK: 0, numSeqs: 0,
+  dropoutRate: 0.1, seed: 0xfffffffe, precision: 'fast', seqLayout: 'packed', maxSeqLenQ: 70, maxSeqLenK: 90, numSeqs: 3,
 };
+const FORWARD_INPUTS = ['q', 'k', 'v', 'alibiSlopes', 'mask', 'seqRangesQ', 'seqRangesK'];
 
 /** A tfjs-node backend stand-in that records what the kernels ask it to execute. */
 function recordingBackend() {
@@ -44,19 +45,19 @@ function fakeTensor(name: string): TensorInfo {
   return { dataId: { name }, shape: [1], dtype: 'float32' };
 }
 
-function runKernel(config: KernelConfig, inputNames: string[]) {
+function runKernel(config: KernelConfig, inputNames: string[], attrs: FlashAttentionAttrs = ATTRS) {
   const { backend, calls } = recordingBackend();
   const inputs = Object.fromEntries(inputNames.map(n => [n, fakeTensor(n)]));
-  config.kernelFunc({ inputs, backend: backend as never, attrs: ATTRS as never });
+  config.kernelFunc({ inputs, backend: backend as never, attrs: attrs as never });
   expect(calls).toHaveLength(1);
   return { call: calls[0], inputs };
 }
 
 describe('tensorflow kernels hand the op its inputs in order and the kernel attributes', () => {
-  it('FlashAttention: q, k, v, alibiSlopes, mask -> 2 outputs, every attribute typed', () => {
-    const { call, inputs } = runKernel(flashAttentionTensorflowConfig, ['q', 'k', 'v', 'alibiSlopes', 'mask']);
+  it('FlashAttention: q, k, v, alibiSlopes, mask, seqRangesQ, seqRangesK -> 2 outputs, every attribute typed', () => {
+    const { call, inputs } = runKernel(flashAttentionTensorflowConfig, FORWARD_INPUTS);
     expect(call.name).toBe(FlashAttention);
-    expect(call.inputs).toEqual([inputs.q, inputs.k, inputs.v, inputs.alibiSlopes, inputs.mask]);
+    expect(call.inputs).toEqual(FORWARD_INPUTS.map(n => inputs[n]));
     expect(call.numOutputs).toBe(2);
     expect(call.attrs).toEqual([
       { name: 'scale', type: 2, value: 0.125 },
@@ -69,13 +70,26 @@ describe('tensorflow kernels hand the op its inputs in order and the kernel attr
       { name: 'seed', type: 1, value: -2 },          // 0xfffffffe as int32: same low 32 bits
       { name: 'precision', type: 0, value: 'fast' },
       { name: 'dropoutThreshold', type: 1, value: dropoutThreshold(0.1) },
+      { name: 'seqLayout', type: 0, value: 'packed' },
+      { name: 'maxSeqLenQ', type: 1, value: 70 },
+      { name: 'maxSeqLenK', type: 1, value: 90 },
+      { name: 'numSeqs', type: 1, value: 3 },
     ]);
   });
 
   it('every attribute of the contract reaches the op', () => {
-    const { call } = runKernel(flashAttentionTensorflowConfig, ['q', 'k', 'v', 'alibiSlopes', 'mask']);
+    const { call } = runKernel(flashAttentionTensorflowConfig, FORWARD_INPUTS);
     const names = call.attrs.map(a => a.name);
     for (const key of Object.keys(ATTRS)) expect(names).toContain(key);
+  });
+
+  it('a padded batch sends its layout; a dense call sends the placeholder ranges all the same', () => {
+    for (const seqLayout of ['padded', 'dense'] as const) {
+      const { call, inputs } = runKernel(flashAttentionTensorflowConfig, FORWARD_INPUTS,
+                                         { ...ATTRS, seqLayout, maxSeqLenQ: 1, maxSeqLenK: 1, numSeqs: 1 });
+      expect(call.attrs.find(a => a.name === 'seqLayout')?.value).toBe(seqLayout);
+      expect(call.inputs.slice(5)).toEqual([inputs.seqRangesQ, inputs.seqRangesK]);
+    }
   });
 
   it('sends the float64 threshold, which the float32 attribute alone would round differently', () => {
@@ -83,12 +97,13 @@ describe('tensorflow kernels hand the op its inputs in order and the kernel attr
     expect(Math.floor(Math.fround(0.1) * 2 ** 32)).not.toBe(dropoutThreshold(0.1));
   });
 
-  it('FlashAttentionGrad: forward inputs, out, logSumExp, dy -> 3 outputs', () => {
-    const names = ['q', 'k', 'v', 'alibiSlopes', 'mask', 'out', 'logSumExp', 'dy'];
+  it('FlashAttentionGrad: forward inputs (ranges included), out, logSumExp, dy -> 3 outputs, same attributes', () => {
+    const names = [...FORWARD_INPUTS, 'out', 'logSumExp', 'dy'];
     const { call, inputs } = runKernel(flashAttentionGradTensorflowConfig, names);
     expect(call.name).toBe(FlashAttentionGrad);
     expect(call.inputs).toEqual(names.map(n => inputs[n]));
     expect(call.numOutputs).toBe(3);
+    expect(call.attrs).toEqual(runKernel(flashAttentionTensorflowConfig, FORWARD_INPUTS).call.attrs);
   });
 });
 
@@ -151,11 +166,15 @@ describe('without tfjs-node-gpu in the process', () => {
         const fake = require(${JSON.stringify(fakeBinding)});
         const loader = require(${JSON.stringify(path.join(dir, 'flash_attention_loader.node'))});
         const status = loader.load(${JSON.stringify(path.join(dir, 'flash_attention_op.so'))});
-        const q = [2, 100, 8, 64], k = [2, 120, 2, 64], v = [2, 120, 2, 32];
+        const q = [2, 100, 8, 64], k = [2, 120, 2, 64], v = [2, 120, 2, 32], r = [2, 2];
+        // Packed: 3 sequences in q [1, 250, 8, 64], k and v [1, 310, 2, *].
+        const pq = [1, 250, 8, 64], pk = [1, 310, 2, 64], pv = [1, 310, 2, 32], pr = [3, 2];
         const shapes = [
-          fake.infer('FlashAttention', [q, k, v, [8], [1, 1, 1, 1]]),
-          fake.infer('FlashAttentionGrad', [q, k, v, [8], [1, 1, 1, 1], [2, 100, 8, 32], [2, 8, 100], [2, 100, 8, 32]]),
-          fake.infer('FlashAttention', [[2, 100, 8], k, v, [8], [1, 1, 1, 1]]),
+          fake.infer('FlashAttention', [q, k, v, [8], [1, 1, 1, 1], r, r]),
+          fake.infer('FlashAttentionGrad', [q, k, v, [8], [1, 1, 1, 1], r, r, [2, 100, 8, 32], [2, 8, 100], [2, 100, 8, 32]]),
+          fake.infer('FlashAttention', [[2, 100, 8], k, v, [8], [1, 1, 1, 1], r, r]),
+          fake.infer('FlashAttention', [pq, pk, pv, [8], [1, 1, 1, 1], pr, pr]),
+          fake.infer('FlashAttentionGrad', [pq, pk, pv, [8], [1, 1, 1, 1], pr, pr, [1, 250, 8, 32], [1, 8, 250], [1, 250, 8, 32]]),
         ];
         console.log(JSON.stringify({ status, registry: JSON.parse(fake.registry()), shapes }));`).out;
     });
@@ -164,7 +183,8 @@ describe('without tfjs-node-gpu in the process', () => {
       expect(result.registry.ops.map(o => o.name)).toEqual([FlashAttention, FlashAttentionGrad]);
       expect(result.registry.kernels).toEqual([{ op: FlashAttention, device: 'GPU' }, { op: FlashAttentionGrad, device: 'GPU' }]);
       const [fwd, grad] = result.registry.ops;
-      expect(fwd.inputs).toEqual(['q: float', 'k: float', 'v: float', 'alibi_slopes: float', 'mask: bool']);
+      expect(fwd.inputs).toEqual(['q: float', 'k: float', 'v: float', 'alibi_slopes: float', 'mask: bool',
+                                  'seq_ranges_q: int32', 'seq_ranges_k: int32']);
       expect(fwd.outputs).toEqual(['out: float', 'logsumexp: float']);
       expect(grad.inputs).toEqual([...fwd.inputs, 'out: float', 'logsumexp: float', 'dy: float']);
       expect(grad.outputs).toEqual(['dq: float', 'dk: float', 'dv: float']);
@@ -177,10 +197,21 @@ describe('without tfjs-node-gpu in the process', () => {
       for (const op of result.registry.ops) expect(attrNames(op).sort()).toEqual(expected);
     });
 
+    it('declares seqLayout with the contract\'s three layouts', () => {
+      for (const op of result.registry.ops) {
+        expect(op.attrs).toContain("seqLayout: {'dense', 'padded', 'packed'} = 'dense'");
+      }
+    });
+
     it('infers out [B, Nq, H, Dv] and logsumexp [B, H, Nq]; gradients shaped like q, k, v', () => {
       expect(JSON.parse(result.shapes[0])).toEqual([[2, 100, 8, 32], [2, 8, 100]]);
       expect(JSON.parse(result.shapes[1])).toEqual([[2, 100, 8, 64], [2, 120, 2, 64], [2, 120, 2, 32]]);
       expect(result.shapes[2]).toMatch(/^error: .*rank 4/);
+    });
+
+    it('packed: out [1, totalQ, H, Dv] and logsumexp [1, H, totalQ]; gradients shaped like q, k, v', () => {
+      expect(JSON.parse(result.shapes[3])).toEqual([[1, 250, 8, 32], [1, 8, 250]]);
+      expect(JSON.parse(result.shapes[4])).toEqual([[1, 250, 8, 64], [1, 310, 2, 64], [1, 310, 2, 32]]);
     });
 
     it('loads only where CUDA sees a device, and says why otherwise', () => {

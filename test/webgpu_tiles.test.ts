@@ -112,6 +112,10 @@ describe('tile choice from the device limits', () => {
         expect([path, width, !!t.staged]).toEqual([path, width, first]);
         if (first) expect(t).toMatchObject(staged64);
       }
+      // As measured: the tiled forward at 32, the staged one from 64.
+      expect(chooseTiles('forward', h200, 32, 32, subgroupSize).staged).toBeUndefined();
+      expect(chooseTiles('forward', h200, 64, 64, subgroupSize)).toMatchObject(staged64);
+      expect(chooseTiles('forward', h200, 128, 128, subgroupSize)).toMatchObject(staged64);
       // Past headDim ~170 none of the leading tiled tiles fits 48 KiB: the staged 64 x 64 beats the
       // smaller tiled ones there on both paths (d = 256: 13.2 against 150 ms).
       expect(chooseTiles('forward', h200, 256, 256, subgroupSize)).toMatchObject({ ...staged64, depth: 16, accumulateDepth: 8 });

@@ -126,7 +126,7 @@ interface PositionEmbeddingArgs { maxLength: number; dim: number; name?: string 
 /** Adds a learned embedding of each position (0, 1, ...) to [batch, T, dim] inputs, T <= maxLength. */
 export class PositionEmbedding extends tf.layers.Layer {
   static className = 'PositionEmbedding';
-  private readonly maxLength: number;
+  readonly maxLength: number;
   private readonly dim: number;
   private embeddings!: tf.LayerVariable;
 
@@ -147,12 +147,16 @@ export class PositionEmbedding extends tf.layers.Layer {
   }
 
   override call(inputs: tf.Tensor | tf.Tensor[]): tf.Tensor {
-    const x = Array.isArray(inputs) ? inputs[0] : inputs;
+    return this.addPositions(Array.isArray(inputs) ? inputs[0] : inputs, 0);
+  }
+
+  /** x [batch, T, dim] at positions start ... start + T - 1 (generation with a cache feeds later positions). */
+  addPositions(x: tf.Tensor, start: number): tf.Tensor {
     const length = x.shape[1]!;
-    if (length > this.maxLength) {
-      throw new Error(`PositionEmbedding: sequence length ${length} exceeds maxLength ${this.maxLength}`);
+    if (start + length > this.maxLength) {
+      throw new Error(`PositionEmbedding: positions up to ${start + length} exceed maxLength ${this.maxLength}`);
     }
-    return tf.tidy(() => tf.add(x, tf.slice(this.embeddings.read(), [0, 0], [length, this.dim])));
+    return tf.tidy(() => tf.add(x, tf.slice(this.embeddings.read(), [start, 0], [length, this.dim])));
   }
 
   override getConfig(): tf.serialization.ConfigDict {
@@ -246,35 +250,6 @@ export class FlatAdam extends tf.AdamOptimizer {
 
 export function compileTransformer(model: tf.LayersModel, learningRate: number): void {
   model.compile({ optimizer: new FlatAdam(learningRate, trainableVariables(model)), loss: 'sparseCategoricalCrossentropy' });
-}
-
-/**
- * Samples `length` characters after `prompt`, feeding back the last `context` tokens (a short
- * context is enough for a small model and keeps sampling cheap), left-padded with spaces so every
- * call has the same shape: WebGPU then compiles its shaders once, not once per length.
- */
-export async function sampleText(model: tf.LayersModel, encode: (s: string) => Int32Array,
-                                 decode: (ids: number[]) => string, prompt: string, length: number,
-                                 context: number, temperature: number, random: () => number): Promise<string> {
-  const ids = Array.from(encode(prompt));
-  const space = encode(' ')[0];
-  for (let n = 0; n < length; n++) {
-    const recent = ids.slice(-context);
-    const window = [...new Array(context - recent.length).fill(space), ...recent];
-    const last = tf.tidy(() => {
-      const out = model.predict(tf.tensor2d([window], [1, window.length], 'int32')) as tf.Tensor;
-      return tf.squeeze(tf.slice(out, [0, window.length - 1, 0], [1, 1, -1]));
-    });
-    // Asynchronous read: WebGPU in Node cannot read synchronously (no OffscreenCanvas).
-    const probs = await last.data();
-    last.dispose();
-    // Temperature: p^(1/t), renormalised.
-    const weights = Array.from(probs, p => Math.pow(Math.max(p, 1e-12), 1 / temperature));
-    let r = random() * weights.reduce((a, b) => a + b, 0), next = 0;
-    while (next < weights.length - 1 && (r -= weights[next]) > 0) next++;
-    ids.push(next);
-  }
-  return decode(ids.slice(-length));
 }
 
 /**

@@ -6,9 +6,11 @@
  *   npm run train                                  # short default run: 2 steps at 4096, tiny model
  *   npm run train -- --steps=200 --layers=2 --dim=64 --heads=4   # a longer run
  *   npm run train -- --resume --steps=50           # continue from the checkpoint in --out
+ *   npm run train -- --generate --sample=400 --uncached   # generate from the checkpoint, cache vs none
  *
  * Prints a progress bar with loss and tokens/s, saves a checkpoint (and resumes from it with
- * --resume), writes the loss curve to <out>/loss.png and ends with a sample generation.
+ * --resume), writes the loss curve to <out>/loss.png and ends with a sample generated with the
+ * key/value cache (generate.ts); --generate only generates, from the checkpoint.
  */
 import { intFlag, numberFlag, parseFlags } from './args';
 import { BackendChoice, prepareBackend } from './backend';
@@ -16,7 +18,7 @@ import { BackendChoice, prepareBackend } from './backend';
 const FLAGS = {
   backend: 'auto', seq: '4096', batch: '1', steps: '2', layers: '1', dim: '32', heads: '2', lr: '0.003',
   attention: 'flash', out: 'runs/transformer', resume: false, 'save-every': '50', sample: '160',
-  'sample-context': '128', temperature: '0.8', seed: '1',
+  temperature: '0.8', seed: '1', generate: false, prompt: 'There was once ', uncached: false,
 };
 
 async function main() {
@@ -30,8 +32,8 @@ async function main() {
     layers: intFlag(flags, 'layers'), dim: intFlag(flags, 'dim'), heads: intFlag(flags, 'heads'),
     learningRate: numberFlag(flags, 'lr'), attention: flags.attention === 'stock' ? 'stock' : 'flash',
     outDir: String(flags.out), resume: flags.resume === true, saveEvery: intFlag(flags, 'save-every'),
-    sampleLength: intFlag(flags, 'sample'), sampleContext: intFlag(flags, 'sample-context'),
-    temperature: numberFlag(flags, 'temperature'), seed: intFlag(flags, 'seed'),
+    sampleLength: intFlag(flags, 'sample'), temperature: numberFlag(flags, 'temperature'), seed: intFlag(flags, 'seed'),
+    generateOnly: flags.generate === true, prompt: String(flags.prompt), uncached: flags.uncached === true,
   });
 }
 

@@ -6,7 +6,8 @@ import '../../src/index';
 import { activateBackend } from './backend';
 import { hasCheckpoint, loadCheckpoint, saveCheckpoint, TrainingState } from './checkpoint';
 import { CharCorpus, seededRandom } from './data';
-import { buildTransformer, compileTransformer, sampleText, trainSteps, TransformerConfig } from './model';
+import { contextLength, Generation, generateCached, generateUncached, tokenProgress } from './generate';
+import { buildTransformer, compileTransformer, trainSteps, TransformerConfig } from './model';
 import { writeLossChart } from './plot';
 
 export interface TrainingOptions {
@@ -14,7 +15,12 @@ export interface TrainingOptions {
   seqLen: number; batch: number; steps: number;
   layers: number; dim: number; heads: number; learningRate: number; attention: 'flash' | 'stock';
   outDir: string; resume: boolean; saveEvery: number;
-  sampleLength: number; sampleContext: number; temperature: number; seed: number;
+  sampleLength: number; temperature: number; seed: number;
+  /** Only generate, from the checkpoint in outDir (no training). */
+  generateOnly: boolean;
+  prompt: string;
+  /** Also generate without the cache (full recomputation per token) and compare. */
+  uncached: boolean;
 }
 
 /** One line, redrawn in place on a terminal and printed per step otherwise (CI logs). */
@@ -34,6 +40,15 @@ export async function runTraining(o: TrainingOptions): Promise<void> {
   const checkpointDir = path.join(o.outDir, 'checkpoint');
 
   let model: tf.LayersModel, state: TrainingState, corpus: CharCorpus;
+  if (o.generateOnly) {
+    if (!hasCheckpoint(checkpointDir)) throw new Error(`--generate: no checkpoint in ${checkpointDir} (train first, or pass --out)`);
+    ({ model, state } = await loadCheckpoint(checkpointDir));
+    corpus = CharCorpus.load(undefined, state.vocabulary);
+    console.log(`checkpoint ${checkpointDir}: step ${state.step}, loss ${state.losses[state.losses.length - 1]?.toFixed(4)}, ` +
+                `${model.countParams().toLocaleString('en-US')} parameters, ${JSON.stringify(state.config)}`);
+    await generateText(model, corpus, o, random);
+    return;
+  }
   if (o.resume && hasCheckpoint(checkpointDir)) {
     ({ model, state } = await loadCheckpoint(checkpointDir));
     corpus = CharCorpus.load(undefined, state.vocabulary);
@@ -92,10 +107,30 @@ export async function runTraining(o: TrainingOptions): Promise<void> {
   console.log(`loss curve (${state.losses.length} steps, ${state.losses[0]?.toFixed(3)} -> ` +
               `${state.losses[state.losses.length - 1]?.toFixed(3)}): ${chart.png ?? `${chart.svg} (${chart.reason})`}`);
 
-  if (o.sampleLength > 0) {
-    const prompt = 'There was once ';
-    const text = await sampleText(model, s => corpus.encode(s), ids => corpus.decode(ids), prompt, o.sampleLength,
-                            Math.min(o.sampleContext, seqLen), o.temperature, random);
-    console.log(`sample (temperature ${o.temperature}):\n${prompt}${text}`);
-  }
+  if (o.sampleLength > 0) await generateText(model, corpus, o, random);
+}
+
+const rate = (g: Generation) => `${g.tokens.length} tokens in ${g.seconds.toFixed(2)} s, ${(g.tokens.length / g.seconds).toFixed(1)} tokens/s`;
+
+/**
+ * Generates o.sampleLength characters after o.prompt with the key/value cache (and, with
+ * o.uncached, again by full recomputation, reporting both rates and whether the tokens agree).
+ */
+async function generateText(model: tf.LayersModel, corpus: CharCorpus, o: TrainingOptions, random: () => number): Promise<void> {
+  const prompt = Array.from(corpus.encode(o.prompt));
+  const room = contextLength(model) - prompt.length;
+  const length = Math.min(o.sampleLength, room);
+  if (length < o.sampleLength) console.log(`note: the model has ${contextLength(model)} positions: generating ${length} tokens`);
+  if (length <= 0) return;
+  const seed = Math.floor(random() * 2 ** 32);
+  const options = (label: string) => ({ length, temperature: o.temperature, random: seededRandom(seed), onToken: tokenProgress(label) });
+  const cached = await generateCached(model, prompt, options('generating with the cache'));
+  console.log(`sample (temperature ${o.temperature}; with the cache: ${rate(cached)}):\n${o.prompt}${corpus.decode(cached.tokens)}`);
+  if (!o.uncached) return;
+  const full = await generateUncached(model, prompt, options('generating by full recomputation'));
+  const same = full.tokens.every((t, i) => t === cached.tokens[i]);
+  console.log(`without the cache (full recomputation per token): ${rate(full)}; with the cache ` +
+              `${(full.seconds / cached.seconds).toFixed(2)}x faster; tokens ${same ? 'identical' : 'differ'}` +
+              (same || o.temperature === 0 ? '' : ' (sampling: rounding can tip a draw)'));
+  if (!same && o.temperature === 0) throw new Error('greedy generation with the cache differs from full recomputation');
 }

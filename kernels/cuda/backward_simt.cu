@@ -5,6 +5,8 @@
 //      query head that shares it (GQA), recomputing P from the saved log-sum-exp;
 //   3. dQ pass: a block owns a query tile and walks the key tiles.
 // Also used by precision 'fast' (see api.cu).
+#include <cuda_bf16.h>
+
 #include "common.cuh"
 
 namespace fa {
@@ -13,23 +15,31 @@ namespace {
 constexpr int NT = 128;
 
 // Backward preprocess (Triton tutorial: "_attn_bwd_preprocess").
+// BF16_DOUT (the tensor-core backward): dO rounded to BF16 as its dP = dO V^T products see it,
+// so that delta_i = sum_j P_ij dP_ij holds for the dP the passes compute. Otherwise a row whose
+// probability sits on one key (P = 1: one key left by a window or a length of 1) gets
+// dS = dP - delta = (the BF16 rounding of dO) . v instead of 0, and dK of that key sums that
+// noise over every query.
+template <bool BF16_DOUT>
 __global__ void backwardPreprocessKernel(Problem p, const float* __restrict__ out,
                                          const float* __restrict__ dout, float* __restrict__ delta) {
-  const long long rows = (long long)p.batch * p.seqQ * p.heads;
+  const long long rows = (long long)p.rowsQ * p.heads;
   const long long row = (long long)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
   if (row >= rows) return;
   const int lane = threadIdx.x % 32;
   const float* o = out + row * p.headDimV;
   const float* d = dout + row * p.headDimV;
   float acc = 0.f;
-  for (int c = lane; c < p.headDimV; c += 32) acc = fmaf(o[c], d[c], acc);
+  for (int c = lane; c < p.headDimV; c += 32)
+    acc = fmaf(o[c], BF16_DOUT ? __bfloat162float(__float2bfloat16_rn(d[c])) : d[c], acc);
 #pragma unroll
   for (int s = 16; s > 0; s >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, s);
   if (lane == 0) {
+    // Indexed as logsumexp: row r = startQ + i of q; packed, the index is simply h * rowsQ + r.
     const int h = (int)(row % p.heads);
-    const long long bi = row / p.heads;
-    const int i = (int)(bi % p.seqQ), b = (int)(bi / p.seqQ);
-    delta[((long long)b * p.heads + h) * p.seqQ + i] = acc;
+    const long long r = row / p.heads;
+    const long long i = p.packed ? 0 : r % p.seqQ;
+    delta[(r - i) * p.lseStartStride + h * p.lseHeadStride + i] = acc;
   }
 }
 
@@ -45,7 +55,7 @@ constexpr size_t dqSmemBytes() {
   return sizeof(float) * (2 * DMAX * T::BR + 3 * DMAX * T::BC + T::BC * T::BR);
 }
 
-template <int DMAX, bool LOCAL, bool GENERAL>
+template <int DMAX, bool LOCAL, bool GENERAL, bool VARLEN>
 __global__ void __launch_bounds__(NT) dqKernel(Problem p, const float* __restrict__ q,
                                                const float* __restrict__ k,
                                                const float* __restrict__ ktS,
@@ -68,35 +78,38 @@ __global__ void __launch_bounds__(NT) dqKernel(Problem p, const float* __restric
   const int qTile = gridDim.x - 1 - blockIdx.x;
   const int h = blockIdx.y, b = blockIdx.z, kvh = h / p.group;
   const int i0 = qTile * BR;
+  const Seq sq = sequence<VARLEN>(p, b);
+  if (i0 >= sq.rowsQ) return;  // packed: past this sequence's queries
   const long long qStride = (long long)p.heads * p.headDim;
   const long long oStride = (long long)p.heads * p.headDimV;
   const long long kStride = (long long)p.kvHeads * p.headDim;
-  const float* qBase = q + ((long long)b * p.seqQ * p.heads + h) * p.headDim;
-  const float* dOBase = dout + ((long long)b * p.seqQ * p.heads + h) * p.headDimV;
-  const float* kBase = k + ((long long)b * p.seqK * p.kvHeads + kvh) * p.headDim;
+  const float* qBase = q + ((long long)sq.startQ * p.heads + h) * p.headDim;
+  const float* dOBase = dout + ((long long)sq.startQ * p.heads + h) * p.headDimV;
+  const float* kBase = k + ((long long)sq.startK * p.kvHeads + kvh) * p.headDim;
   const float* ktBase = ktS + ((long long)b * p.kvHeads + kvh) * DMAX * nkPad;
   const float* vtBase = vtS + ((long long)b * p.kvHeads + kvh) * DMAX * nkPad;
   const float slope = (GENERAL && p.hasAlibi) ? p.alibi[h] : 0.f;
 
-  loadTransposed<BR, DMAX, BR, NT>(Qt, qBase, qStride, i0, p.seqQ, p.headDim);
-  loadTransposed<BR, DMAX, BR, NT>(dOt, dOBase, oStride, i0, p.seqQ, p.headDimV);
+  loadTransposed<BR, DMAX, BR, NT>(Qt, qBase, qStride, i0, sq.lenQ, p.headDim);
+  loadTransposed<BR, DMAX, BR, NT>(dOt, dOBase, oStride, i0, sq.lenQ, p.headDimV);
 
   float lse2[TM], dlt[TM], acc[TM][TD];
   uint32_t rowKey[TM];
 #pragma unroll
   for (int m = 0; m < TM; ++m) {
     const int i = i0 + rowGroup * TM + m;
-    const long long r = ((long long)b * p.heads + h) * p.seqQ + i;
+    const long long r = lseIndex(p, sq, h, i);
     // Padding rows get +inf so that P = exp2(s - lse2) = 0 there.
-    lse2[m] = i < p.seqQ ? lse[r] * kLog2e : INFINITY;
-    dlt[m] = i < p.seqQ ? delta[r] : 0.f;
+    lse2[m] = i < sq.lenQ ? lse[r] * kLog2e : INFINITY;
+    dlt[m] = i < sq.lenQ ? delta[r] : 0.f;
     if (GENERAL && p.hasDropout) rowKey[m] = dropoutRowKey(p.seed, b * p.heads + h, i);
 #pragma unroll
     for (int d = 0; d < TD; ++d) acc[m][d] = 0.f;
   }
 
-  int jLo = 0, jHi = p.seqK;
-  if (LOCAL) keyRange(p, i0, min(i0 + BR, p.seqQ) - 1, &jLo, &jHi);
+  int jLo = 0, jHi = sq.lenK;
+  if (LOCAL) keyRange(p, sq, i0, min(i0 + BR, sq.lenQ) - 1, &jLo, &jHi);
+  if (i0 >= sq.lenQ) jLo = jHi = 0;  // a tile of padding rows only: zeros written below
 
   // Loads overlap compute: K rows of tile t arrive during S and dP of tile t, K^T and V^T
   // (staged) of tile t+1 during dQ += dS K of tile t.
@@ -109,8 +122,8 @@ __global__ void __launch_bounds__(NT) dqKernel(Problem p, const float* __restric
   };
   if (jStart < jHi) issueScoreOperands(jStart);
   for (int j0 = jStart; j0 < jHi; j0 += BC) {
-    if (asyncRows) loadRowsAsync<BC, DMAX, DMAX, NT>(Ks, kBase, kStride, j0, p.seqK, p.headDim);
-    else loadRows<BC, DMAX, DMAX, NT>(Ks, kBase, kStride, j0, p.seqK, p.headDim);
+    if (asyncRows) loadRowsAsync<BC, DMAX, DMAX, NT>(Ks, kBase, kStride, j0, sq.lenK, p.headDim);
+    else loadRows<BC, DMAX, DMAX, NT>(Ks, kBase, kStride, j0, sq.lenK, p.headDim);
     cpAsyncCommitGroup();
     cpAsyncWaitGroup<1>();
     __syncthreads();
@@ -123,8 +136,8 @@ __global__ void __launch_bounds__(NT) dqKernel(Problem p, const float* __restric
     mmaSmem<TM, TN, DMAX, BR, BC>(s, Qt, rowGroup * TM, Kt, colGroup);
     mmaSmem<TM, TN, DMAX, BR, BC>(dp, dOt, rowGroup * TM, Vt, colGroup);
 
-    const bool edgeTile = j0 + BC > p.seqK || i0 + BR > p.seqQ ||
-                          (LOCAL && !tileInsideWindow(p, i0, i0 + BR - 1, j0, j0 + BC - 1));
+    const bool edgeTile = j0 + BC > sq.lenK || i0 + BR > sq.lenQ ||
+                          (LOCAL && !tileInsideWindow(p, sq, i0, i0 + BR - 1, j0, j0 + BC - 1));
 #pragma unroll
     for (int m = 0; m < TM; ++m) {
       const int i = i0 + rowGroup * TM + m;
@@ -132,7 +145,7 @@ __global__ void __launch_bounds__(NT) dqKernel(Problem p, const float* __restric
       for (int n = 0; n < TN; ++n) {
         const int jl = ColMap<TN>::col(colGroup, n), j = j0 + jl;
         dSt[jl * BR + rowGroup * TM + m] = backwardStep<LOCAL, GENERAL>(
-            p, edgeTile, b, h, i, j, s[m][n], slope, lse2[m], dp[m][n], dlt[m], rowKey[m]).ds;
+            p, sq, edgeTile, b, h, i, j, s[m][n], slope, lse2[m], dp[m][n], dlt[m], rowKey[m]).ds;
       }
     }
     cpAsyncWaitGroup<0>();
@@ -145,12 +158,13 @@ __global__ void __launch_bounds__(NT) dqKernel(Problem p, const float* __restric
 #pragma unroll
   for (int m = 0; m < TM; ++m) {
     const int i = i0 + rowGroup * TM + m;
-    if (i >= p.seqQ) continue;
-    float* row = dq + (((long long)b * p.seqQ + i) * p.heads + h) * p.headDim;
+    if (i >= sq.rowsQ) continue;
+    const bool inSeq = i < sq.lenQ;  // rows past the length (padded layout): zero gradient
+    float* row = dq + (((long long)sq.startQ + i) * p.heads + h) * p.headDim;
 #pragma unroll
     for (int d = 0; d < TD; ++d) {
       const int c = ColMap<TD>::col(colGroup, d);
-      if (c < p.headDim) row[c] = acc[m][d];
+      if (c < p.headDim) row[c] = inSeq ? acc[m][d] : 0.f;
     }
   }
 }
@@ -168,7 +182,7 @@ constexpr size_t dkvSmemBytes() {
          sizeof(float) * 2 * T::BR + sizeof(uint32_t) * T::BR;
 }
 
-template <int DMAX, bool LOCAL, bool GENERAL>
+template <int DMAX, bool LOCAL, bool GENERAL, bool VARLEN>
 __global__ void __launch_bounds__(NT) dkvKernel(Problem p, const float* __restrict__ q,
                                                 const float* __restrict__ k,
                                                 const float* __restrict__ v,
@@ -197,15 +211,17 @@ __global__ void __launch_bounds__(NT) dkvKernel(Problem p, const float* __restri
   const int kTile = blockIdx.x;  // early key tiles see the most queries under causal: first
   const int kvh = blockIdx.y, b = blockIdx.z;
   const int j0 = kTile * BC;
+  const Seq sq = sequence<VARLEN>(p, b);
+  if (j0 >= sq.rowsK) return;  // packed: past this sequence's keys
   const long long qStride = (long long)p.heads * p.headDim;
   const long long oStride = (long long)p.heads * p.headDimV;
   const long long kStride = (long long)p.kvHeads * p.headDim;
   const long long vStride = (long long)p.kvHeads * p.headDimV;
-  const float* kBase = k + ((long long)b * p.seqK * p.kvHeads + kvh) * p.headDim;
-  const float* vBase = v + ((long long)b * p.seqK * p.kvHeads + kvh) * p.headDimV;
+  const float* kBase = k + ((long long)sq.startK * p.kvHeads + kvh) * p.headDim;
+  const float* vBase = v + ((long long)sq.startK * p.kvHeads + kvh) * p.headDimV;
 
-  loadTransposed<BC, DMAX, BC, NT>(Kt, kBase, kStride, j0, p.seqK, p.headDim);
-  loadTransposed<BC, DMAX, BC, NT>(Vt, vBase, vStride, j0, p.seqK, p.headDimV);
+  loadTransposed<BC, DMAX, BC, NT>(Kt, kBase, kStride, j0, sq.lenK, p.headDim);
+  loadTransposed<BC, DMAX, BC, NT>(Vt, vBase, vStride, j0, sq.lenK, p.headDimV);
 
   float dkAcc[TM][TD], dvAcc[TM][TD];
 #pragma unroll
@@ -213,16 +229,17 @@ __global__ void __launch_bounds__(NT) dkvKernel(Problem p, const float* __restri
 #pragma unroll
     for (int d = 0; d < TD; ++d) { dkAcc[m][d] = 0.f; dvAcc[m][d] = 0.f; }
 
-  int iLo = 0, iHi = p.seqQ;
-  if (LOCAL) queryRange(p, j0, min(j0 + BC, p.seqK) - 1, &iLo, &iHi);
+  int iLo = 0, iHi = sq.lenQ;
+  if (LOCAL) queryRange(p, sq, j0, min(j0 + BC, sq.lenK) - 1, &iLo, &iHi);
+  if (j0 >= sq.lenK) iLo = iHi = 0;  // a tile of padding keys only: zeros written below
 
   for (int h = kvh * p.group; h < (kvh + 1) * p.group; ++h) {
-    const float* qBase = q + ((long long)b * p.seqQ * p.heads + h) * p.headDim;
-    const float* dOBase = dout + ((long long)b * p.seqQ * p.heads + h) * p.headDimV;
+    const float* qBase = q + ((long long)sq.startQ * p.heads + h) * p.headDim;
+    const float* dOBase = dout + ((long long)sq.startQ * p.heads + h) * p.headDimV;
     const float* qtBase = qtS + ((long long)b * p.heads + h) * DMAX * nqPad;
     const float* dotBase = dotS + ((long long)b * p.heads + h) * DMAX * nqPad;
     const float slope = (GENERAL && p.hasAlibi) ? p.alibi[h] : 0.f;
-    const long long rowBase = ((long long)b * p.heads + h) * p.seqQ;
+    const long long rowBase = lseIndex(p, sq, h, 0);
     // Loads overlap compute: Q and dO rows of tile t arrive during S^T and dP^T of tile t,
     // Q^T and dO^T (staged) of tile t+1 during the dV and dK products of tile t.
     const int iStart = (iLo / BR) * BR;
@@ -235,17 +252,17 @@ __global__ void __launch_bounds__(NT) dkvKernel(Problem p, const float* __restri
     if (iStart < iHi) issueScoreOperands(iStart);
     for (int i0 = iStart; i0 < iHi; i0 += BR) {
       if (asyncRows) {
-        loadRowsAsync<BR, DMAX, DMAX, NT>(Qs, qBase, qStride, i0, p.seqQ, p.headDim);
-        loadRowsAsync<BR, DMAX, DMAX, NT>(dOs, dOBase, oStride, i0, p.seqQ, p.headDimV);
+        loadRowsAsync<BR, DMAX, DMAX, NT>(Qs, qBase, qStride, i0, sq.lenQ, p.headDim);
+        loadRowsAsync<BR, DMAX, DMAX, NT>(dOs, dOBase, oStride, i0, sq.lenQ, p.headDimV);
       } else {
-        loadRows<BR, DMAX, DMAX, NT>(Qs, qBase, qStride, i0, p.seqQ, p.headDim);
-        loadRows<BR, DMAX, DMAX, NT>(dOs, dOBase, oStride, i0, p.seqQ, p.headDimV);
+        loadRows<BR, DMAX, DMAX, NT>(Qs, qBase, qStride, i0, sq.lenQ, p.headDim);
+        loadRows<BR, DMAX, DMAX, NT>(dOs, dOBase, oStride, i0, sq.lenQ, p.headDimV);
       }
       cpAsyncCommitGroup();
       for (int r = threadIdx.x; r < BR; r += NT) {
         const int i = i0 + r;
-        lseS[r] = i < p.seqQ ? lse[rowBase + i] * kLog2e : INFINITY;
-        deltaS[r] = i < p.seqQ ? delta[rowBase + i] : 0.f;
+        lseS[r] = i < sq.lenQ ? lse[rowBase + i] * kLog2e : INFINITY;
+        deltaS[r] = i < sq.lenQ ? delta[rowBase + i] : 0.f;
         if (GENERAL && p.hasDropout) rowKeyS[r] = dropoutRowKey(p.seed, b * p.heads + h, i);
       }
       cpAsyncWaitGroup<1>();
@@ -260,8 +277,8 @@ __global__ void __launch_bounds__(NT) dkvKernel(Problem p, const float* __restri
       mmaSmem<TM, TN, DMAX, BC, BR>(s, Kt, rowGroup * TM, Qt, colGroup);
       mmaSmem<TM, TN, DMAX, BC, BR>(dp, Vt, rowGroup * TM, dOt, colGroup);
 
-      const bool edgeTile = j0 + BC > p.seqK || i0 + BR > p.seqQ ||
-                            (LOCAL && !tileInsideWindow(p, i0, i0 + BR - 1, j0, j0 + BC - 1));
+      const bool edgeTile = j0 + BC > sq.lenK || i0 + BR > sq.lenQ ||
+                            (LOCAL && !tileInsideWindow(p, sq, i0, i0 + BR - 1, j0, j0 + BC - 1));
 #pragma unroll
       for (int n = 0; n < TN; ++n) {
         const int il = ColMap<TN>::col(colGroup, n), i = i0 + il;
@@ -269,7 +286,7 @@ __global__ void __launch_bounds__(NT) dkvKernel(Problem p, const float* __restri
         for (int m = 0; m < TM; ++m) {
           const int jl = rowGroup * TM + m, j = j0 + jl;
           const ProbAndScoreGrad g = backwardStep<LOCAL, GENERAL>(
-              p, edgeTile, b, h, i, j, s[m][n], slope, lseS[il], dp[m][n], deltaS[il], rowKeyS[il]);
+              p, sq, edgeTile, b, h, i, j, s[m][n], slope, lseS[il], dp[m][n], deltaS[il], rowKeyS[il]);
           Ps[il * BC + jl] = g.p;
           dSs[il * BC + jl] = g.ds;
         }
@@ -286,14 +303,15 @@ __global__ void __launch_bounds__(NT) dkvKernel(Problem p, const float* __restri
 #pragma unroll
   for (int m = 0; m < TM; ++m) {
     const int j = j0 + rowGroup * TM + m;
-    if (j >= p.seqK) continue;
-    float* dkRow = dk + (((long long)b * p.seqK + j) * p.kvHeads + kvh) * p.headDim;
-    float* dvRow = dv + (((long long)b * p.seqK + j) * p.kvHeads + kvh) * p.headDimV;
+    if (j >= sq.rowsK) continue;
+    const bool inSeq = j < sq.lenK;  // keys past the length (padded layout): zero gradient
+    float* dkRow = dk + (((long long)sq.startK + j) * p.kvHeads + kvh) * p.headDim;
+    float* dvRow = dv + (((long long)sq.startK + j) * p.kvHeads + kvh) * p.headDimV;
 #pragma unroll
     for (int d = 0; d < TD; ++d) {
       const int c = ColMap<TD>::col(colGroup, d);
-      if (c < p.headDim) dkRow[c] = dkAcc[m][d];
-      if (c < p.headDimV) dvRow[c] = dvAcc[m][d];
+      if (c < p.headDim) dkRow[c] = inSeq ? dkAcc[m][d] : 0.f;
+      if (c < p.headDimV) dvRow[c] = inSeq ? dvAcc[m][d] : 0.f;
     }
   }
 }
@@ -305,25 +323,28 @@ struct StagedF32 {
   int nqPad, nkPad;
 };
 
-template <int DMAX, bool LOCAL, bool GENERAL>
+template <int DMAX, bool LOCAL, bool GENERAL, bool VARLEN>
 cudaError_t launchPasses(const Problem& p, const float* q, const float* k, const float* v,
                          const float* lse, const float* delta, const float* dout, float* dq,
                          float* dk, float* dv, const StagedF32& st, cudaStream_t stream) {
   {
     constexpr size_t smem = dkvSmemBytes<DMAX>();
-    auto kernel = dkvKernel<DMAX, LOCAL, GENERAL>;
+    auto kernel = dkvKernel<DMAX, LOCAL, GENERAL, VARLEN>;
     cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
     if (err != cudaSuccess) return err;
     const dim3 grid((p.seqK + DkvTile<DMAX>::BC - 1) / DkvTile<DMAX>::BC, p.kvHeads, p.batch);
-    kernel<<<grid, NT, smem, stream>>>(p, q, k, v, st.qt, st.dot, st.nqPad, lse, delta, dout, dk, dv);
-    if ((err = cudaGetLastError()) != cudaSuccess) return err;
+    if (!emptyGrid(grid)) {
+      kernel<<<grid, NT, smem, stream>>>(p, q, k, v, st.qt, st.dot, st.nqPad, lse, delta, dout, dk, dv);
+      if ((err = cudaGetLastError()) != cudaSuccess) return err;
+    }
   }
   {
     constexpr size_t smem = dqSmemBytes<DMAX>();
-    auto kernel = dqKernel<DMAX, LOCAL, GENERAL>;
+    auto kernel = dqKernel<DMAX, LOCAL, GENERAL, VARLEN>;
     cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
     if (err != cudaSuccess) return err;
     const dim3 grid((p.seqQ + DqTile<DMAX>::BR - 1) / DqTile<DMAX>::BR, p.heads, p.batch);
+    if (emptyGrid(grid)) return cudaSuccess;
     kernel<<<grid, NT, smem, stream>>>(p, q, k, st.kt, st.vt, st.nkPad, lse, delta, dout, dq);
     return cudaGetLastError();
   }
@@ -342,13 +363,13 @@ cudaError_t dispatchFlags(const Problem& p, const float* q, const float* k, cons
   float* kt = dot + (size_t)p.batch * p.heads * DMAX * st.nqPad;
   float* vt = kt + (size_t)p.batch * p.kvHeads * DMAX * st.nkPad;
   cudaError_t err;
-  if ((err = stageTransposedF32(q, qt, p.batch, p.seqQ, p.heads, p.headDim, st.nqPad, DMAX, s))) return err;
-  if ((err = stageTransposedF32(dout, dot, p.batch, p.seqQ, p.heads, p.headDimV, st.nqPad, DMAX, s))) return err;
-  if ((err = stageTransposedF32(k, kt, p.batch, p.seqK, p.kvHeads, p.headDim, st.nkPad, DMAX, s))) return err;
-  if ((err = stageTransposedF32(v, vt, p.batch, p.seqK, p.kvHeads, p.headDimV, st.nkPad, DMAX, s))) return err;
+  if ((err = stageTransposedF32(q, p.rangesQ, qt, p.batch, p.seqQ, p.heads, p.headDim, st.nqPad, DMAX, s))) return err;
+  if ((err = stageTransposedF32(dout, p.rangesQ, dot, p.batch, p.seqQ, p.heads, p.headDimV, st.nqPad, DMAX, s))) return err;
+  if ((err = stageTransposedF32(k, p.rangesK, kt, p.batch, p.seqK, p.kvHeads, p.headDim, st.nkPad, DMAX, s))) return err;
+  if ((err = stageTransposedF32(v, p.rangesK, vt, p.batch, p.seqK, p.kvHeads, p.headDimV, st.nkPad, DMAX, s))) return err;
   st.qt = qt; st.dot = dot; st.kt = kt; st.vt = vt;
   return OPTIONS_SWITCH(p, [&] {
-    return launchPasses<DMAX, LOCAL, GENERAL>(p, q, k, v, lse, delta, dout, dq, dk, dv, st, s);
+    return launchPasses<DMAX, LOCAL, GENERAL, VARLEN>(p, q, k, v, lse, delta, dout, dq, dk, dv, st, s);
   });
 }
 
@@ -365,16 +386,18 @@ size_t simtBackwardWorkspace(const Problem& p) {
 }
 
 cudaError_t launchBackwardPreprocess(const Problem& p, const float* out, const float* dout, float* delta,
-                                     cudaStream_t stream) {
-  const long long rows = (long long)p.batch * p.seqQ * p.heads;
-  backwardPreprocessKernel<<<(unsigned)((rows + 7) / 8), 256, 0, stream>>>(p, out, dout, delta);
+                                     bool bf16Dout, cudaStream_t stream) {
+  const long long rows = (long long)p.rowsQ * p.heads;
+  if (rows == 0) return cudaSuccess;
+  auto kernel = bf16Dout ? backwardPreprocessKernel<true> : backwardPreprocessKernel<false>;
+  kernel<<<(unsigned)((rows + 7) / 8), 256, 0, stream>>>(p, out, dout, delta);
   return cudaGetLastError();
 }
 
 cudaError_t launchBackwardSimt(const Problem& p, const float* q, const float* k, const float* v,
                                const float* out, const float* lse, const float* dout, float* dq,
                                float* dk, float* dv, float* delta, void* staging, cudaStream_t stream) {
-  cudaError_t err = launchBackwardPreprocess(p, out, dout, delta, stream);
+  cudaError_t err = launchBackwardPreprocess(p, out, dout, delta, false, stream);
   if (err != cudaSuccess) return err;
   switch (simtHeadDim(p)) {
     case 64: return dispatchFlags<64>(p, q, k, v, lse, delta, dout, dq, dk, dv, staging, stream);

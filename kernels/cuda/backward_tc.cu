@@ -25,7 +25,7 @@ struct Staged {
 };
 
 // ---- dK/dV pass ("_attn_bwd_dkdv"): a block owns 64 keys (16 per warp) of one KV head ----
-template <int DP, bool LOCAL, bool GENERAL>
+template <int DP, bool LOCAL, bool GENERAL, bool VARLEN>
 __global__ void __launch_bounds__(NT) dkvTensorCoreKernel(Problem p, Staged st, const float* __restrict__ lse,
                                                           const float* __restrict__ delta,
                                                           float* __restrict__ dk, float* __restrict__ dv) {
@@ -43,13 +43,16 @@ __global__ void __launch_bounds__(NT) dkvTensorCoreKernel(Problem p, Staged st, 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const int kvh = blockIdx.y, b = blockIdx.z;
   const int j0 = blockIdx.x * BC;
+  const Seq sq = sequence<VARLEN>(p, b);
+  if (j0 >= sq.rowsK) return;  // packed: past this sequence's keys
   const long long kvOff = ((long long)b * p.kvHeads + kvh);
   copyTileAsync<BC, DP, LDR, NT>(Ks, st.k + (kvOff * st.nkPad + j0) * DP, DP);
   copyTileAsync<BC, DP, LDR, NT>(Vs, st.v + (kvOff * st.nkPad + j0) * DP, DP);
   cpAsyncCommit();
 
-  int iLo = 0, iHi = p.seqQ;
-  if (LOCAL) queryRange(p, j0, min(j0 + BC, p.seqK) - 1, &iLo, &iHi);
+  int iLo = 0, iHi = sq.lenQ;
+  if (LOCAL) queryRange(p, sq, j0, min(j0 + BC, sq.lenK) - 1, &iLo, &iHi);
+  if (j0 >= sq.lenK) iLo = iHi = 0;  // a tile of padding keys only: zeros written below
   const int iStart = (iLo / QT) * QT;
   const int tilesPerHead = iHi > iStart ? (iHi - iStart + QT - 1) / QT : 0;
   const int numTiles = tilesPerHead * p.group;
@@ -65,9 +68,9 @@ __global__ void __launch_bounds__(NT) dkvTensorCoreKernel(Problem p, Staged st, 
     cpAsyncCommit();
     for (int r = threadIdx.x; r < QT; r += NT) {  // plain loads: visible after the next barrier
       const int i = i0 + r;
-      const long long row = qOff * p.seqQ + i;
-      rowStats[s * 2 * QT + r] = i < p.seqQ ? lse[row] * kLog2e : INFINITY;
-      rowStats[s * 2 * QT + QT + r] = i < p.seqQ ? delta[row] : 0.f;
+      const long long row = lseIndex(p, sq, h, i);
+      rowStats[s * 2 * QT + r] = i < sq.lenQ ? lse[row] * kLog2e : INFINITY;
+      rowStats[s * 2 * QT + QT + r] = i < sq.lenQ ? delta[row] : 0.f;
       if (GENERAL && p.hasDropout) rowKeys[s * QT + r] = dropoutRowKey(p.seed, b * p.heads + h, i);
     }
   };
@@ -115,8 +118,8 @@ __global__ void __launch_bounds__(NT) dkvTensorCoreKernel(Problem p, Staged st, 
       }
     }
 
-    const bool edgeTile = j0 + BC > p.seqK || i0 + QT > p.seqQ ||
-                          (LOCAL && !tileInsideWindow(p, i0, i0 + QT - 1, j0, j0 + BC - 1));
+    const bool edgeTile = j0 + BC > sq.lenK || i0 + QT > sq.lenQ ||
+                          (LOCAL && !tileInsideWindow(p, sq, i0, i0 + QT - 1, j0, j0 + BC - 1));
     // P~^T into sT, dS^T into dpT (both then packed as A operands: k runs over queries).
 #pragma unroll
     for (int nb = 0; nb < NBLK; ++nb)
@@ -125,7 +128,7 @@ __global__ void __launch_bounds__(NT) dkvTensorCoreKernel(Problem p, Staged st, 
         const int il = nb * 8 + 2 * t + (e & 1), i = i0 + il;
         const int j = j0 + keyRow + (e >> 1) * 8;
         const ProbAndScoreGrad g = backwardStep<LOCAL, GENERAL>(
-            p, edgeTile, b, h, i, j, sT[nb][e], slope, lse2[il], dpT[nb][e], dlt[il], rk[il]);
+            p, sq, edgeTile, b, h, i, j, sT[nb][e], slope, lse2[il], dpT[nb][e], dlt[il], rk[il]);
         sT[nb][e] = g.p;
         dpT[nb][e] = g.ds;
       }
@@ -150,22 +153,23 @@ __global__ void __launch_bounds__(NT) dkvTensorCoreKernel(Problem p, Staged st, 
 #pragma unroll
   for (int half = 0; half < 2; ++half) {
     const int j = j0 + keyRow + half * 8;
-    if (j >= p.seqK) continue;
-    float* dkRow = dk + (((long long)b * p.seqK + j) * p.kvHeads + kvh) * p.headDim;
-    float* dvRow = dv + (((long long)b * p.seqK + j) * p.kvHeads + kvh) * p.headDimV;
+    if (j >= sq.rowsK) continue;
+    const bool inSeq = j < sq.lenK;  // keys past the length (padded layout): zero gradient
+    float* dkRow = dk + (((long long)sq.startK + j) * p.kvHeads + kvh) * p.headDim;
+    float* dvRow = dv + (((long long)sq.startK + j) * p.kvHeads + kvh) * p.headDimV;
 #pragma unroll
     for (int db = 0; db < DBLK; ++db)
 #pragma unroll
       for (int e = 0; e < 2; ++e) {
         const int c = db * 8 + 2 * t + e;
-        if (c < p.headDim) dkRow[c] = dkAcc[db][half * 2 + e];
-        if (c < p.headDimV) dvRow[c] = dvAcc[db][half * 2 + e];
+        if (c < p.headDim) dkRow[c] = inSeq ? dkAcc[db][half * 2 + e] : 0.f;
+        if (c < p.headDimV) dvRow[c] = inSeq ? dvAcc[db][half * 2 + e] : 0.f;
       }
   }
 }
 
 // ---- dQ pass ("_attn_bwd_dq"): a block owns 64 queries (16 per warp) of one head ----
-template <int DP, bool LOCAL, bool GENERAL>
+template <int DP, bool LOCAL, bool GENERAL, bool VARLEN>
 __global__ void __launch_bounds__(NT) dqTensorCoreKernel(Problem p, Staged st, const float* __restrict__ lse,
                                                          const float* __restrict__ delta, float* __restrict__ dq) {
   constexpr int BR = 64, KT = BwdTiles<DP>::KT;
@@ -179,11 +183,14 @@ __global__ void __launch_bounds__(NT) dqTensorCoreKernel(Problem p, Staged st, c
   const int qTile = gridDim.x - 1 - blockIdx.x;
   const int h = blockIdx.y, b = blockIdx.z, kvh = h / p.group;
   const int i0 = qTile * BR;
+  const Seq sq = sequence<VARLEN>(p, b);
+  if (i0 >= sq.rowsQ) return;  // packed: past this sequence's queries
   const long long kvOff = (long long)b * p.kvHeads + kvh, qOff = (long long)b * p.heads + h;
   const float slope = (GENERAL && p.hasAlibi) ? p.alibi[h] : 0.f;
 
-  int jLo = 0, jHi = p.seqK;
-  if (LOCAL) keyRange(p, i0, min(i0 + BR, p.seqQ) - 1, &jLo, &jHi);
+  int jLo = 0, jHi = sq.lenK;
+  if (LOCAL) keyRange(p, sq, i0, min(i0 + BR, sq.lenQ) - 1, &jLo, &jHi);
+  if (i0 >= sq.lenQ) jLo = jHi = 0;  // a tile of padding rows only: zeros written below
   const int jStart = (jLo / KT) * KT;
   auto issue = [&](int j0, int s) {
     __nv_bfloat16* base = stages + s * STAGE;
@@ -218,8 +225,8 @@ __global__ void __launch_bounds__(NT) dqTensorCoreKernel(Problem p, Staged st, c
 #pragma unroll
   for (int half = 0; half < 2; ++half) {
     const int i = rows[half];
-    lse2[half] = i < p.seqQ ? lse[qOff * p.seqQ + i] * kLog2e : INFINITY;
-    dlt[half] = i < p.seqQ ? delta[qOff * p.seqQ + i] : 0.f;
+    lse2[half] = i < sq.lenQ ? lse[lseIndex(p, sq, h, i)] * kLog2e : INFINITY;
+    dlt[half] = i < sq.lenQ ? delta[lseIndex(p, sq, h, i)] : 0.f;
     if (GENERAL && p.hasDropout) rowKey[half] = dropoutRowKey(p.seed, b * p.heads + h, i);
   }
   float acc[DBLK][4];
@@ -248,14 +255,14 @@ __global__ void __launch_bounds__(NT) dqTensorCoreKernel(Problem p, Staged st, c
         mmaBf16(dp[nb], df[kk], ld32(vr + kk * 16), ld32(vr + kk * 16 + 8));
       }
     }
-    const bool edgeTile = j0 + KT > p.seqK || i0 + BR > p.seqQ ||
-                          (LOCAL && !tileInsideWindow(p, i0, i0 + BR - 1, j0, j0 + KT - 1));
+    const bool edgeTile = j0 + KT > sq.lenK || i0 + BR > sq.lenQ ||
+                          (LOCAL && !tileInsideWindow(p, sq, i0, i0 + BR - 1, j0, j0 + KT - 1));
 #pragma unroll
     for (int nb = 0; nb < NBLK; ++nb)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int half = e >> 1, i = rows[half], j = j0 + nb * 8 + 2 * t + (e & 1);
-        sc[nb][e] = backwardStep<LOCAL, GENERAL>(p, edgeTile, b, h, i, j, sc[nb][e], slope, lse2[half],
+        sc[nb][e] = backwardStep<LOCAL, GENERAL>(p, sq, edgeTile, b, h, i, j, sc[nb][e], slope, lse2[half],
                                                  dp[nb][e], dlt[half], rowKey[half]).ds;
       }
 #pragma unroll
@@ -274,37 +281,43 @@ __global__ void __launch_bounds__(NT) dqTensorCoreKernel(Problem p, Staged st, c
 #pragma unroll
   for (int half = 0; half < 2; ++half) {
     const int i = rows[half];
-    if (i >= p.seqQ) continue;
-    float* row = dq + (((long long)b * p.seqQ + i) * p.heads + h) * p.headDim;
+    if (i >= sq.rowsQ) continue;
+    const bool inSeq = i < sq.lenQ;  // rows past the length (padded layout): zero gradient
+    float* row = dq + (((long long)sq.startQ + i) * p.heads + h) * p.headDim;
 #pragma unroll
     for (int db = 0; db < DBLK; ++db)
 #pragma unroll
       for (int e = 0; e < 2; ++e) {
         const int c = db * 8 + 2 * t + e;
-        if (c < p.headDim) row[c] = acc[db][half * 2 + e];
+        if (c < p.headDim) row[c] = inSeq ? acc[db][half * 2 + e] : 0.f;
       }
   }
 }
 
-template <int DP, bool LOCAL, bool GENERAL>
+template <int DP, bool LOCAL, bool GENERAL, bool VARLEN>
 cudaError_t launchPasses(const Problem& p, const Staged& st, const float* lse, const float* delta, float* dq,
                          float* dk, float* dv, cudaStream_t stream) {
   constexpr int QT = BwdTiles<DP>::QT, KT = BwdTiles<DP>::KT;
   {
     constexpr size_t smem = sizeof(__nv_bfloat16) * (2 * 64 * (DP + 8) + 2 * (2 * QT * (DP + 8) + 2 * DP * (QT + 8))) +
                             sizeof(float) * 4 * QT + sizeof(uint32_t) * 2 * QT;
-    auto kernel = dkvTensorCoreKernel<DP, LOCAL, GENERAL>;
+    auto kernel = dkvTensorCoreKernel<DP, LOCAL, GENERAL, VARLEN>;
     cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
     if (err != cudaSuccess) return err;
-    kernel<<<dim3(st.nkPad / 64, p.kvHeads, p.batch), NT, smem, stream>>>(p, st, lse, delta, dk, dv);
-    if ((err = cudaGetLastError()) != cudaSuccess) return err;
+    const dim3 grid(st.nkPad / 64, p.kvHeads, p.batch);
+    if (!emptyGrid(grid)) {
+      kernel<<<grid, NT, smem, stream>>>(p, st, lse, delta, dk, dv);
+      if ((err = cudaGetLastError()) != cudaSuccess) return err;
+    }
   }
   {
     constexpr size_t smem = sizeof(__nv_bfloat16) * 2 * (2 * KT * (DP + 8) + DP * (KT + 8));
-    auto kernel = dqTensorCoreKernel<DP, LOCAL, GENERAL>;
+    auto kernel = dqTensorCoreKernel<DP, LOCAL, GENERAL, VARLEN>;
     cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
     if (err != cudaSuccess) return err;
-    kernel<<<dim3(st.nqPad / 64, p.heads, p.batch), NT, smem, stream>>>(p, st, lse, delta, dq);
+    const dim3 grid(st.nqPad / 64, p.heads, p.batch);
+    if (emptyGrid(grid)) return cudaSuccess;
+    kernel<<<grid, NT, smem, stream>>>(p, st, lse, delta, dq);
     return cudaGetLastError();
   }
 }
@@ -312,7 +325,7 @@ cudaError_t launchPasses(const Problem& p, const Staged& st, const float* lse, c
 template <int DP>
 cudaError_t dispatchFlags(const Problem& p, const Staged& st, const float* lse, const float* delta, float* dq,
                           float* dk, float* dv, cudaStream_t s) {
-  return OPTIONS_SWITCH(p, [&] { return launchPasses<DP, LOCAL, GENERAL>(p, st, lse, delta, dq, dk, dv, s); });
+  return OPTIONS_SWITCH(p, [&] { return launchPasses<DP, LOCAL, GENERAL, VARLEN>(p, st, lse, delta, dq, dk, dv, s); });
 }
 
 }  // namespace
@@ -335,10 +348,11 @@ cudaError_t launchBackwardTensorCore(const Problem& p, const float* q, const flo
   __nv_bfloat16 *qb = w, *qtb = qb + qElems, *db = qtb + qElems, *dtb = db + qElems;
   __nv_bfloat16 *kb = dtb + qElems, *ktb = kb + kElems, *vb = ktb + kElems;
   cudaError_t err;
-  if ((err = stageBf16Both(q, qb, qtb, p.batch, p.seqQ, p.heads, p.headDim, st.nqPad, dp, stream))) return err;
-  if ((err = stageBf16Both(dout, db, dtb, p.batch, p.seqQ, p.heads, p.headDimV, st.nqPad, dp, stream))) return err;
-  if ((err = stageBf16Both(k, kb, ktb, p.batch, p.seqK, p.kvHeads, p.headDim, st.nkPad, dp, stream))) return err;
-  if ((err = stageBf16(v, vb, p.batch, p.seqK, p.kvHeads, p.headDimV, st.nkPad, dp, false, stream))) return err;
+  if ((err = stageBf16Both(q, p.rangesQ, qb, qtb, p.batch, p.seqQ, p.heads, p.headDim, st.nqPad, dp, stream))) return err;
+  if ((err = stageBf16Both(dout, p.rangesQ, db, dtb, p.batch, p.seqQ, p.heads, p.headDimV, st.nqPad, dp, stream)))
+    return err;
+  if ((err = stageBf16Both(k, p.rangesK, kb, ktb, p.batch, p.seqK, p.kvHeads, p.headDim, st.nkPad, dp, stream))) return err;
+  if ((err = stageBf16(v, p.rangesK, vb, p.batch, p.seqK, p.kvHeads, p.headDimV, st.nkPad, dp, false, stream))) return err;
   st.q = qb; st.qt = qtb; st.dout = db; st.doutt = dtb; st.k = kb; st.kt = ktb; st.v = vb;
   return dp == 64 ? dispatchFlags<64>(p, st, lse, delta, dq, dk, dv, stream)
                   : dispatchFlags<128>(p, st, lse, delta, dq, dk, dv, stream);

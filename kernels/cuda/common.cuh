@@ -1,13 +1,19 @@
 // Pieces shared by every kernel of the family: the problem description, the score function
 // (softcap, ALiBi, window, mask), the counter-based dropout hash of src/contract/dropout.ts, and
-// shared-memory tile loaders. Kernels are templates over two compile-time switches
+// shared-memory tile loaders. Kernels are templates over three compile-time switches
 // (OPTIONS_SWITCH in static_switch.h dispatches them once per launch):
 //   LOCAL   - a window (causal included) is active: key tiles outside it are skipped and the
 //             boundary tiles test each element;
 //   GENERAL - ALiBi, softcap, mask or dropout is on: per-element work beyond the dot product,
 //             selected inside by warp-uniform runtime flags. Splitting these four into their own
 //             switches would multiply the instantiations (and the CI compile time) by 8 for a
-//             few uniform branches.
+//             few uniform branches;
+//   VARLEN  - sequences have their own lengths (seqLayout 'padded' or 'packed'): each block reads
+//             its sequence's (start, length) pairs, and tiles past a length are skipped.
+// Every kernel sees sequences b in [0, batch) through a Seq (sequence<VARLEN>): rows in memory
+// start at startQ/startK, lengths lenQ/lenK, and the causal/window/ALiBi offset is lenK - lenQ.
+// Staged operand copies (stage_bf16.cu) are per sequence, [batch, heads, seqPad, ...] with zeros
+// past each length, so kernels index them with the local row whatever the layout.
 #pragma once
 #include <cuda_runtime.h>
 #include <stdint.h>
@@ -23,7 +29,7 @@ constexpr float kLn2 = 0.6931471805599453f;
 
 struct Problem {
   int batch, seqQ, seqK, heads, kvHeads, headDim, headDimV, group;  // group = heads / kvHeads
-  int offset;                                                         // seqK - seqQ
+  int offset;                                                         // seqK - seqQ (dense)
   float scale, softcap;
   int windowLeft, windowRight;
   const float* alibi;
@@ -33,6 +39,13 @@ struct Problem {
   uint32_t dropoutThreshold;
   float dropoutScale;  // 1 / (1 - rate)
   uint32_t seed;
+  // Variable lengths: batch = sequences, seqQ/seqK = the longest lengths (the grid extents).
+  const int* rangesQ;  // int32 [batch, 2] (start row, length); null when dense
+  const int* rangesK;
+  bool varlen, packed;
+  int rowsQ, rowsK;    // rows of q / k in memory (dimension 0 x dimension 1)
+  // logSumExp (and the backward's delta) index = startQ * lseStartStride + h * lseHeadStride + i.
+  long long lseStartStride, lseHeadStride;
 };
 
 Problem makeProblem(const fa_params& p);
@@ -40,6 +53,37 @@ Problem makeProblem(const fa_params& p);
 // The compile-time switches of the kernels (dispatched by OPTIONS_SWITCH, static_switch.h).
 inline bool isLocal(const Problem& p) { return p.windowLeft >= 0 || p.windowRight >= 0; }
 inline bool isGeneral(const Problem& p) { return p.hasAlibi || p.hasSoftcap || p.hasMask || p.hasDropout; }
+inline bool isVarlen(const Problem& p) { return p.varlen; }
+inline bool emptyGrid(const dim3& g) { return g.x == 0 || g.y == 0 || g.z == 0; }
+
+// ---- the sequence a block works on ----
+struct Seq {
+  int startQ, lenQ, startK, lenK;  // first row in memory and length, queries and keys
+  // Rows of out/dq (dk/dv) this sequence owns: the padded layout's rows past a length are the
+  // sequence's too (written as zeros), the packed layout's belong to the next sequence.
+  int rowsQ, rowsK;
+  int offset;                      // lenK - lenQ: causal, window and ALiBi are bottom-right aligned
+};
+template <bool VARLEN>
+__device__ __forceinline__ Seq sequence(const Problem& p, int b) {
+  Seq s;
+  if (VARLEN) {
+    // Lengths clamped to the grid extents, so a range can never send a block past its tiles.
+    s.startQ = p.rangesQ[2 * b]; s.lenQ = min(max(p.rangesQ[2 * b + 1], 0), p.seqQ);
+    s.startK = p.rangesK[2 * b]; s.lenK = min(max(p.rangesK[2 * b + 1], 0), p.seqK);
+    s.rowsQ = p.packed ? s.lenQ : p.seqQ;
+    s.rowsK = p.packed ? s.lenK : p.seqK;
+  } else {
+    s.startQ = b * p.seqQ; s.lenQ = s.rowsQ = p.seqQ;
+    s.startK = b * p.seqK; s.lenK = s.rowsK = p.seqK;
+  }
+  s.offset = s.lenK - s.lenQ;
+  return s;
+}
+// Index of (sequence, head h, local row i) in logSumExp [B, H, seqQ] or, packed, [1, H, totalQ].
+__device__ __forceinline__ long long lseIndex(const Problem& p, const Seq& s, int h, int i) {
+  return (long long)s.startQ * p.lseStartStride + (long long)h * p.lseHeadStride + i;
+}
 
 // ---- counter-based dropout (bit-exact with src/contract/dropout.ts) ----
 __device__ __forceinline__ uint32_t mix32(uint32_t x) {
@@ -49,38 +93,42 @@ __device__ __forceinline__ uint32_t mix32(uint32_t x) {
 __device__ __forceinline__ uint32_t dropoutRowKey(uint32_t seed, uint32_t bh, uint32_t i) {
   return mix32(mix32(mix32(seed ^ 0x9e3779b9u) ^ bh) ^ i);
 }
+// Whether dropout keeps element (row key, j).
+__device__ __forceinline__ bool dropoutKeeps(const Problem& p, uint32_t rowKey, int j) {
+  return mix32(rowKey ^ (uint32_t)j) >= p.dropoutThreshold;
+}
 // Multiplier of P for element (row key, j): 0 when dropped, 1/(1-rate) when kept.
 __device__ __forceinline__ float dropoutMultiplier(const Problem& p, uint32_t rowKey, int j) {
-  return mix32(rowKey ^ (uint32_t)j) >= p.dropoutThreshold ? p.dropoutScale : 0.f;
+  return dropoutKeeps(p, rowKey, j) ? p.dropoutScale : 0.f;
 }
 
 // ---- the score of (b, h, i, j) ----
 // Key tile range that a query range [iLo, iHi] can see under the window: [*jLo, *jHi).
-__device__ __forceinline__ void keyRange(const Problem& p, int iLo, int iHi, int* jLo, int* jHi) {
-  int lo = 0, hi = p.seqK;
-  if (p.windowLeft >= 0) lo = max(lo, iLo + p.offset - p.windowLeft);
-  if (p.windowRight >= 0) hi = min(hi, iHi + p.offset + p.windowRight + 1);
+__device__ __forceinline__ void keyRange(const Problem& p, const Seq& s, int iLo, int iHi, int* jLo, int* jHi) {
+  int lo = 0, hi = s.lenK;
+  if (p.windowLeft >= 0) lo = max(lo, iLo + s.offset - p.windowLeft);
+  if (p.windowRight >= 0) hi = min(hi, iHi + s.offset + p.windowRight + 1);
   *jLo = lo; *jHi = hi;
 }
 // Query range that a key range [jLo, jHi] is seen from: [*iLo, *iHi).
-__device__ __forceinline__ void queryRange(const Problem& p, int jLo, int jHi, int* iLo, int* iHi) {
-  int lo = 0, hi = p.seqQ;
-  if (p.windowRight >= 0) lo = max(lo, jLo - p.offset - p.windowRight);
-  if (p.windowLeft >= 0) hi = min(hi, jHi - p.offset + p.windowLeft + 1);
+__device__ __forceinline__ void queryRange(const Problem& p, const Seq& s, int jLo, int jHi, int* iLo, int* iHi) {
+  int lo = 0, hi = s.lenQ;
+  if (p.windowRight >= 0) lo = max(lo, jLo - s.offset - p.windowRight);
+  if (p.windowLeft >= 0) hi = min(hi, jHi - s.offset + p.windowLeft + 1);
   *iLo = lo; *iHi = hi;
 }
 
 // True when every (i, j) of the rectangle is inside the window (no per-element test needed).
-__device__ __forceinline__ bool tileInsideWindow(const Problem& p, int iLo, int iHi, int jLo, int jHi) {
-  return (p.windowRight < 0 || jHi <= iLo + p.offset + p.windowRight) &&
-         (p.windowLeft < 0 || jLo >= iHi + p.offset - p.windowLeft);
+__device__ __forceinline__ bool tileInsideWindow(const Problem& p, const Seq& s, int iLo, int iHi, int jLo, int jHi) {
+  return (p.windowRight < 0 || jHi <= iLo + s.offset + p.windowRight) &&
+         (p.windowLeft < 0 || jLo >= iHi + s.offset - p.windowLeft);
 }
 
 template <bool LOCAL, bool GENERAL>
-__device__ __forceinline__ bool isKept(const Problem& p, int b, int h, int i, int j) {
-  if (j >= p.seqK || i >= p.seqQ) return false;
+__device__ __forceinline__ bool isKept(const Problem& p, const Seq& s, int b, int h, int i, int j) {
+  if (j >= s.lenK || i >= s.lenQ) return false;
   if (LOCAL) {
-    const int d = i + p.offset;
+    const int d = i + s.offset;
     if (p.windowLeft >= 0 && j < d - p.windowLeft) return false;
     if (p.windowRight >= 0 && j > d + p.windowRight) return false;
   }
@@ -94,11 +142,12 @@ __device__ __forceinline__ bool isKept(const Problem& p, int b, int h, int i, in
 
 // Score after softcap and ALiBi, from raw = scale * q.k (natural-log units).
 template <bool GENERAL>
-__device__ __forceinline__ float applyScoreMods(const Problem& p, float raw, float slope, int i, int j) {
+__device__ __forceinline__ float applyScoreMods(const Problem& p, const Seq& sq, float raw, float slope, int i,
+                                                int j) {
   float s = raw;
   if (GENERAL) {
     if (p.hasSoftcap) s = p.softcap * tanhf(raw / p.softcap);
-    if (p.hasAlibi) s -= slope * fabsf((float)(i + p.offset - j));
+    if (p.hasAlibi) s -= slope * fabsf((float)(i + sq.offset - j));
   }
   return s;
 }
@@ -132,12 +181,12 @@ __device__ __forceinline__ float rowLogSumExp(float m2, float l) {
 // A masked key contributes exactly 0 to both.
 struct ProbAndScoreGrad { float p, ds; };
 template <bool LOCAL, bool GENERAL>
-__device__ __forceinline__ ProbAndScoreGrad backwardStep(const Problem& p, bool edgeTile, int b, int h, int i,
-                                                         int j, float dot, float slope, float lse2, float dp,
-                                                         float delta, uint32_t rowKey) {
-  const bool kept = (edgeTile || GENERAL) ? isKept<LOCAL, GENERAL>(p, b, h, i, j) : true;
+__device__ __forceinline__ ProbAndScoreGrad backwardStep(const Problem& p, const Seq& s, bool edgeTile, int b,
+                                                         int h, int i, int j, float dot, float slope, float lse2,
+                                                         float dp, float delta, uint32_t rowKey) {
+  const bool kept = (edgeTile || GENERAL) ? isKept<LOCAL, GENERAL>(p, s, b, h, i, j) : true;
   const float raw = dot * p.scale;
-  const float pr = exp2f(applyScoreMods<GENERAL>(p, raw, slope, i, j) * kLog2e - lse2);
+  const float pr = exp2f(applyScoreMods<GENERAL>(p, s, raw, slope, i, j) * kLog2e - lse2);
   const float drop = (GENERAL && p.hasDropout) ? dropoutMultiplier(p, rowKey, j) : 1.f;
   const float ds = pr * (dp * drop - delta) * softcapDerivative<GENERAL>(p, raw) * p.scale;
   return {kept ? pr * drop : 0.f, kept ? ds : 0.f};
@@ -224,8 +273,9 @@ __device__ __forceinline__ void loadStagedAsync(float* dst, const float* src, in
 
 // Float32 staging of an operand transposed, [B, N, HX, W] -> [B, HX, DP, NPad] (zero padding),
 // so that the exact kernels load its tiles with 16-byte copies instead of transposing them.
-cudaError_t stageTransposedF32(const float* src, float* dst, int batch, int n, int hx, int w, int nPad,
-                               int dp, cudaStream_t stream);
+// ranges (int32 [B, 2], or null for dense): sequence b's rows are src rows start .. start + len - 1.
+cudaError_t stageTransposedF32(const float* src, const int* ranges, float* dst, int batch, int n, int hx, int w,
+                               int nPad, int dp, cudaStream_t stream);
 
 // ---- register-tiled product over shared memory (SIMT, float32 FMA) ----
 // 128 threads = 8 row groups x 16 column groups. A thread owns TM consecutive rows
@@ -301,8 +351,9 @@ size_t tensorCoreBackwardWorkspace(const Problem& p);
 cudaError_t launchBackwardTensorCore(const Problem& p, const float* q, const float* k, const float* v,
                                      const float* lse, const float* dout, const float* delta, float* dq,
                                      float* dk, float* dv, void* workspace, cudaStream_t stream);
+// delta = rowsum(dO * O); bf16Dout: with dO rounded to BF16 (the tensor-core passes' dP operand).
 cudaError_t launchBackwardPreprocess(const Problem& p, const float* out, const float* dout, float* delta,
-                                     cudaStream_t stream);
+                                     bool bf16Dout, cudaStream_t stream);
 size_t simtBackwardWorkspace(const Problem& p);
 cudaError_t launchBackwardSimt(const Problem& p, const float* q, const float* k, const float* v,
                                const float* out, const float* lse, const float* dout, float* dq,

@@ -7,6 +7,10 @@
  * rank-4 broadcast mask, counter-based dropout of src/contract/dropout.ts, GQA/MQA, seqQ != seqK).
  * Layouts (contiguous, float32): q [B, Nq, H, D], k [B, Nk, Hkv, D], v [B, Nk, Hkv, Dv],
  * out [B, Nq, H, Dv], logsumexp [B, H, Nq]. headDim and headDimV are at most 256.
+ * Variable lengths (seq_layout, the contract's seqLayout): FA_SEQ_PADDED keeps these layouts and
+ * reads each sequence's (start row, length) from seq_ranges_q/k; FA_SEQ_PACKED has q [1, totalQ, H, D],
+ * k and v [1, totalK, Hkv, *], out [1, totalQ, H, Dv], logsumexp [1, H, totalQ], with batch = the
+ * number of sequences and seq_q/seq_k = the longest lengths.
  *
  * Every call is asynchronous on `stream` and returns 0 or a cudaError_t / FA_ERR_* code;
  * fa_error_string() describes it.
@@ -30,6 +34,10 @@ extern "C" {
 #define FA_PRECISION_HIGHEST 0
 #define FA_PRECISION_FAST 1
 
+#define FA_SEQ_DENSE 0
+#define FA_SEQ_PADDED 1
+#define FA_SEQ_PACKED 2
+
 /* Errors of our own, above the range of cudaError_t. */
 #define FA_ERR_BAD_ARGUMENT 10001
 #define FA_ERR_HEAD_DIM 10002
@@ -52,6 +60,15 @@ typedef struct {
      the float64 rate pass the threshold here; -1 derives it from dropout_rate. */
   int64_t dropout_threshold;
   int precision;           /* FA_PRECISION_* */
+  /* Variable lengths (src/contract/kernel_names.ts). FA_SEQ_DENSE ignores the fields below.
+     Otherwise batch is the number of sequences, seq_q/seq_k the longest lengths (the grid extents),
+     seq_ranges_q/k device int32 [batch, 2] = (start row, length) of each sequence's queries / keys,
+     rows counted over q's (k's) first two dimensions; rows_q/rows_k are those rows' totals
+     (dimension 0 x dimension 1 of q / k). Lengths and seq_q/seq_k may be 0. */
+  int seq_layout;          /* FA_SEQ_* */
+  const int32_t* seq_ranges_q;
+  const int32_t* seq_ranges_k;
+  int rows_q, rows_k;
 } fa_params;
 
 /* Bytes of device workspace fa_forward needs: staged operand copies (K transposed, float32,

@@ -20,7 +20,7 @@ constexpr size_t forwardSmemBytes() {
   return sizeof(float) * (DMAX * T::BR + DMAX * T::BC + T::BC * DMAX + T::BC * T::BR);
 }
 
-template <int DMAX, bool LOCAL, bool GENERAL>
+template <int DMAX, bool LOCAL, bool GENERAL, bool VARLEN>
 __global__ void __launch_bounds__(NT) forwardSimtKernel(Problem p, const float* __restrict__ q,
                                                         const float* __restrict__ kt, int nkPad,
                                                         const float* __restrict__ v,
@@ -39,17 +39,20 @@ __global__ void __launch_bounds__(NT) forwardSimtKernel(Problem p, const float* 
   const int qTile = gridDim.x - 1 - blockIdx.x;
   const int h = blockIdx.y, b = blockIdx.z, kvh = h / p.group;
   const int i0 = qTile * BR;
+  const Seq sq = sequence<VARLEN>(p, b);
+  if (i0 >= sq.rowsQ) return;  // packed: past this sequence's queries (their rows are the next one's)
   const long long qStride = (long long)p.heads * p.headDim;
   const long long vStride = (long long)p.kvHeads * p.headDimV;
-  const float* qBase = q + ((long long)b * p.seqQ * p.heads + h) * p.headDim;
+  const float* qBase = q + ((long long)sq.startQ * p.heads + h) * p.headDim;
   const float* ktBase = kt + ((long long)b * p.kvHeads + kvh) * DMAX * nkPad;  // staged K^T
-  const float* vBase = v + ((long long)b * p.seqK * p.kvHeads + kvh) * p.headDimV;
+  const float* vBase = v + ((long long)sq.startK * p.kvHeads + kvh) * p.headDimV;
   const float slope = (GENERAL && p.hasAlibi) ? p.alibi[h] : 0.f;
 
-  loadTransposed<BR, DMAX, BR, NT>(Qt, qBase, qStride, i0, p.seqQ, p.headDim);
+  loadTransposed<BR, DMAX, BR, NT>(Qt, qBase, qStride, i0, sq.lenQ, p.headDim);
 
-  int jLo = 0, jHi = p.seqK;
-  if (LOCAL) keyRange(p, i0, min(i0 + BR, p.seqQ) - 1, &jLo, &jHi);
+  int jLo = 0, jHi = sq.lenK;
+  if (LOCAL) keyRange(p, sq, i0, min(i0 + BR, sq.lenQ) - 1, &jLo, &jHi);
+  if (i0 >= sq.lenQ) jLo = jHi = 0;  // a tile of padding rows only: no key tile, zeros written below
 
   float o[TM][TD], mRow[TM], lPart[TM];
 #pragma unroll
@@ -78,8 +81,8 @@ __global__ void __launch_bounds__(NT) forwardSimtKernel(Problem p, const float* 
   };
   if (jStart < jHi) issueK(jStart);
   for (int j0 = jStart; j0 < jHi; j0 += BC) {
-    if (asyncV) loadRowsAsync<BC, DMAX, DMAX, NT>(Vs, vBase, vStride, j0, p.seqK, p.headDimV);
-    else loadRows<BC, DMAX, DMAX, NT>(Vs, vBase, vStride, j0, p.seqK, p.headDimV);
+    if (asyncV) loadRowsAsync<BC, DMAX, DMAX, NT>(Vs, vBase, vStride, j0, sq.lenK, p.headDimV);
+    else loadRows<BC, DMAX, DMAX, NT>(Vs, vBase, vStride, j0, sq.lenK, p.headDimV);
     cpAsyncCommitGroup();
     cpAsyncWaitGroup<1>();  // K^T of this tile has landed
     __syncthreads();
@@ -92,7 +95,7 @@ __global__ void __launch_bounds__(NT) forwardSimtKernel(Problem p, const float* 
     mmaSmem<TM, TN, DMAX, BR, BC>(s, Qt, rowGroup * TM, Kt, colGroup);
 
     // Scores in log2 units; masked elements become -inf.
-    const bool edgeTile = j0 + BC > p.seqK || (LOCAL && !tileInsideWindow(p, i0, i0 + BR - 1, j0, j0 + BC - 1));
+    const bool edgeTile = j0 + BC > sq.lenK || (LOCAL && !tileInsideWindow(p, sq, i0, i0 + BR - 1, j0, j0 + BC - 1));
 #pragma unroll
     for (int m = 0; m < TM; ++m) {
       const int i = i0 + rowGroup * TM + m;
@@ -101,8 +104,8 @@ __global__ void __launch_bounds__(NT) forwardSimtKernel(Problem p, const float* 
 #pragma unroll
       for (int n = 0; n < TN; ++n) {
         const int j = j0 + ColMap<TN>::col(colGroup, n);
-        kept[n] = (edgeTile || GENERAL) ? isKept<LOCAL, GENERAL>(p, b, h, i, j) : true;
-        const float x = kept[n] ? applyScoreMods<GENERAL>(p, s[m][n] * p.scale, slope, i, j) * kLog2e : -INFINITY;
+        kept[n] = (edgeTile || GENERAL) ? isKept<LOCAL, GENERAL>(p, sq, b, h, i, j) : true;
+        const float x = kept[n] ? applyScoreMods<GENERAL>(p, sq, s[m][n] * p.scale, slope, i, j) * kLog2e : -INFINITY;
         s[m][n] = x;
         tileMax = fmaxf(tileMax, x);
       }
@@ -142,27 +145,30 @@ __global__ void __launch_bounds__(NT) forwardSimtKernel(Problem p, const float* 
   for (int m = 0; m < TM; ++m) {
     const int i = i0 + rowGroup * TM + m;
     const float l = groupSum(lPart[m]);
-    if (i >= p.seqQ) continue;
+    if (i >= sq.rowsQ) continue;
+    // Rows past the length (padded layout) are written as zeros, whatever the accumulators hold.
+    const bool inSeq = i < sq.lenQ;
     const float inv = outputScale(l);
-    float* orow = out + (((long long)b * p.seqQ + i) * p.heads + h) * p.headDimV;
+    float* orow = out + (((long long)sq.startQ + i) * p.heads + h) * p.headDimV;
 #pragma unroll
     for (int d = 0; d < TD; ++d) {
       const int c = ColMap<TD>::col(colGroup, d);
-      if (c < p.headDimV) orow[c] = o[m][d] * inv;
+      if (c < p.headDimV) orow[c] = inSeq ? o[m][d] * inv : 0.f;
     }
-    if (colGroup == 0)
-      lse[((long long)b * p.heads + h) * p.seqQ + i] = rowLogSumExp(mRow[m], l);
+    if (colGroup == 0) lse[lseIndex(p, sq, h, i)] = inSeq ? rowLogSumExp(mRow[m], l) : -INFINITY;
   }
 }
 
-template <int DMAX, bool LOCAL, bool GENERAL>
+template <int DMAX, bool LOCAL, bool GENERAL, bool VARLEN>
 cudaError_t launch(const Problem& p, const float* q, const float* kt, int nkPad, const float* v, float* out,
                    float* lse, cudaStream_t stream) {
   constexpr size_t smem = forwardSmemBytes<DMAX>();
-  auto kernel = forwardSimtKernel<DMAX, LOCAL, GENERAL>;
+  auto kernel = forwardSimtKernel<DMAX, LOCAL, GENERAL, VARLEN>;
+  // Sequences x query tiles of the longest one; a block past its sequence's length returns.
+  const dim3 grid((p.seqQ + FwdTile<DMAX>::BR - 1) / FwdTile<DMAX>::BR, p.heads, p.batch);
+  if (emptyGrid(grid)) return cudaSuccess;
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
   if (err != cudaSuccess) return err;
-  const dim3 grid((p.seqQ + FwdTile<DMAX>::BR - 1) / FwdTile<DMAX>::BR, p.heads, p.batch);
   kernel<<<grid, NT, smem, stream>>>(p, q, kt, nkPad, v, out, lse);
   return cudaGetLastError();
 }
@@ -172,9 +178,9 @@ cudaError_t dispatchFlags(const Problem& p, const float* q, const float* k, cons
                           float* out, float* lse, void* workspace, cudaStream_t s) {
   const int nkPad = (p.seqK + 63) / 64 * 64;
   float* kt = static_cast<float*>(workspace);
-  cudaError_t err = stageTransposedF32(k, kt, p.batch, p.seqK, p.kvHeads, p.headDim, nkPad, DMAX, s);
+  cudaError_t err = stageTransposedF32(k, p.rangesK, kt, p.batch, p.seqK, p.kvHeads, p.headDim, nkPad, DMAX, s);
   if (err != cudaSuccess) return err;
-  return OPTIONS_SWITCH(p, [&] { return launch<DMAX, LOCAL, GENERAL>(p, q, kt, nkPad, v, out, lse, s); });
+  return OPTIONS_SWITCH(p, [&] { return launch<DMAX, LOCAL, GENERAL, VARLEN>(p, q, kt, nkPad, v, out, lse, s); });
 }
 
 int simtHeadDim(const Problem& p) {

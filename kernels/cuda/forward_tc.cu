@@ -11,7 +11,7 @@ namespace {
 
 constexpr int NT = 256, BR = 128, BC = 64;
 
-template <int DP, bool LOCAL, bool GENERAL>
+template <int DP, bool LOCAL, bool GENERAL, bool VARLEN>
 __global__ void __launch_bounds__(NT) forwardTensorCoreKernel(Problem p, const __nv_bfloat16* __restrict__ qb,
                                                               const __nv_bfloat16* __restrict__ kb,
                                                               const __nv_bfloat16* __restrict__ vtb,
@@ -27,13 +27,16 @@ __global__ void __launch_bounds__(NT) forwardTensorCoreKernel(Problem p, const _
   const int qTile = gridDim.x - 1 - blockIdx.x;  // heavy tiles first under causal
   const int h = blockIdx.y, b = blockIdx.z, kvh = h / p.group;
   const int i0 = qTile * BR;
+  const Seq sq = sequence<VARLEN>(p, b);
+  if (i0 >= sq.rowsQ) return;  // packed: past this sequence's queries
   const __nv_bfloat16* kBase = kb + ((long long)b * p.kvHeads + kvh) * nkPad * DP;
   const __nv_bfloat16* vBase = vtb + ((long long)b * p.kvHeads + kvh) * DP * nkPad;
   const float slope = (GENERAL && p.hasAlibi) ? p.alibi[h] : 0.f;
   const float scaleLog2 = p.scale * kLog2e;
 
-  int jLo = 0, jHi = p.seqK;
-  if (LOCAL) keyRange(p, i0, min(i0 + BR, p.seqQ) - 1, &jLo, &jHi);
+  int jLo = 0, jHi = sq.lenK;
+  if (LOCAL) keyRange(p, sq, i0, min(i0 + BR, sq.lenQ) - 1, &jLo, &jHi);
+  if (i0 >= sq.lenQ) jLo = jHi = 0;  // a tile of padding rows only: zeros written below
   const int jStart = (jLo / BC) * BC;
 
   auto issueTile = [&](int j0, int stage) {
@@ -84,7 +87,7 @@ __global__ void __launch_bounds__(NT) forwardTensorCoreKernel(Problem p, const _
       for (int kk = 0; kk < KSTEPS; ++kk) mmaBf16(s[nb], qf[kk], ld32(krow + kk * 16), ld32(krow + kk * 16 + 8));
     }
 
-    const bool edgeTile = j0 + BC > p.seqK || (LOCAL && !tileInsideWindow(p, i0, i0 + BR - 1, j0, j0 + BC - 1));
+    const bool edgeTile = j0 + BC > sq.lenK || (LOCAL && !tileInsideWindow(p, sq, i0, i0 + BR - 1, j0, j0 + BC - 1));
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
       const int i = rows[half];
@@ -96,9 +99,9 @@ __global__ void __launch_bounds__(NT) forwardTensorCoreKernel(Problem p, const _
         for (int e = 0; e < 2; ++e) {
           const int j = j0 + nb * 8 + 2 * t + e;
           float& x = s[nb][half * 2 + e];
-          kept[nb][e] = (edgeTile || GENERAL) ? isKept<LOCAL, GENERAL>(p, b, h, i, j) : true;
+          kept[nb][e] = (edgeTile || GENERAL) ? isKept<LOCAL, GENERAL>(p, sq, b, h, i, j) : true;
           x = !kept[nb][e] ? -INFINITY
-                           : GENERAL ? applyScoreMods<GENERAL>(p, x * p.scale, slope, i, j) * kLog2e : x * scaleLog2;
+                           : GENERAL ? applyScoreMods<GENERAL>(p, sq, x * p.scale, slope, i, j) * kLog2e : x * scaleLog2;
           tileMax = fmaxf(tileMax, x);
         }
       tileMax = fmaxf(tileMax, __shfl_xor_sync(0xffffffffu, tileMax, 1));
@@ -114,7 +117,9 @@ __global__ void __launch_bounds__(NT) forwardTensorCoreKernel(Problem p, const _
           float& x = s[nb][half * 2 + e];
           float pv = softmaxWeight(kept[nb][e], x, mNew);
           rowSum += pv;
-          if (GENERAL && p.hasDropout) pv *= dropoutMultiplier(p, rowKey[half], j0 + nb * 8 + 2 * t + e);
+          // Dropped or kept (0 or 1, exact in BF16); 1 / (1 - rate) is applied to O in float32 at
+          // the end, so that P~ = P exactly where P = 1 (the backward's delta relies on it).
+          if (GENERAL && p.hasDropout && !dropoutKeeps(p, rowKey[half], j0 + nb * 8 + 2 * t + e)) pv = 0.f;
           x = pv;
         }
       lPart[half] = lPart[half] * alpha + rowSum;
@@ -142,31 +147,36 @@ __global__ void __launch_bounds__(NT) forwardTensorCoreKernel(Problem p, const _
     l += __shfl_xor_sync(0xffffffffu, l, 1);
     l += __shfl_xor_sync(0xffffffffu, l, 2);
     const int i = rows[half];
-    if (i >= p.seqQ) continue;
-    const float inv = outputScale(l);
-    float* orow = out + (((long long)b * p.seqQ + i) * p.heads + h) * p.headDimV;
+    if (i >= sq.rowsQ) continue;
+    // Rows past the length (padded layout) are written as zeros, whatever the accumulators hold.
+    const bool inSeq = i < sq.lenQ;
+    const float inv = outputScale(l) * ((GENERAL && p.hasDropout) ? p.dropoutScale : 1.f);
+    float* orow = out + (((long long)sq.startQ + i) * p.heads + h) * p.headDimV;
 #pragma unroll
     for (int db = 0; db < DBLK; ++db) {
       const int c = db * 8 + 2 * t;
+      const float o0 = inSeq ? o[db][half * 2] * inv : 0.f, o1 = inSeq ? o[db][half * 2 + 1] * inv : 0.f;
+      // float2 stores need an even element offset: (startQ + i) * heads * Dv is even when Dv is.
       if (c + 1 < p.headDimV && (p.headDimV & 1) == 0) {
-        *reinterpret_cast<float2*>(orow + c) = make_float2(o[db][half * 2] * inv, o[db][half * 2 + 1] * inv);
+        *reinterpret_cast<float2*>(orow + c) = make_float2(o0, o1);
       } else {
-        if (c < p.headDimV) orow[c] = o[db][half * 2] * inv;
-        if (c + 1 < p.headDimV) orow[c + 1] = o[db][half * 2 + 1] * inv;
+        if (c < p.headDimV) orow[c] = o0;
+        if (c + 1 < p.headDimV) orow[c + 1] = o1;
       }
     }
-    if (t == 0) lse[((long long)b * p.heads + h) * p.seqQ + i] = rowLogSumExp(mRow[half], l);
+    if (t == 0) lse[lseIndex(p, sq, h, i)] = inSeq ? rowLogSumExp(mRow[half], l) : -INFINITY;
   }
 }
 
-template <int DP, bool LOCAL, bool GENERAL>
+template <int DP, bool LOCAL, bool GENERAL, bool VARLEN>
 cudaError_t launch(const Problem& p, const __nv_bfloat16* qb, const __nv_bfloat16* kb,
                    const __nv_bfloat16* vtb, int nqPad, int nkPad, float* out, float* lse, cudaStream_t stream) {
   constexpr size_t smem = sizeof(__nv_bfloat16) * 2 * (BC * (DP + 8) + DP * (BC + 8));
-  auto kernel = forwardTensorCoreKernel<DP, LOCAL, GENERAL>;
+  auto kernel = forwardTensorCoreKernel<DP, LOCAL, GENERAL, VARLEN>;
+  const dim3 grid(nqPad / BR, p.heads, p.batch);
+  if (emptyGrid(grid)) return cudaSuccess;
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
   if (err != cudaSuccess) return err;
-  const dim3 grid(nqPad / BR, p.heads, p.batch);
   kernel<<<grid, NT, smem, stream>>>(p, qb, kb, vtb, nqPad, nkPad, out, lse);
   return cudaGetLastError();
 }
@@ -174,7 +184,7 @@ cudaError_t launch(const Problem& p, const __nv_bfloat16* qb, const __nv_bfloat1
 template <int DP>
 cudaError_t dispatchFlags(const Problem& p, const __nv_bfloat16* qb, const __nv_bfloat16* kb,
                           const __nv_bfloat16* vtb, int nqPad, int nkPad, float* out, float* lse, cudaStream_t s) {
-  return OPTIONS_SWITCH(p, [&] { return launch<DP, LOCAL, GENERAL>(p, qb, kb, vtb, nqPad, nkPad, out, lse, s); });
+  return OPTIONS_SWITCH(p, [&] { return launch<DP, LOCAL, GENERAL, VARLEN>(p, qb, kb, vtb, nqPad, nkPad, out, lse, s); });
 }
 
 }  // namespace
@@ -198,9 +208,9 @@ cudaError_t launchForwardTensorCore(const Problem& p, const float* q, const floa
   auto* kb = qb + (size_t)p.batch * p.heads * nqPad * dp;
   auto* vtb = kb + (size_t)p.batch * p.kvHeads * nkPad * dp;
   cudaError_t err;
-  if ((err = stageBf16(q, qb, p.batch, p.seqQ, p.heads, p.headDim, nqPad, dp, false, stream)) != cudaSuccess) return err;
-  if ((err = stageBf16(k, kb, p.batch, p.seqK, p.kvHeads, p.headDim, nkPad, dp, false, stream)) != cudaSuccess) return err;
-  if ((err = stageBf16(v, vtb, p.batch, p.seqK, p.kvHeads, p.headDimV, nkPad, dp, true, stream)) != cudaSuccess) return err;
+  if ((err = stageBf16(q, p.rangesQ, qb, p.batch, p.seqQ, p.heads, p.headDim, nqPad, dp, false, stream))) return err;
+  if ((err = stageBf16(k, p.rangesK, kb, p.batch, p.seqK, p.kvHeads, p.headDim, nkPad, dp, false, stream))) return err;
+  if ((err = stageBf16(v, p.rangesK, vtb, p.batch, p.seqK, p.kvHeads, p.headDimV, nkPad, dp, true, stream))) return err;
   return dp == 64 ? dispatchFlags<64>(p, qb, kb, vtb, nqPad, nkPad, out, lse, stream)
                   : dispatchFlags<128>(p, qb, kb, vtb, nqPad, nkPad, out, lse, stream);
 }

@@ -14,9 +14,12 @@
     }                                           \
   }()
 
-// The two compile-time switches of every kernel of the family (see common.cuh): LOCAL (a window,
-// causal included, is active) and GENERAL (ALiBi, softcap, mask or dropout is on).
-#define OPTIONS_SWITCH(PROBLEM, ...)                                     \
-  BOOL_SWITCH(fa::isLocal(PROBLEM), LOCAL, [&] {                         \
-    return BOOL_SWITCH(fa::isGeneral(PROBLEM), GENERAL, __VA_ARGS__);    \
+// The three compile-time switches of every kernel of the family (see common.cuh): LOCAL (a
+// window, causal included, is active), GENERAL (ALiBi, softcap, mask or dropout is on) and VARLEN
+// (sequences have their own lengths: seqLayout 'padded' or 'packed').
+#define OPTIONS_SWITCH(PROBLEM, ...)                                         \
+  BOOL_SWITCH(fa::isLocal(PROBLEM), LOCAL, [&] {                             \
+    return BOOL_SWITCH(fa::isGeneral(PROBLEM), GENERAL, [&] {                \
+      return BOOL_SWITCH(fa::isVarlen(PROBLEM), VARLEN, __VA_ARGS__);        \
+    });                                                                      \
   })

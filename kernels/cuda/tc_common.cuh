@@ -54,12 +54,12 @@ __device__ __forceinline__ void copyTileAsync(__nv_bfloat16* dst, const __nv_bfl
 inline int roundUp(int x, int m) { return (x + m - 1) / m * m; }
 
 // BF16 staging of one operand: src float32 [B, N, HX, W] to dst [B, HX, NPad, DP] (natural) or
-// [B, HX, DP, NPad] (transposed), zeros in the padding.
-cudaError_t stageBf16(const float* src, __nv_bfloat16* dst, int batch, int n, int hx, int w, int nPad,
-                      int dp, bool transposed, cudaStream_t stream);
+// [B, HX, DP, NPad] (transposed), zeros in the padding. ranges: as stageTransposedF32 (common.cuh).
+cudaError_t stageBf16(const float* src, const int* ranges, __nv_bfloat16* dst, int batch, int n, int hx, int w,
+                      int nPad, int dp, bool transposed, cudaStream_t stream);
 
 // Both layouts (rows and transposed) from one read of src.
-cudaError_t stageBf16Both(const float* src, __nv_bfloat16* rows, __nv_bfloat16* cols, int batch, int n, int hx,
-                          int w, int nPad, int dp, cudaStream_t stream);
+cudaError_t stageBf16Both(const float* src, const int* ranges, __nv_bfloat16* rows, __nv_bfloat16* cols, int batch,
+                          int n, int hx, int w, int nPad, int dp, cudaStream_t stream);
 
 }  // namespace fa

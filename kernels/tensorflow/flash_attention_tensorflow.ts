@@ -1,9 +1,11 @@
 /**
  * Kernels of backend `tensorflow` (tfjs-node-gpu): they run the TensorFlow ops `FlashAttention`
  * and `FlashAttentionGrad` that the CUDA op library registers (native/tf_op/), through
- * tfjs-node's executeMultipleOutputs. The op attributes are the tfjs kernels' attributes, plus
- * dropoutThreshold: TensorFlow's float attribute is float32, and floor(rate * 2^32) of the
- * float32 rate can differ from the contract's float64 one, so the exact threshold travels too.
+ * tfjs-node's executeMultipleOutputs, inputs in the contract's order (q, k, v, alibiSlopes,
+ * mask, seqRangesQ, seqRangesK; the gradient adds out, logSumExp, dy). The op attributes are the
+ * tfjs kernels' attributes, plus dropoutThreshold: TensorFlow's float attribute is float32, and
+ * floor(rate * 2^32) of the float32 rate can differ from the contract's float64 one, so the exact
+ * threshold travels too.
  */
 import { KernelConfig, KernelFunc, TensorInfo } from '@tensorflow/tfjs-core';
 import {
@@ -40,23 +42,28 @@ export function tensorflowOpAttrs(problem: AttentionProblem, binding: Tensorflow
     { name: 'seed', type: INT, value: attrs.seed | 0 },
     { name: 'precision', type: STRING, value: attrs.precision },
     { name: 'dropoutThreshold', type: INT, value: problem.flags.dropout ? problem.dropoutThreshold : -1 },
+    { name: 'seqLayout', type: STRING, value: attrs.seqLayout },
+    { name: 'maxSeqLenQ', type: INT, value: attrs.maxSeqLenQ },
+    { name: 'maxSeqLenK', type: INT, value: attrs.maxSeqLenK },
+    { name: 'numSeqs', type: INT, value: attrs.numSeqs },
   ];
 }
 
 const flashAttentionTensorflow: KernelFunc = ({ inputs, backend, attrs }) => {
-  const { q, k, v, alibiSlopes, mask } = inputs as unknown as FlashAttentionInputs;
+  const { q, k, v, alibiSlopes, mask, seqRangesQ, seqRangesK } = inputs as unknown as FlashAttentionInputs;
   const b = backend as unknown as TensorflowBackendLike;
   const problem = attentionProblem(q.shape, k.shape, v.shape, attrs as unknown as FlashAttentionAttrs);
   return b.executeMultipleOutputs(FlashAttention, tensorflowOpAttrs(problem, b.binding),
-                                  [q, k, v, alibiSlopes, mask], 2);
+                                  [q, k, v, alibiSlopes, mask, seqRangesQ, seqRangesK], 2);
 };
 
 const flashAttentionGradTensorflow: KernelFunc = ({ inputs, backend, attrs }) => {
-  const { q, k, v, alibiSlopes, mask, out, logSumExp, dy } = inputs as unknown as FlashAttentionGradInputs;
+  const { q, k, v, alibiSlopes, mask, seqRangesQ, seqRangesK, out, logSumExp, dy } =
+    inputs as unknown as FlashAttentionGradInputs;
   const b = backend as unknown as TensorflowBackendLike;
   const problem = attentionProblem(q.shape, k.shape, v.shape, attrs as unknown as FlashAttentionAttrs);
   return b.executeMultipleOutputs(FlashAttentionGrad, tensorflowOpAttrs(problem, b.binding),
-                                  [q, k, v, alibiSlopes, mask, out, logSumExp, dy], 3);
+                                  [q, k, v, alibiSlopes, mask, seqRangesQ, seqRangesK, out, logSumExp, dy], 3);
 };
 
 export const flashAttentionTensorflowConfig: KernelConfig = {

@@ -4,6 +4,9 @@
  * workgroup memory, keeps the running row max, row sum and output accumulator in registers
  * (online softmax), and writes the output and the row log-sum-exp once. Nothing seqQ x seqK is
  * ever stored. Key tiles a query tile cannot see (causal, sliding window) are skipped whole.
+ * Two variants of the inner loop (tiles.ts chooses, as measured): tiled (whole-head-dim Q, K, V
+ * tiles in workgroup memory) and staged (the backward's chunked products, staged_wgsl.ts), whose
+ * workgroup memory does not grow with the head dim.
  *
  * With sequence lengths (seqLayout 'padded' or 'packed', a compile-time option: sequenceWGSL),
  * workgroup z is a sequence: its queries and keys are read from (start, length) ranges, key tiles
@@ -16,6 +19,7 @@ import {
   AttentionProblem, attentionProblem, FlashAttention, FlashAttentionAttrs, FlashAttentionInputs, OptionFlags,
 } from '../../src/contract';
 import { optionHelpers } from './attention_wgsl';
+import { maybeFlashDecodeWebGPU } from './flash_decode_webgpu';
 import {
   checkBindingSizes, checkDispatch, deviceLimits, FlashProgram, runProgram,
   RANGE_NAMES, shaderKeyOf, unpack, unroll, WebGPUBackend, withDeviceErrorCheck, withSeqRanges,
@@ -295,6 +299,9 @@ export class FlashForwardProgram extends FlashProgram {
 export function flashAttentionWebGPU(
     args: { inputs: FlashAttentionInputs, backend: WebGPUBackend, attrs: FlashAttentionAttrs }): TensorInfo[] {
   const { inputs, backend, attrs } = args;
+  // A few query rows over many keys: the split-KV kernel (flash_decode_webgpu.ts) when it picks them.
+  const decoded = maybeFlashDecodeWebGPU(args);
+  if (decoded) return decoded;
   const { q, k, v, alibiSlopes, mask, seqRangesQ, seqRangesK } = inputs as unknown as Record<string, TensorInfo>;
   const s = attentionProblem(q.shape, k.shape, v.shape, attrs);
   const limits = deviceLimits(backend);

@@ -94,18 +94,6 @@ const bwd = (rows: number, cols: number, rowsPerThread: number, colsPerThread: n
     ({ rows, cols, rowsPerThread, colsPerThread, unroll: 1, depth });
 
 /**
- * Preferred first; the first that fits the device wins; the last (2 x 4 tiles) fit headDim 256
- * in WebGPU's minimum 16 KiB of workgroup storage.
- * The leaders were measured on an H100 (48 KiB workgroup storage, 1024 invocations), seq 4096,
- * 16 heads, headDim 64 (kernels/webgpu/tune/): the forward with 4 x 4 scores per thread and the
- * backward passes with 256 threads per workgroup. At headDim 128 none of those fits 48 KiB; there
- * the next candidates with more threads for the same tile bytes measured 12x faster than the
- * 32-thread tiles that followed (forward 32 x 16 at 2 x 2 per thread: 140 -> 11.3 ms; backward
- * 16 x 16 at 1 x 2: forward + backward 670 -> 85 ms; H100, seq 4096, 16 heads, GPU time).
- * Near headDim 256 only the forward's sharedKV 32 x 8 tile (64 threads) fits before 16 x 8 (16
- * threads): H200, seq 4096, 16 heads, 149 against 1137 ms (BENCHMARKS.md, WebGPU forward on the H200).
- */
-/**
  * The staged forward's candidates, best first (H200, 2026-12-02, fwd2's sweep at N = 4096 in
  * BENCHMARKS.md: 64 x 64 at 4 x 4 ahead of 128 x 64 at 8 x 4 at every head dim).
  */
@@ -130,11 +118,22 @@ export function setForwardVariant(v: ForwardVariant): void {
 /**
  * Head widths (max(headDim, headDimV), inclusive ranges) where the staged forward ranks first,
  * per device path: 'subgroups' where the row max and sum use subgroup shuffles, 'default' where
- * they go through workgroup memory.
+ * they go through workgroup memory. As measured on the H200 (2026-12-02 05:53 UTC, one process per
+ * device path, head dim and variant, 500 ms warm-up, median of 10, GPU ms, 16 heads; full / causal;
+ * kernels/webgpu/tune/forward_h200.sh, BENCHMARKS.md "WebGPU forward on the H200"):
+ *
+ *   d    N       default: tiled        staged          subgroups: tiled      staged
+ *   32   4096    2.39 / 1.28      2.72 / 1.45         2.39 / 1.27      2.59 / 1.40   tiled (also at 1024, 16384)
+ *   64   4096    3.78 / 2.03      3.62 / 1.93         3.69 / 1.98      3.46 / 1.88   staged (also at 1024, 16384)
+ *   128  4096   11.62 / 6.26      6.48 / 3.49        11.54 / 6.09      6.28 / 3.42   staged (1.7-1.8x at 1024, 16384)
+ *   256  4096  149.4 / 84.6      13.10 / 7.50       149.1 / 84.6     13.34 / 7.41   staged
+ *
+ * Between 64 and 256 both measured neighbours favour the staged forward; below 64 only d = 32 was
+ * measured (tiled), so head widths 33-63 keep the tiled forward.
  */
 export const STAGED_FORWARD_FIRST: Record<'default' | 'subgroups', Array<[number, number]>> = {
-  default: [],
-  subgroups: [],
+  default: [[64, 256]],
+  subgroups: [[64, 256]],
 };
 
 function forwardCandidates(headDim: number, headDimV: number, rowShuffles: boolean): TileConfig[] {
@@ -146,6 +145,19 @@ function forwardCandidates(headDim: number, headDimV: number, rowShuffles: boole
   return [...tiled.slice(0, TILED_FORWARD_LEADERS), ...STAGED_FORWARD, ...tiled.slice(TILED_FORWARD_LEADERS)];
 }
 
+/**
+ * Preferred first; the first that fits the device wins; the last (2 x 4 tiles) fit headDim 256
+ * in WebGPU's minimum 16 KiB of workgroup storage.
+ * The leaders were measured on an H100 (48 KiB workgroup storage, 1024 invocations), seq 4096,
+ * 16 heads, headDim 64 (kernels/webgpu/tune/): the forward with 4 x 4 scores per thread and the
+ * backward passes with 256 threads per workgroup. At headDim 128 none of those fits 48 KiB; there
+ * the next candidates with more threads for the same tile bytes measured 12x faster than the
+ * 32-thread tiles that followed (forward 32 x 16 at 2 x 2 per thread: 140 -> 11.3 ms; backward
+ * 16 x 16 at 1 x 2: forward + backward 670 -> 85 ms; H100, seq 4096, 16 heads, GPU time).
+ * Near headDim 256 only the tiled forward's sharedKV 32 x 8 tile (64 threads) fits before 16 x 8
+ * (16 threads): H200, seq 4096, 16 heads, 149 against 1137 ms (BENCHMARKS.md, WebGPU forward on the
+ * H200); the staged forward (forwardCandidates) ranks before both there.
+ */
 const CANDIDATES: Record<Pass, TileConfig[]> = {
   forward: [cfg(64, 32, 4, 4, 4), cfg(64, 32, 2, 2), cfg(64, 32, 2), cfg(32, 32, 4), cfg(32, 16, 2, 2), cfg(32, 16, 4),
             cfg(16, 16, 2), { ...cfg(32, 8, 2, 2), sharedKV: true }, cfg(16, 8, 2), cfg(8, 8, 1), cfg(4, 4, 1), cfg(2, 4, 1)],

@@ -29,12 +29,20 @@ const char* const kAttrSpecs[] = {
     "scale: float",       "softcap: float",     "windowLeft: int",    "windowRight: int",
     "hasAlibi: bool",     "hasMask: bool",      "dropoutRate: float", "seed: int",
     "precision: {'highest', 'fast'}", "dropoutThreshold: int = -1",
+    "seqLayout: {'dense', 'padded', 'packed'} = 'dense'", "maxSeqLenQ: int = 0", "maxSeqLenK: int = 0",
+    "numSeqs: int = 0",
 };
+
+// Input positions: the forward's, then (gradient) out, logsumexp, dy.
+enum Input { kQ, kK, kV, kAlibi, kMask, kRangesQ, kRangesK, kOut, kLse, kDy };
+constexpr int kForwardInputs = kRangesK + 1, kGradInputs = kDy + 1;
 
 struct Attrs {
   float scale = 0, softcap = 0, dropoutRate = 0;
   int64_t windowLeft = -1, windowRight = -1, seed = 0, dropoutThreshold = -1;
   bool hasAlibi = false, hasMask = false, fast = false;
+  int seqLayout = FA_SEQ_DENSE;
+  int64_t maxSeqLenQ = 0, maxSeqLenK = 0, numSeqs = 0;
 };
 
 // Every kernel instance owns a stream; TensorFlow may run instances concurrently.
@@ -111,7 +119,7 @@ void* createKernel(TF_OpKernelConstruction* ctx) {
   TF_Status* st = TF_NewStatus();
   Attrs& a = k->attrs;
   TF_Bool b = 0;
-  char precision[16] = {0};
+  char precision[16] = {0}, layout[16] = {0};
   TF_OpKernelConstruction_GetAttrFloat(ctx, "scale", &a.scale, st);
   if (TF_GetCode(st) == TF_OK) TF_OpKernelConstruction_GetAttrFloat(ctx, "softcap", &a.softcap, st);
   if (TF_GetCode(st) == TF_OK) TF_OpKernelConstruction_GetAttrInt64(ctx, "windowLeft", &a.windowLeft, st);
@@ -122,10 +130,20 @@ void* createKernel(TF_OpKernelConstruction* ctx) {
   if (TF_GetCode(st) == TF_OK) TF_OpKernelConstruction_GetAttrInt64(ctx, "seed", &a.seed, st);
   if (TF_GetCode(st) == TF_OK) TF_OpKernelConstruction_GetAttrInt64(ctx, "dropoutThreshold", &a.dropoutThreshold, st);
   if (TF_GetCode(st) == TF_OK) TF_OpKernelConstruction_GetAttrString(ctx, "precision", precision, sizeof(precision) - 1, st);
+  if (TF_GetCode(st) == TF_OK) TF_OpKernelConstruction_GetAttrString(ctx, "seqLayout", layout, sizeof(layout) - 1, st);
+  if (TF_GetCode(st) == TF_OK) TF_OpKernelConstruction_GetAttrInt64(ctx, "maxSeqLenQ", &a.maxSeqLenQ, st);
+  if (TF_GetCode(st) == TF_OK) TF_OpKernelConstruction_GetAttrInt64(ctx, "maxSeqLenK", &a.maxSeqLenK, st);
+  if (TF_GetCode(st) == TF_OK) TF_OpKernelConstruction_GetAttrInt64(ctx, "numSeqs", &a.numSeqs, st);
   if (TF_GetCode(st) == TF_OK) {
     if (std::strcmp(precision, "fast") == 0) a.fast = true;
     else if (std::strcmp(precision, "highest") != 0)
       TF_SetStatus(st, TF_INVALID_ARGUMENT, "Error in flashAttention: precision must be 'highest' or 'fast'");
+  }
+  if (TF_GetCode(st) == TF_OK) {
+    if (std::strcmp(layout, "padded") == 0) a.seqLayout = FA_SEQ_PADDED;
+    else if (std::strcmp(layout, "packed") == 0) a.seqLayout = FA_SEQ_PACKED;
+    else if (std::strcmp(layout, "dense") != 0)
+      TF_SetStatus(st, TF_INVALID_ARGUMENT, "Error in flashAttention: seqLayout must be 'dense', 'padded' or 'packed'");
   }
   if (TF_GetCode(st) != TF_OK) TF_OpKernelConstruction_Failure(ctx, st);
   TF_DeleteStatus(st);
@@ -171,8 +189,9 @@ std::string shapeString(const std::vector<int64_t>& s) {
 }
 
 // Fills fa_params from the inputs' shapes and the attributes; returns an error message or "".
+// The ranges pointers are left null: the caller copies the ranges to the device (copyRanges).
 std::string describe(const Inputs& in, const Attrs& a, fa_params* p) {
-  const auto q = in.shape(0), k = in.shape(1), v = in.shape(2), mask = in.shape(4);
+  const auto q = in.shape(kQ), k = in.shape(kK), v = in.shape(kV), mask = in.shape(kMask);
   if (q.size() != 4 || k.size() != 4 || v.size() != 4)
     return "q, k, v must be rank 4, got " + shapeString(q) + ", " + shapeString(k) + ", " + shapeString(v);
   if (k[0] != q[0] || v[0] != q[0] || k[3] != q[3] || v[1] != k[1] || v[2] != k[2] || q[2] % k[2] != 0)
@@ -180,14 +199,30 @@ std::string describe(const Inputs& in, const Attrs& a, fa_params* p) {
   std::memset(p, 0, sizeof(*p));
   p->batch = (int)q[0]; p->seq_q = (int)q[1]; p->heads = (int)q[2]; p->head_dim = (int)q[3];
   p->seq_k = (int)k[1]; p->kv_heads = (int)k[2]; p->head_dim_v = (int)v[3];
+  p->seq_layout = a.seqLayout;
+  p->rows_q = (int)(q[0] * q[1]);
+  p->rows_k = (int)(k[0] * k[1]);
+  if (a.seqLayout != FA_SEQ_DENSE) {
+    if (a.seqLayout == FA_SEQ_PACKED) {
+      // q [1, totalQ, H, D]: the grid runs over the sequences and their longest lengths.
+      if (q[0] != 1 || a.hasMask) return "the packed layout takes q [1, totalQ, H, D] and no mask, got q " + shapeString(q);
+      p->batch = (int)a.numSeqs; p->seq_q = (int)a.maxSeqLenQ; p->seq_k = (int)a.maxSeqLenK;
+      if (a.numSeqs < 0 || a.maxSeqLenQ < 0 || a.maxSeqLenK < 0 || a.maxSeqLenQ > q[1] || a.maxSeqLenK > k[1])
+        return "numSeqs, maxSeqLenQ, maxSeqLenK out of range for q " + shapeString(q) + ", k " + shapeString(k);
+    }
+    const std::vector<int64_t> ranges = {p->batch, 2};
+    if (in.shape(kRangesQ) != ranges || in.shape(kRangesK) != ranges)
+      return "seqRangesQ and seqRangesK must be " + shapeString(ranges) + ", got " + shapeString(in.shape(kRangesQ)) +
+             " and " + shapeString(in.shape(kRangesK));
+  }
   p->scale = a.scale; p->softcap = a.softcap;
   p->window_left = (int)a.windowLeft; p->window_right = (int)a.windowRight;
   p->dropout_rate = a.dropoutRate; p->seed = (uint32_t)a.seed; p->dropout_threshold = a.dropoutThreshold;
   p->precision = a.fast ? FA_PRECISION_FAST : FA_PRECISION_HIGHEST;
   if (a.hasAlibi) {
-    const auto s = in.shape(3);
+    const auto s = in.shape(kAlibi);
     if (s.size() != 1 || s[0] != q[2]) return "alibiSlopes must be [heads], got " + shapeString(s);
-    p->alibi_slopes = in.f(3);
+    p->alibi_slopes = in.f(kAlibi);
   }
   if (a.hasMask) {
     const int64_t full[4] = {q[0], q[2], q[1], k[1]};
@@ -199,9 +234,27 @@ std::string describe(const Inputs& in, const Attrs& a, fa_params* p) {
       p->mask_strides[d] = mask[d] == 1 ? 0 : stride;
       stride *= mask[d];
     }
-    p->mask = static_cast<const uint8_t*>(TF_TensorData(in.t[4]));
+    p->mask = static_cast<const uint8_t*>(TF_TensorData(in.t[kMask]));
   }
   return "";
+}
+
+// The ranges in device memory. TensorFlow keeps a GPU kernel's int32 inputs in host memory, so
+// they are copied (cudaMemcpyDefault reads host or device memory alike) into the front of the
+// workspace: rangesBytes(p) bytes, then the kernels' own workspace.
+size_t rangesBytes(const fa_params& p) {
+  return p.seq_layout == FA_SEQ_DENSE ? 0 : (2 * 2 * sizeof(int32_t) * (size_t)p.batch + 255) / 256 * 256;
+}
+int copyRanges(const Inputs& in, fa_params* p, void* ws, cudaStream_t stream) {
+  if (p->seq_layout == FA_SEQ_DENSE || p->batch == 0) return 0;
+  const size_t bytes = 2 * sizeof(int32_t) * (size_t)p->batch;
+  auto* d = static_cast<int32_t*>(ws);
+  if (int e = cudaMemcpyAsync(d, TF_TensorData(in.t[kRangesQ]), bytes, cudaMemcpyDefault, stream)) return e;
+  if (int e = cudaMemcpyAsync(d + 2 * p->batch, TF_TensorData(in.t[kRangesK]), bytes, cudaMemcpyDefault, stream))
+    return e;
+  p->seq_ranges_q = d;
+  p->seq_ranges_k = d + 2 * p->batch;
+  return 0;
 }
 
 // Steps 1 and 2 of the ordering above; returns false (and fails ctx) on a CUDA error.
@@ -245,24 +298,29 @@ void computeForward(void* kernel, TF_OpKernelContext* ctx) {
   TF_Status* st = TF_NewStatus();
   Inputs in;
   fa_params p;
-  if (!in.fetch(ctx, 5, st)) { TF_OpKernelContext_Failure(ctx, st); TF_DeleteStatus(st); return; }
+  if (!in.fetch(ctx, kForwardInputs, st)) { TF_OpKernelContext_Failure(ctx, st); TF_DeleteStatus(st); return; }
   const std::string err = describe(in, k->attrs, &p);
   if (!err.empty()) { fail(ctx, TF_INVALID_ARGUMENT, err); TF_DeleteStatus(st); return; }
-  TF_Tensor* out = allocate(ctx, 0, {p.batch, p.seq_q, p.heads, p.head_dim_v}, st);
-  TF_Tensor* lse = TF_GetCode(st) == TF_OK ? allocate(ctx, 1, {p.batch, p.heads, p.seq_q}, st) : nullptr;
+  // out [B, Nq, H, Dv] and logsumexp [B, H, Nq] (packed: B = 1, Nq = totalQ), from q's shape.
+  const auto q = in.shape(kQ);
+  TF_Tensor* out = allocate(ctx, 0, {q[0], q[1], q[2], p.head_dim_v}, st);
+  TF_Tensor* lse = TF_GetCode(st) == TF_OK ? allocate(ctx, 1, {q[0], q[2], q[1]}, st) : nullptr;
   if (TF_GetCode(st) != TF_OK) {
     TF_OpKernelContext_Failure(ctx, st);
-  } else if (prepareStream(ctx, k, in.f(0))) {
+  } else if (p.rows_q == 0) {
+    // No query rows: nothing to compute or write.
+  } else if (prepareStream(ctx, k, in.f(kQ))) {
     // Workspaces come from CUDA's stream-ordered pool: TF_AllocateTemp is not in every
     // TensorFlow 2.x C API, and the pool makes these allocations cheap after the first call.
     void* ws = nullptr;
-    const size_t wsBytes = fa_forward_workspace_size(&p);
+    const size_t front = rangesBytes(p), wsBytes = front + fa_forward_workspace_size(&p);
     int code = wsBytes ? cudaMallocAsync(&ws, wsBytes, k->stream) : 0;
-    if (code == 0) {
-      code = fa_forward(&p, in.f(0), in.f(1), in.f(2), static_cast<float*>(TF_TensorData(out)),
-                        static_cast<float*>(TF_TensorData(lse)), ws, k->stream);
-      if (ws) cudaFreeAsync(ws, k->stream);
-    }
+    if (code == 0) code = copyRanges(in, &p, ws, k->stream);
+    if (code == 0)
+      code = fa_forward(&p, in.f(kQ), in.f(kK), in.f(kV), static_cast<float*>(TF_TensorData(out)),
+                        static_cast<float*>(TF_TensorData(lse)), ws ? static_cast<char*>(ws) + front : nullptr,
+                        k->stream);
+    if (ws) cudaFreeAsync(ws, k->stream);
     finish(ctx, k, code);
   }
   if (out) TF_DeleteTensor(out);
@@ -275,22 +333,26 @@ void computeGrad(void* kernel, TF_OpKernelContext* ctx) {
   TF_Status* st = TF_NewStatus();
   Inputs in;
   fa_params p;
-  if (!in.fetch(ctx, 8, st)) { TF_OpKernelContext_Failure(ctx, st); TF_DeleteStatus(st); return; }
+  if (!in.fetch(ctx, kGradInputs, st)) { TF_OpKernelContext_Failure(ctx, st); TF_DeleteStatus(st); return; }
   const std::string err = describe(in, k->attrs, &p);
   if (!err.empty()) { fail(ctx, TF_INVALID_ARGUMENT, err); TF_DeleteStatus(st); return; }
   TF_Tensor* grads[3] = {nullptr, nullptr, nullptr};
-  for (int i = 0; i < 3 && TF_GetCode(st) == TF_OK; ++i) grads[i] = allocate(ctx, i, in.shape(i), st);
+  for (int i = 0; i < 3 && TF_GetCode(st) == TF_OK; ++i) grads[i] = allocate(ctx, i, in.shape(kQ + i), st);
   if (TF_GetCode(st) != TF_OK) {
     TF_OpKernelContext_Failure(ctx, st);
-  } else if (prepareStream(ctx, k, in.f(0))) {
+  } else if (p.rows_q == 0 && p.rows_k == 0) {
+    // Empty q and k: nothing to write.
+  } else if (prepareStream(ctx, k, in.f(p.rows_q ? kQ : kK))) {
     void* ws = nullptr;
-    int code = cudaMallocAsync(&ws, fa_backward_workspace_size(&p), k->stream);
-    if (code == 0) {
-      code = fa_backward(&p, in.f(0), in.f(1), in.f(2), in.f(5), in.f(6), in.f(7),
+    const size_t front = rangesBytes(p), wsBytes = front + fa_backward_workspace_size(&p);
+    int code = wsBytes ? cudaMallocAsync(&ws, wsBytes, k->stream) : 0;
+    if (code == 0) code = copyRanges(in, &p, ws, k->stream);
+    if (code == 0)
+      code = fa_backward(&p, in.f(kQ), in.f(kK), in.f(kV), in.f(kOut), in.f(kLse), in.f(kDy),
                          static_cast<float*>(TF_TensorData(grads[0])), static_cast<float*>(TF_TensorData(grads[1])),
-                         static_cast<float*>(TF_TensorData(grads[2])), ws, k->stream);
-      cudaFreeAsync(ws, k->stream);
-    }
+                         static_cast<float*>(TF_TensorData(grads[2])), ws ? static_cast<char*>(ws) + front : nullptr,
+                         k->stream);
+    if (ws) cudaFreeAsync(ws, k->stream);
     finish(ctx, k, code);
   }
   for (auto* g : grads) if (g) TF_DeleteTensor(g);
@@ -341,7 +403,8 @@ void registerAll() {
     return;
   }
   TF_Status* st = TF_NewStatus();
-  const std::vector<const char*> fwdInputs = {"q: float", "k: float", "v: float", "alibi_slopes: float", "mask: bool"};
+  const std::vector<const char*> fwdInputs = {"q: float", "k: float", "v: float", "alibi_slopes: float", "mask: bool",
+                                              "seq_ranges_q: int32", "seq_ranges_k: int32"};
   std::vector<const char*> gradInputs = fwdInputs;
   gradInputs.insert(gradInputs.end(), {"out: float", "logsumexp: float", "dy: float"});
   if (!registerOp("FlashAttention", fwdInputs, {"out: float", "logsumexp: float"}, forwardShapes,

@@ -33,7 +33,12 @@ class FaParams(ctypes.Structure):
         ('alibi_slopes', ctypes.c_void_p), ('mask', ctypes.c_void_p),
         ('mask_strides', ctypes.c_int64 * 4), ('dropout_rate', ctypes.c_float),
         ('seed', ctypes.c_uint32), ('dropout_threshold', ctypes.c_int64), ('precision', ctypes.c_int),
+        ('seq_layout', ctypes.c_int), ('seq_ranges_q', ctypes.c_void_p), ('seq_ranges_k', ctypes.c_void_p),
+        ('rows_q', ctypes.c_int), ('rows_k', ctypes.c_int),
     ]
+
+
+FA_SEQ_DENSE, FA_SEQ_PADDED, FA_SEQ_PACKED = 0, 1, 2
 
 
 def load_library(path):
@@ -123,8 +128,14 @@ def make_inputs(c, gen):
     return q, k, v, dy, slopes, mask
 
 
-def reference(c, q, k, v, dy, slopes, mask):
-    """The contract of src/contract/kernel_names.ts, literally, in float64 (full score matrix)."""
+def reference(c, q, k, v, dy, slopes, mask, lens_q=None, lens_k=None, first_seq=0):
+    """The contract of src/contract/kernel_names.ts, literally, in float64 (full score matrix).
+
+    lens_q/lens_k (per batch element, the padded layout): the equivalent explicit mask (query i and
+    key j exist when i < lens_q[b], j < lens_k[b]) with the offset lens_k[b] - lens_q[b] for the
+    window, causal and ALiBi; rows past a length then come out 0 with logsumexp -inf and zero
+    gradients, as the contract asks. first_seq: the sequence index of batch element 0 (dropout's
+    b), for a reference run on one sequence of a larger call."""
     q, k, v = (t.double().requires_grad_() for t in (q, k, v))
     dy = dy.double()
     B, Nq, H, D = q.shape
@@ -132,17 +143,23 @@ def reference(c, q, k, v, dy, slopes, mask):
     kk, vv = k.repeat_interleave(g, dim=2), v.repeat_interleave(g, dim=2)  # kvh = h // g
     raw = torch.einsum('bihd,bjhd->bhij', q, kk) * c['scale']
     s = c['softcap'] * torch.tanh(raw / c['softcap']) if c['softcap'] > 0 else raw
-    off = Nk - Nq
     i = torch.arange(Nq, device=q.device)[:, None]
     j = torch.arange(Nk, device=q.device)[None, :]
+    kept = torch.ones(1, 1, Nq, Nk, dtype=torch.bool, device=q.device)
+    if lens_q is not None:
+        lq = torch.tensor(lens_q, device=q.device)[:, None, None, None]
+        lk = torch.tensor(lens_k, device=q.device)[:, None, None, None]
+        off = lk - lq                                   # [B, 1, 1, 1]: per sequence
+        kept = kept & (i < lq) & (j < lk)
+    else:
+        off = Nk - Nq
     if slopes is not None:
         s = s - slopes.double()[None, :, None, None] * (i + off - j).abs()
-    kept = torch.ones(Nq, Nk, dtype=torch.bool, device=q.device)
     if c['wl'] >= 0:
-        kept &= j >= i + off - c['wl']
+        kept = kept & (j >= i + off - c['wl'])
     if c['wr'] >= 0:
-        kept &= j <= i + off + c['wr']
-    kept = kept[None, None].expand(B, H, Nq, Nk)
+        kept = kept & (j <= i + off + c['wr'])
+    kept = kept.expand(B, H, Nq, Nk)
     if mask is not None:
         kept = kept & mask.expand(B, H, Nq, Nk)
     # A large finite fill (not -inf) keeps autograd free of NaN; selecting by `kept` then zeroes
@@ -153,7 +170,7 @@ def reference(c, q, k, v, dy, slopes, mask):
     p = torch.where(kept, torch.exp(sm - lse[..., None]), torch.zeros((), dtype=sm.dtype, device=sm.device))
     lse = lse.masked_fill(~kept.any(-1), -math.inf)
     if c['dropout'] > 0:
-        bh = (torch.arange(B, device=q.device)[:, None] * H + torch.arange(H, device=q.device)[None, :])
+        bh = ((torch.arange(B, device=q.device)[:, None] + first_seq) * H + torch.arange(H, device=q.device)[None, :])
         bits = dropout_bits(c['seed'], bh[:, :, None, None], i[None, None], j[None, None])
         keep = bits >= dropout_threshold(c['dropout'])
         p = p * keep / (1 - c['dropout'])
@@ -178,6 +195,16 @@ def params_for(c, slopes, mask, precision):
     p.seed = c['seed'] & M32
     p.dropout_threshold = dropout_threshold(c['dropout']) if c['dropout'] > 0 else -1
     p.precision = precision
+    p.seq_layout = FA_SEQ_DENSE
+    return p
+
+
+def set_ranges(p, layout, ranges_q, ranges_k, rows_q, rows_k, max_q, max_k):
+    """Variable lengths (flash_attention.h): ranges int32 [numSeqs, 2] (start row, length) on the device."""
+    p.seq_layout = layout
+    p.batch, p.seq_q, p.seq_k = ranges_q.shape[0], max_q, max_k
+    p.seq_ranges_q, p.seq_ranges_k = ranges_q.data_ptr(), ranges_k.data_ptr()
+    p.rows_q, p.rows_k = rows_q, rows_k
     return p
 
 
@@ -358,12 +385,284 @@ def run_checks(kern, report):
     print('NaN/Inf inputs: non-finite exactly where the float64 reference is, errors over the finite entries')
     report['nonfinite_checks'], nonfinite_ok = run_nonfinite_checks(kern, gen)
     all_ok &= nonfinite_ok
+    all_ok &= run_varlen_checks(kern, gen, report, worst)
     report['checks'] = rows
     report['worst'] = worst
     report['checks_ok'] = all_ok
     print('worst: forward %.2e, lse %.2e, gradients %.2e, fast forward %.2e, fast gradients %.2e -> %s' % (
         worst['fwd'], worst['lse'], worst['grad'], worst['fast_fwd'], worst['fast_grad'], 'ALL OK' if all_ok else 'FAILURES'))
     return all_ok
+
+
+# ---------------------------------------------------------------- variable lengths
+# Padded layout: (name, case, lens_q, lens_k), one length per batch element, including 0, 1, the
+# full length and others; seqQ != seqK; every option. Padding rows of q, k, v and dy are NaN in the
+# kernels' inputs (the reference sees the clean values): nothing past a length may be read.
+VARLEN_PADDED = [
+    ('padded plain', dict(B=4, Nq=130, Nk=150, H=2), [0, 1, 130, 77], [150, 1, 0, 101]),
+    ('padded causal', dict(B=4, Nq=130, Nk=150, H=2, causal=True), [0, 1, 130, 77], [150, 1, 0, 101]),
+    ('padded causal lenQ>lenK (empty rows)', dict(B=4, Nq=200, Nk=120, H=2, causal=True),
+     [200, 150, 1, 0], [120, 37, 120, 5]),
+    ('padded window (32, 16)', dict(B=3, Nq=260, Nk=260, window=(32, 16)), [260, 100, 3], [200, 260, 1]),
+    ('padded window (-1, 8)', dict(B=3, Nq=150, Nk=220, window=(-1, 8)), [150, 64, 17], [220, 65, 190]),
+    ('padded window (20, -1)', dict(B=2, Nq=190, Nk=190, window=(20, -1)), [190, 55], [100, 190]),
+    ('padded alibi + causal', dict(B=3, Nq=180, Nk=180, H=4, alibi=True, causal=True), [180, 97, 1], [180, 130, 64]),
+    ('padded softcap 5', dict(B=2, Nq=160, Nk=140, softcap=5.0, scale=0.5), [160, 33], [1, 140]),
+    ('padded mask [B,H,Nq,Nk]', dict(B=3, Nq=120, Nk=150, H=3, mask='BHQK'), [120, 70, 0], [150, 90, 40]),
+    ('padded mask [B,1,1,Nk]', dict(B=2, Nq=100, Nk=130, H=2, mask='BK'), [64, 100], [130, 77]),
+    ('padded dropout 0.3', dict(B=3, Nq=150, Nk=170, H=2, dropout=0.3, seed=7), [150, 81, 1], [170, 1, 99]),
+    ('padded dropout 0.5 causal', dict(B=2, Nq=140, Nk=140, H=2, dropout=0.5, seed=0xdeadbeef, causal=True),
+     [140, 70], [140, 120]),
+    ('padded GQA 8/2', dict(B=3, Nq=130, Nk=150, H=8, Hkv=2), [130, 65, 0], [150, 1, 150]),
+    ('padded MQA 4/1 causal', dict(B=2, Nq=130, Nk=130, H=4, Hkv=1, causal=True), [130, 90], [129, 100]),
+    ('padded headDim 33, Dv 17', dict(B=2, Nq=70, Nk=90, D=33, Dv=17), [70, 35], [45, 90]),
+    ('padded headDim 128 causal', dict(B=2, Nq=150, Nk=150, D=128, causal=True), [150, 77], [150, 140]),
+    ('padded headDim 256 causal + alibi', dict(B=2, Nq=96, Nk=96, D=256, causal=True, alibi=True), [96, 40], [50, 96]),
+    ('padded every length full', dict(B=2, Nq=120, Nk=150, H=2, causal=True), [120, 120], [150, 150]),
+    ('padded everything', dict(B=3, Nq=150, Nk=190, H=6, Hkv=2, D=96, Dv=80, window=(60, 4), causal=True,
+                                alibi=True, softcap=8.0, mask='BHQK', dropout=0.2, seed=99), [150, 81, 0], [190, 64, 33]),
+    ('padded long GQA causal', dict(B=3, Nq=700, Nk=900, H=4, Hkv=2, causal=True), [700, 333, 1], [900, 500, 651]),
+]
+
+# Packed layout: (name, case, lens_q, lens_k); the case's B, Nq, Nk are ignored (set from the
+# lengths). No mask (the op rejects one with packed sequences).
+VARLEN_PACKED = [
+    ('packed plain', dict(H=2), [37, 0, 1, 150, 64], [37, 5, 1, 150, 90]),
+    ('packed causal (documents)', dict(H=2, causal=True), [100, 1, 257, 0, 64], [100, 1, 257, 0, 64]),
+    ('packed causal lenQ!=lenK', dict(H=2, causal=True), [80, 130, 5], [120, 60, 5]),
+    ('packed window (32, 16)', dict(window=(32, 16)), [260, 3, 100], [260, 3, 77]),
+    ('packed window (20, -1)', dict(window=(20, -1)), [190, 55], [190, 55]),
+    ('packed alibi + causal', dict(H=4, alibi=True, causal=True), [180, 97, 1], [180, 97, 1]),
+    ('packed softcap 5', dict(softcap=5.0, scale=0.5), [160, 33], [140, 33]),
+    ('packed dropout 0.3', dict(H=2, dropout=0.3, seed=7), [150, 81, 1], [170, 81, 9]),
+    ('packed GQA 8/2 causal', dict(H=8, Hkv=2, causal=True), [130, 65, 0, 7], [130, 65, 3, 7]),
+    ('packed headDim 33, Dv 17', dict(D=33, Dv=17), [70, 35], [45, 90]),
+    ('packed headDim 128 causal', dict(D=128, causal=True), [150, 77, 20], [150, 77, 20]),
+    ('packed headDim 256 alibi', dict(D=256, alibi=True), [96, 40], [50, 96]),
+    ('packed everything', dict(H=6, Hkv=2, D=96, Dv=80, window=(60, 4), causal=True, alibi=True, softcap=8.0,
+                               dropout=0.2, seed=99), [150, 81, 0, 12], [190, 64, 33, 12]),
+    ('packed 9 documents causal', dict(H=4, Hkv=2, causal=True), [700, 1, 64, 129, 333, 2, 250, 0, 500],
+     [700, 1, 64, 129, 333, 2, 250, 0, 500]),
+]
+
+
+def packed_ranges(lens):
+    starts = [0]
+    for n in lens[:-1]:
+        starts.append(starts[-1] + n)
+    return torch.tensor([[a, n] for a, n in zip(starts, lens)], dtype=torch.int32, device='cuda').reshape(-1, 2)
+
+
+def pack_rows(x, lens):
+    """[S, N, ...] -> [1, sum(lens), ...]: each sequence's first lens[s] rows, back to back."""
+    return torch.cat([x[s, :n] for s, n in enumerate(lens)], dim=0)[None]
+
+
+def pack_lse(lse, lens):
+    """[S, H, N] -> [1, H, sum(lens)]."""
+    return torch.cat([lse[s, :, :n] for s, n in enumerate(lens)], dim=-1)[None]
+
+
+def nan_padding(x, lens):
+    """A copy of x [B, N, ...] with NaN in every row past lens[b]."""
+    y = x.clone()
+    for b, n in enumerate(lens):
+        y[b, n:] = math.nan
+    return y
+
+
+def run_varlen_case(kern, gen, name, spec, lens_q, lens_k, layout):
+    """Both precisions of one case: errors against the float64 reference, padding written as zeros,
+    deterministic gradients, and (packed, no dropout) each sequence equal to running it alone."""
+    packed = layout == FA_SEQ_PACKED
+    base = dict(spec)
+    if packed:
+        base.update(B=len(lens_q), Nq=max(lens_q), Nk=max(lens_k))
+    c = normalize(base)
+    gen.manual_seed(zlib.crc32(name.encode()))
+    q, k, v, dy, slopes, mask = make_inputs(c, gen)
+    ref = reference(c, q, k, v, dy, slopes, mask, lens_q, lens_k)
+    if packed:
+        ins = [pack_rows(q, lens_q), pack_rows(k, lens_k), pack_rows(v, lens_k), pack_rows(dy, lens_q)]
+        ref = (pack_rows(ref[0], lens_q), pack_lse(ref[1], lens_q), pack_rows(ref[2], lens_q),
+               pack_rows(ref[3], lens_k), pack_rows(ref[4], lens_k))
+        rq, rk = packed_ranges(lens_q), packed_ranges(lens_k)
+        geometry = (sum(lens_q), sum(lens_k), max(lens_q), max(lens_k))
+    else:
+        ins = [nan_padding(q, lens_q), nan_padding(k, lens_k), nan_padding(v, lens_k), nan_padding(dy, lens_q)]
+        B, Nq, Nk = c['B'], c['Nq'], c['Nk']
+        rq = torch.tensor([[b * Nq, n] for b, n in enumerate(lens_q)], dtype=torch.int32, device='cuda')
+        rk = torch.tensor([[b * Nk, n] for b, n in enumerate(lens_k)], dtype=torch.int32, device='cuda')
+        geometry = (B * Nq, B * Nk, Nq, Nk)
+    qi, ki, vi, dyi = ins
+    mask_c = mask.contiguous() if mask is not None else None
+    e = {}
+    ok = True
+    for precision, label in ((0, ''), (1, 'fast_')):
+        p = set_ranges(params_for(c, slopes, mask_c, precision), layout, rq, rk, *geometry)
+        # Outputs start as NaN: every element must be written.
+        out = torch.full((qi.shape[0], qi.shape[1], c['H'], c['Dv']), math.nan, device='cuda')
+        lse = torch.full((qi.shape[0], c['H'], qi.shape[1]), math.nan, device='cuda')
+        kern.forward(p, qi, ki, vi, out, lse)
+        grads = tuple(torch.full_like(t, math.nan) for t in (qi, ki, vi))
+        kern.backward(p, qi, ki, vi, out, lse, dyi, grads)
+        again = tuple(torch.full_like(t, math.nan) for t in (qi, ki, vi))
+        kern.backward(p, qi, ki, vi, out, lse, dyi, again)
+        torch.cuda.synchronize()
+        got = (out, lse) + grads
+        e[label + 'out'] = rel_err(out, ref[0])
+        e[label + 'lse'] = lse_err(lse, ref[1])
+        for key, g_, r_ in zip(('dq', 'dk', 'dv'), grads, ref[2:]):
+            e[label + key] = rel_err(g_, r_)
+        e[label + 'deterministic'] = all(torch.equal(a, b) for a, b in zip(grads, again))
+        finite = all(bool(torch.isfinite(t).all()) for t in (out, ) + grads)
+        e[label + 'finite'] = finite
+        if not packed:  # rows and keys past a length: exactly 0 (and -inf)
+            zero = True
+            for b, (lq, lk) in enumerate(zip(lens_q, lens_k)):
+                zero &= bool((out[b, lq:] == 0).all()) and bool((grads[0][b, lq:] == 0).all())
+                zero &= bool((lse[b, :, lq:] == -math.inf).all())
+                zero &= bool((grads[1][b, lk:] == 0).all()) and bool((grads[2][b, lk:] == 0).all())
+            e[label + 'padding_zero'] = zero
+        elif c['dropout'] == 0:  # each sequence alone (a dense call) gives the same numbers
+            worst = 0.0
+            sq = sk = 0
+            for lq, lk in zip(lens_q, lens_k):
+                if lq > 0 and lk > 0:
+                    cs = normalize(dict(spec, B=1, Nq=lq, Nk=lk))
+                    pa = params_for(cs, slopes, None, precision)
+                    qa, ka, va, da = (x[:, a:a + n].contiguous() for x, a, n in
+                                      ((qi, sq, lq), (ki, sk, lk), (vi, sk, lk), (dyi, sq, lq)))
+                    oa, la = kern.forward(pa, qa, ka, va)
+                    ga = kern.backward(pa, qa, ka, va, oa, la, da)
+                    torch.cuda.synchronize()
+                    worst = max(worst, rel_err(out[:, sq:sq + lq], oa), rel_err(grads[0][:, sq:sq + lq], ga[0]),
+                                rel_err(grads[1][:, sk:sk + lk], ga[1]), rel_err(grads[2][:, sk:sk + lk], ga[2]),
+                                lse_err(lse[:, :, sq:sq + lq], la.double()))
+                sq += lq
+                sk += lk
+            e[label + 'vs_alone'] = worst
+        fwd_tol, grad_tol = (1e-5, 1e-4) if precision == 0 else (2e-2, 5e-2)
+        ok &= e[label + 'out'] < fwd_tol and e[label + 'lse'] < fwd_tol and finite
+        ok &= max(e[label + 'dq'], e[label + 'dk'], e[label + 'dv']) < grad_tol and e[label + 'deterministic']
+        ok &= e.get(label + 'padding_zero', True) and e.get(label + 'vs_alone', 0.0) < 1e-5
+    return e, ok
+
+
+def run_varlen_checks(kern, gen, report, worst):
+    print('variable lengths: padded (NaN in the padding of the inputs) and packed, vs the float64 reference '
+          'with the equivalent mask; packed also vs each sequence alone')
+    print('%-40s %9s %9s %9s %9s %9s | %9s %9s %9s  %s' % ('case', 'out', 'lse', 'dq', 'dk', 'dv', 'fast out',
+                                                          'fast lse', 'fast grad', 'det pad/alone'))
+    rows, all_ok = [], True
+    for layout, cases in ((FA_SEQ_PADDED, VARLEN_PADDED), (FA_SEQ_PACKED, VARLEN_PACKED)):
+        for name, spec, lens_q, lens_k in cases:
+            e, ok = run_varlen_case(kern, gen, name, spec, lens_q, lens_k, layout)
+            all_ok &= ok
+            worst['fwd'] = max(worst['fwd'], e['out'])
+            worst['lse'] = max(worst['lse'], e['lse'])
+            worst['grad'] = max(worst['grad'], e['dq'], e['dk'], e['dv'])
+            worst['fast_fwd'] = max(worst['fast_fwd'], e['fast_out'])
+            worst['fast_grad'] = max(worst['fast_grad'], e['fast_dq'], e['fast_dk'], e['fast_dv'])
+            rows.append(dict(name=name, layout='packed' if layout == FA_SEQ_PACKED else 'padded', lens_q=lens_q,
+                             lens_k=lens_k, case={k_: (list(v_) if isinstance(v_, tuple) else v_) for k_, v_ in spec.items()},
+                             errors=e, ok=ok))
+            extra = ('pad0 %s' % ('yes' if e['padding_zero'] and e['fast_padding_zero'] else 'NO')) \
+                if 'padding_zero' in e else ('alone %.1e/%.1e' % (e['vs_alone'], e['fast_vs_alone'])
+                                             if 'vs_alone' in e else 'alone -')
+            print('%-40s %9.2e %9.2e %9.2e %9.2e %9.2e | %9.2e %9.2e %9.2e  %s %s %s' % (
+                name, e['out'], e['lse'], e['dq'], e['dk'], e['dv'], e['fast_out'], e['fast_lse'],
+                max(e['fast_dq'], e['fast_dk'], e['fast_dv']),
+                'yes' if e['deterministic'] and e['fast_deterministic'] else 'NO', extra, 'ok' if ok else 'FAIL'),
+                flush=True)
+    report['varlen_checks'] = rows
+    return all_ok
+
+
+def run_varlen_bench(kern, report, n, dims):
+    """A ragged batch (8 sequences, lengths n/8 .. n) and packed causal documents, each against the
+    same work done today: a dense call with the equivalent explicit mask; and the dense call
+    without any mask (8·n², or the whole causal triangle) as the cost a batch pays without lengths."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    H, reps = 16, 5
+    rows = []
+    print('variable lengths, ms (median of %d): varlen call | dense call with the equivalent mask | dense call, no mask'
+          % reps)
+    for D in dims:
+        # Ragged batch: padded layout.
+        B = 8
+        lens = [n * (b + 1) // 8 for b in range(B)]
+        for causal in (False, True):
+            c = normalize(dict(B=B, Nq=n, Nk=n, H=H, D=D, causal=causal))
+            g = torch.Generator(device='cuda').manual_seed(n + D)
+            q, k, v, dy, _, _ = make_inputs(c, g)
+            idx = torch.arange(n, device='cuda')
+            lt = torch.tensor(lens, device='cuda')
+            mask = ((idx[None, :, None] < lt[:, None, None]) & (idx[None, None, :] < lt[:, None, None]))[:, None]
+            r_ = torch.tensor([[b * n, m] for b, m in enumerate(lens)], dtype=torch.int32, device='cuda')
+            row = dict(kind='ragged batch', D=D, n=n, B=B, lens=lens, causal=causal,
+                       work_ratio=sum(m * m for m in lens) / (B * n * n))
+            for precision, label in ((0, 'exact'), (1, 'fast')):
+                variants = {
+                    'varlen': set_ranges(params_for(c, None, None, precision), FA_SEQ_PADDED, r_, r_, B * n, B * n, n, n),
+                    'masked': params_for(c, None, mask, precision),
+                    'dense': params_for(c, None, None, precision),
+                }
+                for vname, p in variants.items():
+                    out, lse = kern.forward(p, q, k, v)
+                    ws = kern.forward_workspace(p)
+                    grads = (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v))
+                    wsb = torch.empty(kern.lib.fa_backward_workspace_size(ctypes.byref(p)), dtype=torch.uint8, device='cuda')
+                    row['%s_%s_fwd' % (label, vname)] = time_ms(lambda: kern.forward(p, q, k, v, out, lse, ws), 2, reps)
+                    row['%s_%s_fwdbwd' % (label, vname)] = time_ms(
+                        lambda: (kern.forward(p, q, k, v, out, lse, ws), kern.backward(p, q, k, v, out, lse, dy, grads, wsb)),
+                        2, reps)
+            rows.append(row)
+            print_varlen_row(row)
+            del q, k, v, dy, mask
+            torch.cuda.empty_cache()
+        # Packed documents: 2n tokens in 8 documents of uneven lengths, causal (document masking).
+        T = 2 * n
+        doc = [T * w // 36 for w in (1, 2, 3, 4, 5, 6, 7)]
+        doc.append(T - sum(doc))
+        c = normalize(dict(B=1, Nq=T, Nk=T, H=H, D=D, causal=True))
+        g = torch.Generator(device='cuda').manual_seed(T + D)
+        q, k, v, dy, _, _ = make_inputs(c, g)
+        seq_id = torch.repeat_interleave(torch.arange(len(doc), device='cuda'), torch.tensor(doc, device='cuda'))
+        mask = (seq_id[:, None] == seq_id[None, :])[None, None]  # block diagonal; causal from the window
+        r_ = packed_ranges(doc)
+        row = dict(kind='packed documents', D=D, n=T, B=1, lens=doc, causal=True,
+                   work_ratio=sum(m * m for m in doc) / (T * T))
+        for precision, label in ((0, 'exact'), (1, 'fast')):
+            variants = {
+                'varlen': set_ranges(params_for(c, None, None, precision), FA_SEQ_PACKED, r_, r_, T, T, max(doc), max(doc)),
+                'masked': params_for(c, None, mask, precision),
+                'dense': params_for(c, None, None, precision),
+            }
+            for vname, p in variants.items():
+                out, lse = kern.forward(p, q, k, v)
+                ws = kern.forward_workspace(p)
+                grads = (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v))
+                wsb = torch.empty(kern.lib.fa_backward_workspace_size(ctypes.byref(p)), dtype=torch.uint8, device='cuda')
+                row['%s_%s_fwd' % (label, vname)] = time_ms(lambda: kern.forward(p, q, k, v, out, lse, ws), 2, reps)
+                row['%s_%s_fwdbwd' % (label, vname)] = time_ms(
+                    lambda: (kern.forward(p, q, k, v, out, lse, ws), kern.backward(p, q, k, v, out, lse, dy, grads, wsb)),
+                    2, reps)
+        rows.append(row)
+        print_varlen_row(row)
+        del q, k, v, dy, mask
+        torch.cuda.empty_cache()
+    report['varlen_bench'] = rows
+
+
+def print_varlen_row(r):
+    parts = []
+    for label in ('exact', 'fast'):
+        for kind in ('fwd', 'fwdbwd'):
+            vl, mk, dn = (r['%s_%s_%s' % (label, v_, kind)] for v_ in ('varlen', 'masked', 'dense'))
+            parts.append('%s %s %.3f | %.3f | %.3f (x%.2f of masked)' % (label, kind, vl, mk, dn, vl / mk))
+    print('%-16s D=%d n=%d causal=%s lens=%s sum(len^2)/dense=%.2f\n    %s' % (
+        r['kind'], r['D'], r['n'], r['causal'], r['lens'], r['work_ratio'], '\n    '.join(parts)), flush=True)
 
 
 # ---------------------------------------------------------------- benchmark
@@ -467,6 +766,9 @@ def main():
     ap.add_argument('--seqs', default='1024,2048,4096,8192,16384')
     ap.add_argument('--dims', default='64,128')
     ap.add_argument('--out', default=None)
+    ap.add_argument('--varlen-bench', action='store_true', help='ragged batch and packed documents vs the masked call')
+    ap.add_argument('--varlen-n', type=int, default=4096)
+    ap.add_argument('--varlen-dims', default='64')
     a = ap.parse_args()
     kern = Kernels(load_library(a.lib))
     report = {'device': torch.cuda.get_device_name(), 'torch': torch.__version__}
@@ -477,6 +779,8 @@ def main():
             ok = run_checks(kern, report)
         if a.bench:
             run_bench(kern, report, [int(s) for s in a.seqs.split(',')], [int(d) for d in a.dims.split(',')])
+        if a.varlen_bench:
+            run_varlen_bench(kern, report, a.varlen_n, [int(d) for d in a.varlen_dims.split(',')])
     finally:
         if a.out:
             os.makedirs(a.out, exist_ok=True)

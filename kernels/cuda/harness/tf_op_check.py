@@ -38,7 +38,7 @@ def load_fake(path):
     return fake
 
 
-def set_attrs(fake, c, precision):
+def set_attrs(fake, c, precision, layout='dense', max_q=0, max_k=0, num_seqs=0):
     """The attributes the tfjs kernels send (kernels/tensorflow/flash_attention_tensorflow.ts)."""
     fake.fake_tf_clear_attrs()
     fake.fake_tf_attr_float(b'scale', c['scale'])
@@ -52,6 +52,10 @@ def set_attrs(fake, c, precision):
     fake.fake_tf_attr_int(b'seed', seed - (1 << 32) if seed >= 1 << 31 else seed)  # as int32, like tfjs
     fake.fake_tf_attr_string(b'precision', precision.encode())
     fake.fake_tf_attr_int(b'dropoutThreshold', harness.dropout_threshold(c['dropout']) if c['dropout'] > 0 else -1)
+    fake.fake_tf_attr_string(b'seqLayout', layout.encode())
+    fake.fake_tf_attr_int(b'maxSeqLenQ', max_q or c['Nq'])
+    fake.fake_tf_attr_int(b'maxSeqLenK', max_k or c['Nk'])
+    fake.fake_tf_attr_int(b'numSeqs', num_seqs or c['B'])
 
 
 def run(fake, op, inputs, outputs):
@@ -76,6 +80,59 @@ CASES = [
           softcap=8.0, mask='BHQK', dropout=0.2, seed=0xfffffff0)),
     ('mask [1,H,Nq,1] with empty rows', dict(Nq=90, Nk=100, H=3, mask='HQ')),
 ]
+
+
+# The op's placeholder ranges when seqLayout is 'dense' (src/contract/kernel_names.ts). TensorFlow
+# keeps a GPU kernel's int32 inputs in host memory: ranges here are CPU tensors, as they would be there.
+NO_RANGES = torch.zeros(1, 2, dtype=torch.int32)
+
+VARLEN_CASES = [
+    # (name, case, lens_q, lens_k, layout)
+    ('padded causal GQA, lengths 0, 1, full', dict(B=3, Nq=130, Nk=150, H=4, Hkv=2, causal=True),
+     [0, 1, 130], [150, 1, 90], 'padded'),
+    ('packed documents, ALiBi + dropout', dict(H=2, causal=True, alibi=True, dropout=0.1, seed=5),
+     [100, 0, 257, 64], [100, 0, 257, 64], 'packed'),
+]
+
+
+def run_varlen_cases(fake, gen):
+    ok = True
+    for name, spec, lens_q, lens_k, layout in VARLEN_CASES:
+        packed = layout == 'packed'
+        base = dict(spec, B=len(lens_q), Nq=max(lens_q), Nk=max(lens_k)) if packed else dict(spec)
+        c = harness.normalize(base)
+        gen.manual_seed(len(name))
+        q, k, v, dy, slopes, _ = harness.make_inputs(c, gen)
+        ref = harness.reference(c, q, k, v, dy, slopes, None, lens_q, lens_k)
+        if packed:
+            q, dy = harness.pack_rows(q, lens_q), harness.pack_rows(dy, lens_q)
+            k, v = harness.pack_rows(k, lens_k), harness.pack_rows(v, lens_k)
+            ref = (harness.pack_rows(ref[0], lens_q), harness.pack_lse(ref[1], lens_q), harness.pack_rows(ref[2], lens_q),
+                   harness.pack_rows(ref[3], lens_k), harness.pack_rows(ref[4], lens_k))
+            rq, rk = harness.packed_ranges(lens_q).cpu(), harness.packed_ranges(lens_k).cpu()
+        else:
+            rq = torch.tensor([[b * c['Nq'], n] for b, n in enumerate(lens_q)], dtype=torch.int32)
+            rk = torch.tensor([[b * c['Nk'], n] for b, n in enumerate(lens_k)], dtype=torch.int32)
+        alibi_in = slopes if slopes is not None else torch.zeros(1, device='cuda')
+        mask_in = torch.ones(1, 1, 1, 1, dtype=torch.bool, device='cuda')
+        for precision, tol_fwd, tol_grad in (('highest', 1e-5, 1e-4), ('fast', 2e-2, 5e-2)):
+            set_attrs(fake, c, precision, layout, max(lens_q), max(lens_k), len(lens_q))
+            out = torch.full((q.shape[0], q.shape[1], c['H'], c['Dv']), float('nan'), device='cuda')
+            lse = torch.full((q.shape[0], c['H'], q.shape[1]), float('nan'), device='cuda')
+            err = run(fake, b'FlashAttention', [q, k, v, alibi_in, mask_in, rq, rk], [out, lse])
+            dq, dk, dv = (torch.full_like(t, float('nan')) for t in (q, k, v))
+            gerr = err or run(fake, b'FlashAttentionGrad', [q, k, v, alibi_in, mask_in, rq, rk, out, lse, dy], [dq, dk, dv])
+            if gerr:
+                print('%-70s %-8s FAILED: %s' % (name, precision, gerr))
+                ok = False
+                continue
+            e_out, e_lse = harness.rel_err(out, ref[0]), harness.lse_err(lse, ref[1])
+            e_grad = max(harness.rel_err(dq, ref[2]), harness.rel_err(dk, ref[3]), harness.rel_err(dv, ref[4]))
+            good = e_out < tol_fwd and e_lse < tol_fwd and e_grad < tol_grad
+            ok &= good
+            print('%-70s %-8s out %.2e  lse %.2e  grads %.2e  %s' % (name, precision, e_out, e_lse, e_grad,
+                                                                    'ok' if good else 'FAIL'))
+    return ok
 
 
 def main():
@@ -103,9 +160,10 @@ def main():
             set_attrs(fake, c, precision)
             out = torch.empty(c['B'], c['Nq'], c['H'], c['Dv'], device='cuda')
             lse = torch.empty(c['B'], c['H'], c['Nq'], device='cuda')
-            err = run(fake, b'FlashAttention', [q, k, v, alibi_in, mask_in], [out, lse])
+            err = run(fake, b'FlashAttention', [q, k, v, alibi_in, mask_in, NO_RANGES, NO_RANGES], [out, lse])
             dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-            gerr = err or run(fake, b'FlashAttentionGrad', [q, k, v, alibi_in, mask_in, out, lse, dy], [dq, dk, dv])
+            gerr = err or run(fake, b'FlashAttentionGrad', [q, k, v, alibi_in, mask_in, NO_RANGES, NO_RANGES, out, lse, dy],
+                              [dq, dk, dv])
             if gerr:
                 print('%-70s %-8s FAILED: %s' % (name, precision, gerr))
                 ok = False
@@ -115,19 +173,20 @@ def main():
             good = e_out < tol_fwd and e_lse < tol_fwd and e_grad < tol_grad
             ok &= good
             print('%-70s %-8s out %.2e  lse %.2e  grads %.2e  %s' % (name, precision, e_out, e_lse, e_grad, 'ok' if good else 'FAIL'))
+    ok &= run_varlen_cases(fake, gen)
     # The kernel's own validation, reported through TF_OpKernelContext_Failure.
     c = harness.normalize(dict(Nq=64, Nk=64, H=4, Hkv=3))
     set_attrs(fake, c, 'highest')
     q = torch.zeros(1, 64, 4, 64, device='cuda')
     k = torch.zeros(1, 64, 3, 64, device='cuda')
     err = run(fake, b'FlashAttention', [q, k, k, torch.zeros(1, device='cuda'),
-                                        torch.ones(1, 1, 1, 1, dtype=torch.bool, device='cuda')],
+                                        torch.ones(1, 1, 1, 1, dtype=torch.bool, device='cuda'), NO_RANGES, NO_RANGES],
               [torch.empty(1, 64, 4, 64, device='cuda'), torch.empty(1, 4, 64, device='cuda')])
     shape_ok = err is not None and err.startswith('Error in flashAttention:')
     print('heads % kvHeads != 0 rejected:', repr(err), 'ok' if shape_ok else 'FAIL')
     set_attrs(fake, harness.normalize(dict()), 'medium')
     err = run(fake, b'FlashAttention', [q, q, q, torch.zeros(1, device='cuda'),
-                                        torch.ones(1, 1, 1, 1, dtype=torch.bool, device='cuda')],
+                                        torch.ones(1, 1, 1, 1, dtype=torch.bool, device='cuda'), NO_RANGES, NO_RANGES],
               [torch.empty(1, 64, 4, 64, device='cuda'), torch.empty(1, 4, 64, device='cuda')])
     prec_ok = err is not None and 'precision' in err
     print("precision 'medium' rejected:", repr(err), 'ok' if prec_ok else 'FAIL')

@@ -2,7 +2,7 @@
 # kernels/webgpu/tune/forward_h200.sh -- issue 11's forward measurement on the GPU machine (H200), in
 # one device call, with a kit packed here:
 #   bash /work/shared/gpu/pack-webgpu-kit.sh -o KIT bench/bench.ts kernels/webgpu/tune/forward_sweep.ts \
-#        kernels/webgpu/tune/pass_profile.ts   (with pack-h200.sh's ESBUILD_FLAGS), then cp bench/h200.sh
+#        bench/pass_profile.ts   (with pack-h200.sh's ESBUILD_FLAGS), then cp bench/h200.sh
 #        and this script into KIT;  there:  bash KIT/forward_h200.sh [--budget=540]
 # 1. the tiled against the staged forward, one process per (device path, head dim, variant), so no
 #    geometry is timed after another's idle gap or in another's clock state (forward_sweep.ts);

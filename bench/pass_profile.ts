@@ -25,15 +25,15 @@ async function main() {
   Object.defineProperty(globalThis, 'navigator', { value: { gpu }, configurable: true, writable: true });
   const tf = await import('@tensorflow/tfjs');
   await import('@tensorflow/tfjs-backend-webgpu');
-  const { flashAttention } = await import('../../../src/index');
-  const { setForwardVariant } = await import('../tiles');
+  const { flashAttention } = await import('../src/index');
+  const { setForwardVariant } = await import('../kernels/webgpu/tiles');
   setForwardVariant((arg.forward ?? 'auto') as 'auto' | 'tiled' | 'staged');
   type Tensor = import('@tensorflow/tfjs').Tensor;
   const heads = num('heads', 16), reps = num('reps', 7);
 
   for (const subgroups of both('subgroups', '0')) {
     if (subgroups) {
-      const { useWebGPUWithSubgroups } = await import('../subgroups');
+      const { useWebGPUWithSubgroups } = await import('../kernels/webgpu/subgroups');
       if (!(await useWebGPUWithSubgroups())) { console.log('RESULT {"error":"no subgroups"}'); continue; }
     } else if (!(await tf.setBackend('webgpu'))) throw new Error('no webgpu');
     for (const d of ints('d', '64,128')) {

@@ -1,0 +1,392 @@
+/**
+ * WGSL of the split-KV ("flash-decoding") forward (flash_decode_webgpu.ts): the split pass and the
+ * combine pass. One family per pass; options are compile-time switches through optionHelpers
+ * (attention_wgsl.ts), so a disabled option compiles to a stub as in the one-pass forward.
+ *
+ * Split pass: a workgroup owns one split of the keys [splitBegin, splitEnd) of one (sequence,
+ * kv head) and a block of ROWS query rows of that kv head's group (row r of the block is query
+ * head kvh * group + gr / nqMax, query row gr % nqMax, gr = rowBlock * ROWS + r), so the keys and
+ * values a kv head's group needs are read once per split. Per key tile: the tile is loaded into
+ * workgroup memory (score phase: ROWS x COLS scores, one element per thread at a time), the row
+ * phase updates each row's running max and sum (online softmax, RT threads per row), and the
+ * accumulate phase adds P V into per-thread accumulators. It writes the unnormalised accumulator,
+ * the row max and the row sum of its split; a split past the sequence's length (or outside the
+ * window) writes max NEG_BIG and sum 0.
+ *
+ * Combine pass: one workgroup per query row and head, splits combined in index order
+ * (deterministic): M = max_s m_s, L = sum_s exp(m_s - M) l_s, out = sum_s exp(m_s - M) acc_s / L,
+ * logSumExp = M + log(L), exactly the one-pass kernel's outputs (empty rows 0 and -Infinity, NaN
+ * sums propagated).
+ */
+import { OptionFlags } from '../../src/contract';
+import { NEG_BIG, optionHelpers } from './attention_wgsl';
+import { unroll } from './program';
+import { paddedVec4, vec4Count } from './tiles';
+import { keyRangeWGSL, PASS_NAMES } from './wgsl_fragments';
+
+/** Geometry of the split pass: query rows per workgroup, keys per tile, threads. */
+export interface DecodeTiles {
+  /** Query rows (of one kv head's group) per workgroup: a power of two <= threads. */
+  rows: number;
+  /** Keys per streamed tile; a split is a whole number of tiles. */
+  cols: number;
+  threads: number;
+}
+
+/** Threads per row in the row phase (at most 16: the tile max is combined by a serial loop). */
+export const rowThreadsOf = (t: DecodeTiles) => Math.min(t.threads / t.rows, 16);
+
+/**
+ * (pairs, keyParts, perThread) of the accumulate phase: ROWS x DV4 vec4 accumulators; when there
+ * are fewer than threads, the keys of a tile are dealt round-robin to keyParts threads per
+ * accumulator (reduced once at the end of the split), otherwise a thread owns perThread of them.
+ */
+export function accumulateLayout(t: DecodeTiles, headDimV: number) {
+  const pairs = t.rows * vec4Count(headDimV);
+  const keyParts = pairs >= t.threads ? 1 : Math.floor(t.threads / pairs);
+  return { pairs, keyParts, perThread: Math.ceil(pairs / t.threads) };
+}
+
+/** Bytes of workgroup memory of the split pass (mirrors the declarations below). */
+export function decodeWorkgroupBytes(t: DecodeTiles, headDim: number, headDimV: number): number {
+  const d4p = paddedVec4(headDim), dv4 = vec4Count(headDimV);
+  return 16 * (t.rows * d4p + t.cols * d4p + t.cols * dv4 + t.threads) +   // q, k, v, accRed
+         4 * (2 * t.rows * t.cols + 2 * t.threads + 3 * t.rows) + 16;      // s, keep, red, scorePart, alpha, final, wgId
+}
+
+/**
+ * Loads the key and value tiles from global memory, unrolled so each thread has up to 2 x 16 loads
+ * in flight before it stores any: a decode workgroup does little else than wait for these.
+ */
+function kvTileLoadWGSL(parts: Array<{ tile: string; elem: (e: string) => string; width4: number }>, count: number,
+                        threads: number): string {
+  const totals = parts.map(p => count * p.width4 * 4);
+  const group = Math.min(16, Math.ceil(Math.max(...totals) / threads));
+  return `
+      for (var e0 = tid; e0 < ${Math.max(...totals)}; e0 += ${threads * group}) {
+        ${parts.map((p, n) => unroll(group, u => `let x${n}_${u} = ${p.elem(`e0 + ${u * threads}`)};`)).join('\n')}
+        ${parts.map((p, n) => unroll(group, u => `{
+          let e = e0 + ${u * threads};
+          if (e < ${totals[n]}) { ${p.tile}[e / ${p.width4 * 4}][(e % ${p.width4 * 4}) / 4][e % 4] = x${n}_${u}; }
+        }`)).join('\n')}
+      }`;
+}
+
+/**
+ * The range functions of a pass: rangeQ(b), rangeK(b) = (start row, length) of sequence b, read
+ * from seqRangesQ/K with seqRanges, else b's dense rows (seqQ, seqK: the pass's WGSL for them).
+ */
+function rangeHelpers(f: OptionFlags, seqQ = 'uniforms.qShape.y', seqK = 'uniforms.kShape.y'): string {
+  return f.seqRanges ? `
+    fn rangeQ(b : i32) -> vec2<i32> { return vec2<i32>(seqRangesQ[2 * b], seqRangesQ[2 * b + 1]); }
+    ${seqK ? 'fn rangeK(b : i32) -> vec2<i32> { return vec2<i32>(seqRangesK[2 * b], seqRangesK[2 * b + 1]); }' : ''}` : `
+    fn rangeQ(b : i32) -> vec2<i32> { return vec2<i32>(b * ${seqQ}, ${seqQ}); }
+    ${seqK ? `fn rangeK(b : i32) -> vec2<i32> { return vec2<i32>(b * ${seqK}, ${seqK}); }` : ''}`;
+}
+
+const touch = (names: string[]) => names.map(n => `_ = ${n}[0];`).join(' ');
+const UNIFORM_WG = `
+      if (localIndex == 0u) { sharedWorkgroupId = workgroupId; }
+      let wgId = workgroupUniformLoad(&sharedWorkgroupId);
+      let tid = i32(localIndex);`;
+
+export function splitPassWGSL(variableNames: string[], t: DecodeTiles, f: OptionFlags,
+                              headDim: number, headDimV: number): string {
+  const d4 = vec4Count(headDim), dv4 = vec4Count(headDimV);
+  const rt = rowThreadsOf(t);
+  const acc = accumulateLayout(t, headDimV);
+  const each = (body: (u: number) => string) => unroll(acc.perThread, body);
+  // The accumulator a thread owns (pair) and the keys of the tile it sums (c = kp, kp + KP, ...).
+  // Threads per score: a power of two with one pass over the tile's scores (ROWS x COLS <= NT / SP).
+  let sp = 1;
+  while (sp * 2 <= d4 && t.rows * t.cols * sp * 2 <= t.threads) sp *= 2;
+  // Masks, biases and stores the score dotSum of element e (row e / COLS, column e % COLS).
+  const finishScore = `{
+          let r = e / COLS;
+          let c = e - r * COLS;
+          let gr = gr0 + r;
+          let i = gr % uniforms.nqMax;
+          let h = min(kvh * group + gr / uniforms.nqMax, heads - 1);
+          let j = col0 + c;
+          let kept = (gr < grEnd) & (j < hi) & isKept(b, h, i, j, lenQ, lenK, off);
+          keepTile[r][c] = select(0u, 1u, kept);
+          sTile[r][c] = select(NEG_BIG, scoreOf(dotSum, i, j, off, slopeOf(h)), kept);
+        }`;
+  const pairOf = (u: number) => acc.keyParts > 1 ? 'tid % PAIRS' : `tid + ${u * t.threads}`;
+  return `
+    const ROWS = ${t.rows};
+    const COLS = ${t.cols};
+    const NT = ${t.threads};
+    const RT = ${rt};
+    const D = ${headDim};
+    const D4 = ${d4};
+    const D4P = ${paddedVec4(headDim)};
+    const DV = ${headDimV};
+    const DV4 = ${dv4};
+    const PAIRS = ${acc.pairs};
+    const KP = ${acc.keyParts};
+    const SP = ${sp};
+    const NEG_BIG = ${NEG_BIG};
+    var<workgroup> sharedWorkgroupId : vec3<u32>;
+    var<workgroup> qTile : array<array<vec4<f32>, D4P>, ROWS>;
+    var<workgroup> kTile : array<array<vec4<f32>, D4P>, COLS>;
+    var<workgroup> vTile : array<array<vec4<f32>, DV4>, COLS>;
+    // Scores, then (in place) the probabilities times the dropout factor.
+    var<workgroup> sTile : array<array<f32, COLS>, ROWS>;
+    var<workgroup> keepTile : array<array<u32, COLS>, ROWS>;
+    var<workgroup> red : array<f32, NT>;
+    var<workgroup> rowAlpha : array<f32, ROWS>;
+    var<workgroup> rowFinal : array<vec2<f32>, ROWS>;
+    var<workgroup> accRed : array<vec4<f32>, NT>;
+    ${sp > 1 ? 'var<workgroup> scorePart : array<f32, NT>;' : ''}
+    ${optionHelpers(f)}
+    ${rangeHelpers(f)}
+
+    fn kElem(e : i32, col0 : i32, hi : i32, startK : i32, kvh : i32) -> f32 {
+      let r = e / (D4 * 4);
+      let c = e - r * (D4 * 4);
+      let j = col0 + r;
+      // Branch-free (an always-valid index, then select): SwiftShader's compiler blew up on the
+      // branches of many unrolled loads.
+      let ok = (j < hi) & (c < D);
+      return select(0.0, k[select(0, ((startK + j) * uniforms.kShape.z + kvh) * D + c, ok)], ok);
+    }
+    fn vElem(e : i32, col0 : i32, hi : i32, startK : i32, kvh : i32) -> f32 {
+      let r = e / (DV4 * 4);
+      let c = e - r * (DV4 * 4);
+      let j = col0 + r;
+      let ok = (j < hi) & (c < DV);
+      return select(0.0, v[select(0, ((startK + j) * uniforms.kShape.z + kvh) * DV + c, ok)], ok);
+    }
+
+    fn main() {
+      ${touch(variableNames)}
+      ${UNIFORM_WG}
+      let split = i32(wgId.x);
+      let heads = uniforms.qShape.z;
+      let kvHeads = uniforms.kShape.z;
+      let group = heads / kvHeads;
+      let rowBlocks = (group * uniforms.nqMax + ROWS - 1) / ROWS;
+      let kvh = i32(wgId.y) / rowBlocks;
+      let rowBlock = i32(wgId.y) % rowBlocks;
+      let b = i32(wgId.z);
+      let rq = rangeQ(b);
+      let rk = rangeK(b);
+      let startQ = rq.x; let lenQ = rq.y;
+      let startK = rk.x; let lenK = rk.y;
+      let off = lenK - lenQ;
+      let gr0 = rowBlock * ROWS;
+      let grEnd = min(gr0 + ROWS, group * uniforms.nqMax);
+
+      // Query rows of the block, scale folded in (as the one-pass forward does).
+      for (var e = tid; e < ROWS * D4 * 4; e += NT) {
+        let r = e / (D4 * 4);
+        let c = e - r * (D4 * 4);
+        let gr = gr0 + r;
+        let i = gr % uniforms.nqMax;
+        var x = 0.0;
+        if (gr < grEnd && i < lenQ && c < D) {
+          x = q[((startQ + i) * heads + kvh * group + gr / uniforms.nqMax) * D + c] * uniforms.scale;
+        }
+        qTile[r][c / 4][c % 4] = x;
+      }
+
+      // Keys this split covers, cut to what the block's query rows can see (window).
+      let iLo = select(0, gr0 % uniforms.nqMax, gr0 / uniforms.nqMax == (grEnd - 1) / uniforms.nqMax);
+      let iHi = select(uniforms.nqMax, (grEnd - 1) % uniforms.nqMax + 1, gr0 / uniforms.nqMax == (grEnd - 1) / uniforms.nqMax);
+      ${keyRangeWGSL(f, 'iLo', 'min(iHi, lenQ)', { ...PASS_NAMES, seqK: 'lenK', offset: 'off' })}
+      let splitBegin = split * uniforms.splitKeys;
+      let splitEnd = min(splitBegin + uniforms.splitKeys, lenK);
+      let lo = max(colBegin, splitBegin);
+      let hi = min(colEnd, splitEnd);
+      let firstCol = splitBegin + ((lo - splitBegin) / COLS) * COLS;
+
+      // The row phase's row (RT threads each) and its running max, sum and dropout key.
+      let rr = tid / RT;
+      let sub = tid % RT;
+      let rowThread = tid < ROWS * RT;
+      let myGr = gr0 + min(rr, ROWS - 1);
+      let myI = myGr % uniforms.nqMax;
+      let myH = min(kvh * group + myGr / uniforms.nqMax, heads - 1);
+      var m = NEG_BIG;
+      var l = 0.0;
+      let rowKey = dropoutRowKey(b * heads + myH, myI);
+      ${each(u => `var acc_${u} = vec4<f32>(0.0);`)}
+      let kp = tid / PAIRS;
+
+      for (var col0 = firstCol; col0 < hi; col0 += COLS) {
+        workgroupBarrier();   // the previous tile is consumed
+        ${kvTileLoadWGSL([{ tile: 'kTile', elem: e => `kElem(${e}, col0, hi, startK, kvh)`, width4: d4 },
+                          { tile: 'vTile', elem: e => `vElem(${e}, col0, hi, startK, kvh)`, width4: dv4 }], t.cols, t.threads)}
+        workgroupBarrier();
+
+        // Score phase: SP threads per score (each a strided share of the head dim), so that a
+        // few query rows still keep every thread busy; the shares meet in workgroup memory.
+        for (var e = tid / SP; e < ROWS * COLS; e += NT / SP) {
+          let r = e / COLS;
+          let c = e - r * COLS;
+          var dotSum = 0.0;
+          for (var x = tid % SP; x < D4; x += SP) { dotSum += dot(qTile[r][x], kTile[c][x]); }
+          ${sp > 1 ? 'scorePart[tid] = dotSum;' : finishScore}
+        }
+        ${sp > 1 ? `workgroupBarrier();
+        for (var e = tid; e < ROWS * COLS; e += NT) {
+          var dotSum = 0.0;
+          ${unroll(sp, u => `dotSum += scorePart[e * SP + ${u}];`, ' ')}
+          ${finishScore}
+        }` : ''}
+        workgroupBarrier();
+
+        // Row phase: the tile's row max, then probabilities under the new running max.
+        var part = NEG_BIG;
+        if (rowThread) {
+          for (var c = sub; c < COLS; c += RT) {
+            let x = sTile[rr][c];
+            part = max(part, select(x, NEG_BIG, poisons(x)));
+          }
+          red[tid] = part;
+        }
+        workgroupBarrier();
+        if (rowThread) {
+          var tileMax = NEG_BIG;
+          for (var u = 0; u < RT; u++) { tileMax = max(tileMax, red[rr * RT + u]); }
+          // Both maxima are finite (NaN and +inf scores are left out), so alpha is never NaN.
+          let newMax = max(m, tileMax);
+          let alpha = exp(m - newMax);
+          m = newMax;
+          l *= alpha;
+          for (var c = sub; c < COLS; c += RT) {
+            let x = sTile[rr][c];
+            // As the one-pass kernel: masked 0 by the keep bit, a kept NaN/+inf score a NaN.
+            let p = select(select(0.0, exp(x - newMax), keepTile[rr][c] != 0u), quietNaN(x), poisons(x));
+            l += p;   // the normaliser ignores dropout
+            sTile[rr][c] = p * dropoutScale(rowKey, col0 + c);
+          }
+          if (sub == 0) { rowAlpha[rr] = alpha; }
+        }
+        workgroupBarrier();
+
+        // Accumulate phase.
+        ${each(u => `{
+          let pair = ${pairOf(u)};
+          if (pair < PAIRS && kp < KP) {
+            let r = pair / DV4;
+            let c4 = pair % DV4;
+            var a = acc_${u} * rowAlpha[r];
+            for (var c = ${acc.keyParts > 1 ? 'kp' : '0'}; c < COLS; c += KP) { a += sTile[r][c] * vTile[c][c4]; }
+            acc_${u} = a;
+          }
+        }`)}
+      }
+
+      // The split's row sums (combined across the row's threads) and accumulators.
+      workgroupBarrier();
+      if (rowThread) { red[tid] = l; }
+      ${acc.keyParts > 1 ? 'if (kp < KP) { accRed[tid] = acc_0; }' : ''}
+      workgroupBarrier();
+      if (rowThread && sub == 0) {
+        var rowSum = 0.0;
+        for (var u = 0; u < RT; u++) { rowSum += red[rr * RT + u]; }
+        rowFinal[rr] = vec2<f32>(m, rowSum);
+      }
+      workgroupBarrier();
+      let numSplits = uniforms.numSplits;
+      let rowsAll = uniforms.batchSeqs * heads * uniforms.nqMax;
+      ${each(u => `{
+        let pair = ${pairOf(u)};
+        if (pair < PAIRS && ${acc.keyParts > 1 ? 'kp == 0' : 'true'}) {
+          let r = pair / DV4;
+          let c4 = pair % DV4;
+          let gr = gr0 + r;
+          if (gr < grEnd) {
+            let g = (b * heads + kvh * group + gr / uniforms.nqMax) * uniforms.nqMax + gr % uniforms.nqMax;
+            ${acc.keyParts > 1 ? `var a = vec4<f32>(0.0);
+            for (var p = 0; p < KP; p++) { a += accRed[p * PAIRS + pair]; }` : `let a = acc_${u};`}
+            let base = (g * numSplits + split) * DV;
+            ${unroll(4, e => `if (c4 * 4 + ${e} < DV) { result[base + c4 * 4 + ${e}] = a[${e}]; }`)}
+            if (c4 == 0) {
+              let ml = rowsAll * numSplits * DV + (g * numSplits + split) * 2;
+              result[ml] = rowFinal[r].x;
+              result[ml + 1] = rowFinal[r].y;
+            }
+          }
+        }
+      }`)}
+    }`;
+}
+
+export function combinePassWGSL(variableNames: string[], f: OptionFlags, headDimV: number, threads: number,
+                                maxSplits: number): string {
+  return `
+    const DV = ${headDimV};
+    const NT = ${threads};
+    const NEG_BIG = ${NEG_BIG};
+    var<workgroup> sharedWorkgroupId : vec3<u32>;
+    var<workgroup> red : array<f32, NT>;
+    var<workgroup> weight : array<f32, ${maxSplits}>;
+    ${optionHelpers({ ...f, mask: false, dropout: false, alibi: false, softcap: false, window: false })}
+    ${rangeHelpers(f, 'uniforms.nqMax', '')}
+
+    fn main() {
+      ${touch(variableNames)}
+      ${UNIFORM_WG}
+      let i = i32(wgId.x);
+      let h = i32(wgId.y);
+      let b = i32(wgId.z);
+      let heads = uniforms.heads;
+      let nqMax = uniforms.nqMax;
+      let numSplits = uniforms.numSplits;
+      let rq = rangeQ(b);
+      let startQ = rq.x;
+      ${f.packed ? `
+      // Packed rows past this sequence's length belong to the next sequence: not ours to write
+      // (a uniform branch: the whole workgroup returns).
+      if (i >= rq.y) { return; }` : ''}
+      let outSize = uniforms.rowsQ * heads * DV;
+      let g = (b * heads + h) * nqMax + i;
+      let mlBase = uniforms.batchSeqs * heads * nqMax * numSplits * DV + g * numSplits * 2;
+      // The splits' weights exp(m_s - M) once, in parallel, into workgroup memory (the splits
+      // are dealt to threads; every reduction runs in a fixed order: deterministic).
+      var partMax = NEG_BIG;
+      for (var s = tid; s < numSplits; s += NT) { partMax = max(partMax, partials[mlBase + 2 * s]); }
+      red[tid] = partMax;
+      workgroupBarrier();
+      var rowMax = NEG_BIG;
+      for (var u = 0; u < NT; u++) { rowMax = max(rowMax, red[u]); }
+      workgroupBarrier();
+      var partSum = 0.0;
+      for (var s = tid; s < numSplits; s += NT) {
+        let w = exp(partials[mlBase + 2 * s] - rowMax);
+        weight[s] = w;
+        partSum += w * partials[mlBase + 2 * s + 1];
+      }
+      red[tid] = partSum;
+      workgroupBarrier();
+      var rowSum = 0.0;
+      for (var u = 0; u < NT; u++) { rowSum += red[u]; }
+      // Query rows past the sequence's length (padded layout) have no kept key: out 0, lse -inf.
+      // A row with no kept key has sum exactly 0 (even where acc holds 0 * NaN); a NaN sum is
+      // not empty and propagates.
+      let empty = rowSum == 0.0 || i >= rq.y;
+      let inv = 1.0 / select(rowSum, 1.0, empty);
+      let accBase = g * numSplits * DV;
+      for (var c = tid; c < DV; c += NT) {
+        // Four independent sums in flight, added in a fixed order.
+        var o = vec4<f32>(0.0);
+        var s = 0;
+        for (; s + 4 <= numSplits; s += 4) {
+          o += vec4<f32>(weight[s], weight[s + 1], weight[s + 2], weight[s + 3]) *
+               vec4<f32>(partials[accBase + s * DV + c], partials[accBase + (s + 1) * DV + c],
+                         partials[accBase + (s + 2) * DV + c], partials[accBase + (s + 3) * DV + c]);
+        }
+        for (; s < numSplits; s++) { o.x += weight[s] * partials[accBase + s * DV + c]; }
+        result[((startQ + i) * heads + h) * DV + c] = select((o.x + o.y + o.z + o.w) * inv, 0.0, empty);
+      }
+      if (tid == 0) {
+        // log(NaN) is not NaN everywhere (SwiftShader: +inf), so a NaN sum is passed on itself.
+        let lse = select(rowMax + log(rowSum), rowSum, poisons(rowSum));
+        result[outSize + startQ * uniforms.lseStartStride + h * uniforms.lseHeadStride + i] =
+            select(lse, -uniforms.INFINITY, empty);
+      }
+    }`;
+}

@@ -1,0 +1,208 @@
+/**
+ * WebGPU split-KV forward ("flash-decoding"): for a few query rows over many keys. The one-pass
+ * forward gives such a call only batch x heads workgroups, far too few to fill a GPU; this splits
+ * the keys of each (sequence, kv head) across workgroups (split pass) and combines the partial
+ * results by their logsumexp in a fixed order (combine pass): same outputs (out and logSumExp)
+ * as the one-pass kernel, deterministic. One kv head's split serves every query head of its group
+ * (GQA/MQA), so the keys and values are read once, not once per query head: decode's cost is
+ * reading them. Every option is supported (ALiBi, window/causal, softcap, mask, dropout, padded
+ * and packed sequence ranges); the gradient is the regular backward (this is a forward choice).
+ *
+ * When it is picked (decodePlan): at most DECODE_MAX_SEQ_Q query rows per sequence and at least
+ * DECODE_MIN_SEQ_K keys. On the H200 (BENCHMARKS.md, decode) it was faster than the one-pass
+ * forward in every such shape measured (6x to 38x with batch x kv heads below the workgroup
+ * target, up to 1.25x with a full grid of 128 (batch, head) workgroups and one split) but one,
+ * d 128 with batch 8 x 16 kv heads, where the two are within 3 %. The split count targets
+ * DECODE_TARGET_WORKGROUPS workgroups in the split pass (WebGPU does not expose the number of
+ * compute units, so the target is tuned on a large GPU), with no split shorter than
+ * DECODE_MIN_TILES_PER_SPLIT tiles. The tile (keys per tile) is the largest that fits the device's
+ * workgroup memory; the thread count follows the rows a workgroup owns (DECODE_THREADS*).
+ */
+import { TensorInfo, util } from '@tensorflow/tfjs-core';
+import { AttentionProblem, attentionProblem, FlashAttentionAttrs, FlashAttentionInputs } from '../../src/contract';
+import { combinePassWGSL, DecodeTiles, decodeWorkgroupBytes, splitPassWGSL } from './decode_wgsl';
+import {
+  checkBindingSizes, checkDispatch, DeviceLimits, deviceLimits, FlashProgram, runProgram, shaderKeyOf, unpack,
+  Uniform, WebGPUBackend, withDeviceErrorCheck,
+} from './program';
+import { optionUniforms } from './uniforms';
+
+/** Longest query sequence the automatic choice sends to the split-KV kernel. */
+export const DECODE_MAX_SEQ_Q = 16;
+/** Shortest key sequence the automatic choice sends to it. */
+export const DECODE_MIN_SEQ_K = 256;
+/**
+ * Split-pass workgroups the split count aims for. H200 (BENCHMARKS.md, decode): 128 was the
+ * fastest or as fast as 256 ... 4096 in every tuned shape (GQA 16/2 at 64k keys: 0.30 against 0.33
+ * ms at 512); more splits only add partials to combine.
+ */
+export const DECODE_TARGET_WORKGROUPS = 128;
+/** A split covers at least this many key tiles. */
+export const DECODE_MIN_TILES_PER_SPLIT = 4;
+/**
+ * Split-pass threads (more threads: more loads of K and V in flight per workgroup). H200, d 128,
+ * 64k keys: one query row per workgroup (MHA decode) 512 threads 1.47 ms, 256 1.86, 128 3.31;
+ * eight rows (GQA 16/2) 256 threads 0.33 ms, 512 0.31, at 16k keys 0.096 against 0.110.
+ */
+const DECODE_THREADS = 256;
+const DECODE_THREADS_FEW_ROWS = 512;
+const COMBINE_THREADS = 128;
+/** Most splits (the combine pass keeps one weight per split in workgroup memory). */
+export const DECODE_MAX_SPLITS = 256;
+/** Query rows per split-pass workgroup at most (rows of one kv head's group). */
+const DECODE_MAX_ROWS = 32;
+
+export interface DecodePlan {
+  /** Whether the split-KV kernel runs (false: the one-pass forward). */
+  use: boolean;
+  tiles: DecodeTiles;
+  /** Workgroups over a kv head's group of query rows, and splits of the keys. */
+  rowBlocks: number;
+  numSplits: number;
+  /** Keys per split (a whole number of tiles). */
+  splitKeys: number;
+}
+
+/** Test and tuning hooks: force the decode path on or off, fix the split count or the tile. */
+export interface DecodeOverride {
+  mode?: 'auto' | 'on' | 'off';
+  numSplits?: number;
+  tiles?: Partial<DecodeTiles>;
+  targetWorkgroups?: number;
+}
+let override: DecodeOverride = {};
+
+/** Sets the decode hooks (tests, bench); {} goes back to the automatic choice. */
+export function setDecodeOverride(o: DecodeOverride): void {
+  override = { ...o };
+}
+
+let calls = 0;
+/** How many calls ran the split-KV kernel in this process (tests and the bench check the choice). */
+export const decodeCalls = () => calls;
+
+const nextPow2 = (n: number) => 2 ** Math.ceil(Math.log2(Math.max(1, n)));
+
+/** The decode geometry for this device: the widest key tile that fits its workgroup memory. */
+export function chooseDecodeTiles(limits: DeviceLimits, s: AttentionProblem): DecodeTiles {
+  const rowsWanted = Math.min(nextPow2(s.group * s.seqQ), DECODE_MAX_ROWS);
+  const threads = Math.min(override.tiles?.threads ?? (rowsWanted <= 2 ? DECODE_THREADS_FEW_ROWS : DECODE_THREADS),
+                           limits.maxComputeInvocationsPerWorkgroup);
+  const rows = override.tiles?.rows ?? Math.min(rowsWanted, threads);
+  for (const cols of override.tiles?.cols ? [override.tiles.cols] : [64, 32, 16, 8, 4]) {
+    const t = { rows, cols, threads };
+    if (decodeWorkgroupBytes(t, s.headDim, s.headDimV) <= limits.maxComputeWorkgroupStorageSize) return t;
+  }
+  throw new Error(`Error in flashAttention: no decode tile fits this WebGPU device for headDim ${s.headDim}, ` +
+      `headDimV ${s.headDimV} (workgroup storage ${limits.maxComputeWorkgroupStorageSize} bytes)`);
+}
+
+/** Whether and how the split-KV kernel runs this problem (see the file header). */
+export function decodePlan(limits: DeviceLimits, s: AttentionProblem): DecodePlan {
+  const mode = override.mode ?? 'auto';
+  const tiles = chooseDecodeTiles(limits, s);
+  const rowBlocks = Math.ceil(s.group * s.seqQ / tiles.rows);
+  const keyTiles = Math.max(1, Math.ceil(s.seqK / tiles.cols));
+  const base = s.batch * s.kvHeads * rowBlocks;
+  const target = override.targetWorkgroups ?? DECODE_TARGET_WORKGROUPS;
+  let numSplits = override.numSplits ??
+      Math.min(Math.ceil(target / base), Math.max(1, Math.floor(keyTiles / DECODE_MIN_TILES_PER_SPLIT)));
+  numSplits = Math.max(1, Math.min(numSplits, keyTiles, DECODE_MAX_SPLITS, limits.maxComputeWorkgroupsPerDimension));
+  const tilesPerSplit = Math.ceil(keyTiles / numSplits);
+  numSplits = Math.ceil(keyTiles / tilesPerSplit);
+  const auto = s.seqQ <= DECODE_MAX_SEQ_Q && s.seqK >= DECODE_MIN_SEQ_K;
+  return {
+    use: mode === 'on' || (mode === 'auto' && auto),
+    tiles, rowBlocks, numSplits, splitKeys: tilesPerSplit * tiles.cols,
+  };
+}
+
+const INPUTS = ['q', 'k', 'v', 'alibiSlopes', 'mask', 'seqRangesQ', 'seqRangesK'];
+
+/** Split pass: partial accumulators [rows, splits, DV], then (max, sum) [rows, splits, 2]. */
+export class DecodeSplitProgram extends FlashProgram {
+  variableNames = INPUTS;
+  outputShape: number[];
+  workgroupSize: [number, number, number];
+  dispatch: [number, number, number];
+  uniforms: string;
+
+  constructor(private s: AttentionProblem, private plan: DecodePlan) {
+    super();
+    this.uniforms = `${optionUniforms(s).fields} numSplits : i32, splitKeys : i32, nqMax : i32, batchSeqs : i32,`;
+    const rows = s.batch * s.heads * s.seqQ;
+    this.outputShape = [rows * plan.numSplits * (s.headDimV + 2)];
+    this.workgroupSize = [plan.tiles.threads, 1, 1];
+    this.dispatch = [plan.numSplits, s.kvHeads * plan.rowBlocks, s.batch];
+    this.shaderKey = shaderKeyOf('flashDecodeSplit', { headDim: s.headDim, headDimV: s.headDimV, ...plan.tiles, ...s.flags });
+  }
+
+  getUserCode(): string {
+    return splitPassWGSL(this.variableNames, this.plan.tiles, this.s.flags, this.s.headDim, this.s.headDimV);
+  }
+
+  uniformData(): Uniform[] {
+    const { s, plan } = this;
+    return [...optionUniforms(s).data, ...[plan.numSplits, plan.splitKeys, s.seqQ, s.batch]
+        .map(x => ({ type: 'int32' as const, data: [x] }))];
+  }
+}
+
+/** Combine pass: out [rowsQ, H, DV], then logSumExp (problem.ts's layout), in one buffer. */
+export class DecodeCombineProgram extends FlashProgram {
+  variableNames = ['partials', 'seqRangesQ'];
+  outputShape: number[];
+  workgroupSize: [number, number, number] = [COMBINE_THREADS, 1, 1];
+  dispatch: [number, number, number];
+  uniforms = 'numSplits : i32, nqMax : i32, heads : i32, rowsQ : i32, batchSeqs : i32, lseStartStride : i32, lseHeadStride : i32,';
+
+  constructor(private s: AttentionProblem, private plan: DecodePlan) {
+    super();
+    this.outputShape = [util.sizeFromShape(s.outShape) + util.sizeFromShape(s.logSumExpShape)];
+    this.dispatch = [s.seqQ, s.heads, s.batch];
+    this.shaderKey = shaderKeyOf('flashDecodeCombine', { headDimV: s.headDimV, seqRanges: s.flags.seqRanges, packed: s.flags.packed });
+  }
+
+  getUserCode(): string {
+    return combinePassWGSL(this.variableNames, this.s.flags, this.s.headDimV, COMBINE_THREADS, DECODE_MAX_SPLITS);
+  }
+
+  uniformData(): Uniform[] {
+    const { s, plan } = this;
+    return [plan.numSplits, s.seqQ, s.heads, s.rowsQ, s.batch, s.lseStartStride, s.lseHeadStride]
+        .map(x => ({ type: 'int32' as const, data: [x] }));
+  }
+}
+
+/** The split-KV forward of a problem decodePlan chose it for; same outputs as the one-pass kernel. */
+export function flashDecodeWebGPU(backend: WebGPUBackend, inputs: FlashAttentionInputs, s: AttentionProblem,
+                                  plan: DecodePlan): TensorInfo[] {
+  const { q, k, v, alibiSlopes, mask, seqRangesQ, seqRangesK } = inputs;
+  const split = new DecodeSplitProgram(s, plan);
+  const combine = new DecodeCombineProgram(s, plan);
+  const limits = deviceLimits(backend);
+  checkBindingSizes(limits, [['q', q.shape], ['k', k.shape], ['v', v.shape], ['mask', mask.shape],
+                             ['the decode partials', split.outputShape], ['the output and logsumexp', combine.outputShape]]);
+  checkDispatch(limits, split.dispatch);
+  checkDispatch(limits, combine.dispatch);
+  calls++;
+  return withDeviceErrorCheck(backend, () => {
+    const partials = runProgram(backend, split, [q, k, v, alibiSlopes, mask, seqRangesQ, seqRangesK], split.uniformData());
+    const packed = runProgram(backend, combine, [partials, seqRangesQ], combine.uniformData());
+    backend.disposeData(partials.dataId);
+    return unpack(backend, packed, [s.outShape, s.logSumExpShape]);
+  });
+}
+
+/**
+ * The hook of the WebGPU FlashAttention kernel: the split-KV outputs when decodePlan picks it for
+ * this call, else null (the one-pass forward runs).
+ */
+export function maybeFlashDecodeWebGPU(args: { inputs: FlashAttentionInputs, backend: WebGPUBackend,
+                                               attrs: FlashAttentionAttrs }): TensorInfo[] | null {
+  const { inputs, backend, attrs } = args;
+  const s = attentionProblem(inputs.q.shape, inputs.k.shape, inputs.v.shape, attrs);
+  const plan = decodePlan(deviceLimits(backend), s);
+  return plan.use ? flashDecodeWebGPU(backend, inputs, s, plan) : null;
+}
+

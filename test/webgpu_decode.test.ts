@@ -1,0 +1,388 @@
+/**
+ * The WebGPU split-KV ("flash-decoding") forward (kernels/webgpu/flash_decode_webgpu.ts): against
+ * the float64 reference and against the one-pass kernel (forced on and off with the decode test
+ * hook), over decode shapes (1 to 16 query rows, up to a few thousand keys), every option, GQA,
+ * sequence ranges (padded and packed), NaN/Inf inputs and buffers reused across shapes; and the
+ * automatic choice picks it where its header says. SwiftShader compiles are slow, so the option
+ * combinations share one small geometry and head dim.
+ */
+import * as tf from '@tensorflow/tfjs';
+import { flashAttention } from '../src/index';
+import {
+  FlashAttention, FlashAttentionAttrs, FlashAttentionInputs, attentionProblem,
+} from '../src/contract';
+import {
+  DECODE_MAX_SEQ_Q, DECODE_MIN_SEQ_K, decodeCalls, DecodeOverride, decodePlan, setDecodeOverride,
+} from '../kernels/webgpu/flash_decode_webgpu';
+import { DeviceLimits } from '../kernels/webgpu/program';
+import { setTileConfigOverride } from '../kernels/webgpu/tiles';
+import {
+  CaseData, caseAttrs, caseData, CaseSpec, compare, comboCase, describeCase, F32_TOLERANCE, OPTION_NAMES, randInt,
+  reference, relError, rng, runOp,
+} from './helpers/attention_case';
+import { referenceForward, RefInputs } from './helpers/reference';
+import { checkOutput, compositeFloat64, SPECIAL, withNonFinite } from './helpers/nonfinite';
+import { destroyWebGPU, gpuBytesInUse, gpuTest, HAS_GPU, takeUncapturedErrors, TINY_TILES, useWebGPU } from './helpers/webgpu_env';
+
+/** Small decode tiles (8-key tiles, 32 threads): many tiles and splits even for short sequences. */
+const TINY_DECODE = { cols: 8, threads: 32 };
+const COMPILE_HEAVY_MS = 600000;
+const TOL = F32_TOLERANCE.forward;
+
+interface Forward { out: Float32Array; lse: Float32Array; }
+
+/** The forward on webgpu with the decode hook set as given (the one-pass kernel uses tiny tiles). */
+async function forward(c: CaseSpec, d: CaseData, o: DecodeOverride): Promise<Forward> {
+  setDecodeOverride({ tiles: TINY_DECODE, ...o });
+  try {
+    const { out, lse } = await runOp(c, d, false);
+    return { out, lse };
+  } finally {
+    setDecodeOverride({});
+  }
+}
+
+/** Decode (at the given split counts) against the reference and the one-pass kernel: forward < 1e-5. */
+async function expectDecodeAccurate(c: CaseSpec, splits: Array<number | undefined> = [undefined]) {
+  const d = caseData(c);
+  const want = reference(c, d);
+  const onePass = await forward(c, d, { mode: 'off' });
+  for (const numSplits of splits) {
+    const got = await forward(c, d, { mode: 'on', numSplits });
+    expect(takeUncapturedErrors()).toEqual([]);
+    const errs = {
+      out: relError(got.out, want.out), lse: relError(got.lse, want.lse),
+      outVsOnePass: relError(got.out, onePass.out), lseVsOnePass: relError(got.lse, onePass.lse),
+    };
+    for (const [k, e] of Object.entries(errs)) {
+      if (!(e < TOL)) throw new Error(`${describeCase(c)} splits ${numSplits ?? 'auto'}: ${k} relative error ${e}\n${JSON.stringify(errs)}`);
+    }
+  }
+}
+
+/** A decode-shaped case: 1..16 query rows, up to maxSeqK keys, GQA groups. */
+function decodeCase(flags: ReadonlySet<string>, seed: number, maxSeqK = 200): CaseSpec {
+  const c = comboCase(flags, seed);
+  const r = rng(seed * 31 + 5);
+  c.dims.seqQ = randInt(r, 1, DECODE_MAX_SEQ_Q);
+  c.dims.seqK = randInt(r, 1, maxSeqK);
+  if (c.maskShape) {
+    const full = [c.dims.batch, c.dims.heads, c.dims.seqQ, c.dims.seqK];
+    const rank = c.maskShape.length;
+    c.maskShape = full.slice(4 - rank).map((x, i) => (c.maskShape![i] === 1 ? 1 : x));
+  }
+  c.dims.headDim = 8; c.dims.headDimV = 8;
+  return c;
+}
+
+/** Every element of a rank-4 broadcast mask, as [B, H, seqQ, seqK] 0/1 values. */
+function fullMask(c: CaseSpec, d: CaseData): Uint8Array {
+  const { batch: B, heads: H, seqQ: nq, seqK: nk } = c.dims;
+  const out = new Uint8Array(B * H * nq * nk).fill(1);
+  if (!d.mask) return out;
+  const [mb, mh, mq, mk] = [...new Array(4 - c.maskShape!.length).fill(1), ...c.maskShape!];
+  for (let b = 0; b < B; b++) for (let h = 0; h < H; h++) for (let i = 0; i < nq; i++) for (let j = 0; j < nk; j++) {
+    out[((b * H + h) * nq + i) * nk + j] =
+        d.mask[(((mb === 1 ? 0 : b) * mh + (mh === 1 ? 0 : h)) * mq + (mq === 1 ? 0 : i)) * mk + (mk === 1 ? 0 : j)];
+  }
+  return out;
+}
+
+/**
+ * The float64 result of sequence b alone: its first lenQ query rows and lenK keys (the contract's
+ * per-sequence rules: offsets, mask, dropout and ALiBi in local coordinates, sequence index b).
+ * The reference runs on a batch of b + 1 whose last element is the sequence, so dropout sees b.
+ */
+function sequenceReference(c: CaseSpec, d: CaseData, b: number, lenQ: number, lenK: number) {
+  const { heads: H, kvHeads: Hk, headDim: D, headDimV: DV, seqQ, seqK } = c.dims;
+  const out = new Float64Array(lenQ * H * DV), lse = new Float64Array(H * lenQ).fill(-Infinity);
+  if (lenQ === 0 || lenK === 0) return { out, lse };
+  const dims = { ...c.dims, batch: b + 1, seqQ: lenQ, seqK: lenK };
+  const rows = (src: Float32Array, n: number, len: number, width: number) => {
+    const x = new Float32Array((b + 1) * len * width);
+    x.set(src.subarray(b * n * width, (b * n + len) * width), b * len * width);
+    return x;
+  };
+  const x: RefInputs = {
+    q: rows(d.q, seqQ, lenQ, H * D), k: rows(d.k, seqK, lenK, Hk * D), v: rows(d.v, seqK, lenK, Hk * DV),
+    alibiSlopes: d.slopes,
+  };
+  if (d.mask) {
+    const full = fullMask(c, d), values = new Uint8Array((b + 1) * H * lenQ * lenK);
+    for (let h = 0; h < H; h++) for (let i = 0; i < lenQ; i++) for (let j = 0; j < lenK; j++) {
+      values[((b * H + h) * lenQ + i) * lenK + j] = full[((b * H + h) * seqQ + i) * seqK + j];
+    }
+    x.mask = { values, shape: [b + 1, H, lenQ, lenK] };
+  }
+  const r = referenceForward(dims, x, caseAttrs(c, d));
+  return { out: r.out.subarray(b * lenQ * H * DV), lse: r.lse.subarray(b * H * lenQ) };
+}
+
+/**
+ * Runs the FlashAttention kernel with sequence ranges (padded: q as the case has it, lengths
+ * lensQ/K; packed: each sequence's first lensQ/K rows packed back to back, no mask) and returns
+ * its outputs with the float64 ones.
+ */
+async function rangedRun(c: CaseSpec, d: CaseData, lensQ: number[], lensK: number[], layout: 'padded' | 'packed') {
+  const { batch: B, seqQ, seqK, heads: H, kvHeads: Hk, headDim: D, headDimV: DV } = c.dims;
+  const totalQ = lensQ.reduce((a, x) => a + x, 0), totalK = lensK.reduce((a, x) => a + x, 0);
+  const pack = (src: Float32Array, n: number, lens: number[], width: number) => {
+    const x = new Float32Array(lens.reduce((a, l) => a + l, 0) * width);
+    let at = 0;
+    lens.forEach((l, b) => { x.set(src.subarray(b * n * width, (b * n + l) * width), at); at += l * width; });
+    return x;
+  };
+  const ranges = (lens: number[], n: number) => {
+    let at = 0;
+    return lens.flatMap((l, b) => { const start = layout === 'packed' ? at : b * n; at += l; return [start, l]; });
+  };
+  const packed = layout === 'packed';
+  const tensors = packed
+    ? [tf.tensor4d(pack(d.q, seqQ, lensQ, H * D), [1, totalQ, H, D]), tf.tensor4d(pack(d.k, seqK, lensK, Hk * D), [1, totalK, Hk, D]),
+       tf.tensor4d(pack(d.v, seqK, lensK, Hk * DV), [1, totalK, Hk, DV])]
+    : [tf.tensor4d(d.q, [B, seqQ, H, D]), tf.tensor4d(d.k, [B, seqK, Hk, D]), tf.tensor4d(d.v, [B, seqK, Hk, DV])];
+  const [q, k, v] = tensors;
+  const alibiSlopes = d.slopes ? tf.tensor1d(d.slopes) : tf.zeros([1]);
+  const mask = d.mask ? tf.tensor4d(fullMask(c, d), [B, H, seqQ, seqK], 'bool') : tf.ones([1, 1, 1, 1], 'bool');
+  const seqRangesQ = tf.tensor2d(ranges(lensQ, seqQ), [B, 2], 'int32');
+  const seqRangesK = tf.tensor2d(ranges(lensK, seqK), [B, 2], 'int32');
+  const attrs: FlashAttentionAttrs = {
+    ...caseAttrs(c, d), seqLayout: layout, numSeqs: B,
+    maxSeqLenQ: packed ? Math.max(...lensQ) : seqQ, maxSeqLenK: packed ? Math.max(...lensK) : seqK,
+  };
+  const inputs: FlashAttentionInputs = { q, k, v, alibiSlopes, mask, seqRangesQ, seqRangesK };
+  const [out, lse] = tf.engine().runKernel(FlashAttention, inputs as {}, attrs as unknown as {}) as tf.Tensor[];
+  const got = { out: await out.data() as Float32Array, lse: await lse.data() as Float32Array };
+  tf.dispose([q, k, v, alibiSlopes, mask, seqRangesQ, seqRangesK, out, lse]);
+
+  // Expected: padded rows i >= lenQ are 0 / -Infinity; packed rows sit at their sequence's start.
+  const wantOut = new Float64Array(got.out.length), wantLse = new Float64Array(got.lse.length).fill(-Infinity);
+  let at = 0;
+  for (let b = 0; b < B; b++) {
+    const r = sequenceReference(c, d, b, lensQ[b], lensK[b]);
+    const start = packed ? at : b * seqQ;
+    wantOut.set(r.out, start * H * DV);
+    for (let h = 0; h < H; h++) {
+      for (let i = 0; i < lensQ[b]; i++) {
+        wantLse[packed ? h * totalQ + start + i : (b * H + h) * seqQ + i] = r.lse[h * lensQ[b] + i];
+      }
+    }
+    at += lensQ[b];
+  }
+  return { got, want: { out: wantOut, lse: wantLse } };
+}
+
+function expectClose(label: string, got: Forward, want: { out: ArrayLike<number>; lse: ArrayLike<number> }) {
+  const errs = { out: relError(got.out, want.out), lse: relError(got.lse, want.lse) };
+  if (!(errs.out < TOL && errs.lse < TOL)) throw new Error(`${label}: relative errors ${JSON.stringify(errs)}`);
+}
+
+/** Lengths for a batch: random, with 0, 1 and full among them when the batch allows. */
+function lengths(r: () => number, batch: number, max: number): number[] {
+  const special = [max, 1, 0];
+  return Array.from({ length: batch }, (_, b) => (b < special.length && r() < 0.5 ? Math.min(special[b], max) : randInt(r, 0, max)));
+}
+
+if (HAS_GPU) {
+  beforeAll(async () => {
+    await useWebGPU();
+    setTileConfigOverride({ forward: TINY_TILES, dq: TINY_TILES, dkdv: TINY_TILES });
+  });
+  afterAll(() => { setTileConfigOverride({}); setDecodeOverride({}); destroyWebGPU(); });
+}
+
+describe('the split-KV forward equals the reference and the one-pass kernel', () => {
+  gpuTest('plain attention over 1..16 query rows, GQA, several split counts', async () => {
+    for (let seed = 0; seed < 3; seed++) {
+      await expectDecodeAccurate(decodeCase(new Set(), 100 + seed), [1, 2, 3, undefined]);
+    }
+  }, COMPILE_HEAVY_MS);
+
+  // Each option alone, then together (causal and window share a compiled switch, so do the rest
+  // pairwise): the powerset is covered for the one-pass kernel in webgpu_kernels.test.ts, and each
+  // subset here costs two SwiftShader compiles.
+  const OPTION_SETS = [
+    ['causal'], ['window'], ['softcap'], ['alibi'], ['mask'], ['dropout'],
+    ['causal', 'alibi', 'softcap'], ['window', 'mask', 'dropout'], [...OPTION_NAMES],
+  ];
+  gpuTest(`each option and their combinations: ${OPTION_SETS.map(s => s.join('+')).join(', ')}`, async () => {
+    for (const [n, set] of OPTION_SETS.entries()) await expectDecodeAccurate(decodeCase(new Set(set), 2000 + n), [3]);
+  }, COMPILE_HEAVY_MS);
+
+  gpuTest('the gradient of a decode forward is the regular backward: dq, dk, dv against the reference', async () => {
+    const c: CaseSpec = { dims: { batch: 2, seqQ: 3, seqK: 90, heads: 4, kvHeads: 2, headDim: 8, headDimV: 8 }, seed: 91, causal: true, softcap: 3 };
+    const d = caseData(c), want = reference(c, d);
+    setDecodeOverride({ mode: 'on', tiles: TINY_DECODE, numSplits: 4 });
+    const before = decodeCalls();
+    const got = await runOp(c, d, true);
+    const calls = decodeCalls() - before;
+    setDecodeOverride({});
+    expect(calls).toBeGreaterThan(0);
+    expect(takeUncapturedErrors()).toEqual([]);
+    const errs = compare(got, want);
+    for (const [k, e] of Object.entries(errs)) {
+      expect([k, e < (k === 'out' || k === 'lse' ? TOL : F32_TOLERANCE.grads)]).toEqual([k, true]);
+    }
+  }, COMPILE_HEAVY_MS);
+
+  gpuTest('a few thousand keys: MHA, GQA and MQA, causal and windowed', async () => {
+    const cases: CaseSpec[] = [
+      { dims: { batch: 1, seqQ: 1, seqK: 3000, heads: 4, kvHeads: 4, headDim: 8, headDimV: 8 }, seed: 31 },
+      { dims: { batch: 2, seqQ: 5, seqK: 2500, heads: 6, kvHeads: 2, headDim: 8, headDimV: 8 }, seed: 32, causal: true },
+      { dims: { batch: 1, seqQ: 16, seqK: 2048, heads: 4, kvHeads: 1, headDim: 8, headDimV: 8 }, seed: 33, windowSize: [700, 0], alibi: true },
+    ];
+    for (const c of cases) await expectDecodeAccurate(c, [undefined, 7]);
+  }, COMPILE_HEAVY_MS);
+
+  gpuTest("the device's own decode tile, head dims 20/12", async () => {
+    const cases: CaseSpec[] = [
+      { dims: { batch: 2, seqQ: 3, seqK: 600, heads: 4, kvHeads: 2, headDim: 20, headDimV: 12 }, seed: 42, causal: true, softcap: 2 },
+    ];
+    for (const c of cases) {
+      const d = caseData(c), want = reference(c, d);
+      setDecodeOverride({ mode: 'on' });
+      const got = await runOp(c, d, false);
+      setDecodeOverride({});
+      expect(takeUncapturedErrors()).toEqual([]);
+      expect(relError(got.out, want.out)).toBeLessThan(TOL);
+      expect(relError(got.lse, want.lse)).toBeLessThan(TOL);
+    }
+  }, COMPILE_HEAVY_MS);
+});
+
+describe('sequence ranges (seqLensK of a filled cache, packed sequences)', () => {
+  gpuTest('padded: lengths 0, 1, full and random; every option; splits past a length do no work', async () => {
+    for (const [n, flags] of [[], ['causal', 'alibi'], ['window', 'softcap', 'dropout'], ['mask', 'causal']].entries()) {
+      const c = decodeCase(new Set(flags), 3000 + n, 120);
+      c.dims.batch = 3;
+      if (c.maskShape) c.maskShape = [3, c.dims.heads, c.dims.seqQ, c.dims.seqK];
+      const d = caseData(c), r = rng(c.seed);
+      const lensQ = lengths(r, 3, c.dims.seqQ), lensK = lengths(r, 3, c.dims.seqK);
+      setDecodeOverride({ mode: 'on', tiles: TINY_DECODE, numSplits: 4 });
+      const { got, want } = await rangedRun(c, d, lensQ, lensK, 'padded');
+      setDecodeOverride({});
+      expect(takeUncapturedErrors()).toEqual([]);
+      expectClose(`${describeCase(c)} lensQ ${lensQ} lensK ${lensK}`, got, want);
+    }
+  }, COMPILE_HEAVY_MS);
+
+  gpuTest('through the op: flashAttention(q, k, v, { seqLensK }) over a cache filled to different lengths, picked without a hook', async () => {
+    const c: CaseSpec = { dims: { batch: 3, seqQ: 1, seqK: 700, heads: 4, kvHeads: 2, headDim: 8, headDimV: 8 }, seed: 81, causal: true, alibi: true };
+    const d = caseData(c);
+    const lensK = [700, 1, 300];
+    const [q, k, v] = [tf.tensor4d(d.q, [3, 1, 4, 8]), tf.tensor4d(d.k, [3, 700, 2, 8]), tf.tensor4d(d.v, [3, 700, 2, 8])];
+    const before = decodeCalls();
+    const { output, logSumExp } = flashAttention(q, k, v, { causal: true, alibiSlopes: Array.from(d.slopes!), seqLensK: lensK, returnLogSumExp: true });
+    const got = { out: await output.data() as Float32Array, lse: await logSumExp.data() as Float32Array };
+    expect(decodeCalls()).toBe(before + 1);
+    tf.dispose([q, k, v, output, logSumExp]);
+    const want = { out: new Float64Array(3 * 4 * 8), lse: new Float64Array(3 * 4) };
+    lensK.forEach((lenK, b) => {
+      const r = sequenceReference(c, d, b, 1, lenK);
+      want.out.set(r.out, b * 4 * 8);
+      want.lse.set(r.lse, b * 4);
+    });
+    expect(takeUncapturedErrors()).toEqual([]);
+    expectClose(`seqLensK ${lensK}`, got, want);
+  }, COMPILE_HEAVY_MS);
+
+  gpuTest('packed: sequences back to back, every option but the mask', async () => {
+    for (const [n, flags] of [[], ['causal', 'alibi', 'softcap'], ['window', 'dropout']].entries()) {
+      const c = decodeCase(new Set(flags), 4000 + n, 120);
+      c.dims.batch = 3;
+      const d = caseData(c), r = rng(c.seed);
+      const lensQ = lengths(r, 3, c.dims.seqQ).map(x => Math.max(x, 1)), lensK = lengths(r, 3, c.dims.seqK);
+      setDecodeOverride({ mode: 'on', tiles: TINY_DECODE, numSplits: 3 });
+      const { got, want } = await rangedRun(c, d, lensQ, lensK, 'packed');
+      setDecodeOverride({});
+      expect(takeUncapturedErrors()).toEqual([]);
+      expectClose(`${describeCase(c)} lensQ ${lensQ} lensK ${lensK}`, got, want);
+    }
+  }, COMPILE_HEAVY_MS);
+});
+
+describe('NaN and Infinity, determinism, buffers', () => {
+  gpuTest('NaN and ±Infinity in q, k, v propagate as in the float64 composite', async () => {
+    const found: string[] = [];
+    for (const [n, flags] of [[], ['causal', 'alibi'], ['mask', 'softcap']].entries()) {
+      for (const where of ['q', 'k', 'v'] as const) {
+        const c = decodeCase(new Set(flags), 5000 + 10 * n + where.charCodeAt(0), 60);
+        const finite = caseData(c), d = withNonFinite(finite, where, SPECIAL, c.seed, 2);
+        const got = await forward(c, d, { mode: 'on', numSplits: 3 });
+        const strict = compositeFloat64(c, d, true), skipping = compositeFloat64(c, d, false);
+        const scale = compositeFloat64(c, finite, false);
+        for (const name of ['out', 'lse'] as const) {
+          const mag = scale[name].reduce((m, x) => (Number.isFinite(x) ? Math.max(m, Math.abs(x)) : m), 0);
+          const p = checkOutput(name, got[name], strict[name], skipping[name], TOL, mag);
+          if (p.length) found.push(`${where}: ${describeCase(c)}: ${p.join('; ')}`);
+        }
+      }
+    }
+    expect(takeUncapturedErrors()).toEqual([]);
+    expect(found).toEqual([]);
+  }, COMPILE_HEAVY_MS);
+
+  gpuTest('the same call gives bitwise the same result; shapes in turn reuse buffers and leak nothing', async () => {
+    const shapes = [decodeCase(new Set(['causal']), 61, 300), decodeCase(new Set(), 62, 40), decodeCase(new Set(['causal']), 61, 300)];
+    const tensorsBefore = tf.memory().numTensors, bytesBefore = gpuBytesInUse();
+    const results: Forward[] = [];
+    for (const c of shapes) results.push(await forward(c, caseData(c), { mode: 'on' }));
+    expect(Array.from(results[2].out)).toEqual(Array.from(results[0].out));
+    expect(Array.from(results[2].lse)).toEqual(Array.from(results[0].lse));
+    expect(tf.memory().numTensors).toBe(tensorsBefore);
+    expect(gpuBytesInUse()).toBe(bytesBefore);
+  }, COMPILE_HEAVY_MS);
+});
+
+describe('when the split-KV forward is chosen', () => {
+  const H200: DeviceLimits = {
+    maxComputeWorkgroupStorageSize: 49152, maxComputeInvocationsPerWorkgroup: 1024,
+    maxStorageBufferBindingSize: 2 ** 31 - 4, maxComputeWorkgroupsPerDimension: 65535,
+  };
+  const plan = (seqQ: number, seqK: number, batch = 1, heads = 16, kvHeads = 16) => {
+    const attrs = caseAttrs({ dims: { batch, seqQ, seqK, heads, kvHeads, headDim: 64, headDimV: 64 }, seed: 1 },
+                            { q: new Float32Array(0), k: new Float32Array(0), v: new Float32Array(0), dy: new Float32Array(0) });
+    return decodePlan(H200, attentionProblem([batch, seqQ, heads, 64], [batch, seqK, kvHeads, 64], [batch, seqK, kvHeads, 64], attrs));
+  };
+
+  test(`1..${DECODE_MAX_SEQ_Q} query rows over long keys: split in several`, () => {
+    for (const seqQ of [1, 4, DECODE_MAX_SEQ_Q]) {
+      const p = plan(seqQ, 8192);
+      expect(p.use).toBe(true);
+      expect(p.numSplits).toBeGreaterThan(1);
+      expect(p.numSplits * p.splitKeys).toBeGreaterThanOrEqual(8192);
+      expect((p.numSplits - 1) * p.splitKeys).toBeLessThan(8192);
+    }
+  });
+  test('not for more query rows, nor for short keys', () => {
+    expect(plan(DECODE_MAX_SEQ_Q + 1, 8192).use).toBe(false);
+    expect(plan(1, DECODE_MIN_SEQ_K - 1).use).toBe(false);
+  });
+  test('a grid already full of (batch, head) workgroups: one split, fewer splits the fewer keys', () => {
+    expect(plan(1, 1024, 8, 16, 16)).toMatchObject({ use: true, numSplits: 1 });
+    expect(plan(1, 65536, 8, 16, 2).numSplits).toBe(8);
+    expect(plan(1, 65536, 1, 16, 2).numSplits).toBeGreaterThan(plan(1, 4096, 1, 16, 2).numSplits);
+  });
+  test('the mode hook forces it on and off', () => {
+    setDecodeOverride({ mode: 'off' });
+    expect(plan(1, 8192).use).toBe(false);
+    setDecodeOverride({ mode: 'on' });
+    expect(plan(64, 64).use).toBe(true);
+    setDecodeOverride({});
+  });
+  gpuTest('the WebGPU kernel runs it for a decode call without any hook (same bits as forced on)', async () => {
+    const c: CaseSpec = { dims: { batch: 1, seqQ: 1, seqK: 2048, heads: 2, kvHeads: 1, headDim: 8, headDimV: 8 }, seed: 71 };
+    const d = caseData(c);
+    setDecodeOverride({});
+    const auto = await runOp(c, d, false);
+    const before = decodeCalls();
+    setDecodeOverride({ mode: 'on' });
+    const on = await runOp(c, d, false);
+    setDecodeOverride({});
+    expect(decodeCalls()).toBe(before + 1);
+    expect(Array.from(auto.out)).toEqual(Array.from(on.out));
+    const again = decodeCalls();
+    await runOp(c, d, false);
+    expect(decodeCalls()).toBe(again + 1);
+  }, COMPILE_HEAVY_MS);
+});
