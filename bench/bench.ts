@@ -11,6 +11,7 @@ import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import type { WebGPUBackend } from '@tensorflow/tfjs-backend-webgpu';
 import type { flashAttention as FlashAttentionFn } from '../src/flash_attention';
+import type { flashAttentionVarlen as FlashAttentionVarlenFn } from '../src/flash_attention_varlen';
 import {
   compositeRunnable, flashRunnable, Inputs, makeInputs, Runnable, TF,
 } from './attention';
@@ -24,6 +25,7 @@ import { loadOnnxruntime, Ort, timeOnnxruntime } from './onnxruntime';
 import { BenchOptions, parseArgs, sweepDefaults, timingDefaults, USAGE } from './options';
 import { referenceRows, relativeError, RowRef } from './reference_rows';
 import { baseResult, CaseResult, floorTable, markdownReport, RunMeta, RunRecord } from './report';
+import { runVarlenCases, varlenCases, varlenMarkdown, varlenProgressLine, VarlenResult } from './varlen';
 
 /** Above this the rows are not float32 round-off but a wrong result (the tests hold 1e-5 / 1e-4). */
 const WRONG_RESULT_REL_ERR = 1e-3;
@@ -33,6 +35,7 @@ const WRONG_RESULT_REL_ERR_F16 = 2e-2;
 interface Backend {
   tf: TF;
   flash: typeof FlashAttentionFn;
+  flashVarlen: typeof FlashAttentionVarlenFn;
   /** Which WebGPU device tfjs runs on: tfjs's own, or the package's opt-in subgroups device. */
   devicePath: 'default' | 'subgroups';
   name: string;
@@ -66,7 +69,7 @@ async function setUpBackend(o: BenchOptions): Promise<Backend> {
   await import('@tensorflow/tfjs-core/dist/register_all_gradients');
   await import('@tensorflow/tfjs-backend-cpu');
   if (adapter) await import('@tensorflow/tfjs-backend-webgpu');
-  const { flashAttention } = await import('../src/index');
+  const { flashAttention, flashAttentionVarlen } = await import('../src/index');
   (await import('../kernels/webgpu/tiles')).setForwardVariant(o.forwardVariant);
 
   const name = adapter ? 'webgpu' : 'cpu';
@@ -75,7 +78,7 @@ async function setUpBackend(o: BenchOptions): Promise<Backend> {
   await tf.ready();
 
   if (name === 'cpu') {
-    return { tf, flash: flashAttention, devicePath: 'default', name, device: null, adapter: null, realGpu: false,
+    return { tf, flash: flashAttention, flashVarlen: flashAttentionVarlen, devicePath: 'default', name, device: null, adapter: null, realGpu: false,
              tracker: null, maxBindingBytes: Number.MAX_SAFE_INTEGER, hasTimestamps: false };
   }
   const info = adapter!.info;
@@ -84,10 +87,11 @@ async function setUpBackend(o: BenchOptions): Promise<Backend> {
                    subgroups: adapter!.features.has('subgroups'), shaderF16: adapter!.features.has('shader-f16') };
   const fallback = Boolean(info.isFallbackAdapter) ||
                    /swiftshader|lavapipe|llvmpipe/i.test(`${info.vendor} ${info.architecture} ${info.description}`);
-  return webgpuBackend({ tf, flash: flashAttention, devicePath: 'default', name, adapter: fields, realGpu: !fallback });
+  return webgpuBackend({ tf, flash: flashAttention, flashVarlen: flashAttentionVarlen, devicePath: 'default', name,
+                        adapter: fields, realGpu: !fallback });
 }
 
-function webgpuBackend(b: Pick<Backend, 'tf' | 'flash' | 'devicePath' | 'name' | 'adapter' | 'realGpu'>): Backend {
+function webgpuBackend(b: Pick<Backend, 'tf' | 'flash' | 'flashVarlen' | 'devicePath' | 'name' | 'adapter' | 'realGpu'>): Backend {
   const backend = b.tf.backend() as WebGPUBackend;
   return {
     ...b, device: backend.device, tracker: new GpuMemoryTracker(backend),
@@ -317,6 +321,37 @@ async function writeOutputs(run: RunRecord, dir: string, { chart: withChart = tr
   if (!chart.png) console.log(`# wrote ${chart.svg} only: ${chart.reason}; run npm run chart -- ${join(dir, 'results.json')}`);
 }
 
+/**
+ * The variable-length cases (bench/varlen.ts) at the sweep's sizes, on tfjs's default device;
+ * writes varlen.json and varlen.md next to the sweep's results.
+ */
+async function runVarlenSuite(b: Backend, o: BenchOptions, sweep: ReturnType<typeof sweepDefaults>, plan: TimingPlan,
+                              meta: RunMeta): Promise<VarlenResult[]> {
+  const cases = varlenCases(sweep);
+  const start = performance.now();
+  console.log(`# ${cases.length} variable-length cases: N ${sweep.seqs.join(',')}; d ${sweep.headDims.join(',')}; ` +
+              `H ${sweep.heads}; ragged batch of 8 and packed documents; lengths vs mask vs dense`);
+  mkdirSync(o.outDir, { recursive: true });
+  const write = (results: VarlenResult[]) => {
+    writeFileSync(join(o.outDir, 'varlen.json'), JSON.stringify({ meta, results }, null, 1) + '\n');
+    writeFileSync(join(o.outDir, 'varlen.md'), varlenMarkdown(results));
+  };
+  const done: VarlenResult[] = [];
+  const results = await runVarlenCases({
+    tf: b.tf, flash: b.flash, flashVarlen: b.flashVarlen, scopes: new ErrorScopes(b.device), plan,
+    maxBindingBytes: b.maxBindingBytes, check: o.check,
+    pastDeadline: () => (performance.now() - start) / 1000 > o.deadlineS,
+    betweenShapes: () => b.tracker?.releasePool(),
+  }, cases, (r, i) => {
+    done.push(r);
+    console.log(varlenProgressLine(r, i, cases.length));
+    write(done);
+  });
+  write(results);
+  console.log(`# variable-length cases done in ${((performance.now() - start) / 1000).toFixed(1)} s: ${o.outDir}/varlen.md, varlen.json`);
+  return results;
+}
+
 async function main(): Promise<number> {
   const o = parseArgs(process.argv.slice(2));
   if (o.help) { console.log(USAGE); return 0; }
@@ -371,6 +406,11 @@ async function main(): Promise<number> {
               `B ${sweep.batch}; ${sweep.passes.join(' & ')}; ${sweep.causal.map(x => (x ? 'causal' : 'full')).join(' & ')}; ` +
               `deadline ${o.deadlineS} s -> ${o.outDir}`);
   if (b.realGpu) await warmUpClocks(b.tf, 400);
+
+  if (o.varlen !== 'off') {
+    const varlen = await runVarlenSuite(b, o, sweep, plan, meta);
+    if (o.varlen === 'only') return varlen.some(r => r.status === 'wrong') ? 1 : 0;
+  }
 
   const runner = new Runner(b, o, plan, ort);
   const run: RunRecord = { meta, results: runner.results };

@@ -47,6 +47,8 @@ export interface BenchOptions {
   decode: boolean;
   decodeTargets: number[];
   decodeThreads: number[];
+  /** The variable-length cases (bench/varlen.ts): off, before the sweep, or instead of it. */
+  varlen: 'off' | 'on' | 'only';
 }
 
 export const USAGE = `npm run bench -- [flags]
@@ -71,6 +73,11 @@ export const USAGE = `npm run bench -- [flags]
   --check=1                   spot-check output / dq rows against float64
   --subgroups                 same as --impls=flash-subgroups,composite
   --forward=auto|tiled|staged flash's WebGPU forward: as measured (auto, default) or one variant forced
+  --varlen=0|1|only           also (1) or only run the variable-length cases (bench/varlen.ts): a
+                              ragged batch of 8 (seqLensQ/K) and packed documents
+                              (flashAttentionVarlen), each beside a dense bool mask and dense
+                              attention, at the sweep's --seqs, --dims, --heads, --causal, --passes
+                              (default 0); written to varlen.md and varlen.json
   --out=bench/results/latest  where results.json, results.md, chart.svg and chart.png go
   --render=FILE.json          only re-render results.md and the chart from FILE.json
   --floor                     only print the FLOP / byte floor of the sweep (GPU defaults)
@@ -119,6 +126,7 @@ export function parseArgs(argv: readonly string[]): BenchOptions {
     ceilingTflops: 51.6, ceilingGbPerS: 3350, help: false, floorOnly: false, quick: false, implsGiven: false,
     decode: false, decodeTargets: [], decodeThreads: [],
     forwardVariant: 'auto',
+    varlen: 'off',
   };
   for (const arg of argv) {
     const m = /^--([a-z-]+)(?:=(.*))?$/.exec(arg);
@@ -151,6 +159,7 @@ export function parseArgs(argv: readonly string[]): BenchOptions {
         break;
       case 'quick': o.quick = bool(value, flag); break;
       case 'forward': o.forwardVariant = list(value, ['auto', 'tiled', 'staged'] as const, flag)[0]; break;
+      case 'varlen': o.varlen = value === 'only' ? 'only' : bool(value, flag) ? 'on' : 'off'; break;
       case 'ceiling-tflops': o.ceilingTflops = number(value, flag, 1e-9); break;
       case 'ceiling-gbs': o.ceilingGbPerS = number(value, flag, 1e-9); break;
       case 'decode': o.decode = bool(value, flag); break;

@@ -16,6 +16,9 @@ import { benchChartSpec, throughputUnit } from '../bench/chart';
 import { parseArgs, sweepDefaults, timingDefaults } from '../bench/options';
 import { checkedRows, referenceRow, relativeError } from '../bench/reference_rows';
 import { baseResult, CaseResult, markdownReport, RunRecord } from '../bench/report';
+import {
+  documentLengths, raggedLengths, scorePairs, VarlenCase, varlenCases, varlenMarkdown, VarlenResult,
+} from '../bench/varlen';
 import { caseData, reference } from './helpers/attention_case';
 
 const H100_BINDING_LIMIT = 2 ** 31 - 4;   // maxStorageBufferBindingSize on the H100 (Dawn/Vulkan)
@@ -282,7 +285,78 @@ function colorPixels(png: PNG, colors: number[][], { y0 = 0, y1 = png.height } =
   return counts;
 }
 
+describe('variable-length cases (--varlen)', () => {
+  test('a ragged batch of 8 spreads its lengths over [N/8, N]; documents total N', () => {
+    expect(raggedLengths(4096)).toEqual([512, 1024, 1536, 2048, 2560, 3072, 3584, 4096]);
+    expect(raggedLengths(24)).toEqual([3, 6, 9, 12, 15, 18, 21, 24]);
+    for (const n of [7, 16, 1000, 16384]) {
+      const docs = documentLengths(n);
+      expect(docs.reduce((a, b) => a + b, 0)).toBe(n);
+      expect(docs.every(l => l > 0)).toBe(true);
+    }
+    expect(documentLengths(16384).length).toBeGreaterThan(4);
+  });
+
+  test('work is counted as Σ len² against 8·N² (ragged) or N² (packed), halved-plus-diagonal with causal', () => {
+    const ragged = { layout: 'ragged' as const, seq: 4096, heads: 16, headDim: 64, causal: false };
+    const lens = raggedLengths(4096);
+    expect(scorePairs(ragged)).toEqual({ sequences: lens.reduce((a, l) => a + l * l, 0), dense: 8 * 4096 * 4096 });
+    expect(scorePairs(ragged).sequences / scorePairs(ragged).dense).toBeCloseTo(0.398, 3);
+    const causal = scorePairs({ ...ragged, causal: true });
+    expect(causal.dense).toBe(8 * 4096 * 4097 / 2);
+    const packed = scorePairs({ ...ragged, layout: 'packed' });
+    expect(packed.dense).toBe(4096 * 4096);
+    expect(packed.sequences).toBe(documentLengths(4096).reduce((a, l) => a + l * l, 0));
+  });
+
+  test('cases put the three variants of a shape side by side', () => {
+    const cases = varlenCases({ seqs: [64, 128], headDims: [8], heads: 2, causal: [false, true], passes: ['fwd', 'fwd+bwd'] });
+    expect(cases).toHaveLength(2 * 2 * 2 * 2 * 3);
+    expect(cases.slice(0, 3).map(c => c.variant)).toEqual(['lengths', 'mask', 'dense']);
+    expect(new Set(cases.slice(0, 3).map(c => `${c.layout}${c.seq}${c.pass}${c.causal}`)).size).toBe(1);
+    expect(parseArgs(['--varlen=only']).varlen).toBe('only');
+    expect(parseArgs(['--varlen=1']).varlen).toBe('on');
+    expect(parseArgs([]).varlen).toBe('off');
+  });
+
+  test('the table gives each variant\'s time, its ratio to the lengths\' and the pairs left', () => {
+    const at = (variant: VarlenCase['variant'], wallMs: number): VarlenResult => ({
+      layout: 'ragged', seq: 4096, heads: 16, headDim: 64, causal: true, pass: 'fwd', variant, status: 'ok',
+      lengths: raggedLengths(4096), ...(() => { const p = scorePairs({ layout: 'ragged', seq: 4096, heads: 16, headDim: 64, causal: true });
+                                                 return { pairs: p.sequences, densePairs: p.dense }; })(),
+      wallMs, gpuMs: wallMs * 0.9,
+    });
+    const md = varlenMarkdown([at('lengths', 2), { ...at('mask', 0), status: 'too large', note: 'over the limit', wallMs: undefined },
+                               at('dense', 5)]);
+    expect(md).toContain('### Forward, causal, ragged batch');
+    const row = md.split('\n').find(l => l.startsWith('| 4096 |'))!;
+    expect(row).toContain('| 2.000 (1.800) | **too large** | 5.000 (4.500) |  | 2.50× |');
+    expect(md).toContain('ragged mask fwd N=4096 d=64 causal: too large — over the limit');
+  });
+});
+
 describe('npm run bench end to end (cpu backend, tiny sweep)', () => {
+  test('--varlen=only: lengths, mask and dense for a ragged batch and packed documents, lengths equal to mask', () => {
+    const out = mkdtempSync(path.join(tmpdir(), 'bench-varlen-test-'));
+    try {
+      execFileSync(process.execPath,
+          ['bench/run.mjs', '--backend=cpu', '--varlen=only', '--seqs=24', '--heads=2', '--dims=8', '--reps=1', `--out=${out}`],
+          { cwd: path.join(__dirname, '..'), encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+      const { results } = JSON.parse(readFileSync(path.join(out, 'varlen.json'), 'utf8')) as { results: VarlenResult[] };
+      expect(results).toHaveLength(2 * 2 * 2 * 3);
+      for (const r of results) {
+        expect(r.status).toBe('ok');
+        expect(r.wallMs).toBeGreaterThan(0);
+        if (r.variant === 'mask') expect(r.relErrVsMask).toBeLessThan(1e-5);
+      }
+      const md = readFileSync(path.join(out, 'varlen.md'), 'utf8');
+      expect(md).toContain('packed documents: flashAttentionVarlen');
+      expect(md).toContain('| 24 | 8 | 3, 6, 9, 12, 15, 18, 21, 24 |');
+    } finally {
+      rmSync(out, { recursive: true, force: true });
+    }
+  });
+
   test('writes results.json, results.md, chart.svg and chart.png with every case checked against float64', () => {
     const out = mkdtempSync(path.join(tmpdir(), 'bench-test-'));
     try {

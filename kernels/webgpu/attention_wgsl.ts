@@ -14,8 +14,8 @@ export const NEG_BIG = '-3.0e38';
 export const NEG_HALF = '-1.0e38';
 
 /**
- * Helpers, all taking the query row i and key column j in sequence coordinates, and
- * off = seqK - seqQ (bottom-right alignment):
+ * Helpers, all taking the query row i and key column j in sequence coordinates (local to the
+ * sequence when lengths are given), and off = seqK - seqQ (bottom-right alignment, per sequence):
  *  - scoreOf(raw, i, j, off, slope) -> s after softcap and ALiBi;
  *  - scoreAndGrad(raw, ...) -> vec2(s, ds/draw) for the backward (softcap's 1 - tanh^2);
  *  - isKept(b, h, i, j, nq, nk, off): window, bounds and mask;
@@ -60,6 +60,8 @@ function optionFunctions(f: OptionFlags): string {
     }`;
   const softcapped = f.softcap ? 'softcapTerms(raw).x' : 'raw';
   const alibi = f.alibi ? ' - slope * f32(abs(i + off - j))' : '';
+  // An always-valid mask coordinate: the index clamped to the sequence (whose length may be 0 with ranges).
+  const lastAt = (x: string, len: string) => f.seqRanges ? `min(${x}, max(${len} - 1, 0))` : `min(${x}, ${len} - 1)`;
   return `
     ${f.softcap ? softcapTerms : ''}
     fn scoreOf(raw : f32, i : i32, j : i32, off : i32, slope : f32) -> f32 {
@@ -87,7 +89,7 @@ function optionFunctions(f: OptionFlags): string {
       // overflow i32 for windows near 2^31.
       keep = keep & ((uniforms.windowLeft < 0) | (i + off - j <= uniforms.windowLeft));
       keep = keep & ((uniforms.windowRight < 0) | (j - i - off <= uniforms.windowRight));` : ''}
-      ${f.mask ? 'keep = keep & maskAt(b, h, min(i, nq - 1), min(j, nk - 1));' : ''}
+      ${f.mask ? `keep = keep & maskAt(b, h, ${lastAt('i', 'nq')}, ${lastAt('j', 'nk')});` : ''}
       return keep;
     }
     // Query rows [i0, i1) x key columns [j0, j1).

@@ -10,6 +10,10 @@
  * No atomics: every output element is written by one thread after a fixed-order loop, so the same
  * inputs give the same bits.
  *
+ * With sequence lengths (a compile-time option, as in the forward) both passes work inside each
+ * sequence's ranges: tiles past a length are skipped, and rows past it get dQ = 0 (queries) or
+ * dK = dV = 0 (keys), written even where a partial tile summed 0 * NaN.
+ *
  * Both tiled passes are built as small matrix products (the way a SIMT GEMM is): every operand is
  * staged through workgroup memory in chunks of `depth` head-dim columns (or `depth` rows for the
  * accumulating products), so workgroup memory does not grow with the head dim, and each thread
@@ -19,14 +23,14 @@
  * the dQ pass, K and V in the dK/dV pass) are re-read from L2 per streamed block: every pass is
  * far from bandwidth-bound, and this is what lets headDim 128 and 256 keep 64-row tiles.
  */
-import { KernelConfig, KernelFunc, TensorInfo } from '@tensorflow/tfjs-core';
+import { KernelConfig, KernelFunc, TensorInfo, util } from '@tensorflow/tfjs-core';
 import {
   AttentionProblem, attentionProblem, FlashAttentionAttrs, FlashAttentionGrad, FlashAttentionGradInputs, OptionFlags,
 } from '../../src/contract';
 import { optionHelpers } from './attention_wgsl';
 import {
   checkBindingSizes, checkDispatch, deviceLimits, FlashProgram, runProgram, shaderKeyOf, unpack,
-  unroll, WebGPUBackend, withDeviceErrorCheck,
+  RANGE_NAMES, unroll, WebGPUBackend, withDeviceErrorCheck, withSeqRanges,
 } from './program';
 import { backwardLayout, chooseTiles, threadsOf, TileConfig, vec4Count } from './tiles';
 import { optionUniforms } from './uniforms';
@@ -34,11 +38,22 @@ import {
   accumulatePhase, keptBitsWGSL, keptAt, pipelinedLoopWGSL, scorePhase, stagedConstants, storeTransposedWGSL,
   writeRowsWGSL, zeroAccumulators, zeroScores,
 } from './staged_wgsl';
-import { keyRangeWGSL, passPrologueWGSL, queryRangeWGSL, registersWGSL } from './wgsl_fragments';
+import {
+  keyRangeWGSL, logSumExpIndexWGSL, PASS_NAMES, passPrologueWGSL, queryRangeWGSL, RangeReader, registersWGSL,
+  sequenceWGSL,
+} from './wgsl_fragments';
 
-/** Backward preprocess: stats = [logsumexp (copied), D = rowsum(dO * O)], each [B, H, Nq]. */
+/**
+ * Backward preprocess: stats = [logsumexp (copied), D = rowsum(dO * O)], each shaped as logsumexp
+ * ([B, H, Nq], or [1, H, totalQ] for packed sequences: the same index arithmetic with B = 1).
+ *
+ * With sequence ranges the passes would bind two more buffers than WebGPU's default 8 storage
+ * buffers per stage allow, so the ranges travel in stats: it is then int32, logsumexp and D
+ * stored as their bits (exact, NaN payloads and -Infinity included), followed by
+ * (startQ, lenQ, startK, lenK) per sequence (STATS_RANGES reads them).
+ */
 class BackwardPreprocessProgram extends FlashProgram {
-  variableNames = ['o', 'dy', 'logsumexp'];
+  variableNames: string[];
   outputShape: number[];
   workgroupSize: [number, number, number] = [64, 1, 1];
   dispatch: [number, number, number];
@@ -47,15 +62,29 @@ class BackwardPreprocessProgram extends FlashProgram {
 
   constructor(private s: AttentionProblem) {
     super();
-    this.outputShape = [2 * s.batch * s.heads * s.seqQ];
-    this.dispatch = [Math.ceil(s.batch * s.heads * s.seqQ / 64), 1, 1];
-    this.shaderKey = shaderKeyOf('flashAttentionBackwardPreprocess', { headDimV: this.s.headDimV });
+    this.variableNames = withSeqRanges(['o', 'dy', 'logsumexp'], s.flags, RANGE_NAMES);
+    const rows = util.sizeFromShape(s.logSumExpShape);
+    this.outputShape = [2 * rows + (s.flags.seqRanges ? 4 * s.batch : 0)];
+    this.dispatch = [Math.ceil(Math.max(rows, s.batch) / 64), 1, 1];
+    this.shaderKey = shaderKeyOf('flashAttentionBackwardPreprocess', { headDimV: this.s.headDimV, seqRanges: s.flags.seqRanges });
   }
 
   getUserCode(): string {
+    const ranges = this.s.flags.seqRanges;
+    const asStat = (x: string) => (ranges ? `bitcast<i32>(${x})` : x);
     return `
     fn main(index : i32) {
-      let rowCount = uniforms.size / 2;
+      ${ranges ? `
+      let lse = uniforms.logsumexpShape;
+      let rowCount = lse.x * lse.y * lse.z;
+      if (index < uniforms.seqRangesQShape.x) {
+        let at = 2 * rowCount + 4 * index;
+        result[at] = seqRangesQ[2 * index];
+        result[at + 1] = seqRangesQ[2 * index + 1];
+        result[at + 2] = seqRangesK[2 * index];
+        result[at + 3] = seqRangesK[2 * index + 1];
+      }` : `
+      let rowCount = uniforms.size / 2;`}
       if (index < rowCount) {
         let nq = uniforms.oShape.y;
         let heads = uniforms.oShape.z;
@@ -64,14 +93,23 @@ class BackwardPreprocessProgram extends FlashProgram {
         let base = ((bh / heads * nq + i) * heads + bh % heads) * ${this.s.headDimV};
         var d = 0.0;
         for (var c = 0; c < ${this.s.headDimV}; c++) { d += dy[base + c] * o[base + c]; }
-        result[index] = logsumexp[index];
-        result[rowCount + index] = d;
+        result[index] = ${asStat('logsumexp[index]')};
+        result[rowCount + index] = ${asStat('d')};
       }
     }`;
   }
 }
 
+/** The passes' inputs: with sequence ranges, stats carries them (BackwardPreprocessProgram). */
 const GRAD_INPUTS = ['q', 'k', 'v', 'alibiSlopes', 'mask', 'dy', 'stats'];
+
+/** logsumexp (which 0) or D (1) of query row i of head h, from stats. */
+function statWGSL(f: OptionFlags, which: 0 | 1, h: string, i: string): string {
+  const at = `${which ? 'rowsQ * heads + ' : ''}${logSumExpIndexWGSL(h, i)}`;
+  return f.seqRanges ? `bitcast<f32>(stats[${at}])` : `stats[${at}]`;
+}
+/** The passes' sequences: their ranges follow logsumexp and D in stats. */
+const STATS_RANGES: RangeReader = (b, field) => `stats[2 * rowsQ * heads + 4 * ${b} + ${field}]`;
 
 /**
  * The recomputed probability of a score under its row's logsumexp, with the forward's
@@ -98,7 +136,7 @@ class DQProgram extends FlashProgram {
   constructor(private s: AttentionProblem, private tiles: TileConfig, private flags: OptionFlags) {
     super();
     this.uniforms = optionUniforms(s).fields;
-    this.outputShape = [s.batch, s.seqQ, s.heads, s.headDim];
+    this.outputShape = [s.outShape[0], s.outShape[1], s.heads, s.headDim];   // q's
     this.workgroupSize = [threadsOf(tiles), 1, 1];
     this.dispatch = [Math.ceil(s.seqQ / tiles.rows), s.heads, s.batch];
     this.shaderKey = shaderKeyOf('flashAttentionBackwardDQ', {
@@ -114,10 +152,10 @@ class DQProgram extends FlashProgram {
     const rows = (body: (r: number) => string) => unroll(t.rowsPerThread, body);
     const cols = (body: (c: number) => string) => unroll(t.colsPerThread, body);
     const depth = backwardLayout(t, headDim, headDimV).depth;
-    const qRows = { src: 'q', seq: 'nq', heads: 'heads', head: 'h', width: 'D', first: 'row0', mul: 'uniforms.scale' };
-    const dyRows = { src: 'dy', seq: 'nq', heads: 'heads', head: 'h', width: 'DV', first: 'row0' };
-    const kCols = { src: 'k', seq: 'nk', heads: 'kvHeads', head: 'kvh', width: 'D', first: 'col0' };
-    const vCols = { src: 'v', seq: 'nk', heads: 'kvHeads', head: 'kvh', width: 'DV', first: 'col0' };
+    const qRows = { src: 'q', start: 'qStart', seq: 'nq', heads: 'heads', head: 'h', width: 'D', first: 'row0', mul: 'uniforms.scale' };
+    const dyRows = { src: 'dy', start: 'qStart', seq: 'nq', heads: 'heads', head: 'h', width: 'DV', first: 'row0' };
+    const kCols = { src: 'k', start: 'kStart', seq: 'nk', heads: 'kvHeads', head: 'kvh', width: 'D', first: 'col0' };
+    const vCols = { src: 'v', start: 'kStart', seq: 'nk', heads: 'kvHeads', head: 'kvh', width: 'DV', first: 'col0' };
     // qs are pre-multiplied by scale: s = scale * q . k.
     const phases = [scorePhase(t, depth, 's', headDim, qRows, kCols), scorePhase(t, depth, 'dp', headDimV, dyRows, vCols),
                     accumulatePhase(t, depth, [
@@ -133,11 +171,15 @@ class DQProgram extends FlashProgram {
       let h = i32(wgId.y);
       let b = i32(wgId.z);
       let kvh = h / (heads / kvHeads);
-      let off = nk - nq;
+      ${sequenceWGSL(f, PASS_NAMES, STATS_RANGES)}
       let slope = slopeOf(h);
-      let numRowTiles = (nq + ROWS - 1) / ROWS;
-      // Under a window the last query tiles see the most keys: start those first.
-      let rowTile = ${f.window ? 'numRowTiles - 1 - i32(wgId.x)' : 'i32(wgId.x)'};
+      let numRowTiles = (qExtent + ROWS - 1) / ROWS;
+      // Under a window the last query tiles see the most keys: start those first${f.seqRanges
+          ? ` (a grid sized for the
+      // longest sequence has tiles past a shorter one: those stay past it, and do nothing)` : ''}.
+      let rowTile = ${!f.window ? 'i32(wgId.x)' : f.seqRanges
+          ? 'select(i32(wgId.x), numRowTiles - 1 - i32(wgId.x), i32(wgId.x) < numRowTiles)'
+          : 'numRowTiles - 1 - i32(wgId.x)'};
       let row0 = rowTile * ROWS;
       let row1 = min(row0 + ROWS, nq);
       ${registersWGSL('lse', 'f32', t.rowsPerThread)}
@@ -148,8 +190,8 @@ class DQProgram extends FlashProgram {
         lse_${r} = 0.0; delta_${r} = 0.0;
         rowKey_${r} = dropoutRowKey(b * heads + h, i);
         if (i < nq) {
-          lse_${r} = stats[(b * heads + h) * nq + i];
-          delta_${r} = stats[batch * heads * nq + (b * heads + h) * nq + i];
+          lse_${r} = ${statWGSL(f, 0, 'h', 'i')};
+          delta_${r} = ${statWGSL(f, 1, 'h', 'i')};
         }
       }`)}
       ${zeroAccumulators(t, 'dq', dj)}
@@ -171,8 +213,8 @@ class DQProgram extends FlashProgram {
         // The next step's barriers order these writes before the dQ += dS K steps read them.
         ${storeTransposedWGSL(t, 'dsTile', (r, c) => `s_${r}_${c}`)}` })}
       ${rows(r => unroll(dj, m => `dq_${r}_${m} = select(dq_${r}_${m}, vec4<f32>(0.0), emptyRow(lse_${r}));`, ' '))}
-      ${writeRowsWGSL(t, 'dq', dj, { base: '0', first: 'row0', seq: 'nq', heads: 'heads', head: 'h', width: 'D',
-                                     scale: 'uniforms.scale' })}
+      ${writeRowsWGSL(t, 'dq', dj, { base: '0', first: 'row0', start: 'qStart', extent: 'qExtent', heads: 'heads', head: 'h',
+                                     width: 'D', scale: 'uniforms.scale', zeroFrom: f.seqRanges ? 'nq' : undefined })}
     }`;
   }
 }
@@ -189,7 +231,7 @@ class DKDVProgram extends FlashProgram {
     super();
     this.uniforms = optionUniforms(s).fields;
     // One packed output: dk [B, Nk, Hkv, D], then dv [B, Nk, Hkv, Dv].
-    this.outputShape = [s.batch * s.seqK * s.kvHeads * (s.headDim + s.headDimV)];
+    this.outputShape = [s.rowsK * s.kvHeads * (s.headDim + s.headDimV)];
     this.workgroupSize = [threadsOf(tiles), 1, 1];
     this.dispatch = [Math.ceil(s.seqK / tiles.rows), s.kvHeads, s.batch];
     this.shaderKey = shaderKeyOf('flashAttentionBackwardDKDV', {
@@ -205,10 +247,13 @@ class DKDVProgram extends FlashProgram {
     const rows = (body: (r: number) => string) => unroll(t.rowsPerThread, body);
     const cols = (body: (c: number) => string) => unroll(t.colsPerThread, body);
     const depth = backwardLayout(t, headDim, headDimV).depth;
-    const kRows = { src: 'k', seq: 'nk', heads: 'kvHeads', head: 'kvh', width: 'D', first: 'row0' };
-    const vRows = { src: 'v', seq: 'nk', heads: 'kvHeads', head: 'kvh', width: 'DV', first: 'row0' };
-    const qCols = { src: 'q', seq: 'nq', heads: 'heads', head: 'h', width: 'D', first: 'col0', mul: 'uniforms.scale' };
-    const dyCols = { src: 'dy', seq: 'nq', heads: 'heads', head: 'h', width: 'DV', first: 'col0' };
+    // Keys past the sequence's length get dK = dV = 0 (with padded lengths, where they exist).
+    const keyRows = { first: 'row0', start: 'kStart', extent: 'kExtent', heads: 'kvHeads', head: 'kvh',
+                      zeroFrom: f.seqRanges ? 'nk' : undefined };
+    const kRows = { src: 'k', start: 'kStart', seq: 'nk', heads: 'kvHeads', head: 'kvh', width: 'D', first: 'row0' };
+    const vRows = { src: 'v', start: 'kStart', seq: 'nk', heads: 'kvHeads', head: 'kvh', width: 'DV', first: 'row0' };
+    const qCols = { src: 'q', start: 'qStart', seq: 'nq', heads: 'heads', head: 'h', width: 'D', first: 'col0', mul: 'uniforms.scale' };
+    const dyCols = { src: 'dy', start: 'qStart', seq: 'nq', heads: 'heads', head: 'h', width: 'DV', first: 'col0' };
     // dV += P^T dO, dK += dS^T (scale q): dK = scale * dS^T q.
     const phases = [scorePhase(t, depth, 's', headDim, kRows, qCols), scorePhase(t, depth, 'dp', headDimV, vRows, dyCols),
                     accumulatePhase(t, depth, [
@@ -226,7 +271,7 @@ class DKDVProgram extends FlashProgram {
       let kvh = i32(wgId.y);
       let b = i32(wgId.z);
       let group = heads / kvHeads;
-      let off = nk - nq;
+      ${sequenceWGSL(f, PASS_NAMES, STATS_RANGES)}
       let row0 = i32(wgId.x) * ROWS;
       let row1 = min(row0 + ROWS, nk);
       ${zeroAccumulators(t, 'dk', dkj)}
@@ -245,8 +290,8 @@ class DKDVProgram extends FlashProgram {
             var lseI = 0.0;
             var deltaI = 0.0;
             if (i < nq) {
-              lseI = stats[(b * heads + h) * nq + i];
-              deltaI = stats[batch * heads * nq + (b * heads + h) * nq + i];
+              lseI = ${statWGSL(f, 0, 'h', 'i')};
+              deltaI = ${statWGSL(f, 1, 'h', 'i')};
             }
             let colKey = dropoutRowKey(b * heads + h, i);
             ${rows(r => `{
@@ -263,9 +308,9 @@ class DKDVProgram extends FlashProgram {
           ${storeTransposedWGSL(t, 'dsTile', (r, c) => `s_${r}_${c}`)}` })}
       }
 
-      let dkSize = batch * nk * kvHeads * D;
-      ${writeRowsWGSL(t, 'dk', dkj, { base: '0', first: 'row0', seq: 'nk', heads: 'kvHeads', head: 'kvh', width: 'D' })}
-      ${writeRowsWGSL(t, 'dv', dvj, { base: 'dkSize', first: 'row0', seq: 'nk', heads: 'kvHeads', head: 'kvh', width: 'DV' })}
+      let dkSize = rowsK * kvHeads * D;
+      ${writeRowsWGSL(t, 'dk', dkj, { ...keyRows, base: '0', width: 'D' })}
+      ${writeRowsWGSL(t, 'dv', dvj, { ...keyRows, base: 'dkSize', width: 'DV' })}
     }`;
   }
 }
@@ -273,7 +318,7 @@ class DKDVProgram extends FlashProgram {
 export function flashAttentionGradWebGPU(
     args: { inputs: FlashAttentionGradInputs, backend: WebGPUBackend, attrs: FlashAttentionAttrs }): TensorInfo[] {
   const { inputs, backend, attrs } = args;
-  const { q, k, v, alibiSlopes, mask, out, logSumExp, dy } = inputs as unknown as Record<string, TensorInfo>;
+  const { q, k, v, alibiSlopes, mask, out, logSumExp, dy, seqRangesQ, seqRangesK } = inputs as unknown as Record<string, TensorInfo>;
   const s = attentionProblem(q.shape, k.shape, v.shape, attrs);
   const limits = deviceLimits(backend);
   const flags = s.flags;
@@ -287,7 +332,8 @@ export function flashAttentionGradWebGPU(
   checkDispatch(limits, dkdvProgram.dispatch);
   const uniforms = optionUniforms(s).data;
   return withDeviceErrorCheck(backend, () => {
-    const stats = runProgram(backend, preprocess, [out, dy, logSumExp], []);
+    const stats = runProgram(backend, preprocess, withSeqRanges([out, dy, logSumExp], flags, () => [seqRangesQ, seqRangesK]),
+                             [], flags.seqRanges ? 'int32' : 'float32');
     const passInputs = [q, k, v, alibiSlopes, mask, dy, stats];
     const dkdv = runProgram(backend, dkdvProgram, passInputs, uniforms);
     const [dk, dv] = unpack(backend, dkdv, [k.shape, v.shape]);

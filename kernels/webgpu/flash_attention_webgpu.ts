@@ -7,8 +7,14 @@
  * Two variants of the inner loop (tiles.ts chooses, as measured): tiled (whole-head-dim Q, K, V
  * tiles in workgroup memory) and staged (the backward's chunked products, staged_wgsl.ts), whose
  * workgroup memory does not grow with the head dim.
+ *
+ * With sequence lengths (seqLayout 'padded' or 'packed', a compile-time option: sequenceWGSL),
+ * workgroup z is a sequence: its queries and keys are read from (start, length) ranges, key tiles
+ * past its keys are never loaded, a query tile past its queries does no key work and (padded)
+ * writes out 0 and logsumexp -Infinity, so the cost follows sum(lenQ * lenK). Both variants
+ * (tiled and staged) take the same row tile, sequence and epilogue.
  */
-import { KernelConfig, KernelFunc, TensorInfo } from '@tensorflow/tfjs-core';
+import { KernelConfig, KernelFunc, TensorInfo, util } from '@tensorflow/tfjs-core';
 import {
   AttentionProblem, attentionProblem, FlashAttention, FlashAttentionAttrs, FlashAttentionInputs, OptionFlags,
 } from '../../src/contract';
@@ -16,7 +22,7 @@ import { optionHelpers } from './attention_wgsl';
 import { maybeFlashDecodeWebGPU } from './flash_decode_webgpu';
 import {
   checkBindingSizes, checkDispatch, deviceLimits, FlashProgram, runProgram,
-  shaderKeyOf, unpack, unroll, WebGPUBackend, withDeviceErrorCheck,
+  RANGE_NAMES, shaderKeyOf, unpack, unroll, WebGPUBackend, withDeviceErrorCheck, withSeqRanges,
 } from './program';
 import { subgroupMinSizeOf } from './subgroups';
 import {
@@ -26,12 +32,13 @@ import {
 import { backwardLayout, chooseTiles, paddedVec4, threadsOf, TileConfig, vec4Count } from './tiles';
 import { optionUniforms } from './uniforms';
 import {
-  dotTileWGSL, keptAt, keptBitsWGSL, keyRangeWGSL, keyTileLoopWGSL, loadTileWGSL, passPrologueWGSL, prefetchedTileWGSL,
-  registersWGSL, rowReduction, rowShuffleWidth, tileConstants, vec4sPerThread, weightedSumWGSL,
+  dotTileWGSL, keptAt, keptBitsWGSL, keyRangeWGSL, keyTileLoopWGSL, loadTileWGSL, logSumExpIndexWGSL,
+  passPrologueWGSL, prefetchedTileWGSL, registersWGSL, rowReduction, rowShuffleWidth, sequenceWGSL, tileConstants,
+  vec4sPerThread, weightedSumWGSL,
 } from './wgsl_fragments';
 
 export class FlashForwardProgram extends FlashProgram {
-  variableNames = ['q', 'k', 'v', 'alibiSlopes', 'mask'];
+  variableNames: string[];
   outputShape: number[];
   workgroupSize: [number, number, number];
   dispatch: [number, number, number];
@@ -44,9 +51,10 @@ export class FlashForwardProgram extends FlashProgram {
   constructor(private s: AttentionProblem, private tiles: TileConfig, private flags: OptionFlags,
               private subgroupSize = 0) {
     super();
+    this.variableNames = withSeqRanges(['q', 'k', 'v', 'alibiSlopes', 'mask'], flags, RANGE_NAMES);
     this.uniforms = optionUniforms(s).fields;
-    // One packed output: out [B, Nq, H, Dv], then logsumexp [B, H, Nq].
-    this.outputShape = [s.batch * s.seqQ * s.heads * s.headDimV + s.batch * s.heads * s.seqQ];
+    // One packed output: out [B, Nq, H, Dv], then logsumexp [B, H, Nq] (problem.ts has the shapes).
+    this.outputShape = [util.sizeFromShape(s.outShape) + util.sizeFromShape(s.logSumExpShape)];
     this.workgroupSize = [threadsOf(tiles), 1, 1];
     const rowTiles = Math.ceil(s.seqQ / tiles.rows);
     // Windowed programs pair query tiles (see getUserCode).
@@ -73,9 +81,9 @@ export class FlashForwardProgram extends FlashProgram {
     const dv4 = vec4Count(headDimV);
     const vj = vec4sPerThread(t, dv4);
     const depth = backwardLayout(t, headDim, headDimV).depth;
-    const qRows = { src: 'q', seq: 'nq', heads: 'heads', head: 'h', width: 'D', first: 'row0', mul: 'uniforms.scale' };
-    const kCols = { src: 'k', seq: 'nk', heads: 'kvHeads', head: 'kvh', width: 'D', first: 'col0' };
-    const vCols = { src: 'v', seq: 'nk', heads: 'kvHeads', head: 'kvh', width: 'DV', first: 'col0' };
+    const qRows = { src: 'q', start: 'qStart', seq: 'nq', heads: 'heads', head: 'h', width: 'D', first: 'row0', mul: 'uniforms.scale' };
+    const kCols = { src: 'k', start: 'kStart', seq: 'nk', heads: 'kvHeads', head: 'kvh', width: 'D', first: 'col0' };
+    const vCols = { src: 'v', start: 'kStart', seq: 'nk', heads: 'kvHeads', head: 'kvh', width: 'DV', first: 'col0' };
     const phases = [scorePhase(t, depth, 's', headDim, qRows, kCols),
                     accumulatePhase(t, depth, [{ out: 'acc', weights: 'pTile', perThread: vj, load: { ...vCols, width4: dv4 } }])];
     return `
@@ -110,7 +118,7 @@ export class FlashForwardProgram extends FlashProgram {
     const reduce = rowReduction(t, this.subgroupSize);
     const d4 = vec4Count(headDim), dv4 = vec4Count(headDimV);
     const vj = vec4sPerThread(t, dv4);
-    const stream = { count: t.cols, threads: threadsOf(t), seqLen: 'nk', heads: 'kvHeads', head: 'kvh' };
+    const stream = { count: t.cols, threads: threadsOf(t), start: 'kStart', seqLen: 'nk', heads: 'kvHeads', head: 'kvh' };
     // With sharedKV, K and V take turns in kvTile: the next K is prefetched as usual, and this
     // tile's V is loaded into registers at the top of the iteration (its latency hidden by the
     // scores) and stored once every thread is done reading K.
@@ -133,7 +141,7 @@ export class FlashForwardProgram extends FlashProgram {
       ${passPrologueWGSL(this.variableNames)}
       ${this.rowTileWGSL()}
       ${loadTileWGSL({ tile: 'qTile', src: 'q', width: 'D', width4: 'D4', count: 'ROWS', first: 'row0',
-                       seqLen: 'nq', heads: 'heads', head: 'h', mul: 'uniforms.scale' })}
+                       start: 'qStart', seqLen: 'nq', heads: 'heads', head: 'h', mul: 'uniforms.scale' })}
 
       ${this.rowStateWGSL(vj)}
 
@@ -166,17 +174,20 @@ export class FlashForwardProgram extends FlashProgram {
    * [row0, row1). Windowed programs take two query tiles, closed by rowTileEndWGSL.
    */
   private rowTileWGSL(): string {
+    const f = this.flags;
     return `
       let h = i32(wgId.y);
       let b = i32(wgId.z);
       let kvh = h / (heads / kvHeads);
-      let off = nk - nq;
+      ${sequenceWGSL(f)}
       let slope = slopeOf(h);
-      let numRowTiles = (nq + ROWS - 1) / ROWS;
-      ${this.flags.window ? `
+      let numRowTiles = (qExtent + ROWS - 1) / ROWS;
+      ${f.window ? `
       // Under a causal mask query tile i sees i + 1 key tiles: a workgroup takes tiles
       // n - 1 - x and x (heaviest first), so every workgroup does about the same work.
-      let pairedTiles = select(2, 1, 2 * i32(wgId.x) + 1 == numRowTiles);
+      ${f.seqRanges ? `// The grid is sized for the longest sequence: a shorter one leaves workgroups idle.
+      let pairedTiles = clamp(numRowTiles - 2 * i32(wgId.x), 0, 2);`
+                    : 'let pairedTiles = select(2, 1, 2 * i32(wgId.x) + 1 == numRowTiles);'}
       for (var pairIdx = 0; pairIdx < pairedTiles; pairIdx++) {
       workgroupBarrier();   // the previous tile's threads are done with the workgroup tiles
       let rowTile = select(numRowTiles - 1 - i32(wgId.x), i32(wgId.x), pairIdx == 1);` : `
@@ -258,17 +269,18 @@ export class FlashForwardProgram extends FlashProgram {
         ${reduce.publish('rowSum', 'add', r)}
       }`)}
       ${reduce.barrier}
-      let outSize = batch * nq * heads * DV;
+      let outSize = rowsQ * heads * DV;
       ${rows(r => `{
         let row = tr * RPT + ${r};
         let i = row0 + row;
         ${reduce.combine('rowSum', 'rowSum', 'add', r)}
-        if (i < nq) {
-          // A row with no kept key (sum exactly 0): out 0 (even where acc holds 0 * NaN of a
-          // masked value), logsumexp -Infinity. A NaN sum is not empty: it propagates.
+        if (i < qExtent) {
+          // A row with no kept key (sum exactly 0; rows past the sequence's length keep none):
+          // out 0 (even where acc holds 0 * NaN of a masked value), logsumexp -Infinity. A NaN
+          // sum is not empty: it propagates.
           let empty = rowSum == 0.0;
           let inv = 1.0 / select(rowSum, 1.0, empty);
-          let base = ((b * nq + i) * heads + h) * DV;
+          let base = ((qStart + i) * heads + h) * DV;
           ${unroll(vj, jj => `{
             let c4 = tc + TC * ${jj};
             let o = select(acc_${r}_${jj} * inv, vec4<f32>(0.0), empty);
@@ -277,7 +289,7 @@ export class FlashForwardProgram extends FlashProgram {
           if (tc == 0) {
             // log(NaN) is not NaN everywhere (SwiftShader: +inf), so a NaN sum is passed on itself.
             let lse = select(m_${r} + log(rowSum), rowSum, poisons(rowSum));
-            result[outSize + (b * heads + h) * nq + i] = select(lse, -uniforms.INFINITY, empty);
+            result[outSize + ${logSumExpIndexWGSL('h', 'i')}] = select(lse, -uniforms.INFINITY, empty);
           }
         }
       }`)}`;
@@ -290,7 +302,7 @@ export function flashAttentionWebGPU(
   // A few query rows over many keys: the split-KV kernel (flash_decode_webgpu.ts) when it picks them.
   const decoded = maybeFlashDecodeWebGPU(args);
   if (decoded) return decoded;
-  const { q, k, v, alibiSlopes, mask } = inputs as unknown as Record<string, TensorInfo>;
+  const { q, k, v, alibiSlopes, mask, seqRangesQ, seqRangesK } = inputs as unknown as Record<string, TensorInfo>;
   const s = attentionProblem(q.shape, k.shape, v.shape, attrs);
   const limits = deviceLimits(backend);
   const subgroupSize = subgroupMinSizeOf(backend);
@@ -300,8 +312,9 @@ export function flashAttentionWebGPU(
                              ['the output and logsumexp', program.outputShape]]);
   checkDispatch(limits, program.dispatch);
   return withDeviceErrorCheck(backend, () => {
-    const packed = runProgram(backend, program, [q, k, v, alibiSlopes, mask], optionUniforms(s).data);
-    return unpack(backend, packed, [[s.batch, s.seqQ, s.heads, s.headDimV], [s.batch, s.heads, s.seqQ]]);
+    const programInputs = withSeqRanges([q, k, v, alibiSlopes, mask], s.flags, () => [seqRangesQ, seqRangesK]);
+    const packed = runProgram(backend, program, programInputs, optionUniforms(s).data);
+    return unpack(backend, packed, [s.outShape, s.logSumExpShape]);
   });
 }
 

@@ -5,7 +5,7 @@
  */
 import type { WebGPUBackend, WebGPUProgram } from '@tensorflow/tfjs-backend-webgpu';
 import { TensorInfo, util } from '@tensorflow/tfjs-core';
-import { check, shapeStr } from '../../src/contract';
+import { check, OptionFlags, shapeStr } from '../../src/contract';
 
 export type { WebGPUBackend };
 
@@ -105,10 +105,19 @@ export function withDeviceErrorCheck<T>(backend: WebGPUBackend, body: () => T): 
   }
 }
 
+/**
+ * A program's inputs: the sequence ranges (int32 [numSeqs, 2]) are bound only where lengths are
+ * given, so a program without them is the same shader as before lengths existed.
+ */
+export const withSeqRanges = <T>(inputs: T[], f: OptionFlags, ranges: () => [T, T]): T[] =>
+    f.seqRanges ? [...inputs, ...ranges()] : inputs;
+/** The WGSL names of the ranges' bindings. */
+export const RANGE_NAMES = (): [string, string] => ['seqRangesQ', 'seqRangesK'];
+
 /** Runs one program; the backend caches its pipeline under the program's shader key. */
 export function runProgram(backend: WebGPUBackend, program: FlashProgram, inputs: TensorInfo[],
-                           uniforms: Uniform[]): TensorInfo {
-  return backend.runWebGPUProgram(program, inputs, 'float32', uniforms);
+                           uniforms: Uniform[], dtype: 'float32' | 'int32' = 'float32'): TensorInfo {
+  return backend.runWebGPUProgram(program, inputs, dtype, uniforms);
 }
 
 /** Copies `size(shape)` floats starting at `offset` of a packed buffer into a new tensor. */

@@ -45,10 +45,11 @@ export function readRunWGSL(name: string, row: (vec4Index: string) => string, fi
   return unroll(count, e => `let ${name}_${e} = ${row(`(${first} + ${e}) / 4`)}[(${first} + ${e}) % 4];`);
 }
 
-/** Where one staged chunk comes from: `count` floats, element idx at (row, x) of a [.., seq, heads, width] tensor. */
+/** Where one staged chunk comes from: `count` floats, element idx at (row, x) of a [rows, heads, width] tensor. */
 export interface StageLoad {
   stage: 'stage0' | 'stage1';
-  src: string; seq: string; heads: string; head: string; width: string; mul?: string;
+  /** Rows start + row of src for row < seq (the sequence's first row and length). */
+  src: string; start: string; seq: string; heads: string; head: string; width: string; mul?: string;
   /** First sequence row of the chunk (a WGSL expression that may use col0). */
   first: string;
   /** Score operands are staged transposed ([x][row], DEPTH head-dim columns from x0); value rows as [row][x]. */
@@ -101,7 +102,7 @@ export function prefetchWGSL(loads: StageLoad[], t: TileConfig, depth: number, g
           let x = ${col};
           pf${n}_${u} = 0.0;
           if (${guard}${inRange}row < ${l.seq} && x < ${l.width}) {
-            pf${n}_${u} = ${l.src}[((b * ${l.seq} + row) * ${l.heads} + ${l.head}) * ${l.width} + x]${l.mul ? ` * ${l.mul}` : ''};
+            pf${n}_${u} = ${l.src}[((${l.start} + row) * ${l.heads} + ${l.head}) * ${l.width} + x]${l.mul ? ` * ${l.mul}` : ''};
           }
         }`;
     });
@@ -123,7 +124,7 @@ export function storeStageWGSL(loads: StageLoad[], t: TileConfig, depth: number)
             let x = ${l.transposed ? `${l.x0} + ${x}` : x};
             var val = 0.0;
             if (row < ${l.seq} && x < ${l.width}) {
-              val = ${l.src}[((b * ${l.seq} + row) * ${l.heads} + ${l.head}) * ${l.width} + x]${l.mul ? ` * ${l.mul}` : ''};
+              val = ${l.src}[((${l.start} + row) * ${l.heads} + ${l.head}) * ${l.width} + x]${l.mul ? ` * ${l.mul}` : ''};
             }
             ${target} = val;
           }`;
@@ -258,17 +259,27 @@ export function storeTransposedWGSL(t: TileConfig, tile: string, value: (r: numb
       : unroll(t.rowsPerThread, r => `${tile}[tc * CPT + ${c}][(tr * RPT + ${r}) / 4][(tr * RPT + ${r}) % 4] = ${value(r, c)};`));
 }
 
-/** Writes accumulator registers acc_r_m (scaled by `scale`) to rows `first`.. of a [.., seq, heads, width] output. */
+/**
+ * Writes accumulator registers acc_r_m (scaled by `scale`) to the sequence's rows `first`.. below
+ * `extent` of a [rows, heads, width] output (memory row start + row). Rows at or past `zeroFrom`
+ * (given with lengths: rows past the sequence's length) are written 0, whatever was summed.
+ */
 export function writeRowsWGSL(t: TileConfig, acc: string, perThread: number, o: {
-  base: string; first: string; seq: string; heads: string; head: string; width: string; scale?: string;
+  base: string; first: string; start: string; extent: string; zeroFrom?: string; heads: string; head: string;
+  width: string; scale?: string;
 }): string {
+  const value = (r: number, m: number, e: number) => {
+    const v = `${acc}_${r}_${m}[${e}]${o.scale ? ` * ${o.scale}` : ''}`;
+    return o.zeroFrom ? `select(${v}, 0.0, missing)` : v;
+  };
   return unroll(t.rowsPerThread, r => `{
         let row = ${o.first} + tr * RPT + ${r};
-        if (row < ${o.seq}) {
-          let base = ${o.base} + ((b * ${o.seq} + row) * ${o.heads} + ${o.head}) * ${o.width};
+        if (row < ${o.extent}) {
+          let base = ${o.base} + ((${o.start} + row) * ${o.heads} + ${o.head}) * ${o.width};
+          ${o.zeroFrom ? `let missing = row >= ${o.zeroFrom};` : ''}
           ${unroll(perThread, m => `{
             let c4 = tc + TC * ${m};
-            ${unroll(4, e => `if (c4 * 4 + ${e} < ${o.width}) { result[base + c4 * 4 + ${e}] = ${acc}_${r}_${m}[${e}]${o.scale ? ` * ${o.scale}` : ''}; }`)}
+            ${unroll(4, e => `if (c4 * 4 + ${e} < ${o.width}) { result[base + c4 * 4 + ${e}] = ${value(r, m, e)}; }`)}
           }`)}
         }
       }`);

@@ -18,10 +18,17 @@ import { MAX_PREFETCH_PER_THREAD, paddedVec4, threadsOf, TileConfig, vec4Count }
 export interface PassNames {
   /** Flat local index (i32) and the thread's row and column in the tile's thread grid. */
   thread: string; threadRow: string; threadCol: string;
-  /** Batch index of the workgroup's rows. */
+  /** Batch index of the workgroup's rows: its sequence. */
   batchIndex: string;
-  /** Sequence lengths of queries and keys, and seqK - seqQ (bottom-right alignment). */
+  /** The sequence's lengths of queries and keys, and seqK - seqQ (bottom-right alignment). */
   seqQ: string; seqK: string; offset: string;
+  /** The sequence's first row of q (and out) and of k and v: row r of it is memory row start + r. */
+  startQ: string; startK: string;
+  /**
+   * Rows of the sequence a pass writes: its length, or with padded lengths the whole padded
+   * extent (rows past the length get 0, and logSumExp -Infinity).
+   */
+  extentQ: string; extentK: string;
   /** First and one-past-last row of the workgroup's own tile, and the streamed tile's first column. */
   row0: string; row1: string; col0: string;
 }
@@ -29,6 +36,7 @@ export interface PassNames {
 /** The names passPrologueWGSL declares and every pass uses. */
 export const PASS_NAMES: PassNames = {
   thread: 'tid', threadRow: 'tr', threadCol: 'tc', batchIndex: 'b', seqQ: 'nq', seqK: 'nk', offset: 'off',
+  startQ: 'qStart', startK: 'kStart', extentQ: 'qExtent', extentK: 'kExtent',
   row0: 'row0', row1: 'row1', col0: 'col0',
 };
 
@@ -70,8 +78,9 @@ const touchBindings = (names: string[]) => names.map(n => `_ = ${n}[0];`).join('
 
 /**
  * The opening of every pass's main(): bindings touched, the uniform workgroup id (wgId), the
- * thread's tile coordinates (n.thread, n.threadRow, n.threadCol) and the shapes (batch,
- * n.seqQ, heads, n.seqK, kvHeads).
+ * thread's tile coordinates (n.thread, n.threadRow, n.threadCol) and the shapes (batch, heads,
+ * kvHeads; rowsQ and rowsK, the rows of q and of k in memory). The sequence's lengths come from
+ * sequenceWGSL, once the pass knows its batch index.
  */
 export const passPrologueWGSL = (variableNames: string[], n: PassNames = PASS_NAMES) => `
       ${touchBindings(variableNames)}
@@ -80,10 +89,50 @@ export const passPrologueWGSL = (variableNames: string[], n: PassNames = PASS_NA
       let ${n.threadCol} = ${n.thread} % TC;
       let ${n.threadRow} = ${n.thread} / TC;
       let batch = uniforms.qShape.x;
-      let ${n.seqQ} = uniforms.qShape.y;
       let heads = uniforms.qShape.z;
+      let kvHeads = uniforms.kShape.z;
+      let rowsQ = uniforms.qShape.x * uniforms.qShape.y;
+      let rowsK = uniforms.kShape.x * uniforms.kShape.y;`;
+
+/**
+ * Where a pass reads sequence b's ranges: field 0..3 = startQ, lenQ, startK, lenK (WGSL i32).
+ * By default the bindings seqRangesQ/K [numSeqs, 2].
+ */
+export type RangeReader = (b: string, field: 0 | 1 | 2 | 3) => string;
+const RANGE_BINDINGS: RangeReader = (b, field) => `${field < 2 ? 'seqRangesQ' : 'seqRangesK'}[2 * ${b}${field % 2 ? ' + 1' : ''}]`;
+
+/**
+ * The workgroup's sequence n.batchIndex (kernel_names.ts header): its first rows (n.startQ,
+ * n.startK), lengths (n.seqQ, n.seqK), the bottom-right offset n.offset and the rows the passes
+ * write (n.extentQ, n.extentK). Without ranges, sequence b is batch element b, whole. With
+ * ranges, (start, length) are read with `ranges`; they are uniform (a read-only buffer at the
+ * uniform workgroup id), so loops with barriers may be bounded by them.
+ */
+export function sequenceWGSL(f: OptionFlags, n: PassNames = PASS_NAMES, ranges: RangeReader = RANGE_BINDINGS): string {
+  if (!f.seqRanges) {
+    return `
+      let ${n.seqQ} = uniforms.qShape.y;
       let ${n.seqK} = uniforms.kShape.y;
-      let kvHeads = uniforms.kShape.z;`;
+      let ${n.startQ} = ${n.batchIndex} * ${n.seqQ};
+      let ${n.startK} = ${n.batchIndex} * ${n.seqK};
+      let ${n.offset} = ${n.seqK} - ${n.seqQ};
+      let ${n.extentQ} = ${n.seqQ};
+      let ${n.extentK} = ${n.seqK};`;
+  }
+  return `
+      let ${n.startQ} = ${ranges(n.batchIndex, 0)};
+      let ${n.seqQ} = ${ranges(n.batchIndex, 1)};
+      let ${n.startK} = ${ranges(n.batchIndex, 2)};
+      let ${n.seqK} = ${ranges(n.batchIndex, 3)};
+      let ${n.offset} = ${n.seqK} - ${n.seqQ};
+      // A packed sequence owns only its rows; a padded one its whole stretch of the batch.
+      let ${n.extentQ} = ${f.packed ? n.seqQ : 'uniforms.qShape.y'};
+      let ${n.extentK} = ${f.packed ? n.seqK : 'uniforms.kShape.y'};`;
+}
+
+/** The logSumExp index of query row i of head h (kernel_names.ts header; one formula for every layout). */
+export const logSumExpIndexWGSL = (head: string, i: string, n: PassNames = PASS_NAMES) =>
+    `${n.startQ} * uniforms.lseStartStride + ${head} * uniforms.lseHeadStride + ${i}`;
 
 /**
  * Declares per-thread registers name_r (or name_r_c) as separate variables, so no private array
@@ -114,7 +163,10 @@ export function keyRangeWGSL(f: OptionFlags, i0: string, i1: string, n: PassName
     }
     if (uniforms.windowRight >= 0 && uniforms.windowRight < ${n.seqK} - ${i1} - ${n.offset}) {
       colEnd = ${i1} + ${n.offset} + uniforms.windowRight;
-    }` : ''}`;
+    }` : ''}
+    ${f.seqRanges ? `
+    // A tile of rows past the sequence's queries does no key work.
+    if (${i0} >= ${n.seqQ}) { colEnd = 0; }` : ''}`;
 }
 
 /** Query rows [begin, end) that see some key of columns [j0, j1), as `rowBegin`/`rowEnd`. */
@@ -128,15 +180,18 @@ export function queryRangeWGSL(f: OptionFlags, j0: string, j1: string, n: PassNa
     }
     if (uniforms.windowLeft >= 0 && uniforms.windowLeft < ${n.seqQ} - ${j1} + ${n.offset}) {
       rowEnd = ${j1} - ${n.offset} + uniforms.windowLeft;
-    }` : ''}`;
+    }` : ''}
+    ${f.seqRanges ? `
+    // A tile of keys past the sequence's keys does no query work.
+    if (${j0} >= ${n.seqK}) { rowEnd = 0; }` : ''}`;
 }
 
-/** Where a tile's rows come from: rows of a [batch, seqLen, heads, width] tensor. */
+/** Where a tile's rows come from: rows start.. of a [rows, heads, width] tensor (q, k, v flattened). */
 interface TileSource {
   /** The workgroup tile (array of vec4 rows) and the storage buffer it is loaded from. */
   tile: string; src: string;
-  /** Row width in floats (a WGSL expression) and the sequence length, head count and head. */
-  width: string; seqLen: string; heads: string; head: string;
+  /** Row width in floats (a WGSL expression), the sequence's first row and length, head count and head. */
+  width: string; start: string; seqLen: string; heads: string; head: string;
   /** Multiplies every element (e.g. the softmax scale folded into q). */
   mul?: string;
 }
@@ -146,7 +201,7 @@ function sourceElement(o: TileSource, row: string, c: string, guard: string, n: 
   return `
       var x = 0.0;
       if (${guard}${row} < ${o.seqLen} && ${c} < ${o.width}) {
-        x = ${o.src}[((${n.batchIndex} * ${o.seqLen} + ${row}) * ${o.heads} + ${o.head}) * ${o.width} + ${c}]${o.mul ? ` * ${o.mul}` : ''};
+        x = ${o.src}[((${o.start} + ${row}) * ${o.heads} + ${o.head}) * ${o.width} + ${c}]${o.mul ? ` * ${o.mul}` : ''};
       }`;
 }
 
