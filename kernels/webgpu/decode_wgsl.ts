@@ -194,7 +194,7 @@ export function splitPassWGSL(variableNames: string[], t: DecodeTiles, f: Option
       // Keys this split covers, cut to what the block's query rows can see (window).
       let iLo = select(0, gr0 % uniforms.nqMax, gr0 / uniforms.nqMax == (grEnd - 1) / uniforms.nqMax);
       let iHi = select(uniforms.nqMax, (grEnd - 1) % uniforms.nqMax + 1, gr0 / uniforms.nqMax == (grEnd - 1) / uniforms.nqMax);
-      ${keyRangeWGSL(f, 'iLo', 'min(iHi, lenQ)', { ...PASS_NAMES, seqK: 'lenK', offset: 'off' })}
+      ${keyRangeWGSL(f, 'iLo', 'min(iHi, lenQ)', { ...PASS_NAMES, seqQ: 'lenQ', seqK: 'lenK', offset: 'off' })}
       let splitBegin = split * uniforms.splitKeys;
       let splitEnd = min(splitBegin + uniforms.splitKeys, lenK);
       let lo = max(colBegin, splitBegin);
