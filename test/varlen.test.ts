@@ -195,9 +195,10 @@ describe.each(BACKENDS)('variable lengths on %s', backend => {
     // Computed on the GPU (small ops would otherwise run on the CPU): GPU-resident.
     tf.env().set('WEBGPU_CPU_FORWARD', false);
     const onGpuK = tf.add(tf.tensor1d([3, 1], 'int32'), tf.scalar(0, 'int32')) as tf.Tensor1D;
-    const onGpuQ = tf.maximum(tf.add(tf.tensor1d([9, 7], 'int32'), tf.scalar(-5, 'int32')), 0) as tf.Tensor1D;  // [4, 2]
+    const onGpuQ = tf.maximum(tf.add(tf.tensor1d([9, 7], 'int32'), tf.scalar(-5, 'int32')), tf.scalar(0, 'int32')) as tf.Tensor1D;  // [4, 2]
     const tooLong = tf.add(tf.tensor1d([7, 2], 'int32'), tf.scalar(0, 'int32')) as tf.Tensor1D;
     tf.env().set('WEBGPU_CPU_FORWARD', true);
+    expect(() => onGpuK.dataSync()).toThrow();        // the case this covers: no synchronous read
     const before = tf.memory().numTensors;
     const onDevice = flashAttention(q, q, q, { seqLensK: onGpuK, seqLensQ: onGpuQ });
     expect(Array.from(await onDevice.data())).toEqual(Array.from(await onHost.data()));
