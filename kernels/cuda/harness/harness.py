@@ -581,6 +581,27 @@ def run_varlen_checks(kern, gen, report, worst):
     return all_ok
 
 
+def time_varlen_variants(kern, row, c, mask, q, k, v, dy, reps, with_ranges):
+    """Times forward and forward+backward of the same work three ways, in both precisions, into
+    row['<precision>_<variant>_fwd|fwdbwd']: with_ranges(params) (the lengths), the explicit mask,
+    and dense without a mask."""
+    for precision, label in ((0, 'exact'), (1, 'fast')):
+        variants = {
+            'varlen': with_ranges(params_for(c, None, None, precision)),
+            'masked': params_for(c, None, mask, precision),
+            'dense': params_for(c, None, None, precision),
+        }
+        for vname, p in variants.items():
+            out, lse = kern.forward(p, q, k, v)
+            ws = kern.forward_workspace(p)
+            grads = (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v))
+            wsb = torch.empty(kern.lib.fa_backward_workspace_size(ctypes.byref(p)), dtype=torch.uint8, device='cuda')
+            row['%s_%s_fwd' % (label, vname)] = time_ms(lambda: kern.forward(p, q, k, v, out, lse, ws), 2, reps)
+            row['%s_%s_fwdbwd' % (label, vname)] = time_ms(
+                lambda: (kern.forward(p, q, k, v, out, lse, ws), kern.backward(p, q, k, v, out, lse, dy, grads, wsb)),
+                2, reps)
+
+
 def run_varlen_bench(kern, report, n, dims):
     """A ragged batch (8 sequences, lengths n/8 .. n) and packed causal documents, each against the
     same work done today: a dense call with the equivalent explicit mask; and the dense call
@@ -604,21 +625,8 @@ def run_varlen_bench(kern, report, n, dims):
             r_ = torch.tensor([[b * n, m] for b, m in enumerate(lens)], dtype=torch.int32, device='cuda')
             row = dict(kind='ragged batch', D=D, n=n, B=B, lens=lens, causal=causal,
                        work_ratio=sum(m * m for m in lens) / (B * n * n))
-            for precision, label in ((0, 'exact'), (1, 'fast')):
-                variants = {
-                    'varlen': set_ranges(params_for(c, None, None, precision), FA_SEQ_PADDED, r_, r_, B * n, B * n, n, n),
-                    'masked': params_for(c, None, mask, precision),
-                    'dense': params_for(c, None, None, precision),
-                }
-                for vname, p in variants.items():
-                    out, lse = kern.forward(p, q, k, v)
-                    ws = kern.forward_workspace(p)
-                    grads = (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v))
-                    wsb = torch.empty(kern.lib.fa_backward_workspace_size(ctypes.byref(p)), dtype=torch.uint8, device='cuda')
-                    row['%s_%s_fwd' % (label, vname)] = time_ms(lambda: kern.forward(p, q, k, v, out, lse, ws), 2, reps)
-                    row['%s_%s_fwdbwd' % (label, vname)] = time_ms(
-                        lambda: (kern.forward(p, q, k, v, out, lse, ws), kern.backward(p, q, k, v, out, lse, dy, grads, wsb)),
-                        2, reps)
+            time_varlen_variants(kern, row, c, mask, q, k, v, dy, reps, lambda p: set_ranges(
+                p, FA_SEQ_PADDED, r_, r_, B * n, B * n, n, n))
             rows.append(row)
             print_varlen_row(row)
             del q, k, v, dy, mask
@@ -635,21 +643,8 @@ def run_varlen_bench(kern, report, n, dims):
         r_ = packed_ranges(doc)
         row = dict(kind='packed documents', D=D, n=T, B=1, lens=doc, causal=True,
                    work_ratio=sum(m * m for m in doc) / (T * T))
-        for precision, label in ((0, 'exact'), (1, 'fast')):
-            variants = {
-                'varlen': set_ranges(params_for(c, None, None, precision), FA_SEQ_PACKED, r_, r_, T, T, max(doc), max(doc)),
-                'masked': params_for(c, None, mask, precision),
-                'dense': params_for(c, None, None, precision),
-            }
-            for vname, p in variants.items():
-                out, lse = kern.forward(p, q, k, v)
-                ws = kern.forward_workspace(p)
-                grads = (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v))
-                wsb = torch.empty(kern.lib.fa_backward_workspace_size(ctypes.byref(p)), dtype=torch.uint8, device='cuda')
-                row['%s_%s_fwd' % (label, vname)] = time_ms(lambda: kern.forward(p, q, k, v, out, lse, ws), 2, reps)
-                row['%s_%s_fwdbwd' % (label, vname)] = time_ms(
-                    lambda: (kern.forward(p, q, k, v, out, lse, ws), kern.backward(p, q, k, v, out, lse, dy, grads, wsb)),
-                    2, reps)
+        time_varlen_variants(kern, row, c, mask, q, k, v, dy, reps, lambda p: set_ranges(
+            p, FA_SEQ_PACKED, r_, r_, T, T, max(doc), max(doc)))
         rows.append(row)
         print_varlen_row(row)
         del q, k, v, dy, mask
