@@ -7,46 +7,36 @@
  *   --d=64,128 --n=1024,4096 --causal=0|1|both --heads=16 --reps=7 --warmMs=800
  *   --subgroups=0|1|both --forward=auto|tiled|staged
  */
-import { create, globals } from 'webgpu';
+import { bothArg, installDawn, intsArg, numArg, toolArgs } from '../kernels/webgpu/tune/tool_env';
 
-const arg: Record<string, string> = Object.fromEntries(process.argv.slice(2).map(a => {
-  const i = a.indexOf('=');
-  return i < 0 ? [a.replace(/^--/, ''), '1'] : [a.slice(0, i).replace(/^--/, ''), a.slice(i + 1)];
-}));
-const num = (k: string, d: number) => (arg[k] === undefined ? d : Number(arg[k]));
-const both = (k: string, d: string) => ((arg[k] ?? d) === 'both' ? [false, true] : [(arg[k] ?? d) === '1']);
-const ints = (k: string, d: string) => (arg[k] ?? d).split(',').map(Number);
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[xs.length >> 1];
 
 async function main() {
-  Object.assign(globalThis, globals);
-  (globalThis as Record<string, unknown>).__dirname ??= process.cwd();
-  const gpu = create(['disable-dawn-features=timestamp_quantization']);
-  Object.defineProperty(globalThis, 'navigator', { value: { gpu }, configurable: true, writable: true });
+  installDawn();
   const tf = await import('@tensorflow/tfjs');
   await import('@tensorflow/tfjs-backend-webgpu');
   const { flashAttention } = await import('../src/index');
   const { setForwardVariant } = await import('../kernels/webgpu/tiles');
-  setForwardVariant((arg.forward ?? 'auto') as 'auto' | 'tiled' | 'staged');
+  setForwardVariant((toolArgs.forward ?? 'auto') as 'auto' | 'tiled' | 'staged');
   type Tensor = import('@tensorflow/tfjs').Tensor;
-  const heads = num('heads', 16), reps = num('reps', 7);
+  const heads = numArg('heads', 16), reps = numArg('reps', 7);
 
-  for (const subgroups of both('subgroups', '0')) {
+  for (const subgroups of bothArg('subgroups', '0')) {
     if (subgroups) {
       const { useWebGPUWithSubgroups } = await import('../kernels/webgpu/subgroups');
       if (!(await useWebGPUWithSubgroups())) { console.log('RESULT {"error":"no subgroups"}'); continue; }
     } else if (!(await tf.setBackend('webgpu'))) throw new Error('no webgpu');
-    for (const d of ints('d', '64,128')) {
-      for (const n of ints('n', '4096')) {
-        for (const causal of both('causal', 'both')) {
-          const res: Record<string, unknown> = { subgroups, forward: arg.forward ?? 'auto', d, n, causal };
+    for (const d of intsArg('d', '64,128')) {
+      for (const n of intsArg('n', '4096')) {
+        for (const causal of bothArg('causal', 'both')) {
+          const res: Record<string, unknown> = { subgroups, forward: toolArgs.forward ?? 'auto', d, n, causal };
           try {
             const shape = [1, n, heads, d];
             const [q, k, v, dy] = [1, 2, 3, 4].map(seed => tf.randomNormal(shape, 0, 1, 'float32', seed));
             const grads = tf.grads((a: Tensor, b: Tensor, c: Tensor) => flashAttention(a as any, b as any, c as any, { causal }));
             const step = () => grads([q, k, v], dy);
             const tw = performance.now();
-            while (performance.now() - tw < num('warmMs', 800)) { const g = step(); await g[0].data(); tf.dispose(g); }
+            while (performance.now() - tw < numArg('warmMs', 800)) { const g = step(); await g[0].data(); tf.dispose(g); }
             const perProgram: Record<string, number[]> = {};
             const totals: number[] = [];
             for (let r = 0; r < reps; r++) {

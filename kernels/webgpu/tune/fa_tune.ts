@@ -7,19 +7,10 @@
  *   --tiles='{"forward":{"rows":64,...}}'  force tile geometries (setTileConfigOverride)
  *   --subgroups=1                       run on the opt-in subgroups device
  */
-import { create, globals } from 'webgpu';
-
-const arg: Record<string, string> = Object.fromEntries(process.argv.slice(2).map(a => {
-  const [k, v] = a.replace(/^--/, '').split('='); return [k, v ?? '1'];
-}));
-const num = (k: string, d: number) => (arg[k] === undefined ? d : Number(arg[k]));
+import { installDawn, numArg, toolArgs } from './tool_env';
 
 async function main() {
-  Object.assign(globalThis, globals);
-  // The ESM bundle has no __dirname, which the tensorflow kernels' op-library lookup reads.
-  (globalThis as Record<string, unknown>).__dirname ??= process.cwd();
-  const gpu = create(arg.unsafe ? ['enable-dawn-features=allow_unsafe_apis,disable_timestamp_query_conversion', 'disable-dawn-features=timestamp_quantization'] : ['disable-dawn-features=timestamp_quantization']);
-  Object.defineProperty(globalThis, 'navigator', { value: { gpu }, configurable: true, writable: true });
+  installDawn(toolArgs.unsafe ? ['enable-dawn-features=allow_unsafe_apis,disable_timestamp_query_conversion', 'disable-dawn-features=timestamp_quantization'] : undefined);
   const tf = await import('@tensorflow/tfjs');
   await import('@tensorflow/tfjs-backend-webgpu');
   // The kernels themselves, run through tfjs's engine: no op, no API layer (src/).
@@ -38,7 +29,7 @@ async function main() {
   /** Placeholders as the op passes them when ALiBi or the mask is off (src/contract/kernel_names.ts). */
   const noSlopes = () => tf.zeros([1]), noMask = () => tf.ones([1, 1, 1, 1], 'bool');
   // --subgroups=1: the opt-in subgroups device (kernels/webgpu/subgroups.ts) instead of tfjs's own.
-  if (num('subgroups', 0)) {
+  if (numArg('subgroups', 0)) {
     const { useWebGPUWithSubgroups } = await import('../subgroups');
     if (!(await useWebGPUWithSubgroups())) throw new Error('useWebGPUWithSubgroups failed');
   } else if (!(await tf.setBackend('webgpu'))) throw new Error('no webgpu');
@@ -46,13 +37,13 @@ async function main() {
   const dev = be.device as GPUDevice;
   const errors: string[] = [];
   dev.onuncapturederror = (e: any) => errors.push(String(e?.error?.message ?? e).slice(0, 2000));
-  if (arg.tiles) setTileConfigOverride(JSON.parse(arg.tiles));
+  if (toolArgs.tiles) setTileConfigOverride(JSON.parse(toolArgs.tiles));
   const { subgroupMinSizeOf } = await import('../subgroups');
   const subgroupMinSize = subgroupMinSizeOf(be);
   const out = (o: object) => console.log('RESULT ' + JSON.stringify({ subgroupMinSize, ...o }));
 
-  if ((arg.mode ?? 'check') === 'check') {
-    const grads = arg.only !== 'fwd';
+  if ((toolArgs.mode ?? 'check') === 'check') {
+    const grads = toolArgs.only !== 'fwd';
     const cases: any[] = [
       { dims: { batch: 1, seqQ: 33, seqK: 40, heads: 2, kvHeads: 1, headDim: 16, headDimV: 8 }, seed: 1 },
       { dims: { batch: 2, seqQ: 17, seqK: 9, heads: 2, kvHeads: 2, headDim: 5, headDimV: 3 }, seed: 2, causal: true,
@@ -60,7 +51,7 @@ async function main() {
       { dims: { batch: 1, seqQ: 70, seqK: 70, heads: 4, kvHeads: 2, headDim: 64, headDimV: 64 }, seed: 3, causal: true },
       { dims: { batch: 1, seqQ: 65, seqK: 130, heads: 2, kvHeads: 1, headDim: 32, headDimV: 48 }, seed: 4, windowSize: [20, 3] },
     ];
-    const chosen = arg.case ? [JSON.parse(arg.case)] : cases.slice(0, num('cases', cases.length));
+    const chosen = toolArgs.case ? [JSON.parse(toolArgs.case)] : cases.slice(0, numArg('cases', cases.length));
     for (const c of chosen) {
       const d = ac.caseData(c);
       const t0 = Date.now();
@@ -81,8 +72,8 @@ async function main() {
       out({ case: ac.describeCase(c), ms, err: ac.compare(got, ac.reference(c, d), grads), deviceErrors: errors.splice(0) });
     }
   } else {
-    const n = num('n', 4096), heads = num('heads', 16), d = num('d', 64), reps = num('reps', 10);
-    const causal = !!num('causal', 0), bwd = !!num('bwd', 0);
+    const n = numArg('n', 4096), heads = numArg('heads', 16), d = numArg('d', 64), reps = numArg('reps', 10);
+    const causal = !!numArg('causal', 0), bwd = !!numArg('bwd', 0);
     const q = tf.randomNormal([1, n, heads, d]), k = tf.randomNormal([1, n, heads, d]), v = tf.randomNormal([1, n, heads, d]);
     const dy = tf.randomNormal([1, n, heads, d]);
     const dims = { batch: 1, seqQ: n, seqK: n, heads, kvHeads: heads, headDim: d, headDimV: d };
@@ -93,7 +84,7 @@ async function main() {
     const sync = async (ts: any[]) => { const s = tf.tidy(() => tf.slice(tf.reshape(ts[ts.length - 1], [-1]), 0, 1)); await s.data(); s.dispose(); };
     // Warm up until the GPU clocks are up (~0.25 s of load).
     const tw = performance.now();
-    while (performance.now() - tw < num('warmMs', 600)) { const o = run(); await sync(o); tf.dispose(o); }
+    while (performance.now() - tw < numArg('warmMs', 600)) { const o = run(); await sync(o); tf.dispose(o); }
     const bm = be.bufferManager; let peak = 0; const acquire = bm.acquireBuffer.bind(bm);
     bm.acquireBuffer = (...a: any[]) => { const r = acquire(...a); peak = Math.max(peak, bm.numBytesUsed); return r; };
     const base = bm.numBytesUsed; peak = base;

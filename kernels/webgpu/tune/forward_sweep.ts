@@ -8,20 +8,10 @@
  *   --n=4096 (or a list: --n=1024,4096,16384) --heads=16 --causal=0|1|both --reps=10
  *   --subgroups=0|1|both --warmMs=600
  */
-import { create, globals } from 'webgpu';
-
-const arg: Record<string, string> = Object.fromEntries(process.argv.slice(2).map(a => {
-  const i = a.indexOf('=');
-  return i < 0 ? [a.replace(/^--/, ''), '1'] : [a.slice(0, i).replace(/^--/, ''), a.slice(i + 1)];
-}));
-const num = (k: string, d: number) => (arg[k] === undefined ? d : Number(arg[k]));
-const both = (k: string, d: string) => ((arg[k] ?? d) === 'both' ? [false, true] : [(arg[k] ?? d) === '1']);
+import { bothArg, installDawn, numArg, toolArgs } from './tool_env';
 
 async function main() {
-  Object.assign(globalThis, globals);
-  (globalThis as Record<string, unknown>).__dirname ??= process.cwd();
-  const gpu = create(['disable-dawn-features=timestamp_quantization']);
-  Object.defineProperty(globalThis, 'navigator', { value: { gpu }, configurable: true, writable: true });
+  installDawn();
   const tf = await import('@tensorflow/tfjs');
   await import('@tensorflow/tfjs-backend-webgpu');
   await import('../register');
@@ -32,10 +22,10 @@ async function main() {
   const forward = (x: Record<string, Tensor>, attrs: object) =>
     tf.engine().runKernel(FlashAttention, x, attrs as {}) as Tensor[];
   const noSlopes = () => tf.zeros([1]), noMask = () => tf.ones([1, 1, 1, 1], 'bool');
-  const grid = JSON.parse(arg.grid) as Array<{ d: number; tiles: object[] }>;
-  const ns = (arg.n ?? '4096').split(',').map(Number), heads = num('heads', 16), reps = num('reps', 10);
+  const grid = JSON.parse(toolArgs.grid) as Array<{ d: number; tiles: object[] }>;
+  const ns = (toolArgs.n ?? '4096').split(',').map(Number), heads = numArg('heads', 16), reps = numArg('reps', 10);
 
-  for (const subgroups of both('subgroups', 'both')) {
+  for (const subgroups of bothArg('subgroups', 'both')) {
     if (subgroups) {
       const { useWebGPUWithSubgroups } = await import('../subgroups');
       if (!(await useWebGPUWithSubgroups())) { console.log('RESULT {"error":"no subgroups"}'); continue; }
@@ -63,7 +53,7 @@ async function main() {
           // Time.
           for (const n of ns) {
             res.n = n;
-            for (const causal of both('causal', 'both')) {
+            for (const causal of bothArg('causal', 'both')) {
               const q = tf.randomNormal([1, n, heads, d]), k = tf.randomNormal([1, n, heads, d]), v = tf.randomNormal([1, n, heads, d]);
               const dims = { batch: 1, seqQ: n, seqK: n, heads, kvHeads: heads, headDim: d, headDimV: d };
               const x = { q, k, v, alibiSlopes: noSlopes(), mask: noMask() };
@@ -72,7 +62,7 @@ async function main() {
               // Warm up until the GPU clocks are up: 3 calls were not enough on the H200 (2026-12-02),
               // so configurations timed after an idle gap (compile, check) read several times slower.
               const tw = performance.now();
-              while (performance.now() - tw < num('warmMs', 600)) { const r = forward(x, attrs); await sync(r); tf.dispose(r); }
+              while (performance.now() - tw < numArg('warmMs', 600)) { const r = forward(x, attrs); await sync(r); tf.dispose(r); }
               const ms: number[] = [];
               for (let i = 0; i < reps; i++) {
                 const t0 = await tf.time(() => { const r = forward(x, attrs); tf.dispose(r); });
