@@ -47,6 +47,10 @@ export interface BenchOptions {
   decode: boolean;
   decodeTargets: number[];
   decodeThreads: number[];
+  /** Split-pass variants to time besides the default: '+'-joined key=value lists, ','-separated. */
+  decodeVariants: string[];
+  /** Also time the one-pass forward and the composite in the decode sweep (off for tuning runs). */
+  decodeBaselines: boolean;
   /** The variable-length cases (bench/varlen.ts): off, before the sweep, or instead of it. */
   varlen: 'off' | 'on' | 'only';
 }
@@ -87,6 +91,9 @@ export const USAGE = `npm run bench -- [flags]
                               d 64,128; split-KV vs one-pass vs composite, GB/s against a copy kernel
   --decode-targets=256,512    also time the split-KV forward at these split-pass workgroup targets
   --decode-threads=256        ... and with these split-pass workgroup sizes
+  --decode-variants=vec4=0+prefetch=0,mintiles=1   ... and these split-pass variants (keys: vec4,
+                              prefetch (0/1), mintiles, target, threads, cols)
+  --decode-baselines=0        decode sweep without the one-pass forward and the composite (tuning)
 
 Defaults on a real GPU: seqs 512..32768, dims 32,64,128,256, heads 16, both passes, causal and full.
 Defaults on cpu or a fallback adapter (SwiftShader): seqs 64,128, dims 64, heads 2, fewer repetitions.`;
@@ -124,7 +131,7 @@ export function parseArgs(argv: readonly string[]): BenchOptions {
     backend: 'auto', sweep: {}, timing: {},
     deadlineS: 600, maxCaseS: 60, check: true, outDir: 'bench/results/latest',
     ceilingTflops: 51.6, ceilingGbPerS: 3350, help: false, floorOnly: false, quick: false, implsGiven: false,
-    decode: false, decodeTargets: [], decodeThreads: [],
+    decode: false, decodeTargets: [], decodeThreads: [], decodeVariants: [], decodeBaselines: true,
     forwardVariant: 'auto',
     varlen: 'off',
   };
@@ -165,6 +172,8 @@ export function parseArgs(argv: readonly string[]): BenchOptions {
       case 'decode': o.decode = bool(value, flag); break;
       case 'decode-targets': o.decodeTargets = positiveInts(value, flag); break;
       case 'decode-threads': o.decodeThreads = positiveInts(value, flag); break;
+      case 'decode-variants': o.decodeVariants = value.split(',').filter(Boolean); break;
+      case 'decode-baselines': o.decodeBaselines = bool(value, flag); break;
       default: throw new Error(`unknown flag --${flag}; --help lists the flags`);
     }
   }

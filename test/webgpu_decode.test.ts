@@ -250,6 +250,43 @@ describe('the split-KV forward equals the reference and the one-pass kernel', ()
   }, COMPILE_HEAVY_MS);
 });
 
+describe('how the split pass loads K and V (vec4 or scalar, prefetched or not)', () => {
+  // Head dims 8 and 20/12 above take the vec4 path with the next tile prefetched (the default).
+  gpuTest('head dims not a multiple of 4 (scalar loads): MHA and GQA, options, several split counts', async () => {
+    const cases: CaseSpec[] = [
+      { dims: { batch: 2, seqQ: 1, seqK: 150, heads: 4, kvHeads: 4, headDim: 6, headDimV: 10 }, seed: 501 },
+      { dims: { batch: 1, seqQ: 5, seqK: 130, heads: 6, kvHeads: 2, headDim: 10, headDimV: 6 }, seed: 502, causal: true, alibi: true, softcap: 2 },
+    ];
+    for (const c of cases) await expectDecodeAccurate(c, [1, 4, undefined]);
+  }, COMPILE_HEAVY_MS);
+
+  gpuTest('vec4-capable head dims with vec4 loads or prefetch switched off', async () => {
+    const c: CaseSpec = { dims: { batch: 2, seqQ: 3, seqK: 140, heads: 4, kvHeads: 2, headDim: 8, headDimV: 12 }, seed: 503, windowSize: [50, 0], maskShape: [2, 1, 3, 140], dropoutRate: 0.3 };
+    const d = caseData(c), want = reference(c, d);
+    for (const loads of [{ vec4: false }, { prefetch: false }, { vec4: false, prefetch: false }]) {
+      const got = await forward(c, d, { mode: 'on', numSplits: 3, ...loads });
+      expect(takeUncapturedErrors()).toEqual([]);
+      expectClose(`${describeCase(c)} ${JSON.stringify(loads)}`, got, want);
+    }
+  }, COMPILE_HEAVY_MS);
+
+  test('vec4 loads exactly where headDim and headDimV are multiples of 4 and not switched off; prefetch by default', () => {
+    const limits: DeviceLimits = {
+      maxComputeWorkgroupStorageSize: 49152, maxComputeInvocationsPerWorkgroup: 1024,
+      maxStorageBufferBindingSize: 2 ** 31 - 4, maxComputeWorkgroupsPerDimension: 65535,
+    };
+    const loads = (d: number, dv: number) => decodePlan(limits, attentionProblem([1, 1, 4, d], [1, 512, 2, d], [1, 512, 2, dv],
+        caseAttrs({ dims: { batch: 1, seqQ: 1, seqK: 512, heads: 4, kvHeads: 2, headDim: d, headDimV: dv }, seed: 1 },
+                  { q: new Float32Array(0), k: new Float32Array(0), v: new Float32Array(0), dy: new Float32Array(0) }))).loads;
+    expect(loads(64, 64)).toEqual({ vec4: true, prefetch: true });
+    expect(loads(6, 8).vec4).toBe(false);
+    expect(loads(8, 10).vec4).toBe(false);
+    setDecodeOverride({ vec4: false, prefetch: false });
+    expect(loads(64, 64)).toEqual({ vec4: false, prefetch: false });
+    setDecodeOverride({});
+  });
+});
+
 describe('sequence ranges (seqLensK of a filled cache, packed sequences)', () => {
   gpuTest('padded: lengths 0, 1, full and random; every option; splits past a length do no work', async () => {
     for (const [n, flags] of [[], ['causal', 'alibi'], ['window', 'softcap', 'dropout'], ['mask', 'causal']].entries()) {
@@ -304,9 +341,11 @@ describe('sequence ranges (seqLensK of a filled cache, packed sequences)', () =>
 describe('NaN and Infinity, determinism, buffers', () => {
   gpuTest('NaN and ±Infinity in q, k, v propagate as in the float64 composite', async () => {
     const found: string[] = [];
-    for (const [n, flags] of [[], ['causal', 'alibi'], ['mask', 'softcap']].entries()) {
+    // The last set runs on the scalar loads (head dim 6), the others on vec4 loads.
+    for (const [n, flags] of [[], ['causal', 'alibi'], ['mask', 'softcap'], ['causal']].entries()) {
       for (const where of ['q', 'k', 'v'] as const) {
         const c = decodeCase(new Set(flags), 5000 + 10 * n + where.charCodeAt(0), 60);
+        if (n === 3) { c.dims.headDim = 6; c.dims.headDimV = 6; }
         const finite = caseData(c), d = withNonFinite(finite, where, SPECIAL, c.seed, 2);
         const got = await forward(c, d, { mode: 'on', numSplits: 3 });
         const strict = compositeFloat64(c, d, true), skipping = compositeFloat64(c, d, false);
@@ -323,12 +362,17 @@ describe('NaN and Infinity, determinism, buffers', () => {
   }, COMPILE_HEAVY_MS);
 
   gpuTest('the same call gives bitwise the same result; shapes in turn reuse buffers and leak nothing', async () => {
-    const shapes = [decodeCase(new Set(['causal']), 61, 300), decodeCase(new Set(), 62, 40), decodeCase(new Set(['causal']), 61, 300)];
+    // A vec4-path shape, then scalar-path and smaller ones on buffers the pool hands back (stale
+    // contents past a tensor's end must never be read), then the first again.
+    const scalar = decodeCase(new Set(), 63, 200);
+    scalar.dims.headDim = 6; scalar.dims.headDimV = 6;
+    const shapes = [decodeCase(new Set(['causal']), 61, 300), decodeCase(new Set(), 62, 40), scalar, decodeCase(new Set(['causal']), 61, 300)];
     const tensorsBefore = tf.memory().numTensors, bytesBefore = gpuBytesInUse();
     const results: Forward[] = [];
     for (const c of shapes) results.push(await forward(c, caseData(c), { mode: 'on' }));
-    expect(Array.from(results[2].out)).toEqual(Array.from(results[0].out));
-    expect(Array.from(results[2].lse)).toEqual(Array.from(results[0].lse));
+    expect(Array.from(results[3].out)).toEqual(Array.from(results[0].out));
+    expect(Array.from(results[3].lse)).toEqual(Array.from(results[0].lse));
+    for (const [n, c] of shapes.entries()) expectClose(describeCase(c), results[n], reference(c, caseData(c)));
     expect(tf.memory().numTensors).toBe(tensorsBefore);
     expect(gpuBytesInUse()).toBe(bytesBefore);
   }, COMPILE_HEAVY_MS);

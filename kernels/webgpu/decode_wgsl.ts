@@ -55,21 +55,57 @@ export function decodeWorkgroupBytes(t: DecodeTiles, headDim: number, headDimV: 
 }
 
 /**
- * Loads the key and value tiles from global memory, unrolled so each thread has up to 2 x 16 loads
- * in flight before it stores any: a decode workgroup does little else than wait for these.
+ * How the split pass reads K and V (compile-time; part of the shader key). Decode does little but
+ * wait for these loads, so both choices are about how many bytes are in flight per thread.
  */
-function kvTileLoadWGSL(parts: Array<{ tile: string; elem: (e: string) => string; width4: number }>, count: number,
-                        threads: number): string {
-  const totals = parts.map(p => count * p.width4 * 4);
-  const group = Math.min(16, Math.ceil(Math.max(...totals) / threads));
-  return `
-      for (var e0 = tid; e0 < ${Math.max(...totals)}; e0 += ${threads * group}) {
-        ${parts.map((p, n) => unroll(group, u => `let x${n}_${u} = ${p.elem(`e0 + ${u * threads}`)};`)).join('\n')}
-        ${parts.map((p, n) => unroll(group, u => `{
-          let e = e0 + ${u * threads};
-          if (e < ${totals[n]}) { ${p.tile}[e / ${p.width4 * 4}][(e % ${p.width4 * 4}) / 4][e % 4] = x${n}_${u}; }
-        }`)).join('\n')}
-      }`;
+export interface DecodeLoads {
+  /**
+   * K and V bound as vec4 arrays (tfjs's variableComponents): one 16-byte load per four floats,
+   * no per-element index arithmetic. Only when headDim and headDimV are multiples of 4 (tfjs
+   * buffers hold exactly the tensor's floats, so a vec4 binding then covers every element).
+   */
+  vec4: boolean;
+  /** The next key tile's loads are issued before this tile's score, row and accumulate phases. */
+  prefetch: boolean;
+}
+
+/**
+ * The key/value tile loads of the split pass: each thread holds its share of a tile in registers
+ * (kx_u, vx_u: a fixed count, so a tile can be loaded one iteration ahead) and stores it into
+ * kTile/vTile after the barrier that frees them. Index arithmetic is branch-free (an always-valid
+ * index, then select): SwiftShader's compiler blew up on the branches of many unrolled loads.
+ */
+function kvTileLoads(t: DecodeTiles, headDim: number, headDimV: number, loads: DecodeLoads) {
+  const w = loads.vec4 ? 4 : 1;   // floats per load
+  const parts = [
+    { name: 'k', tile: 'kTile', width4: vec4Count(headDim), dim: headDim },
+    { name: 'v', tile: 'vTile', width4: vec4Count(headDimV), dim: headDimV },
+  ].map(p => ({ ...p, total: t.cols * p.width4 * (4 / w), count: Math.ceil(t.cols * p.width4 * (4 / w) / t.threads) }));
+  const type = loads.vec4 ? 'vec4<f32>' : 'f32';
+  const fns = parts.map(p => loads.vec4 ? `
+    fn ${p.name}Load(e : i32, col0 : i32, hi : i32, startK : i32, kvh : i32) -> vec4<f32> {
+      let r = e / ${p.width4};
+      let j = col0 + r;
+      let ok = (e < ${p.total}) & (j < hi);
+      return select(vec4<f32>(0.0), ${p.name}[select(0, ((startK + j) * uniforms.kShape.z + kvh) * ${p.width4} + e - r * ${p.width4}, ok)], ok);
+    }` : `
+    fn ${p.name}Load(e : i32, col0 : i32, hi : i32, startK : i32, kvh : i32) -> f32 {
+      let r = e / ${p.width4 * 4};
+      let c = e - r * ${p.width4 * 4};
+      let j = col0 + r;
+      let ok = (e < ${p.total}) & (j < hi) & (c < ${p.dim});
+      return select(0.0, ${p.name}[select(0, ((startK + j) * uniforms.kShape.z + kvh) * ${p.dim} + c, ok)], ok);
+    }`).join('\n');
+  const declare = parts.map(p => unroll(p.count, u => `var ${p.name}x_${u} : ${type};`, ' ')).join('\n');
+  const issue = (col: string) => parts.map(p => unroll(p.count, u =>
+      `${p.name}x_${u} = ${p.name}Load(tid + ${u * t.threads}, ${col}, hi, startK, kvh);`)).join('\n');
+  const store = parts.map(p => unroll(p.count, u => {
+    const e = `tid + ${u * t.threads}`;
+    const put = loads.vec4 ? `${p.tile}[e / ${p.width4}][e % ${p.width4}] = ${p.name}x_${u};`
+                           : `${p.tile}[e / ${p.width4 * 4}][(e % ${p.width4 * 4}) / 4][e % 4] = ${p.name}x_${u};`;
+    return (u + 1) * t.threads <= p.total ? `{ let e = ${e}; ${put} }` : `{ let e = ${e}; if (e < ${p.total}) { ${put} } }`;
+  })).join('\n');
+  return { fns, declare, issue, store };
 }
 
 /**
@@ -91,8 +127,9 @@ const UNIFORM_WG = `
       let tid = i32(localIndex);`;
 
 export function splitPassWGSL(variableNames: string[], t: DecodeTiles, f: OptionFlags,
-                              headDim: number, headDimV: number): string {
+                              headDim: number, headDimV: number, loads: DecodeLoads): string {
   const d4 = vec4Count(headDim), dv4 = vec4Count(headDimV);
+  const kv = kvTileLoads(t, headDim, headDimV, loads);
   const rt = rowThreadsOf(t);
   const acc = accumulateLayout(t, headDimV);
   const each = (body: (u: number) => string) => unroll(acc.perThread, body);
@@ -142,22 +179,7 @@ export function splitPassWGSL(variableNames: string[], t: DecodeTiles, f: Option
     ${optionHelpers(f)}
     ${rangeHelpers(f)}
 
-    fn kElem(e : i32, col0 : i32, hi : i32, startK : i32, kvh : i32) -> f32 {
-      let r = e / (D4 * 4);
-      let c = e - r * (D4 * 4);
-      let j = col0 + r;
-      // Branch-free (an always-valid index, then select): SwiftShader's compiler blew up on the
-      // branches of many unrolled loads.
-      let ok = (j < hi) & (c < D);
-      return select(0.0, k[select(0, ((startK + j) * uniforms.kShape.z + kvh) * D + c, ok)], ok);
-    }
-    fn vElem(e : i32, col0 : i32, hi : i32, startK : i32, kvh : i32) -> f32 {
-      let r = e / (DV4 * 4);
-      let c = e - r * (DV4 * 4);
-      let j = col0 + r;
-      let ok = (j < hi) & (c < DV);
-      return select(0.0, v[select(0, ((startK + j) * uniforms.kShape.z + kvh) * DV + c, ok)], ok);
-    }
+    ${kv.fns}
 
     fn main() {
       ${touch(variableNames)}
@@ -214,11 +236,15 @@ export function splitPassWGSL(variableNames: string[], t: DecodeTiles, f: Option
       ${each(u => `var acc_${u} = vec4<f32>(0.0);`)}
       let kp = tid / PAIRS;
 
+      ${kv.declare}
+      ${loads.prefetch ? kv.issue('firstCol') : ''}
       for (var col0 = firstCol; col0 < hi; col0 += COLS) {
+        ${loads.prefetch ? '' : kv.issue('col0')}
         workgroupBarrier();   // the previous tile is consumed
-        ${kvTileLoadWGSL([{ tile: 'kTile', elem: e => `kElem(${e}, col0, hi, startK, kvh)`, width4: d4 },
-                          { tile: 'vTile', elem: e => `vElem(${e}, col0, hi, startK, kvh)`, width4: dv4 }], t.cols, t.threads)}
+        ${kv.store}
         workgroupBarrier();
+        ${loads.prefetch ? `// The next tile's loads, in flight while this one is used (zeros past hi).
+        ${kv.issue('col0 + COLS')}` : ''}
 
         // Score phase: SP threads per score (each a strided share of the head dim), so that a
         // few query rows still keep every thread busy; the shares meet in workgroup memory.
@@ -317,12 +343,17 @@ export function splitPassWGSL(variableNames: string[], t: DecodeTiles, f: Option
 
 export function combinePassWGSL(variableNames: string[], f: OptionFlags, headDimV: number, threads: number,
                                 maxSplits: number): string {
+  const dv4 = vec4Count(headDimV), cw = Math.min(dv4, threads);
   return `
     const DV = ${headDimV};
+    const DV4 = ${dv4};
     const NT = ${threads};
+    const CW = ${cw};
+    const SL = ${Math.floor(threads / cw)};
     const NEG_BIG = ${NEG_BIG};
     var<workgroup> sharedWorkgroupId : vec3<u32>;
     var<workgroup> red : array<f32, NT>;
+    var<workgroup> red4 : array<vec4<f32>, NT>;
     var<workgroup> weight : array<f32, ${maxSplits}>;
     ${optionHelpers({ ...f, mask: false, dropout: false, alibi: false, softcap: false, window: false })}
     ${rangeHelpers(f, 'uniforms.nqMax', '')}
@@ -351,8 +382,10 @@ export function combinePassWGSL(variableNames: string[], f: OptionFlags, headDim
       for (var s = tid; s < numSplits; s += NT) { partMax = max(partMax, partials[mlBase + 2 * s]); }
       red[tid] = partMax;
       workgroupBarrier();
+      // Threads past numSplits hold NEG_BIG and 0: only the first numSplits partial values count.
+      let used = min(NT, numSplits);
       var rowMax = NEG_BIG;
-      for (var u = 0; u < NT; u++) { rowMax = max(rowMax, red[u]); }
+      for (var u = 0; u < used; u++) { rowMax = max(rowMax, red[u]); }
       workgroupBarrier();
       var partSum = 0.0;
       for (var s = tid; s < numSplits; s += NT) {
@@ -363,24 +396,33 @@ export function combinePassWGSL(variableNames: string[], f: OptionFlags, headDim
       red[tid] = partSum;
       workgroupBarrier();
       var rowSum = 0.0;
-      for (var u = 0; u < NT; u++) { rowSum += red[u]; }
+      for (var u = 0; u < used; u++) { rowSum += red[u]; }
       // Query rows past the sequence's length (padded layout) have no kept key: out 0, lse -inf.
       // A row with no kept key has sum exactly 0 (even where acc holds 0 * NaN); a NaN sum is
       // not empty and propagates.
       let empty = rowSum == 0.0 || i >= rq.y;
       let inv = 1.0 / select(rowSum, 1.0, empty);
       let accBase = g * numSplits * DV;
-      for (var c = tid; c < DV; c += NT) {
-        // Four independent sums in flight, added in a fixed order.
+      // Output columns: CW vec4 columns per round, SL split lanes per column (each sums splits
+      // sl, sl + SL, ... with its loads independent), the lanes then added in lane order.
+      for (var cb = 0; cb < DV4; cb += CW) {
+        let c4 = cb + tid % CW;
+        let sl = tid / CW;
         var o = vec4<f32>(0.0);
-        var s = 0;
-        for (; s + 4 <= numSplits; s += 4) {
-          o += vec4<f32>(weight[s], weight[s + 1], weight[s + 2], weight[s + 3]) *
-               vec4<f32>(partials[accBase + s * DV + c], partials[accBase + (s + 1) * DV + c],
-                         partials[accBase + (s + 2) * DV + c], partials[accBase + (s + 3) * DV + c]);
+        if (sl < SL && c4 < DV4) {
+          for (var s = sl; s < numSplits; s += SL) {
+            let at = accBase + s * DV + c4 * 4;
+            o += weight[s] * vec4<f32>(${[0, 1, 2, 3].map(e => `select(0.0, partials[at + ${e}], c4 * 4 + ${e} < DV)`).join(', ')});
+          }
         }
-        for (; s < numSplits; s++) { o.x += weight[s] * partials[accBase + s * DV + c]; }
-        result[((startQ + i) * heads + h) * DV + c] = select((o.x + o.y + o.z + o.w) * inv, 0.0, empty);
+        red4[tid] = o;
+        workgroupBarrier();
+        if (tid < CW && c4 < DV4) {
+          var sum = vec4<f32>(0.0);
+          for (var p = 0; p < SL; p++) { sum += red4[p * CW + tid]; }
+          ${unroll(4, e => `if (c4 * 4 + ${e} < DV) { result[((startQ + i) * heads + h) * DV + c4 * 4 + ${e}] = select(sum[${e}] * inv, 0.0, empty); }`)}
+        }
+        workgroupBarrier();
       }
       if (tid == 0) {
         // log(NaN) is not NaN everywhere (SwiftShader: +inf), so a NaN sum is passed on itself.

@@ -20,7 +20,7 @@
  */
 import { TensorInfo, util } from '@tensorflow/tfjs-core';
 import { AttentionProblem, attentionProblem, FlashAttentionAttrs, FlashAttentionInputs } from '../../src/contract';
-import { combinePassWGSL, DecodeTiles, decodeWorkgroupBytes, splitPassWGSL } from './decode_wgsl';
+import { combinePassWGSL, DecodeLoads, DecodeTiles, decodeWorkgroupBytes, splitPassWGSL } from './decode_wgsl';
 import {
   checkBindingSizes, checkDispatch, DeviceLimits, deviceLimits, FlashProgram, runProgram, shaderKeyOf, unpack,
   Uniform, WebGPUBackend, withDeviceErrorCheck,
@@ -47,6 +47,11 @@ export const DECODE_MIN_TILES_PER_SPLIT = 4;
 const DECODE_THREADS = 256;
 const DECODE_THREADS_FEW_ROWS = 512;
 const COMBINE_THREADS = 128;
+/**
+ * Whether the split pass loads the next key tile while it works on the current one (decode_wgsl.ts,
+ * DecodeLoads).
+ */
+const DECODE_PREFETCH = true;
 /** Most splits (the combine pass keeps one weight per split in workgroup memory). */
 export const DECODE_MAX_SPLITS = 256;
 /** Query rows per split-pass workgroup at most (rows of one kv head's group). */
@@ -61,6 +66,8 @@ export interface DecodePlan {
   numSplits: number;
   /** Keys per split (a whole number of tiles). */
   splitKeys: number;
+  /** How the split pass loads K and V. */
+  loads: DecodeLoads;
 }
 
 /** Test and tuning hooks: force the decode path on or off, fix the split count or the tile. */
@@ -69,6 +76,10 @@ export interface DecodeOverride {
   numSplits?: number;
   tiles?: Partial<DecodeTiles>;
   targetWorkgroups?: number;
+  minTilesPerSplit?: number;
+  /** Off: scalar K/V loads even where vec4 loads apply; off: no prefetch of the next tile. */
+  vec4?: boolean;
+  prefetch?: boolean;
 }
 let override: DecodeOverride = {};
 
@@ -105,8 +116,9 @@ export function decodePlan(limits: DeviceLimits, s: AttentionProblem): DecodePla
   const keyTiles = Math.max(1, Math.ceil(s.seqK / tiles.cols));
   const base = s.batch * s.kvHeads * rowBlocks;
   const target = override.targetWorkgroups ?? DECODE_TARGET_WORKGROUPS;
+  const minTiles = override.minTilesPerSplit ?? DECODE_MIN_TILES_PER_SPLIT;
   let numSplits = override.numSplits ??
-      Math.min(Math.ceil(target / base), Math.max(1, Math.floor(keyTiles / DECODE_MIN_TILES_PER_SPLIT)));
+      Math.min(Math.ceil(target / base), Math.max(1, Math.floor(keyTiles / minTiles)));
   numSplits = Math.max(1, Math.min(numSplits, keyTiles, DECODE_MAX_SPLITS, limits.maxComputeWorkgroupsPerDimension));
   const tilesPerSplit = Math.ceil(keyTiles / numSplits);
   numSplits = Math.ceil(keyTiles / tilesPerSplit);
@@ -114,6 +126,10 @@ export function decodePlan(limits: DeviceLimits, s: AttentionProblem): DecodePla
   return {
     use: mode === 'on' || (mode === 'auto' && auto),
     tiles, rowBlocks, numSplits, splitKeys: tilesPerSplit * tiles.cols,
+    loads: {
+      vec4: (override.vec4 ?? true) && s.headDim % 4 === 0 && s.headDimV % 4 === 0,
+      prefetch: override.prefetch ?? DECODE_PREFETCH,
+    },
   };
 }
 
@@ -126,19 +142,22 @@ export class DecodeSplitProgram extends FlashProgram {
   workgroupSize: [number, number, number];
   dispatch: [number, number, number];
   uniforms: string;
+  /** K and V (inputs 1 and 2) as vec4 arrays on the vec4 path. */
+  variableComponents?: number[];
 
   constructor(private s: AttentionProblem, private plan: DecodePlan) {
     super();
+    if (plan.loads.vec4) this.variableComponents = INPUTS.map(n => (n === 'k' || n === 'v' ? 4 : 1));
     this.uniforms = `${optionUniforms(s).fields} numSplits : i32, splitKeys : i32, nqMax : i32, batchSeqs : i32,`;
     const rows = s.batch * s.heads * s.seqQ;
     this.outputShape = [rows * plan.numSplits * (s.headDimV + 2)];
     this.workgroupSize = [plan.tiles.threads, 1, 1];
     this.dispatch = [plan.numSplits, s.kvHeads * plan.rowBlocks, s.batch];
-    this.shaderKey = shaderKeyOf('flashDecodeSplit', { headDim: s.headDim, headDimV: s.headDimV, ...plan.tiles, ...s.flags });
+    this.shaderKey = shaderKeyOf('flashDecodeSplit', { headDim: s.headDim, headDimV: s.headDimV, ...plan.tiles, ...plan.loads, ...s.flags });
   }
 
   getUserCode(): string {
-    return splitPassWGSL(this.variableNames, this.plan.tiles, this.s.flags, this.s.headDim, this.s.headDimV);
+    return splitPassWGSL(this.variableNames, this.plan.tiles, this.s.flags, this.s.headDim, this.s.headDimV, this.plan.loads);
   }
 
   uniformData(): Uniform[] {
