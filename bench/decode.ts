@@ -15,7 +15,7 @@
  *
  * --decode-targets=128,256,... also times the split-KV forward at those split-pass workgroup
  * targets, --decode-threads at those thread counts, --decode-variants at any DecodeOverride
- * (vec4, prefetch, mintiles, target, threads, cols); --decode-baselines=0 leaves out the one-pass
+ * (vec4, prefetch, fused, mintiles, target, threads, cols); --decode-baselines=0 leaves out the one-pass
  * forward and the composite (tuning runs).
  */
 import { mkdirSync, writeFileSync } from 'node:fs';
@@ -166,11 +166,12 @@ export function variantOverride(spec: string): DecodeOverride {
     switch (key) {
       case 'vec4': o.vec4 = x !== 0; break;
       case 'prefetch': o.prefetch = x !== 0; break;
+      case 'fused': o.fused = x !== 0; break;
       case 'mintiles': o.minTilesPerSplit = x; break;
       case 'target': o.targetWorkgroups = x; break;
       case 'threads': o.tiles = { ...o.tiles, threads: x }; break;
       case 'cols': o.tiles = { ...o.tiles, cols: x }; break;
-      default: throw new Error(`--decode-variants: unknown key '${key}' (vec4, prefetch, mintiles, target, threads, cols)`);
+      default: throw new Error(`--decode-variants: unknown key '${key}' (vec4, prefetch, fused, mintiles, target, threads, cols)`);
     }
   }
   return o;

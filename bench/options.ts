@@ -92,7 +92,7 @@ export const USAGE = `npm run bench -- [flags]
   --decode-targets=256,512    also time the split-KV forward at these split-pass workgroup targets
   --decode-threads=256        ... and with these split-pass workgroup sizes
   --decode-variants=vec4=0+prefetch=0,mintiles=1   ... and these split-pass variants (keys: vec4,
-                              prefetch (0/1), mintiles, target, threads, cols)
+                              prefetch, fused (0/1), mintiles, target, threads, cols)
   --decode-baselines=0        decode sweep without the one-pass forward and the composite (tuning)
 
 Defaults on a real GPU: seqs 512..32768, dims 32,64,128,256, heads 16, both passes, causal and full.

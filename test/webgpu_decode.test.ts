@@ -14,6 +14,7 @@ import {
 import {
   DECODE_MAX_SEQ_Q, DECODE_MIN_SEQ_K, decodeCalls, DecodeOverride, decodePlan, setDecodeOverride,
 } from '../kernels/webgpu/flash_decode_webgpu';
+import { FUSED_MAX_ROWS } from '../kernels/webgpu/decode_wgsl';
 import { DeviceLimits } from '../kernels/webgpu/program';
 import { setTileConfigOverride } from '../kernels/webgpu/tiles';
 import {
@@ -250,8 +251,8 @@ describe('the split-KV forward equals the reference and the one-pass kernel', ()
   }, COMPILE_HEAVY_MS);
 });
 
-describe('how the split pass loads K and V (vec4 or scalar, prefetched or not)', () => {
-  // Head dims 8 and 20/12 above take the vec4 path with the next tile prefetched (the default).
+describe('the split pass variants: fused or staged, vec4 or scalar loads, prefetched or not', () => {
+  // Head dims 8 and 20/12 above take the fused pass on vec4 loads, the next tile prefetched (the default).
   gpuTest('head dims not a multiple of 4 (scalar loads): MHA and GQA, options, several split counts', async () => {
     const cases: CaseSpec[] = [
       { dims: { batch: 2, seqQ: 1, seqK: 150, heads: 4, kvHeads: 4, headDim: 6, headDimV: 10 }, seed: 501 },
@@ -260,30 +261,42 @@ describe('how the split pass loads K and V (vec4 or scalar, prefetched or not)',
     for (const c of cases) await expectDecodeAccurate(c, [1, 4, undefined]);
   }, COMPILE_HEAVY_MS);
 
-  gpuTest('vec4-capable head dims with vec4 loads or prefetch switched off', async () => {
+  gpuTest('vec4-capable head dims: fused or staged pass, vec4 loads or prefetch switched off', async () => {
     const c: CaseSpec = { dims: { batch: 2, seqQ: 3, seqK: 140, heads: 4, kvHeads: 2, headDim: 8, headDimV: 12 }, seed: 503, windowSize: [50, 0], maskShape: [2, 1, 3, 140], dropoutRate: 0.3 };
     const d = caseData(c), want = reference(c, d);
-    for (const loads of [{ vec4: false }, { prefetch: false }, { vec4: false, prefetch: false }]) {
+    // The fused pass (the default here) with and without prefetch and with whole-tile key parts
+    // (cols 16: 16 key parts x 1 key), the staged pass on vec4 loads, the staged pass on scalar loads.
+    const variants: DecodeOverride[] = [
+      { prefetch: false }, { tiles: { cols: 16, threads: 32 } }, { fused: false }, { fused: false, prefetch: false },
+      { vec4: false }, { vec4: false, prefetch: false },
+    ];
+    for (const loads of variants) {
       const got = await forward(c, d, { mode: 'on', numSplits: 3, ...loads });
       expect(takeUncapturedErrors()).toEqual([]);
       expectClose(`${describeCase(c)} ${JSON.stringify(loads)}`, got, want);
     }
   }, COMPILE_HEAVY_MS);
 
-  test('vec4 loads exactly where headDim and headDimV are multiples of 4 and not switched off; prefetch by default', () => {
+  test('vec4 loads and the fused pass exactly where headDim and headDimV are multiples of 4 and not switched off; prefetch by default', () => {
     const limits: DeviceLimits = {
       maxComputeWorkgroupStorageSize: 49152, maxComputeInvocationsPerWorkgroup: 1024,
       maxStorageBufferBindingSize: 2 ** 31 - 4, maxComputeWorkgroupsPerDimension: 65535,
     };
-    const loads = (d: number, dv: number) => decodePlan(limits, attentionProblem([1, 1, 4, d], [1, 512, 2, d], [1, 512, 2, dv],
-        caseAttrs({ dims: { batch: 1, seqQ: 1, seqK: 512, heads: 4, kvHeads: 2, headDim: d, headDimV: dv }, seed: 1 },
-                  { q: new Float32Array(0), k: new Float32Array(0), v: new Float32Array(0), dy: new Float32Array(0) }))).loads;
-    expect(loads(64, 64)).toEqual({ vec4: true, prefetch: true });
-    expect(loads(6, 8).vec4).toBe(false);
-    expect(loads(8, 10).vec4).toBe(false);
+    const loads = (d: number, dv: number, seqQ = 1, heads = 4, kvHeads = 2) => decodePlan(limits, attentionProblem(
+        [1, seqQ, heads, d], [1, 512, kvHeads, d], [1, 512, kvHeads, dv],
+        caseAttrs({ dims: { batch: 1, seqQ, seqK: 512, heads, kvHeads, headDim: d, headDimV: dv }, seed: 1 },
+                  { q: new Float32Array(0), k: new Float32Array(0), v: new Float32Array(0), dy: new Float32Array(0) })));
+    expect(loads(64, 64)).toMatchObject({ loads: { vec4: true, prefetch: true }, fused: true });
+    expect(loads(6, 8)).toMatchObject({ loads: { vec4: false }, fused: false });
+    expect(loads(8, 10)).toMatchObject({ loads: { vec4: false }, fused: false });
     setDecodeOverride({ vec4: false, prefetch: false });
-    expect(loads(64, 64)).toEqual({ vec4: false, prefetch: false });
+    expect(loads(64, 64)).toMatchObject({ loads: { vec4: false, prefetch: false }, fused: false });
+    setDecodeOverride({ fused: false });
+    expect(loads(64, 64)).toMatchObject({ loads: { vec4: true }, fused: false });
     setDecodeOverride({});
+    // The fused pass keeps one accumulator per row in registers: at most FUSED_MAX_ROWS rows a workgroup.
+    expect(loads(64, 64, 16, 16, 1).tiles.rows).toBe(FUSED_MAX_ROWS);
+    expect(loads(64, 64, 16, 16, 1).rowBlocks).toBe(16 * 16 / FUSED_MAX_ROWS);
   });
 });
 
@@ -295,7 +308,8 @@ describe('sequence ranges (seqLensK of a filled cache, packed sequences)', () =>
       if (c.maskShape) c.maskShape = [3, c.dims.heads, c.dims.seqQ, c.dims.seqK];
       const d = caseData(c), r = rng(c.seed);
       const lensQ = lengths(r, 3, c.dims.seqQ), lensK = lengths(r, 3, c.dims.seqK);
-      setDecodeOverride({ mode: 'on', tiles: TINY_DECODE, numSplits: 4 });
+      // Odd sets on the staged pass, even ones on the fused pass (the default for these head dims).
+      setDecodeOverride({ mode: 'on', tiles: TINY_DECODE, numSplits: 4, fused: n % 2 === 0 });
       const { got, want } = await rangedRun(c, d, lensQ, lensK, 'padded');
       setDecodeOverride({});
       expect(takeUncapturedErrors()).toEqual([]);
@@ -329,7 +343,7 @@ describe('sequence ranges (seqLensK of a filled cache, packed sequences)', () =>
       c.dims.batch = 3;
       const d = caseData(c), r = rng(c.seed);
       const lensQ = lengths(r, 3, c.dims.seqQ).map(x => Math.max(x, 1)), lensK = lengths(r, 3, c.dims.seqK);
-      setDecodeOverride({ mode: 'on', tiles: TINY_DECODE, numSplits: 3 });
+      setDecodeOverride({ mode: 'on', tiles: TINY_DECODE, numSplits: 3, fused: n % 2 === 0 });
       const { got, want } = await rangedRun(c, d, lensQ, lensK, 'packed');
       setDecodeOverride({});
       expect(takeUncapturedErrors()).toEqual([]);

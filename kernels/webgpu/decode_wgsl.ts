@@ -75,12 +75,12 @@ export interface DecodeLoads {
  * kTile/vTile after the barrier that frees them. Index arithmetic is branch-free (an always-valid
  * index, then select): SwiftShader's compiler blew up on the branches of many unrolled loads.
  */
-function kvTileLoads(t: DecodeTiles, headDim: number, headDimV: number, loads: DecodeLoads) {
+function kvTileLoads(t: DecodeTiles, headDim: number, headDimV: number, loads: DecodeLoads, withV = true) {
   const w = loads.vec4 ? 4 : 1;   // floats per load
   const parts = [
     { name: 'k', tile: 'kTile', width4: vec4Count(headDim), dim: headDim },
     { name: 'v', tile: 'vTile', width4: vec4Count(headDimV), dim: headDimV },
-  ].map(p => ({ ...p, total: t.cols * p.width4 * (4 / w), count: Math.ceil(t.cols * p.width4 * (4 / w) / t.threads) }));
+  ].filter(p => withV || p.name === 'k').map(p => ({ ...p, total: t.cols * p.width4 * (4 / w), count: Math.ceil(t.cols * p.width4 * (4 / w) / t.threads) }));
   const type = loads.vec4 ? 'vec4<f32>' : 'f32';
   const fns = parts.map(p => loads.vec4 ? `
     fn ${p.name}Load(e : i32, col0 : i32, hi : i32, startK : i32, kvh : i32) -> vec4<f32> {
@@ -126,18 +126,64 @@ const UNIFORM_WG = `
       let wgId = workgroupUniformLoad(&sharedWorkgroupId);
       let tid = i32(localIndex);`;
 
-export function splitPassWGSL(variableNames: string[], t: DecodeTiles, f: OptionFlags,
-                              headDim: number, headDimV: number, loads: DecodeLoads): string {
-  const d4 = vec4Count(headDim), dv4 = vec4Count(headDimV);
-  const kv = kvTileLoads(t, headDim, headDimV, loads);
-  const rt = rowThreadsOf(t);
-  const acc = accumulateLayout(t, headDimV);
-  const each = (body: (u: number) => string) => unroll(acc.perThread, body);
-  // The accumulator a thread owns (pair) and the keys of the tile it sums (c = kp, kp + KP, ...).
-  // Threads per score: a power of two with one pass over the tile's scores (ROWS x COLS <= NT / SP).
+/** Threads per score: a power of two with one pass over the tile's scores (ROWS x COLS <= NT / SP). */
+function scoreThreadsOf(t: DecodeTiles, d4: number): number {
   let sp = 1;
   while (sp * 2 <= d4 && t.rows * t.cols * sp * 2 <= t.threads) sp *= 2;
-  // Masks, biases and stores the score dotSum of element e (row e / COLS, column e % COLS).
+  return sp;
+}
+
+/**
+ * The start of a split-pass workgroup: its split, kv head, block of query rows and sequence, the
+ * block's query rows in qTile (scale folded in, as the one-pass forward does), and the keys
+ * [lo, hi) it covers (the split cut to what the block's rows can see), from tile firstCol.
+ */
+function splitSetupWGSL(f: OptionFlags): string {
+  return `
+      let split = i32(wgId.x);
+      let heads = uniforms.qShape.z;
+      let kvHeads = uniforms.kShape.z;
+      let group = heads / kvHeads;
+      let rowBlocks = (group * uniforms.nqMax + ROWS - 1) / ROWS;
+      let kvh = i32(wgId.y) / rowBlocks;
+      let rowBlock = i32(wgId.y) % rowBlocks;
+      let b = i32(wgId.z);
+      let rq = rangeQ(b);
+      let rk = rangeK(b);
+      let startQ = rq.x; let lenQ = rq.y;
+      let startK = rk.x; let lenK = rk.y;
+      let off = lenK - lenQ;
+      let gr0 = rowBlock * ROWS;
+      let grEnd = min(gr0 + ROWS, group * uniforms.nqMax);
+
+      for (var e = tid; e < ROWS * D4 * 4; e += NT) {
+        let r = e / (D4 * 4);
+        let c = e - r * (D4 * 4);
+        let gr = gr0 + r;
+        let i = gr % uniforms.nqMax;
+        var x = 0.0;
+        if (gr < grEnd && i < lenQ && c < D) {
+          x = q[((startQ + i) * heads + kvh * group + gr / uniforms.nqMax) * D + c] * uniforms.scale;
+        }
+        qTile[r][c / 4][c % 4] = x;
+      }
+
+      let iLo = select(0, gr0 % uniforms.nqMax, gr0 / uniforms.nqMax == (grEnd - 1) / uniforms.nqMax);
+      let iHi = select(uniforms.nqMax, (grEnd - 1) % uniforms.nqMax + 1, gr0 / uniforms.nqMax == (grEnd - 1) / uniforms.nqMax);
+      ${keyRangeWGSL(f, 'iLo', 'min(iHi, lenQ)', { ...PASS_NAMES, seqQ: 'lenQ', seqK: 'lenK', offset: 'off' })}
+      let splitBegin = split * uniforms.splitKeys;
+      let splitEnd = min(splitBegin + uniforms.splitKeys, lenK);
+      let lo = max(colBegin, splitBegin);
+      let hi = min(colEnd, splitEnd);
+      let firstCol = splitBegin + ((lo - splitBegin) / COLS) * COLS;`;
+}
+
+/**
+ * Score phase (kTile and qTile to sTile/keepTile, through its closing barrier): SP threads per
+ * score (each a strided share of the head dim), so that a few query rows still keep every thread
+ * busy; the shares meet in workgroup memory. Masks, biases and the keep bit per score.
+ */
+function scorePhaseWGSL(sp: number): string {
   const finishScore = `{
           let r = e / COLS;
           let c = e - r * COLS;
@@ -149,6 +195,31 @@ export function splitPassWGSL(variableNames: string[], t: DecodeTiles, f: Option
           keepTile[r][c] = select(0u, 1u, kept);
           sTile[r][c] = select(NEG_BIG, scoreOf(dotSum, i, j, off, slopeOf(h)), kept);
         }`;
+  return `
+        for (var e = tid / SP; e < ROWS * COLS; e += NT / SP) {
+          let r = e / COLS;
+          let c = e - r * COLS;
+          var dotSum = 0.0;
+          for (var x = tid % SP; x < D4; x += SP) { dotSum += dot(qTile[r][x], kTile[c][x]); }
+          ${sp > 1 ? 'scorePart[tid] = dotSum;' : finishScore}
+        }
+        ${sp > 1 ? `workgroupBarrier();
+        for (var e = tid; e < ROWS * COLS; e += NT) {
+          var dotSum = 0.0;
+          ${unroll(sp, u => `dotSum += scorePart[e * SP + ${u}];`, ' ')}
+          ${finishScore}
+        }` : ''}
+        workgroupBarrier();`;
+}
+
+export function splitPassWGSL(variableNames: string[], t: DecodeTiles, f: OptionFlags,
+                              headDim: number, headDimV: number, loads: DecodeLoads): string {
+  const d4 = vec4Count(headDim), dv4 = vec4Count(headDimV);
+  const kv = kvTileLoads(t, headDim, headDimV, loads);
+  const rt = rowThreadsOf(t);
+  const acc = accumulateLayout(t, headDimV);
+  const each = (body: (u: number) => string) => unroll(acc.perThread, body);
+  const sp = scoreThreadsOf(t, d4);
   const pairOf = (u: number) => acc.keyParts > 1 ? 'tid % PAIRS' : `tid + ${u * t.threads}`;
   return `
     const ROWS = ${t.rows};
@@ -184,44 +255,7 @@ export function splitPassWGSL(variableNames: string[], t: DecodeTiles, f: Option
     fn main() {
       ${touch(variableNames)}
       ${UNIFORM_WG}
-      let split = i32(wgId.x);
-      let heads = uniforms.qShape.z;
-      let kvHeads = uniforms.kShape.z;
-      let group = heads / kvHeads;
-      let rowBlocks = (group * uniforms.nqMax + ROWS - 1) / ROWS;
-      let kvh = i32(wgId.y) / rowBlocks;
-      let rowBlock = i32(wgId.y) % rowBlocks;
-      let b = i32(wgId.z);
-      let rq = rangeQ(b);
-      let rk = rangeK(b);
-      let startQ = rq.x; let lenQ = rq.y;
-      let startK = rk.x; let lenK = rk.y;
-      let off = lenK - lenQ;
-      let gr0 = rowBlock * ROWS;
-      let grEnd = min(gr0 + ROWS, group * uniforms.nqMax);
-
-      // Query rows of the block, scale folded in (as the one-pass forward does).
-      for (var e = tid; e < ROWS * D4 * 4; e += NT) {
-        let r = e / (D4 * 4);
-        let c = e - r * (D4 * 4);
-        let gr = gr0 + r;
-        let i = gr % uniforms.nqMax;
-        var x = 0.0;
-        if (gr < grEnd && i < lenQ && c < D) {
-          x = q[((startQ + i) * heads + kvh * group + gr / uniforms.nqMax) * D + c] * uniforms.scale;
-        }
-        qTile[r][c / 4][c % 4] = x;
-      }
-
-      // Keys this split covers, cut to what the block's query rows can see (window).
-      let iLo = select(0, gr0 % uniforms.nqMax, gr0 / uniforms.nqMax == (grEnd - 1) / uniforms.nqMax);
-      let iHi = select(uniforms.nqMax, (grEnd - 1) % uniforms.nqMax + 1, gr0 / uniforms.nqMax == (grEnd - 1) / uniforms.nqMax);
-      ${keyRangeWGSL(f, 'iLo', 'min(iHi, lenQ)', { ...PASS_NAMES, seqQ: 'lenQ', seqK: 'lenK', offset: 'off' })}
-      let splitBegin = split * uniforms.splitKeys;
-      let splitEnd = min(splitBegin + uniforms.splitKeys, lenK);
-      let lo = max(colBegin, splitBegin);
-      let hi = min(colEnd, splitEnd);
-      let firstCol = splitBegin + ((lo - splitBegin) / COLS) * COLS;
+      ${splitSetupWGSL(f)}
 
       // The row phase's row (RT threads each) and its running max, sum and dropout key.
       let rr = tid / RT;
@@ -246,22 +280,7 @@ export function splitPassWGSL(variableNames: string[], t: DecodeTiles, f: Option
         ${loads.prefetch ? `// The next tile's loads, in flight while this one is used (zeros past hi).
         ${kv.issue('col0 + COLS')}` : ''}
 
-        // Score phase: SP threads per score (each a strided share of the head dim), so that a
-        // few query rows still keep every thread busy; the shares meet in workgroup memory.
-        for (var e = tid / SP; e < ROWS * COLS; e += NT / SP) {
-          let r = e / COLS;
-          let c = e - r * COLS;
-          var dotSum = 0.0;
-          for (var x = tid % SP; x < D4; x += SP) { dotSum += dot(qTile[r][x], kTile[c][x]); }
-          ${sp > 1 ? 'scorePart[tid] = dotSum;' : finishScore}
-        }
-        ${sp > 1 ? `workgroupBarrier();
-        for (var e = tid; e < ROWS * COLS; e += NT) {
-          var dotSum = 0.0;
-          ${unroll(sp, u => `dotSum += scorePart[e * SP + ${u}];`, ' ')}
-          ${finishScore}
-        }` : ''}
-        workgroupBarrier();
+        ${scorePhaseWGSL(sp)}
 
         // Row phase: the tile's row max, then probabilities under the new running max.
         var part = NEG_BIG;
@@ -336,6 +355,161 @@ export function splitPassWGSL(variableNames: string[], t: DecodeTiles, f: Option
               result[ml + 1] = rowFinal[r].y;
             }
           }
+        }
+      }`)}
+    }`;
+}
+
+/** Most query rows per workgroup of the fused split pass (each thread keeps one accumulator per row). */
+export const FUSED_MAX_ROWS = 8;
+
+/**
+ * (keyParts, keysPerThread) of the fused split pass: thread tid owns value column c4 = tid % DV4 of
+ * every row and the tile's keys c = kp, kp + KP, ... (kp = tid / DV4 < KP).
+ */
+export function fusedLayout(t: DecodeTiles, headDimV: number) {
+  const keyParts = Math.max(1, Math.floor(t.threads / vec4Count(headDimV)));
+  return { keyParts, keysPerThread: Math.ceil(t.cols / keyParts) };
+}
+
+/** Bytes of workgroup memory of the fused split pass (mirrors the declarations below). */
+export function decodeFusedWorkgroupBytes(t: DecodeTiles, headDim: number, headDimV: number): number {
+  const d4p = paddedVec4(headDim), { keyParts } = fusedLayout(t, headDimV);
+  return 16 * (t.rows * d4p + t.cols * d4p + t.threads) +               // q, k, accRed
+         4 * (2 * t.rows * t.cols + t.threads + 2 * keyParts * t.rows) + 16;   // s, keep, scorePart, partM/L, wgId
+}
+
+/**
+ * The fused split pass (vec4 K and V, at most FUSED_MAX_ROWS rows): as the split pass, but values
+ * are never staged and there is no row phase. The key tile goes through workgroup memory (the
+ * score phase shares a dot product among threads); each thread then reads its own keys' value
+ * vec4s straight into registers (loaded a tile ahead, coalesced: neighbouring threads read
+ * neighbouring columns of one key) and keeps its own running max, sum and accumulator per row
+ * (online softmax over its keys c = kp, kp + KP, ...; the DV4 threads of one kp compute the same
+ * max and sum in lockstep). At the end of the split the KP parts of each row are combined in kp
+ * order (deterministic) into the same partials the combine pass reads.
+ */
+export function splitPassFusedWGSL(variableNames: string[], t: DecodeTiles, f: OptionFlags,
+                                   headDim: number, headDimV: number, loads: DecodeLoads): string {
+  const d4 = vec4Count(headDim), dv4 = vec4Count(headDimV);
+  const kLoads = kvTileLoads(t, headDim, headDimV, { ...loads, vec4: true }, false);
+  const sp = scoreThreadsOf(t, d4);
+  const { keyParts, keysPerThread } = fusedLayout(t, headDimV);
+  const rows = (body: (r: number) => string) => unroll(t.rows, body);
+  const keys = (body: (i: number) => string) => unroll(keysPerThread, body);
+  // Keys past the tile (when KP x keysPerThread > COLS) read column 0 and count as masked.
+  const ragged = keyParts * keysPerThread > t.cols;
+  const col = (i: number) => ragged ? `min(kp + ${i * keyParts}, COLS - 1)` : `kp + ${i * keyParts}`;
+  const inTile = (i: number) => ragged ? `(kp + ${i * keyParts} < COLS)` : 'true';
+  const issueV = (col0: string) => keys(i => `vx_${i} = vLoad(kp + ${i * keyParts}, c4, ${col0}, hi, startK, kvh);`);
+  return `
+    const ROWS = ${t.rows};
+    const COLS = ${t.cols};
+    const NT = ${t.threads};
+    const D = ${headDim};
+    const D4 = ${d4};
+    const D4P = ${paddedVec4(headDim)};
+    const DV = ${headDimV};
+    const DV4 = ${dv4};
+    const KP = ${keyParts};
+    const SP = ${sp};
+    const NEG_BIG = ${NEG_BIG};
+    var<workgroup> sharedWorkgroupId : vec3<u32>;
+    var<workgroup> qTile : array<array<vec4<f32>, D4P>, ROWS>;
+    var<workgroup> kTile : array<array<vec4<f32>, D4P>, COLS>;
+    var<workgroup> sTile : array<array<f32, COLS>, ROWS>;
+    var<workgroup> keepTile : array<array<u32, COLS>, ROWS>;
+    var<workgroup> accRed : array<vec4<f32>, NT>;
+    var<workgroup> partM : array<f32, ${keyParts * t.rows}>;
+    var<workgroup> partL : array<f32, ${keyParts * t.rows}>;
+    ${sp > 1 ? 'var<workgroup> scorePart : array<f32, NT>;' : ''}
+    ${optionHelpers(f)}
+    ${rangeHelpers(f)}
+
+    ${kLoads.fns}
+    fn vLoad(c : i32, c4 : i32, col0 : i32, hi : i32, startK : i32, kvh : i32) -> vec4<f32> {
+      let j = col0 + c;
+      let ok = (c < COLS) & (j < hi) & (c4 < DV4);
+      return select(vec4<f32>(0.0), v[select(0, ((startK + j) * uniforms.kShape.z + kvh) * DV4 + c4, ok)], ok);
+    }
+
+    fn main() {
+      ${touch(variableNames)}
+      ${UNIFORM_WG}
+      ${splitSetupWGSL(f)}
+
+      let c4 = tid % DV4;
+      let kp = tid / DV4;
+      let accThread = kp < KP;
+      ${rows(r => `var m_${r} = NEG_BIG; var l_${r} = 0.0; var acc_${r} = vec4<f32>(0.0);
+      let rowKey_${r} = dropoutRowKey(b * heads + min(kvh * group + (gr0 + ${r}) / uniforms.nqMax, heads - 1), (gr0 + ${r}) % uniforms.nqMax);`)}
+      ${keys(i => `var vx_${i} : vec4<f32>;`)}
+
+      ${kLoads.declare}
+      ${loads.prefetch ? kLoads.issue('firstCol') : ''}
+      ${issueV('firstCol')}
+      for (var col0 = firstCol; col0 < hi; col0 += COLS) {
+        ${loads.prefetch ? '' : kLoads.issue('col0')}
+        workgroupBarrier();   // the previous key tile and scores are consumed
+        ${kLoads.store}
+        workgroupBarrier();
+        ${loads.prefetch ? kLoads.issue('col0 + COLS') : ''}
+        ${scorePhaseWGSL(sp)}
+
+        // Accumulate: per row, this thread's max over its keys of the tile, then probabilities
+        // under the new running max (as the one-pass kernel: masked 0 by the keep bit, a kept
+        // NaN/+inf score a NaN; both maxima finite, so alpha is never NaN).
+        if (accThread) {
+          ${rows(r => `{
+            var tileMax = NEG_BIG;
+            ${keys(i => `{ let x = sTile[${r}][${col(i)}]; tileMax = max(tileMax, select(select(x, NEG_BIG, poisons(x)), NEG_BIG, !${inTile(i)})); }`)}
+            let newMax = max(m_${r}, tileMax);
+            let alpha = exp(m_${r} - newMax);
+            m_${r} = newMax;
+            var l = l_${r} * alpha;
+            var a = acc_${r} * alpha;
+            ${keys(i => `{
+              let x = sTile[${r}][${col(i)}];
+              let p = select(select(0.0, exp(x - newMax), (keepTile[${r}][${col(i)}] != 0u) & ${inTile(i)}), quietNaN(x), poisons(x) & ${inTile(i)});
+              l += p;   // the normaliser ignores dropout
+              a += (p * dropoutScale(rowKey_${r}, col0 + kp + ${i * keyParts})) * vx_${i};
+            }`)}
+            l_${r} = l;
+            acc_${r} = a;
+          }`)}
+        }
+        // This thread's values of the next tile, in flight through the next score phase.
+        ${issueV('col0 + COLS')}
+      }
+
+      // The split's KP parts of each row, combined in kp order.
+      if (accThread && c4 == 0) {
+        ${rows(r => `partM[kp * ROWS + ${r}] = m_${r}; partL[kp * ROWS + ${r}] = l_${r};`)}
+      }
+      let numSplits = uniforms.numSplits;
+      let rowsAll = uniforms.batchSeqs * heads * uniforms.nqMax;
+      ${rows(r => `
+      workgroupBarrier();
+      if (accThread) { accRed[tid] = acc_${r}; }
+      workgroupBarrier();
+      if (tid < DV4 && gr0 + ${r} < grEnd) {
+        var rowMax = NEG_BIG;
+        for (var p = 0; p < KP; p++) { rowMax = max(rowMax, partM[p * ROWS + ${r}]); }
+        var rowSum = 0.0;
+        var a = vec4<f32>(0.0);
+        for (var p = 0; p < KP; p++) {
+          let w = exp(partM[p * ROWS + ${r}] - rowMax);
+          rowSum += w * partL[p * ROWS + ${r}];
+          a += w * accRed[p * DV4 + c4];
+        }
+        let gr = gr0 + ${r};
+        let g = (b * heads + kvh * group + gr / uniforms.nqMax) * uniforms.nqMax + gr % uniforms.nqMax;
+        let base = (g * numSplits + split) * DV + c4 * 4;
+        ${unroll(4, e => `result[base + ${e}] = a[${e}];`, ' ')}
+        if (c4 == 0) {
+          let ml = rowsAll * numSplits * DV + (g * numSplits + split) * 2;
+          result[ml] = rowMax;
+          result[ml + 1] = rowSum;
         }
       }`)}
     }`;

@@ -20,7 +20,10 @@
  */
 import { TensorInfo, util } from '@tensorflow/tfjs-core';
 import { AttentionProblem, attentionProblem, FlashAttentionAttrs, FlashAttentionInputs } from '../../src/contract';
-import { combinePassWGSL, DecodeLoads, DecodeTiles, decodeWorkgroupBytes, splitPassWGSL } from './decode_wgsl';
+import {
+  combinePassWGSL, decodeFusedWorkgroupBytes, DecodeLoads, DecodeTiles, decodeWorkgroupBytes, FUSED_MAX_ROWS, splitPassFusedWGSL,
+  splitPassWGSL,
+} from './decode_wgsl';
 import {
   checkBindingSizes, checkDispatch, DeviceLimits, deviceLimits, FlashProgram, runProgram, shaderKeyOf, unpack,
   Uniform, WebGPUBackend, withDeviceErrorCheck,
@@ -52,6 +55,8 @@ const COMBINE_THREADS = 128;
  * DecodeLoads).
  */
 const DECODE_PREFETCH = true;
+/** Whether the fused split pass runs where it applies (vec4 loads). */
+const DECODE_FUSED = true;
 /** Most splits (the combine pass keeps one weight per split in workgroup memory). */
 export const DECODE_MAX_SPLITS = 256;
 /** Query rows per split-pass workgroup at most (rows of one kv head's group). */
@@ -68,6 +73,8 @@ export interface DecodePlan {
   splitKeys: number;
   /** How the split pass loads K and V. */
   loads: DecodeLoads;
+  /** The fused split pass (values straight into registers, no row phase; vec4 loads only). */
+  fused: boolean;
 }
 
 /** Test and tuning hooks: force the decode path on or off, fix the split count or the tile. */
@@ -80,6 +87,8 @@ export interface DecodeOverride {
   /** Off: scalar K/V loads even where vec4 loads apply; off: no prefetch of the next tile. */
   vec4?: boolean;
   prefetch?: boolean;
+  /** Off: the staged split pass even where the fused one applies. */
+  fused?: boolean;
 }
 let override: DecodeOverride = {};
 
@@ -94,15 +103,22 @@ export const decodeCalls = () => calls;
 
 const nextPow2 = (n: number) => 2 ** Math.ceil(Math.log2(Math.max(1, n)));
 
-/** The decode geometry for this device: the widest key tile that fits its workgroup memory. */
-export function chooseDecodeTiles(limits: DeviceLimits, s: AttentionProblem): DecodeTiles {
-  const rowsWanted = Math.min(nextPow2(s.group * s.seqQ), DECODE_MAX_ROWS);
+/** Whether K and V can be bound as vec4 arrays (decode_wgsl.ts, DecodeLoads) and are. */
+const vec4Loads = (s: AttentionProblem) => (override.vec4 ?? true) && s.headDim % 4 === 0 && s.headDimV % 4 === 0;
+
+/**
+ * The decode geometry for this device: the widest key tile that fits its workgroup memory (the
+ * fused split pass stages no values, so its tiles are wider), rows capped for the fused pass.
+ */
+export function chooseDecodeTiles(limits: DeviceLimits, s: AttentionProblem, fused = false): DecodeTiles {
+  const rowsWanted = Math.min(nextPow2(s.group * s.seqQ), fused ? FUSED_MAX_ROWS : DECODE_MAX_ROWS);
   const threads = Math.min(override.tiles?.threads ?? (rowsWanted <= 2 ? DECODE_THREADS_FEW_ROWS : DECODE_THREADS),
                            limits.maxComputeInvocationsPerWorkgroup);
-  const rows = override.tiles?.rows ?? Math.min(rowsWanted, threads);
-  for (const cols of override.tiles?.cols ? [override.tiles.cols] : [64, 32, 16, 8, 4]) {
+  const rows = Math.min(override.tiles?.rows ?? rowsWanted, threads, fused ? FUSED_MAX_ROWS : threads);
+  const bytes = fused ? decodeFusedWorkgroupBytes : decodeWorkgroupBytes;
+  for (const cols of override.tiles?.cols ? [override.tiles.cols] : [128, 64, 32, 16, 8, 4].slice(fused ? 0 : 1)) {
     const t = { rows, cols, threads };
-    if (decodeWorkgroupBytes(t, s.headDim, s.headDimV) <= limits.maxComputeWorkgroupStorageSize) return t;
+    if (bytes(t, s.headDim, s.headDimV) <= limits.maxComputeWorkgroupStorageSize) return t;
   }
   throw new Error(`Error in flashAttention: no decode tile fits this WebGPU device for headDim ${s.headDim}, ` +
       `headDimV ${s.headDimV} (workgroup storage ${limits.maxComputeWorkgroupStorageSize} bytes)`);
@@ -111,7 +127,8 @@ export function chooseDecodeTiles(limits: DeviceLimits, s: AttentionProblem): De
 /** Whether and how the split-KV kernel runs this problem (see the file header). */
 export function decodePlan(limits: DeviceLimits, s: AttentionProblem): DecodePlan {
   const mode = override.mode ?? 'auto';
-  const tiles = chooseDecodeTiles(limits, s);
+  const fused = vec4Loads(s) && (override.fused ?? DECODE_FUSED);
+  const tiles = chooseDecodeTiles(limits, s, fused);
   const rowBlocks = Math.ceil(s.group * s.seqQ / tiles.rows);
   const keyTiles = Math.max(1, Math.ceil(s.seqK / tiles.cols));
   const base = s.batch * s.kvHeads * rowBlocks;
@@ -126,10 +143,8 @@ export function decodePlan(limits: DeviceLimits, s: AttentionProblem): DecodePla
   return {
     use: mode === 'on' || (mode === 'auto' && auto),
     tiles, rowBlocks, numSplits, splitKeys: tilesPerSplit * tiles.cols,
-    loads: {
-      vec4: (override.vec4 ?? true) && s.headDim % 4 === 0 && s.headDimV % 4 === 0,
-      prefetch: override.prefetch ?? DECODE_PREFETCH,
-    },
+    loads: { vec4: vec4Loads(s), prefetch: override.prefetch ?? DECODE_PREFETCH },
+    fused,
   };
 }
 
@@ -153,11 +168,12 @@ export class DecodeSplitProgram extends FlashProgram {
     this.outputShape = [rows * plan.numSplits * (s.headDimV + 2)];
     this.workgroupSize = [plan.tiles.threads, 1, 1];
     this.dispatch = [plan.numSplits, s.kvHeads * plan.rowBlocks, s.batch];
-    this.shaderKey = shaderKeyOf('flashDecodeSplit', { headDim: s.headDim, headDimV: s.headDimV, ...plan.tiles, ...plan.loads, ...s.flags });
+    this.shaderKey = shaderKeyOf('flashDecodeSplit', { headDim: s.headDim, headDimV: s.headDimV, ...plan.tiles, ...plan.loads, fused: plan.fused, ...s.flags });
   }
 
   getUserCode(): string {
-    return splitPassWGSL(this.variableNames, this.plan.tiles, this.s.flags, this.s.headDim, this.s.headDimV, this.plan.loads);
+    const wgsl = this.plan.fused ? splitPassFusedWGSL : splitPassWGSL;
+    return wgsl(this.variableNames, this.plan.tiles, this.s.flags, this.s.headDim, this.s.headDimV, this.plan.loads);
   }
 
   uniformData(): Uniform[] {
