@@ -64,6 +64,8 @@ export interface DecodeRow {
   peakFloorMs?: number | null; vsPeak?: number | null;
   /** Read-once yardstick: the probe's measured time reading this row's K and V, and GPU time over it. */
   readOnceMs?: number | null; vsReadOnce?: number | null;
+  /** GPU ms per program of one timed call (tf.time's profile), e.g. 'DecodeSplitProgram: 0.05, ...'. */
+  passes?: string;
   status: string; note?: string;
 }
 
@@ -252,10 +254,13 @@ export async function runDecodeBench(tf: TF, flash: typeof FlashAttentionFn, hoo
       const callsBefore = hooks.decodeCalls();
       const r = await scopes.run(async () => {
         const t = await timeCall(tf, x.run, plan);
+        // Per-program GPU ms of one more timed call (split, combine, the unpacks): where the time goes.
+        const profile = await tf.time(() => { tf.dispose(x.run()); }) as { getExtraProfileInfo?: () => string };
+        const passes = profile.getExtraProfileInfo?.();
         const out = x.run();
         const data = await out.data() as Float32Array;
         out.dispose();
-        return { t, data };
+        return { t, data, passes };
       });
       hooks.setDecodeOverride({});
       if (r.failure) {
@@ -263,21 +268,22 @@ export async function runDecodeBench(tf: TF, flash: typeof FlashAttentionFn, hoo
         console.log(`${label(base)} ${x.impl}: ${r.failure.kind} ${r.failure.message}`);
         continue;
       }
-      const { t, data } = r.value!;
+      const { t, data, passes } = r.value!;
       // The composite's output is [B, Hkv, G, D], flash's [B, 1, H, D]: the same order when seqQ = 1.
       const err = reference ? maxRelDiff(data, reference) : 0;
       if (!reference) reference = data;
       const ms = t.gpuMs ?? t.wallMs;
       const row: DecodeRow = {
         ...base, impl: x.impl, gpuMs: t.gpuMs, wallMs: t.wallMs, gbPerS: kvBytes / ms / 1e6, vsFloor: ms / floorMs,
-        vsPeak: ms / peakFloorMs, vsReadOnce: readOnce ? ms / readOnce : null,
+        vsPeak: ms / peakFloorMs, vsReadOnce: readOnce ? ms / readOnce : null, passes,
         status: err < 1e-4 ? 'ok' : 'wrong', note: err ? `max rel diff vs decode ${err.toExponential(1)}` : undefined,
       };
       if (x.impl.startsWith('decode') && hooks.decodeCalls() === callsBefore) row.status = 'decode path not taken';
       rows.push(row);
       console.log(`${label(base)} ${x.impl.padEnd(12)} gpu ${ms.toFixed(3)} ms  ${row.gbPerS!.toFixed(0)} GB/s  ` +
                   `${row.vsPeak!.toFixed(2)}x peak  ${row.vsReadOnce?.toFixed(2) ?? '-'}x read-once (${readOnce?.toFixed(3) ?? '-'} ms)  ` +
-                  `${row.vsFloor!.toFixed(2)}x copy  ${row.status}${row.note ? ` (${row.note})` : ''}`);
+                  `${row.vsFloor!.toFixed(2)}x copy  ${row.status}${row.note ? ` (${row.note})` : ''}` +
+                  (x.impl.startsWith('decode') && passes ? `\n    passes: ${passes}` : ''));
     }
     tf.dispose([q, k, v, qg, kh, vh]);
     save();
