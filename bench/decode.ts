@@ -42,16 +42,18 @@ export interface DecodeSweep {
   baselines: boolean;
   /** Size of the copy kernel's buffer (the read probe's peak is measured on twice this). */
   copyBytes: number;
+  /** GPU warm-up (ms of matMuls) before every timing (warmClocks). */
+  warmMs: number;
 }
 
 export const DECODE_GPU_SWEEP: DecodeSweep = {
   seqKs: [1024, 2048, 4096, 8192, 16384, 32768, 65536], batches: [1, 8], heads: 16, kvHeads: [16, 2],
-  headDims: [64, 128], targets: [], threads: [], variants: [], baselines: true, copyBytes: 512 * 2 ** 20,
+  headDims: [64, 128], targets: [], threads: [], variants: [], baselines: true, copyBytes: 512 * 2 ** 20, warmMs: 30,
 };
 /** SwiftShader / no GPU: tiny, a minute at most. */
 export const DECODE_SMALL_SWEEP: DecodeSweep = {
   seqKs: [512, 2048], batches: [1], heads: 4, kvHeads: [4, 1], headDims: [32], targets: [], threads: [], variants: [],
-  baselines: true, copyBytes: 16 * 2 ** 20,
+  baselines: true, copyBytes: 16 * 2 ** 20, warmMs: 0,
 };
 
 export interface DecodeRow {
@@ -144,10 +146,11 @@ async function timeReadProbe(tf: TF, plan: TimingPlan, a: Tensor, b: Tensor, con
  * The peak read bandwidth (GB/s of bytes read) of the probe over two buffers of `bytes` each, best
  * of PROBE_CONFIGS, and the config that reached it.
  */
-async function peakReadBandwidth(tf: TF, plan: TimingPlan, bytes: number) {
+async function peakReadBandwidth(tf: TF, plan: TimingPlan, bytes: number, warmMs: number) {
   const a = tf.ones([bytes / 4]), b = tf.ones([bytes / 4]);
   const tried: Array<{ loads: number; maxWorkgroups: number; ms: number; gbPerS: number }> = [];
   for (const c of PROBE_CONFIGS) {
+    await warmClocks(tf, warmMs);
     const ms = await timeReadProbe(tf, plan, a, b, c);
     tried.push({ ...c, ms, gbPerS: 2 * bytes / ms / 1e6 });
     console.log(`# read probe, ${2 * bytes / 2 ** 20} MiB, ${c.loads} vec4 loads per buffer in flight, <= ${c.maxWorkgroups} workgroups: ` +
@@ -191,6 +194,24 @@ async function copyBandwidth(tf: TF, plan: TimingPlan, bytes: number): Promise<{
   return { gbPerS: 2 * bytes / ms / 1e6, ms };
 }
 
+/**
+ * Busy GPU work (2048² matMuls) for `ms` before a timing: the H200's clocks drop while the bench
+ * prepares the next case on the CPU, and the first variants of a row then ran up to 2x slower than
+ * the same kernel timed later in the row (2026-12-02 08:50 UTC, before this warm-up). A decode step
+ * in a model runs between other layers' work, so warm clocks are the relevant state.
+ */
+async function warmClocks(tf: TF, ms: number): Promise<void> {
+  if (ms <= 0) return;
+  const a = tf.randomUniform([2048, 2048]);
+  const start = performance.now();
+  while (performance.now() - start < ms) {
+    const one = tf.tidy(() => tf.slice(tf.reshape(tf.matMul(a, a), [-1]), 0, 1));
+    await one.data();
+    one.dispose();
+  }
+  a.dispose();
+}
+
 /** softmax(q kᵀ scale) v with grouped heads as a tfjs user writes it: q [B, Hkv, G, D] against k [B, Hkv, N, D]. */
 function compositeDecode(tf: TF, q: Tensor, kh: Tensor, vh: Tensor, scale: number): Tensor {
   return tf.tidy(() => tf.matMul(tf.softmax(tf.mul(tf.matMul(q, kh, false, true), scale)), vh));
@@ -201,9 +222,10 @@ export async function runDecodeBench(tf: TF, flash: typeof FlashAttentionFn, hoo
                                      meta: Record<string, unknown>, deadlineS: number): Promise<DecodeRow[]> {
   const start = performance.now();
   const scopes = new ErrorScopes(device);
+  await warmClocks(tf, sw.warmMs);
   const copy = await copyBandwidth(tf, plan, sw.copyBytes);
   console.log(`# copy kernel (tf.neg of ${sw.copyBytes / 2 ** 20} MiB): ${copy.ms.toFixed(3)} ms, ${copy.gbPerS.toFixed(0)} GB/s read + write`);
-  const peak = await peakReadBandwidth(tf, plan, sw.copyBytes);
+  const peak = await peakReadBandwidth(tf, plan, sw.copyBytes, sw.warmMs);
   console.log(`# read probe peak: ${peak.best.gbPerS.toFixed(0)} GB/s read (${peak.best.loads} loads, <= ${peak.best.maxWorkgroups} workgroups)`);
   const rows: DecodeRow[] = [];
   const yardsticks = { copyGbPerS: copy.gbPerS, peakReadGbPerS: peak.best.gbPerS, probe: peak.best, probeTried: peak.tried };
@@ -234,6 +256,7 @@ export async function runDecodeBench(tf: TF, flash: typeof FlashAttentionFn, hoo
     const group = heads / kvHeads;
     const qg = tf.reshape(q, [batch, kvHeads, group, headDim]);   // seqQ = 1: [B, 1, H, D] is [B, Hkv, G, D]
     const kh = tf.transpose(k, [0, 2, 1, 3]), vh = tf.transpose(v, [0, 2, 1, 3]);
+    await warmClocks(tf, sw.warmMs);
     const probe = await scopes.run(() => timeReadProbe(tf, plan, k, v, peak.best));
     base.readOnceMs = probe.value ?? null;
     const readOnce = base.readOnceMs;
@@ -253,6 +276,7 @@ export async function runDecodeBench(tf: TF, flash: typeof FlashAttentionFn, hoo
       hooks.setDecodeOverride(x.override);
       const callsBefore = hooks.decodeCalls();
       const r = await scopes.run(async () => {
+        await warmClocks(tf, sw.warmMs);
         const t = await timeCall(tf, x.run, plan);
         // Per-program GPU ms of one more timed call (split, combine, the unpacks): where the time goes.
         const profile = await tf.time(() => { tf.dispose(x.run()); }) as { getExtraProfileInfo?: () => string };

@@ -51,6 +51,8 @@ export interface BenchOptions {
   decodeVariants: string[];
   /** Also time the one-pass forward and the composite in the decode sweep (off for tuning runs). */
   decodeBaselines: boolean;
+  /** ms of GPU warm-up before each decode timing (undefined: the sweep's default). */
+  decodeWarmMs?: number;
   /** The variable-length cases (bench/varlen.ts): off, before the sweep, or instead of it. */
   varlen: 'off' | 'on' | 'only';
 }
@@ -94,6 +96,7 @@ export const USAGE = `npm run bench -- [flags]
   --decode-variants=vec4=0+prefetch=0,mintiles=1   ... and these split-pass variants (keys: vec4,
                               prefetch, fused (0/1), mintiles, target, threads, cols)
   --decode-baselines=0        decode sweep without the one-pass forward and the composite (tuning)
+  --decode-warm-ms=30         ms of GPU work before each decode timing (clocks up; GPU default 30)
 
 Defaults on a real GPU: seqs 512..32768, dims 32,64,128,256, heads 16, both passes, causal and full.
 Defaults on cpu or a fallback adapter (SwiftShader): seqs 64,128, dims 64, heads 2, fewer repetitions.`;
@@ -174,6 +177,7 @@ export function parseArgs(argv: readonly string[]): BenchOptions {
       case 'decode-threads': o.decodeThreads = positiveInts(value, flag); break;
       case 'decode-variants': o.decodeVariants = value.split(',').filter(Boolean); break;
       case 'decode-baselines': o.decodeBaselines = bool(value, flag); break;
+      case 'decode-warm-ms': o.decodeWarmMs = number(value, flag, 0); break;
       default: throw new Error(`unknown flag --${flag}; --help lists the flags`);
     }
   }

@@ -515,9 +515,38 @@ export function splitPassFusedWGSL(variableNames: string[], t: DecodeTiles, f: O
     }`;
 }
 
+/**
+ * The combine pass writes one of the two outputs (`part`): out [rowsQ, H, DV] or logSumExp
+ * (problem.ts's layout). Two small dispatches instead of one packed buffer and two unpack copies:
+ * under per-program timing every dispatch costs microseconds even when it moves nothing.
+ */
 export function combinePassWGSL(variableNames: string[], f: OptionFlags, headDimV: number, threads: number,
-                                maxSplits: number): string {
+                                maxSplits: number, part: 'out' | 'lse'): string {
   const dv4 = vec4Count(headDimV), cw = Math.min(dv4, threads);
+  const outputs = part === 'lse' ? '' : `
+      let accBase = g * numSplits * DV;
+      // Output columns: CW vec4 columns per round, SL split lanes per column (each sums splits
+      // sl, sl + SL, ... with its loads independent), the lanes then added in lane order.
+      for (var cb = 0; cb < DV4; cb += CW) {
+        let c4 = cb + tid % CW;
+        let sl = tid / CW;
+        var o = vec4<f32>(0.0);
+        if (sl < SL && c4 < DV4) {
+          for (var s = sl; s < numSplits; s += SL) {
+            let at = accBase + s * DV + c4 * 4;
+            o += weight[s] * vec4<f32>(${[0, 1, 2, 3].map(e => `select(0.0, partials[at + ${e}], c4 * 4 + ${e} < DV)`).join(', ')});
+          }
+        }
+        red4[tid] = o;
+        workgroupBarrier();
+        if (tid < CW && c4 < DV4) {
+          var sum = vec4<f32>(0.0);
+          for (var p = 0; p < SL; p++) { sum += red4[p * CW + tid]; }
+          ${unroll(4, e => `if (c4 * 4 + ${e} < DV) { result[((startQ + i) * heads + h) * DV + c4 * 4 + ${e}] = select(sum[${e}] * inv, 0.0, empty); }`)}
+        }
+        workgroupBarrier();
+      }
+`;
   return `
     const DV = ${headDimV};
     const DV4 = ${dv4};
@@ -547,7 +576,6 @@ export function combinePassWGSL(variableNames: string[], f: OptionFlags, headDim
       // Packed rows past this sequence's length belong to the next sequence: not ours to write
       // (a uniform branch: the whole workgroup returns).
       if (i >= rq.y) { return; }` : ''}
-      let outSize = uniforms.rowsQ * heads * DV;
       let g = (b * heads + h) * nqMax + i;
       let mlBase = uniforms.batchSeqs * heads * nqMax * numSplits * DV + g * numSplits * 2;
       // The splits' weights exp(m_s - M) once, in parallel, into workgroup memory (the splits
@@ -576,33 +604,11 @@ export function combinePassWGSL(variableNames: string[], f: OptionFlags, headDim
       // not empty and propagates.
       let empty = rowSum == 0.0 || i >= rq.y;
       let inv = 1.0 / select(rowSum, 1.0, empty);
-      let accBase = g * numSplits * DV;
-      // Output columns: CW vec4 columns per round, SL split lanes per column (each sums splits
-      // sl, sl + SL, ... with its loads independent), the lanes then added in lane order.
-      for (var cb = 0; cb < DV4; cb += CW) {
-        let c4 = cb + tid % CW;
-        let sl = tid / CW;
-        var o = vec4<f32>(0.0);
-        if (sl < SL && c4 < DV4) {
-          for (var s = sl; s < numSplits; s += SL) {
-            let at = accBase + s * DV + c4 * 4;
-            o += weight[s] * vec4<f32>(${[0, 1, 2, 3].map(e => `select(0.0, partials[at + ${e}], c4 * 4 + ${e} < DV)`).join(', ')});
-          }
-        }
-        red4[tid] = o;
-        workgroupBarrier();
-        if (tid < CW && c4 < DV4) {
-          var sum = vec4<f32>(0.0);
-          for (var p = 0; p < SL; p++) { sum += red4[p * CW + tid]; }
-          ${unroll(4, e => `if (c4 * 4 + ${e} < DV) { result[((startQ + i) * heads + h) * DV + c4 * 4 + ${e}] = select(sum[${e}] * inv, 0.0, empty); }`)}
-        }
-        workgroupBarrier();
-      }
-      if (tid == 0) {
+${outputs}
+      ${part === 'lse' ? `if (tid == 0) {
         // log(NaN) is not NaN everywhere (SwiftShader: +inf), so a NaN sum is passed on itself.
         let lse = select(rowMax + log(rowSum), rowSum, poisons(rowSum));
-        result[outSize + startQ * uniforms.lseStartStride + h * uniforms.lseHeadStride + i] =
-            select(lse, -uniforms.INFINITY, empty);
-      }
+        result[startQ * uniforms.lseStartStride + h * uniforms.lseHeadStride + i] = select(lse, -uniforms.INFINITY, empty);
+      }` : ''}
     }`;
 }

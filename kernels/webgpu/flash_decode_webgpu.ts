@@ -25,7 +25,7 @@ import {
   splitPassWGSL,
 } from './decode_wgsl';
 import {
-  checkBindingSizes, checkDispatch, DeviceLimits, deviceLimits, FlashProgram, runProgram, shaderKeyOf, unpack,
+  checkBindingSizes, checkDispatch, DeviceLimits, deviceLimits, FlashProgram, runProgram, shaderKeyOf,
   Uniform, WebGPUBackend, withDeviceErrorCheck,
 } from './program';
 import { optionUniforms } from './uniforms';
@@ -41,7 +41,7 @@ export const DECODE_MIN_SEQ_K = 256;
  */
 export const DECODE_TARGET_WORKGROUPS = 128;
 /** A split covers at least this many key tiles. */
-export const DECODE_MIN_TILES_PER_SPLIT = 4;
+export const DECODE_MIN_TILES_PER_SPLIT = 2;
 /**
  * Split-pass threads (more threads: more loads of K and V in flight per workgroup). H200, d 128,
  * 64k keys: one query row per workgroup (MHA decode) 512 threads 1.47 ms, 256 1.86, 128 3.31;
@@ -183,7 +183,10 @@ export class DecodeSplitProgram extends FlashProgram {
   }
 }
 
-/** Combine pass: out [rowsQ, H, DV], then logSumExp (problem.ts's layout), in one buffer. */
+/**
+ * Combine pass, one program per output (decode_wgsl.ts, combinePassWGSL): out [rowsQ, H, DV] or
+ * logSumExp (problem.ts's layout), each straight into its own tensor.
+ */
 export class DecodeCombineProgram extends FlashProgram {
   variableNames = ['partials', 'seqRangesQ'];
   outputShape: number[];
@@ -191,15 +194,15 @@ export class DecodeCombineProgram extends FlashProgram {
   dispatch: [number, number, number];
   uniforms = 'numSplits : i32, nqMax : i32, heads : i32, rowsQ : i32, batchSeqs : i32, lseStartStride : i32, lseHeadStride : i32,';
 
-  constructor(private s: AttentionProblem, private plan: DecodePlan) {
+  constructor(private s: AttentionProblem, private plan: DecodePlan, private part: 'out' | 'lse') {
     super();
-    this.outputShape = [util.sizeFromShape(s.outShape) + util.sizeFromShape(s.logSumExpShape)];
+    this.outputShape = part === 'out' ? s.outShape : s.logSumExpShape;
     this.dispatch = [s.seqQ, s.heads, s.batch];
-    this.shaderKey = shaderKeyOf('flashDecodeCombine', { headDimV: s.headDimV, seqRanges: s.flags.seqRanges, packed: s.flags.packed });
+    this.shaderKey = shaderKeyOf('flashDecodeCombine', { headDimV: s.headDimV, seqRanges: s.flags.seqRanges, packed: s.flags.packed, part });
   }
 
   getUserCode(): string {
-    return combinePassWGSL(this.variableNames, this.s.flags, this.s.headDimV, COMBINE_THREADS, DECODE_MAX_SPLITS);
+    return combinePassWGSL(this.variableNames, this.s.flags, this.s.headDimV, COMBINE_THREADS, DECODE_MAX_SPLITS, this.part);
   }
 
   uniformData(): Uniform[] {
@@ -214,18 +217,20 @@ export function flashDecodeWebGPU(backend: WebGPUBackend, inputs: FlashAttention
                                   plan: DecodePlan): TensorInfo[] {
   const { q, k, v, alibiSlopes, mask, seqRangesQ, seqRangesK } = inputs;
   const split = new DecodeSplitProgram(s, plan);
-  const combine = new DecodeCombineProgram(s, plan);
+  const combineOut = new DecodeCombineProgram(s, plan, 'out');
+  const combineLse = new DecodeCombineProgram(s, plan, 'lse');
   const limits = deviceLimits(backend);
   checkBindingSizes(limits, [['q', q.shape], ['k', k.shape], ['v', v.shape], ['mask', mask.shape],
-                             ['the decode partials', split.outputShape], ['the output and logsumexp', combine.outputShape]]);
+                             ['the decode partials', split.outputShape], ['the output', combineOut.outputShape]]);
   checkDispatch(limits, split.dispatch);
-  checkDispatch(limits, combine.dispatch);
+  checkDispatch(limits, combineOut.dispatch);
   calls++;
   return withDeviceErrorCheck(backend, () => {
     const partials = runProgram(backend, split, [q, k, v, alibiSlopes, mask, seqRangesQ, seqRangesK], split.uniformData());
-    const packed = runProgram(backend, combine, [partials, seqRangesQ], combine.uniformData());
+    const out = runProgram(backend, combineOut, [partials, seqRangesQ], combineOut.uniformData());
+    const logSumExp = runProgram(backend, combineLse, [partials, seqRangesQ], combineLse.uniformData());
     backend.disposeData(partials.dataId);
-    return unpack(backend, packed, [s.outShape, s.logSumExpShape]);
+    return [out, logSumExp];
   });
 }
 
