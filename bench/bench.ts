@@ -19,7 +19,7 @@ import {
   BenchCase, caseLabel, compositeHeadsPerChunk, enumerateCases, Impl, Shape, SUBGROUPS_DEVICE,
 } from './cases';
 import { writeBenchChart } from './chart';
-import { DECODE_GPU_SWEEP, DECODE_SMALL_SWEEP, DecodeSweep, runDecodeBench } from './decode';
+import { DECODE_GPU_SWEEP, DECODE_SMALL_SWEEP, DecodeSweep, renderDecode, runDecodeBench } from './decode';
 import { ErrorScopes, GpuMemoryTracker, timeCall, TimingPlan } from './measure';
 import { loadOnnxruntime, Ort, timeOnnxruntime } from './onnxruntime';
 import { BenchOptions, parseArgs, sweepDefaults, timingDefaults, USAGE } from './options';
@@ -357,6 +357,11 @@ async function main(): Promise<number> {
   if (o.help) { console.log(USAGE); return 0; }
   if (o.floorOnly) {
     console.log(floorTable(sweepDefaults(o.sweep, true, o.quick), { tflops: o.ceilingTflops, gbPerS: o.ceilingGbPerS }));
+    return 0;
+  }
+  if (o.renderOnly && o.decode) {
+    renderDecode(o.renderOnly);
+    console.log(`rendered decode.json and decode.md next to ${o.renderOnly}`);
     return 0;
   }
   if (o.renderOnly) {
