@@ -1,20 +1,31 @@
 /**
- * WGSL of the split-KV ("flash-decoding") forward (flash_decode_webgpu.ts): the split pass and the
- * combine pass. One family per pass; options are compile-time switches through optionHelpers
- * (attention_wgsl.ts), so a disabled option compiles to a stub as in the one-pass forward.
+ * WGSL of the split-KV ("flash-decoding") forward (flash_decode_webgpu.ts): the split pass, in two
+ * forms, and the combine pass. One family per pass; options are compile-time switches through
+ * optionHelpers (attention_wgsl.ts), so a disabled option compiles to a stub as in the one-pass
+ * forward. Decode's cost is reading K and V once; the choices below are about how many of those
+ * bytes are in flight and how little a workgroup does between loads.
  *
  * Split pass: a workgroup owns one split of the keys [splitBegin, splitEnd) of one (sequence,
  * kv head) and a block of ROWS query rows of that kv head's group (row r of the block is query
  * head kvh * group + gr / nqMax, query row gr % nqMax, gr = rowBlock * ROWS + r), so the keys and
- * values a kv head's group needs are read once per split. Per key tile: the tile is loaded into
- * workgroup memory (score phase: ROWS x COLS scores, one element per thread at a time), the row
- * phase updates each row's running max and sum (online softmax, RT threads per row), and the
- * accumulate phase adds P V into per-thread accumulators. It writes the unnormalised accumulator,
- * the row max and the row sum of its split; a split past the sequence's length (or outside the
- * window) writes max NEG_BIG and sum 0.
+ * values a kv head's group needs are read once per split. Each thread holds its share of the next
+ * key tile in registers (DecodeLoads: vec4 loads where headDim and headDimV are multiples of 4,
+ * else scalar; prefetch: issued before the current tile's work). It writes the unnormalised
+ * accumulator, the row max and the row sum of its split; a split past the sequence's length (or
+ * outside the window) writes max NEG_BIG and sum 0.
+ *  - Staged (splitPassWGSL; any head dim): key and value tiles in workgroup memory; per tile the
+ *    score phase (ROWS x COLS scores, SP threads per score), the row phase (each row's running
+ *    max and sum, RT threads per row) and the accumulate phase (P V into per-thread accumulators).
+ *  - Fused (splitPassFusedWGSL; vec4 loads, at most FUSED_MAX_ROWS rows): only the key tile is
+ *    staged; each thread reads its own keys' value vec4s into registers a tile ahead and keeps a
+ *    running max, sum and accumulator per row over its keys (no row phase, two barriers fewer per
+ *    tile); the threads' parts are combined in order at the end of the split. On the H200 it is
+ *    1.5-1.8x faster than the staged pass for MHA decode (one row per workgroup) and within
+ *    about 10 % either way for GQA 16/2 (8 rows; BENCHMARKS.md, WebGPU decode).
  *
- * Combine pass: one workgroup per query row and head, splits combined in index order
- * (deterministic): M = max_s m_s, L = sum_s exp(m_s - M) l_s, out = sum_s exp(m_s - M) acc_s / L,
+ * Combine pass (combinePassWGSL, one program per output): one workgroup per query row and head,
+ * splits combined in a fixed order (deterministic): M = max_s m_s, L = sum_s exp(m_s - M) l_s,
+ * out = sum_s exp(m_s - M) acc_s / L (split lanes per output column, added in lane order),
  * logSumExp = M + log(L), exactly the one-pass kernel's outputs (empty rows 0 and -Infinity, NaN
  * sums propagated).
  */

@@ -2,21 +2,25 @@
  * WebGPU split-KV forward ("flash-decoding"): for a few query rows over many keys. The one-pass
  * forward gives such a call only batch x heads workgroups, far too few to fill a GPU; this splits
  * the keys of each (sequence, kv head) across workgroups (split pass) and combines the partial
- * results by their logsumexp in a fixed order (combine pass): same outputs (out and logSumExp)
- * as the one-pass kernel, deterministic. One kv head's split serves every query head of its group
+ * results by their logsumexp in a fixed order (combine pass, one program for the output and one
+ * for the logsumexp, so a call is three dispatches): same outputs (out and logSumExp) as the
+ * one-pass kernel, deterministic. One kv head's split serves every query head of its group
  * (GQA/MQA), so the keys and values are read once, not once per query head: decode's cost is
  * reading them. Every option is supported (ALiBi, window/causal, softcap, mask, dropout, padded
  * and packed sequence ranges); the gradient is the regular backward (this is a forward choice).
  *
+ * The split pass (decode_wgsl.ts) is the fused one where headDim and headDimV are multiples of 4
+ * (K and V bound as vec4 arrays, values straight into registers, at most 8 rows a workgroup), the
+ * staged one otherwise; both load the next key tile while working on the current one.
+ *
  * When it is picked (decodePlan): at most DECODE_MAX_SEQ_Q query rows per sequence and at least
- * DECODE_MIN_SEQ_K keys. On the H200 (BENCHMARKS.md, decode) it was faster than the one-pass
- * forward in every such shape measured (6x to 38x with batch x kv heads below the workgroup
- * target, up to 1.25x with a full grid of 128 (batch, head) workgroups and one split) but one,
- * d 128 with batch 8 x 16 kv heads, where the two are within 3 %. The split count targets
- * DECODE_TARGET_WORKGROUPS workgroups in the split pass (WebGPU does not expose the number of
- * compute units, so the target is tuned on a large GPU), with no split shorter than
- * DECODE_MIN_TILES_PER_SPLIT tiles. The tile (keys per tile) is the largest that fits the device's
- * workgroup memory; the thread count follows the rows a workgroup owns (DECODE_THREADS*).
+ * DECODE_MIN_SEQ_K keys. On the H200 (BENCHMARKS.md, decode; 2026-12-02 08:57 UTC) it was faster
+ * than the one-pass forward (2.6x to 83x) and than the composite (1.26x to 19x) in every shape
+ * measured. The split count targets DECODE_TARGET_WORKGROUPS workgroups in the split pass (WebGPU
+ * does not expose the number of compute units, so the target is tuned on a large GPU), with no
+ * split shorter than DECODE_MIN_TILES_PER_SPLIT tiles. The tile (keys per tile) is the largest
+ * that fits the device's workgroup memory; the thread count follows the rows a workgroup owns
+ * (DECODE_THREADS*).
  */
 import { TensorInfo, util } from '@tensorflow/tfjs-core';
 import { AttentionProblem, attentionProblem, FlashAttentionAttrs, FlashAttentionInputs } from '../../src/contract';
@@ -37,25 +41,34 @@ export const DECODE_MIN_SEQ_K = 256;
 /**
  * Split-pass workgroups the split count aims for. H200 (BENCHMARKS.md, decode): 128 was the
  * fastest or as fast as 256 ... 4096 in every tuned shape (GQA 16/2 at 64k keys: 0.30 against 0.33
- * ms at 512); more splits only add partials to combine.
+ * ms at 512); more splits only add partials to combine. Rechecked for the fused pass (tuning run
+ * 2026-12-02 08:49 UTC, bench/results/h200-decode-tuning): 256 no faster anywhere.
  */
 export const DECODE_TARGET_WORKGROUPS = 128;
-/** A split covers at least this many key tiles. */
+/**
+ * A split covers at least this many key tiles. H200 (fused pass, 128-key tiles at d 64): 2 and 4
+ * were within noise on long caches; 2 gives small caches more workgroups (GQA 16/2 at 2k keys,
+ * B = 8, d 128: 0.055 ms against 0.099 with 4).
+ */
 export const DECODE_MIN_TILES_PER_SPLIT = 2;
 /**
  * Split-pass threads (more threads: more loads of K and V in flight per workgroup). H200, d 128,
  * 64k keys: one query row per workgroup (MHA decode) 512 threads 1.47 ms, 256 1.86, 128 3.31;
- * eight rows (GQA 16/2) 256 threads 0.33 ms, 512 0.31, at 16k keys 0.096 against 0.110.
+ * eight rows (GQA 16/2) 256 threads 0.33 ms, 512 0.31, at 16k keys 0.096 against 0.110 (staged
+ * pass). Fused pass, same 64k MHA shape (tuning run 08:49 UTC): 512 threads 0.64-0.70 ms, 256
+ * 0.87, 1024 1.41; 1024 was the slowest in every shape.
  */
 const DECODE_THREADS = 256;
 const DECODE_THREADS_FEW_ROWS = 512;
 const COMBINE_THREADS = 128;
 /**
  * Whether the split pass loads the next key tile while it works on the current one (decode_wgsl.ts,
- * DecodeLoads).
+ * DecodeLoads). Measured only together with vec4 loads on the staged pass (H200: staged + vec4 +
+ * prefetch 1.2x faster than staged scalar loads without prefetch on MHA, e.g. 64k keys d 128 0.617
+ * against 0.743 ms); the tuning run's fused-pass comparison was confounded by clock drift.
  */
 const DECODE_PREFETCH = true;
-/** Whether the fused split pass runs where it applies (vec4 loads). */
+/** Whether the fused split pass runs where it applies (vec4 loads): see decode_wgsl.ts. */
 const DECODE_FUSED = true;
 /** Most splits (the combine pass keeps one weight per split in workgroup memory). */
 export const DECODE_MAX_SPLITS = 256;
