@@ -19,9 +19,10 @@
  *  - Fused (splitPassFusedWGSL; vec4 loads, at most FUSED_MAX_ROWS rows): only the key tile is
  *    staged; each thread reads its own keys' value vec4s into registers a tile ahead and keeps a
  *    running max, sum and accumulator per row over its keys (no row phase, two barriers fewer per
- *    tile); the threads' parts are combined in order at the end of the split. On the H200 it is
- *    1.5-1.8x faster than the staged pass for MHA decode (one row per workgroup) and within
- *    about 10 % either way for GQA 16/2 (8 rows; BENCHMARKS.md, WebGPU decode).
+ *    tile); the threads' parts are combined in order at the end of the split. On the H200 the
+ *    staged pass (vec4, prefetch) took 1.2-1.7x its time in most MHA decode rows (one row per
+ *    workgroup) and was within about 15 % either way in most GQA 16/2 rows (8 rows;
+ *    BENCHMARKS.md, WebGPU decode).
  *
  * Combine pass (combinePassWGSL, one program per output): one workgroup per query row and head,
  * splits combined in a fixed order (deterministic): M = max_s m_s, L = sum_s exp(m_s - M) l_s,
