@@ -28,17 +28,11 @@ namespace {
 constexpr int NT = 128;  // split-pass threads
 constexpr int RB = 8;    // query rows (query row x head of the group) per split-pass block
 constexpr int COMBINE_NT = 128;
-constexpr int COMBINE_LOADS = 8;  // partial rows in flight per combine thread
 constexpr int MAX_SPLITS = 256;
 
-// Key tile of BC keys: 32 KB of K and V at d 64 and d 128 (73-75 KB of shared memory per block
-// with two stages, so three blocks per SM), 64 KB at d 256 (one block per SM). K rows are padded
-// by 4 x TPK floats (TPK = NT / BC threads per key), so that the float4 reads of the score phase
-// (a quarter-warp reads 8 / TPK keys x TPK column quads) hit eight distinct groups of 4 banks.
-template <int DMAX> struct DecodeTile {
-  static constexpr int BC = DMAX <= 64 ? 64 : 32;
-  static constexpr int KLD = DMAX + 4 * (NT / BC);
-};
+// Key tile of BC keys: 32 KB of K and V at d 64 and d 128 (72 KB of shared memory per block with
+// two stages, so three blocks per SM), 64 KB at d 256 (one block per SM).
+template <int DMAX> struct DecodeTile { static constexpr int BC = DMAX <= 64 ? 64 : 32; };
 inline int decodeTileKeys(int dmax) { return dmax <= 64 ? 64 : 32; }
 // Splits are at least this many tiles long; decodePlan's cost model charges each block this much
 // for its start (Q load, the first tile's latency) and end (writing its partials).
@@ -47,9 +41,9 @@ constexpr int BLOCK_OVERHEAD_TILES = 2;
 
 template <int DMAX>
 constexpr size_t decodeSmemFloats() {
-  constexpr int BC = DecodeTile<DMAX>::BC, KLD = DecodeTile<DMAX>::KLD;
-  // Two stages of K [BC][KLD] and V [BC][DMAX]; Q [RB][DMAX]; P [BC][RB]; row maxima [RB][NT / 32].
-  return 2 * (BC * KLD + BC * DMAX) + RB * DMAX + BC * RB + RB * (NT / 32);
+  constexpr int BC = DecodeTile<DMAX>::BC;
+  // Two stages of K [BC][DMAX + 4] and V [BC][DMAX]; Q [RB][DMAX]; P [BC][RB]; row maxima.
+  return 2 * (BC * (DMAX + 4) + BC * DMAX) + RB * DMAX + BC * RB + RB * 4;
 }
 
 // Rows [row0, row0 + ROWS) x columns [0, width) of a row-major array into dst[r * LD + c];
@@ -85,17 +79,17 @@ __global__ void __launch_bounds__(NT) decodeSplitKernel(Problem p, const float* 
                                                         int partLd, float* __restrict__ partO,
                                                         float* __restrict__ partM,
                                                         float* __restrict__ partL) {
-  constexpr int BC = DecodeTile<DMAX>::BC, KLD = DecodeTile<DMAX>::KLD;
+  constexpr int BC = DecodeTile<DMAX>::BC, KLD = DMAX + 4;
   constexpr int TPK = NT / BC;       // score phase: threads per key, each owning RPT rows
   constexpr int RPT = RB / TPK;
-  constexpr int NW = NT / 32;        // warps
+  constexpr int WPR = BC / 32;       // warps per row part
   constexpr int CG = DMAX / 4;       // P V phase: column groups of 4, and key slices
   constexpr int SL = NT / CG;
   extern __shared__ float4 smemRaw[];
   float* stage = reinterpret_cast<float*>(smemRaw);      // 2 x (K [BC][KLD], V [BC][DMAX])
   float* Qs = stage + 2 * (BC * KLD + BC * DMAX);        // [RB][DMAX]
   float* Ps = Qs + RB * DMAX;                            // [BC][RB]
-  float* redMax = Ps + BC * RB;                          // [RB][NW]
+  float* redMax = Ps + BC * RB;                          // [RB][WPR]
 
   const int chunk = blockIdx.x, split = blockIdx.y;
   const int b = blockIdx.z / p.kvHeads, kvh = blockIdx.z % p.kvHeads;
@@ -145,10 +139,8 @@ __global__ void __launch_bounds__(NT) decodeSplitKernel(Problem p, const float* 
   }
   const int jStart = jLo < jHi ? (jLo - splitBeg) / BC * BC + splitBeg : jHi;
 
-  // Score-phase identity: key jj of the tile, columns d4 = rPart, rPart + TPK, ... of its dot
-  // products, then rows rPart * RPT + t. The TPK threads of a key are neighbouring lanes.
-  const int jj = tid / TPK, rPart = tid % TPK;
-  const int rowsInChunk = min(RB, nRows - r0);
+  // Score-phase identity: key jj of the tile, rows rPart * RPT + t.
+  const int jj = tid % BC, rPart = tid / BC;
   int rowI[RPT], rowH[RPT];
   float slope[RPT];
   uint32_t rowKey[RPT];
@@ -190,34 +182,21 @@ __global__ void __launch_bounds__(NT) decodeSplitKernel(Problem p, const float* 
     const float* Ks = stage + s * (BC * KLD + BC * DMAX);
     const float* Vs = Ks + BC * KLD;
 
-    // Forward inner loop, scores: S = Q K^T (log2 units). Each of a key's TPK threads takes every
-    // TPK-th column quad of every row of the chunk (rows past the chunk's last skipped: the
-    // bound is block-uniform), so a single row (MHA decode) is spread over every warp; the
-    // partial dots are added across the TPK lanes, in a fixed order.
-    float xr[RB];
-#pragma unroll
-    for (int r = 0; r < RB; ++r) xr[r] = 0.f;
-#pragma unroll 4
-    for (int d4 = rPart; d4 < dq4; d4 += TPK) {
-      const float4 kk = *reinterpret_cast<const float4*>(Ks + jj * KLD + d4 * 4);
-#pragma unroll
-      for (int r = 0; r < RB; ++r) {
-        if (r >= rowsInChunk) break;
-        const float4 qq = *reinterpret_cast<const float4*>(Qs + r * DMAX + d4 * 4);
-        xr[r] = fmaf(qq.x, kk.x, fmaf(qq.y, kk.y, fmaf(qq.z, kk.z, fmaf(qq.w, kk.w, xr[r]))));
-      }
-    }
+    // Forward inner loop, scores: S = Q K^T for this thread's key and rows (log2 units).
     float x[RPT];
 #pragma unroll
     for (int t = 0; t < RPT; ++t) x[t] = 0.f;
+    // Rows past the chunk's last are skipped (warp-uniform: a warp shares rPart).
+    const int tValid = min(RPT, nRows - r0 - rPart * RPT);
+#pragma unroll 4
+    for (int d4 = 0; d4 < dq4; ++d4) {
+      const float4 kk = *reinterpret_cast<const float4*>(Ks + jj * KLD + d4 * 4);
 #pragma unroll
-    for (int r = 0; r < RB; ++r) {
-      if (r >= rowsInChunk) break;
-#pragma unroll
-      for (int off = 1; off < TPK; off <<= 1) xr[r] += __shfl_xor_sync(0xffffffffu, xr[r], off);
-#pragma unroll
-      for (int t = 0; t < RPT; ++t)
-        if (r == rPart * RPT + t) x[t] = xr[r];
+      for (int t = 0; t < RPT; ++t) {
+        if (t >= tValid) break;
+        const float4 qq = *reinterpret_cast<const float4*>(Qs + (rPart * RPT + t) * DMAX + d4 * 4);
+        x[t] = fmaf(qq.x, kk.x, fmaf(qq.y, kk.y, fmaf(qq.z, kk.z, fmaf(qq.w, kk.w, x[t]))));
+      }
     }
     const int j = j0 + jj;
     const bool edgeTile = j0 + BC > jHi || j0 < jLo ||
@@ -228,10 +207,10 @@ __global__ void __launch_bounds__(NT) decodeSplitKernel(Problem p, const float* 
       kept[t] = rowI[t] < sq.lenQ && j < jHi &&
                 ((edgeTile || GENERAL) ? isKept<LOCAL, GENERAL>(p, sq, b, rowH[t], rowI[t], j) : true);
       x[t] = kept[t] ? applyScoreMods<GENERAL>(p, sq, x[t] * p.scale, slope[t], rowI[t], j) * kLog2e : -INFINITY;
-      float mx = x[t];  // the warp's keys for this row: the lanes of the same rPart
+      float mx = x[t];
 #pragma unroll
-      for (int off = 16; off >= TPK; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
-      if ((tid & 31) < TPK) redMax[(rPart * RPT + t) * NW + tid / 32] = mx;
+      for (int off = 16; off > 0; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
+      if ((tid & 31) == 0) redMax[(rPart * RPT + t) * WPR + (jj / 32)] = mx;
     }
     __syncthreads();
     // Every thread keeps the same running maxima of all RB rows.
@@ -240,7 +219,7 @@ __global__ void __launch_bounds__(NT) decodeSplitKernel(Problem p, const float* 
     for (int r = 0; r < RB; ++r) {
       float mNew = mRow[r];
 #pragma unroll
-      for (int w = 0; w < NW; ++w) mNew = fmaxf(mNew, redMax[r * NW + w]);
+      for (int w = 0; w < WPR; ++w) mNew = fmaxf(mNew, redMax[r * WPR + w]);
       // Nothing finite so far: m stays -inf and the (zero or NaN) accumulators stay as they are.
       alpha[r] = mNew == -INFINITY ? 1.f : exp2f(mRow[r] - mNew);
       mRow[r] = mNew;
@@ -259,14 +238,7 @@ __global__ void __launch_bounds__(NT) decodeSplitKernel(Problem p, const float* 
     for (int r = 0; r < RB; ++r)
 #pragma unroll
       for (int c = 0; c < 4; ++c) o[r][c] *= alpha[r];
-    if (cg * 4 < p.headDimV && rowsInChunk == 1) {  // one row (MHA decode): no work for the others
-      for (int kj = slice; kj < BC; kj += SL) {
-        const float4 vv = *reinterpret_cast<const float4*>(Vs + kj * DMAX + cg * 4);
-        const float pr = Ps[kj * RB];
-        o[0][0] = fmaf(pr, vv.x, o[0][0]); o[0][1] = fmaf(pr, vv.y, o[0][1]);
-        o[0][2] = fmaf(pr, vv.z, o[0][2]); o[0][3] = fmaf(pr, vv.w, o[0][3]);
-      }
-    } else if (cg * 4 < p.headDimV) {
+    if (cg * 4 < p.headDimV) {
       for (int kj = slice; kj < BC; kj += SL) {
         const float4 vv = *reinterpret_cast<const float4*>(Vs + kj * DMAX + cg * 4);
         const float4 pa = *reinterpret_cast<const float4*>(Ps + kj * RB);
@@ -285,14 +257,14 @@ __global__ void __launch_bounds__(NT) decodeSplitKernel(Problem p, const float* 
   __syncthreads();
 
   // The split's partials: l summed over keys (fixed order), o over key slices (fixed order).
-  float* lRed = stage;            // [RB][NW]
-  float* oRed = stage + RB * NW;  // [SL][RB][DMAX]
+  float* lRed = stage;                 // [RB][WPR]
+  float* oRed = stage + RB * WPR + 4;  // [SL][RB][DMAX]
 #pragma unroll
   for (int t = 0; t < RPT; ++t) {
     float l = lPart[t];
 #pragma unroll
-    for (int off = 16; off >= TPK; off >>= 1) l += __shfl_xor_sync(0xffffffffu, l, off);
-    if ((tid & 31) < TPK) lRed[(rPart * RPT + t) * NW + tid / 32] = l;
+    for (int off = 16; off > 0; off >>= 1) l += __shfl_xor_sync(0xffffffffu, l, off);
+    if ((tid & 31) == 0) lRed[(rPart * RPT + t) * WPR + (jj / 32)] = l;
   }
 #pragma unroll
   for (int r = 0; r < RB; ++r)
@@ -314,7 +286,7 @@ __global__ void __launch_bounds__(NT) decodeSplitKernel(Problem p, const float* 
     if (c == 0) {
       float l = 0.f;
 #pragma unroll
-      for (int w = 0; w < NW; ++w) l += lRed[rr * NW + w];
+      for (int w = 0; w < WPR; ++w) l += lRed[rr * WPR + w];
       partM[at] = mRow[rr];
       partL[at] = l;
     }
@@ -323,8 +295,8 @@ __global__ void __launch_bounds__(NT) decodeSplitKernel(Problem p, const float* 
 
 // Combine pass: block (query row i, head h, sequence b). The split weights w_s = 2^(m_s - M) go
 // to shared memory once; thread (quad, slice) then sums w_s * o_s over the splits slice,
-// slice + slices, ... (COMBINE_LOADS loads in flight), and the slices' sums are added in slice
-// order: every sum has a fixed order, so the result does not depend on timing.
+// slice + slices, ... (four loads in flight), and the slices' sums are added in slice order: every
+// sum has a fixed order, so the result does not depend on timing.
 template <bool VARLEN>
 __global__ void __launch_bounds__(COMBINE_NT) decodeCombineKernel(Problem p, int splitLen, int partLd,
                                                                   const float* __restrict__ partO,
@@ -382,12 +354,12 @@ __global__ void __launch_bounds__(COMBINE_NT) decodeCombineKernel(Problem p, int
     const float4* col = reinterpret_cast<const float4*>(partO + at * partLd) + quad;
     const long long step = nIdx * partLd / 4;  // float4s from one split's row to the next
     int s = slice;
-    for (; s + (COMBINE_LOADS - 1) * slices < splits; s += COMBINE_LOADS * slices) {
-      float4 x[COMBINE_LOADS];
+    for (; s + 3 * slices < splits; s += 4 * slices) {
+      float4 x[4];
 #pragma unroll
-      for (int u = 0; u < COMBINE_LOADS; ++u) x[u] = col[(s + u * slices) * step];
+      for (int u = 0; u < 4; ++u) x[u] = col[(s + u * slices) * step];
 #pragma unroll
-      for (int u = 0; u < COMBINE_LOADS; ++u) {
+      for (int u = 0; u < 4; ++u) {
         const float w = weight[s + u * slices];
         acc.x = fmaf(w, x[u].x, acc.x); acc.y = fmaf(w, x[u].y, acc.y);
         acc.z = fmaf(w, x[u].z, acc.z); acc.w = fmaf(w, x[u].w, acc.w);
