@@ -123,14 +123,17 @@ export interface DecodePeer {
   row(base: DecodeRowBase): Promise<DecodeRow>;
 }
 
-/**
- * The decode peer when onnxruntime-node loads (bash bench/install-peers.sh), else null and why.
- * Few repetitions: each session.run uploads the whole past cache (up to 2 GiB of K and 2 of V), and
- * the GPU times come from the profiler, whose per-run program times vary little.
- */
+/** The decode peer when onnxruntime-node loads (bash bench/install-peers.sh), else null and why. */
 export function loadDecodePeer(check: boolean): { peer: DecodePeer | null; why: string } {
   const { ort, why } = loadOnnxruntime();
-  if (!ort) return { peer: null, why };
+  return ort ? { peer: decodePeer(ort, check), why: '' } : { peer: null, why };
+}
+
+/**
+ * The decode peer on a loaded onnxruntime. Few repetitions: each session.run uploads the whole past
+ * cache (up to 1 GiB each of K and V in the sweep), and the GPU times come from the profiler.
+ */
+export function decodePeer(ort: Ort, check: boolean): DecodePeer {
   const plan: PeerPlan = { minReps: 3, maxReps: 5, targetMs: 200, warmupMs: 0, check };
   const row = async (base: DecodeRowBase): Promise<DecodeRow> => {
     try {
@@ -149,7 +152,7 @@ export function loadDecodePeer(check: boolean): { peer: DecodePeer | null; why: 
                status: /memory|allocat/i.test(message) ? 'OOM' : 'error', note: message };
     }
   };
-  return { peer: { description: `onnxruntime-node ${ort.version}, WebGPU execution provider, GroupQueryAttention decode`, row }, why: '' };
+  return { description: `onnxruntime-node ${ort.version}, WebGPU execution provider, GroupQueryAttention decode`, row };
 }
 
 /** The peer's rows in detail under the decode table: decode programs, CopyKVCache apart, wall, check. */

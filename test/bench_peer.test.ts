@@ -8,7 +8,10 @@ import { BenchCase } from '../bench/cases';
 import type { DecodeRow } from '../bench/decode';
 import { groupQueryAttentionDecodeModel, GQA_DECODE_INPUTS, multiHeadAttentionModel, toFloat16Bits } from '../bench/onnx_model';
 import { programTimes } from '../bench/onnxruntime';
-import { checkDecode, checkedDecodeHeads, decodeInputs, decodePeerMarkdown, DecodeShape } from '../bench/onnxruntime_decode';
+import { writeFileSync } from 'node:fs';
+import type { Ort } from '../bench/onnxruntime';
+import { checkDecode, checkedDecodeHeads, decodeInputs, decodePeer, decodePeerMarkdown, DecodeShape } from '../bench/onnxruntime_decode';
+import { parseArgs } from '../bench/options';
 import { baseResult, CaseResult, markdownReport } from '../bench/report';
 import type { FlashAttentionAttrs } from '../src/contract';
 import { referenceForward } from './helpers/reference';
@@ -163,6 +166,66 @@ describe('the decode peer\'s float64 check', () => {
   });
 });
 
+describe('the decode peer\'s rows, on a stand-in for onnxruntime', () => {
+  const s: DecodeShape = { seqK: 20, batch: 2, heads: 4, kvHeads: 2, headDim: 8 };
+  const base = { ...s, kvBytes: 2 * s.batch * s.seqK * s.kvHeads * s.headDim * 4, floorMs: 0.001 };
+  /** An Ort whose session computes the step in float64 from its feeds (plus `error`) and profiles 3 programs a run. */
+  const standIn = (opts: { error?: number; create?: () => never; run?: () => never }) => {
+    const released: number[] = [];
+    const ort = {
+      version: 'stand-in',
+      Tensor: class { constructor(readonly type: string, readonly data: Float32Array | Int32Array, readonly dims: number[]) {} },
+      InferenceSession: {
+        async create(_model: Uint8Array, options: Record<string, unknown>) {
+          opts.create?.();
+          const events: object[] = [];
+          return {
+            async run(feeds: Record<string, { data: Float32Array; dims: number[] }>) {
+              opts.run?.();
+              const [b, kvh, past, d] = feeds.past_key.dims;
+              const bshd = (pastT: Float32Array, next: Float32Array) => Float32Array.from({ length: b * (past + 1) * kvh * d }, (_, i) => {
+                const c = i % d, h = Math.floor(i / d) % kvh, j = Math.floor(i / (d * kvh)) % (past + 1), bb = Math.floor(i / (d * kvh * (past + 1)));
+                return j < past ? pastT[((bb * kvh + h) * past + j) * d + c] : next[(bb * kvh + h) * d + c];
+              });
+              const out = referenceForward({ batch: b, seqQ: 1, seqK: past + 1, heads: feeds.query.dims[2] / d, kvHeads: kvh, headDim: d, headDimV: d },
+                  { q: feeds.query.data, k: bshd(feeds.past_key.data, feeds.key.data), v: bshd(feeds.past_value.data, feeds.value.data) },
+                  { scale: 1 / Math.sqrt(d), softcap: 0, windowLeft: -1, windowRight: -1, hasAlibi: false, hasMask: false, dropoutRate: 0, seed: 0,
+                    precision: 'highest', seqLayout: 'dense', maxSeqLenQ: 1, maxSeqLenK: past + 1, numSeqs: b }).out;
+              const ts = events.length;
+              for (const [name, dur] of [['CopyKVCache', 7], ['FlashAttentionDecodeQKV', 40], ['FlashAttentionDecodeVxReduce', 5]] as const) {
+                events.push({ cat: 'Api', name: `attention&GroupQueryAttention&${name}`, dur, ts: ts + events.length });
+              }
+              return { output: { data: Float32Array.from(out, x => x + (opts.error ?? 0)), dims: [b, 1, feeds.query.dims[2]] } };
+            },
+            endProfiling() { writeFileSync(`${options.profileFilePrefix}_1.json`, JSON.stringify(events)); },
+            async release() { released.push(1); },
+          };
+        },
+      },
+    };
+    return { ort: ort as unknown as Ort, released };
+  };
+
+  test('ok: the decode programs\' GPU time, CopyKVCache apart, checked against float64', async () => {
+    const { ort, released } = standIn({});
+    const row = await decodePeer(ort, true).row(base);
+    expect(row).toMatchObject({ impl: 'onnxruntime', status: 'ok', gpuMs: 0.045, kvCopyMs: 0.007, seqK: 20, kvHeads: 2 });
+    expect(row.relErr).toBeLessThan(1e-6);
+    expect(row.gbPerS).toBeCloseTo(base.kvBytes / 0.045 / 1e6, 9);
+    expect(released).toHaveLength(1);
+  });
+
+  test('a wrong output is a wrong row; a failing session is a row with the message; each session released', async () => {
+    const wrong = standIn({ error: 1e-3 });
+    expect(await decodePeer(wrong.ort, true).row(base)).toMatchObject({ status: 'wrong' });
+    const oom = standIn({ run: () => { throw new Error('Failed to allocate a buffer of 1 GiB'); } });
+    expect(await decodePeer(oom.ort, true).row(base)).toMatchObject({ status: 'OOM', gpuMs: null, note: 'Failed to allocate a buffer of 1 GiB' });
+    expect(oom.released).toHaveLength(1);
+    const noDevice = standIn({ create: () => { throw new Error('no WebGPU adapter'); } });
+    expect(await decodePeer(noDevice.ort, true).row(base)).toMatchObject({ status: 'error', note: 'no WebGPU adapter' });
+  });
+});
+
 describe('the decode table\'s peer section', () => {
   const base = { seqK: 8192, batch: 1, heads: 16, kvHeads: 2, headDim: 128, kvBytes: 2 ** 24, floorMs: 0.01 };
   const row = (impl: string, extra: Partial<DecodeRow>): DecodeRow =>
@@ -175,6 +238,15 @@ describe('the decode table\'s peer section', () => {
     expect(md).toContain('| seqK | B | H/Hkv | d | decode programs ms | CopyKVCache ms | wall ms | rel err vs float64 | status |');
     expect(md).toContain('| 8192 | 1 | 16/2 | 128 | 0.100 | 0.021 | 3.0 | 2.2e-7 | ok |');
     expect(md).toContain('| 65536 | 1 | 16/2 | 128 |  |  |  |  | error: no FlashAttention program |');
+  });
+});
+
+describe('the decode sweep\'s peer flag', () => {
+  test('on unless --decode-peer=0; anything but 0 or 1 is an error naming the flag', () => {
+    expect(parseArgs(['--decode']).decodePeer).toBe(true);
+    expect(parseArgs(['--decode', '--decode-peer=0']).decodePeer).toBe(false);
+    expect(parseArgs(['--decode', '--decode-peer=1']).decodePeer).toBe(true);
+    expect(() => parseArgs(['--decode-peer=maybe'])).toThrow(/--decode-peer needs 0 or 1, got 'maybe'/);
   });
 });
 
