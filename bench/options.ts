@@ -47,10 +47,10 @@ export interface BenchOptions {
   decode: boolean;
   decodeTargets: number[];
   decodeThreads: number[];
-  /** The decode sweep's onnxruntime row per shape (bench/onnxruntime_decode.ts), when onnxruntime-node loads. */
-  decodePeer: boolean;
   /** The variable-length cases (bench/varlen.ts): off, before the sweep, or instead of it. */
   varlen: 'off' | 'on' | 'only';
+  /** The decode sweep's onnxruntime row per shape (bench/onnxruntime_decode.ts), when onnxruntime-node loads. */
+  decodePeer: boolean;
 }
 
 export const USAGE = `npm run bench -- [flags]
@@ -87,10 +87,10 @@ export const USAGE = `npm run bench -- [flags]
   --decode                    the decode sweep instead (bench/decode.ts): one query row, --seqs are key
                               lengths (GPU default 1024..65536), batch 1 and 8, heads 16, kv heads 16 and 2,
                               d 64,128; split-KV vs one-pass vs composite, GB/s against a copy kernel
-  --decode-targets=256,512    also time the split-KV forward at these split-pass workgroup targets
-  --decode-threads=256        ... and with these split-pass workgroup sizes
   --decode-peer=0|1           the decode sweep's 'onnxruntime' row per shape: its WebGPU GroupQueryAttention
                               decode, when onnxruntime-node is installed (bash bench/install-peers.sh) (default 1)
+  --decode-targets=256,512    also time the split-KV forward at these split-pass workgroup targets
+  --decode-threads=256        ... and with these split-pass workgroup sizes
 
 Defaults on a real GPU: seqs 512..32768, dims 32,64,128,256, heads 16, both passes, causal and full.
 Defaults on cpu or a fallback adapter (SwiftShader): seqs 64,128, dims 64, heads 2, fewer repetitions.`;
@@ -128,9 +128,9 @@ export function parseArgs(argv: readonly string[]): BenchOptions {
     backend: 'auto', sweep: {}, timing: {},
     deadlineS: 600, maxCaseS: 60, check: true, outDir: 'bench/results/latest',
     ceilingTflops: 51.6, ceilingGbPerS: 3350, help: false, floorOnly: false, quick: false, implsGiven: false,
-    decode: false, decodeTargets: [], decodeThreads: [], decodePeer: true,
+    decode: false, decodeTargets: [], decodeThreads: [],
     forwardVariant: 'auto',
-    varlen: 'off',
+    varlen: 'off', decodePeer: true,
   };
   for (const arg of argv) {
     const m = /^--([a-z-]+)(?:=(.*))?$/.exec(arg);
@@ -166,10 +166,10 @@ export function parseArgs(argv: readonly string[]): BenchOptions {
       case 'varlen': o.varlen = value === 'only' ? 'only' : bool(value, flag) ? 'on' : 'off'; break;
       case 'ceiling-tflops': o.ceilingTflops = number(value, flag, 1e-9); break;
       case 'ceiling-gbs': o.ceilingGbPerS = number(value, flag, 1e-9); break;
+      case 'decode-peer': o.decodePeer = bool(value, flag); break;
       case 'decode': o.decode = bool(value, flag); break;
       case 'decode-targets': o.decodeTargets = positiveInts(value, flag); break;
       case 'decode-threads': o.decodeThreads = positiveInts(value, flag); break;
-      case 'decode-peer': o.decodePeer = bool(value, flag); break;
       default: throw new Error(`unknown flag --${flag}; --help lists the flags`);
     }
   }
