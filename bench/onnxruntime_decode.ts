@@ -123,6 +123,16 @@ export interface DecodePeer {
   row(base: DecodeRowBase): Promise<DecodeRow>;
 }
 
+/**
+ * GPU ms over each yardstick the sweep measured for the shape: the copy floor always; the read
+ * probe's peak floor and read-once time where the sweep has them (bench/decode.ts's later yardsticks).
+ */
+function yardstickRatios(base: DecodeRowBase, ms: number): { vsFloor: number; vsPeak?: number; vsReadOnce?: number } {
+  const b = base as DecodeRowBase & { peakFloorMs?: number | null; readOnceMs?: number | null };
+  return { vsFloor: ms / base.floorMs, ...(b.peakFloorMs ? { vsPeak: ms / b.peakFloorMs } : {}),
+           ...(b.readOnceMs ? { vsReadOnce: ms / b.readOnceMs } : {}) };
+}
+
 /** The decode peer when onnxruntime-node loads (bash bench/install-peers.sh), else null and why. */
 export function loadDecodePeer(check: boolean): { peer: DecodePeer | null; why: string } {
   const { ort, why } = loadOnnxruntime();
@@ -142,7 +152,7 @@ export function decodePeer(ort: Ort, check: boolean): DecodePeer {
       const others = Object.entries(t.otherGpuMs).map(([name, ms]) => `${name} ${ms} ms`);
       return {
         ...base, impl: DECODE_PEER_IMPL, gpuMs: t.gpuMs, wallMs: t.wallMs, gbPerS: base.kvBytes / t.gpuMs / 1e6,
-        vsFloor: t.gpuMs / base.floorMs, kvCopyMs: t.kvCopyMs, relErr: t.relErr, status: wrong ? 'wrong' : 'ok',
+        ...yardstickRatios(base, t.gpuMs), kvCopyMs: t.kvCopyMs, relErr: t.relErr, status: wrong ? 'wrong' : 'ok',
         note: [t.relErr !== undefined ? `rel err vs float64 ${t.relErr.toExponential(1)}` : 'not checked',
                `CopyKVCache ${t.kvCopyMs === null ? 'did not run' : `${t.kvCopyMs.toFixed(3)} ms`} apart`, ...others].join('; '),
       };

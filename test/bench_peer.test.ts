@@ -212,7 +212,11 @@ describe('the decode peer\'s rows, on a stand-in for onnxruntime', () => {
     expect(row).toMatchObject({ impl: 'onnxruntime', status: 'ok', gpuMs: 0.045, kvCopyMs: 0.007, seqK: 20, kvHeads: 2 });
     expect(row.relErr).toBeLessThan(1e-6);
     expect(row.gbPerS).toBeCloseTo(base.kvBytes / 0.045 / 1e6, 9);
+    expect(row.vsFloor).toBeCloseTo(45, 9);
     expect(released).toHaveLength(1);
+    // The sweep's read-probe yardsticks, where it has them, get their ratios too.
+    const withProbe = await decodePeer(ort, false).row({ ...base, peakFloorMs: 0.015, readOnceMs: 0.009 } as typeof base);
+    expect(withProbe).toMatchObject({ vsPeak: 3, vsReadOnce: 5, relErr: undefined, status: 'ok' });
   });
 
   test('a wrong output is a wrong row; a failing session is a row with the message; each session released', async () => {
