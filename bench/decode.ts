@@ -15,6 +15,7 @@ import type * as tfc from '@tensorflow/tfjs-core';
 import type { flashAttention as FlashAttentionFn } from '../src/flash_attention';
 import { deviceRandom, TF } from './attention';
 import { ErrorScopes, timeCall, TimingPlan } from './measure';
+import { decodePeerMarkdown, DecodePeer } from './onnxruntime_decode';
 
 type Tensor = tfc.Tensor;
 
@@ -42,6 +43,8 @@ export interface DecodeRow {
   impl: string; gpuMs: number | null; wallMs: number | null; kvBytes: number;
   gbPerS: number | null; floorMs: number | null; vsFloor: number | null; splits?: number;
   status: string; note?: string;
+  /** The onnxruntime peer's rows: its CopyKVCache GPU ms (apart from gpuMs) and relative error vs float64. */
+  kvCopyMs?: number | null; relErr?: number;
 }
 
 interface DecodeHooks {
@@ -68,7 +71,8 @@ function compositeDecode(tf: TF, q: Tensor, kh: Tensor, vh: Tensor, scale: numbe
 
 export async function runDecodeBench(tf: TF, flash: typeof FlashAttentionFn, hooks: DecodeHooks, sw: DecodeSweep,
                                      plan: TimingPlan, device: GPUDevice | null, outDir: string,
-                                     meta: Record<string, unknown>, deadlineS: number): Promise<DecodeRow[]> {
+                                     meta: Record<string, unknown>, deadlineS: number,
+                                     peer: DecodePeer | null = null): Promise<DecodeRow[]> {
   const start = performance.now();
   const scopes = new ErrorScopes(device);
   const copy = await copyBandwidth(tf, plan, sw.copyBytes);
@@ -139,6 +143,11 @@ export async function runDecodeBench(tf: TF, flash: typeof FlashAttentionFn, hoo
                   `${row.vsFloor!.toFixed(2)}x floor  ${row.status}${row.note ? ` (${row.note})` : ''}`);
     }
     tf.dispose([q, k, v, qg, kh, vh]);
+    if (peer) {   // onnxruntime's decode (bench/onnxruntime_decode.ts): its own inputs, device and check
+      const row = await peer.row(base);
+      rows.push(row);
+      console.log(`${label(base)} ${row.impl.padEnd(12)} gpu ${row.gpuMs?.toFixed(3) ?? '-'} ms  ${row.status}  (${row.note})`);
+    }
     save();
   }
   save();
@@ -166,6 +175,6 @@ export function decodeMarkdown(rows: DecodeRow[], copyGbPerS: number): string {
     lines.push(`| ${r.seqK} | ${r.batch} | ${r.heads}/${r.kvHeads} | ${r.headDim} | ${r.impl} | ${f(r.gpuMs ?? r.wallMs, 3)} | ` +
                `${f(r.gbPerS, 0)} | ${f(r.vsFloor, 2)} | ${r.status}${r.note && r.status !== 'ok' ? `: ${r.note}` : ''} |`);
   }
-  return lines.join('\n') + '\n';
+  return lines.join('\n') + '\n' + decodePeerMarkdown(rows);
 }
 
