@@ -22,6 +22,7 @@ import { writeBenchChart } from './chart';
 import { DECODE_GPU_SWEEP, DECODE_SMALL_SWEEP, DecodeSweep, renderDecode, runDecodeBench } from './decode';
 import { ErrorScopes, GpuMemoryTracker, timeCall, TimingPlan } from './measure';
 import { loadOnnxruntime, Ort, timeOnnxruntime } from './onnxruntime';
+import { DECODE_PEER_IMPL, loadDecodePeer } from './onnxruntime_decode';
 import { BenchOptions, parseArgs, sweepDefaults, timingDefaults, USAGE } from './options';
 import { referenceRows, relativeError, RowRef } from './reference_rows';
 import { baseResult, CaseResult, floorTable, markdownReport, RunMeta, RunRecord } from './report';
@@ -469,10 +470,14 @@ async function decodeMain(o: BenchOptions, b: Backend): Promise<number> {
   };
   console.log(`# decode sweep on ${b.name}${b.adapter ? ` (${Object.values(b.adapter).filter(v => v !== '').join(', ')})` : ''}` +
               `${meta.nvidiaSmi ? `; ${meta.nvidiaSmi}` : ''}; timestamps ${plan.timedReps > 0 ? 'on' : 'off'} -> ${o.outDir}`);
+  const { peer, why: peerMissing } = o.decodePeer && b.name === 'webgpu' ? loadDecodePeer(o.check) : { peer: null, why: 'off' };
+  console.log(`# onnxruntime decode peer: ${peer ? peer.description : `not run (${peerMissing})`}`);
+  if (peer) Object.assign(meta, { onnxruntime: peer.description });
   if (b.realGpu) await warmUpClocks(b.tf, 400);
-  const rows = await runDecodeBench(b.tf, b.flash, hooks, sweep, plan, b.device, o.outDir, meta, o.deadlineS);
+  const rows = await runDecodeBench(b.tf, b.flash, hooks, sweep, plan, b.device, o.outDir, meta, o.deadlineS, peer);
   console.log(`# decode done: ${o.outDir}/decode.json, decode.md`);
-  return rows.some(r => r.status === 'wrong' || r.status === 'decode path not taken') ? 1 : 0;
+  // A wrong peer is the peer's finding (reported in its rows), not a failure of this package.
+  return rows.some(r => (r.status === 'wrong' && r.impl !== DECODE_PEER_IMPL) || r.status === 'decode path not taken') ? 1 : 0;
 }
 
 main().then(code => process.exit(code), e => {

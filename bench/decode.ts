@@ -27,6 +27,7 @@ import type { DecodeOverride } from '../kernels/webgpu/flash_decode_webgpu';
 import { FlashProgram } from '../kernels/webgpu/program';
 import { deviceRandom, TF } from './attention';
 import { ErrorScopes, timeCall, TimingPlan } from './measure';
+import { decodePeerMarkdown, DecodePeer } from './onnxruntime_decode';
 
 type Tensor = tfc.Tensor;
 
@@ -69,6 +70,8 @@ export interface DecodeRow {
   /** GPU ms per program of one timed call (tf.time's profile), e.g. 'DecodeSplitProgram: 0.05, ...'. */
   passes?: string;
   status: string; note?: string;
+  /** The onnxruntime peer's rows: its CopyKVCache GPU ms (apart from gpuMs) and relative error vs float64. */
+  kvCopyMs?: number | null; relErr?: number;
 }
 
 interface DecodeHooks {
@@ -219,7 +222,8 @@ function compositeDecode(tf: TF, q: Tensor, kh: Tensor, vh: Tensor, scale: numbe
 
 export async function runDecodeBench(tf: TF, flash: typeof FlashAttentionFn, hooks: DecodeHooks, sw: DecodeSweep,
                                      plan: TimingPlan, device: GPUDevice | null, outDir: string,
-                                     meta: Record<string, unknown>, deadlineS: number): Promise<DecodeRow[]> {
+                                     meta: Record<string, unknown>, deadlineS: number,
+                                     peer: DecodePeer | null = null): Promise<DecodeRow[]> {
   const start = performance.now();
   const scopes = new ErrorScopes(device);
   await warmClocks(tf, sw.warmMs);
@@ -305,6 +309,11 @@ export async function runDecodeBench(tf: TF, flash: typeof FlashAttentionFn, hoo
                   (x.impl.startsWith('decode') && passes ? `\n    passes: ${passes}` : ''));
     }
     tf.dispose([q, k, v, qg, kh, vh]);
+    if (peer) {   // onnxruntime's decode (bench/onnxruntime_decode.ts): its own inputs, device and check
+      const row = await peer.row(base);
+      rows.push(row);
+      console.log(`${label(base)} ${row.impl.padEnd(12)} gpu ${row.gpuMs?.toFixed(3) ?? '-'} ms  ${row.status}  (${row.note})`);
+    }
     save();
   }
   save();
@@ -370,5 +379,5 @@ export function decodeMarkdown(rows: DecodeRow[], y: { copyGbPerS: number; peakR
                `${f(r.gbPerS, 0)} | ${f(r.readOnceMs, 3)} | ${f(r.vsPeak, 2)} | ${f(r.vsReadOnce, 2)} | ${f(r.vsFloor, 2)} | ` +
                `${r.status}${r.note && r.status !== 'ok' ? `: ${r.note}` : ''} |`);
   }
-  return lines.join('\n') + '\n';
+  return lines.join('\n') + '\n' + decodePeerMarkdown(rows);
 }

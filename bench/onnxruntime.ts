@@ -19,15 +19,15 @@ import { multiHeadAttentionModel, OnnxFloat, toFloat16Bits } from './onnx_model'
 import type { Shape } from './cases';
 
 /** The parts of onnxruntime-node's API the peer uses. */
-interface OrtTensor { data: ArrayLike<number>; dims: readonly number[] }
-interface OrtSession {
+export interface OrtTensor { data: ArrayLike<number>; dims: readonly number[] }
+export interface OrtSession {
   run(feeds: Record<string, OrtTensor>): Promise<Record<string, OrtTensor>>;
   endProfiling(): void;
   release(): Promise<void>;
 }
 export interface Ort {
   version: string;
-  Tensor: new (type: string, data: Float32Array | Uint16Array, dims: number[]) => OrtTensor;
+  Tensor: new (type: string, data: Float32Array | Uint16Array | Int32Array, dims: number[]) => OrtTensor;
   InferenceSession: { create(model: Uint8Array, options: Record<string, unknown>): Promise<OrtSession> };
 }
 
@@ -64,7 +64,8 @@ function tile<T extends Float32Array | Uint16Array>(out: T, period: number): T {
   return out;
 }
 
-function patterned(size: number, period: number, seed: number): Float32Array {
+/** `size` pseudo-random values in [-1, 1) repeating with `period` (seeded: the same inputs every run). */
+export function patterned(size: number, period: number, seed: number): Float32Array {
   const out = new Float32Array(size);
   let a = seed >>> 0;
   for (let i = 0; i < Math.min(period, size); i++) {
@@ -119,8 +120,7 @@ export interface PeerPlan { minReps: number; maxReps: number; targetMs: number; 
 interface ProfileEvent { cat?: string; name?: string; dur?: number; ts?: number }
 
 /** The WebGPU programs of each run, from the profile's 'Api' events `node&op&Program`. */
-export function programTimes(events: ProfileEvent[], runs: number, lastRuns: number):
-    { attentionMs: number[]; otherMs: Record<string, number> } {
+export function programTimes(events: ProfileEvent[], runs: number, lastRuns: number): ProgramTimes {
   const programs = events.filter(e => e.cat === 'Api' && typeof e.dur === 'number' && e.name?.includes('&'))
                          .sort((a, b) => (a.ts ?? 0) - (b.ts ?? 0));
   if (programs.length === 0 || programs.length % runs !== 0) {
@@ -146,45 +146,77 @@ export function programTimes(events: ProfileEvent[], runs: number, lastRuns: num
   return { attentionMs, otherMs: Object.fromEntries([...other].map(([k, v]) => [k, +median(v).toFixed(4)])) };
 }
 
+/** The median per run of the attention programs and of the others, over the last runs of a profile. */
+export interface ProgramTimes { attentionMs: number[]; otherMs: Record<string, number> }
+
 /**
- * Times one forward case on onnxruntime's WebGPU EP: a session with profiling on, warm-up runs,
- * timed runs, then the profile is read and the session released (its GPU memory with it).
+ * A session of `model` on onnxruntime's WebGPU EP with profiling on, given to `body` with a reader
+ * of its profile (call it once, after the runs: it ends profiling), then released (its GPU memory
+ * with it) and its profile deleted, whatever `body` does.
  */
-export async function timeOnnxruntime(ort: Ort, s: Shape, dtype: OnnxFloat, plan: PeerPlan): Promise<PeerTiming> {
+export async function withProfiledSession<T>(
+    ort: Ort, model: Uint8Array,
+    body: (session: OrtSession, readPrograms: (runs: number, lastRuns: number) => ProgramTimes) => Promise<T>): Promise<T> {
   const dir = mkdtempSync(join(tmpdir(), 'ort-profile-'));
-  const session = await ort.InferenceSession.create(multiHeadAttentionModel({ ...s, dtype }), {
-    executionProviders: ['webgpu'], enableProfiling: true, profileFilePrefix: join(dir, 'profile'),
-    logSeverityLevel: 3, graphOptimizationLevel: 'disabled',
-  });
   try {
+    const session = await ort.InferenceSession.create(model, {
+      executionProviders: ['webgpu'], enableProfiling: true, profileFilePrefix: join(dir, 'profile'),
+      logSeverityLevel: 3, graphOptimizationLevel: 'disabled',
+    });
+    const readPrograms = (runs: number, lastRuns: number) => {
+      session.endProfiling();
+      const file = readdirSync(dir).find(f => f.endsWith('.json'));
+      if (!file) throw new Error('onnxruntime wrote no profile');
+      return programTimes(JSON.parse(readFileSync(join(dir, file), 'utf8')), runs, lastRuns);
+    };
+    try {
+      return await body(session, readPrograms);
+    } finally {
+      await session.release();
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/**
+ * Warm-up runs (at least one, then while under plan.warmupMs, at most 10), then timed runs (as many
+ * as plan.targetMs of the last warm-up's wall time asks, within minReps..maxReps).
+ */
+export async function timedRuns(session: OrtSession, feeds: Record<string, OrtTensor>, plan: PeerPlan):
+    Promise<{ wallAllMs: number[]; runs: number; reps: number; warmupCalls: number; output: OrtTensor }> {
+  let output: OrtTensor | null = null;
+  const once = async () => {
+    const t0 = performance.now();
+    output = (await session.run(feeds)).output;
+    return performance.now() - t0;
+  };
+  let runs = 0;
+  const warmStart = performance.now();
+  let lastMs = await once();
+  runs++;
+  while (performance.now() - warmStart < plan.warmupMs && runs < 10) { lastMs = await once(); runs++; }
+  const warmupCalls = runs;
+  const reps = Math.max(plan.minReps, Math.min(plan.maxReps, Math.ceil(plan.targetMs / Math.max(lastMs, 1e-3))));
+  const wallAllMs: number[] = [];
+  for (let i = 0; i < reps; i++) { wallAllMs.push(await once()); runs++; }
+  return { wallAllMs, runs, reps, warmupCalls, output: output! };
+}
+
+/** Times one forward case on onnxruntime's WebGPU EP: warm-up runs, timed runs, then its profile. */
+export async function timeOnnxruntime(ort: Ort, s: Shape, dtype: OnnxFloat, plan: PeerPlan): Promise<PeerTiming> {
+  return withProfiledSession(ort, multiHeadAttentionModel({ ...s, dtype }), async (session, readPrograms) => {
     const x = hostInputs(s);
     const dims = [s.batch, s.seq, s.heads * s.headDim];
     const tensor = (name: keyof HostInputs) => dtype === 'float32' ? new ort.Tensor('float32', x[name], dims)
         : new ort.Tensor('float16', patternedHalf(x[name], PERIODS[name]), dims);
     const feeds = { query: tensor('q'), key: tensor('k'), value: tensor('v') };
-    let output: OrtTensor | null = null;
-    const once = async () => {
-      const t0 = performance.now();
-      output = (await session.run(feeds)).output;
-      return performance.now() - t0;
-    };
-    let runs = 0;
-    const warmStart = performance.now();
-    let lastMs = await once();
-    runs++;
-    while (performance.now() - warmStart < plan.warmupMs && runs < 10) { lastMs = await once(); runs++; }
-    const warmupCalls = runs;
-    const reps = Math.max(plan.minReps, Math.min(plan.maxReps, Math.ceil(plan.targetMs / Math.max(lastMs, 1e-3))));
-    const wallAllMs: number[] = [];
-    for (let i = 0; i < reps; i++) { wallAllMs.push(await once()); runs++; }
-    session.endProfiling();
-    const file = readdirSync(dir).find(f => f.endsWith('.json'));
-    if (!file) throw new Error('onnxruntime wrote no profile');
-    const { attentionMs, otherMs } = programTimes(JSON.parse(readFileSync(join(dir, file), 'utf8')), runs, reps);
+    const { wallAllMs, runs, reps, warmupCalls, output } = await timedRuns(session, feeds, plan);
+    const { attentionMs, otherMs } = readPrograms(runs, reps);
 
     let relErr: number | undefined;
     if (plan.check) {
-      const got = (output as OrtTensor | null)!.data;
+      const got = output.data;
       const value = dtype === 'float32' ? (i: number) => got[i] : (i: number) => float16ToFloat32(got[i]);
       const pairs = [];
       const byHead = new Map<number, { k: Float64Array; v: Float64Array }>();
@@ -199,8 +231,5 @@ export async function timeOnnxruntime(ort: Ort, s: Shape, dtype: OnnxFloat, plan
       relErr = relativeError(pairs);
     }
     return { wallMs: median(wallAllMs), wallAllMs, gpuMs: median(attentionMs), otherGpuMs: otherMs, relErr, warmupCalls };
-  } finally {
-    await session.release();
-    rmSync(dir, { recursive: true, force: true });
-  }
+  });
 }

@@ -55,6 +55,8 @@ export interface BenchOptions {
   decodeWarmMs?: number;
   /** The variable-length cases (bench/varlen.ts): off, before the sweep, or instead of it. */
   varlen: 'off' | 'on' | 'only';
+  /** The decode sweep's onnxruntime row per shape (bench/onnxruntime_decode.ts), when onnxruntime-node loads. */
+  decodePeer: boolean;
 }
 
 export const USAGE = `npm run bench -- [flags]
@@ -91,6 +93,8 @@ export const USAGE = `npm run bench -- [flags]
   --decode                    the decode sweep instead (bench/decode.ts): one query row, --seqs are key
                               lengths (GPU default 1024..65536), batch 1 and 8, heads 16, kv heads 16 and 2,
                               d 64,128; split-KV vs one-pass vs composite, GB/s against a copy kernel
+  --decode-peer=0|1           the decode sweep's 'onnxruntime' row per shape: its WebGPU GroupQueryAttention
+                              decode, when onnxruntime-node is installed (bash bench/install-peers.sh) (default 1)
   --decode-targets=256,512    also time the split-KV forward at these split-pass workgroup targets
   --decode-threads=256        ... and with these split-pass workgroup sizes
   --decode-variants=vec4=0+prefetch=0,mintiles=1   ... and these split-pass variants (keys: vec4,
@@ -136,7 +140,7 @@ export function parseArgs(argv: readonly string[]): BenchOptions {
     ceilingTflops: 51.6, ceilingGbPerS: 3350, help: false, floorOnly: false, quick: false, implsGiven: false,
     decode: false, decodeTargets: [], decodeThreads: [], decodeVariants: [], decodeBaselines: true,
     forwardVariant: 'auto',
-    varlen: 'off',
+    varlen: 'off', decodePeer: true,
   };
   for (const arg of argv) {
     const m = /^--([a-z-]+)(?:=(.*))?$/.exec(arg);
@@ -172,6 +176,7 @@ export function parseArgs(argv: readonly string[]): BenchOptions {
       case 'varlen': o.varlen = value === 'only' ? 'only' : bool(value, flag) ? 'on' : 'off'; break;
       case 'ceiling-tflops': o.ceilingTflops = number(value, flag, 1e-9); break;
       case 'ceiling-gbs': o.ceilingGbPerS = number(value, flag, 1e-9); break;
+      case 'decode-peer': o.decodePeer = bool(value, flag); break;
       case 'decode': o.decode = bool(value, flag); break;
       case 'decode-targets': o.decodeTargets = positiveInts(value, flag); break;
       case 'decode-threads': o.decodeThreads = positiveInts(value, flag); break;

@@ -98,8 +98,23 @@ describe.each(BACKENDS)('variable lengths on %s', backend => {
         dims: dims(2, 65, 70, 2, 1, 8), layout: 'padded', lensQ: [33, 65], lensK: [70, 66], causal: true, seed: 7 }],
       ['packed sequences across several tiles', {
         dims: dims(3, 40, 70, 2, 1, 8), layout: 'packed', lensQ: [40, 9, 33], lensK: [70, 9, 1], windowSize: [20, 4], seed: 8 }],
+      // The extreme option values of extreme_options.test.ts, now with lengths: a window edge near
+      // or past 2^31 must act as unbounded (no int32 wrap against a sequence's offset), softcap
+      // at its ends must stay exact.
+      ['padded: window [2^31 - 1, -1] with softcap 1e-3', {
+        dims: dims(3, 9, 11, 2, 1, 8), layout: 'padded', lensQ: [5, 0, 9], lensK: [9, 3, 11], windowSize: [2 ** 31 - 1, -1],
+        softcap: 1e-3, seed: 9 }],
+      ['padded: window [-1, 2^40] with softcap 3e38, more queries than keys', {
+        dims: dims(2, 12, 7, 2, 2, 8), layout: 'padded', lensQ: [12, 4], lensK: [7, 6], windowSize: [-1, 2 ** 40],
+        softcap: 3e38, seed: 10 }],
+      ['packed: window [2^32, 3] with softcap 1e8', {
+        dims: dims(3, 10, 12, 4, 2, 8), layout: 'packed', lensQ: [4, 0, 6], lensK: [5, 7, 0], windowSize: [2 ** 32, 3],
+        softcap: 1e8, seed: 11 }],
+      ['packed: window [2^31 - 1, 0] with ALiBi', {
+        dims: dims(2, 9, 9, 2, 1, 8), layout: 'packed', lensQ: [9, 2], lensK: [3, 9], windowSize: [2 ** 31 - 1, 0],
+        alibi: true, seed: 12 }],
     ];
-    onBackend('lengths 0, 1 and full; queries past their keys; tile boundaries', async () => {
+    onBackend('lengths 0, 1 and full; queries past their keys; tile boundaries; extreme windows and softcaps', async () => {
       for (const [what, c] of cases) {
         try { await expectMatchesReference(c); } catch (e) { throw new Error(`${what}: ${(e as Error).message}`); }
       }

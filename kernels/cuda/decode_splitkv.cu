@@ -3,15 +3,22 @@
 // each (sequence, kv head)'s keys across blocks and reads K and V once for the whole query-head
 // group (GQA/MQA), which is what decode costs.
 //   split pass:   block (row chunk, split, sequence x kv head) walks its keys in tiles (K and V
-//                 tiles double-buffered through cp.async), keeping per row the running max m,
-//                 sum l and the unnormalised output; writes (o, m, l) of its split;
-//   combine pass: per (sequence, head, query row), the splits' partials merged by their
-//                 logsumexp in split order (deterministic), out = O / L, logSumExp = M + log L.
+//                 tiles double-buffered through 16-byte cp.async), keeping per row the running
+//                 max m, sum l and the unnormalised output; writes (o, m, l) of its split;
+//   combine pass: block (query row, head, sequence) merges the splits' partials by their
+//                 logsumexp: split weights in shared memory, the splits' output rows summed by
+//                 several threads per column quad (several loads in flight), every sum in a fixed
+//                 order (deterministic), out = O / L, logSumExp = M + log L.
+// Decode is bound by reading K and V, so the tiles are sized for residency: every head dimension
+// up to 128 uses 32 KB key tiles (three blocks of 4 warps per SM; d 128 used to take one block of
+// 64-key tiles per SM, too few warps to keep the loads coming), and the split count is chosen from
+// the device's resident blocks so that the split pass fills whole waves (decodePlan).
 // Same outputs as the one-pass forward (forward_simt.cu) in meaning and to rounding, every
 // option through OPTIONS_SWITCH; the backward is unchanged (it reads only out and logSumExp).
 #include <stdlib.h>
 
 #include <algorithm>
+#include <atomic>
 
 #include "common.cuh"
 
@@ -20,11 +27,17 @@ namespace {
 
 constexpr int NT = 128;  // split-pass threads
 constexpr int RB = 8;    // query rows (query row x head of the group) per split-pass block
-constexpr int COMBINE_NT = 64;
-constexpr int MIN_SPLIT_KEYS = 256;
+constexpr int COMBINE_NT = 128;
 constexpr int MAX_SPLITS = 256;
 
-template <int DMAX> struct DecodeTile { static constexpr int BC = DMAX <= 128 ? 64 : 32; };
+// Key tile of BC keys: 32 KB of K and V at d 64 and d 128 (72 KB of shared memory per block with
+// two stages, so three blocks per SM), 64 KB at d 256 (one block per SM).
+template <int DMAX> struct DecodeTile { static constexpr int BC = DMAX <= 64 ? 64 : 32; };
+inline int decodeTileKeys(int dmax) { return dmax <= 64 ? 64 : 32; }
+// Splits are at least this many tiles long; decodePlan's cost model charges each block this much
+// for its start (Q load, the first tile's latency) and end (writing its partials).
+constexpr int MIN_SPLIT_TILES = 2;
+constexpr int BLOCK_OVERHEAD_TILES = 2;
 
 template <int DMAX>
 constexpr size_t decodeSmemFloats() {
@@ -34,21 +47,24 @@ constexpr size_t decodeSmemFloats() {
 }
 
 // Rows [row0, row0 + ROWS) x columns [0, width) of a row-major array into dst[r * LD + c];
-// 16-byte asynchronous copies when aligned, else plain loads; zeros past rowsValid / width.
+// 16-byte asynchronous copies when aligned (columns past width left as they are: never read),
+// else plain loads with zeros past rowsValid / width. Index arithmetic over the compile-time
+// DMAX, so that it is shifts and masks, not divisions.
 template <int ROWS, int LD, int DMAX>
 __device__ __forceinline__ void loadTile(float* dst, const float* src, long long rowStride, int row0,
                                          int rowsValid, int width, bool aligned) {
   if (aligned) {
-    const int w4 = width / 4;
-    for (int idx = threadIdx.x; idx < ROWS * w4; idx += NT) {
-      const int r = idx / w4, c = (idx % w4) * 4;
+    constexpr int W4 = DMAX / 4;
+#pragma unroll 4
+    for (int idx = threadIdx.x; idx < ROWS * W4; idx += NT) {
+      const int r = idx / W4, c = (idx % W4) * 4;
+      if (c >= width) continue;
       const bool valid = row0 + r < rowsValid;
       cpAsync16Zfill(dst + r * LD + c, valid ? src + (long long)(row0 + r) * rowStride + c : src, valid);
     }
   } else {
-    const int wp = (width + 3) / 4 * 4;
-    for (int idx = threadIdx.x; idx < ROWS * wp; idx += NT) {
-      const int r = idx / wp, c = idx % wp;
+    for (int idx = threadIdx.x; idx < ROWS * DMAX; idx += NT) {
+      const int r = idx / DMAX, c = idx % DMAX;
       float x = 0.f;
       if (row0 + r < rowsValid && c < width) x = __ldg(src + (long long)(row0 + r) * rowStride + c);
       dst[r * LD + c] = x;
@@ -60,7 +76,7 @@ template <int DMAX, bool LOCAL, bool GENERAL, bool VARLEN>
 __global__ void __launch_bounds__(NT) decodeSplitKernel(Problem p, const float* __restrict__ q,
                                                         const float* __restrict__ k,
                                                         const float* __restrict__ v, int splitLen,
-                                                        float* __restrict__ partO,
+                                                        int partLd, float* __restrict__ partO,
                                                         float* __restrict__ partM,
                                                         float* __restrict__ partL) {
   constexpr int BC = DecodeTile<DMAX>::BC, KLD = DMAX + 4;
@@ -93,12 +109,23 @@ __global__ void __launch_bounds__(NT) decodeSplitKernel(Problem p, const float* 
   const bool alignedK = (p.headDim & 3) == 0, alignedV = (p.headDimV & 3) == 0;
 
   // Q rows of the chunk: row r is query i = r / group of head kvh * group + r % group.
-  for (int idx = tid; idx < RB * DMAX; idx += NT) {
-    const int rr = idx / DMAX, c = idx % DMAX, r = r0 + rr;
-    float x = 0.f;
-    if (r < nRows && c < p.headDim)
-      x = qBase[((long long)(r / p.group) * p.heads + kvh * p.group + r % p.group) * p.headDim + c];
-    Qs[idx] = x;
+  if (alignedK) {
+    for (int idx = tid; idx < RB * DMAX / 4; idx += NT) {
+      const int rr = idx / (DMAX / 4), c = (idx % (DMAX / 4)) * 4, r = r0 + rr;
+      float4 x = make_float4(0.f, 0.f, 0.f, 0.f);
+      if (r < nRows && c < p.headDim)
+        x = *reinterpret_cast<const float4*>(
+            qBase + ((long long)(r / p.group) * p.heads + kvh * p.group + r % p.group) * p.headDim + c);
+      *reinterpret_cast<float4*>(Qs + rr * DMAX + c) = x;
+    }
+  } else {
+    for (int idx = tid; idx < RB * DMAX; idx += NT) {
+      const int rr = idx / DMAX, c = idx % DMAX, r = r0 + rr;
+      float x = 0.f;
+      if (r < nRows && c < p.headDim)
+        x = qBase[((long long)(r / p.group) * p.heads + kvh * p.group + r % p.group) * p.headDim + c];
+      Qs[idx] = x;
+    }
   }
 
   // Keys this block sees: its split, narrowed by the window of its first and last query rows.
@@ -241,17 +268,21 @@ __global__ void __launch_bounds__(NT) decodeSplitKernel(Problem p, const float* 
   }
 #pragma unroll
   for (int r = 0; r < RB; ++r)
-#pragma unroll
-    for (int c = 0; c < 4; ++c) oRed[(slice * RB + r) * DMAX + cg * 4 + c] = o[r][c];
+    *reinterpret_cast<float4*>(oRed + (slice * RB + r) * DMAX + cg * 4) = make_float4(o[r][0], o[r][1], o[r][2], o[r][3]);
   __syncthreads();
-  for (int idx = tid; idx < RB * DMAX; idx += NT) {
-    const int rr = idx / DMAX, c = idx % DMAX, r = r0 + rr;
-    if (r >= nRows || c >= p.headDimV) continue;
-    float acc = 0.f;
+  // Partial rows have partLd (headDimV rounded up to 4) floats, so both passes move float4s; the
+  // columns past headDimV hold zeros (the unaligned V loader zero-fills them).
+  for (int idx = tid; idx < RB * DMAX / 4; idx += NT) {
+    const int rr = idx / (DMAX / 4), c = (idx % (DMAX / 4)) * 4, r = r0 + rr;
+    if (r >= nRows || c >= partLd) continue;
+    float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
 #pragma unroll
-    for (int sl = 0; sl < SL; ++sl) acc += oRed[(sl * RB + rr) * DMAX + c];
+    for (int sl = 0; sl < SL; ++sl) {
+      const float4 x = *reinterpret_cast<const float4*>(oRed + (sl * RB + rr) * DMAX + c);
+      acc.x += x.x; acc.y += x.y; acc.z += x.z; acc.w += x.w;
+    }
     const long long at = split * nIdx + lseIndex(p, sq, kvh * p.group + r % p.group, r / p.group);
-    partO[at * p.headDimV + c] = acc;
+    *reinterpret_cast<float4*>(partO + at * partLd + c) = acc;
     if (c == 0) {
       float l = 0.f;
 #pragma unroll
@@ -262,43 +293,100 @@ __global__ void __launch_bounds__(NT) decodeSplitKernel(Problem p, const float* 
   }
 }
 
-// Combine pass: block (query row i, head h, sequence b).
+// Combine pass: block (query row i, head h, sequence b). The split weights w_s = 2^(m_s - M) go
+// to shared memory once; thread (quad, slice) then sums w_s * o_s over the splits slice,
+// slice + slices, ... (four loads in flight), and the slices' sums are added in slice order: every
+// sum has a fixed order, so the result does not depend on timing.
 template <bool VARLEN>
-__global__ void __launch_bounds__(COMBINE_NT) decodeCombineKernel(Problem p, int splitLen,
+__global__ void __launch_bounds__(COMBINE_NT) decodeCombineKernel(Problem p, int splitLen, int partLd,
                                                                   const float* __restrict__ partO,
                                                                   const float* __restrict__ partM,
                                                                   const float* __restrict__ partL,
                                                                   float* __restrict__ out,
                                                                   float* __restrict__ lse) {
-  const int i = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+  __shared__ float weight[MAX_SPLITS];
+  __shared__ float red[COMBINE_NT];
+  __shared__ float4 sums[COMBINE_NT];
+  const int i = blockIdx.x, h = blockIdx.y, b = blockIdx.z, tid = threadIdx.x;
   const Seq sq = sequence<VARLEN>(p, b);
   if (i >= sq.rowsQ) return;  // packed: past this sequence's queries
   float* orow = out + (((long long)sq.startQ + i) * p.heads + h) * p.headDimV;
   const long long at = lseIndex(p, sq, h, i);
   if (i >= sq.lenQ) {  // padding rows: zeros, logsumexp -inf
-    for (int c = threadIdx.x; c < p.headDimV; c += COMBINE_NT) orow[c] = 0.f;
-    if (threadIdx.x == 0) lse[at] = -INFINITY;
+    for (int c = tid; c < p.headDimV; c += COMBINE_NT) orow[c] = 0.f;
+    if (tid == 0) lse[at] = -INFINITY;
     return;
   }
   const int splits = (sq.lenK + splitLen - 1) / splitLen;
   const long long nIdx = (long long)p.heads * p.rowsQ;
-  float mMax = -INFINITY;
-  for (int s = 0; s < splits; ++s) mMax = fmaxf(mMax, partM[s * nIdx + at]);
+
+  // M = the largest split maximum (a maximum: any order gives the same).
+  float m = -INFINITY;
+  for (int s = tid; s < splits; s += COMBINE_NT) m = fmaxf(m, partM[s * nIdx + at]);
+  red[tid] = m;
+  __syncthreads();
+  for (int w = COMBINE_NT / 2; w > 0; w >>= 1) {
+    if (tid < w) red[tid] = fmaxf(red[tid], red[tid + w]);
+    __syncthreads();
+  }
+  const float mMax = red[0];
+  __syncthreads();  // red is reused for L
+  // L = sum of w_s l_s: per thread in split order, then a fixed tree.
   float l = 0.f;
-  for (int s = 0; s < splits; ++s) {
+  for (int s = tid; s < splits; s += COMBINE_NT) {
     const float w = mMax == -INFINITY ? 1.f : exp2f(partM[s * nIdx + at] - mMax);
+    weight[s] = w;
     l = fmaf(w, partL[s * nIdx + at], l);
   }
-  const float inv = outputScale(l);
-  for (int c = threadIdx.x; c < p.headDimV; c += COMBINE_NT) {
-    float acc = 0.f;
-    for (int s = 0; s < splits; ++s) {
-      const float w = mMax == -INFINITY ? 1.f : exp2f(partM[s * nIdx + at] - mMax);
-      acc = fmaf(w, partO[(s * nIdx + at) * p.headDimV + c], acc);
-    }
-    orow[c] = acc * inv;
+  red[tid] = l;
+  __syncthreads();
+  for (int w = COMBINE_NT / 2; w > 0; w >>= 1) {
+    if (tid < w) red[tid] += red[tid + w];
+    __syncthreads();
   }
-  if (threadIdx.x == 0) lse[at] = rowLogSumExp(mMax, l);
+  const float lSum = red[0];
+
+  // O = sum of w_s o_s, column quads of the partial rows (partLd floats each).
+  const int quads = partLd / 4, slices = COMBINE_NT / quads;
+  const int quad = tid % quads, slice = tid / quads;
+  float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+  if (slice < slices) {
+    const float4* col = reinterpret_cast<const float4*>(partO + at * partLd) + quad;
+    const long long step = nIdx * partLd / 4;  // float4s from one split's row to the next
+    int s = slice;
+    for (; s + 3 * slices < splits; s += 4 * slices) {
+      float4 x[4];
+#pragma unroll
+      for (int u = 0; u < 4; ++u) x[u] = col[(s + u * slices) * step];
+#pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const float w = weight[s + u * slices];
+        acc.x = fmaf(w, x[u].x, acc.x); acc.y = fmaf(w, x[u].y, acc.y);
+        acc.z = fmaf(w, x[u].z, acc.z); acc.w = fmaf(w, x[u].w, acc.w);
+      }
+    }
+    for (; s < splits; s += slices) {
+      const float4 x = col[s * step];
+      const float w = weight[s];
+      acc.x = fmaf(w, x.x, acc.x); acc.y = fmaf(w, x.y, acc.y);
+      acc.z = fmaf(w, x.z, acc.z); acc.w = fmaf(w, x.w, acc.w);
+    }
+  }
+  sums[tid] = acc;
+  __syncthreads();
+  if (tid < quads) {
+    float4 o = make_float4(0.f, 0.f, 0.f, 0.f);
+    for (int sl = 0; sl < slices; ++sl) {
+      const float4 x = sums[sl * quads + tid];
+      o.x += x.x; o.y += x.y; o.z += x.z; o.w += x.w;
+    }
+    const float inv = outputScale(lSum);
+    const float v[4] = {o.x, o.y, o.z, o.w};
+#pragma unroll
+    for (int u = 0; u < 4; ++u)
+      if (tid * 4 + u < p.headDimV) orow[tid * 4 + u] = v[u] * inv;
+  }
+  if (tid == 0) lse[at] = rowLogSumExp(mMax, lSum);
 }
 
 int decodeHeadDim(const Problem& p) {
@@ -306,37 +394,89 @@ int decodeHeadDim(const Problem& p) {
   return d <= 64 ? 64 : d <= 128 ? 128 : 256;
 }
 
-size_t decodeSmemBytes(int dmax) {
+constexpr int kMaxDevices = 64;
+
+// Allows the split pass's dynamic shared memory, once per device and instantiation (outside
+// the launch path: a captured CUDA graph then holds only the two launches).
+template <int DMAX, bool LOCAL, bool GENERAL, bool VARLEN>
+cudaError_t allowSplitSmem(int dev) {
+  static std::atomic<bool> done[kMaxDevices];
+  const bool cached = dev >= 0 && dev < kMaxDevices;
+  if (cached && done[dev].load(std::memory_order_relaxed)) return cudaSuccess;
+  const cudaError_t err = cudaFuncSetAttribute(decodeSplitKernel<DMAX, LOCAL, GENERAL, VARLEN>,
+                                               cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                               (int)(sizeof(float) * decodeSmemFloats<DMAX>()));
+  if (err == cudaSuccess && cached) done[dev].store(true, std::memory_order_relaxed);
+  return err;
+}
+
+// Split-pass blocks resident per SM (the occupancy calculator on the option-free instantiation;
+// the others differ by a few registers), per device.
+template <int DMAX>
+int residentSplitBlocks(int dev) {
+  static std::atomic<int> cache[kMaxDevices];
+  const bool cached = dev >= 0 && dev < kMaxDevices;
+  if (cached) { if (const int n = cache[dev].load(std::memory_order_relaxed)) return n; }
+  int n = 0;
+  if (allowSplitSmem<DMAX, false, false, false>(dev) != cudaSuccess ||
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, decodeSplitKernel<DMAX, false, false, false>, NT,
+                                                    sizeof(float) * decodeSmemFloats<DMAX>()) != cudaSuccess ||
+      n < 1)
+    n = 1;
+  cudaGetLastError();  // a failed query leaves the estimate, not a sticky error
+  if (cached) cache[dev].store(n, std::memory_order_relaxed);
+  return n;
+}
+
+int residentSplitBlocks(int dmax, int dev) {
   switch (dmax) {
-    case 64: return sizeof(float) * decodeSmemFloats<64>();
-    case 128: return sizeof(float) * decodeSmemFloats<128>();
-    default: return sizeof(float) * decodeSmemFloats<256>();
+    case 64: return residentSplitBlocks<64>(dev);
+    case 128: return residentSplitBlocks<128>(dev);
+    default: return residentSplitBlocks<256>(dev);
   }
 }
 
-struct DecodePlan { int rowChunks, splits, splitLen; };
+// partLd: floats per partial output row (headDimV rounded up to 4: float4 rows).
+struct DecodePlan { int rowChunks, splits, splitLen, partLd; };
 
-// Split count: enough split-pass blocks for two waves of the device's resident blocks, no split
-// shorter than MIN_SPLIT_KEYS keys, a whole number of key tiles each. FA_DECODE_SPLITS=n overrides
-// (tests and tuning).
+// Split count from the device and the shapes: the split pass runs units x splits blocks (units =
+// sequences x kv heads x row chunks) in waves of SMs x resident blocks; a split of n tiles costs
+// its wave n + BLOCK_OVERHEAD_TILES tile times. The count with the least total (waves x that)
+// wins, the fewest splits on a tie: whole waves for large K/V (one wave when it can), and for
+// small K/V no more splits than fill the device with blocks of at least MIN_SPLIT_TILES tiles.
+// FA_DECODE_SPLITS=n overrides (tests and tuning).
 DecodePlan decodePlan(const Problem& p) {
   DecodePlan d{};
   const int dmax = decodeHeadDim(p);
-  const int bc = dmax <= 128 ? 64 : 32;
+  const int bc = decodeTileKeys(dmax);
   d.rowChunks = (p.seqQ * p.group + RB - 1) / RB;
+  d.partLd = (p.headDimV + 3) / 4 * 4;
   int sms = 132, dev = 0;
-  if (cudaGetDevice(&dev) == cudaSuccess) cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
-  cudaGetLastError();  // a failed query leaves the default, not a sticky error
-  const int perSm = max(1, min(4, (int)((227 * 1024) / (decodeSmemBytes(dmax) + 1024))));
+  if (cudaGetDevice(&dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
+    sms = 132;
+  cudaGetLastError();
+  const long long slots = (long long)sms * residentSplitBlocks(dmax, dev);
   const long long units = (long long)max(p.batch, 1) * p.kvHeads * d.rowChunks;
   const int seqK = max(p.seqK, 1);
-  int want = (int)std::min<long long>(MAX_SPLITS, (2LL * sms * perSm + units - 1) / units);
-  if (const char* e = getenv("FA_DECODE_SPLITS")) { if (atoi(e) > 0) want = min(atoi(e), MAX_SPLITS); }
-  int len = (seqK + want - 1) / want;
-  len = (len + bc - 1) / bc * bc;
-  if (!getenv("FA_DECODE_SPLITS")) len = max(len, MIN_SPLIT_KEYS);
-  d.splitLen = len;
-  d.splits = (seqK + len - 1) / len;
+  const int tiles = (seqK + bc - 1) / bc;
+  int lenTiles = tiles;
+  const char* forced = getenv("FA_DECODE_SPLITS");
+  if (forced && atoi(forced) > 0) {
+    const int want = min(atoi(forced), MAX_SPLITS);
+    lenTiles = ((seqK + want - 1) / want + bc - 1) / bc;
+  } else {
+    long long best = -1;
+    for (int s = 1; s <= MAX_SPLITS; ++s) {
+      const int n = (tiles + s - 1) / s;  // tiles per split
+      if (s > 1 && n < MIN_SPLIT_TILES) break;
+      const long long used = (tiles + n - 1) / n;
+      const long long cost = (units * used + slots - 1) / slots * (n + BLOCK_OVERHEAD_TILES);
+      if (best < 0 || cost < best) { best = cost; lenTiles = n; }
+    }
+  }
+  d.splitLen = lenTiles * bc;
+  d.splits = (seqK + d.splitLen - 1) / d.splitLen;
   return d;
 }
 
@@ -344,12 +484,14 @@ template <int DMAX, bool LOCAL, bool GENERAL, bool VARLEN>
 cudaError_t launchSplit(const Problem& p, const DecodePlan& d, const float* q, const float* k, const float* v,
                         float* partO, float* partM, float* partL, cudaStream_t stream) {
   constexpr size_t smem = sizeof(float) * decodeSmemFloats<DMAX>();
-  auto kernel = decodeSplitKernel<DMAX, LOCAL, GENERAL, VARLEN>;
   const dim3 grid(d.rowChunks, d.splits, p.batch * p.kvHeads);
   if (emptyGrid(grid)) return cudaSuccess;
-  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+  int dev = -1;
+  cudaGetDevice(&dev);
+  cudaError_t err = allowSplitSmem<DMAX, LOCAL, GENERAL, VARLEN>(dev);
   if (err != cudaSuccess) return err;
-  kernel<<<grid, NT, smem, stream>>>(p, q, k, v, d.splitLen, partO, partM, partL);
+  decodeSplitKernel<DMAX, LOCAL, GENERAL, VARLEN><<<grid, NT, smem, stream>>>(p, q, k, v, d.splitLen, d.partLd,
+                                                                              partO, partM, partL);
   return cudaGetLastError();
 }
 
@@ -373,7 +515,7 @@ bool decodeEligible(const Problem& p) {
 size_t decodeForwardWorkspace(const Problem& p) {
   const DecodePlan d = decodePlan(p);
   const size_t idx = (size_t)d.splits * p.heads * p.rowsQ;
-  return sizeof(float) * (idx * p.headDimV + 2 * ((idx + 63) / 64 * 64));
+  return sizeof(float) * (idx * d.partLd + 2 * ((idx + 63) / 64 * 64));
 }
 
 cudaError_t launchForwardDecode(const Problem& p, const float* q, const float* k, const float* v, float* out,
@@ -381,7 +523,7 @@ cudaError_t launchForwardDecode(const Problem& p, const float* q, const float* k
   const DecodePlan d = decodePlan(p);
   const size_t idx = (size_t)d.splits * p.heads * p.rowsQ;
   float* partO = static_cast<float*>(workspace);
-  float* partM = partO + idx * p.headDimV;
+  float* partM = partO + idx * d.partLd;
   float* partL = partM + (idx + 63) / 64 * 64;
   cudaError_t err;
   switch (decodeHeadDim(p)) {
@@ -393,7 +535,8 @@ cudaError_t launchForwardDecode(const Problem& p, const float* q, const float* k
   const dim3 grid(p.seqQ, p.heads, p.batch);
   if (emptyGrid(grid)) return cudaSuccess;
   return BOOL_SWITCH(isVarlen(p), VARLEN, [&] {
-    decodeCombineKernel<VARLEN><<<grid, COMBINE_NT, 0, stream>>>(p, d.splitLen, partO, partM, partL, out, lse);
+    decodeCombineKernel<VARLEN><<<grid, COMBINE_NT, 0, stream>>>(p, d.splitLen, d.partLd, partO, partM, partL, out,
+                                                                 lse);
     return cudaGetLastError();
   });
 }

@@ -4,7 +4,9 @@
   python3 harness.py --lib build/cuda/libflash_attention_cuda.so [--check] [--bench] [--out DIR]
 
 --decode-check / --decode-bench: the split-KV decode forward (decode_splitkv.cu) against the
-reference and the one-pass forward, and timed against it (GB/s over the bytes of K and V).
+reference and the one-pass forward, and timed against it (GB/s over the bytes of K and V) and
+against copy and read yardsticks measured the same way (CUDA graphs of back-to-back calls);
+--decode-old-lib times another build beside it, --decode-sweep the forced split counts.
 --check runs every option of the op, forward and gradients, against a float64 reference written
 here from the contract in src/contract/kernel_names.ts (PyTorch on the GPU, float64, autograd for the
 gradients; the dropout hash re-implemented and itself checked against dropout_vectors.json,
@@ -18,6 +20,7 @@ import math
 import os
 import statistics
 import sys
+import time
 import zlib
 
 import torch
@@ -697,6 +700,21 @@ DECODE_CASES = [
      FA_SEQ_PACKED, None),
     ('decode packed window softcap dropout', dict(H=4, window=(200, 0), softcap=6.0, dropout=0.2, seed=3),
      [2, 1, 8], [2500, 1, 900], FA_SEQ_PACKED, None),
+    # The split count of decodePlan at d 128 (32-key tiles), a length that is no multiple of a tile.
+    ('decode seqQ 1 MHA 16 d128 planned splits', dict(Nq=1, Nk=20011, H=16, D=128), None, None, FA_SEQ_DENSE, None),
+    # More splits than combine threads (each thread weighs two), and two row chunks per kv head.
+    ('decode MQA 16/1 d128 256 splits', dict(Nq=1, Nk=9000, H=16, Hkv=1, D=128), None, None, FA_SEQ_DENSE, 256),
+    # Partial rows padded to a float4 (Dv 17 -> 20) through the combine's column quads.
+    ('decode headDim 33, Dv 17, 200 splits', dict(Nq=2, Nk=6400, H=4, Hkv=2, D=33, Dv=17), None, None,
+     FA_SEQ_DENSE, 200),
+]
+
+# Decode shapes with a non-finite input: NaN and Inf reach out and logsumexp where the float64
+# reference has them (compared as the pattern of non-finite entries, the rest to 1e-5).
+DECODE_NONFINITE_CASES = [
+    ('decode NaN in one k row, GQA 16/2 d128', dict(Nq=1, Nk=3000, H=16, Hkv=2, D=128), ('k', (0, 1700, 1, None), math.nan)),
+    ('decode +Inf in one v element, seqQ 4', dict(Nq=4, Nk=2000, H=4, Hkv=2), ('v', (0, 900, 0, 7), math.inf)),
+    ('decode NaN in one q row, B 2', dict(B=2, Nq=2, Nk=1500, H=4), ('q', (1, 1, 2, None), math.nan)),
 ]
 
 
@@ -798,26 +816,137 @@ def run_decode_checks(kern, report, only=None):
             name, e['out'], e['lse'], e['vs_one_pass'], e['grad'], 'yes' if e['picked'] else 'NO',
             'yes' if e['deterministic'] else 'NO',
             {True: 'yes', False: 'NO', None: '-'}[e.get('padding_zero')], 'ok' if ok else 'FAIL'), flush=True)
+    for name, spec, (tensor_name, index, value) in DECODE_NONFINITE_CASES:
+        if only and only not in name:
+            continue
+        c = normalize(spec)
+        gen.manual_seed(zlib.crc32(name.encode()))
+        q, k, v, dy, slopes, mask = make_inputs(c, gen)
+        dict(q=q, k=k, v=v)[tensor_name][tuple(slice(None) if i is None else i for i in index)] = value
+        ref = reference(c, q, k, v, dy, slopes, mask)
+        p = params_for(c, slopes, mask, 0)
+        out, lse = kern.forward(p, q, k, v)
+        with decode_env('0'):
+            one = kern.forward(p, q, k, v)
+        torch.cuda.synchronize()
+        e = dict(out=nonfinite_err(out, ref[0]), lse=nonfinite_err(lse, ref[1]),
+                 vs_one_pass=max(nonfinite_err(out, one[0]), nonfinite_err(lse, one[1])),
+                 nonfinite_in_reference=int((~torch.isfinite(ref[0])).sum()))
+        ok = max(e['out'], e['lse'], e['vs_one_pass']) < 1e-5 and e['nonfinite_in_reference'] > 0
+        all_ok &= ok
+        rows.append(dict(name=name, errors=e, ok=ok))
+        print('%-40s %9.2e %9.2e %9.2e %9s  non-finite outputs in ref: %d %s' % (
+            name, e['out'], e['lse'], e['vs_one_pass'], '-', e['nonfinite_in_reference'], 'ok' if ok else 'FAIL'),
+            flush=True)
     report['decode_checks'] = rows
     report['decode_checks_ok'] = all_ok
     print('decode checks:', 'ALL OK' if all_ok else 'FAILURES', flush=True)
     return all_ok
 
 
-def run_decode_bench(kern, report, seqs, batches, dims):
-    """seqQ = 1, H = 16, MHA and GQA 16/2: the split-KV forward against the one-pass exact forward
-    (and the fast one), GB/s over the bytes of K and V, beside a device-to-device copy's."""
+def graph_time_ms(fn, calls, reps=5):
+    """GPU time of one call of fn: `calls` back-to-back calls captured in a CUDA graph and replayed
+    between two CUDA events (median over reps), so the host's cost of launching (Python, ctypes,
+    the driver) is outside the measurement. Falls back to events around a loop of `calls` calls
+    when capture fails. Returns (ms per call, 'graph' or 'loop')."""
+    fn()
+    torch.cuda.synchronize()
+    try:
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g, capture_error_mode='relaxed'):
+            for _ in range(calls):
+                fn()
+        how, run = 'graph', g.replay
+    except Exception:  # noqa: BLE001 - measured without a graph instead
+        torch.cuda.synchronize()
+        g = None
+
+        def run():
+            for _ in range(calls):
+                fn()
+        how = 'loop'
+    run()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        run()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b) / calls)
+    del g
+    return statistics.median(times), how
+
+
+def loop_time_ms(fn, calls, reps=3):
+    """Events around `calls` calls enqueued back to back (no graph): the GPU time when the host
+    keeps ahead of it, else the host's launch rate. Also the host's time per call (enqueue only)."""
+    fn()
+    torch.cuda.synchronize()
+    times, host = [], []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        host.append((time.perf_counter() - t0) / calls * 1e3)
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b) / calls)
+    return statistics.median(times), statistics.median(host)
+
+
+def decode_splits(lib, p, heads, rows_q, dv):
+    """The split count fa_forward plans, read back from its workspace size (decode_splitkv.cu's
+    layout: splits x heads x rows partial rows of headDimV rounded up to 4, then m and l)."""
+    ws = lib.fa_forward_workspace_size(ctypes.byref(p))
+    for ld in ((dv + 3) // 4 * 4, dv):
+        for s in range(1, 257):
+            idx = s * heads * rows_q
+            if 4 * (idx * ld + 2 * ((idx + 63) // 64 * 64)) == ws:
+                return s
+    return None
+
+
+def calls_for(ms):
+    """Calls per measurement: about 3 ms of GPU work, 1 to 200."""
+    return max(1, min(200, int(3.0 / max(ms, 1e-3))))
+
+
+def run_decode_bench(kern, report, seqs, batches, dims, old=None):
+    """seqQ = 1, H = 16, MHA and GQA 16/2: the split-KV forward (and, given old, the split-KV forward
+    of another build of the library, side by side) against the one-pass exact and fast forwards,
+    and against three yardsticks measured the same way in the same process: a 2 GiB device-to-device
+    copy (read + write), a 2 GiB read (torch.sum), and a read of exactly this shape's K and V once
+    (torch.sum of each). Times are GPU time per call from CUDA graphs of back-to-back calls
+    (graph_time_ms); the single-call time with the host's launch (as measured before) is kept."""
     torch.backends.cuda.matmul.allow_tf32 = False
-    H, reps = 16, 7
+    H = 16
     x = torch.empty(1 << 29, device='cuda')  # 2 GiB
+    x.normal_()
     y = torch.empty_like(x)
-    copy_ms = time_ms(lambda: y.copy_(x), 3, 10)
-    copy_gbs = 2 * x.numel() * 4 / copy_ms / 1e6
+    # The copy three ways: a copy kernel (x + 0 into y) in a graph, which the yardstick uses;
+    # cudaMemcpyAsync one call at a time (as the first decode bench measured it); and the same
+    # memcpy captured in a graph (a memcpy node: the copy engines, slower).
+    copy_ms, _ = graph_time_ms(lambda: torch.add(x, 0.0, out=y), 2)
+    memcpy_call_ms = time_ms(lambda: y.copy_(x), 3, 10)
+    memcpy_graph_ms, _ = graph_time_ms(lambda: y.copy_(x), 2)
+    read_peak_ms, _ = graph_time_ms(lambda: x.sum(), 2)
+    gbs = lambda ms, n: n * x.numel() * 4 / ms / 1e6  # noqa: E731
+    copy_gbs, read_peak_gbs = gbs(copy_ms, 2), gbs(read_peak_ms, 1)
+    report.update(copy_gbs=copy_gbs, read_peak_gbs=read_peak_gbs, memcpy_call_gbs=gbs(memcpy_call_ms, 2),
+                  memcpy_graph_gbs=gbs(memcpy_graph_ms, 2))
     del x, y
-    report['copy_gbs'] = copy_gbs
-    print('device-to-device copy of 2 GiB: %.3f ms, %.0f GB/s (read + write)' % (copy_ms, copy_gbs))
-    print('%3s %4s %6s %4s | %9s %9s %9s | %8s %8s | %7s %9s' % (
-        'd', 'B', 'seqK', 'Hkv', 'split ms', '1-pass ms', 'fast ms', 'GB/s', '1-pass', 'speedup', 'of copy'))
+    torch.cuda.empty_cache()
+    report['timing'] = 'CUDA graph of back-to-back calls, events around its replay, median of 5'
+    print('2 GiB: copy kernel %.3f ms, %.0f GB/s (read + write); cudaMemcpy one call %.0f GB/s, in a graph %.0f GB/s; '
+          'read (sum) %.3f ms, %.0f GB/s' % (copy_ms, copy_gbs, report['memcpy_call_gbs'], report['memcpy_graph_gbs'],
+                                           read_peak_ms, read_peak_gbs), flush=True)
+    print('%3s %2s %6s %3s | %8s %8s %8s %8s %8s | %8s %7s | %6s %6s %6s | %5s %5s | %s' % (
+        'd', 'B', 'seqK', 'Hkv', 'split', 'old', '1-pass', 'fast', 'read KV', 'call', 'host us',
+        'GB/s', 'old', 'read', 'xread', 'xcopy', 'splits new/old'))
     rows = []
     for D in dims:
         for B in batches:
@@ -828,26 +957,76 @@ def run_decode_bench(kern, report, seqs, batches, dims):
                     q, k, v, _, _, _ = make_inputs(c, g)
                     out = torch.empty(B, 1, H, D, device='cuda')
                     lse = torch.empty(B, H, 1, device='cuda')
-                    r = dict(D=D, B=B, seqK=N, H=H, Hkv=Hkv, kv_bytes=k.numel() * 4 + v.numel() * 4)
-                    for label, mode, prec in (('split', '1', 0), ('one_pass', '0', 0), ('fast_one_pass', '0', 1)):
+                    kv_bytes = k.numel() * 4 + v.numel() * 4
+                    r = dict(D=D, B=B, seqK=N, H=H, Hkv=Hkv, kv_bytes=kv_bytes)
+                    est = kv_bytes / 2e9  # ms at 2 TB/s: sizes the graphs
+                    try:
+                        r['read_ms'], r['read_timing'] = graph_time_ms(lambda: (k.sum(), v.sum()), calls_for(est))
+                    except Exception as ex:  # noqa: BLE001
+                        r['read_error'] = str(ex)[:200]
+                    variants = [('split', kern, '1', 0), ('one_pass', kern, '0', 0), ('fast_one_pass', kern, '0', 1)]
+                    if old is not None:
+                        variants.insert(1, ('split_old', old, '1', 0))
+                    for label, kk, mode, prec in variants:
                         try:
                             p = params_for(c, None, None, prec)
                             with decode_env(mode):
-                                ws = kern.forward_workspace(p)
-                                r[label + '_ms'] = time_ms(lambda: kern.forward(p, q, k, v, out, lse, ws), 2, reps)
+                                ws = kk.forward_workspace(p)
+                                fn = lambda: kk.forward(p, q, k, v, out, lse, ws)  # noqa: E731
+                                if label.startswith('split'):
+                                    r[label + '_splits'] = decode_splits(kk.lib, p, H, B, D)
+                                    r[label + '_call_ms'] = time_ms(fn, 2, 7)
+                                    r[label + '_loop_ms'], r[label + '_host_ms'] = loop_time_ms(fn, calls_for(est))
+                                    ms_est = r[label + '_call_ms']
+                                else:
+                                    ms_est = est * (40 if prec == 0 else 15)
+                                r[label + '_ms'], r[label + '_timing'] = graph_time_ms(fn, calls_for(ms_est))
                         except Exception as ex:  # noqa: BLE001
                             r[label + '_error'] = str(ex)[:200]
                     t = r.get('split_ms', math.nan)
-                    r['split_gbs'] = r['kv_bytes'] / t / 1e6
-                    r['one_pass_gbs'] = r['kv_bytes'] / r.get('one_pass_ms', math.nan) / 1e6
+                    for label in ('split', 'split_old', 'one_pass', 'read'):
+                        r[label + '_gbs'] = kv_bytes / r.get(label + '_ms', math.nan) / 1e6
+                    r['vs_read'] = t / r.get('read_ms', math.nan)              # target: <= 2
+                    r['vs_copy_bw'] = t / (kv_bytes / copy_gbs / 1e6)          # target: <= 2
+                    r['vs_read_peak_bw'] = t / (kv_bytes / read_peak_gbs / 1e6)
                     rows.append(r)
-                    print('%3d %4d %6d %4d | %9.4f %9.4f %9.4f | %8.0f %8.0f | %7.2f %8.0f%%' % (
-                        D, B, N, Hkv, t, r.get('one_pass_ms', math.nan), r.get('fast_one_pass_ms', math.nan),
-                        r['split_gbs'], r['one_pass_gbs'], r.get('one_pass_ms', math.nan) / t,
-                        100 * r['split_gbs'] / copy_gbs), flush=True)
+                    print('%3d %2d %6d %3d | %8.4f %8.4f %8.4f %8.4f %8.4f | %8.4f %7.1f | %6.0f %6.0f %6.0f | %5.2f %5.2f | %s/%s' % (
+                        D, B, N, Hkv, t, r.get('split_old_ms', math.nan), r.get('one_pass_ms', math.nan),
+                        r.get('fast_one_pass_ms', math.nan), r.get('read_ms', math.nan), r.get('split_call_ms', math.nan),
+                        1e3 * r.get('split_host_ms', math.nan), r['split_gbs'], r['split_old_gbs'], r['read_gbs'],
+                        r['vs_read'], r['vs_copy_bw'], r.get('split_splits'), r.get('split_old_splits')), flush=True)
                     del q, k, v, out, lse
                     torch.cuda.empty_cache()
     report['decode_bench'] = rows
+
+
+def run_decode_split_sweep(kern, report):
+    """GPU time against a forced split count (FA_DECODE_SPLITS), beside the planned count: how
+    near decodePlan's cost model comes to the best count on small and large K/V."""
+    H, sweep = 16, []
+    print('split sweep (ms per call, graph-timed): planned count first', flush=True)
+    for D, B, N, Hkv in ((128, 1, 16384, 2), (64, 1, 16384, 2), (128, 1, 16384, 16), (128, 8, 65536, 2)):
+        c = normalize(dict(B=B, Nq=1, Nk=N, H=H, Hkv=Hkv, D=D))
+        g = torch.Generator(device='cuda').manual_seed(7)
+        q, k, v, _, _, _ = make_inputs(c, g)
+        out, lse = torch.empty(B, 1, H, D, device='cuda'), torch.empty(B, H, 1, device='cuda')
+        kv_bytes = k.numel() * 4 + v.numel() * 4
+        r = dict(D=D, B=B, seqK=N, Hkv=Hkv, kv_bytes=kv_bytes, ms={})
+        for splits in (None, 8, 16, 32, 64, 128, 256):
+            p = params_for(c, None, None, 0)
+            with decode_env('1', splits):
+                ws = kern.forward_workspace(p)
+                n = decode_splits(kern.lib, p, H, B, D)
+                r['ms'][str(n) if splits is None else str(splits)] = graph_time_ms(
+                    lambda: kern.forward(p, q, k, v, out, lse, ws), calls_for(kv_bytes / 2e9))[0]
+                if splits is None:
+                    r['planned'] = n
+        sweep.append(r)
+        print('  d %d B %d seqK %d Hkv %d: planned %s; %s' % (D, B, N, Hkv, r['planned'], ', '.join(
+            '%s: %.4f' % kv for kv in r['ms'].items())), flush=True)
+        del q, k, v, out, lse
+        torch.cuda.empty_cache()
+    report['decode_split_sweep'] = sweep
 
 
 # ---------------------------------------------------------------- benchmark
@@ -960,6 +1139,8 @@ def main():
     ap.add_argument('--decode-seqs', default='4096,16384,65536')
     ap.add_argument('--decode-batches', default='1,8')
     ap.add_argument('--decode-dims', default='64,128')
+    ap.add_argument('--decode-old-lib', default=None, help='another build of the library, timed beside --lib in --decode-bench')
+    ap.add_argument('--decode-sweep', action='store_true', help='split-KV decode time against a forced split count')
     a = ap.parse_args()
     kern = Kernels(load_library(a.lib))
     report = {'device': torch.cuda.get_device_name(), 'torch': torch.__version__}
@@ -975,8 +1156,12 @@ def main():
         if a.decode_check:
             ok &= run_decode_checks(kern, report, a.decode_only)
         if a.decode_bench:
+            old = Kernels(load_library(a.decode_old_lib)) if a.decode_old_lib else None
             run_decode_bench(kern, report, [int(s) for s in a.decode_seqs.split(',')],
-                             [int(b) for b in a.decode_batches.split(',')], [int(d) for d in a.decode_dims.split(',')])
+                             [int(b) for b in a.decode_batches.split(',')], [int(d) for d in a.decode_dims.split(',')],
+                             old)
+        if a.decode_sweep:
+            run_decode_split_sweep(kern, report)
     finally:
         if a.out:
             os.makedirs(a.out, exist_ok=True)
