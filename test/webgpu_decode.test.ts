@@ -294,6 +294,10 @@ describe('the split pass variants: fused or staged, vec4 or scalar loads, prefet
     setDecodeOverride({ fused: false });
     expect(loads(64, 64)).toMatchObject({ loads: { vec4: true }, fused: false });
     setDecodeOverride({});
+    // Fewer threads than value vec4s (d 64: 16): the staged pass.
+    setDecodeOverride({ tiles: { threads: 8 } });
+    expect(loads(64, 64)).toMatchObject({ loads: { vec4: true }, fused: false, tiles: { threads: 8 } });
+    setDecodeOverride({});
     // The fused pass keeps one accumulator per row in registers: at most FUSED_MAX_ROWS rows a workgroup.
     expect(loads(64, 64, 16, 16, 1).tiles.rows).toBe(FUSED_MAX_ROWS);
     expect(loads(64, 64, 16, 16, 1).rowBlocks).toBe(16 * 16 / FUSED_MAX_ROWS);

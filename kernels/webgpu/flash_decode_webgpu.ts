@@ -10,8 +10,8 @@
  * and packed sequence ranges); the gradient is the regular backward (this is a forward choice).
  *
  * The split pass (decode_wgsl.ts) is the fused one where headDim and headDimV are multiples of 4
- * (K and V bound as vec4 arrays, values straight into registers, at most 8 rows a workgroup), the
- * staged one otherwise; both load the next key tile while working on the current one.
+ * (K and V bound as vec4 arrays, values straight into registers, at most 8 rows a workgroup, a
+ * thread per value vec4 at least), the staged one otherwise; both load the next key tile while working on the current one.
  *
  * When it is picked (decodePlan): at most DECODE_MAX_SEQ_Q query rows per sequence and at least
  * DECODE_MIN_SEQ_K keys. On the H200 (BENCHMARKS.md, decode; 2026-12-02 08:57 UTC) it was faster
@@ -28,6 +28,7 @@ import {
   combinePassWGSL, decodeFusedWorkgroupBytes, DecodeLoads, DecodeTiles, decodeWorkgroupBytes, FUSED_MAX_ROWS, splitPassFusedWGSL,
   splitPassWGSL,
 } from './decode_wgsl';
+import { vec4Count } from './tiles';
 import {
   checkBindingSizes, checkDispatch, DeviceLimits, deviceLimits, FlashProgram, runProgram, shaderKeyOf,
   Uniform, WebGPUBackend, withDeviceErrorCheck,
@@ -140,8 +141,10 @@ export function chooseDecodeTiles(limits: DeviceLimits, s: AttentionProblem, fus
 /** Whether and how the split-KV kernel runs this problem (see the file header). */
 export function decodePlan(limits: DeviceLimits, s: AttentionProblem): DecodePlan {
   const mode = override.mode ?? 'auto';
-  const fused = vec4Loads(s) && (override.fused ?? DECODE_FUSED);
-  const tiles = chooseDecodeTiles(limits, s, fused);
+  // The fused pass gives each value column (vec4) of a row its own thread: not with fewer threads.
+  const fusedTiles = vec4Loads(s) && (override.fused ?? DECODE_FUSED) ? chooseDecodeTiles(limits, s, true) : null;
+  const fused = fusedTiles !== null && vec4Count(s.headDimV) <= fusedTiles.threads;
+  const tiles = fused ? fusedTiles! : chooseDecodeTiles(limits, s, false);
   const rowBlocks = Math.ceil(s.group * s.seqQ / tiles.rows);
   const keyTiles = Math.max(1, Math.ceil(s.seqK / tiles.cols));
   const base = s.batch * s.kvHeads * rowBlocks;
