@@ -454,6 +454,8 @@ async function main(): Promise<number> {
 
 /** `--decode`: the decode sweep (bench/decode.ts) on this backend. */
 async function decodeMain(o: BenchOptions, b: Backend): Promise<number> {
+  // The split-KV kernel and the read probe are WebGPU programs (on cpu every row was 'decode path not taken').
+  if (b.name !== 'webgpu') throw new Error(`--decode needs the webgpu backend, got ${b.name}`);
   const d = b.realGpu ? DECODE_GPU_SWEEP : DECODE_SMALL_SWEEP;
   const sweep: DecodeSweep = {
     ...d, seqKs: o.sweep.seqs ?? d.seqKs, headDims: o.sweep.headDims ?? d.headDims, heads: o.sweep.heads ?? d.heads,
