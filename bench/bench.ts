@@ -461,6 +461,7 @@ async function decodeMain(o: BenchOptions, b: Backend): Promise<number> {
     ...d, seqKs: o.sweep.seqs ?? d.seqKs, headDims: o.sweep.headDims ?? d.headDims, heads: o.sweep.heads ?? d.heads,
     batches: o.sweep.batch ? [o.sweep.batch] : d.batches, targets: o.decodeTargets, threads: o.decodeThreads,
     variants: o.decodeVariants, baselines: o.decodeBaselines, warmMs: o.decodeWarmMs ?? d.warmMs,
+    rounds: o.decodeRounds ?? d.rounds,
   };
   const timing = timingDefaults(o.timing, b.realGpu);
   const plan: TimingPlan = { ...timing, warmupMs: b.realGpu ? 100 : 0, timedReps: b.hasTimestamps ? timing.timedReps : 0 };

@@ -13,9 +13,16 @@
  *    kept for continuity.
  * Target (issue 13): at seqK >= 8192, decode within 2x of the time to read K and V once.
  *
+ * Timing (steadyTime, interleavedTimes): a call of a few microseconds timed alone measured the
+ * state of the GPU's clocks more than the kernel, so every entry of a shape (the probe and each
+ * variant) is timed after a sustained warm-up of the same work, as R calls back to back inside one
+ * tf.time (GPU ms per call = kernelMs / R), in rounds whose order alternates (A B C, C B A), the
+ * median reported with the rounds' spread. The start's peak probe is repeated at the end of the run
+ * and the first shape measured again (the stability evidence).
+ *
  * --decode-targets=128,256,... also times the split-KV forward at those split-pass workgroup
  * targets, --decode-threads at those thread counts, --decode-variants at any DecodeOverride
- * (vec4, prefetch, fused, mintiles, target, threads, cols); --decode-baselines=0 leaves out the one-pass
+ * (vec4, prefetch, fused, grouped, mintiles, target, threads, cols); --decode-baselines=0 leaves out the one-pass
  * forward and the composite (tuning runs).
  */
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
@@ -26,8 +33,8 @@ import type { flashAttention as FlashAttentionFn } from '../src/flash_attention'
 import type { DecodeOverride } from '../kernels/webgpu/flash_decode_webgpu';
 import { FlashProgram } from '../kernels/webgpu/program';
 import { deviceRandom, TF } from './attention';
-import { ErrorScopes, timeCall, TimingPlan } from './measure';
-import { decodePeerMarkdown, DecodePeer } from './onnxruntime_decode';
+import { ErrorScopes, Failure, median, syncOnFirstElement, TimingPlan } from './measure';
+import { DECODE_PEER_IMPL, decodePeerMarkdown, DecodePeer } from './onnxruntime_decode';
 
 type Tensor = tfc.Tensor;
 
@@ -43,18 +50,26 @@ export interface DecodeSweep {
   baselines: boolean;
   /** Size of the copy kernel's buffer (the read probe's peak is measured on twice this). */
   copyBytes: number;
-  /** GPU warm-up (ms of matMuls) before every timing (warmClocks). */
+  /** Sustained warm-up (ms of the same work) before every timing (steadyTime). */
   warmMs: number;
+  /** GPU ms one timed batch of calls aims for, and the most calls in it (steadyTime). */
+  batchMs: number;
+  maxReps: number;
+  /** Timings of each entry of a shape, interleaved (interleavedTimes); the median is reported. */
+  rounds: number;
+  /** Measure the first shape again at the end of the run (stability). */
+  repeat: boolean;
 }
 
 export const DECODE_GPU_SWEEP: DecodeSweep = {
   seqKs: [1024, 2048, 4096, 8192, 16384, 32768, 65536], batches: [1, 8], heads: 16, kvHeads: [16, 2],
-  headDims: [64, 128], targets: [], threads: [], variants: [], baselines: true, copyBytes: 512 * 2 ** 20, warmMs: 30,
+  headDims: [64, 128], targets: [], threads: [], variants: [], baselines: true, copyBytes: 512 * 2 ** 20,
+  warmMs: 100, batchMs: 2, maxReps: 200, rounds: 2, repeat: true,
 };
 /** SwiftShader / no GPU: tiny, a minute at most. */
 export const DECODE_SMALL_SWEEP: DecodeSweep = {
   seqKs: [512, 2048], batches: [1], heads: 4, kvHeads: [4, 1], headDims: [32], targets: [], threads: [], variants: [],
-  baselines: true, copyBytes: 16 * 2 ** 20, warmMs: 0,
+  baselines: true, copyBytes: 16 * 2 ** 20, warmMs: 0, batchMs: 0, maxReps: 2, rounds: 2, repeat: true,
 };
 
 export interface DecodeRow {
@@ -67,8 +82,12 @@ export interface DecodeRow {
   peakFloorMs?: number | null; vsPeak?: number | null;
   /** Read-once yardstick: the probe's measured time reading this row's K and V, and GPU time over it. */
   readOnceMs?: number | null; vsReadOnce?: number | null;
-  /** GPU ms per program of one timed call (tf.time's profile), e.g. 'DecodeSplitProgram: 0.05, ...'. */
+  /** GPU ms per program and call (tf.time's profile of the timed batch), e.g. 'DecodeSplitProgram: 0.05, ...'. */
   passes?: string;
+  /** Calls per timed batch; spread of the rounds' times (max / min - 1), this row's and its read-once's. */
+  reps?: number; spread?: number; readOnceSpread?: number;
+  /** The stability row: the run's first shape measured again at its end. */
+  repeat?: boolean;
   status: string; note?: string;
   /** The onnxruntime peer's rows: its CopyKVCache GPU ms (apart from gpuMs) and relative error vs float64. */
   kvCopyMs?: number | null; relErr?: number;
@@ -134,34 +153,102 @@ const PROBE_CONFIGS = [
   { loads: 8, maxWorkgroups: 132 * 16 }, { loads: 4, maxWorkgroups: 132 * 32 },
 ];
 
-/** GPU ms of the read probe over tensors a and b (float32, sizes multiples of 4), tf.time like the kernels. */
-async function timeReadProbe(tf: TF, plan: TimingPlan, a: Tensor, b: Tensor, config: { loads: number; maxWorkgroups: number }) {
+/** One run of the read probe over tensors a and b (float32, sizes multiples of 4): a program like the kernels. */
+function readProbeRun(tf: TF, a: Tensor, b: Tensor, config: { loads: number; maxWorkgroups: number }): Tensor {
   const backend = tf.backend() as unknown as WebGPUBackend;
-  const run = () => {
-    const p = new ReadProbeProgram(a.size / 4, b.size / 4, config.loads, config.maxWorkgroups);
-    return tf.engine().makeTensorFromTensorInfo(backend.runWebGPUProgram(p, [a, b], 'float32', p.data()));
-  };
-  const t = await timeCall(tf, run, plan);
-  return t.gpuMs ?? t.wallMs;
+  const p = new ReadProbeProgram(a.size / 4, b.size / 4, config.loads, config.maxWorkgroups);
+  return tf.engine().makeTensorFromTensorInfo(backend.runWebGPUProgram(p, [a, b], 'float32', p.data()));
 }
 
 /**
  * The peak read bandwidth (GB/s of bytes read) of the probe over two buffers of `bytes` each, best
- * of PROBE_CONFIGS, and the config that reached it.
+ * of `configs`, and the config that reached it; each timed as the rows are (steadyTime).
  */
-async function peakReadBandwidth(tf: TF, plan: TimingPlan, bytes: number, warmMs: number) {
+async function peakReadBandwidth(tf: TF, sw: DecodeSweep, bytes: number, configs = PROBE_CONFIGS) {
   const a = tf.ones([bytes / 4]), b = tf.ones([bytes / 4]);
   const tried: Array<{ loads: number; maxWorkgroups: number; ms: number; gbPerS: number }> = [];
-  for (const c of PROBE_CONFIGS) {
-    await warmClocks(tf, warmMs);
-    const ms = await timeReadProbe(tf, plan, a, b, c);
-    tried.push({ ...c, ms, gbPerS: 2 * bytes / ms / 1e6 });
+  for (const c of configs) {
+    const { ms } = await steadyTime(tf, () => readProbeRun(tf, a, b, c), sw);
+    tried.push({ loads: c.loads, maxWorkgroups: c.maxWorkgroups, ms, gbPerS: 2 * bytes / ms / 1e6 });
     console.log(`# read probe, ${2 * bytes / 2 ** 20} MiB, ${c.loads} vec4 loads per buffer in flight, <= ${c.maxWorkgroups} workgroups: ` +
                 `${ms.toFixed(3)} ms, ${(2 * bytes / ms / 1e6).toFixed(0)} GB/s read`);
   }
   tf.dispose([a, b]);
   const best = tried.reduce((x, y) => (y.gbPerS > x.gbPerS ? y : x));
   return { best, tried };
+}
+
+/** A steady-clock timing: GPU ms per call, the calls per timed batch, GPU ms per program per call. */
+export interface SteadyTime { ms: number; reps: number; passes: string }
+
+/** How many calls one timed batch holds: about `batchMs` of GPU time, 1 to maxReps. */
+export const repsFor = (estimateMs: number, batchMs: number, maxReps: number) =>
+    Math.max(1, Math.min(maxReps, Math.ceil(batchMs / Math.max(estimateMs, 1e-4))));
+
+/**
+ * GPU ms per call of `run` with the GPU at steady clocks. A call of a few microseconds timed alone
+ * measured whatever state the clocks were in (2026-12-02: one combine program 8 us in one row,
+ * 54 us in another; B = 1 GQA decode 0.06 ms at 06:18 and 0.10-0.20 ms later). So: one untimed
+ * call (pipelines compiled), one timed call for an estimate, then a sustained warm-up of the same
+ * work (batches of R calls, synced, for sw.warmMs), then R calls back to back inside one tf.time
+ * (tfjs times each program with its own timestamps; the calls are queued without waiting, so the
+ * GPU stays busy): kernelMs / R.
+ */
+export async function steadyTime(tf: TF, run: () => Tensor, sw: Pick<DecodeSweep, 'warmMs' | 'batchMs' | 'maxReps'>): Promise<SteadyTime> {
+  const batch = async (reps: number) => {
+    let last: Tensor | null = null;
+    for (let i = 0; i < reps; i++) { if (last) last.dispose(); last = run(); }
+    await syncOnFirstElement(tf, last!);
+    last!.dispose();
+  };
+  await batch(1);
+  const estimate = await tf.time(() => { tf.dispose(run()); });
+  const reps = repsFor(estimate.kernelMs as number, sw.batchMs, sw.maxReps);
+  const warmStart = performance.now();
+  while (performance.now() - warmStart < sw.warmMs) await batch(reps);
+  const info = await tf.time(() => { for (let i = 0; i < reps; i++) tf.dispose(run()); }) as
+      { kernelMs: number; getExtraProfileInfo?: () => string };
+  return { ms: info.kernelMs / reps, reps, passes: perCallPasses(info.getExtraProfileInfo?.() ?? '', reps) };
+}
+
+/** tf.time's per-program list ('A: 0.01, B: 0.02, A: ...') as GPU ms per program and call, in first-seen order. */
+export function perCallPasses(profile: string, reps: number): string {
+  const sums = new Map<string, number>();
+  for (const part of profile.split(', ').filter(Boolean)) {
+    const at = part.lastIndexOf(': ');
+    const name = part.slice(0, at), ms = Number(part.slice(at + 2));
+    sums.set(name, (sums.get(name) ?? 0) + ms);
+  }
+  return [...sums].map(([name, ms]) => `${name}: ${(ms / reps).toFixed(4)}`).join(', ');
+}
+
+/** The impl name of a row's read probe timing (its read-once yardstick). */
+const READ_ONCE = 'read-once';
+
+/** The timings of a shape's entries over the rounds: median, spread (max / min - 1), reps, passes. */
+export interface RoundTimes { ms: number; spread: number; reps: number; passes: string; all: number[] }
+
+/**
+ * Times every entry sw.rounds times, interleaved (A B C, then C B A, ...: drift of the clocks
+ * between entries falls on all of them alike), each with steadyTime; the median per entry.
+ */
+async function interleavedTimes(tf: TF, entries: Array<{ impl: string; run: () => Tensor; override: DecodeOverride }>,
+                                hooks: DecodeHooks, sw: DecodeSweep): Promise<Map<string, RoundTimes>> {
+  const all = new Map<string, SteadyTime[]>(entries.map(e => [e.impl, []]));
+  for (let round = 0; round < sw.rounds; round++) {
+    const order = round % 2 ? [...entries].reverse() : entries;
+    for (const e of order) {
+      hooks.setDecodeOverride(e.override);
+      try { all.get(e.impl)!.push(await steadyTime(tf, e.run, sw)); } finally { hooks.setDecodeOverride({}); }
+    }
+  }
+  return new Map([...all].map(([impl, ts]) => [impl, roundTimes(ts)]));
+}
+
+export function roundTimes(ts: SteadyTime[]): RoundTimes {
+  const ms = ts.map(t => t.ms);
+  return { ms: median(ms), spread: Math.max(...ms) / Math.min(...ms) - 1, reps: ts[ts.length - 1].reps,
+           passes: ts[ts.length - 1].passes, all: ms };
 }
 
 /** A --decode-variants entry ('vec4=0+prefetch=0') as a decode override. */
@@ -175,11 +262,12 @@ export function variantOverride(spec: string): DecodeOverride {
       case 'vec4': o.vec4 = x !== 0; break;
       case 'prefetch': o.prefetch = x !== 0; break;
       case 'fused': o.fused = x !== 0; break;
+      case 'grouped': o.grouped = x !== 0; break;
       case 'mintiles': o.minTilesPerSplit = x; break;
       case 'target': o.targetWorkgroups = x; break;
       case 'threads': o.tiles = { ...o.tiles, threads: x }; break;
       case 'cols': o.tiles = { ...o.tiles, cols: x }; break;
-      default: throw new Error(`--decode-variants: unknown key '${key}' (vec4, prefetch, fused, mintiles, target, threads, cols)`);
+      default: throw new Error(`--decode-variants: unknown key '${key}' (vec4, prefetch, fused, grouped, mintiles, target, threads, cols)`);
     }
   }
   return o;
@@ -187,32 +275,13 @@ export function variantOverride(spec: string): DecodeOverride {
 
 /**
  * Read + write bandwidth of a plain elementwise copy (tf.neg of `bytes`, vec4 loads and stores in
- * tfjs's WebGPU kernel): GB/s of bytes moved, the floor's yardstick.
+ * tfjs's WebGPU kernel): GB/s of bytes moved, the copy yardstick (steadyTime).
  */
-async function copyBandwidth(tf: TF, plan: TimingPlan, bytes: number): Promise<{ gbPerS: number; ms: number }> {
+async function copyBandwidth(tf: TF, sw: DecodeSweep, bytes: number): Promise<{ gbPerS: number; ms: number }> {
   const x = tf.ones([bytes / 4]);
-  const t = await timeCall(tf, () => tf.neg(x), plan);
+  const { ms } = await steadyTime(tf, () => tf.neg(x), sw);
   x.dispose();
-  const ms = t.gpuMs ?? t.wallMs;
   return { gbPerS: 2 * bytes / ms / 1e6, ms };
-}
-
-/**
- * Busy GPU work (2048² matMuls) for `ms` before a timing: the H200's clocks drop while the bench
- * prepares the next case on the CPU, and the first variants of a row then ran up to 2x slower than
- * the same kernel timed later in the row (2026-12-02 08:50 UTC, before this warm-up). A decode step
- * in a model runs between other layers' work, so warm clocks are the relevant state.
- */
-async function warmClocks(tf: TF, ms: number): Promise<void> {
-  if (ms <= 0) return;
-  const a = tf.randomUniform([2048, 2048]);
-  const start = performance.now();
-  while (performance.now() - start < ms) {
-    const one = tf.tidy(() => tf.slice(tf.reshape(tf.matMul(a, a), [-1]), 0, 1));
-    await one.data();
-    one.dispose();
-  }
-  a.dispose();
 }
 
 /** softmax(q kᵀ scale) v with grouped heads as a tfjs user writes it: q [B, Hkv, G, D] against k [B, Hkv, N, D]. */
@@ -226,28 +295,26 @@ export async function runDecodeBench(tf: TF, flash: typeof FlashAttentionFn, hoo
                                      peer: DecodePeer | null = null): Promise<DecodeRow[]> {
   const start = performance.now();
   const scopes = new ErrorScopes(device);
-  await warmClocks(tf, sw.warmMs);
-  const copy = await copyBandwidth(tf, plan, sw.copyBytes);
+  const copy = await copyBandwidth(tf, sw, sw.copyBytes);
   console.log(`# copy kernel (tf.neg of ${sw.copyBytes / 2 ** 20} MiB): ${copy.ms.toFixed(3)} ms, ${copy.gbPerS.toFixed(0)} GB/s read + write`);
-  const peak = await peakReadBandwidth(tf, plan, sw.copyBytes, sw.warmMs);
+  const peak = await peakReadBandwidth(tf, sw, sw.copyBytes);
   console.log(`# read probe peak: ${peak.best.gbPerS.toFixed(0)} GB/s read (${peak.best.loads} loads, <= ${peak.best.maxWorkgroups} workgroups)`);
   const rows: DecodeRow[] = [];
   const yardsticks = { copyGbPerS: copy.gbPerS, peakReadGbPerS: peak.best.gbPerS, probe: peak.best, probeTried: peak.tried };
-  const save = () => writeDecodeRecord({ meta: { ...meta, ...yardsticks, peakStartGbPerS: peak.best.gbPerS, sweep: sw }, rows }, outDir);
-  for (const headDim of sw.headDims) for (const kvHeads of sw.kvHeads) for (const batch of sw.batches) for (const seqK of sw.seqKs) {
+  const endProbe = { gbPerS: null as number | null };
+  const save = () => writeDecodeRecord({ meta: { ...meta, ...yardsticks, peakStartGbPerS: peak.best.gbPerS,
+                                                 peakEndGbPerS: endProbe.gbPerS, sweep: sw }, rows }, outDir);
+  type Shape = { seqK: number; batch: number; kvHeads: number; headDim: number };
+  const measureShape = async ({ seqK, batch, kvHeads, headDim }: Shape, repeat: boolean) => {
     const heads = sw.heads;
     const kvBytes = batch * seqK * kvHeads * headDim * 2 * 4;
     const floorMs = kvBytes / (copy.gbPerS * 1e6);
     const peakFloorMs = kvBytes / (peak.best.gbPerS * 1e6);
     const base = { seqK, batch, heads, kvHeads, headDim, kvBytes, floorMs, peakFloorMs, readOnceMs: null as number | null };
-    if ((performance.now() - start) / 1000 > deadlineS) {
-      rows.push({ ...base, impl: 'all', gpuMs: null, wallMs: null, gbPerS: null, vsFloor: null, status: 'skipped', note: 'deadline' });
-      continue;
-    }
     if (kvBytes / 2 > 2 ** 31 - 4) {
       rows.push({ ...base, impl: 'all', gpuMs: null, wallMs: null, gbPerS: null, vsFloor: null, status: 'too large',
                   note: 'K over the 2 GiB storage binding limit' });
-      continue;
+      return;
     }
     const q = deviceRandom(tf, [batch, 1, heads, headDim], 11);
     const k = deviceRandom(tf, [batch, seqK, kvHeads, headDim], 23);
@@ -255,10 +322,6 @@ export async function runDecodeBench(tf: TF, flash: typeof FlashAttentionFn, hoo
     const group = heads / kvHeads;
     const qg = tf.reshape(q, [batch, kvHeads, group, headDim]);   // seqQ = 1: [B, 1, H, D] is [B, Hkv, G, D]
     const kh = tf.transpose(k, [0, 2, 1, 3]), vh = tf.transpose(v, [0, 2, 1, 3]);
-    await warmClocks(tf, sw.warmMs);
-    const probe = await scopes.run(() => timeReadProbe(tf, plan, k, v, peak.best));
-    base.readOnceMs = probe.value ?? null;
-    const readOnce = base.readOnceMs;
     const decodeRun = () => flash(q, k, v);
     const variants: Array<{ impl: string; run: () => Tensor; override: DecodeOverride }> = [
       { impl: 'decode', run: decodeRun, override: { mode: 'on' } },
@@ -270,51 +333,89 @@ export async function runDecodeBench(tf: TF, flash: typeof FlashAttentionFn, hoo
         { impl: 'composite', run: () => compositeDecode(tf, qg, kh, vh, 1 / Math.sqrt(headDim)), override: {} },
       ] : []),
     ];
+    // Every variant once for its output (checked against the first) and whether it took the decode path.
     let reference: Float32Array | null = null;
+    const checked = new Map<string, { err: number; tookDecode: boolean } | { failure: Failure }>();
     for (const x of variants) {
       hooks.setDecodeOverride(x.override);
       const callsBefore = hooks.decodeCalls();
       const r = await scopes.run(async () => {
-        await warmClocks(tf, sw.warmMs);
-        const t = await timeCall(tf, x.run, plan);
-        // Per-program GPU ms of one more timed call (split, combine, the unpacks): where the time goes.
-        const profile = await tf.time(() => { tf.dispose(x.run()); }) as { getExtraProfileInfo?: () => string };
-        const passes = profile.getExtraProfileInfo?.();
         const out = x.run();
         const data = await out.data() as Float32Array;
         out.dispose();
-        return { t, data, passes };
+        return data;
       });
       hooks.setDecodeOverride({});
-      if (r.failure) {
-        rows.push({ ...base, impl: x.impl, gpuMs: null, wallMs: null, gbPerS: null, vsFloor: null, status: r.failure.kind, note: r.failure.message });
-        console.log(`${label(base)} ${x.impl}: ${r.failure.kind} ${r.failure.message}`);
+      if (r.failure) { checked.set(x.impl, { failure: r.failure }); continue; }
+      // The composite's output is [B, Hkv, G, D], flash's [B, 1, H, D]: the same order when seqQ = 1.
+      const err = reference ? maxRelDiff(r.value!, reference) : 0;
+      if (!reference) reference = r.value!;
+      checked.set(x.impl, { err, tookDecode: hooks.decodeCalls() > callsBefore });
+    }
+    // Then the read probe and the variants that ran, timed in interleaved rounds (steadyTime).
+    const timed = [
+      { impl: READ_ONCE, run: () => readProbeRun(tf, k, v, peak.best), override: {} as DecodeOverride },
+      ...variants.filter(x => !('failure' in (checked.get(x.impl) ?? {}))),
+    ];
+    const times = await scopes.run(() => interleavedTimes(tf, timed, hooks, sw));
+    if (times.failure) {
+      rows.push({ ...base, impl: 'all', gpuMs: null, wallMs: null, gbPerS: null, vsFloor: null, status: times.failure.kind,
+                  note: times.failure.message });
+      console.log(`${label(base)} timing: ${times.failure.kind} ${times.failure.message}`);
+    }
+    const probeTime = times.value?.get(READ_ONCE);
+    base.readOnceMs = probeTime?.ms ?? null;
+    const readOnce = base.readOnceMs;
+    for (const x of variants) {
+      const c = checked.get(x.impl)!;
+      if ('failure' in c) {
+        rows.push({ ...base, impl: x.impl, gpuMs: null, wallMs: null, gbPerS: null, vsFloor: null, status: c.failure.kind, note: c.failure.message });
+        console.log(`${label(base)} ${x.impl}: ${c.failure.kind} ${c.failure.message}`);
         continue;
       }
-      const { t, data, passes } = r.value!;
-      // The composite's output is [B, Hkv, G, D], flash's [B, 1, H, D]: the same order when seqQ = 1.
-      const err = reference ? maxRelDiff(data, reference) : 0;
-      if (!reference) reference = data;
-      const ms = t.gpuMs ?? t.wallMs;
+      const t = times.value?.get(x.impl);
+      if (!t) continue;
+      const ms = t.ms;
       const row: DecodeRow = {
-        ...base, impl: x.impl, gpuMs: t.gpuMs, wallMs: t.wallMs, gbPerS: kvBytes / ms / 1e6, vsFloor: ms / floorMs,
-        vsPeak: ms / peakFloorMs, vsReadOnce: readOnce ? ms / readOnce : null, passes,
-        status: err < 1e-4 ? 'ok' : 'wrong', note: err ? `max rel diff vs decode ${err.toExponential(1)}` : undefined,
+        ...base, impl: x.impl, gpuMs: ms, wallMs: null, gbPerS: kvBytes / ms / 1e6, vsFloor: ms / floorMs,
+        vsPeak: ms / peakFloorMs, vsReadOnce: readOnce ? ms / readOnce : null, passes: t.passes, reps: t.reps,
+        spread: t.spread, readOnceSpread: probeTime?.spread,
+        status: c.err < 1e-4 ? 'ok' : 'wrong', note: c.err ? `max rel diff vs decode ${c.err.toExponential(1)}` : undefined,
+        ...(repeat ? { repeat: true } : {}),
       };
-      if (x.impl.startsWith('decode') && hooks.decodeCalls() === callsBefore) row.status = 'decode path not taken';
+      if (x.impl.startsWith('decode') && !c.tookDecode) row.status = 'decode path not taken';
       rows.push(row);
-      console.log(`${label(base)} ${x.impl.padEnd(12)} gpu ${ms.toFixed(3)} ms  ${row.gbPerS!.toFixed(0)} GB/s  ` +
-                  `${row.vsPeak!.toFixed(2)}x peak  ${row.vsReadOnce?.toFixed(2) ?? '-'}x read-once (${readOnce?.toFixed(3) ?? '-'} ms)  ` +
-                  `${row.vsFloor!.toFixed(2)}x copy  ${row.status}${row.note ? ` (${row.note})` : ''}` +
-                  (x.impl.startsWith('decode') && passes ? `\n    passes: ${passes}` : ''));
+      console.log(`${label(base)} ${x.impl.padEnd(12)} gpu ${ms.toFixed(4)} ms (x${t.reps}, spread ${(100 * t.spread).toFixed(1)} %)  ` +
+                  `${row.gbPerS!.toFixed(0)} GB/s  ${row.vsPeak!.toFixed(2)}x peak  ${row.vsReadOnce?.toFixed(2) ?? '-'}x read-once ` +
+                  `(${readOnce?.toFixed(4) ?? '-'} ms)  ${row.vsFloor!.toFixed(2)}x copy  ${row.status}${row.note ? ` (${row.note})` : ''}` +
+                  (x.impl.startsWith('decode') && t.passes ? `\n    passes: ${t.passes}` : ''));
     }
     tf.dispose([q, k, v, qg, kh, vh]);
-    if (peer) {   // onnxruntime's decode (bench/onnxruntime_decode.ts): its own inputs, device and check
+    if (peer && !repeat) {   // onnxruntime's decode (bench/onnxruntime_decode.ts): its own inputs, device and check
       const row = await peer.row(base);
       rows.push(row);
       console.log(`${label(base)} ${row.impl.padEnd(12)} gpu ${row.gpuMs?.toFixed(3) ?? '-'} ms  ${row.status}  (${row.note})`);
     }
+  };
+  const shapes: Shape[] = [];
+  for (const headDim of sw.headDims) for (const kvHeads of sw.kvHeads) for (const batch of sw.batches) for (const seqK of sw.seqKs) {
+    shapes.push({ seqK, batch, kvHeads, headDim });
+  }
+  for (const shape of shapes) {
+    if ((performance.now() - start) / 1000 > deadlineS) {
+      rows.push({ ...shape, heads: sw.heads, kvBytes: shape.batch * shape.seqK * shape.kvHeads * shape.headDim * 8, floorMs: null,
+                  impl: 'all', gpuMs: null, wallMs: null, gbPerS: null, vsFloor: null, status: 'skipped', note: 'deadline' });
+      continue;
+    }
+    await measureShape(shape, false);
     save();
+  }
+  // Stability: the first shape again, and the start's peak probe again, at the end of the run.
+  if (sw.repeat && shapes.length) await measureShape(shapes[0], true);
+  const end = await scopes.run(() => peakReadBandwidth(tf, sw, sw.copyBytes, [peak.best]));
+  if (end.value) {
+    endProbe.gbPerS = end.value.best.gbPerS;
+    console.log(`# read probe at the end: ${endProbe.gbPerS.toFixed(0)} GB/s read (start ${peak.best.gbPerS.toFixed(0)})`);
   }
   save();
   return rows;
@@ -330,7 +431,7 @@ function maxRelDiff(a: Float32Array, b: Float32Array): number {
 }
 
 interface DecodeRecord {
-  meta: Record<string, unknown> & { copyGbPerS: number; peakReadGbPerS: number; peakStartGbPerS?: number };
+  meta: Record<string, unknown> & { copyGbPerS: number; peakReadGbPerS: number; peakStartGbPerS?: number; peakEndGbPerS?: number | null };
   rows: DecodeRow[];
 }
 
@@ -343,7 +444,8 @@ interface DecodeRecord {
  */
 export function finishYardsticks(record: DecodeRecord): DecodeRecord {
   const start = record.meta.peakStartGbPerS ?? record.meta.peakReadGbPerS;
-  const peak = Math.max(start, ...record.rows.map(r => (r.readOnceMs ? r.kvBytes / r.readOnceMs / 1e6 : 0)));
+  const peak = Math.max(start, record.meta.peakEndGbPerS ?? 0,
+                        ...record.rows.map(r => (r.readOnceMs ? r.kvBytes / r.readOnceMs / 1e6 : 0)));
   const rows = record.rows.map(r => {
     const peakFloorMs = r.kvBytes / (peak * 1e6), ms = r.gpuMs ?? r.wallMs;
     return { ...r, peakFloorMs, vsPeak: ms == null ? null : ms / peakFloorMs };
@@ -363,20 +465,30 @@ export function renderDecode(path: string): void {
   writeDecodeRecord(JSON.parse(readFileSync(path, 'utf8')) as DecodeRecord, dirname(path));
 }
 
-export function decodeMarkdown(rows: DecodeRow[], y: { copyGbPerS: number; peakReadGbPerS: number; peakStartGbPerS?: number }): string {
+export function decodeMarkdown(rows: DecodeRow[], y: { copyGbPerS: number; peakReadGbPerS: number; peakStartGbPerS?: number;
+                                                      peakEndGbPerS?: number | null }): string {
+  const pct = (x: number | undefined) => (x == null ? '' : `${(100 * x).toFixed(1)} %`);
+  const spreads = rows.filter(r => r.spread != null).map(r => r.spread!).sort((a, b) => a - b);
   const lines = [
-    `Read probe peak: ${y.peakReadGbPerS.toFixed(0)} GB/s read (best of the run; the start's large-buffer probe: ` +
-    `${(y.peakStartGbPerS ?? y.peakReadGbPerS).toFixed(0)}); copy kernel (tf.neg, read + write): ${y.copyGbPerS.toFixed(0)} GB/s.`,
+    `Read probe peak: ${y.peakReadGbPerS.toFixed(0)} GB/s read (best of the run; the large-buffer probe at the start: ` +
+    `${(y.peakStartGbPerS ?? y.peakReadGbPerS).toFixed(0)}, at the end: ${y.peakEndGbPerS ? y.peakEndGbPerS.toFixed(0) : '-'}); ` +
+    `copy kernel (tf.neg, read + write): ${y.copyGbPerS.toFixed(0)} GB/s.`,
+    'Timing: every entry of a shape (the read probe on its K and V, each variant) after a sustained warm-up of the same',
+    'work, R calls back to back in one tf.time (GPU ms = kernelMs / R), in interleaved rounds (ABC, CBA); the median.',
+    `spread = max / min - 1 of an entry's rounds${spreads.length ? ` (median ${pct(spreads[spreads.length >> 1])}, ` +
+      `90th percentile ${pct(spreads[Math.floor(spreads.length * 0.9)])}, max ${pct(spreads[spreads.length - 1])})` : ''}; ` +
+    'a row marked (repeat) is the first shape measured again at the end of the run.',
     'x peak = GPU time / (K+V bytes at the probe peak); x read-once = GPU time / the probe\'s measured time reading this',
     'row\'s K and V once (one dispatch\'s fixed cost included); x copy = GPU time / (K+V bytes at the copy bandwidth).',
     '',
-    '| seqK | B | H/Hkv | d | impl | GPU ms | GB/s (K+V once) | read-once ms | x peak | x read-once | x copy | status |',
-    '|---:|---:|---|---:|---|---:|---:|---:|---:|---:|---:|---|',
+    '| seqK | B | H/Hkv | d | impl | GPU ms | R | spread | GB/s (K+V once) | read-once ms | x peak | x read-once | x copy | status |',
+    '|---:|---:|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|',
   ];
-  for (const r of rows) {
+  for (const r of rows.filter(x => x.impl !== DECODE_PEER_IMPL)) {
     const f = (x: number | null | undefined, d: number) => (x == null ? '' : x.toFixed(x < 10 ? Math.max(d, 2) : d));
-    lines.push(`| ${r.seqK} | ${r.batch} | ${r.heads}/${r.kvHeads} | ${r.headDim} | ${r.impl} | ${f(r.gpuMs ?? r.wallMs, 3)} | ` +
-               `${f(r.gbPerS, 0)} | ${f(r.readOnceMs, 3)} | ${f(r.vsPeak, 2)} | ${f(r.vsReadOnce, 2)} | ${f(r.vsFloor, 2)} | ` +
+    lines.push(`| ${r.seqK} | ${r.batch} | ${r.heads}/${r.kvHeads} | ${r.headDim} | ${r.impl}${r.repeat ? ' (repeat)' : ''} | ` +
+               `${f(r.gpuMs ?? r.wallMs, 4)} | ${r.reps ?? ''} | ${pct(r.spread)} | ` +
+               `${f(r.gbPerS, 0)} | ${f(r.readOnceMs, 4)} | ${f(r.vsPeak, 2)} | ${f(r.vsReadOnce, 2)} | ${f(r.vsFloor, 2)} | ` +
                `${r.status}${r.note && r.status !== 'ok' ? `: ${r.note}` : ''} |`);
   }
   return lines.join('\n') + '\n' + decodePeerMarkdown(rows);

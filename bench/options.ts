@@ -53,6 +53,8 @@ export interface BenchOptions {
   decodeBaselines: boolean;
   /** ms of GPU warm-up before each decode timing (undefined: the sweep's default). */
   decodeWarmMs?: number;
+  /** Interleaved timing rounds per decode shape (undefined: the sweep's default). */
+  decodeRounds?: number;
   /** The variable-length cases (bench/varlen.ts): off, before the sweep, or instead of it. */
   varlen: 'off' | 'on' | 'only';
   /** The decode sweep's onnxruntime row per shape (bench/onnxruntime_decode.ts), when onnxruntime-node loads. */
@@ -98,9 +100,10 @@ export const USAGE = `npm run bench -- [flags]
   --decode-targets=256,512    also time the split-KV forward at these split-pass workgroup targets
   --decode-threads=256        ... and with these split-pass workgroup sizes
   --decode-variants=vec4=0+prefetch=0,mintiles=1   ... and these split-pass variants (keys: vec4,
-                              prefetch, fused (0/1), mintiles, target, threads, cols)
+                              prefetch, fused, grouped (0/1), mintiles, target, threads, cols)
   --decode-baselines=0        decode sweep without the one-pass forward and the composite (tuning)
-  --decode-warm-ms=30         ms of GPU work before each decode timing (clocks up; GPU default 30)
+  --decode-warm-ms=100        ms of the same work before each decode timing (clocks steady; GPU default 100)
+  --decode-rounds=2           interleaved timings of each entry of a shape, the median reported (GPU default 2)
 
 Defaults on a real GPU: seqs 512..32768, dims 32,64,128,256, heads 16, both passes, causal and full.
 Defaults on cpu or a fallback adapter (SwiftShader): seqs 64,128, dims 64, heads 2, fewer repetitions.`;
@@ -183,6 +186,7 @@ export function parseArgs(argv: readonly string[]): BenchOptions {
       case 'decode-variants': o.decodeVariants = value.split(',').filter(Boolean); break;
       case 'decode-baselines': o.decodeBaselines = bool(value, flag); break;
       case 'decode-warm-ms': o.decodeWarmMs = number(value, flag, 0); break;
+      case 'decode-rounds': o.decodeRounds = positiveInts(value, flag)[0]; break;
       default: throw new Error(`unknown flag --${flag}; --help lists the flags`);
     }
   }

@@ -2,7 +2,7 @@
  * The decode sweep's parts that need no GPU (bench/decode.ts): split-pass variants from the
  * command line, the peak yardstick taken as the best read bandwidth of the run, and the flags.
  */
-import { DecodeRow, finishYardsticks, variantOverride } from '../bench/decode';
+import { decodeMarkdown, DecodeRow, finishYardsticks, perCallPasses, repsFor, roundTimes, variantOverride } from '../bench/decode';
 import { parseArgs } from '../bench/options';
 
 describe('split-pass variants (--decode-variants)', () => {
@@ -11,6 +11,7 @@ describe('split-pass variants (--decode-variants)', () => {
     expect(variantOverride('fused=1+mintiles=1+target=256+threads=512+cols=64')).toEqual({
       mode: 'on', fused: true, minTilesPerSplit: 1, targetWorkgroups: 256, tiles: { threads: 512, cols: 64 },
     });
+    expect(variantOverride('grouped=0')).toEqual({ mode: 'on', grouped: false });
   });
   test('an unknown key or a value that is not a number is an error naming the flag', () => {
     expect(() => variantOverride('rows=4')).toThrow(/--decode-variants: unknown key 'rows'/);
@@ -22,6 +23,9 @@ describe('split-pass variants (--decode-variants)', () => {
     const d = parseArgs(['--decode']);
     expect(d).toMatchObject({ decodeVariants: [], decodeBaselines: true });
     expect(d.decodeWarmMs).toBeUndefined();
+    expect(d.decodeRounds).toBeUndefined();
+    expect(parseArgs(['--decode', '--decode-rounds=3']).decodeRounds).toBe(3);
+    expect(() => parseArgs(['--decode', '--decode-rounds=0'])).toThrow(/--decode-rounds needs positive integers/);
   });
 });
 
@@ -44,5 +48,39 @@ describe('the peak yardstick', () => {
     const r = finishYardsticks({ meta, rows: [row(1e9, 4, 2), row(1e9, 3, null)] });
     expect(r.meta.peakReadGbPerS).toBe(1000);
     expect(r.rows.map(x => x.vsPeak)).toEqual([4, 3]);
+  });
+});
+
+describe('steady-clock timing (steadyTime, interleavedTimes)', () => {
+  test('a timed batch holds about batchMs of GPU work: many calls of a few microseconds, one of a long call', () => {
+    expect(repsFor(0.005, 2, 200)).toBe(200);
+    expect(repsFor(0.02, 2, 200)).toBe(100);
+    expect(repsFor(5, 2, 200)).toBe(1);
+    expect(repsFor(0, 2, 50)).toBe(50);   // no timestamp: the most calls
+  });
+  test("tf.time's per-program list becomes GPU ms per program and call", () => {
+    const profile = 'DecodeSplitProgram: 0.02, DecodeCombineProgram: 0.004, DecodeCombineProgram: 0.002, ' +
+                    'DecodeSplitProgram: 0.03, DecodeCombineProgram: 0.006, DecodeCombineProgram: 0.002';
+    expect(perCallPasses(profile, 2)).toBe('DecodeSplitProgram: 0.0250, DecodeCombineProgram: 0.0070');
+    expect(perCallPasses('', 3)).toBe('');
+  });
+  test('rounds: the median and the spread (max / min - 1)', () => {
+    const t = (ms: number) => ({ ms, reps: 10, passes: `P: ${ms}` });
+    const r = roundTimes([t(1.0), t(1.1), t(1.02)]);
+    expect(r.ms).toBe(1.02);
+    expect(r.spread).toBeCloseTo(0.1);
+    expect(r.all).toEqual([1.0, 1.1, 1.02]);
+    expect(roundTimes([t(2)])).toMatchObject({ ms: 2, spread: 0, reps: 10 });
+  });
+  test('the peak counts the end probe too; the table shows R, the spread, the repeated row and the end probe', () => {
+    const row: DecodeRow = { seqK: 8192, batch: 1, heads: 16, kvHeads: 2, headDim: 64, impl: 'decode', gpuMs: 0.01, wallMs: null,
+                             kvBytes: 8e6, gbPerS: 800, floorMs: 0.005, vsFloor: 2, readOnceMs: 0.008, status: 'ok', reps: 200, spread: 0.03 };
+    const r = finishYardsticks({ meta: { copyGbPerS: 1000, peakReadGbPerS: 3000, peakEndGbPerS: 4000 }, rows: [row, { ...row, repeat: true, spread: 0.01 }] });
+    expect(r.meta.peakReadGbPerS).toBe(4000);
+    const md = decodeMarkdown(r.rows, r.meta);
+    expect(md).toContain('at the start: 3000, at the end: 4000');
+    expect(md).toContain('| 8192 | 1 | 16/2 | 64 | decode | 0.0100 | 200 | 3.0 % |');
+    expect(md).toContain('| decode (repeat) |');
+    expect(md).toMatch(/median 3\.0 %/);
   });
 });

@@ -25,6 +25,8 @@ import { referenceForward, RefInputs } from './helpers/reference';
 import { checkOutput, compositeFloat64, SPECIAL, withNonFinite } from './helpers/nonfinite';
 import { destroyWebGPU, gpuBytesInUse, gpuTest, HAS_GPU, takeUncapturedErrors, TINY_TILES, useWebGPU } from './helpers/webgpu_env';
 
+/** The split passes in turn (decode_wgsl.ts): the default (grouped for 2 or more rows), staged, fused. */
+const PASS_TURNS: DecodeOverride[] = [{}, { fused: false }, { grouped: false }];
 /** Small decode tiles (8-key tiles, 32 threads): many tiles and splits even for short sequences. */
 const TINY_DECODE = { cols: 8, threads: 32 };
 const COMPILE_HEAVY_MS = 600000;
@@ -251,6 +253,64 @@ describe('the split-KV forward equals the reference and the one-pass kernel', ()
   }, COMPILE_HEAVY_MS);
 });
 
+describe('the grouped split pass: one probability per (row, key) for a kv head\'s group of query rows', () => {
+  // The default where a workgroup owns 2 or more query rows on vec4 loads: GQA groups 2, 4 and 8,
+  // MQA, several query rows per head (row blocks of FUSED_MAX_ROWS), one split and several, on the
+  // tiny tile (2 score threads per key) and on the device's own tile; against the float64 reference
+  // and the one-pass kernel.
+  gpuTest('GQA groups 2, 4, 8 and MQA; one split and several; several query rows per head', async () => {
+    const cases: CaseSpec[] = [
+      { dims: { batch: 2, seqQ: 1, seqK: 300, heads: 8, kvHeads: 4, headDim: 8, headDimV: 8 }, seed: 701 },
+      { dims: { batch: 1, seqQ: 1, seqK: 260, heads: 8, kvHeads: 2, headDim: 8, headDimV: 12 }, seed: 702, causal: true },
+      { dims: { batch: 2, seqQ: 1, seqK: 333, heads: 8, kvHeads: 1, headDim: 8, headDimV: 8 }, seed: 703, alibi: true, softcap: 2 },
+      { dims: { batch: 1, seqQ: 3, seqK: 200, heads: 8, kvHeads: 2, headDim: 12, headDimV: 8 }, seed: 704, windowSize: [60, 0] },
+    ];
+    for (const c of cases) {
+      expect(decodePlanOf(c, { mode: 'on', tiles: TINY_DECODE })).toMatchObject({ fused: true, grouped: true });
+      await expectDecodeAccurate(c, [1, 5]);
+    }
+    // The device's own tile (256 threads, wide key tiles): one split and the automatic count.
+    const own: CaseSpec = { dims: { batch: 1, seqQ: 2, seqK: 1100, heads: 8, kvHeads: 1, headDim: 16, headDimV: 16 }, seed: 705, causal: true, dropoutRate: 0.2 };
+    const d = caseData(own), want = reference(own, d);
+    for (const numSplits of [1, undefined]) {
+      setDecodeOverride({ mode: 'on', numSplits });
+      const got = await runOp(own, d, false);
+      setDecodeOverride({});
+      expect(takeUncapturedErrors()).toEqual([]);
+      expectClose(`${describeCase(own)} own tile, splits ${numSplits ?? 'auto'}`, got, want);
+    }
+  }, COMPILE_HEAVY_MS);
+
+  test('picked for 2 or more rows a workgroup on vec4 loads; the fused pass for one row or when switched off', () => {
+    const c = (heads: number, kvHeads: number, seqQ = 1, d = 8): CaseSpec =>
+      ({ dims: { batch: 1, seqQ, seqK: 512, heads, kvHeads, headDim: d, headDimV: d }, seed: 1 });
+    expect(decodePlanOf(c(8, 1), {})).toMatchObject({ fused: true, grouped: true });
+    expect(decodePlanOf(c(8, 4), {})).toMatchObject({ fused: true, grouped: true });
+    expect(decodePlanOf(c(4, 4, 2), {})).toMatchObject({ fused: true, grouped: true });
+    expect(decodePlanOf(c(4, 4), {})).toMatchObject({ fused: true, grouped: false });
+    expect(decodePlanOf(c(8, 1), { grouped: false })).toMatchObject({ fused: true, grouped: false });
+    expect(decodePlanOf(c(8, 1), { fused: false })).toMatchObject({ fused: false, grouped: false });
+    expect(decodePlanOf(c(8, 1, 1, 6), {})).toMatchObject({ fused: false, grouped: false });
+    expect(decodePlanOf(c(4, 4), { grouped: true })).toMatchObject({ fused: true, grouped: true });
+  });
+});
+
+/** decodePlan for a case on an H200's limits with the decode hook set as given. */
+function decodePlanOf(c: CaseSpec, o: DecodeOverride) {
+  const limits: DeviceLimits = {
+    maxComputeWorkgroupStorageSize: 49152, maxComputeInvocationsPerWorkgroup: 1024,
+    maxStorageBufferBindingSize: 2 ** 31 - 4, maxComputeWorkgroupsPerDimension: 65535,
+  };
+  const { batch, seqQ, seqK, heads, kvHeads, headDim, headDimV } = c.dims;
+  setDecodeOverride(o);
+  try {
+    return decodePlan(limits, attentionProblem([batch, seqQ, heads, headDim], [batch, seqK, kvHeads, headDim], [batch, seqK, kvHeads, headDimV],
+        caseAttrs(c, { q: new Float32Array(0), k: new Float32Array(0), v: new Float32Array(0), dy: new Float32Array(0) })));
+  } finally {
+    setDecodeOverride({});
+  }
+}
+
 describe('the split pass variants: fused or staged, vec4 or scalar loads, prefetched or not', () => {
   // Head dims 8 and 20/12 above take the fused pass on vec4 loads, the next tile prefetched (the default).
   gpuTest('head dims not a multiple of 4 (scalar loads): MHA and GQA, options, several split counts', async () => {
@@ -264,10 +324,12 @@ describe('the split pass variants: fused or staged, vec4 or scalar loads, prefet
   gpuTest('vec4-capable head dims: fused or staged pass, vec4 loads or prefetch switched off', async () => {
     const c: CaseSpec = { dims: { batch: 2, seqQ: 3, seqK: 140, heads: 4, kvHeads: 2, headDim: 8, headDimV: 12 }, seed: 503, windowSize: [50, 0], maskShape: [2, 1, 3, 140], dropoutRate: 0.3 };
     const d = caseData(c), want = reference(c, d);
-    // The fused pass (the default here) with and without prefetch and with whole-tile key parts
-    // (cols 16: 16 key parts x 1 key), the staged pass on vec4 loads, the staged pass on scalar loads.
+    // The grouped pass (the default here: 2 rows per kv head's group... 6 rows) with and without
+    // prefetch and with a wider tile (cols 16: 1 score thread per key, 16 key parts x 1 key), the
+    // fused pass the same three ways, the staged pass on vec4 loads, the staged pass on scalar loads.
     const variants: DecodeOverride[] = [
-      { prefetch: false }, { tiles: { cols: 16, threads: 32 } }, { fused: false }, { fused: false, prefetch: false },
+      { prefetch: false }, { tiles: { cols: 16, threads: 32 } }, { grouped: false }, { grouped: false, prefetch: false },
+      { grouped: false, tiles: { cols: 16, threads: 32 } }, { fused: false }, { fused: false, prefetch: false },
       { vec4: false }, { vec4: false, prefetch: false },
     ];
     for (const loads of variants) {
@@ -312,8 +374,8 @@ describe('sequence ranges (seqLensK of a filled cache, packed sequences)', () =>
       if (c.maskShape) c.maskShape = [3, c.dims.heads, c.dims.seqQ, c.dims.seqK];
       const d = caseData(c), r = rng(c.seed);
       const lensQ = lengths(r, 3, c.dims.seqQ), lensK = lengths(r, 3, c.dims.seqK);
-      // Odd sets on the staged pass, even ones on the fused pass (the default for these head dims).
-      setDecodeOverride({ mode: 'on', tiles: TINY_DECODE, numSplits: 4, fused: n % 2 === 0 });
+      // The sets in turn on the default pass (grouped, or fused for one row), the staged and the fused pass.
+      setDecodeOverride({ mode: 'on', tiles: TINY_DECODE, numSplits: 4, ...PASS_TURNS[n % 3] });
       const { got, want } = await rangedRun(c, d, lensQ, lensK, 'padded');
       setDecodeOverride({});
       expect(takeUncapturedErrors()).toEqual([]);
@@ -347,7 +409,7 @@ describe('sequence ranges (seqLensK of a filled cache, packed sequences)', () =>
       c.dims.batch = 3;
       const d = caseData(c), r = rng(c.seed);
       const lensQ = lengths(r, 3, c.dims.seqQ).map(x => Math.max(x, 1)), lensK = lengths(r, 3, c.dims.seqK);
-      setDecodeOverride({ mode: 'on', tiles: TINY_DECODE, numSplits: 3, fused: n % 2 === 0 });
+      setDecodeOverride({ mode: 'on', tiles: TINY_DECODE, numSplits: 3, ...PASS_TURNS[n % 3] });
       const { got, want } = await rangedRun(c, d, lensQ, lensK, 'packed');
       setDecodeOverride({});
       expect(takeUncapturedErrors()).toEqual([]);
@@ -359,13 +421,14 @@ describe('sequence ranges (seqLensK of a filled cache, packed sequences)', () =>
 describe('NaN and Infinity, determinism, buffers', () => {
   gpuTest('NaN and ±Infinity in q, k, v propagate as in the float64 composite', async () => {
     const found: string[] = [];
-    // The last set runs on the scalar loads (head dim 6), the others on vec4 loads.
+    // The last set runs on the scalar loads (head dim 6, the staged pass), the others on vec4 loads.
     for (const [n, flags] of [[], ['causal', 'alibi'], ['mask', 'softcap'], ['causal']].entries()) {
       for (const where of ['q', 'k', 'v'] as const) {
         const c = decodeCase(new Set(flags), 5000 + 10 * n + where.charCodeAt(0), 60);
         if (n === 3) { c.dims.headDim = 6; c.dims.headDimV = 6; }
         const finite = caseData(c), d = withNonFinite(finite, where, SPECIAL, c.seed, 2);
-        const got = await forward(c, d, { mode: 'on', numSplits: 3 });
+        // Set 1 on the fused pass, the others on the default (grouped where 2 or more rows).
+        const got = await forward(c, d, { mode: 'on', numSplits: 3, ...(n === 1 ? { grouped: false } : {}) });
         const strict = compositeFloat64(c, d, true), skipping = compositeFloat64(c, d, false);
         const scale = compositeFloat64(c, finite, false);
         for (const name of ['out', 'lse'] as const) {

@@ -528,6 +528,211 @@ export function splitPassFusedWGSL(variableNames: string[], t: DecodeTiles, f: O
 }
 
 /**
+ * (scoreThreads, rowThreads, keyParts, keysPerThread) of the grouped split pass: SPK threads per
+ * key in the score phase (each a share of the head dim), RT threads per row in the row phase, and
+ * as the fused pass KP threads per value vec4 in the accumulate phase (keys kp, kp + KP, ...).
+ */
+export function groupedLayout(t: DecodeTiles, headDim: number, headDimV: number) {
+  // A power of two (the threads of a key are tid / (NT / SPK) apart), at most the head dim's vec4s.
+  let spk = 1;
+  while (spk * 2 <= Math.min(t.threads / t.cols, vec4Count(headDim))) spk *= 2;
+  const rowThreads = Math.min(Math.floor(t.threads / t.rows), 32, t.cols);
+  return { scoreThreads: spk, rowThreads, ...fusedLayout(t, headDimV) };
+}
+
+/** Bytes of workgroup memory of the grouped split pass (mirrors the declarations below). */
+export function decodeGroupedWorkgroupBytes(t: DecodeTiles, headDim: number, headDimV: number): number {
+  const d4p = paddedVec4(headDim), { scoreThreads } = groupedLayout(t, headDim, headDimV);
+  return 16 * (t.rows * d4p + Math.max(t.cols * d4p, t.threads)) +        // q, k (and the end's accumulators)
+         4 * (scoreThreads * t.rows * t.cols + t.threads + t.rows) + 8 * t.rows + 16;   // scores, red, alpha, final, wgId
+}
+
+/**
+ * The grouped split pass (vec4 K and V, 2 ... FUSED_MAX_ROWS query rows of one kv head's group): the
+ * fused pass redoes each row's online softmax in every thread of a value column (DV4 times the exps
+ * and the max per score, for every row), and its score phase reads each key from workgroup memory
+ * once per row. Here the work per score is done once:
+ *  - score phase: SPK threads per key, each over its share of the head dim, with the key vec4 read
+ *    once for all ROWS rows (the query vec4s are the same address across the threads: broadcast);
+ *  - row phase: RT threads per row take the tile's row max (masks, biases, the keep bit), then one
+ *    probability per (row, key) under the new running max, times the dropout factor, into sTile;
+ *    the row sum is kept per thread (all of a row's threads share its max) and added up at the end;
+ *  - accumulate phase: as the fused pass, each thread its value vec4 of its keys from registers
+ *    (loaded a tile ahead), P V for every row, no exps.
+ * Deterministic (fixed orders); masked 0, a kept NaN/+inf score NaN, as the one-pass kernel.
+ */
+export function splitPassGroupedWGSL(variableNames: string[], t: DecodeTiles, f: OptionFlags,
+                                     headDim: number, headDimV: number, loads: DecodeLoads): string {
+  const d4 = vec4Count(headDim), dv4 = vec4Count(headDimV), d4p = paddedVec4(headDim);
+  const kLoads = kvTileLoads(t, headDim, headDimV, { ...loads, vec4: true }, false);
+  const { scoreThreads: spk, rowThreads: rt, keyParts, keysPerThread } = groupedLayout(t, headDim, headDimV);
+  const keysPerRowThread = Math.ceil(t.cols / rt);
+  const rows = (body: (r: number) => string, sep?: string) => unroll(t.rows, body, sep);
+  const keys = (body: (i: number) => string, sep?: string) => unroll(keysPerThread, body, sep);
+  const rowKeys = (body: (i: number) => string, sep?: string) => unroll(keysPerRowThread, body, sep);
+  const ragged = keyParts * keysPerThread > t.cols;
+  const col = (i: number) => ragged ? `min(kp + ${i * keyParts}, COLS - 1)` : `kp + ${i * keyParts}`;
+  const inTile = (i: number) => ragged ? `(kp + ${i * keyParts} < COLS)` : 'true';
+  const issueV = (col0: string) => keys(i => `vx_${i} = vLoad(kp + ${i * keyParts}, c4, ${col0}, hi, startK, kvh);`);
+  return `
+    const ROWS = ${t.rows};
+    const COLS = ${t.cols};
+    const NT = ${t.threads};
+    const D = ${headDim};
+    const D4 = ${d4};
+    const D4P = ${d4p};
+    const DV = ${headDimV};
+    const DV4 = ${dv4};
+    const KP = ${keyParts};
+    const SPK = ${spk};
+    const RT = ${rt};
+    const NEG_BIG = ${NEG_BIG};
+    var<workgroup> sharedWorkgroupId : vec3<u32>;
+    var<workgroup> qTile : array<array<vec4<f32>, D4P>, ROWS>;
+    // The key tile; at the end of the split the threads' accumulators (NT vec4s).
+    var<workgroup> kTile : array<array<vec4<f32>, D4P>, ${Math.max(t.cols, Math.ceil(t.threads / d4p))}>;
+    // Score shares [SPK][ROWS][COLS]; share 0 then holds the probabilities (times the dropout factor).
+    var<workgroup> sTile : array<f32, ${spk * t.rows * t.cols}>;
+    var<workgroup> red : array<f32, NT>;
+    var<workgroup> rowAlpha : array<f32, ROWS>;
+    var<workgroup> rowFinal : array<vec2<f32>, ROWS>;
+    ${optionHelpers(f)}
+    ${rangeHelpers(f)}
+
+    ${kLoads.fns}
+    fn vLoad(c : i32, c4 : i32, col0 : i32, hi : i32, startK : i32, kvh : i32) -> vec4<f32> {
+      let j = col0 + c;
+      let ok = (c < COLS) & (j < hi) & (c4 < DV4);
+      return select(vec4<f32>(0.0), v[select(0, ((startK + j) * uniforms.kShape.z + kvh) * DV4 + c4, ok)], ok);
+    }
+
+    fn main() {
+      ${touch(variableNames)}
+      ${UNIFORM_WG}
+      ${splitSetupWGSL(f)}
+
+      // Accumulate phase: value column c4, keys kp, kp + KP, ... of every row.
+      let c4 = tid % DV4;
+      let kp = tid / DV4;
+      let accThread = kp < KP;
+      ${rows(r => `var acc_${r} = vec4<f32>(0.0);`)}
+      ${keys(i => `var vx_${i} : vec4<f32>;`)}
+      // Row phase: row rr, keys sub, sub + RT, ...; its running max and its share of the row sum.
+      let rr = min(tid / RT, ROWS - 1);
+      let sub = tid % RT;
+      let rowThread = tid < ROWS * RT;
+      let myGr = gr0 + rr;
+      let myI = myGr % uniforms.nqMax;
+      let myH = min(kvh * group + myGr / uniforms.nqMax, heads - 1);
+      let rowKey = dropoutRowKey(b * heads + myH, myI);
+      var m = NEG_BIG;
+      var l = 0.0;
+      // Score phase: key sc (and sc + NT / SPK, ...), share sp of the head dim.
+      let sp = tid / (NT / SPK);
+
+      ${kLoads.declare}
+      ${loads.prefetch ? kLoads.issue('firstCol') : ''}
+      ${issueV('firstCol')}
+      for (var col0 = firstCol; col0 < hi; col0 += COLS) {
+        ${loads.prefetch ? '' : kLoads.issue('col0')}
+        workgroupBarrier();   // the previous key tile and probabilities are consumed
+        ${kLoads.store}
+        workgroupBarrier();
+        ${loads.prefetch ? kLoads.issue('col0 + COLS') : ''}
+
+        for (var sc = tid % (NT / SPK); sp < SPK && sc < COLS; sc += NT / SPK) {
+          ${rows(r => `var dot_${r} = 0.0;`, ' ')}
+          for (var x = sp; x < D4; x += SPK) {
+            let kx = kTile[sc][x];
+            ${rows(r => `dot_${r} += dot(qTile[${r}][x], kx);`, ' ')}
+          }
+          ${rows(r => `sTile[(sp * ROWS + ${r}) * COLS + sc] = dot_${r};`, ' ')}
+        }
+        workgroupBarrier();
+
+        // Row phase: the scores (shares added, masks and biases), the tile's row max.
+        ${rowKeys(i => `var s_${i} = NEG_BIG; var kept_${i} = false;`, ' ')}
+        var part = NEG_BIG;
+        if (rowThread) {
+          ${rowKeys(i => `{
+            let c = sub + ${i * rt};
+            if (c < COLS) {
+              var dotSum = 0.0;
+              ${unroll(spk, u => `dotSum += sTile[(${u} * ROWS + rr) * COLS + c];`, ' ')}
+              let j = col0 + c;
+              kept_${i} = (myGr < grEnd) & (j < hi) & isKept(b, myH, myI, j, lenQ, lenK, off);
+              s_${i} = select(NEG_BIG, scoreOf(dotSum, myI, j, off, slopeOf(myH)), kept_${i});
+              part = max(part, select(s_${i}, NEG_BIG, poisons(s_${i})));
+            }
+          }`)}
+          red[tid] = part;
+        }
+        workgroupBarrier();
+        if (rowThread) {
+          var tileMax = NEG_BIG;
+          for (var u = 0; u < RT; u++) { tileMax = max(tileMax, red[rr * RT + u]); }
+          // Both maxima are finite (NaN and +inf scores are left out), so alpha is never NaN.
+          let newMax = max(m, tileMax);
+          let alpha = exp(m - newMax);
+          m = newMax;
+          l *= alpha;
+          ${rowKeys(i => `{
+            let c = sub + ${i * rt};
+            if (c < COLS) {
+              let x = s_${i};
+              let p = select(select(0.0, exp(x - newMax), kept_${i}), quietNaN(x), poisons(x));
+              l += p;   // the normaliser ignores dropout
+              sTile[rr * COLS + c] = p * dropoutScale(rowKey, col0 + c);
+            }
+          }`)}
+          if (sub == 0) { rowAlpha[rr] = alpha; }
+        }
+        workgroupBarrier();
+
+        // Accumulate phase.
+        if (accThread) {
+          ${rows(r => `{
+            var a = acc_${r} * rowAlpha[${r}];
+            ${keys(i => `a += select(0.0, sTile[${r} * COLS + ${col(i)}], ${inTile(i)}) * vx_${i};`, ' ')}
+            acc_${r} = a;
+          }`)}
+        }
+        // This thread's values of the next tile, in flight through the next score phase.
+        ${issueV('col0 + COLS')}
+      }
+
+      // The split's row sums (RT shares per row) and accumulators (KP parts per value vec4, in kp order).
+      workgroupBarrier();
+      if (rowThread) { red[tid] = l; }
+      workgroupBarrier();
+      if (rowThread && sub == 0) {
+        var rowSum = 0.0;
+        for (var u = 0; u < RT; u++) { rowSum += red[rr * RT + u]; }
+        rowFinal[rr] = vec2<f32>(m, rowSum);
+      }
+      let numSplits = uniforms.numSplits;
+      let rowsAll = uniforms.batchSeqs * heads * uniforms.nqMax;
+      ${rows(r => `
+      workgroupBarrier();
+      if (accThread) { kTile[tid / D4P][tid % D4P] = acc_${r}; }
+      workgroupBarrier();
+      if (tid < DV4 && gr0 + ${r} < grEnd) {
+        var a = vec4<f32>(0.0);
+        for (var p = 0; p < KP; p++) { let e = p * DV4 + c4; a += kTile[e / D4P][e % D4P]; }
+        let gr = gr0 + ${r};
+        let g = (b * heads + kvh * group + gr / uniforms.nqMax) * uniforms.nqMax + gr % uniforms.nqMax;
+        let base = (g * numSplits + split) * DV + c4 * 4;
+        ${unroll(4, e => `result[base + ${e}] = a[${e}];`, ' ')}
+        if (c4 == 0) {
+          let ml = rowsAll * numSplits * DV + (g * numSplits + split) * 2;
+          result[ml] = rowFinal[${r}].x;
+          result[ml + 1] = rowFinal[${r}].y;
+        }
+      }`)}
+    }`;
+}
+
+/**
  * The combine pass writes one of the two outputs (`part`): out [rowsQ, H, DV] or logSumExp
  * (problem.ts's layout). Two small dispatches instead of one packed buffer and two unpack copies:
  * under per-program timing every dispatch costs microseconds even when it moves nothing.

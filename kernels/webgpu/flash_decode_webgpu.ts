@@ -25,8 +25,8 @@
 import { TensorInfo, util } from '@tensorflow/tfjs-core';
 import { AttentionProblem, attentionProblem, FlashAttentionAttrs, FlashAttentionInputs } from '../../src/contract';
 import {
-  combinePassWGSL, decodeFusedWorkgroupBytes, DecodeLoads, DecodeTiles, decodeWorkgroupBytes, FUSED_MAX_ROWS, splitPassFusedWGSL,
-  splitPassWGSL,
+  combinePassWGSL, decodeFusedWorkgroupBytes, decodeGroupedWorkgroupBytes, DecodeLoads, DecodeTiles, decodeWorkgroupBytes,
+  FUSED_MAX_ROWS, splitPassFusedWGSL, splitPassGroupedWGSL, splitPassWGSL,
 } from './decode_wgsl';
 import { vec4Count } from './tiles';
 import {
@@ -71,6 +71,11 @@ const COMBINE_THREADS = 128;
 const DECODE_PREFETCH = true;
 /** Whether the fused split pass runs where it applies (vec4 loads): see decode_wgsl.ts. */
 const DECODE_FUSED = true;
+/**
+ * Whether the grouped split pass replaces the fused one where a workgroup owns 2 or more query rows
+ * (GQA/MQA, or several query rows): one exp per (row, key) instead of one per (row, key, value vec4).
+ */
+const DECODE_GROUPED = true;
 /** Most splits (the combine pass keeps one weight per split in workgroup memory). */
 export const DECODE_MAX_SPLITS = 256;
 /** Query rows per split-pass workgroup at most (rows of one kv head's group). */
@@ -89,6 +94,8 @@ export interface DecodePlan {
   loads: DecodeLoads;
   /** The fused split pass (values straight into registers, no row phase; vec4 loads only). */
   fused: boolean;
+  /** The grouped split pass (as fused, with one probability per (row, key) shared through workgroup memory). */
+  grouped: boolean;
 }
 
 /** Test and tuning hooks: force the decode path on or off, fix the split count or the tile. */
@@ -103,6 +110,8 @@ export interface DecodeOverride {
   prefetch?: boolean;
   /** Off: the staged split pass even where the fused one applies. */
   fused?: boolean;
+  /** Off: the fused split pass even where the grouped one applies (on: also for one row). */
+  grouped?: boolean;
 }
 let override: DecodeOverride = {};
 
@@ -120,17 +129,22 @@ const nextPow2 = (n: number) => 2 ** Math.ceil(Math.log2(Math.max(1, n)));
 /** Whether K and V can be bound as vec4 arrays (decode_wgsl.ts, DecodeLoads) and are. */
 const vec4Loads = (s: AttentionProblem) => (override.vec4 ?? true) && s.headDim % 4 === 0 && s.headDimV % 4 === 0;
 
+/** The split pass a plan runs (decode_wgsl.ts). */
+export type SplitPassKind = 'staged' | 'fused' | 'grouped';
+
 /**
  * The decode geometry for this device: the widest key tile that fits its workgroup memory (the
- * fused split pass stages no values, so its tiles are wider), rows capped for the fused pass.
+ * fused and grouped split passes stage no values, so their tiles are wider), rows capped for them.
  */
-export function chooseDecodeTiles(limits: DeviceLimits, s: AttentionProblem, fused = false): DecodeTiles {
-  const rowsWanted = Math.min(nextPow2(s.group * s.seqQ), fused ? FUSED_MAX_ROWS : DECODE_MAX_ROWS);
+export function chooseDecodeTiles(limits: DeviceLimits, s: AttentionProblem, kind: SplitPassKind | boolean = 'staged'): DecodeTiles {
+  const pass: SplitPassKind = kind === true ? 'fused' : kind === false ? 'staged' : kind;
+  const registers = pass !== 'staged';
+  const rowsWanted = Math.min(nextPow2(s.group * s.seqQ), registers ? FUSED_MAX_ROWS : DECODE_MAX_ROWS);
   const threads = Math.min(override.tiles?.threads ?? (rowsWanted <= 2 ? DECODE_THREADS_FEW_ROWS : DECODE_THREADS),
                            limits.maxComputeInvocationsPerWorkgroup);
-  const rows = Math.min(override.tiles?.rows ?? rowsWanted, threads, fused ? FUSED_MAX_ROWS : threads);
-  const bytes = fused ? decodeFusedWorkgroupBytes : decodeWorkgroupBytes;
-  for (const cols of override.tiles?.cols ? [override.tiles.cols] : [128, 64, 32, 16, 8, 4].slice(fused ? 0 : 1)) {
+  const rows = Math.min(override.tiles?.rows ?? rowsWanted, threads, registers ? FUSED_MAX_ROWS : threads);
+  const bytes = { staged: decodeWorkgroupBytes, fused: decodeFusedWorkgroupBytes, grouped: decodeGroupedWorkgroupBytes }[pass];
+  for (const cols of override.tiles?.cols ? [override.tiles.cols] : [128, 64, 32, 16, 8, 4].slice(registers ? 0 : 1)) {
     const t = { rows, cols, threads };
     if (bytes(t, s.headDim, s.headDimV) <= limits.maxComputeWorkgroupStorageSize) return t;
   }
@@ -141,10 +155,12 @@ export function chooseDecodeTiles(limits: DeviceLimits, s: AttentionProblem, fus
 /** Whether and how the split-KV kernel runs this problem (see the file header). */
 export function decodePlan(limits: DeviceLimits, s: AttentionProblem): DecodePlan {
   const mode = override.mode ?? 'auto';
-  // The fused pass gives each value column (vec4) of a row its own thread: not with fewer threads.
-  const fusedTiles = vec4Loads(s) && (override.fused ?? DECODE_FUSED) ? chooseDecodeTiles(limits, s, true) : null;
-  const fused = fusedTiles !== null && vec4Count(s.headDimV) <= fusedTiles.threads;
-  const tiles = fused ? fusedTiles! : chooseDecodeTiles(limits, s, false);
+  // The fused and grouped passes give each value column (vec4) of a row its own thread: not with fewer threads.
+  const registers = vec4Loads(s) && (override.fused ?? DECODE_FUSED);
+  const grouped = registers && (override.grouped ?? (DECODE_GROUPED && s.group * s.seqQ >= 2));
+  const registerTiles = registers ? chooseDecodeTiles(limits, s, grouped ? 'grouped' : 'fused') : null;
+  const fused = registerTiles !== null && vec4Count(s.headDimV) <= registerTiles.threads;
+  const tiles = fused ? registerTiles! : chooseDecodeTiles(limits, s, 'staged');
   const rowBlocks = Math.ceil(s.group * s.seqQ / tiles.rows);
   const keyTiles = Math.max(1, Math.ceil(s.seqK / tiles.cols));
   const base = s.batch * s.kvHeads * rowBlocks;
@@ -160,7 +176,7 @@ export function decodePlan(limits: DeviceLimits, s: AttentionProblem): DecodePla
     use: mode === 'on' || (mode === 'auto' && auto),
     tiles, rowBlocks, numSplits, splitKeys: tilesPerSplit * tiles.cols,
     loads: { vec4: vec4Loads(s), prefetch: override.prefetch ?? DECODE_PREFETCH },
-    fused,
+    fused, grouped: fused && grouped,
   };
 }
 
@@ -184,11 +200,11 @@ export class DecodeSplitProgram extends FlashProgram {
     this.outputShape = [rows * plan.numSplits * (s.headDimV + 2)];
     this.workgroupSize = [plan.tiles.threads, 1, 1];
     this.dispatch = [plan.numSplits, s.kvHeads * plan.rowBlocks, s.batch];
-    this.shaderKey = shaderKeyOf('flashDecodeSplit', { headDim: s.headDim, headDimV: s.headDimV, ...plan.tiles, ...plan.loads, fused: plan.fused, ...s.flags });
+    this.shaderKey = shaderKeyOf('flashDecodeSplit', { headDim: s.headDim, headDimV: s.headDimV, ...plan.tiles, ...plan.loads, fused: plan.fused, grouped: plan.grouped, ...s.flags });
   }
 
   getUserCode(): string {
-    const wgsl = this.plan.fused ? splitPassFusedWGSL : splitPassWGSL;
+    const wgsl = this.plan.grouped ? splitPassGroupedWGSL : this.plan.fused ? splitPassFusedWGSL : splitPassWGSL;
     return wgsl(this.variableNames, this.plan.tiles, this.s.flags, this.s.headDim, this.s.headDimV, this.plan.loads);
   }
 
