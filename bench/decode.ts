@@ -15,9 +15,9 @@
  *
  * Timing (steadyTime, interleavedTimes): a call of a few microseconds timed alone measured the
  * state of the GPU's clocks more than the kernel, so every entry of a shape (the probe and each
- * variant) is timed after a sustained warm-up of the same work, as R calls back to back inside one
- * tf.time (GPU ms per call = kernelMs / R), in rounds whose order alternates (A B C, C B A), the
- * median reported with the rounds' spread. The start's peak probe is repeated at the end of the run
+ * variant) is timed after a sustained warm-up of the same work, as R calls back to back in one
+ * command buffer between two timestamps (GPU ms per call = elapsed / R), in rounds whose order
+ * alternates (A B C, C B A), the median reported with the rounds' spread. The start's peak probe is repeated at the end of the run
  * and the first shape measured again (the stability evidence).
  *
  * --decode-targets=128,256,... also times the split-KV forward at those split-pass workgroup
@@ -82,7 +82,7 @@ export interface DecodeRow {
   peakFloorMs?: number | null; vsPeak?: number | null;
   /** Read-once yardstick: the probe's measured time reading this row's K and V, and GPU time over it. */
   readOnceMs?: number | null; vsReadOnce?: number | null;
-  /** GPU ms per program and call (tf.time's profile of the timed batch), e.g. 'DecodeSplitProgram: 0.05, ...'. */
+  /** GPU ms per program of one call (tf.time's profile after the timing), e.g. 'DecodeSplitProgram: 0.05, ...'. */
   passes?: string;
   /** Calls per timed batch; spread of the rounds' times (max / min - 1), this row's and its read-once's. */
   reps?: number; spread?: number; readOnceSpread?: number;
@@ -186,29 +186,74 @@ export const repsFor = (estimateMs: number, batchMs: number, maxReps: number) =>
     Math.max(1, Math.min(maxReps, Math.ceil(batchMs / Math.max(estimateMs, 1e-4))));
 
 /**
- * GPU ms per call of `run` with the GPU at steady clocks. A call of a few microseconds timed alone
- * measured whatever state the clocks were in (2026-12-02: one combine program 8 us in one row,
- * 54 us in another; B = 1 GQA decode 0.06 ms at 06:18 and 0.10-0.20 ms later). So: one untimed
- * call (pipelines compiled), one timed call for an estimate, then a sustained warm-up of the same
- * work (batches of R calls, synced, for sw.warmMs), then R calls back to back inside one tf.time
- * (tfjs times each program with its own timestamps; the calls are queued without waiting, so the
- * GPU stays busy): kernelMs / R.
+ * GPU ms per call of `run` with the GPU at steady clocks. tf.time is no clock for this: it gives
+ * every program its own compute pass and submit, and the begin timestamp of a pass can be written
+ * while earlier work still runs, so calls timed back to back under it overlap and add up to more
+ * than the GPU spent (H200 2026-12-02 09:29 UTC: a 16-workgroup combine pass at 40-110 us; spreads
+ * of 30 % and more between rounds). So: `reps` calls recorded into one command buffer (tfjs's
+ * deferred submit raised past them: no CPU gaps between calls, one submit) between two empty
+ * compute passes whose timestamps mark the start and the end of the batch; GPU ms per call =
+ * (end - start) / reps: the GPU's elapsed time for the calls back to back, barriers between
+ * dependent dispatches included. First one call (pipelines compiled) and one batch of 1 (an
+ * estimate, for R), then batches of R for sw.warmMs (the sustained warm-up of the same work), then
+ * three timed batches, the median. The per-program breakdown comes from tf.time of one more call.
+ * Without timestamps (SwiftShader has them) tf.time's kernelMs / R stands in.
  */
 export async function steadyTime(tf: TF, run: () => Tensor, sw: Pick<DecodeSweep, 'warmMs' | 'batchMs' | 'maxReps'>): Promise<SteadyTime> {
-  const batch = async (reps: number) => {
-    let last: Tensor | null = null;
-    for (let i = 0; i < reps; i++) { if (last) last.dispose(); last = run(); }
-    await syncOnFirstElement(tf, last!);
-    last!.dispose();
+  const once = async () => {
+    const out = run();
+    await syncOnFirstElement(tf, out);
+    out.dispose();
   };
-  await batch(1);
-  const estimate = await tf.time(() => { tf.dispose(run()); });
-  const reps = repsFor(estimate.kernelMs as number, sw.batchMs, sw.maxReps);
+  await once();
+  const estimate = await batchElapsedMs(tf, run, 1);
+  const reps = repsFor(estimate, sw.batchMs, sw.maxReps);
   const warmStart = performance.now();
-  while (performance.now() - warmStart < sw.warmMs) await batch(reps);
-  const info = await tf.time(() => { for (let i = 0; i < reps; i++) tf.dispose(run()); }) as
-      { kernelMs: number; getExtraProfileInfo?: () => string };
-  return { ms: info.kernelMs / reps, reps, passes: perCallPasses(info.getExtraProfileInfo?.() ?? '', reps) };
+  while (performance.now() - warmStart < sw.warmMs) await batchElapsedMs(tf, run, reps);
+  const ms = median([await batchElapsedMs(tf, run, reps), await batchElapsedMs(tf, run, reps), await batchElapsedMs(tf, run, reps)]) / reps;
+  const profile = await tf.time(() => { tf.dispose(run()); }) as { getExtraProfileInfo?: () => string };
+  return { ms, reps, passes: perCallPasses(profile.getExtraProfileInfo?.() ?? '', 1) };
+}
+
+interface TimestampBackend {
+  device: GPUDevice; supportTimestampQuery: boolean; commandEncoder: GPUCommandEncoder | null;
+  endComputePassEncoder(): void; ensureCommandEncoderReady(): void; submitQueue(): void;
+}
+
+/** GPU ms from the start to the end of `reps` calls of `run` recorded into one command buffer (steadyTime). */
+async function batchElapsedMs(tf: TF, run: () => Tensor, reps: number): Promise<number> {
+  const backend = tf.backend() as unknown as TimestampBackend;
+  if (!backend.supportTimestampQuery) {
+    const info = await tf.time(() => { for (let i = 0; i < reps; i++) tf.dispose(run()); });
+    return info.kernelMs as number;
+  }
+  const device = backend.device;
+  const querySet = device.createQuerySet({ type: 'timestamp', count: 2 });
+  const resolved = device.createBuffer({ size: 16, usage: GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC });
+  const staging = device.createBuffer({ size: 16, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
+  const marker = (writes: GPUComputePassTimestampWrites) => {
+    backend.endComputePassEncoder();
+    backend.ensureCommandEncoderReady();
+    backend.commandEncoder!.beginComputePass({ timestampWrites: writes }).end();
+  };
+  const flag = 'WEBGPU_DEFERRED_SUBMIT_BATCH_SIZE', batchSize = tf.env().get(flag);
+  tf.env().set(flag, Number.MAX_SAFE_INTEGER);
+  try {
+    marker({ querySet, beginningOfPassWriteIndex: 0 });
+    for (let i = 0; i < reps; i++) tf.dispose(run());
+    marker({ querySet, endOfPassWriteIndex: 1 });
+    backend.commandEncoder!.resolveQuerySet(querySet, 0, 2, resolved, 0);
+    backend.commandEncoder!.copyBufferToBuffer(resolved, 0, staging, 0, 16);
+    backend.submitQueue();
+  } finally {
+    tf.env().set(flag, batchSize);
+  }
+  await staging.mapAsync(GPUMapMode.READ);
+  const [start, end] = new BigUint64Array(staging.getMappedRange().slice(0));
+  staging.unmap();
+  [staging, resolved].forEach(b => b.destroy());
+  querySet.destroy();
+  return Number(end - start) / 1e6;
 }
 
 /** tf.time's per-program list ('A: 0.01, B: 0.02, A: ...') as GPU ms per program and call, in first-seen order. */
@@ -474,7 +519,8 @@ export function decodeMarkdown(rows: DecodeRow[], y: { copyGbPerS: number; peakR
     `${(y.peakStartGbPerS ?? y.peakReadGbPerS).toFixed(0)}, at the end: ${y.peakEndGbPerS ? y.peakEndGbPerS.toFixed(0) : '-'}); ` +
     `copy kernel (tf.neg, read + write): ${y.copyGbPerS.toFixed(0)} GB/s.`,
     'Timing: every entry of a shape (the read probe on its K and V, each variant) after a sustained warm-up of the same',
-    'work, R calls back to back in one tf.time (GPU ms = kernelMs / R), in interleaved rounds (ABC, CBA); the median.',
+    'work, R calls back to back in one command buffer between two timestamps (GPU ms = elapsed / R, the median of 3',
+    'batches), in interleaved rounds (ABC, CBA); the median of the rounds.',
     `spread = max / min - 1 of an entry's rounds${spreads.length ? ` (median ${pct(spreads[spreads.length >> 1])}, ` +
       `90th percentile ${pct(spreads[Math.floor(spreads.length * 0.9)])}, max ${pct(spreads[spreads.length - 1])})` : ''}; ` +
     'a row marked (repeat) is the first shape measured again at the end of the run.',
