@@ -25,8 +25,13 @@ import { referenceForward, RefInputs } from './helpers/reference';
 import { checkOutput, compositeFloat64, SPECIAL, withNonFinite } from './helpers/nonfinite';
 import { destroyWebGPU, gpuBytesInUse, gpuTest, HAS_GPU, takeUncapturedErrors, TINY_TILES, useWebGPU } from './helpers/webgpu_env';
 
-/** The split passes in turn (decode_wgsl.ts): the default (grouped for 2 or more rows), staged, fused. */
-const PASS_TURNS: DecodeOverride[] = [{}, { fused: false }, { grouped: false }];
+/**
+ * The automatic choice with the grouped pass at any head dim (the device default: headDimV >= 128),
+ * so that the tests' small head dims run it wherever a workgroup owns 2 or more rows.
+ */
+const GROUPED_AT_ANY_HEAD_DIM: DecodeOverride = { groupedMinHeadDimV: 0 };
+/** The split passes in turn (decode_wgsl.ts): the choice above (grouped for 2 or more rows), staged, fused. */
+const PASS_TURNS: DecodeOverride[] = [GROUPED_AT_ANY_HEAD_DIM, { fused: false }, { grouped: false }];
 /** Small decode tiles (8-key tiles, 32 threads): many tiles and splits even for short sequences. */
 const TINY_DECODE = { cols: 8, threads: 32 };
 const COMPILE_HEAVY_MS = 600000;
@@ -36,7 +41,7 @@ interface Forward { out: Float32Array; lse: Float32Array; }
 
 /** The forward on webgpu with the decode hook set as given (the one-pass kernel uses tiny tiles). */
 async function forward(c: CaseSpec, d: CaseData, o: DecodeOverride): Promise<Forward> {
-  setDecodeOverride({ tiles: TINY_DECODE, ...o });
+  setDecodeOverride({ tiles: TINY_DECODE, ...GROUPED_AT_ANY_HEAD_DIM, ...o });
   try {
     const { out, lse } = await runOp(c, d, false);
     return { out, lse };
@@ -266,14 +271,14 @@ describe('the grouped split pass: one probability per (row, key) for a kv head\'
       { dims: { batch: 1, seqQ: 3, seqK: 200, heads: 8, kvHeads: 2, headDim: 12, headDimV: 8 }, seed: 704, windowSize: [60, 0] },
     ];
     for (const c of cases) {
-      expect(decodePlanOf(c, { mode: 'on', tiles: TINY_DECODE })).toMatchObject({ fused: true, grouped: true });
+      expect(decodePlanOf(c, { mode: 'on', tiles: TINY_DECODE, ...GROUPED_AT_ANY_HEAD_DIM })).toMatchObject({ fused: true, grouped: true });
       await expectDecodeAccurate(c, [1, 5]);
     }
     // The device's own tile (256 threads, wide key tiles): one split and the automatic count.
     const own: CaseSpec = { dims: { batch: 1, seqQ: 2, seqK: 1100, heads: 8, kvHeads: 1, headDim: 16, headDimV: 16 }, seed: 705, causal: true, dropoutRate: 0.2 };
     const d = caseData(own), want = reference(own, d);
     for (const numSplits of [1, undefined]) {
-      setDecodeOverride({ mode: 'on', numSplits });
+      setDecodeOverride({ mode: 'on', numSplits, ...GROUPED_AT_ANY_HEAD_DIM });
       const got = await runOp(own, d, false);
       setDecodeOverride({});
       expect(takeUncapturedErrors()).toEqual([]);
@@ -281,16 +286,19 @@ describe('the grouped split pass: one probability per (row, key) for a kv head\'
     }
   }, COMPILE_HEAVY_MS);
 
-  test('picked for 2 or more rows a workgroup on vec4 loads; the fused pass for one row or when switched off', () => {
-    const c = (heads: number, kvHeads: number, seqQ = 1, d = 8): CaseSpec =>
+  test('picked for 2 or more rows a workgroup on vec4 loads from headDimV 128 on; the fused pass for one row, d 64 or when switched off', () => {
+    const c = (heads: number, kvHeads: number, seqQ = 1, d = 128): CaseSpec =>
       ({ dims: { batch: 1, seqQ, seqK: 512, heads, kvHeads, headDim: d, headDimV: d }, seed: 1 });
+    expect(decodePlanOf(c(16, 2), {})).toMatchObject({ fused: true, grouped: true });
     expect(decodePlanOf(c(8, 1), {})).toMatchObject({ fused: true, grouped: true });
     expect(decodePlanOf(c(8, 4), {})).toMatchObject({ fused: true, grouped: true });
     expect(decodePlanOf(c(4, 4, 2), {})).toMatchObject({ fused: true, grouped: true });
     expect(decodePlanOf(c(4, 4), {})).toMatchObject({ fused: true, grouped: false });
+    expect(decodePlanOf(c(16, 2, 1, 64), {})).toMatchObject({ fused: true, grouped: false });
+    expect(decodePlanOf(c(16, 2, 1, 64), GROUPED_AT_ANY_HEAD_DIM)).toMatchObject({ fused: true, grouped: true });
     expect(decodePlanOf(c(8, 1), { grouped: false })).toMatchObject({ fused: true, grouped: false });
     expect(decodePlanOf(c(8, 1), { fused: false })).toMatchObject({ fused: false, grouped: false });
-    expect(decodePlanOf(c(8, 1, 1, 6), {})).toMatchObject({ fused: false, grouped: false });
+    expect(decodePlanOf(c(8, 1, 1, 6), GROUPED_AT_ANY_HEAD_DIM)).toMatchObject({ fused: false, grouped: false });
     expect(decodePlanOf(c(4, 4), { grouped: true })).toMatchObject({ fused: true, grouped: true });
   });
 });

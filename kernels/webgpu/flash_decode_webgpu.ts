@@ -11,12 +11,14 @@
  *
  * The split pass (decode_wgsl.ts) is the fused one where headDim and headDimV are multiples of 4
  * (K and V bound as vec4 arrays, values straight into registers, at most 8 rows a workgroup, a
- * thread per value vec4 at least), the staged one otherwise; both load the next key tile while working on the current one.
+ * thread per value vec4 at least), the grouped one instead where a workgroup owns 2 or more query
+ * rows and headDimV >= 128, the staged one otherwise; all load the next key tile while working on
+ * the current one.
  *
  * When it is picked (decodePlan): at most DECODE_MAX_SEQ_Q query rows per sequence and at least
- * DECODE_MIN_SEQ_K keys. On the H200 (BENCHMARKS.md, decode; 2026-12-02 08:57 UTC) it was faster
- * than the one-pass forward (2.6x to 83x) and than the composite (1.26x to 19x) in every shape
- * measured. The split count targets DECODE_TARGET_WORKGROUPS workgroups in the split pass (WebGPU
+ * DECODE_MIN_SEQ_K keys. On the H200 (BENCHMARKS.md, decode; steady-clock run, 2026-12-02 09:33
+ * UTC) it was faster than the one-pass forward (2.8x to 90x) and than the composite (1.14x to 21x)
+ * in every shape measured (with these defaults). The split count targets DECODE_TARGET_WORKGROUPS workgroups in the split pass (WebGPU
  * does not expose the number of compute units, so the target is tuned on a large GPU), with no
  * split shorter than DECODE_MIN_TILES_PER_SPLIT tiles. The tile (keys per tile) is the largest
  * that fits the device's workgroup memory; the thread count follows the rows a workgroup owns
@@ -43,7 +45,10 @@ export const DECODE_MIN_SEQ_K = 256;
  * Split-pass workgroups the split count aims for. H200 (BENCHMARKS.md, decode): 128 was the
  * fastest or as fast as 256 ... 4096 in every tuned shape (GQA 16/2 at 64k keys: 0.30 against 0.33
  * ms at 512); more splits only add partials to combine. Rechecked for the fused pass (tuning run
- * 2026-12-02 08:49 UTC, bench/results/h200-decode-tuning): 256 no faster anywhere.
+ * 2026-12-02 08:49 UTC, bench/results/h200-decode-tuning): 256 no faster anywhere. Steady-clock run
+ * (09:33 UTC, bench/results/h200-decode-steady): 64 and 256 slower or within 2 % in every GQA shape
+ * (GQA 16/2, B 1, 64k keys, d 64: 0.144 and 0.140 ms against 0.114), also where the whole call is a
+ * few microseconds of reading.
  */
 export const DECODE_TARGET_WORKGROUPS = 128;
 /**
@@ -76,6 +81,13 @@ const DECODE_FUSED = true;
  * (GQA/MQA, or several query rows): one exp per (row, key) instead of one per (row, key, value vec4).
  */
 const DECODE_GROUPED = true;
+/**
+ * ... from this value head dim on: the fused pass repeats each row's softmax once per value vec4
+ * (headDimV / 4 times), so the grouped pass gains with the head dim. H200, GQA 16/2, seqK >= 8192
+ * (BENCHMARKS.md, 2026-12-02 09:33 UTC): d 128 grouped 4-12 % faster in all 8 shapes; d 64 it was
+ * 4-12 % slower in 6 of 8 (faster only at B = 8, 32k and 64k keys).
+ */
+const DECODE_GROUPED_MIN_HEAD_DIM_V = 128;
 /** Most splits (the combine pass keeps one weight per split in workgroup memory). */
 export const DECODE_MAX_SPLITS = 256;
 /** Query rows per split-pass workgroup at most (rows of one kv head's group). */
@@ -112,6 +124,8 @@ export interface DecodeOverride {
   fused?: boolean;
   /** Off: the fused split pass even where the grouped one applies (on: also for one row). */
   grouped?: boolean;
+  /** The smallest headDimV the automatic choice gives the grouped pass (tests: 0). */
+  groupedMinHeadDimV?: number;
 }
 let override: DecodeOverride = {};
 
@@ -157,7 +171,8 @@ export function decodePlan(limits: DeviceLimits, s: AttentionProblem): DecodePla
   const mode = override.mode ?? 'auto';
   // The fused and grouped passes give each value column (vec4) of a row its own thread: not with fewer threads.
   const registers = vec4Loads(s) && (override.fused ?? DECODE_FUSED);
-  const grouped = registers && (override.grouped ?? (DECODE_GROUPED && s.group * s.seqQ >= 2));
+  const grouped = registers && (override.grouped ?? (DECODE_GROUPED && s.group * s.seqQ >= 2 &&
+      s.headDimV >= (override.groupedMinHeadDimV ?? DECODE_GROUPED_MIN_HEAD_DIM_V)));
   const registerTiles = registers ? chooseDecodeTiles(limits, s, grouped ? 'grouped' : 'fused') : null;
   const fused = registerTiles !== null && vec4Count(s.headDimV) <= registerTiles.threads;
   const tiles = fused ? registerTiles! : chooseDecodeTiles(limits, s, 'staged');
