@@ -74,7 +74,7 @@ static bool useDecode(const fa_params* a, const fa::Problem& p) {
 size_t fa_forward_workspace_size(const fa_params* a) {
   if (fa::checkParams(a, false)) return 0;
   const fa::Problem p = fa::makeProblem(*a);
-  if (useDecode(a, p)) return fa::decodeForwardWorkspace(p, a->decode_counters != nullptr);
+  if (useDecode(a, p)) return fa::decodeForwardWorkspace(p);
   return useTensorCores(a, p) ? fa::tensorCoreForwardWorkspace(p) : fa::simtForwardWorkspace(p);
 }
 
@@ -86,14 +86,8 @@ int fa_forward(const fa_params* a, const float* q, const float* k, const float* 
   if (workspace == nullptr && fa_forward_workspace_size(a) > 0) return FA_ERR_BAD_ARGUMENT;
   if (p.rowsQ == 0) return 0;  // no query rows: nothing to write
   if (useTensorCores(a, p)) return fa::launchForwardTensorCore(p, q, k, v, out, lse, workspace, s);
-  if (useDecode(a, p)) return fa::launchForwardDecode(p, q, k, v, out, lse, workspace, a->decode_counters, s);
+  if (useDecode(a, p)) return fa::launchForwardDecode(p, q, k, v, out, lse, workspace, s);
   return fa::launchForwardSimt(p, q, k, v, out, lse, workspace, s);
-}
-
-size_t fa_forward_counters_size(const fa_params* a) {
-  if (fa::checkParams(a, false)) return 0;
-  const fa::Problem p = fa::makeProblem(*a);
-  return useDecode(a, p) ? fa::decodeCounters(p) : 0;
 }
 
 // Backward workspace: delta (float32, indexed as logsumexp: heads x rows of q), then the staged

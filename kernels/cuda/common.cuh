@@ -346,14 +346,10 @@ cudaError_t launchForwardSimt(const Problem& p, const float* q, const float* k, 
 // kDecodeMinSeqK keys (environment FA_DECODE=0 / 1 forces it off / on, for tests and benches).
 constexpr int kDecodeMaxSeqQ = 16;
 constexpr int kDecodeMinSeqK = 256;
-// With counters (decodeCounters(p) of them, zero on entry, zero again on return) the last split
-// block of each unit combines (one kernel); without, a combine pass follows (two).
 bool decodeEligible(const Problem& p);
-size_t decodeCounters(const Problem& p);
-size_t decodeForwardWorkspace(const Problem& p, bool fused);
+size_t decodeForwardWorkspace(const Problem& p);
 cudaError_t launchForwardDecode(const Problem& p, const float* q, const float* k, const float* v,
-                                float* out, float* lse, void* workspace, unsigned* counters,
-                                cudaStream_t stream);
+                                float* out, float* lse, void* workspace, cudaStream_t stream);
 // Tensor-core path: the padded head dimension it runs at (64 or 128), 0 when it cannot.
 int tensorCoreHeadDim(const Problem& p);
 size_t tensorCoreForwardWorkspace(const Problem& p);

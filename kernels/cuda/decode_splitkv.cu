@@ -72,90 +72,13 @@ __device__ __forceinline__ void loadTile(float* dst, const float* src, long long
   }
 }
 
-// Fused combine, run by the last split block of a unit (sequence, kv head, row chunk) to finish:
-// the unit's real rows merged over its splits in split order. Thread groups of TPR lanes take a
-// row each for the maximum and the weighted sum L (shuffle butterflies: the same fixed order
-// whatever the timing); then each thread takes (row, column quad) items and sums w_s o_s over
-// every split in order, COMBINE_FLIGHT loads in flight. Partials written by other blocks are read
-// through L2 (__ldcg: L1 is not coherent across SMs).
-constexpr int COMBINE_FLIGHT = 16;
-__device__ __forceinline__ void combineUnit(const Problem& p, const Seq& sq, int kvh, int r0, int nRows, int splits,
-                                            int partLd, const float* partO, const float* partM,
-                                            const float* partL, float* out, float* lse, float* smem) {
-  constexpr int TPR = NT / RB;
-  float* weight = smem;                     // [RB][MAX_SPLITS]
-  float* inv = weight + RB * MAX_SPLITS;    // [RB]
-  const long long nIdx = (long long)p.heads * p.rowsQ;
-  const int tid = threadIdx.x, rr = tid / TPR, lane = tid % TPR, r = r0 + rr;
-  const bool real = r < nRows;
-  const long long at = real ? lseIndex(p, sq, kvh * p.group + r % p.group, r / p.group) : 0;
-  float m = -INFINITY;
-  if (real)
-    for (int s = lane; s < splits; s += TPR) m = fmaxf(m, __ldcg(partM + s * nIdx + at));
-#pragma unroll
-  for (int off = TPR / 2; off > 0; off >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
-  float l = 0.f;
-  if (real)
-    for (int s = lane; s < splits; s += TPR) {
-      const float w = m == -INFINITY ? 1.f : exp2f(__ldcg(partM + s * nIdx + at) - m);
-      weight[rr * MAX_SPLITS + s] = w;
-      l = fmaf(w, __ldcg(partL + s * nIdx + at), l);
-    }
-#pragma unroll
-  for (int off = TPR / 2; off > 0; off >>= 1) l += __shfl_xor_sync(0xffffffffu, l, off);
-  if (real && lane == 0) {
-    inv[rr] = outputScale(l);
-    lse[at] = rowLogSumExp(m, l);
-  }
-  __syncthreads();
-  const int quads = partLd / 4;
-  const long long step = nIdx * partLd / 4;  // float4s from one split's row to the next
-  for (int item = tid; item < RB * quads; item += NT) {
-    const int ir = item / quads, quad = item % quads, row = r0 + ir;
-    if (row >= nRows) continue;
-    const int i = row / p.group, h = kvh * p.group + row % p.group;
-    const float4* col = reinterpret_cast<const float4*>(partO + lseIndex(p, sq, h, i) * partLd) + quad;
-    const float* w = weight + ir * MAX_SPLITS;
-    float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
-    int s = 0;
-    for (; s + COMBINE_FLIGHT <= splits; s += COMBINE_FLIGHT) {
-      float4 x[COMBINE_FLIGHT];
-#pragma unroll
-      for (int u = 0; u < COMBINE_FLIGHT; ++u) x[u] = __ldcg(col + (s + u) * step);
-#pragma unroll
-      for (int u = 0; u < COMBINE_FLIGHT; ++u) {
-        const float ws = w[s + u];
-        acc.x = fmaf(ws, x[u].x, acc.x); acc.y = fmaf(ws, x[u].y, acc.y);
-        acc.z = fmaf(ws, x[u].z, acc.z); acc.w = fmaf(ws, x[u].w, acc.w);
-      }
-    }
-    for (; s < splits; ++s) {
-      const float4 x = __ldcg(col + s * step);
-      const float ws = w[s];
-      acc.x = fmaf(ws, x.x, acc.x); acc.y = fmaf(ws, x.y, acc.y);
-      acc.z = fmaf(ws, x.z, acc.z); acc.w = fmaf(ws, x.w, acc.w);
-    }
-    float* orow = out + (((long long)sq.startQ + i) * p.heads + h) * p.headDimV;
-    const float sc = inv[ir];
-    const float v4[4] = {acc.x, acc.y, acc.z, acc.w};
-#pragma unroll
-    for (int u = 0; u < 4; ++u)
-      if (quad * 4 + u < p.headDimV) orow[quad * 4 + u] = v4[u] * sc;
-  }
-}
-
-// FUSED: counters (one per unit, zero on entry) count the unit's finished split blocks; the last
-// one combines (combineUnit) and sets its counter back to zero for the next call, so there is no
-// combine pass; split 0 also writes the padding rows (queries past a sequence's length).
-template <int DMAX, bool LOCAL, bool GENERAL, bool VARLEN, bool FUSED>
+template <int DMAX, bool LOCAL, bool GENERAL, bool VARLEN>
 __global__ void __launch_bounds__(NT) decodeSplitKernel(Problem p, const float* __restrict__ q,
                                                         const float* __restrict__ k,
                                                         const float* __restrict__ v, int splitLen,
                                                         int partLd, float* __restrict__ partO,
                                                         float* __restrict__ partM,
-                                                        float* __restrict__ partL,
-                                                        unsigned* __restrict__ counters,
-                                                        float* __restrict__ out, float* __restrict__ lse) {
+                                                        float* __restrict__ partL) {
   constexpr int BC = DecodeTile<DMAX>::BC, KLD = DMAX + 4;
   constexpr int TPK = NT / BC;       // score phase: threads per key, each owning RPT rows
   constexpr int RPT = RB / TPK;
@@ -174,19 +97,7 @@ __global__ void __launch_bounds__(NT) decodeSplitKernel(Problem p, const float* 
   const int nRows = sq.lenQ * p.group;  // (query row, head of the group), query-row major
   const int r0 = chunk * RB;
   const int splitBeg = split * splitLen;
-  // Splits that hold keys; a sequence without keys keeps split 0 (its rows come out 0, -inf).
-  const int splitsUsed = max(1, (sq.lenK + splitLen - 1) / splitLen);
-  if (FUSED && split == 0) {  // padding rows of this chunk: out 0, logsumexp -inf
-    const int rEnd = min(r0 + RB, sq.rowsQ * p.group);
-    for (int idx = threadIdx.x; idx < (rEnd - max(r0, nRows)) * p.headDimV; idx += NT) {
-      const int r = max(r0, nRows) + idx / p.headDimV, c = idx % p.headDimV;
-      const int i = r / p.group, h = kvh * p.group + r % p.group;
-      out[(((long long)sq.startQ + i) * p.heads + h) * p.headDimV + c] = 0.f;
-      if (c == 0) lse[lseIndex(p, sq, h, i)] = -INFINITY;
-    }
-  }
-  // The combine reads no partial of these.
-  if (r0 >= nRows || (FUSED ? split >= splitsUsed : splitBeg >= sq.lenK)) return;
+  if (r0 >= nRows || splitBeg >= sq.lenK) return;  // the combine pass reads no partial of these
   const int splitEnd = min(splitBeg + splitLen, sq.lenK);
   const long long nIdx = (long long)p.heads * p.rowsQ;  // partials indexed as logSumExp, per split
 
@@ -380,20 +291,6 @@ __global__ void __launch_bounds__(NT) decodeSplitKernel(Problem p, const float* 
       partL[at] = l;
     }
   }
-  if (FUSED) {
-    __shared__ bool lastOfUnit;
-    __threadfence();  // this block's partials are visible device-wide before it is counted
-    __syncthreads();
-    if (tid == 0) {
-      unsigned* counter = counters + (long long)blockIdx.z * gridDim.x + chunk;
-      lastOfUnit = atomicAdd(counter, 1u) == (unsigned)splitsUsed - 1;
-      if (lastOfUnit) *counter = 0;  // every block of the unit has counted: ready for the next call
-    }
-    __syncthreads();
-    if (!lastOfUnit) return;
-    __threadfence();
-    combineUnit(p, sq, kvh, r0, nRows, splitsUsed, partLd, partO, partM, partL, out, lse, stage);
-  }
 }
 
 // Combine pass: block (query row i, head h, sequence b). The split weights w_s = 2^(m_s - M) go
@@ -501,12 +398,12 @@ constexpr int kMaxDevices = 64;
 
 // Allows the split pass's dynamic shared memory, once per device and instantiation (outside
 // the launch path: a captured CUDA graph then holds only the two launches).
-template <int DMAX, bool LOCAL, bool GENERAL, bool VARLEN, bool FUSED>
+template <int DMAX, bool LOCAL, bool GENERAL, bool VARLEN>
 cudaError_t allowSplitSmem(int dev) {
   static std::atomic<bool> done[kMaxDevices];
   const bool cached = dev >= 0 && dev < kMaxDevices;
   if (cached && done[dev].load(std::memory_order_relaxed)) return cudaSuccess;
-  const cudaError_t err = cudaFuncSetAttribute(decodeSplitKernel<DMAX, LOCAL, GENERAL, VARLEN, FUSED>,
+  const cudaError_t err = cudaFuncSetAttribute(decodeSplitKernel<DMAX, LOCAL, GENERAL, VARLEN>,
                                                cudaFuncAttributeMaxDynamicSharedMemorySize,
                                                (int)(sizeof(float) * decodeSmemFloats<DMAX>()));
   if (err == cudaSuccess && cached) done[dev].store(true, std::memory_order_relaxed);
@@ -521,8 +418,8 @@ int residentSplitBlocks(int dev) {
   const bool cached = dev >= 0 && dev < kMaxDevices;
   if (cached) { if (const int n = cache[dev].load(std::memory_order_relaxed)) return n; }
   int n = 0;
-  if (allowSplitSmem<DMAX, false, false, false, false>(dev) != cudaSuccess ||
-      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, decodeSplitKernel<DMAX, false, false, false, false>, NT,
+  if (allowSplitSmem<DMAX, false, false, false>(dev) != cudaSuccess ||
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, decodeSplitKernel<DMAX, false, false, false>, NT,
                                                     sizeof(float) * decodeSmemFloats<DMAX>()) != cudaSuccess ||
       n < 1)
     n = 1;
@@ -547,11 +444,8 @@ struct DecodePlan { int rowChunks, splits, splitLen, partLd; };
 // its wave n + BLOCK_OVERHEAD_TILES tile times. The count with the least total (waves x that)
 // wins, the fewest splits on a tie: whole waves for large K/V (one wave when it can), and for
 // small K/V no more splits than fill the device with blocks of at least MIN_SPLIT_TILES tiles.
-// Fused (the last split block combines its unit): that block's combine reads the unit's
-// splits x RB partial rows, COMBINE_FLIGHT float4s per thread at a time; each such round trip to
-// L2 is charged a quarter of a tile time, so the count also weighs the serial combine.
 // FA_DECODE_SPLITS=n overrides (tests and tuning).
-DecodePlan decodePlan(const Problem& p, bool fused) {
+DecodePlan decodePlan(const Problem& p) {
   DecodePlan d{};
   const int dmax = decodeHeadDim(p);
   const int bc = decodeTileKeys(dmax);
@@ -577,11 +471,7 @@ DecodePlan decodePlan(const Problem& p, bool fused) {
       const int n = (tiles + s - 1) / s;  // tiles per split
       if (s > 1 && n < MIN_SPLIT_TILES) break;
       const long long used = (tiles + n - 1) / n;
-      long long cost = 4 * ((units * used + slots - 1) / slots * (n + BLOCK_OVERHEAD_TILES));
-      if (fused) {
-        const long long items = (long long)(RB * d.partLd / 4 + NT - 1) / NT;
-        cost += items * ((used + COMBINE_FLIGHT - 1) / COMBINE_FLIGHT);
-      }
+      const long long cost = (units * used + slots - 1) / slots * (n + BLOCK_OVERHEAD_TILES);
       if (best < 0 || cost < best) { best = cost; lenTiles = n; }
     }
   }
@@ -590,35 +480,25 @@ DecodePlan decodePlan(const Problem& p, bool fused) {
   return d;
 }
 
-// Split-pass operands and outputs of one call.
-struct DecodeBuffers {
-  float *partO, *partM, *partL;
-  unsigned* counters;  // null: the combine pass finishes
-  float *out, *lse;
-};
-
-template <int DMAX, bool LOCAL, bool GENERAL, bool VARLEN, bool FUSED>
+template <int DMAX, bool LOCAL, bool GENERAL, bool VARLEN>
 cudaError_t launchSplit(const Problem& p, const DecodePlan& d, const float* q, const float* k, const float* v,
-                        const DecodeBuffers& w, cudaStream_t stream) {
+                        float* partO, float* partM, float* partL, cudaStream_t stream) {
   constexpr size_t smem = sizeof(float) * decodeSmemFloats<DMAX>();
   const dim3 grid(d.rowChunks, d.splits, p.batch * p.kvHeads);
   if (emptyGrid(grid)) return cudaSuccess;
   int dev = -1;
   cudaGetDevice(&dev);
-  cudaError_t err = allowSplitSmem<DMAX, LOCAL, GENERAL, VARLEN, FUSED>(dev);
+  cudaError_t err = allowSplitSmem<DMAX, LOCAL, GENERAL, VARLEN>(dev);
   if (err != cudaSuccess) return err;
-  decodeSplitKernel<DMAX, LOCAL, GENERAL, VARLEN, FUSED><<<grid, NT, smem, stream>>>(
-      p, q, k, v, d.splitLen, d.partLd, w.partO, w.partM, w.partL, w.counters, w.out, w.lse);
+  decodeSplitKernel<DMAX, LOCAL, GENERAL, VARLEN><<<grid, NT, smem, stream>>>(p, q, k, v, d.splitLen, d.partLd,
+                                                                              partO, partM, partL);
   return cudaGetLastError();
 }
 
 template <int DMAX>
 cudaError_t dispatchFlags(const Problem& p, const DecodePlan& d, const float* q, const float* k, const float* v,
-                          const DecodeBuffers& w, cudaStream_t s) {
-  return OPTIONS_SWITCH(p, [&] {
-    return BOOL_SWITCH(w.counters != nullptr, FUSED,
-                       [&] { return launchSplit<DMAX, LOCAL, GENERAL, VARLEN, FUSED>(p, d, q, k, v, w, s); });
-  });
+                          float* partO, float* partM, float* partL, cudaStream_t s) {
+  return OPTIONS_SWITCH(p, [&] { return launchSplit<DMAX, LOCAL, GENERAL, VARLEN>(p, d, q, k, v, partO, partM, partL, s); });
 }
 
 }  // namespace
@@ -632,32 +512,26 @@ bool decodeEligible(const Problem& p) {
   return p.seqQ <= kDecodeMaxSeqQ && p.seqK >= kDecodeMinSeqK;
 }
 
-size_t decodeCounters(const Problem& p) {
-  const DecodePlan d = decodePlan(p, true);
-  return (size_t)d.rowChunks * max(p.batch, 0) * p.kvHeads;
-}
-
-size_t decodeForwardWorkspace(const Problem& p, bool fused) {
-  const DecodePlan d = decodePlan(p, fused);
+size_t decodeForwardWorkspace(const Problem& p) {
+  const DecodePlan d = decodePlan(p);
   const size_t idx = (size_t)d.splits * p.heads * p.rowsQ;
   return sizeof(float) * (idx * d.partLd + 2 * ((idx + 63) / 64 * 64));
 }
 
 cudaError_t launchForwardDecode(const Problem& p, const float* q, const float* k, const float* v, float* out,
-                                float* lse, void* workspace, unsigned* counters, cudaStream_t stream) {
-  const DecodePlan d = decodePlan(p, counters != nullptr);
+                                float* lse, void* workspace, cudaStream_t stream) {
+  const DecodePlan d = decodePlan(p);
   const size_t idx = (size_t)d.splits * p.heads * p.rowsQ;
   float* partO = static_cast<float*>(workspace);
   float* partM = partO + idx * d.partLd;
   float* partL = partM + (idx + 63) / 64 * 64;
-  const DecodeBuffers w{partO, partM, partL, counters, out, lse};
   cudaError_t err;
   switch (decodeHeadDim(p)) {
-    case 64: err = dispatchFlags<64>(p, d, q, k, v, w, stream); break;
-    case 128: err = dispatchFlags<128>(p, d, q, k, v, w, stream); break;
-    default: err = dispatchFlags<256>(p, d, q, k, v, w, stream); break;
+    case 64: err = dispatchFlags<64>(p, d, q, k, v, partO, partM, partL, stream); break;
+    case 128: err = dispatchFlags<128>(p, d, q, k, v, partO, partM, partL, stream); break;
+    default: err = dispatchFlags<256>(p, d, q, k, v, partO, partM, partL, stream); break;
   }
-  if (err != cudaSuccess || counters) return err;
+  if (err != cudaSuccess) return err;
   const dim3 grid(p.seqQ, p.heads, p.batch);
   if (emptyGrid(grid)) return cudaSuccess;
   return BOOL_SWITCH(isVarlen(p), VARLEN, [&] {

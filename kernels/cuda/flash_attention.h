@@ -69,21 +69,11 @@ typedef struct {
   const int32_t* seq_ranges_q;
   const int32_t* seq_ranges_k;
   int rows_q, rows_k;
-  /* Optional: fa_forward_counters_size(p) uint32 counters in device memory, all zero when first
-     used; each decode call leaves them zero again, so they are zeroed once where they are
-     allocated and may serve calls of any shape whose count fits (one stream at a time). With them
-     the split-KV forward is one kernel (the last block of each split group combines); NULL runs
-     its combine as a second kernel. The other paths ignore them. */
-  uint32_t* decode_counters;
 } fa_params;
 
 /* Bytes of device workspace fa_forward needs: staged operand copies (K transposed, float32,
    for the exact path; BF16 Q, K, V for the tensor-core path). */
 FA_API size_t fa_forward_workspace_size(const fa_params* p);
-
-/* Counters the split-KV forward can use (fa_params.decode_counters); 0 when the call takes
-   another path. */
-FA_API size_t fa_forward_counters_size(const fa_params* p);
 
 /* out [B, Nq, H, Dv], lse [B, H, Nq]. On the exact path, at most 16 query rows over at least 256
    keys run the split-KV forward (decode_splitkv.cu; environment FA_DECODE=0/1 forces it off/on). */

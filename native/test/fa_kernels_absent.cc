@@ -5,7 +5,6 @@
 
 extern "C" {
 size_t fa_forward_workspace_size(const fa_params*) { return 0; }
-size_t fa_forward_counters_size(const fa_params*) { return 0; }
 int fa_forward(const fa_params*, const float*, const float*, const float*, float*, float*, void*, void*) { return FA_ERR_BAD_ARGUMENT; }
 size_t fa_backward_workspace_size(const fa_params*) { return 0; }
 int fa_backward(const fa_params*, const float*, const float*, const float*, const float*, const float*,

@@ -14,11 +14,9 @@
 // other work on the GPU. See docs/cuda.md.
 #include <cuda_runtime.h>
 
-#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
-#include <mutex>
 #include <string>
 #include <vector>
 
@@ -52,12 +50,6 @@ struct Kernel {
   Attrs attrs;
   cudaStream_t stream = nullptr;
   int device = -1;
-  // The split-KV decode's counters (fa_params.decode_counters): allocated and zeroed once, grown
-  // when a call needs more; every call leaves them zero. The mutex keeps concurrent computes of
-  // this instance (which share the stream anyway) off each other's counters.
-  std::mutex mutex;
-  uint32_t* counters = nullptr;
-  size_t counterCount = 0;
 };
 
 std::string registrationError;  // empty when both ops and kernels registered
@@ -165,7 +157,6 @@ void deleteKernel(void* p) {
     cudaGetDevice(&prev);
     cudaSetDevice(k->device);
     cudaStreamDestroy(k->stream);
-    if (k->counters) cudaFree(k->counters);
     cudaSetDevice(prev);
   }
   delete k;
@@ -329,27 +320,6 @@ struct Scratch {
   }
 };
 
-// Counters for the split-KV decode (zero-filled once when allocated or grown; kernels leave them
-// zero). Called with k->mutex held, after prepareStream.
-int attachCounters(Kernel* k, fa_params* p) {
-  const size_t need = fa_forward_counters_size(p);
-  if (need == 0) return 0;
-  if (need > k->counterCount) {
-    if (k->counters) {
-      if (int e = cudaStreamSynchronize(k->stream)) return e;
-      cudaFree(k->counters);
-      k->counters = nullptr;
-      k->counterCount = 0;
-    }
-    const size_t n = std::max(need, (size_t)4096);
-    if (int e = cudaMalloc(&k->counters, n * sizeof(uint32_t))) return e;
-    if (int e = cudaMemset(k->counters, 0, n * sizeof(uint32_t))) return e;
-    k->counterCount = n;
-  }
-  p->decode_counters = k->counters;
-  return 0;
-}
-
 bool finish(TF_OpKernelContext* ctx, Kernel* k, int code) {
   if (code == 0) code = cudaStreamSynchronize(k->stream);
   if (code != 0) fail(ctx, TF_INTERNAL, fa_error_string(code));
@@ -378,12 +348,10 @@ void computeForward(void* kernel, TF_OpKernelContext* ctx) {
     TF_OpKernelContext_Failure(ctx, st);
   } else if (p.rows_q == 0) {
     // No query rows: nothing to compute or write.
-  } else if (std::lock_guard<std::mutex> lock(k->mutex); prepareStream(ctx, k, in.f(kQ))) {
-    // The counters first: the workspace size depends on whether the decode combine is fused.
-    int code = attachCounters(k, &p);
+  } else if (prepareStream(ctx, k, in.f(kQ))) {
     Scratch ws;
     const size_t front = rangesBytes(p);
-    if (code == 0) code = ws.acquire(ctx, front + fa_forward_workspace_size(&p), k->stream);
+    int code = ws.acquire(ctx, front + fa_forward_workspace_size(&p), k->stream);
     if (code == 0) code = copyRanges(in, &p, ws.ptr, k->stream);
     if (code == 0)
       code = fa_forward(&p, in.f(kQ), in.f(kK), in.f(kV), static_cast<float*>(TF_TensorData(out)),
@@ -410,7 +378,7 @@ void computeGrad(void* kernel, TF_OpKernelContext* ctx) {
     TF_OpKernelContext_Failure(ctx, st);
   } else if (p.rows_q == 0 && p.rows_k == 0) {
     // Empty q and k: nothing to write.
-  } else if (std::lock_guard<std::mutex> lock(k->mutex); prepareStream(ctx, k, in.f(p.rows_q ? kQ : kK))) {
+  } else if (prepareStream(ctx, k, in.f(p.rows_q ? kQ : kK))) {
     Scratch ws;
     const size_t front = rangesBytes(p);
     int code = ws.acquire(ctx, front + fa_backward_workspace_size(&p), k->stream);

@@ -39,7 +39,7 @@ class FaParams(ctypes.Structure):
         ('mask_strides', ctypes.c_int64 * 4), ('dropout_rate', ctypes.c_float),
         ('seed', ctypes.c_uint32), ('dropout_threshold', ctypes.c_int64), ('precision', ctypes.c_int),
         ('seq_layout', ctypes.c_int), ('seq_ranges_q', ctypes.c_void_p), ('seq_ranges_k', ctypes.c_void_p),
-        ('rows_q', ctypes.c_int), ('rows_k', ctypes.c_int), ('decode_counters', ctypes.c_void_p),
+        ('rows_q', ctypes.c_int), ('rows_k', ctypes.c_int),
     ]
 
 
@@ -57,9 +57,6 @@ def load_library(path):
     lib.fa_forward_workspace_size.restype = ctypes.c_size_t
     lib.fa_backward_workspace_size.argtypes = [ctypes.POINTER(FaParams)]
     lib.fa_backward_workspace_size.restype = ctypes.c_size_t
-    if hasattr(lib, 'fa_forward_counters_size'):  # builds before the fused decode combine lack it
-        lib.fa_forward_counters_size.argtypes = [ctypes.POINTER(FaParams)]
-        lib.fa_forward_counters_size.restype = ctypes.c_size_t
     lib.fa_error_string.argtypes = [ctypes.c_int]
     lib.fa_error_string.restype = ctypes.c_char_p
     return lib
@@ -217,31 +214,14 @@ def set_ranges(p, layout, ranges_q, ranges_k, rows_q, rows_k, max_q, max_k):
 
 
 class Kernels:
-    """fused: decode calls get this object's counters (zeroed once here, shared by every call and
-    shape: each call leaves them zero), so the split-KV forward combines in its last blocks; False
-    (or a library without counters) runs the combine pass."""
-    COUNTERS = 1 << 20
-
-    def __init__(self, lib, fused=True):
+    def __init__(self, lib):
         self.lib = lib
-        self.has_counters = hasattr(lib, 'fa_forward_counters_size')
-        self.fused = fused and self.has_counters
-        self.counters = torch.zeros(self.COUNTERS, dtype=torch.int32, device='cuda') if self.has_counters else None
-
-    def _counters(self, p):
-        p.decode_counters = None
-        if self.fused:
-            n = self.lib.fa_forward_counters_size(ctypes.byref(p))
-            if n > self.COUNTERS:
-                raise RuntimeError('decode needs %d counters, the harness has %d' % (n, self.COUNTERS))
-            p.decode_counters = self.counters.data_ptr() if n else None
 
     def _check(self, code):
         if code != 0:
             raise RuntimeError('fa error %d: %s' % (code, self.lib.fa_error_string(code).decode()))
 
     def forward_workspace(self, p, device='cuda'):
-        self._counters(p)
         return torch.empty(max(1, self.lib.fa_forward_workspace_size(ctypes.byref(p))), dtype=torch.uint8, device=device)
 
     def forward(self, p, q, k, v, out=None, lse=None, ws=None):
@@ -249,7 +229,6 @@ class Kernels:
         out = out if out is not None else torch.empty(B, Nq, H, v.shape[3], device=q.device)
         lse = lse if lse is not None else torch.empty(B, H, Nq, device=q.device)
         ws = ws if ws is not None else self.forward_workspace(p, q.device)
-        self._counters(p)
         self._check(self.lib.fa_forward(ctypes.byref(p), q.data_ptr(), k.data_ptr(), v.data_ptr(),
                                         out.data_ptr(), lse.data_ptr(), ws.data_ptr(),
                                         torch.cuda.current_stream().cuda_stream))
@@ -795,13 +774,6 @@ def run_decode_case(kern, gen, name, spec, lens_q, lens_k, layout, splits):
     forced = fwd('1', splits)
     again = fwd('1', splits)
     one = fwd('0')
-    other = None  # the other combine (fused <-> pass) of the same library
-    if kern.has_counters:
-        kern.fused = not kern.fused
-        try:
-            other = fwd('1', splits)
-        finally:
-            kern.fused = not kern.fused
     grads = kern.backward(p, qi, ki, vi, auto[0], auto[1], dyi)
     torch.cuda.synchronize()
     e = dict(out=rel_err(auto[0], ref[0]), lse=lse_err(auto[1], ref[1]),
@@ -811,15 +783,11 @@ def run_decode_case(kern, gen, name, spec, lens_q, lens_k, layout, splits):
              bitwise_one_pass=bool(torch.equal(auto[0], one[0])),
              deterministic=bool(torch.equal(forced[0], again[0]) and torch.equal(forced[1], again[1])),
              finite=bool(torch.isfinite(auto[0]).all()))
-    if other is not None:
-        e['vs_other_combine'] = max(rel_err(forced[0], other[0]), lse_err(forced[1], other[1].double()))
-        e['counters_zero'] = bool((kern.counters == 0).all())
     if layout == FA_SEQ_PADDED:
         e['padding_zero'] = all(bool((auto[0][b, lq:] == 0).all()) and bool((auto[1][b, :, lq:] == -math.inf).all())
                                 for b, lq in enumerate(lens_q))
     ok = e['out'] < 1e-5 and e['lse'] < 1e-5 and e['vs_one_pass'] < 1e-5 and e['grad'] < 1e-4 and e['picked'] \
-        and e['deterministic'] and e['finite'] and e.get('padding_zero', True) \
-        and e.get('vs_other_combine', 0) < 1e-5 and e.get('counters_zero', True)
+        and e['deterministic'] and e['finite'] and e.get('padding_zero', True)
     return e, ok
 
 
@@ -848,14 +816,6 @@ def run_decode_checks(kern, report, only=None):
             name, e['out'], e['lse'], e['vs_one_pass'], e['grad'], 'yes' if e['picked'] else 'NO',
             'yes' if e['deterministic'] else 'NO',
             {True: 'yes', False: 'NO', None: '-'}[e.get('padding_zero')], 'ok' if ok else 'FAIL'), flush=True)
-    if kern.has_counters and not only:
-        e = decode_counters_across_shapes(kern, gen)
-        ok = e['bitwise_repeat'] and e['counters_zero'] and e['max_err'] < 1e-5
-        all_ok &= ok
-        rows.append(dict(name='decode counters across shapes', errors=e, ok=ok))
-        print('%-40s %9.2e  repeat bitwise %s, counters zero after every call %s (fused %s) %s' % (
-            'decode counters across shapes', e['max_err'], e['bitwise_repeat'], e['counters_zero'], kern.fused,
-            'ok' if ok else 'FAIL'), flush=True)
     for name, spec, (tensor_name, index, value) in DECODE_NONFINITE_CASES:
         if only and only not in name:
             continue
@@ -872,10 +832,7 @@ def run_decode_checks(kern, report, only=None):
         e = dict(out=nonfinite_err(out, ref[0]), lse=nonfinite_err(lse, ref[1]),
                  vs_one_pass=max(nonfinite_err(out, one[0]), nonfinite_err(lse, one[1])),
                  nonfinite_in_reference=int((~torch.isfinite(ref[0])).sum()))
-        if kern.has_counters:
-            e['counters_zero'] = bool((kern.counters == 0).all())
-        ok = max(e['out'], e['lse'], e['vs_one_pass']) < 1e-5 and e['nonfinite_in_reference'] > 0 \
-            and e.get('counters_zero', True)
+        ok = max(e['out'], e['lse'], e['vs_one_pass']) < 1e-5 and e['nonfinite_in_reference'] > 0
         all_ok &= ok
         rows.append(dict(name=name, errors=e, ok=ok))
         print('%-40s %9.2e %9.2e %9.2e %9s  non-finite outputs in ref: %d %s' % (
@@ -885,39 +842,6 @@ def run_decode_checks(kern, report, only=None):
     report['decode_checks_ok'] = all_ok
     print('decode checks:', 'ALL OK' if all_ok else 'FAILURES', flush=True)
     return all_ok
-
-
-# Shapes of different unit counts (sequences x kv heads x row chunks) and split counts, called in
-# turn twice over one set of counters: the second round must equal the first bitwise, and every
-# call must leave the counters zero (the last block of each unit resets its counter).
-DECODE_COUNTER_SHAPES = [
-    dict(Nq=1, Nk=9000, H=16, Hkv=2, D=128),
-    dict(B=3, Nq=4, Nk=5000, H=8, Hkv=8, causal=True),
-    dict(B=8, Nq=1, Nk=2000, H=16, Hkv=2, D=64),
-    dict(Nq=16, Nk=700, H=4, Hkv=1, D=256, alibi=True),
-]
-
-
-def decode_counters_across_shapes(kern, gen):
-    cases = []
-    for spec in DECODE_COUNTER_SHAPES:
-        c = normalize(spec)
-        gen.manual_seed(len(cases) + 1)
-        q, k, v, dy, slopes, mask = make_inputs(c, gen)
-        cases.append((c, q, k, v, slopes, reference(c, q, k, v, dy, slopes, mask)))
-    firsts, bitwise, zero, err = [], True, True, 0.0
-    for rnd in range(2):
-        for n, (c, q, k, v, slopes, ref) in enumerate(cases):
-            with decode_env('1'):
-                out, lse = kern.forward(params_for(c, slopes, None, 0), q, k, v)
-            torch.cuda.synchronize()
-            zero &= bool((kern.counters == 0).all())
-            if rnd == 0:
-                firsts.append((out, lse))
-                err = max(err, rel_err(out, ref[0]), lse_err(lse, ref[1]))
-            else:
-                bitwise &= bool(torch.equal(out, firsts[n][0]) and torch.equal(lse, firsts[n][1]))
-    return dict(bitwise_repeat=bitwise, counters_zero=zero, max_err=err, shapes=len(cases))
 
 
 def graph_time_ms(fn, calls, reps=5):
@@ -1020,14 +944,10 @@ def run_decode_bench(kern, report, seqs, batches, dims, old=None):
     print('2 GiB: copy kernel %.3f ms, %.0f GB/s (read + write); cudaMemcpy one call %.0f GB/s, in a graph %.0f GB/s; '
           'read (sum) %.3f ms, %.0f GB/s' % (copy_ms, copy_gbs, report['memcpy_call_gbs'], report['memcpy_graph_gbs'],
                                            read_peak_ms, read_peak_gbs), flush=True)
-    print('split = this library (%s combine), pass/fused = its other combine, old = --decode-old-lib' % (
-        'fused' if kern.fused else 'pass'))
-    print('%3s %2s %6s %3s | %8s %8s %8s %8s %8s %8s | %8s %7s | %6s %6s %6s | %5s %5s | %s' % (
-        'd', 'B', 'seqK', 'Hkv', 'split', 'other', 'old', '1-pass', 'fast', 'read KV', 'call', 'host us',
-        'GB/s', 'old', 'read', 'xread', 'xcopy', 'splits new/other/old'))
+    print('%3s %2s %6s %3s | %8s %8s %8s %8s %8s | %8s %7s | %6s %6s %6s | %5s %5s | %s' % (
+        'd', 'B', 'seqK', 'Hkv', 'split', 'old', '1-pass', 'fast', 'read KV', 'call', 'host us',
+        'GB/s', 'old', 'read', 'xread', 'xcopy', 'splits new/old'))
     rows = []
-    # The same library with the other combine (fused in the last split blocks <-> a combine pass).
-    other_combine = Kernels(kern.lib, fused=not kern.fused) if kern.has_counters else None
     for D in dims:
         for B in batches:
             for N in seqs:
@@ -1045,8 +965,6 @@ def run_decode_bench(kern, report, seqs, batches, dims, old=None):
                     except Exception as ex:  # noqa: BLE001
                         r['read_error'] = str(ex)[:200]
                     variants = [('split', kern, '1', 0), ('one_pass', kern, '0', 0), ('fast_one_pass', kern, '0', 1)]
-                    if kern.has_counters:
-                        variants.insert(1, ('split_pass', other_combine, '1', 0))
                     if old is not None:
                         variants.insert(1, ('split_old', old, '1', 0))
                     for label, kk, mode, prec in variants:
@@ -1066,19 +984,17 @@ def run_decode_bench(kern, report, seqs, batches, dims, old=None):
                         except Exception as ex:  # noqa: BLE001
                             r[label + '_error'] = str(ex)[:200]
                     t = r.get('split_ms', math.nan)
-                    for label in ('split', 'split_pass', 'split_old', 'one_pass', 'read'):
+                    for label in ('split', 'split_old', 'one_pass', 'read'):
                         r[label + '_gbs'] = kv_bytes / r.get(label + '_ms', math.nan) / 1e6
                     r['vs_read'] = t / r.get('read_ms', math.nan)              # target: <= 2
                     r['vs_copy_bw'] = t / (kv_bytes / copy_gbs / 1e6)          # target: <= 2
                     r['vs_read_peak_bw'] = t / (kv_bytes / read_peak_gbs / 1e6)
                     rows.append(r)
-                    print('%3d %2d %6d %3d | %8.4f %8.4f %8.4f %8.4f %8.4f %8.4f | %8.4f %7.1f | %6.0f %6.0f %6.0f | %5.2f %5.2f | %s/%s/%s' % (
-                        D, B, N, Hkv, t, r.get('split_pass_ms', math.nan), r.get('split_old_ms', math.nan),
-                        r.get('one_pass_ms', math.nan),
+                    print('%3d %2d %6d %3d | %8.4f %8.4f %8.4f %8.4f %8.4f | %8.4f %7.1f | %6.0f %6.0f %6.0f | %5.2f %5.2f | %s/%s' % (
+                        D, B, N, Hkv, t, r.get('split_old_ms', math.nan), r.get('one_pass_ms', math.nan),
                         r.get('fast_one_pass_ms', math.nan), r.get('read_ms', math.nan), r.get('split_call_ms', math.nan),
                         1e3 * r.get('split_host_ms', math.nan), r['split_gbs'], r['split_old_gbs'], r['read_gbs'],
-                        r['vs_read'], r['vs_copy_bw'], r.get('split_splits'), r.get('split_pass_splits'),
-                        r.get('split_old_splits')), flush=True)
+                        r['vs_read'], r['vs_copy_bw'], r.get('split_splits'), r.get('split_old_splits')), flush=True)
                     del q, k, v, out, lse
                     torch.cuda.empty_cache()
     report['decode_bench'] = rows
@@ -1088,8 +1004,7 @@ def run_decode_split_sweep(kern, report):
     """GPU time against a forced split count (FA_DECODE_SPLITS), beside the planned count: how
     near decodePlan's cost model comes to the best count on small and large K/V."""
     H, sweep = 16, []
-    print('split sweep (ms per call, graph-timed; %s combine): planned count first' % (
-        'fused' if kern.fused else 'pass'), flush=True)
+    print('split sweep (ms per call, graph-timed): planned count first', flush=True)
     for D, B, N, Hkv in ((128, 1, 16384, 2), (64, 1, 16384, 2), (64, 1, 65536, 2), (128, 1, 65536, 2),
                          (64, 8, 16384, 2), (128, 1, 16384, 16), (128, 8, 65536, 2)):
         c = normalize(dict(B=B, Nq=1, Nk=N, H=H, Hkv=Hkv, D=D))
@@ -1226,11 +1141,9 @@ def main():
     ap.add_argument('--decode-batches', default='1,8')
     ap.add_argument('--decode-dims', default='64,128')
     ap.add_argument('--decode-old-lib', default=None, help='another build of the library, timed beside --lib in --decode-bench')
-    ap.add_argument('--decode-combine', choices=('fused', 'pass'), default='fused',
-                    help='split-KV decode combine: in the last split blocks (counters) or as a second kernel')
     ap.add_argument('--decode-sweep', action='store_true', help='split-KV decode time against a forced split count')
     a = ap.parse_args()
-    kern = Kernels(load_library(a.lib), fused=a.decode_combine == 'fused')
+    kern = Kernels(load_library(a.lib))
     report = {'device': torch.cuda.get_device_name(), 'torch': torch.__version__}
     print('device:', report['device'], 'torch', report['torch'])
     ok = True
