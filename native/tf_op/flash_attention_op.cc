@@ -281,6 +281,45 @@ bool prepareStream(TF_OpKernelContext* ctx, Kernel* k, const void* anyInput) {
   return true;
 }
 
+// Scratch memory of one call: a temp tensor from TensorFlow's own GPU allocator (TF_AllocateTemp,
+// TensorFlow 2.5 on), else CUDA's stream-ordered pool (cudaMallocAsync). Taken after
+// prepareStream's device synchronisation (TensorFlow's allocator may hand out memory that ops
+// still queued on its stream freed) and released after finish()'s stream synchronisation.
+struct Scratch {
+  TF_Tensor* tensor = nullptr;
+  void* ptr = nullptr;
+  cudaStream_t stream = nullptr;
+  int acquire(TF_OpKernelContext* ctx, size_t bytes, cudaStream_t s) {
+    stream = s;
+    if (bytes == 0) return 0;
+    if (TF_AllocateTemp) {
+      TF_Status* st = TF_NewStatus();
+      TF_AllocatorAttributes attrs{};
+      attrs.struct_size = TF_ALLOCATOR_ATTRIBUTES_STRUCT_SIZE;
+      attrs.on_host = 0;
+      const int64_t dims[1] = {(int64_t)bytes};
+      tensor = TF_AllocateTemp(ctx, TF_UINT8, dims, 1, &attrs, st);
+      const bool ok = TF_GetCode(st) == TF_OK && tensor != nullptr;
+      TF_DeleteStatus(st);
+      if (ok) {
+        ptr = TF_TensorData(tensor);
+        return 0;
+      }
+      if (tensor) TF_DeleteTensor(tensor);
+      tensor = nullptr;  // out of TensorFlow's memory: try the pool
+    }
+    return cudaMallocAsync(&ptr, bytes, stream);
+  }
+  ~Scratch() {
+    if (tensor) {
+      cudaStreamSynchronize(stream);  // already done unless a launch failed midway
+      TF_DeleteTensor(tensor);
+    } else if (ptr) {
+      cudaFreeAsync(ptr, stream);
+    }
+  }
+};
+
 bool finish(TF_OpKernelContext* ctx, Kernel* k, int code) {
   if (code == 0) code = cudaStreamSynchronize(k->stream);
   if (code != 0) fail(ctx, TF_INTERNAL, fa_error_string(code));
@@ -310,17 +349,14 @@ void computeForward(void* kernel, TF_OpKernelContext* ctx) {
   } else if (p.rows_q == 0) {
     // No query rows: nothing to compute or write.
   } else if (prepareStream(ctx, k, in.f(kQ))) {
-    // Workspaces come from CUDA's stream-ordered pool: TF_AllocateTemp is not in every
-    // TensorFlow 2.x C API, and the pool makes these allocations cheap after the first call.
-    void* ws = nullptr;
-    const size_t front = rangesBytes(p), wsBytes = front + fa_forward_workspace_size(&p);
-    int code = wsBytes ? cudaMallocAsync(&ws, wsBytes, k->stream) : 0;
-    if (code == 0) code = copyRanges(in, &p, ws, k->stream);
+    Scratch ws;
+    const size_t front = rangesBytes(p);
+    int code = ws.acquire(ctx, front + fa_forward_workspace_size(&p), k->stream);
+    if (code == 0) code = copyRanges(in, &p, ws.ptr, k->stream);
     if (code == 0)
       code = fa_forward(&p, in.f(kQ), in.f(kK), in.f(kV), static_cast<float*>(TF_TensorData(out)),
-                        static_cast<float*>(TF_TensorData(lse)), ws ? static_cast<char*>(ws) + front : nullptr,
-                        k->stream);
-    if (ws) cudaFreeAsync(ws, k->stream);
+                        static_cast<float*>(TF_TensorData(lse)),
+                        ws.ptr ? static_cast<char*>(ws.ptr) + front : nullptr, k->stream);
     finish(ctx, k, code);
   }
   if (out) TF_DeleteTensor(out);
@@ -343,16 +379,15 @@ void computeGrad(void* kernel, TF_OpKernelContext* ctx) {
   } else if (p.rows_q == 0 && p.rows_k == 0) {
     // Empty q and k: nothing to write.
   } else if (prepareStream(ctx, k, in.f(p.rows_q ? kQ : kK))) {
-    void* ws = nullptr;
-    const size_t front = rangesBytes(p), wsBytes = front + fa_backward_workspace_size(&p);
-    int code = wsBytes ? cudaMallocAsync(&ws, wsBytes, k->stream) : 0;
-    if (code == 0) code = copyRanges(in, &p, ws, k->stream);
+    Scratch ws;
+    const size_t front = rangesBytes(p);
+    int code = ws.acquire(ctx, front + fa_backward_workspace_size(&p), k->stream);
+    if (code == 0) code = copyRanges(in, &p, ws.ptr, k->stream);
     if (code == 0)
       code = fa_backward(&p, in.f(kQ), in.f(kK), in.f(kV), in.f(kOut), in.f(kLse), in.f(kDy),
                          static_cast<float*>(TF_TensorData(grads[0])), static_cast<float*>(TF_TensorData(grads[1])),
-                         static_cast<float*>(TF_TensorData(grads[2])), ws ? static_cast<char*>(ws) + front : nullptr,
-                         k->stream);
-    if (ws) cudaFreeAsync(ws, k->stream);
+                         static_cast<float*>(TF_TensorData(grads[2])),
+                         ws.ptr ? static_cast<char*>(ws.ptr) + front : nullptr, k->stream);
     finish(ctx, k, code);
   }
   for (auto* g : grads) if (g) TF_DeleteTensor(g);

@@ -21,7 +21,7 @@ extern "C" {
 
 #define TF_WEAK __attribute__((weak))
 
-typedef enum { TF_FLOAT = 1, TF_BOOL = 10 } TF_DataType;
+typedef enum { TF_FLOAT = 1, TF_UINT8 = 4, TF_BOOL = 10 } TF_DataType;
 typedef enum { TF_OK = 0, TF_INVALID_ARGUMENT = 3, TF_INTERNAL = 13, TF_UNIMPLEMENTED = 12 } TF_Code;
 typedef unsigned char TF_Bool;
 
@@ -33,6 +33,13 @@ typedef struct TF_ShapeHandle TF_ShapeHandle;
 typedef struct TF_KernelBuilder TF_KernelBuilder;
 typedef struct TF_OpKernelConstruction TF_OpKernelConstruction;
 typedef struct TF_OpKernelContext TF_OpKernelContext;
+
+/* tf_tensor.h: attributes of TF_AllocateTemp; struct_size is the offset of the end of on_host. */
+typedef struct TF_AllocatorAttributes {
+  size_t struct_size;
+  TF_Bool on_host; /* 1: host memory, 0: the device's */
+} TF_AllocatorAttributes;
+#define TF_ALLOCATOR_ATTRIBUTES_STRUCT_SIZE (offsetof(TF_AllocatorAttributes, on_host) + sizeof(TF_Bool))
 
 /* tf_status.h */
 TF_WEAK TF_Status* TF_NewStatus(void);
@@ -83,6 +90,9 @@ TF_WEAK int TF_NumInputs(TF_OpKernelContext* ctx);
 TF_WEAK void TF_GetInput(TF_OpKernelContext* ctx, int i, TF_Tensor** tensor, TF_Status* status);
 TF_WEAK TF_Tensor* TF_AllocateOutput(TF_OpKernelContext* context, int index, TF_DataType dtype,
                                      const int64_t* dims, int num_dims, size_t len, TF_Status* status);
+/* Since TensorFlow 2.5; null (weak) in older ones. */
+TF_WEAK TF_Tensor* TF_AllocateTemp(TF_OpKernelContext* context, TF_DataType dtype, const int64_t* dims,
+                                   int num_dims, TF_AllocatorAttributes* alloc_attrs, TF_Status* status);
 TF_WEAK void TF_OpKernelContext_Failure(TF_OpKernelContext* ctx, TF_Status* status);
 TF_WEAK void TF_OpKernelConstruction_Failure(TF_OpKernelConstruction* ctx, TF_Status* status);
 TF_WEAK void TF_OpKernelConstruction_GetAttrFloat(TF_OpKernelConstruction* ctx, const char* attr_name,

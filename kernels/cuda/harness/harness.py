@@ -1005,7 +1005,8 @@ def run_decode_split_sweep(kern, report):
     near decodePlan's cost model comes to the best count on small and large K/V."""
     H, sweep = 16, []
     print('split sweep (ms per call, graph-timed): planned count first', flush=True)
-    for D, B, N, Hkv in ((128, 1, 16384, 2), (64, 1, 16384, 2), (128, 1, 16384, 16), (128, 8, 65536, 2)):
+    for D, B, N, Hkv in ((128, 1, 16384, 2), (64, 1, 16384, 2), (64, 1, 65536, 2), (128, 1, 65536, 2),
+                         (64, 8, 16384, 2), (128, 1, 16384, 16), (128, 8, 65536, 2)):
         c = normalize(dict(B=B, Nq=1, Nk=N, H=H, Hkv=Hkv, D=D))
         g = torch.Generator(device='cuda').manual_seed(7)
         q, k, v, _, _, _ = make_inputs(c, g)
