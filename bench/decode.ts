@@ -88,8 +88,8 @@ export interface DecodeRow {
   passes?: string;
   /** Calls per timed batch; spread of the rounds' times (max / min - 1), this row's and its read-once's. */
   reps?: number; spread?: number; readOnceSpread?: number;
-  /** The median of the rounds (gpuMs and readOnceMs are the fastest round). */
-  medianMs?: number; readOnceMedianMs?: number;
+  /** The median of the rounds (gpuMs and readOnceMs are the fastest round), and each round's time. */
+  medianMs?: number; readOnceMedianMs?: number; roundsMs?: number[]; readOnceRoundsMs?: number[];
   /** The stability row: the run's first shape measured again at its end. */
   repeat?: boolean;
   status: string; note?: string;
@@ -435,7 +435,7 @@ export async function runDecodeBench(tf: TF, flash: typeof FlashAttentionFn, hoo
       const row: DecodeRow = {
         ...base, impl: x.impl, gpuMs: ms, wallMs: null, gbPerS: kvBytes / ms / 1e6, vsFloor: ms / floorMs,
         vsPeak: ms / peakFloorMs, vsReadOnce: readOnce ? ms / readOnce : null, passes: t.passes, reps: t.reps,
-        medianMs: t.medianMs, readOnceMedianMs: probeTime?.medianMs,
+        medianMs: t.medianMs, readOnceMedianMs: probeTime?.medianMs, roundsMs: t.all, readOnceRoundsMs: probeTime?.all,
         spread: t.spread, readOnceSpread: probeTime?.spread,
         status: c.err < 1e-4 ? 'ok' : 'wrong', note: c.err ? `max rel diff vs decode ${c.err.toExponential(1)}` : undefined,
         ...(repeat ? { repeat: true } : {}),
