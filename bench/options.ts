@@ -103,7 +103,7 @@ export const USAGE = `npm run bench -- [flags]
                               prefetch, fused, grouped (0/1), mintiles, target, threads, cols)
   --decode-baselines=0        decode sweep without the one-pass forward and the composite (tuning)
   --decode-warm-ms=100        ms of the same work before each decode timing (clocks steady; GPU default 100)
-  --decode-rounds=2           interleaved timings of each entry of a shape, the median reported (GPU default 2)
+  --decode-rounds=2           interleaved timings of each entry of a shape, the fastest reported with the spread (GPU default 2)
 
 Defaults on a real GPU: seqs 512..32768, dims 32,64,128,256, heads 16, both passes, causal and full.
 Defaults on cpu or a fallback adapter (SwiftShader): seqs 64,128, dims 64, heads 2, fewer repetitions.`;
