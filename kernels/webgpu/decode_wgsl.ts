@@ -82,6 +82,18 @@ export interface DecodeLoads {
 }
 
 /**
+ * The fused and grouped split passes' value loads: thread (c4, kp) keeps value column c4 of keys
+ * kp, kp + keyParts, ... of a tile in registers (vx_i), one vec4 load each, zero past the split.
+ */
+const V_REGISTER_LOAD = `fn vLoad(c : i32, c4 : i32, col0 : i32, hi : i32, startK : i32, kvh : i32) -> vec4<f32> {
+      let j = col0 + c;
+      let ok = (c < COLS) & (j < hi) & (c4 < DV4);
+      return select(vec4<f32>(0.0), v[select(0, ((startK + j) * uniforms.kShape.z + kvh) * DV4 + c4, ok)], ok);
+    }`;
+const issueVRegisterLoad = (i: number, keyParts: number, col0: string) =>
+  `vx_${i} = vLoad(kp + ${i * keyParts}, c4, ${col0}, hi, startK, kvh);`;
+
+/**
  * The key/value tile loads of the split pass: each thread holds its share of a tile in registers
  * (kx_u, vx_u: a fixed count, so a tile can be loaded one iteration ahead) and stores it into
  * kTile/vTile after the barrier that frees them. Index arithmetic is branch-free (an always-valid
@@ -413,7 +425,7 @@ export function splitPassFusedWGSL(variableNames: string[], t: DecodeTiles, f: O
   const ragged = keyParts * keysPerThread > t.cols;
   const col = (i: number) => ragged ? `min(kp + ${i * keyParts}, COLS - 1)` : `kp + ${i * keyParts}`;
   const inTile = (i: number) => ragged ? `(kp + ${i * keyParts} < COLS)` : 'true';
-  const issueV = (col0: string) => keys(i => `vx_${i} = vLoad(kp + ${i * keyParts}, c4, ${col0}, hi, startK, kvh);`);
+  const issueV = (col0: string) => keys(i => issueVRegisterLoad(i, keyParts, col0));
   return `
     const ROWS = ${t.rows};
     const COLS = ${t.cols};
@@ -439,11 +451,7 @@ export function splitPassFusedWGSL(variableNames: string[], t: DecodeTiles, f: O
     ${rangeHelpers(f)}
 
     ${kLoads.fns}
-    fn vLoad(c : i32, c4 : i32, col0 : i32, hi : i32, startK : i32, kvh : i32) -> vec4<f32> {
-      let j = col0 + c;
-      let ok = (c < COLS) & (j < hi) & (c4 < DV4);
-      return select(vec4<f32>(0.0), v[select(0, ((startK + j) * uniforms.kShape.z + kvh) * DV4 + c4, ok)], ok);
-    }
+    ${V_REGISTER_LOAD}
 
     fn main() {
       ${touch(variableNames)}
@@ -573,7 +581,7 @@ export function splitPassGroupedWGSL(variableNames: string[], t: DecodeTiles, f:
   const ragged = keyParts * keysPerThread > t.cols;
   const col = (i: number) => ragged ? `min(kp + ${i * keyParts}, COLS - 1)` : `kp + ${i * keyParts}`;
   const inTile = (i: number) => ragged ? `(kp + ${i * keyParts} < COLS)` : 'true';
-  const issueV = (col0: string) => keys(i => `vx_${i} = vLoad(kp + ${i * keyParts}, c4, ${col0}, hi, startK, kvh);`);
+  const issueV = (col0: string) => keys(i => issueVRegisterLoad(i, keyParts, col0));
   return `
     const ROWS = ${t.rows};
     const COLS = ${t.cols};
@@ -600,11 +608,7 @@ export function splitPassGroupedWGSL(variableNames: string[], t: DecodeTiles, f:
     ${rangeHelpers(f)}
 
     ${kLoads.fns}
-    fn vLoad(c : i32, c4 : i32, col0 : i32, hi : i32, startK : i32, kvh : i32) -> vec4<f32> {
-      let j = col0 + c;
-      let ok = (c < COLS) & (j < hi) & (c4 < DV4);
-      return select(vec4<f32>(0.0), v[select(0, ((startK + j) * uniforms.kShape.z + kvh) * DV4 + c4, ok)], ok);
-    }
+    ${V_REGISTER_LOAD}
 
     fn main() {
       ${touch(variableNames)}

@@ -865,18 +865,9 @@ def graph_time_ms(fn, calls, reps=5):
             for _ in range(calls):
                 fn()
         how = 'loop'
-    run()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        run()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b) / calls)
+    ms = time_ms(run, warmup=1, reps=reps) / calls
     del g
-    return statistics.median(times), how
+    return ms, how
 
 
 def loop_time_ms(fn, calls, reps=3):
