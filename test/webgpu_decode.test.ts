@@ -217,6 +217,22 @@ describe('the split-KV forward equals the reference and the one-pass kernel', ()
     for (const [n, set] of OPTION_SETS.entries()) await expectDecodeAccurate(decodeCase(new Set(set), 2000 + n), [3]);
   }, COMPILE_HEAVY_MS);
 
+  // extreme_options.test.ts's values, through the split-KV path (its cases are too short to take
+  // it): window edges near and past 2^31 act as unbounded (no int32 wrap against the key offset),
+  // softcap at its ends stays exact.
+  const WIDE = 2 ** 31 - 1;
+  const EXTREMES: Array<Pick<CaseSpec, 'windowSize' | 'softcap'>> = [
+    { windowSize: [-1, WIDE], softcap: 1e-3 }, { windowSize: [WIDE, -1], softcap: 3e38 },
+    { windowSize: [-1, 2 ** 32], softcap: 1e8 }, { windowSize: [2 ** 40, 2 ** 40] }, { windowSize: [2 ** 32, 3] },
+  ];
+  gpuTest('extreme windows (2^31 - 1, 2^32, 2^40) and softcaps (1e-3, 1e8, 3e38)', async () => {
+    for (const [n, extreme] of EXTREMES.entries()) {
+      const c: CaseSpec = { dims: { batch: 2, seqQ: 1 + (n % 3), seqK: 150, heads: 4, kvHeads: 2, headDim: 8, headDimV: 8 },
+                            seed: 800 + n, ...extreme };
+      await expectDecodeAccurate(c, [4]);
+    }
+  }, COMPILE_HEAVY_MS);
+
   gpuTest('the gradient of a decode forward is the regular backward: dq, dk, dv against the reference', async () => {
     const c: CaseSpec = { dims: { batch: 2, seqQ: 3, seqK: 90, heads: 4, kvHeads: 2, headDim: 8, headDimV: 8 }, seed: 91, causal: true, softcap: 3 };
     const d = caseData(c), want = reference(c, d);
