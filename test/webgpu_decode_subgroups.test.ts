@@ -10,7 +10,8 @@ import * as tf from '@tensorflow/tfjs';
 import { useWebGPUWithSubgroups } from '../src/index';
 import { attentionProblem } from '../src/contract';
 import { decodeCalls, DecodeOverride, decodePlan, setDecodeOverride } from '../kernels/webgpu/flash_decode_webgpu';
-import { SUBGROUP_THREADS } from '../kernels/webgpu/decode_subgroup_wgsl';
+import { SUBGROUP_THREADS, SUBGROUP_THREADS_ONE_ROW } from '../kernels/webgpu/decode_subgroup_wgsl';
+import { variantOverride } from '../bench/decode';
 import { subgroupMinSizeOf } from '../kernels/webgpu/subgroups';
 import { DeviceLimits } from '../kernels/webgpu/program';
 import type { WebGPUBackend } from '@tensorflow/tfjs-backend-webgpu';
@@ -111,7 +112,8 @@ describe('the plan picks the subgroup split pass on the subgroups device with ve
     expect(planOf(c(16, 2), 32).tiles.rows).toBe(8);
     expect(planOf(c(16, 16, 64, 64, 3), 32).tiles.rows).toBe(4);
     const p = planOf(c(16, 16), 32);
-    expect(p.tiles).toMatchObject({ rows: 1, threads: SUBGROUP_THREADS, cols: (SUBGROUP_THREADS / 16) * p.subgroup!.unroll });
+    expect(p.tiles).toMatchObject({ rows: 1, threads: SUBGROUP_THREADS_ONE_ROW, cols: (SUBGROUP_THREADS_ONE_ROW / 16) * p.subgroup!.unroll });
+    expect(planOf(c(16, 2), 32).tiles.threads).toBe(SUBGROUP_THREADS);
     expect(p.splitKeys % p.tiles.cols).toBe(0);
     expect(p.numSplits * p.splitKeys).toBeGreaterThanOrEqual(8192);
     const q = planOf(c(16, 16), 32, { tiles: { threads: 64 }, unroll: 2, targetWorkgroups: 64 });
@@ -119,6 +121,11 @@ describe('the plan picks the subgroup split pass on the subgroups device with ve
     expect(q.subgroup!.unroll).toBe(2);
     expect(q.numSplits).toBe(4);
   });
+});
+
+test('the bench\'s --decode-variants keys for the subgroup pass', () => {
+  expect(variantOverride('subgroup=0')).toEqual({ mode: 'on', subgroup: false });
+  expect(variantOverride('lanes=8+unroll=2+threads=64')).toEqual({ mode: 'on', lanes: 8, unroll: 2, tiles: { threads: 64 } });
 });
 
 describe('with a subgroups device, the subgroup split pass equals the reference and the one-pass kernel', () => {

@@ -33,11 +33,24 @@ import { DecodeTiles, FUSED_MAX_ROWS, rangeHelpers, splitSetupWGSL, touch, UNIFO
 import { unroll } from './program';
 import { paddedVec4, vec4Count } from './tiles';
 
-/** Threads of a subgroup split-pass workgroup (small: several workgroups per compute unit). */
+/**
+ * Threads of a subgroup split-pass workgroup: 128 where it owns 2 or more query rows, 256 for one
+ * (MHA decode). H200, 8k-64k keys, d 64 and 128 (BENCHMARKS.md, "Subgroup split pass", 2026-12-02
+ * 12:56 UTC, SM clock low for most of the run): one row, 256 threads 8-15 % faster than 128 in
+ * 12 of 13 shapes (the 13th noisy, equal when measured again), 64 threads 32-56 % slower; 8 rows
+ * (GQA 16/2), 256 from 10 % faster to 24 % slower (slower by more than 2 % in 8 of 16 shapes).
+ */
 export const SUBGROUP_THREADS = 128;
-/** Keys per lane group per step (their K and V loads in flight together). */
+export const SUBGROUP_THREADS_ONE_ROW = 256;
+/**
+ * Keys per lane group per step (their K and V loads in flight together). H200 (same run): 2 was
+ * 5-31 % slower than 4 in every shape but a noisy one; 8 from 13 % faster (one row) to 19 % slower (GQA).
+ */
 export const SUBGROUP_UNROLL = 4;
-/** Split-pass workgroups the split count aims for on this pass (small workgroups, several per compute unit). */
+/**
+ * Split-pass workgroups the split count aims for on this pass (small workgroups, several per
+ * compute unit). H200 (same run): 2048 from 10 % faster to 29 % slower than 512.
+ */
 export const SUBGROUP_TARGET_WORKGROUPS = 512;
 /** A split covers at least this many keys (fewer: more partials for the combine pass than work). */
 export const SUBGROUP_MIN_SPLIT_KEYS = 256;
@@ -74,7 +87,8 @@ export function decodeSubgroupWorkgroupBytes(t: DecodeTiles, lanes: number, head
  * The subgroup pass's tiles and layout for a problem on a device whose smallest subgroup is
  * `subgroupMinSize` (> 0): rows the kv head's group (a power of two, at most FUSED_MAX_ROWS),
  * lanes the widest power of two the head dims and the subgroup allow, threads SUBGROUP_THREADS
- * (fewer where workgroup memory is short), cols one workgroup step (lane groups x unroll keys).
+ * (SUBGROUP_THREADS_ONE_ROW for one row; fewer where workgroup memory is short), cols one
+ * workgroup step (lane groups x unroll keys).
  */
 export function subgroupDecodeLayout(s: { group: number; seqQ: number; headDim: number; headDimV: number },
                                      subgroupMinSize: number, maxWorkgroupBytes: number, maxThreads: number,
@@ -83,7 +97,8 @@ export function subgroupDecodeLayout(s: { group: number; seqQ: number; headDim: 
   const lanes = pow2AtMost(Math.min(o.lanes ?? widest, subgroupMinSize, widest));
   const rows = pow2AtMost(Math.min(o.tiles?.rows ?? 2 ** Math.ceil(Math.log2(Math.max(1, s.group * s.seqQ))), FUSED_MAX_ROWS));
   const unrollKeys = Math.max(1, Math.floor(o.unroll ?? SUBGROUP_UNROLL));
-  let threads = Math.max(lanes, pow2AtMost(Math.min(o.tiles?.threads ?? SUBGROUP_THREADS, maxThreads, SUBGROUP_MAX_THREADS)));
+  const wanted = o.tiles?.threads ?? (rows === 1 ? SUBGROUP_THREADS_ONE_ROW : SUBGROUP_THREADS);
+  let threads = Math.max(lanes, pow2AtMost(Math.min(wanted, maxThreads, SUBGROUP_MAX_THREADS)));
   const tilesOf = (n: number): DecodeTiles => ({ rows, threads: n, cols: (n / lanes) * unrollKeys });
   while (threads > lanes && decodeSubgroupWorkgroupBytes(tilesOf(threads), lanes, s.headDim, s.headDimV) > maxWorkgroupBytes) threads /= 2;
   if (decodeSubgroupWorkgroupBytes(tilesOf(threads), lanes, s.headDim, s.headDimV) > maxWorkgroupBytes) {

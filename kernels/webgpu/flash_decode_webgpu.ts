@@ -13,7 +13,9 @@
  * (K and V bound as vec4 arrays, values straight into registers, at most 8 rows a workgroup, a
  * thread per value vec4 at least), the grouped one instead where a workgroup owns 2 or more query
  * rows and headDimV >= 128, the staged one otherwise; all load the next key tile while working on
- * the current one.
+ * the current one. On the opt-in subgroups device (subgroups.ts) the subgroup split pass
+ * (decode_subgroup_wgsl.ts: no workgroup memory, no barrier in the key loop) replaces them where K
+ * and V are vec4 loads (H200, low SM clock: 1.0-1.95x faster than those in 29 shapes; BENCHMARKS.md).
  *
  * When it is picked (decodePlan): at most DECODE_MAX_SEQ_Q query rows per sequence and at least
  * DECODE_MIN_SEQ_K keys. On the H200 (BENCHMARKS.md, decode; steady-clock run, 2026-12-02 09:33
