@@ -453,9 +453,11 @@ async function main(): Promise<number> {
 }
 
 /** `--decode`: the decode sweep (bench/decode.ts) on this backend. */
-async function decodeMain(o: BenchOptions, b: Backend): Promise<number> {
+async function decodeMain(o: BenchOptions, b0: Backend): Promise<number> {
   // The split-KV kernel and the read probe are WebGPU programs (on cpu every row was 'decode path not taken').
-  if (b.name !== 'webgpu') throw new Error(`--decode needs the webgpu backend, got ${b.name}`);
+  if (b0.name !== 'webgpu') throw new Error(`--decode needs the webgpu backend, got ${b0.name}`);
+  const b = o.decodeDevice === 'subgroups' ? await switchToSubgroups(b0) : b0;
+  if (!b) throw new Error('--decode-device=subgroups: useWebGPUWithSubgroups() declined this adapter');
   const d = b.realGpu ? DECODE_GPU_SWEEP : DECODE_SMALL_SWEEP;
   const sweep: DecodeSweep = {
     ...d, seqKs: o.sweep.seqs ?? d.seqKs, headDims: o.sweep.headDims ?? d.headDims, heads: o.sweep.heads ?? d.heads,
@@ -467,11 +469,11 @@ async function decodeMain(o: BenchOptions, b: Backend): Promise<number> {
   const plan: TimingPlan = { ...timing, warmupMs: b.realGpu ? 100 : 0, timedReps: b.hasTimestamps ? timing.timedReps : 0 };
   const hooks = await import('../kernels/webgpu/flash_decode_webgpu');
   const meta = {
-    date: new Date().toISOString(), backend: b.name, adapter: b.adapter,
+    date: new Date().toISOString(), backend: b.name, devicePath: b.devicePath, adapter: b.adapter,
     nvidiaSmi: commandLine('nvidia-smi', ['--query-gpu=name,memory.total,driver_version,clocks.max.sm', '--format=csv,noheader']),
     gitCommit: process.env.BENCH_COMMIT || commandLine('git', ['rev-parse', '--short', 'HEAD']), argv: process.argv.slice(2),
   };
-  console.log(`# decode sweep on ${b.name}${b.adapter ? ` (${Object.values(b.adapter).filter(v => v !== '').join(', ')})` : ''}` +
+  console.log(`# decode sweep on ${b.name} (${b.devicePath} device)${b.adapter ? ` (${Object.values(b.adapter).filter(v => v !== '').join(', ')})` : ''}` +
               `${meta.nvidiaSmi ? `; ${meta.nvidiaSmi}` : ''}; timestamps ${plan.timedReps > 0 ? 'on' : 'off'} -> ${o.outDir}`);
   const { peer, why: peerMissing } = o.decodePeer && b.name === 'webgpu' ? loadDecodePeer(o.check) : { peer: null, why: 'off' };
   console.log(`# onnxruntime decode peer: ${peer ? peer.description : `not run (${peerMissing})`}`);

@@ -22,7 +22,9 @@
  *
  * --decode-targets=128,256,... also times the split-KV forward at those split-pass workgroup
  * targets, --decode-threads at those thread counts, --decode-variants at any DecodeOverride
- * (vec4, prefetch, fused, grouped, mintiles, target, threads, cols); --decode-baselines=0 leaves out the one-pass
+ * (vec4, prefetch, fused, grouped, subgroup, mintiles, target, threads, cols, lanes, unroll); on the
+ * subgroups device (bench --decode-device=subgroups) 'decode' is the subgroup split pass and
+ * decode[subgroup=0] the other passes, timed in the same rounds; --decode-baselines=0 leaves out the one-pass
  * forward and the composite (tuning runs).
  */
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
@@ -323,7 +325,10 @@ export function variantOverride(spec: string): DecodeOverride {
       case 'target': o.targetWorkgroups = x; break;
       case 'threads': o.tiles = { ...o.tiles, threads: x }; break;
       case 'cols': o.tiles = { ...o.tiles, cols: x }; break;
-      default: throw new Error(`--decode-variants: unknown key '${key}' (vec4, prefetch, fused, grouped, mintiles, target, threads, cols)`);
+      case 'subgroup': o.subgroup = x !== 0; break;
+      case 'lanes': o.lanes = x; break;
+      case 'unroll': o.unroll = x; break;
+      default: throw new Error(`--decode-variants: unknown key '${key}' (vec4, prefetch, fused, grouped, subgroup, mintiles, target, threads, cols, lanes, unroll)`);
     }
   }
   return o;

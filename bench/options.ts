@@ -59,6 +59,8 @@ export interface BenchOptions {
   varlen: 'off' | 'on' | 'only';
   /** The decode sweep's onnxruntime row per shape (bench/onnxruntime_decode.ts), when onnxruntime-node loads. */
   decodePeer: boolean;
+  /** The device the decode sweep runs on: tfjs's own, or the package's opt-in subgroups device. */
+  decodeDevice: 'default' | 'subgroups';
 }
 
 export const USAGE = `npm run bench -- [flags]
@@ -100,7 +102,10 @@ export const USAGE = `npm run bench -- [flags]
   --decode-targets=256,512    also time the split-KV forward at these split-pass workgroup targets
   --decode-threads=256        ... and with these split-pass workgroup sizes
   --decode-variants=vec4=0+prefetch=0,mintiles=1   ... and these split-pass variants (keys: vec4,
-                              prefetch, fused, grouped (0/1), mintiles, target, threads, cols)
+                              prefetch, fused, grouped, subgroup (0/1), mintiles, target, threads, cols,
+                              lanes, unroll)
+  --decode-device=subgroups   the decode sweep on the opt-in subgroups device (useWebGPUWithSubgroups:
+                              the subgroup split pass; decode[subgroup=0] times the other passes there)
   --decode-baselines=0        decode sweep without the one-pass forward and the composite (tuning)
   --decode-warm-ms=100        ms of the same work before each decode timing (clocks steady; GPU default 100)
   --decode-rounds=2           interleaved timings of each entry of a shape, the fastest reported with the spread (GPU default 2)
@@ -143,7 +148,7 @@ export function parseArgs(argv: readonly string[]): BenchOptions {
     ceilingTflops: 51.6, ceilingGbPerS: 3350, help: false, floorOnly: false, quick: false, implsGiven: false,
     decode: false, decodeTargets: [], decodeThreads: [], decodeVariants: [], decodeBaselines: true,
     forwardVariant: 'auto',
-    varlen: 'off', decodePeer: true,
+    varlen: 'off', decodePeer: true, decodeDevice: 'default',
   };
   for (const arg of argv) {
     const m = /^--([a-z-]+)(?:=(.*))?$/.exec(arg);
@@ -187,6 +192,7 @@ export function parseArgs(argv: readonly string[]): BenchOptions {
       case 'decode-baselines': o.decodeBaselines = bool(value, flag); break;
       case 'decode-warm-ms': o.decodeWarmMs = number(value, flag, 0); break;
       case 'decode-rounds': o.decodeRounds = positiveInts(value, flag)[0]; break;
+      case 'decode-device': o.decodeDevice = list(value, ['default', 'subgroups'] as const, flag)[0]; break;
       default: throw new Error(`unknown flag --${flag}; --help lists the flags`);
     }
   }

@@ -8,9 +8,7 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import { flashAttention } from '../src/index';
-import {
-  FlashAttention, FlashAttentionAttrs, FlashAttentionInputs, attentionProblem,
-} from '../src/contract';
+import { attentionProblem } from '../src/contract';
 import {
   DECODE_MAX_SEQ_Q, DECODE_MIN_SEQ_K, decodeCalls, DecodeOverride, decodePlan, setDecodeOverride,
 } from '../kernels/webgpu/flash_decode_webgpu';
@@ -18,10 +16,9 @@ import { FUSED_MAX_ROWS } from '../kernels/webgpu/decode_wgsl';
 import { DeviceLimits } from '../kernels/webgpu/program';
 import { setTileConfigOverride } from '../kernels/webgpu/tiles';
 import {
-  CaseData, caseAttrs, caseData, CaseSpec, compare, comboCase, describeCase, F32_TOLERANCE, OPTION_NAMES, randInt,
-  reference, relError, rng, runOp,
+  CaseData, caseAttrs, caseData, CaseSpec, compare, describeCase, F32_TOLERANCE, OPTION_NAMES, reference, relError, rng, runOp,
 } from './helpers/attention_case';
-import { referenceForward, RefInputs } from './helpers/reference';
+import { decodeCase, expectClose, Forward, lengths, rangedRun, sequenceReference } from './helpers/decode_case';
 import { checkOutput, compositeFloat64, SPECIAL, withNonFinite } from './helpers/nonfinite';
 import { destroyWebGPU, gpuBytesInUse, gpuTest, HAS_GPU, takeUncapturedErrors, TINY_TILES, useWebGPU } from './helpers/webgpu_env';
 
@@ -37,7 +34,6 @@ const TINY_DECODE = { cols: 8, threads: 32 };
 const COMPILE_HEAVY_MS = 600000;
 const TOL = F32_TOLERANCE.forward;
 
-interface Forward { out: Float32Array; lse: Float32Array; }
 
 /** The forward on webgpu with the decode hook set as given (the one-pass kernel uses tiny tiles). */
 async function forward(c: CaseSpec, d: CaseData, o: DecodeOverride): Promise<Forward> {
@@ -66,129 +62,6 @@ async function expectDecodeAccurate(c: CaseSpec, splits: Array<number | undefine
       if (!(e < TOL)) throw new Error(`${describeCase(c)} splits ${numSplits ?? 'auto'}: ${k} relative error ${e}\n${JSON.stringify(errs)}`);
     }
   }
-}
-
-/** A decode-shaped case: 1..16 query rows, up to maxSeqK keys, GQA groups. */
-function decodeCase(flags: ReadonlySet<string>, seed: number, maxSeqK = 200): CaseSpec {
-  const c = comboCase(flags, seed);
-  const r = rng(seed * 31 + 5);
-  c.dims.seqQ = randInt(r, 1, DECODE_MAX_SEQ_Q);
-  c.dims.seqK = randInt(r, 1, maxSeqK);
-  if (c.maskShape) {
-    const full = [c.dims.batch, c.dims.heads, c.dims.seqQ, c.dims.seqK];
-    const rank = c.maskShape.length;
-    c.maskShape = full.slice(4 - rank).map((x, i) => (c.maskShape![i] === 1 ? 1 : x));
-  }
-  c.dims.headDim = 8; c.dims.headDimV = 8;
-  return c;
-}
-
-/** Every element of a rank-4 broadcast mask, as [B, H, seqQ, seqK] 0/1 values. */
-function fullMask(c: CaseSpec, d: CaseData): Uint8Array {
-  const { batch: B, heads: H, seqQ: nq, seqK: nk } = c.dims;
-  const out = new Uint8Array(B * H * nq * nk).fill(1);
-  if (!d.mask) return out;
-  const [mb, mh, mq, mk] = [...new Array(4 - c.maskShape!.length).fill(1), ...c.maskShape!];
-  for (let b = 0; b < B; b++) for (let h = 0; h < H; h++) for (let i = 0; i < nq; i++) for (let j = 0; j < nk; j++) {
-    out[((b * H + h) * nq + i) * nk + j] =
-        d.mask[(((mb === 1 ? 0 : b) * mh + (mh === 1 ? 0 : h)) * mq + (mq === 1 ? 0 : i)) * mk + (mk === 1 ? 0 : j)];
-  }
-  return out;
-}
-
-/**
- * The float64 result of sequence b alone: its first lenQ query rows and lenK keys (the contract's
- * per-sequence rules: offsets, mask, dropout and ALiBi in local coordinates, sequence index b).
- * The reference runs on a batch of b + 1 whose last element is the sequence, so dropout sees b.
- */
-function sequenceReference(c: CaseSpec, d: CaseData, b: number, lenQ: number, lenK: number) {
-  const { heads: H, kvHeads: Hk, headDim: D, headDimV: DV, seqQ, seqK } = c.dims;
-  const out = new Float64Array(lenQ * H * DV), lse = new Float64Array(H * lenQ).fill(-Infinity);
-  if (lenQ === 0 || lenK === 0) return { out, lse };
-  const dims = { ...c.dims, batch: b + 1, seqQ: lenQ, seqK: lenK };
-  const rows = (src: Float32Array, n: number, len: number, width: number) => {
-    const x = new Float32Array((b + 1) * len * width);
-    x.set(src.subarray(b * n * width, (b * n + len) * width), b * len * width);
-    return x;
-  };
-  const x: RefInputs = {
-    q: rows(d.q, seqQ, lenQ, H * D), k: rows(d.k, seqK, lenK, Hk * D), v: rows(d.v, seqK, lenK, Hk * DV),
-    alibiSlopes: d.slopes,
-  };
-  if (d.mask) {
-    const full = fullMask(c, d), values = new Uint8Array((b + 1) * H * lenQ * lenK);
-    for (let h = 0; h < H; h++) for (let i = 0; i < lenQ; i++) for (let j = 0; j < lenK; j++) {
-      values[((b * H + h) * lenQ + i) * lenK + j] = full[((b * H + h) * seqQ + i) * seqK + j];
-    }
-    x.mask = { values, shape: [b + 1, H, lenQ, lenK] };
-  }
-  const r = referenceForward(dims, x, caseAttrs(c, d));
-  return { out: r.out.subarray(b * lenQ * H * DV), lse: r.lse.subarray(b * H * lenQ) };
-}
-
-/**
- * Runs the FlashAttention kernel with sequence ranges (padded: q as the case has it, lengths
- * lensQ/K; packed: each sequence's first lensQ/K rows packed back to back, no mask) and returns
- * its outputs with the float64 ones.
- */
-async function rangedRun(c: CaseSpec, d: CaseData, lensQ: number[], lensK: number[], layout: 'padded' | 'packed') {
-  const { batch: B, seqQ, seqK, heads: H, kvHeads: Hk, headDim: D, headDimV: DV } = c.dims;
-  const totalQ = lensQ.reduce((a, x) => a + x, 0), totalK = lensK.reduce((a, x) => a + x, 0);
-  const pack = (src: Float32Array, n: number, lens: number[], width: number) => {
-    const x = new Float32Array(lens.reduce((a, l) => a + l, 0) * width);
-    let at = 0;
-    lens.forEach((l, b) => { x.set(src.subarray(b * n * width, (b * n + l) * width), at); at += l * width; });
-    return x;
-  };
-  const ranges = (lens: number[], n: number) => {
-    let at = 0;
-    return lens.flatMap((l, b) => { const start = layout === 'packed' ? at : b * n; at += l; return [start, l]; });
-  };
-  const packed = layout === 'packed';
-  const tensors = packed
-    ? [tf.tensor4d(pack(d.q, seqQ, lensQ, H * D), [1, totalQ, H, D]), tf.tensor4d(pack(d.k, seqK, lensK, Hk * D), [1, totalK, Hk, D]),
-       tf.tensor4d(pack(d.v, seqK, lensK, Hk * DV), [1, totalK, Hk, DV])]
-    : [tf.tensor4d(d.q, [B, seqQ, H, D]), tf.tensor4d(d.k, [B, seqK, Hk, D]), tf.tensor4d(d.v, [B, seqK, Hk, DV])];
-  const [q, k, v] = tensors;
-  const alibiSlopes = d.slopes ? tf.tensor1d(d.slopes) : tf.zeros([1]);
-  const mask = d.mask ? tf.tensor4d(fullMask(c, d), [B, H, seqQ, seqK], 'bool') : tf.ones([1, 1, 1, 1], 'bool');
-  const seqRangesQ = tf.tensor2d(ranges(lensQ, seqQ), [B, 2], 'int32');
-  const seqRangesK = tf.tensor2d(ranges(lensK, seqK), [B, 2], 'int32');
-  const attrs: FlashAttentionAttrs = {
-    ...caseAttrs(c, d), seqLayout: layout, numSeqs: B,
-    maxSeqLenQ: packed ? Math.max(...lensQ) : seqQ, maxSeqLenK: packed ? Math.max(...lensK) : seqK,
-  };
-  const inputs: FlashAttentionInputs = { q, k, v, alibiSlopes, mask, seqRangesQ, seqRangesK };
-  const [out, lse] = tf.engine().runKernel(FlashAttention, inputs as {}, attrs as unknown as {}) as tf.Tensor[];
-  const got = { out: await out.data() as Float32Array, lse: await lse.data() as Float32Array };
-  tf.dispose([q, k, v, alibiSlopes, mask, seqRangesQ, seqRangesK, out, lse]);
-
-  // Expected: padded rows i >= lenQ are 0 / -Infinity; packed rows sit at their sequence's start.
-  const wantOut = new Float64Array(got.out.length), wantLse = new Float64Array(got.lse.length).fill(-Infinity);
-  let at = 0;
-  for (let b = 0; b < B; b++) {
-    const r = sequenceReference(c, d, b, lensQ[b], lensK[b]);
-    const start = packed ? at : b * seqQ;
-    wantOut.set(r.out, start * H * DV);
-    for (let h = 0; h < H; h++) {
-      for (let i = 0; i < lensQ[b]; i++) {
-        wantLse[packed ? h * totalQ + start + i : (b * H + h) * seqQ + i] = r.lse[h * lensQ[b] + i];
-      }
-    }
-    at += lensQ[b];
-  }
-  return { got, want: { out: wantOut, lse: wantLse } };
-}
-
-function expectClose(label: string, got: Forward, want: { out: ArrayLike<number>; lse: ArrayLike<number> }) {
-  const errs = { out: relError(got.out, want.out), lse: relError(got.lse, want.lse) };
-  if (!(errs.out < TOL && errs.lse < TOL)) throw new Error(`${label}: relative errors ${JSON.stringify(errs)}`);
-}
-
-/** Lengths for a batch: random, with 0, 1 and full among them when the batch allows. */
-function lengths(r: () => number, batch: number, max: number): number[] {
-  const special = [max, 1, 0];
-  return Array.from({ length: batch }, (_, b) => (b < special.length && r() < 0.5 ? Math.min(special[b], max) : randInt(r, 0, max)));
 }
 
 if (HAS_GPU) {

@@ -136,7 +136,7 @@ function kvTileLoads(t: DecodeTiles, headDim: number, headDimV: number, loads: D
  * The range functions of a pass: rangeQ(b), rangeK(b) = (start row, length) of sequence b, read
  * from seqRangesQ/K with seqRanges, else b's dense rows (seqQ, seqK: the pass's WGSL for them).
  */
-function rangeHelpers(f: OptionFlags, seqQ = 'uniforms.qShape.y', seqK = 'uniforms.kShape.y'): string {
+export function rangeHelpers(f: OptionFlags, seqQ = 'uniforms.qShape.y', seqK = 'uniforms.kShape.y'): string {
   return f.seqRanges ? `
     fn rangeQ(b : i32) -> vec2<i32> { return vec2<i32>(seqRangesQ[2 * b], seqRangesQ[2 * b + 1]); }
     ${seqK ? 'fn rangeK(b : i32) -> vec2<i32> { return vec2<i32>(seqRangesK[2 * b], seqRangesK[2 * b + 1]); }' : ''}` : `
@@ -144,8 +144,8 @@ function rangeHelpers(f: OptionFlags, seqQ = 'uniforms.qShape.y', seqK = 'unifor
     ${seqK ? `fn rangeK(b : i32) -> vec2<i32> { return vec2<i32>(b * ${seqK}, ${seqK}); }` : ''}`;
 }
 
-const touch = (names: string[]) => names.map(n => `_ = ${n}[0];`).join(' ');
-const UNIFORM_WG = `
+export const touch = (names: string[]) => names.map(n => `_ = ${n}[0];`).join(' ');
+export const UNIFORM_WG = `
       if (localIndex == 0u) { sharedWorkgroupId = workgroupId; }
       let wgId = workgroupUniformLoad(&sharedWorkgroupId);
       let tid = i32(localIndex);`;
@@ -162,7 +162,7 @@ function scoreThreadsOf(t: DecodeTiles, d4: number): number {
  * block's query rows in qTile (scale folded in, as the one-pass forward does), and the keys
  * [lo, hi) it covers (the split cut to what the block's rows can see), from tile firstCol.
  */
-function splitSetupWGSL(f: OptionFlags): string {
+export function splitSetupWGSL(f: OptionFlags): string {
   return `
       let split = i32(wgId.x);
       let heads = uniforms.qShape.z;

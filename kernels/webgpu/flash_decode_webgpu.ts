@@ -13,7 +13,9 @@
  * (K and V bound as vec4 arrays, values straight into registers, at most 8 rows a workgroup, a
  * thread per value vec4 at least), the grouped one instead where a workgroup owns 2 or more query
  * rows and headDimV >= 128, the staged one otherwise; all load the next key tile while working on
- * the current one.
+ * the current one. On the opt-in subgroups device (subgroups.ts) the subgroup split pass
+ * (decode_subgroup_wgsl.ts: no workgroup memory, no barrier in the key loop) replaces them where K
+ * and V are vec4 loads (H200, low SM clock: 1.0-1.95x faster than those in 29 shapes; BENCHMARKS.md).
  *
  * When it is picked (decodePlan): at most DECODE_MAX_SEQ_Q query rows per sequence and at least
  * DECODE_MIN_SEQ_K keys. On the H200 (BENCHMARKS.md, decode; steady-clock run, 2026-12-02 09:33
@@ -30,6 +32,10 @@ import {
   combinePassWGSL, decodeFusedWorkgroupBytes, decodeGroupedWorkgroupBytes, DecodeLoads, DecodeTiles, decodeWorkgroupBytes,
   FUSED_MAX_ROWS, splitPassFusedWGSL, splitPassGroupedWGSL, splitPassWGSL,
 } from './decode_wgsl';
+import {
+  splitPassSubgroupWGSL, SUBGROUP_MIN_SPLIT_KEYS, SUBGROUP_TARGET_WORKGROUPS, subgroupDecodeLayout, SubgroupLayout,
+} from './decode_subgroup_wgsl';
+import { subgroupMinSizeOf } from './subgroups';
 import { vec4Count } from './tiles';
 import {
   checkBindingSizes, checkDispatch, DeviceLimits, deviceLimits, FlashProgram, runProgram, shaderKeyOf,
@@ -108,6 +114,8 @@ export interface DecodePlan {
   fused: boolean;
   /** The grouped split pass (as fused, with one probability per (row, key) shared through workgroup memory). */
   grouped: boolean;
+  /** The subgroup split pass (decode_subgroup_wgsl.ts; subgroups device, vec4 loads), else null. */
+  subgroup: SubgroupLayout | null;
 }
 
 /** Test and tuning hooks: force the decode path on or off, fix the split count or the tile. */
@@ -126,6 +134,10 @@ export interface DecodeOverride {
   grouped?: boolean;
   /** The smallest headDimV the automatic choice gives the grouped pass (tests: 0). */
   groupedMinHeadDimV?: number;
+  /** Off: not the subgroup split pass even on the subgroups device; its lanes per key and keys per step. */
+  subgroup?: boolean;
+  lanes?: number;
+  unroll?: number;
 }
 let override: DecodeOverride = {};
 
@@ -166,21 +178,29 @@ export function chooseDecodeTiles(limits: DeviceLimits, s: AttentionProblem, kin
       `headDimV ${s.headDimV} (workgroup storage ${limits.maxComputeWorkgroupStorageSize} bytes)`);
 }
 
-/** Whether and how the split-KV kernel runs this problem (see the file header). */
-export function decodePlan(limits: DeviceLimits, s: AttentionProblem): DecodePlan {
+/**
+ * Whether and how the split-KV kernel runs this problem (see the file header); subgroupMinSize:
+ * subgroupMinSizeOf the backend (> 0 on the subgroups device: the subgroup split pass where K and
+ * V are vec4 loads, unless switched off).
+ */
+export function decodePlan(limits: DeviceLimits, s: AttentionProblem, subgroupMinSize = 0): DecodePlan {
   const mode = override.mode ?? 'auto';
+  const sg = subgroupMinSize > 0 && vec4Loads(s) && (override.subgroup ?? true)
+    ? subgroupDecodeLayout(s, subgroupMinSize, limits.maxComputeWorkgroupStorageSize, limits.maxComputeInvocationsPerWorkgroup, override)
+    : null;
   // The fused and grouped passes give each value column (vec4) of a row its own thread: not with fewer threads.
   const registers = vec4Loads(s) && (override.fused ?? DECODE_FUSED);
   const grouped = registers && (override.grouped ?? (DECODE_GROUPED && s.group * s.seqQ >= 2 &&
       s.headDimV >= (override.groupedMinHeadDimV ?? DECODE_GROUPED_MIN_HEAD_DIM_V)));
   const registerTiles = registers ? chooseDecodeTiles(limits, s, grouped ? 'grouped' : 'fused') : null;
   const fused = registerTiles !== null && vec4Count(s.headDimV) <= registerTiles.threads;
-  const tiles = fused ? registerTiles! : chooseDecodeTiles(limits, s, 'staged');
+  const tiles = sg ? sg.tiles : fused ? registerTiles! : chooseDecodeTiles(limits, s, 'staged');
   const rowBlocks = Math.ceil(s.group * s.seqQ / tiles.rows);
   const keyTiles = Math.max(1, Math.ceil(s.seqK / tiles.cols));
   const base = s.batch * s.kvHeads * rowBlocks;
-  const target = override.targetWorkgroups ?? DECODE_TARGET_WORKGROUPS;
-  const minTiles = override.minTilesPerSplit ?? DECODE_MIN_TILES_PER_SPLIT;
+  const target = override.targetWorkgroups ?? (sg ? SUBGROUP_TARGET_WORKGROUPS : DECODE_TARGET_WORKGROUPS);
+  const minTiles = override.minTilesPerSplit ??
+      (sg ? Math.max(1, Math.ceil(SUBGROUP_MIN_SPLIT_KEYS / tiles.cols)) : DECODE_MIN_TILES_PER_SPLIT);
   let numSplits = override.numSplits ??
       Math.min(Math.ceil(target / base), Math.max(1, Math.floor(keyTiles / minTiles)));
   numSplits = Math.max(1, Math.min(numSplits, keyTiles, DECODE_MAX_SPLITS, limits.maxComputeWorkgroupsPerDimension));
@@ -191,7 +211,7 @@ export function decodePlan(limits: DeviceLimits, s: AttentionProblem): DecodePla
     use: mode === 'on' || (mode === 'auto' && auto),
     tiles, rowBlocks, numSplits, splitKeys: tilesPerSplit * tiles.cols,
     loads: { vec4: vec4Loads(s), prefetch: override.prefetch ?? DECODE_PREFETCH },
-    fused, grouped: fused && grouped,
+    fused: !sg && fused, grouped: !sg && fused && grouped, subgroup: sg?.layout ?? null,
   };
 }
 
@@ -215,10 +235,14 @@ export class DecodeSplitProgram extends FlashProgram {
     this.outputShape = [rows * plan.numSplits * (s.headDimV + 2)];
     this.workgroupSize = [plan.tiles.threads, 1, 1];
     this.dispatch = [plan.numSplits, s.kvHeads * plan.rowBlocks, s.batch];
-    this.shaderKey = shaderKeyOf('flashDecodeSplit', { headDim: s.headDim, headDimV: s.headDimV, ...plan.tiles, ...plan.loads, fused: plan.fused, grouped: plan.grouped, ...s.flags });
+    this.shaderKey = shaderKeyOf('flashDecodeSplit', { headDim: s.headDim, headDimV: s.headDimV, ...plan.tiles, ...plan.loads, fused: plan.fused, grouped: plan.grouped,
+                                                       subgroupLanes: plan.subgroup?.lanes ?? 0, subgroupUnroll: plan.subgroup?.unroll ?? 0, ...s.flags });
   }
 
   getUserCode(): string {
+    if (this.plan.subgroup) {
+      return splitPassSubgroupWGSL(this.variableNames, this.plan.tiles, this.s.flags, this.s.headDim, this.s.headDimV, this.plan.subgroup);
+    }
     const wgsl = this.plan.grouped ? splitPassGroupedWGSL : this.plan.fused ? splitPassFusedWGSL : splitPassWGSL;
     return wgsl(this.variableNames, this.plan.tiles, this.s.flags, this.s.headDim, this.s.headDimV, this.plan.loads);
   }
@@ -289,7 +313,7 @@ export function maybeFlashDecodeWebGPU(args: { inputs: FlashAttentionInputs, bac
                                                attrs: FlashAttentionAttrs }): TensorInfo[] | null {
   const { inputs, backend, attrs } = args;
   const s = attentionProblem(inputs.q.shape, inputs.k.shape, inputs.v.shape, attrs);
-  const plan = decodePlan(deviceLimits(backend), s);
+  const plan = decodePlan(deviceLimits(backend), s, subgroupMinSizeOf(backend));
   return plan.use ? flashDecodeWebGPU(backend, inputs, s, plan) : null;
 }
 

@@ -1,0 +1,281 @@
+/**
+ * The subgroup split pass of the split-KV forward (flash_decode_webgpu.ts), for the opt-in
+ * subgroups device (subgroups.ts) with vec4 K and V: no workgroup memory and no barrier in the key
+ * loop. The other split passes stage each key tile through workgroup memory with 4-6 barriers per
+ * tile; decode does about 1 FLOP per byte of K/V (MHA) to 4 (GQA 16/2), so those barriers and
+ * that traffic, not the loads, set their pace.
+ *
+ * A workgroup owns the same (split, kv head x row block, batch) as the other split passes
+ * (splitSetupWGSL: key range, query rows, scale folded in) and writes the same partials, so the
+ * combine pass is reused unchanged. Inside it:
+ *  - lane groups of LANES consecutive invocations (a power of two, at most the device's smallest
+ *    subgroup: an aligned run of lanes lies in one subgroup, see subgroups.ts) each own one key at
+ *    a time; lane x holds vec4s x, x + LANES, ... of every query row of the block (ROWS rows,
+ *    registers), loads the same vec4s of the key (the lanes read one contiguous key row) and of
+ *    the value row;
+ *  - the ROWS partial dot products are summed across the lanes by a reduce-scatter butterfly
+ *    (subgroupShuffleXor; ROWS - 1 shuffles instead of ROWS log2(LANES)), which leaves each lane
+ *    the whole scores of OWN = max(1, ROWS / LANES) rows: the masks, biases, running max, sum and
+ *    probabilities of a row are worked out once per key, by the lanes that own it;
+ *  - an all-gather butterfly (the reverse) hands every lane each row's rescale factor and
+ *    probabilities (times the dropout factor), and every lane updates its share of each row's
+ *    accumulator (DV4 / LANES vec4s per row) in registers;
+ *  - UNROLL keys per lane group per step, their loads issued first (many loads in flight), one
+ *    rescale per step; the lane groups take keys interleaved (group g: keys g, g + G, ...), so a
+ *    step of the workgroup reads G x UNROLL consecutive keys.
+ * At the end of the split the lane groups' (max, sum, accumulator) of each row are merged in group
+ * order through workgroup memory (deterministic). Masked 0, a kept NaN/+inf score NaN, as the
+ * one-pass kernel.
+ */
+import { OptionFlags } from '../../src/contract';
+import { NEG_BIG, optionHelpers } from './attention_wgsl';
+import { DecodeTiles, FUSED_MAX_ROWS, rangeHelpers, splitSetupWGSL, touch, UNIFORM_WG } from './decode_wgsl';
+import { unroll } from './program';
+import { paddedVec4, vec4Count } from './tiles';
+
+/**
+ * Threads of a subgroup split-pass workgroup: 128 where it owns 2 or more query rows, 256 for one
+ * (MHA decode). H200, 8k-64k keys, d 64 and 128 (BENCHMARKS.md, "Subgroup split pass", 2026-12-02
+ * 12:56 UTC, SM clock low for most of the run): one row, 256 threads 8-15 % faster than 128 in
+ * 12 of 13 shapes (the 13th noisy, equal when measured again), 64 threads 32-56 % slower; 8 rows
+ * (GQA 16/2), 256 from 10 % faster to 24 % slower (slower by more than 2 % in 8 of 16 shapes).
+ */
+export const SUBGROUP_THREADS = 128;
+export const SUBGROUP_THREADS_ONE_ROW = 256;
+/**
+ * Keys per lane group per step (their K and V loads in flight together). H200 (same run): 2 was
+ * 5-31 % slower than 4 in every shape but a noisy one; 8 from 13 % faster (one row) to 19 % slower (GQA).
+ */
+export const SUBGROUP_UNROLL = 4;
+/**
+ * Split-pass workgroups the split count aims for on this pass (small workgroups, several per
+ * compute unit). H200 (same run): 2048 from 10 % faster to 29 % slower than 512.
+ */
+export const SUBGROUP_TARGET_WORKGROUPS = 512;
+/** A split covers at least this many keys (fewer: more partials for the combine pass than work). */
+export const SUBGROUP_MIN_SPLIT_KEYS = 256;
+/**
+ * Most threads: subgroupsAreLinear (subgroups.ts) checks the lane layout the shuffles rely on for
+ * workgroups of up to 256 invocations.
+ */
+const SUBGROUP_MAX_THREADS = 256;
+
+/** Geometry of the subgroup split pass (besides DecodeTiles: cols = keys per workgroup step). */
+export interface SubgroupLayout {
+  /** Lanes per key: a power of two, at most the device's smallest subgroup. */
+  lanes: number;
+  /** Keys per lane group per step. */
+  unroll: number;
+}
+
+/** The subgroup pass's hooks (a subset of flash_decode_webgpu.ts's DecodeOverride). */
+export interface SubgroupOverride {
+  lanes?: number;
+  unroll?: number;
+  tiles?: Partial<DecodeTiles>;
+}
+
+const pow2AtMost = (n: number) => 2 ** Math.floor(Math.log2(Math.max(1, n)));
+
+/** Bytes of workgroup memory of the subgroup split pass (mirrors the declarations below). */
+export function decodeSubgroupWorkgroupBytes(t: DecodeTiles, lanes: number, headDim: number, headDimV: number): number {
+  const groups = t.threads / lanes;
+  return 16 * (t.rows * paddedVec4(headDim) + groups * vec4Count(headDimV)) + 4 * 2 * groups * t.rows + 16;
+}
+
+/**
+ * The subgroup pass's tiles and layout for a problem on a device whose smallest subgroup is
+ * `subgroupMinSize` (> 0): rows the kv head's group (a power of two, at most FUSED_MAX_ROWS),
+ * lanes the widest power of two the head dims and the subgroup allow, threads SUBGROUP_THREADS
+ * (SUBGROUP_THREADS_ONE_ROW for one row; fewer where workgroup memory is short), cols one
+ * workgroup step (lane groups x unroll keys).
+ */
+export function subgroupDecodeLayout(s: { group: number; seqQ: number; headDim: number; headDimV: number },
+                                     subgroupMinSize: number, maxWorkgroupBytes: number, maxThreads: number,
+                                     o: SubgroupOverride = {}): { tiles: DecodeTiles; layout: SubgroupLayout } {
+  const widest = Math.max(vec4Count(s.headDim), vec4Count(s.headDimV));
+  const lanes = pow2AtMost(Math.min(o.lanes ?? widest, subgroupMinSize, widest));
+  const rows = pow2AtMost(Math.min(o.tiles?.rows ?? 2 ** Math.ceil(Math.log2(Math.max(1, s.group * s.seqQ))), FUSED_MAX_ROWS));
+  const unrollKeys = Math.max(1, Math.floor(o.unroll ?? SUBGROUP_UNROLL));
+  const wanted = o.tiles?.threads ?? (rows === 1 ? SUBGROUP_THREADS_ONE_ROW : SUBGROUP_THREADS);
+  let threads = Math.max(lanes, pow2AtMost(Math.min(wanted, maxThreads, SUBGROUP_MAX_THREADS)));
+  const tilesOf = (n: number): DecodeTiles => ({ rows, threads: n, cols: (n / lanes) * unrollKeys });
+  while (threads > lanes && decodeSubgroupWorkgroupBytes(tilesOf(threads), lanes, s.headDim, s.headDimV) > maxWorkgroupBytes) threads /= 2;
+  if (decodeSubgroupWorkgroupBytes(tilesOf(threads), lanes, s.headDim, s.headDimV) > maxWorkgroupBytes) {
+    throw new Error(`Error in flashAttention: no subgroup decode tile fits this WebGPU device for headDim ${s.headDim}, ` +
+                    `headDimV ${s.headDimV} (workgroup storage ${maxWorkgroupBytes} bytes)`);
+  }
+  return { tiles: tilesOf(threads), layout: { lanes, unroll: unrollKeys } };
+}
+
+/**
+ * The butterflies over the LANES lanes of a lane group (lane bit s pairs lanes lane ^ 2^s), for
+ * ROWS values per lane. Reduce-scatter steps s < S = log2(min(ROWS, LANES)) halve the values a lane
+ * holds (bit 0 keeps the lower half); then, where LANES > ROWS, plain all-reduce steps. A lane
+ * ends with the sums of rows rowBase + o, o < OWN (rowBase: its low S lane bits, see rowBaseWGSL).
+ * The all-gather runs the reduce-scatter's steps backwards.
+ */
+function butterflies(rows: number, lanes: number) {
+  const steps = Math.log2(Math.min(rows, lanes));
+  const own = rows >> steps;
+  const xor = (v: string, s: number) => `subgroupShuffleXor(${v}, ${1 << s}u)`;
+  return {
+    steps, own,
+    /** WGSL declaring `${out}_o` (o < OWN) as the lane-group sums of the values named vals[r]. */
+    reduceScatter(vals: string[], out: string): string {
+      let cur = vals, code = '';
+      for (let s = 0; s < steps; s++) {
+        const half = cur.length / 2;
+        const next = Array.from({ length: half }, (_, i) => `${out}_s${s}_${i}`);
+        code += unroll(half, i => `let ${next[i]} = select(${cur[i]}, ${cur[half + i]}, bit${s}) + ` +
+                                  `${xor(`select(${cur[half + i]}, ${cur[i]}, bit${s})`, s)};`, ' ') + '\n';
+        cur = next;
+      }
+      code += unroll(own, o => `var ${out}_${o} = ${cur[o]};`, ' ');
+      for (let s = steps; s < Math.log2(lanes); s++) code += ' ' + unroll(own, o => `${out}_${o} += ${xor(`${out}_${o}`, s)};`, ' ');
+      return code;
+    },
+    /** WGSL declaring `${out}_r` (r < ROWS) from this lane's OWN values `${own}_o` and the other lanes'. */
+    allGather(ownName: string, out: string): string {
+      let cur = Array.from({ length: own }, (_, o) => `${ownName}_${o}`), code = '';
+      for (let s = steps - 1; s >= 0; s--) {
+        const n = cur.length;
+        const got = Array.from({ length: n }, (_, i) => `${out}_g${s}_${i}`);
+        code += unroll(n, i => `let ${got[i]} = ${xor(cur[i], s)};`, ' ') + '\n';
+        const next = Array.from({ length: 2 * n }, (_, i) => `${out}_a${s}_${i}`);
+        code += unroll(n, i => `let ${next[i]} = select(${cur[i]}, ${got[i]}, bit${s}); ` +
+                               `let ${next[n + i]} = select(${got[i]}, ${cur[i]}, bit${s});`, ' ') + '\n';
+        cur = next;
+      }
+      return code + unroll(rows, r => `let ${out}_${r} = ${cur[r]};`, ' ');
+    },
+    /** The first row this lane owns: lane bit s (s < S) selects the upper half at step s. */
+    rowBaseWGSL: `0${unroll(steps, s => ` + select(0, ${rows >> (s + 1)}, bit${s})`, '')}`,
+  };
+}
+
+/**
+ * The subgroup split pass (see the file header): vec4 K and V, at most FUSED_MAX_ROWS rows a
+ * workgroup (a power of two), t.threads / lanes lane groups, t.cols = lane groups x unroll keys
+ * per step; splitKeys a multiple of t.cols.
+ */
+export function splitPassSubgroupWGSL(variableNames: string[], t: DecodeTiles, f: OptionFlags,
+                                      headDim: number, headDimV: number, sg: SubgroupLayout): string {
+  const d4 = vec4Count(headDim), dv4 = vec4Count(headDimV), L = sg.lanes, U = sg.unroll;
+  const kx = Math.ceil(d4 / L), vx = Math.ceil(dv4 / L);
+  const bf = butterflies(t.rows, L);
+  const rows = (body: (r: number) => string, sep = '\n') => unroll(t.rows, body, sep);
+  const owned = (body: (o: number) => string, sep = '\n') => unroll(bf.own, body, sep);
+  const keys = (body: (u: number) => string, sep = '\n') => unroll(U, body, sep);
+  const kParts = (body: (x: number) => string, sep = ' ') => unroll(kx, body, sep);
+  const vParts = (body: (y: number) => string, sep = ' ') => unroll(vx, body, sep);
+  // Column of part x of a lane (past the head dim where LANES does not divide it: masked).
+  const colOf = (x: number) => `lane + ${x * L}`;
+  const colOk = (x: number, n: number) => ((x + 1) * L <= n ? 'true' : `(lane + ${x * L} < ${n})`);
+  return `
+    const ROWS = ${t.rows};
+    const COLS = ${t.cols};
+    const NT = ${t.threads};
+    const LANES = ${L};
+    const GROUPS = ${t.threads / L};
+    const D = ${headDim};
+    const D4 = ${d4};
+    const D4P = ${paddedVec4(headDim)};
+    const DV = ${headDimV};
+    const DV4 = ${dv4};
+    const NEG_BIG = ${NEG_BIG};
+    var<workgroup> sharedWorkgroupId : vec3<u32>;
+    var<workgroup> qTile : array<array<vec4<f32>, D4P>, ROWS>;
+    // The end of the split: each lane group's accumulator of one row, and its max and sum of every row.
+    var<workgroup> accRed : array<vec4<f32>, ${(t.threads / L) * dv4}>;
+    var<workgroup> partM : array<f32, ${(t.threads / L) * t.rows}>;
+    var<workgroup> partL : array<f32, ${(t.threads / L) * t.rows}>;
+    ${optionHelpers(f)}
+    ${rangeHelpers(f)}
+
+    fn main() {
+      ${touch(variableNames)}
+      ${UNIFORM_WG}
+      ${splitSetupWGSL(f)}
+      let lane = tid % LANES;
+      let lg = tid / LANES;
+      ${unroll(Math.log2(L), s => `let bit${s} = (lane & ${1 << s}) != 0;`, ' ')}
+      workgroupBarrier();   // qTile is written
+      ${rows(r => `${kParts(x => `let q_${r}_${x} = select(vec4<f32>(0.0), qTile[${r}][min(${colOf(x)}, D4 - 1)], ${colOk(x, d4)});`)}
+      ${vParts(y => `var acc_${r}_${y} = vec4<f32>(0.0);`)}`)}
+      // The rows this lane owns after the reduce-scatter: their running max and sum, and constants.
+      let rowBase = ${bf.rowBaseWGSL};
+      ${owned(o => `let gr_${o} = gr0 + rowBase + ${o};
+      let rowOk_${o} = gr_${o} < grEnd;
+      let i_${o} = gr_${o} % uniforms.nqMax;
+      let h_${o} = min(kvh * group + gr_${o} / uniforms.nqMax, heads - 1);
+      let slope_${o} = slopeOf(h_${o});
+      let rowKey_${o} = dropoutRowKey(b * heads + h_${o}, i_${o});
+      var m_${o} = NEG_BIG;
+      var l_${o} = 0.0;`)}
+
+      for (var j0 = lo; j0 < hi; j0 += COLS) {
+        // Every load of the step first: key j0 + u * GROUPS + lg, this lane's vec4s of K and V (zero past hi).
+        ${keys(u => `let j_${u} = j0 + ${u} * GROUPS + lg;
+        let in_${u} = j_${u} < hi;
+        let at_${u} = select(0, (startK + j_${u}) * kvHeads + kvh, in_${u});
+        ${kParts(x => `let k_${u}_${x} = select(vec4<f32>(0.0), k[at_${u} * D4 + min(${colOf(x)}, D4 - 1)], in_${u} & ${colOk(x, d4)});`)}
+        ${vParts(y => `let v_${u}_${y} = select(vec4<f32>(0.0), v[at_${u} * DV4 + min(${colOf(y)}, DV4 - 1)], in_${u} & ${colOk(y, dv4)});`)}`)}
+
+        // Scores: this lane's share of each row's dot product, summed over the lane group.
+        ${keys(u => `${rows(r => `let dot_${u}_${r} = ${kParts(x => `dot(q_${r}_${x}, k_${u}_${x})`, ' + ')};`, ' ')}
+        ${bf.reduceScatter(Array.from({ length: t.rows }, (_, r) => `dot_${u}_${r}`), `raw_${u}`)}
+        ${owned(o => `let kept_${u}_${o} = rowOk_${o} & in_${u} & isKept(b, h_${o}, i_${o}, j_${u}, lenQ, lenK, off);
+        let s_${u}_${o} = select(NEG_BIG, scoreOf(raw_${u}_${o}, i_${o}, j_${u}, off, slope_${o}), kept_${u}_${o});`)}`)}
+
+        // Online softmax of the owned rows (NaN and +inf scores left out of the max, so alpha is never NaN).
+        ${owned(o => `var newMax_${o} = m_${o};
+        ${keys(u => `newMax_${o} = max(newMax_${o}, select(s_${u}_${o}, NEG_BIG, poisons(s_${u}_${o})));`, ' ')}
+        let alpha_${o} = exp(m_${o} - newMax_${o});
+        m_${o} = newMax_${o};
+        var l_new_${o} = l_${o} * alpha_${o};
+        ${keys(u => `let p_${u}_${o} = select(select(0.0, exp(s_${u}_${o} - newMax_${o}), kept_${u}_${o}), quietNaN(s_${u}_${o}), poisons(s_${u}_${o}));
+        l_new_${o} += p_${u}_${o};   // the normaliser ignores dropout
+        let pd_${u}_${o} = p_${u}_${o} * dropoutScale(rowKey_${o}, j_${u});`)}
+        l_${o} = l_new_${o};`)}
+
+        // Every row's factors to every lane, then this lane's share of each row's accumulator.
+        ${bf.allGather('alpha', 'rowAlpha')}
+        ${keys(u => bf.allGather(`pd_${u}`, `rowP_${u}`))}
+        ${rows(r => vParts(y => `acc_${r}_${y} = acc_${r}_${y} * rowAlpha_${r}${keys(u => ` + rowP_${u}_${r} * v_${u}_${y}`, '')};`))}
+      }
+
+      // The lane groups' parts of each row, merged in group order.
+      if (lane < ${1 << bf.steps}) {
+        ${owned(o => `partM[lg * ROWS + rowBase + ${o}] = m_${o}; partL[lg * ROWS + rowBase + ${o}] = l_${o};`)}
+      }
+      let numSplits = uniforms.numSplits;
+      let rowsAll = uniforms.batchSeqs * heads * uniforms.nqMax;
+      ${rows(r => `
+      workgroupBarrier();
+      ${vParts(y => `if (${colOk(y, dv4)}) { accRed[lg * DV4 + ${colOf(y)}] = acc_${r}_${y}; }`, '\n      ')}
+      workgroupBarrier();
+      if (gr0 + ${r} < grEnd) {
+        var rowMax = NEG_BIG;
+        for (var p = 0; p < GROUPS; p++) { rowMax = max(rowMax, partM[p * ROWS + ${r}]); }
+        let gr = gr0 + ${r};
+        let g = (b * heads + kvh * group + gr / uniforms.nqMax) * uniforms.nqMax + gr % uniforms.nqMax;
+        for (var c4 = tid; c4 < DV4; c4 += NT) {
+          var rowSum = 0.0;
+          var a = vec4<f32>(0.0);
+          for (var p = 0; p < GROUPS; p++) {
+            let w = exp(partM[p * ROWS + ${r}] - rowMax);
+            rowSum += w * partL[p * ROWS + ${r}];
+            a += w * accRed[p * DV4 + c4];
+          }
+          let base = (g * numSplits + split) * DV + c4 * 4;
+          ${unroll(4, e => `result[base + ${e}] = a[${e}];`, ' ')}
+          if (c4 == 0) {
+            let ml = rowsAll * numSplits * DV + (g * numSplits + split) * 2;
+            result[ml] = rowMax;
+            result[ml + 1] = rowSum;
+          }
+        }
+      }`)}
+    }`;
+}

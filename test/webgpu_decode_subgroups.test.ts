@@ -1,0 +1,267 @@
+/**
+ * The subgroup split pass of the split-KV forward (kernels/webgpu/decode_subgroup_wgsl.ts) on the
+ * opt-in subgroups device (useWebGPUWithSubgroups; SwiftShader: 4-lane subgroups): against the
+ * float64 reference and against the one-pass kernel, over decode shapes (1 to 16 query rows, up to
+ * a few thousand keys), every option, GQA groups 2/4/8 and MQA, head dims 8/32/64/128, sequence
+ * ranges (padded and packed), NaN/Inf inputs, buffers reused across shapes; that it is the pass
+ * that ran (its pipeline), and that the plan picks it exactly on that device with vec4 K and V.
+ */
+import * as tf from '@tensorflow/tfjs';
+import { useWebGPUWithSubgroups } from '../src/index';
+import { attentionProblem } from '../src/contract';
+import { decodeCalls, DecodeOverride, decodePlan, setDecodeOverride } from '../kernels/webgpu/flash_decode_webgpu';
+import { SUBGROUP_THREADS, SUBGROUP_THREADS_ONE_ROW } from '../kernels/webgpu/decode_subgroup_wgsl';
+import { variantOverride } from '../bench/decode';
+import { subgroupMinSizeOf } from '../kernels/webgpu/subgroups';
+import { DeviceLimits } from '../kernels/webgpu/program';
+import type { WebGPUBackend } from '@tensorflow/tfjs-backend-webgpu';
+import {
+  CaseData, caseAttrs, caseData, CaseSpec, describeCase, F32_TOLERANCE, OPTION_NAMES, reference, relError, rng, runOp,
+} from './helpers/attention_case';
+import { decodeCase, expectClose, Forward, lengths, rangedRun } from './helpers/decode_case';
+import { checkOutput, compositeFloat64, SPECIAL, withNonFinite } from './helpers/nonfinite';
+import { destroyWebGPU, gpuBytesInUse, gpuTest, HAS_GPU, takeUncapturedErrors, useWebGPU } from './helpers/webgpu_env';
+
+const COMPILE_HEAVY_MS = 600000;
+const TOL = F32_TOLERANCE.forward;
+/** A small workgroup (4 lane groups on 4-lane subgroups) and 2 keys a step: many steps and splits on short sequences. */
+const SMALL: DecodeOverride = { tiles: { threads: 16 }, unroll: 2 };
+
+const H200: DeviceLimits = {
+  maxComputeWorkgroupStorageSize: 49152, maxComputeInvocationsPerWorkgroup: 1024,
+  maxStorageBufferBindingSize: 2 ** 31 - 4, maxComputeWorkgroupsPerDimension: 65535,
+};
+const noData = { q: new Float32Array(0), k: new Float32Array(0), v: new Float32Array(0), dy: new Float32Array(0) };
+
+/** decodePlan for a case on an H200's limits, a device whose smallest subgroup is `minSize`, the hook as given. */
+function planOf(c: CaseSpec, minSize: number, o: DecodeOverride = {}) {
+  const { batch, seqQ, seqK, heads, kvHeads, headDim, headDimV } = c.dims;
+  setDecodeOverride(o);
+  try {
+    return decodePlan(H200, attentionProblem([batch, seqQ, heads, headDim], [batch, seqK, kvHeads, headDim],
+                                             [batch, seqK, kvHeads, headDimV], caseAttrs(c, noData)), minSize);
+  } finally {
+    setDecodeOverride({});
+  }
+}
+
+/** The subgroup split pipelines compiled so far (their shader keys). */
+const subgroupPipelines = () => Object.keys((tf.backend() as unknown as { pipelineCache: object }).pipelineCache)
+    .filter(k => k.startsWith('flashDecodeSplit') && !k.includes('_subgroupLanes=0_'));
+
+/** The forward with the decode hook set as given; the split-KV kernel's calls counted. */
+async function forward(c: CaseSpec, d: CaseData, o: DecodeOverride): Promise<Forward & { decoded: number }> {
+  setDecodeOverride(o);
+  const before = decodeCalls();
+  try {
+    const { out, lse } = await runOp(c, d, false);
+    return { out, lse, decoded: decodeCalls() - before };
+  } finally {
+    setDecodeOverride({});
+  }
+}
+
+/**
+ * The subgroup pass (each hook in turn, forced on) against the float64 reference and the one-pass
+ * kernel: forward < 1e-5; and it ran (a new or reused subgroup pipeline, one decode call).
+ */
+async function expectAccurate(c: CaseSpec, runs: DecodeOverride[] = [{}]) {
+  const d = caseData(c);
+  const want = reference(c, d);
+  const onePass = await forward(c, d, { mode: 'off' });
+  expect(onePass.decoded).toBe(0);
+  for (const o of runs) {
+    const got = await forward(c, d, { mode: 'on', ...o });
+    expect(takeUncapturedErrors()).toEqual([]);
+    expect(got.decoded).toBe(1);
+    const errs = {
+      out: relError(got.out, want.out), lse: relError(got.lse, want.lse),
+      outVsOnePass: relError(got.out, onePass.out), lseVsOnePass: relError(got.lse, onePass.lse),
+    };
+    for (const [k, e] of Object.entries(errs)) {
+      if (!(e < TOL)) throw new Error(`${describeCase(c)} ${JSON.stringify(o)}: ${k} relative error ${e}\n${JSON.stringify(errs)}`);
+    }
+  }
+}
+
+const dims = (batch: number, seqQ: number, seqK: number, heads: number, kvHeads: number, headDim = 8, headDimV = headDim) =>
+    ({ batch, seqQ, seqK, heads, kvHeads, headDim, headDimV });
+
+describe('the plan picks the subgroup split pass on the subgroups device with vec4 K and V', () => {
+  const c = (heads: number, kvHeads: number, d = 64, dv = d, seqQ = 1): CaseSpec => ({ dims: dims(1, seqQ, 8192, heads, kvHeads, d, dv), seed: 1 });
+  test('picked where the device has subgroups (minimum size > 0) and headDim, headDimV are multiples of 4', () => {
+    expect(planOf(c(16, 16), 32).subgroup).not.toBeNull();
+    expect(planOf(c(16, 16), 32)).toMatchObject({ use: true, fused: false, grouped: false });
+    expect(planOf(c(16, 16), 0).subgroup).toBeNull();
+    expect(planOf(c(16, 16, 6, 8), 32).subgroup).toBeNull();
+    expect(planOf(c(16, 16, 8, 10), 32).subgroup).toBeNull();
+    expect(planOf(c(16, 16), 32, { subgroup: false }).subgroup).toBeNull();
+    expect(planOf(c(16, 16), 32, { subgroup: false })).toMatchObject({ fused: true });
+    expect(planOf(c(16, 16), 32, { vec4: false }).subgroup).toBeNull();
+  });
+  test('lanes per key: the widest power of two within the head dim\'s vec4s and the smallest subgroup', () => {
+    expect(planOf(c(16, 16, 128), 32).subgroup!.lanes).toBe(32);
+    expect(planOf(c(16, 16, 64), 32).subgroup!.lanes).toBe(16);
+    expect(planOf(c(16, 16, 64), 4).subgroup!.lanes).toBe(4);
+    expect(planOf(c(16, 16, 8), 32).subgroup!.lanes).toBe(2);
+    expect(planOf(c(16, 16, 24), 32).subgroup!.lanes).toBe(4);
+    expect(planOf(c(16, 16, 64), 32, { lanes: 4 }).subgroup!.lanes).toBe(4);
+    expect(planOf(c(16, 16, 64), 4, { lanes: 16 }).subgroup!.lanes).toBe(4);
+  });
+  test('rows: the kv head\'s group of query rows, a power of two, at most 8; threads, keys per step and splits', () => {
+    expect(planOf(c(16, 2), 32).tiles.rows).toBe(8);
+    expect(planOf(c(16, 16, 64, 64, 3), 32).tiles.rows).toBe(4);
+    const p = planOf(c(16, 16), 32);
+    expect(p.tiles).toMatchObject({ rows: 1, threads: SUBGROUP_THREADS_ONE_ROW, cols: (SUBGROUP_THREADS_ONE_ROW / 16) * p.subgroup!.unroll });
+    expect(planOf(c(16, 2), 32).tiles.threads).toBe(SUBGROUP_THREADS);
+    expect(p.splitKeys % p.tiles.cols).toBe(0);
+    expect(p.numSplits * p.splitKeys).toBeGreaterThanOrEqual(8192);
+    const q = planOf(c(16, 16), 32, { tiles: { threads: 64 }, unroll: 2, targetWorkgroups: 64 });
+    expect(q.tiles).toMatchObject({ threads: 64, cols: 8 });
+    expect(q.subgroup!.unroll).toBe(2);
+    expect(q.numSplits).toBe(4);
+  });
+});
+
+test('the bench\'s --decode-variants keys for the subgroup pass', () => {
+  expect(variantOverride('subgroup=0')).toEqual({ mode: 'on', subgroup: false });
+  expect(variantOverride('lanes=8+unroll=2+threads=64')).toEqual({ mode: 'on', lanes: 8, unroll: 2, tiles: { threads: 64 } });
+});
+
+describe('with a subgroups device, the subgroup split pass equals the reference and the one-pass kernel', () => {
+  let minSize = 0;
+  if (HAS_GPU) {
+    beforeAll(async () => {
+      expect(await useWebGPUWithSubgroups()).toBe(true);
+      await useWebGPU();   // the uncaptured-error log on this device
+      minSize = subgroupMinSizeOf(tf.backend() as WebGPUBackend);
+    });
+    afterAll(() => { setDecodeOverride({}); destroyWebGPU(); });
+  }
+
+  gpuTest('plain attention over 1..16 query rows, GQA; one split and several, small and default workgroups', async () => {
+    expect(minSize).toBeGreaterThan(0);
+    const before = subgroupPipelines().length;
+    for (let seed = 0; seed < 3; seed++) {
+      await expectAccurate(decodeCase(new Set(), 100 + seed, 300), [{ ...SMALL, numSplits: 1 }, { ...SMALL, numSplits: 3 }, {}]);
+    }
+    expect(subgroupPipelines().length).toBeGreaterThan(before);
+  }, COMPILE_HEAVY_MS);
+
+  const OPTION_SETS = [
+    ['causal'], ['window'], ['softcap'], ['alibi'], ['mask'], ['dropout'],
+    ['causal', 'alibi', 'softcap'], ['window', 'mask', 'dropout'], [...OPTION_NAMES],
+  ];
+  gpuTest(`each option and their combinations: ${OPTION_SETS.map(s => s.join('+')).join(', ')}`, async () => {
+    for (const [n, set] of OPTION_SETS.entries()) await expectAccurate(decodeCase(new Set(set), 2000 + n, 200), [{ ...SMALL, numSplits: 3 }]);
+  }, COMPILE_HEAVY_MS);
+
+  gpuTest('GQA groups 2, 4, 8 and MQA, head dims 8, 32, 64, 128 (and 32/16), a few thousand keys', async () => {
+    const cases: CaseSpec[] = [
+      { dims: dims(2, 1, 3000, 4, 2, 32), seed: 31, causal: true },
+      { dims: dims(1, 2, 2500, 8, 2, 64), seed: 32, alibi: true, softcap: 3 },
+      { dims: dims(1, 1, 2048, 2, 2, 128), seed: 33, windowSize: [900, 0] },
+      { dims: dims(2, 5, 1500, 4, 1, 8), seed: 34, causal: true, dropoutRate: 0.25 },
+      { dims: dims(1, 16, 1200, 2, 2, 32, 16), seed: 35, causal: true },
+      { dims: dims(2, 1, 1800, 16, 2, 16), seed: 36, maskShape: [2, 16, 1, 1800], softcap: 5 },
+    ];
+    for (const c of cases) await expectAccurate(c, [{}, { numSplits: 5 }]);
+  }, COMPILE_HEAVY_MS);
+
+  gpuTest('lanes per key, keys per step and threads overridden: 1 and 2 lanes, 1 and 3 keys a step, 4 to 64 threads', async () => {
+    const c: CaseSpec = { dims: dims(2, 3, 260, 8, 2, 16, 12), seed: 41, causal: true, alibi: true, maskShape: [2, 1, 3, 260] };
+    await expectAccurate(c, [
+      { lanes: 1, numSplits: 2 }, { lanes: 2, unroll: 3, numSplits: 4 }, { unroll: 1, tiles: { threads: 4 } },
+      { tiles: { threads: 64, rows: 2 }, unroll: 3 },
+    ]);
+  }, COMPILE_HEAVY_MS);
+
+  gpuTest('a head dim not a multiple of 4 falls back to the staged pass (no subgroup pipeline)', async () => {
+    const c: CaseSpec = { dims: dims(1, 2, 300, 4, 2, 6, 10), seed: 51, causal: true };
+    const d = caseData(c), want = reference(c, d);
+    const before = subgroupPipelines().length;
+    const got = await forward(c, d, { mode: 'on' });
+    expect(got.decoded).toBe(1);
+    expect(subgroupPipelines().length).toBe(before);
+    expectClose(describeCase(c), got, want);
+  }, COMPILE_HEAVY_MS);
+
+  gpuTest('picked without a hook for a decode call: the same bits as forced on', async () => {
+    const c: CaseSpec = { dims: dims(1, 1, 2048, 4, 2, 16), seed: 71 };
+    const d = caseData(c);
+    const keys = subgroupPipelines().length;
+    const auto = await forward(c, d, {});
+    expect(auto.decoded).toBe(1);
+    expect(subgroupPipelines().length).toBe(keys + 1);
+    const on = await forward(c, d, { mode: 'on' });
+    expect(Array.from(auto.out)).toEqual(Array.from(on.out));
+    expectClose(describeCase(c), auto, reference(c, d));
+  }, COMPILE_HEAVY_MS);
+
+  gpuTest('padded and packed sequence ranges: lengths 0, 1, full and random; every option', async () => {
+    const sets: Array<[string[], 'padded' | 'packed']> = [
+      [['causal', 'alibi'], 'padded'], [['window', 'softcap', 'dropout'], 'padded'], [['mask', 'causal'], 'padded'],
+      [[], 'packed'], [['causal', 'alibi', 'softcap'], 'packed'], [['window', 'dropout'], 'packed'],
+    ];
+    for (const [n, [flags, layout]] of sets.entries()) {
+      const c = decodeCase(new Set(flags), 3000 + n, 150);
+      c.dims.batch = 3;
+      if (c.maskShape) c.maskShape = [3, c.dims.heads, c.dims.seqQ, c.dims.seqK];
+      const d = caseData(c), r = rng(c.seed);
+      const lensQ = lengths(r, 3, c.dims.seqQ).map(x => (layout === 'packed' ? Math.max(x, 1) : x));
+      const lensK = lengths(r, 3, c.dims.seqK);
+      setDecodeOverride({ mode: 'on', ...SMALL, numSplits: 4 });
+      const before = decodeCalls();
+      const { got, want } = await rangedRun(c, d, lensQ, lensK, layout);
+      const calls = decodeCalls() - before;
+      setDecodeOverride({});
+      expect(calls).toBe(1);
+      expect(takeUncapturedErrors()).toEqual([]);
+      expectClose(`${layout} ${describeCase(c)} lensQ ${lensQ} lensK ${lensK}`, got, want);
+    }
+  }, COMPILE_HEAVY_MS);
+
+  gpuTest('NaN and ±Infinity in q, k, v propagate as in the float64 composite', async () => {
+    const found: string[] = [];
+    for (const [n, flags] of [[], ['causal', 'alibi'], ['mask', 'softcap']].entries()) {
+      for (const where of ['q', 'k', 'v'] as const) {
+        const c = decodeCase(new Set(flags), 5000 + 10 * n + where.charCodeAt(0), 80);
+        const finite = caseData(c), d = withNonFinite(finite, where, SPECIAL, c.seed, 2);
+        const got = await forward(c, d, { mode: 'on', ...SMALL, numSplits: 3 });
+        expect(got.decoded).toBe(1);
+        const strict = compositeFloat64(c, d, true), skipping = compositeFloat64(c, d, false);
+        const scale = compositeFloat64(c, finite, false);
+        for (const name of ['out', 'lse'] as const) {
+          const mag = scale[name].reduce((m, x) => (Number.isFinite(x) ? Math.max(m, Math.abs(x)) : m), 0);
+          const p = checkOutput(name, got[name], strict[name], skipping[name], TOL, mag);
+          if (p.length) found.push(`${where}: ${describeCase(c)}: ${p.join('; ')}`);
+        }
+      }
+    }
+    expect(takeUncapturedErrors()).toEqual([]);
+    expect(found).toEqual([]);
+  }, COMPILE_HEAVY_MS);
+
+  gpuTest('the same call gives bitwise the same result; many shapes in turn reuse buffers and leak nothing', async () => {
+    // Larger shapes, then smaller ones on the buffers the pool hands back (stale contents past a
+    // tensor's end must never be read), then the first again.
+    const shapes: CaseSpec[] = [
+      { dims: dims(2, 4, 700, 4, 2, 32), seed: 61, causal: true },
+      decodeCase(new Set(), 62, 40), decodeCase(new Set(['alibi']), 63, 120),
+      { dims: dims(1, 1, 90, 2, 1, 16), seed: 64 },
+      { dims: dims(2, 4, 700, 4, 2, 32), seed: 61, causal: true },
+    ];
+    const tensorsBefore = tf.memory().numTensors, bytesBefore = gpuBytesInUse();
+    const results: Forward[] = [];
+    for (const c of shapes) {
+      const r = await forward(c, caseData(c), { mode: 'on' });
+      expect(r.decoded).toBe(1);
+      results.push(r);
+    }
+    expect(Array.from(results[4].out)).toEqual(Array.from(results[0].out));
+    expect(Array.from(results[4].lse)).toEqual(Array.from(results[0].lse));
+    for (const [n, c] of shapes.entries()) expectClose(describeCase(c), results[n], reference(c, caseData(c)));
+    expect(tf.memory().numTensors).toBe(tensorsBefore);
+    expect(gpuBytesInUse()).toBe(bytesBefore);
+  }, COMPILE_HEAVY_MS);
+});
