@@ -51,6 +51,10 @@ export interface BenchOptions {
   decodeVariants: string[];
   /** Also time the one-pass forward and the composite in the decode sweep (off for tuning runs). */
   decodeBaselines: boolean;
+  /** The decode sweep's kv head counts (undefined: the sweep's default). */
+  decodeKvHeads?: number[];
+  /** Also time each program of a decode call alone (split, combine-out, combine-lse) and an empty dispatch. */
+  decodePasses: boolean;
   /** ms of GPU warm-up before each decode timing (undefined: the sweep's default). */
   decodeWarmMs?: number;
   /** Interleaved timing rounds per decode shape (undefined: the sweep's default). */
@@ -100,8 +104,12 @@ export const USAGE = `npm run bench -- [flags]
   --decode-targets=256,512    also time the split-KV forward at these split-pass workgroup targets
   --decode-threads=256        ... and with these split-pass workgroup sizes
   --decode-variants=vec4=0+prefetch=0,mintiles=1   ... and these split-pass variants (keys: vec4,
-                              prefetch, fused, grouped (0/1), mintiles, target, threads, cols)
+                              prefetch, fused, grouped (0/1), mintiles, target, threads, cols,
+                              blocked (0/1), gmin (grouped pass from this headDimV), cunroll (combine splits at once))
   --decode-baselines=0        decode sweep without the one-pass forward and the composite (tuning)
+  --decode-kv-heads=16,2      the decode sweep's kv head counts (GPU default 16,2; --heads query heads)
+  --decode-passes=1           also time each program of a decode call alone (split, combine-out,
+                              combine-lse; default and each variant) and an empty dispatch, as the calls are
   --decode-warm-ms=100        ms of the same work before each decode timing (clocks steady; GPU default 100)
   --decode-rounds=2           interleaved timings of each entry of a shape, the fastest reported with the spread (GPU default 2)
 
@@ -141,7 +149,7 @@ export function parseArgs(argv: readonly string[]): BenchOptions {
     backend: 'auto', sweep: {}, timing: {},
     deadlineS: 600, maxCaseS: 60, check: true, outDir: 'bench/results/latest',
     ceilingTflops: 51.6, ceilingGbPerS: 3350, help: false, floorOnly: false, quick: false, implsGiven: false,
-    decode: false, decodeTargets: [], decodeThreads: [], decodeVariants: [], decodeBaselines: true,
+    decode: false, decodeTargets: [], decodeThreads: [], decodeVariants: [], decodeBaselines: true, decodePasses: false,
     forwardVariant: 'auto',
     varlen: 'off', decodePeer: true,
   };
@@ -185,6 +193,8 @@ export function parseArgs(argv: readonly string[]): BenchOptions {
       case 'decode-threads': o.decodeThreads = positiveInts(value, flag); break;
       case 'decode-variants': o.decodeVariants = value.split(',').filter(Boolean); break;
       case 'decode-baselines': o.decodeBaselines = bool(value, flag); break;
+      case 'decode-kv-heads': o.decodeKvHeads = positiveInts(value, flag); break;
+      case 'decode-passes': o.decodePasses = bool(value, flag); break;
       case 'decode-warm-ms': o.decodeWarmMs = number(value, flag, 0); break;
       case 'decode-rounds': o.decodeRounds = positiveInts(value, flag)[0]; break;
       default: throw new Error(`unknown flag --${flag}; --help lists the flags`);

@@ -319,6 +319,104 @@ describe('the grouped split pass: one probability per (row, key) for a kv head\'
   });
 });
 
+describe('the blocked split pass and the unrolled combine: keys in registers, one softmax per (row, key part)', () => {
+  // Where the grouped pass runs (2 or more rows a workgroup, vec4 loads): the same cases, every
+  // option alone and together, padded and packed ranges, NaN/Inf, the device's own tile, the
+  // combine reading 4 splits at once (also on its own for one row), against the float64
+  // reference and the one-pass kernel.
+  const BLOCKED: DecodeOverride = { blocked: true, combineUnroll: 4 };
+  gpuTest('GQA groups 2, 4, 8 and MQA, several query rows per head; every option; one split and several', async () => {
+    const cases: CaseSpec[] = [
+      { dims: { batch: 2, seqQ: 1, seqK: 300, heads: 8, kvHeads: 4, headDim: 8, headDimV: 8 }, seed: 901 },
+      { dims: { batch: 1, seqQ: 1, seqK: 260, heads: 8, kvHeads: 2, headDim: 8, headDimV: 12 }, seed: 902, causal: true },
+      { dims: { batch: 2, seqQ: 1, seqK: 333, heads: 8, kvHeads: 1, headDim: 20, headDimV: 8 }, seed: 903, alibi: true, softcap: 2 },
+      { dims: { batch: 1, seqQ: 3, seqK: 200, heads: 8, kvHeads: 2, headDim: 12, headDimV: 8 }, seed: 904, windowSize: [60, 0] },
+    ];
+    for (const c of cases) {
+      expect(decodePlanOf(c, { mode: 'on', tiles: TINY_DECODE, ...GROUPED_AT_ANY_HEAD_DIM, ...BLOCKED }))
+          .toMatchObject({ fused: true, grouped: true, blocked: true, combineUnroll: 4 });
+      await expectDecodeAccurate(c, [1, 5, 13]);
+    }
+    for (const [n, set] of [[...OPTION_NAMES], ['mask', 'dropout'], ['window', 'alibi']].entries()) {
+      const c = decodeCase(new Set(set), 2900 + n);
+      c.dims.kvHeads = 1;
+      const d = caseData(c), want = reference(c, d), onePass = await forward(c, d, { mode: 'off' });
+      const got = await forward(c, d, { mode: 'on', numSplits: 3, ...BLOCKED });
+      expect(takeUncapturedErrors()).toEqual([]);
+      expectClose(`${describeCase(c)} blocked`, got, want);
+      expectClose(`${describeCase(c)} blocked vs one-pass`, got, onePass);
+    }
+  }, COMPILE_HEAVY_MS);
+
+  gpuTest("the device's own tile (256 threads): one split and the automatic count, dropout; one row with the unrolled combine", async () => {
+    const own: CaseSpec = { dims: { batch: 1, seqQ: 2, seqK: 1100, heads: 8, kvHeads: 1, headDim: 16, headDimV: 16 }, seed: 905, causal: true, dropoutRate: 0.2 };
+    const mha: CaseSpec = { dims: { batch: 1, seqQ: 1, seqK: 2100, heads: 2, kvHeads: 2, headDim: 16, headDimV: 16 }, seed: 906, alibi: true };
+    for (const c of [own, mha]) {
+      const d = caseData(c), want = reference(c, d);
+      // 200 splits (8-key tiles): the combine's 32 split lanes take 4 splits at once, then the rest one by one.
+      for (const numSplits of [1, 9, 200, undefined]) {
+        setDecodeOverride({ mode: 'on', numSplits, ...GROUPED_AT_ANY_HEAD_DIM, ...BLOCKED, ...(numSplits === 200 ? { tiles: { cols: 8 } } : {}) });
+        const got = await runOp(c, d, false);
+        setDecodeOverride({});
+        expect(takeUncapturedErrors()).toEqual([]);
+        expectClose(`${describeCase(c)} own tile, splits ${numSplits ?? 'auto'}`, got, want);
+      }
+    }
+    expect(decodePlanOf(mha, { mode: 'on', numSplits: 200, tiles: { cols: 8 }, ...BLOCKED }).numSplits).toBe(200);
+  }, COMPILE_HEAVY_MS);
+
+  gpuTest('padded and packed ranges; NaN and ±Infinity; bitwise deterministic on reused buffers', async () => {
+    for (const layout of ['padded', 'packed'] as const) {
+      const c = decodeCase(new Set(layout === 'padded' ? ['mask', 'causal', 'dropout'] : ['window', 'softcap', 'alibi']), 3900, 120);
+      c.dims.batch = 3;
+      if (c.maskShape) c.maskShape = [3, c.dims.heads, c.dims.seqQ, c.dims.seqK];
+      const d = caseData(c), r = rng(c.seed);
+      const lensQ = lengths(r, 3, c.dims.seqQ).map(x => (layout === 'packed' ? Math.max(x, 1) : x)), lensK = lengths(r, 3, c.dims.seqK);
+      setDecodeOverride({ mode: 'on', tiles: TINY_DECODE, numSplits: 4, ...GROUPED_AT_ANY_HEAD_DIM, ...BLOCKED });
+      const { got, want } = await rangedRun(c, d, lensQ, lensK, layout);
+      setDecodeOverride({});
+      expect(takeUncapturedErrors()).toEqual([]);
+      expectClose(`${describeCase(c)} ${layout} lensQ ${lensQ} lensK ${lensK}`, got, want);
+    }
+    const found: string[] = [];
+    for (const where of ['q', 'k', 'v'] as const) {
+      const c = decodeCase(new Set(['causal', 'alibi']), 5900 + where.charCodeAt(0), 60);
+      c.dims.kvHeads = 1;
+      const finite = caseData(c), d = withNonFinite(finite, where, SPECIAL, c.seed, 2);
+      const got = await forward(c, d, { mode: 'on', numSplits: 3, ...BLOCKED });
+      const strict = compositeFloat64(c, d, true), skipping = compositeFloat64(c, d, false), scale = compositeFloat64(c, finite, false);
+      for (const name of ['out', 'lse'] as const) {
+        const mag = scale[name].reduce((m, x) => (Number.isFinite(x) ? Math.max(m, Math.abs(x)) : m), 0);
+        const p = checkOutput(name, got[name], strict[name], skipping[name], TOL, mag);
+        if (p.length) found.push(`${where}: ${describeCase(c)}: ${p.join('; ')}`);
+      }
+    }
+    expect(found).toEqual([]);
+    const big = decodeCase(new Set(['causal']), 5961, 300), small = decodeCase(new Set(), 5962, 40);
+    big.dims.kvHeads = 1; small.dims.kvHeads = 1;
+    const tensorsBefore = tf.memory().numTensors, bytesBefore = gpuBytesInUse();
+    const results: Forward[] = [];
+    for (const c of [big, small, big]) results.push(await forward(c, caseData(c), { mode: 'on', ...BLOCKED }));
+    expect(Array.from(results[2].out)).toEqual(Array.from(results[0].out));
+    expect(Array.from(results[2].lse)).toEqual(Array.from(results[0].lse));
+    expectClose(describeCase(big), results[0], reference(big, caseData(big)));
+    expectClose(describeCase(small), results[1], reference(small, caseData(small)));
+    expect(tf.memory().numTensors).toBe(tensorsBefore);
+    expect(gpuBytesInUse()).toBe(bytesBefore);
+    expect(takeUncapturedErrors()).toEqual([]);
+  }, COMPILE_HEAVY_MS);
+
+  test('only where the grouped pass runs, and only when switched on (off by default); register-sized tiles', () => {
+    const c = (heads: number, kvHeads: number, d = 128): CaseSpec =>
+      ({ dims: { batch: 1, seqQ: 1, seqK: 512, heads, kvHeads, headDim: d, headDimV: d }, seed: 1 });
+    expect(decodePlanOf(c(16, 2), {})).toMatchObject({ grouped: true, blocked: false, combineUnroll: 1 });
+    expect(decodePlanOf(c(16, 2), { blocked: true })).toMatchObject({ grouped: true, blocked: true, tiles: { rows: 8, cols: 64, threads: 256 } });
+    expect(decodePlanOf(c(16, 2, 64), { blocked: true, groupedMinHeadDimV: 0 })).toMatchObject({ blocked: true, tiles: { cols: 128 } });
+    expect(decodePlanOf(c(16, 16), { blocked: true })).toMatchObject({ grouped: false, blocked: false });
+    expect(decodePlanOf(c(16, 2), { blocked: true, grouped: false })).toMatchObject({ grouped: false, blocked: false });
+  });
+});
+
 /** decodePlan for a case on an H200's limits with the decode hook set as given. */
 function decodePlanOf(c: CaseSpec, o: DecodeOverride) {
   const limits: DeviceLimits = {

@@ -27,8 +27,9 @@
 import { TensorInfo, util } from '@tensorflow/tfjs-core';
 import { AttentionProblem, attentionProblem, FlashAttentionAttrs, FlashAttentionInputs } from '../../src/contract';
 import {
-  combinePassWGSL, decodeFusedWorkgroupBytes, decodeGroupedWorkgroupBytes, DecodeLoads, DecodeTiles, decodeWorkgroupBytes,
-  FUSED_MAX_ROWS, splitPassFusedWGSL, splitPassGroupedWGSL, splitPassWGSL,
+  blockedLayout, combinePassWGSL, decodeBlockedWorkgroupBytes, decodeFusedWorkgroupBytes, decodeGroupedWorkgroupBytes,
+  DecodeLoads, DecodeTiles, decodeWorkgroupBytes, FUSED_MAX_ROWS, splitPassBlockedWGSL, splitPassFusedWGSL,
+  splitPassGroupedWGSL, splitPassWGSL,
 } from './decode_wgsl';
 import { vec4Count } from './tiles';
 import {
@@ -88,6 +89,13 @@ const DECODE_GROUPED = true;
  * 4-12 % slower in 6 of 8 (faster only at B = 8, 32k and 64k keys).
  */
 const DECODE_GROUPED_MIN_HEAD_DIM_V = 128;
+/**
+ * Whether the blocked split pass (decode_wgsl.ts: keys in registers, per-part softmax, two barriers a
+ * tile) replaces the grouped one where that applies.
+ */
+const DECODE_BLOCKED = false;
+/** Whether the combine pass reads 4 splits per lane at once (independent loads in flight). */
+const COMBINE_UNROLL = 1;
 /** Most splits (the combine pass keeps one weight per split in workgroup memory). */
 export const DECODE_MAX_SPLITS = 256;
 /** Query rows per split-pass workgroup at most (rows of one kv head's group). */
@@ -108,6 +116,10 @@ export interface DecodePlan {
   fused: boolean;
   /** The grouped split pass (as fused, with one probability per (row, key) shared through workgroup memory). */
   grouped: boolean;
+  /** The blocked split pass in the grouped pass's place (keys in registers, per-part softmax). */
+  blocked: boolean;
+  /** Splits each combine lane reads at once (1: one load after another). */
+  combineUnroll: number;
 }
 
 /** Test and tuning hooks: force the decode path on or off, fix the split count or the tile. */
@@ -126,6 +138,10 @@ export interface DecodeOverride {
   grouped?: boolean;
   /** The smallest headDimV the automatic choice gives the grouped pass (tests: 0). */
   groupedMinHeadDimV?: number;
+  /** On: the blocked split pass where the grouped one would run (off: the grouped one). */
+  blocked?: boolean;
+  /** Splits per combine lane loaded at once. */
+  combineUnroll?: number;
 }
 let override: DecodeOverride = {};
 
@@ -144,7 +160,7 @@ const nextPow2 = (n: number) => 2 ** Math.ceil(Math.log2(Math.max(1, n)));
 const vec4Loads = (s: AttentionProblem) => (override.vec4 ?? true) && s.headDim % 4 === 0 && s.headDimV % 4 === 0;
 
 /** The split pass a plan runs (decode_wgsl.ts). */
-export type SplitPassKind = 'staged' | 'fused' | 'grouped';
+export type SplitPassKind = 'staged' | 'fused' | 'grouped' | 'blocked';
 
 /**
  * The decode geometry for this device: the widest key tile that fits its workgroup memory (the
@@ -157,8 +173,15 @@ export function chooseDecodeTiles(limits: DeviceLimits, s: AttentionProblem, kin
   const threads = Math.min(override.tiles?.threads ?? (rowsWanted <= 2 ? DECODE_THREADS_FEW_ROWS : DECODE_THREADS),
                            limits.maxComputeInvocationsPerWorkgroup);
   const rows = Math.min(override.tiles?.rows ?? rowsWanted, threads, registers ? FUSED_MAX_ROWS : threads);
-  const bytes = { staged: decodeWorkgroupBytes, fused: decodeFusedWorkgroupBytes, grouped: decodeGroupedWorkgroupBytes }[pass];
-  for (const cols of override.tiles?.cols ? [override.tiles.cols] : [128, 64, 32, 16, 8, 4].slice(registers ? 0 : 1)) {
+  const bytes = { staged: decodeWorkgroupBytes, fused: decodeFusedWorkgroupBytes, grouped: decodeGroupedWorkgroupBytes,
+                  blocked: decodeBlockedWorkgroupBytes }[pass];
+  // The blocked pass: at most one key per score thread and 8 value vec4s per accumulate thread (registers).
+  const blockedCols = (t: DecodeTiles) => {
+    const l = blockedLayout({ ...t, cols: 1 }, s.headDim, s.headDimV);
+    return Math.min(t.threads / l.scoreShares, 8 * l.keyParts);
+  };
+  const widest = pass === 'blocked' ? blockedCols({ rows, cols: 1, threads }) : 128;
+  for (const cols of override.tiles?.cols ? [override.tiles.cols] : [128, 64, 32, 16, 8, 4].slice(registers ? 0 : 1).filter(c => c <= widest)) {
     const t = { rows, cols, threads };
     if (bytes(t, s.headDim, s.headDimV) <= limits.maxComputeWorkgroupStorageSize) return t;
   }
@@ -173,7 +196,8 @@ export function decodePlan(limits: DeviceLimits, s: AttentionProblem): DecodePla
   const registers = vec4Loads(s) && (override.fused ?? DECODE_FUSED);
   const grouped = registers && (override.grouped ?? (DECODE_GROUPED && s.group * s.seqQ >= 2 &&
       s.headDimV >= (override.groupedMinHeadDimV ?? DECODE_GROUPED_MIN_HEAD_DIM_V)));
-  const registerTiles = registers ? chooseDecodeTiles(limits, s, grouped ? 'grouped' : 'fused') : null;
+  const blocked = grouped && (override.blocked ?? DECODE_BLOCKED);
+  const registerTiles = registers ? chooseDecodeTiles(limits, s, blocked ? 'blocked' : grouped ? 'grouped' : 'fused') : null;
   const fused = registerTiles !== null && vec4Count(s.headDimV) <= registerTiles.threads;
   const tiles = fused ? registerTiles! : chooseDecodeTiles(limits, s, 'staged');
   const rowBlocks = Math.ceil(s.group * s.seqQ / tiles.rows);
@@ -191,7 +215,8 @@ export function decodePlan(limits: DeviceLimits, s: AttentionProblem): DecodePla
     use: mode === 'on' || (mode === 'auto' && auto),
     tiles, rowBlocks, numSplits, splitKeys: tilesPerSplit * tiles.cols,
     loads: { vec4: vec4Loads(s), prefetch: override.prefetch ?? DECODE_PREFETCH },
-    fused, grouped: fused && grouped,
+    fused, grouped: fused && grouped, blocked: fused && blocked,
+    combineUnroll: override.combineUnroll ?? COMBINE_UNROLL,
   };
 }
 
@@ -215,11 +240,12 @@ export class DecodeSplitProgram extends FlashProgram {
     this.outputShape = [rows * plan.numSplits * (s.headDimV + 2)];
     this.workgroupSize = [plan.tiles.threads, 1, 1];
     this.dispatch = [plan.numSplits, s.kvHeads * plan.rowBlocks, s.batch];
-    this.shaderKey = shaderKeyOf('flashDecodeSplit', { headDim: s.headDim, headDimV: s.headDimV, ...plan.tiles, ...plan.loads, fused: plan.fused, grouped: plan.grouped, ...s.flags });
+    this.shaderKey = shaderKeyOf('flashDecodeSplit', { headDim: s.headDim, headDimV: s.headDimV, ...plan.tiles, ...plan.loads, fused: plan.fused, grouped: plan.grouped, blocked: plan.blocked, ...s.flags });
   }
 
   getUserCode(): string {
-    const wgsl = this.plan.grouped ? splitPassGroupedWGSL : this.plan.fused ? splitPassFusedWGSL : splitPassWGSL;
+    const wgsl = this.plan.blocked ? splitPassBlockedWGSL : this.plan.grouped ? splitPassGroupedWGSL
+        : this.plan.fused ? splitPassFusedWGSL : splitPassWGSL;
     return wgsl(this.variableNames, this.plan.tiles, this.s.flags, this.s.headDim, this.s.headDimV, this.plan.loads);
   }
 
@@ -245,11 +271,12 @@ export class DecodeCombineProgram extends FlashProgram {
     super();
     this.outputShape = part === 'out' ? s.outShape : s.logSumExpShape;
     this.dispatch = [s.seqQ, s.heads, s.batch];
-    this.shaderKey = shaderKeyOf('flashDecodeCombine', { headDimV: s.headDimV, seqRanges: s.flags.seqRanges, packed: s.flags.packed, part });
+    this.shaderKey = shaderKeyOf('flashDecodeCombine', { headDimV: s.headDimV, seqRanges: s.flags.seqRanges, packed: s.flags.packed, part, unroll: plan.combineUnroll });
   }
 
   getUserCode(): string {
-    return combinePassWGSL(this.variableNames, this.s.flags, this.s.headDimV, COMBINE_THREADS, DECODE_MAX_SPLITS, this.part);
+    return combinePassWGSL(this.variableNames, this.s.flags, this.s.headDimV, COMBINE_THREADS, DECODE_MAX_SPLITS, this.part,
+                           this.plan.combineUnroll);
   }
 
   uniformData(): Uniform[] {
@@ -279,6 +306,14 @@ export function flashDecodeWebGPU(backend: WebGPUBackend, inputs: FlashAttention
     backend.disposeData(partials.dataId);
     return [out, logSumExp];
   });
+}
+
+/** The three programs of a call as decodePlan chooses them now (bench/decode.ts times each alone). */
+export function decodePrograms(backend: WebGPUBackend, inputs: FlashAttentionInputs, attrs: FlashAttentionAttrs) {
+  const s = attentionProblem(inputs.q.shape, inputs.k.shape, inputs.v.shape, attrs);
+  const plan = decodePlan(deviceLimits(backend), s);
+  return { plan, split: new DecodeSplitProgram(s, plan), combineOut: new DecodeCombineProgram(s, plan, 'out'),
+           combineLse: new DecodeCombineProgram(s, plan, 'lse') };
 }
 
 /**
