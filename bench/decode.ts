@@ -114,8 +114,9 @@ class EmptyDispatchProgram extends FlashProgram {
   workgroupSize: [number, number, number] = [64, 1, 1];
   dispatch: [number, number, number] = [1, 1, 1];
   shaderKey = 'decodeBenchEmptyDispatch';
+  uniforms = 'pad : i32,';   // every binding used: tfjs binds the uniforms whether read or not
   getUserCode(): string {
-    return `fn main() { if (localIndex == 0u) { result[0] = a[0]; } }`;
+    return `fn main() { if (localIndex == 0u) { result[0] = a[0] + f32(uniforms.pad); } }`;
   }
 }
 
@@ -549,7 +550,7 @@ function passEntries(tf: TF, hooks: DecodeHooks, decodes: Array<{ impl: string; 
   }
   const empty = new EmptyDispatchProgram();
   entries.push({ impl: 'empty-dispatch', override: {}, note: 'one workgroup writing one float',
-                 run: () => asTensor(backend.runWebGPUProgram(empty, [alibi], 'float32', [])) });
+                 run: () => asTensor(backend.runWebGPUProgram(empty, [alibi], 'float32', [{ type: 'int32', data: [0] }])) });
   return { entries, dispose: () => tf.dispose(keep) };
 }
 
