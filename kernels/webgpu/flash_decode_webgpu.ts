@@ -91,10 +91,19 @@ const DECODE_GROUPED = true;
 const DECODE_GROUPED_MIN_HEAD_DIM_V = 128;
 /**
  * Whether the blocked split pass (decode_wgsl.ts: keys in registers, per-part softmax, two barriers a
- * tile) replaces the grouped one where that applies.
+ * tile) replaces the grouped one where that applies, and from which headDimV on (it replaces the
+ * fused pass for GQA at d 64 too). H200, GQA 16/2, d 64, against the fused pass (the default before;
+ * run 2026-12-02 13:37 UTC, bench/results/h200-decode-blocked, SM clock mostly at 345 MHz: within-shape
+ * ratios only): split pass alone 0.184 vs 0.222 ms (B 1, 64k), 0.899 vs 1.160 (B 8, 64k), 0.217 vs
+ * 0.266 (B 8, 8k); whole call 8-21 % faster in all 4 shapes. d 128: see BENCHMARKS.md.
  */
-const DECODE_BLOCKED = false;
-/** Whether the combine pass reads 4 splits per lane at once (independent loads in flight). */
+const DECODE_BLOCKED = true;
+const DECODE_BLOCKED_MIN_HEAD_DIM_V = 0;
+/**
+ * Splits each combine lane loads at once (independent loads in flight). 4 was no faster (same run:
+ * combine-out alone within 3 % either way in 12 shapes; its cost is the split weights' serial max and
+ * sum, which combine-lse pays as well), so 1; kept as an override (combineUnroll).
+ */
 const COMBINE_UNROLL = 1;
 /** Most splits (the combine pass keeps one weight per split in workgroup memory). */
 export const DECODE_MAX_SPLITS = 256;
@@ -194,9 +203,11 @@ export function decodePlan(limits: DeviceLimits, s: AttentionProblem): DecodePla
   const mode = override.mode ?? 'auto';
   // The fused and grouped passes give each value column (vec4) of a row its own thread: not with fewer threads.
   const registers = vec4Loads(s) && (override.fused ?? DECODE_FUSED);
-  const grouped = registers && (override.grouped ?? (DECODE_GROUPED && s.group * s.seqQ >= 2 &&
-      s.headDimV >= (override.groupedMinHeadDimV ?? DECODE_GROUPED_MIN_HEAD_DIM_V)));
-  const blocked = grouped && (override.blocked ?? DECODE_BLOCKED);
+  const wantBlocked = override.blocked ?? DECODE_BLOCKED;
+  const groupedMinHeadDimV = override.groupedMinHeadDimV ??
+      (wantBlocked ? DECODE_BLOCKED_MIN_HEAD_DIM_V : DECODE_GROUPED_MIN_HEAD_DIM_V);
+  const grouped = registers && (override.grouped ?? (DECODE_GROUPED && s.group * s.seqQ >= 2 && s.headDimV >= groupedMinHeadDimV));
+  const blocked = grouped && wantBlocked;
   const registerTiles = registers ? chooseDecodeTiles(limits, s, blocked ? 'blocked' : grouped ? 'grouped' : 'fused') : null;
   const fused = registerTiles !== null && vec4Count(s.headDimV) <= registerTiles.threads;
   const tiles = fused ? registerTiles! : chooseDecodeTiles(limits, s, 'staged');
