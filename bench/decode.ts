@@ -23,7 +23,7 @@
  * --decode-targets=128,256,... also times the split-KV forward at those split-pass workgroup
  * targets, --decode-threads at those thread counts, --decode-variants at any DecodeOverride
  * (vec4, prefetch, fused, grouped, mintiles, target, threads, cols, blocked, gmin: the grouped pass's least headDimV,
- * cunroll: combine splits per lane at once); --decode-passes times each program alone; --decode-baselines=0 leaves out the one-pass
+ * cunroll: combine splits per lane at once, ctree: combine reductions by a tree); --decode-passes times each program alone; --decode-baselines=0 leaves out the one-pass
  * forward and the composite (tuning runs).
  */
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
@@ -50,8 +50,8 @@ export interface DecodeSweep {
   variants: string[];
   /** Time the one-pass forward and the composite too. */
   baselines: boolean;
-  /** Also time each program of a decode call alone, per decode entry, and an empty dispatch (--decode-passes). */
-  passes?: boolean;
+  /** Also time each program of a decode call alone, per decode entry ('default': the default's only), and an empty dispatch. */
+  passes?: boolean | 'default';
   /** Size of the copy kernel's buffer (the read probe's peak is measured on twice this). */
   copyBytes: number;
   /** Sustained warm-up (ms of the same work) before every timing (steadyTime). */
@@ -344,8 +344,9 @@ export function variantOverride(spec: string): DecodeOverride {
       case 'blocked': o.blocked = x !== 0; break;
       case 'gmin': o.groupedMinHeadDimV = x; break;
       case 'cunroll': o.combineUnroll = x; break;
+      case 'ctree': o.combineTree = x !== 0; break;
       default: throw new Error(`--decode-variants: unknown key '${key}' (vec4, prefetch, fused, grouped, mintiles, target, threads, cols, ` +
-                               'blocked, gmin, cunroll)');
+                               'blocked, gmin, cunroll, ctree)');
     }
   }
   return o;
@@ -432,7 +433,8 @@ export async function runDecodeBench(tf: TF, flash: typeof FlashAttentionFn, hoo
     }
     // Then the read probe and the variants that ran, timed in interleaved rounds (steadyTime).
     const passes = sw.passes && hooks.decodePrograms
-        ? passEntries(tf, hooks, variants.filter(x => x.impl.startsWith('decode') && !('failure' in (checked.get(x.impl) ?? {}))), q, k, v)
+        ? passEntries(tf, hooks, variants.filter(x => (sw.passes === 'default' ? x.impl === 'decode' : x.impl.startsWith('decode')) &&
+                                          !('failure' in (checked.get(x.impl) ?? {}))), q, k, v)
         : null;
     const timed = [
       { impl: READ_ONCE, run: () => readProbeRun(tf, k, v, peak.best), override: {} as DecodeOverride },

@@ -54,7 +54,7 @@ export interface BenchOptions {
   /** The decode sweep's kv head counts (undefined: the sweep's default). */
   decodeKvHeads?: number[];
   /** Also time each program of a decode call alone (split, combine-out, combine-lse) and an empty dispatch. */
-  decodePasses: boolean;
+  decodePasses: boolean | 'default';
   /** ms of GPU warm-up before each decode timing (undefined: the sweep's default). */
   decodeWarmMs?: number;
   /** Interleaved timing rounds per decode shape (undefined: the sweep's default). */
@@ -105,11 +105,13 @@ export const USAGE = `npm run bench -- [flags]
   --decode-threads=256        ... and with these split-pass workgroup sizes
   --decode-variants=vec4=0+prefetch=0,mintiles=1   ... and these split-pass variants (keys: vec4,
                               prefetch, fused, grouped (0/1), mintiles, target, threads, cols,
-                              blocked (0/1), gmin (grouped pass from this headDimV), cunroll (combine splits at once))
+                              blocked (0/1), gmin (grouped pass from this headDimV), cunroll (combine splits at once),
+                              ctree (0/1: combine max and sum by a tree))
   --decode-baselines=0        decode sweep without the one-pass forward and the composite (tuning)
   --decode-kv-heads=16,2      the decode sweep's kv head counts (GPU default 16,2; --heads query heads)
-  --decode-passes=1           also time each program of a decode call alone (split, combine-out,
-                              combine-lse; default and each variant) and an empty dispatch, as the calls are
+  --decode-passes=1|default   also time each program of a decode call alone (split, combine-out,
+                              combine-lse; each decode entry, or the default's only) and an empty dispatch,
+                              as the calls are
   --decode-warm-ms=100        ms of the same work before each decode timing (clocks steady; GPU default 100)
   --decode-rounds=2           interleaved timings of each entry of a shape, the fastest reported with the spread (GPU default 2)
 
@@ -194,7 +196,7 @@ export function parseArgs(argv: readonly string[]): BenchOptions {
       case 'decode-variants': o.decodeVariants = value.split(',').filter(Boolean); break;
       case 'decode-baselines': o.decodeBaselines = bool(value, flag); break;
       case 'decode-kv-heads': o.decodeKvHeads = positiveInts(value, flag); break;
-      case 'decode-passes': o.decodePasses = bool(value, flag); break;
+      case 'decode-passes': o.decodePasses = value === 'default' ? 'default' : bool(value, flag); break;
       case 'decode-warm-ms': o.decodeWarmMs = number(value, flag, 0); break;
       case 'decode-rounds': o.decodeRounds = positiveInts(value, flag)[0]; break;
       default: throw new Error(`unknown flag --${flag}; --help lists the flags`);

@@ -952,7 +952,21 @@ export function splitPassBlockedWGSL(variableNames: string[], t: DecodeTiles, f:
  * under per-program timing every dispatch costs microseconds even when it moves nothing.
  */
 export function combinePassWGSL(variableNames: string[], f: OptionFlags, headDimV: number, threads: number,
-                                maxSplits: number, part: 'out' | 'lse', unrollSplits = 1): string {
+                                maxSplits: number, part: 'out' | 'lse', unrollSplits = 1, tree = true): string {
+  // The splits' max and sum over the threads' parts in red: a tree (log2 steps, a barrier each) or
+  // one thread after another (a serial chain of numSplits workgroup-memory reads).
+  const reduce = (name: string, op: (a: string, b: string) => string, init: string) => tree ? `
+      workgroupBarrier();
+      for (var w = treeTop / 2; w > 0; w /= 2) {
+        if (tid < w) { red[tid] = ${op('red[tid]', 'red[tid + w]')}; }
+        workgroupBarrier();
+      }
+      let ${name} = red[0];
+      workgroupBarrier();` : `
+      workgroupBarrier();
+      var ${name} = ${init};
+      for (var u = 0; u < used; u++) { ${name} = ${op(name, 'red[u]')}; }
+      workgroupBarrier();`;
   const dv4 = vec4Count(headDimV), cw = Math.min(dv4, threads);
   const outputs = part === 'lse' ? '' : `
       let accBase = g * numSplits * DV;
@@ -1021,12 +1035,11 @@ export function combinePassWGSL(variableNames: string[], f: OptionFlags, headDim
       var partMax = NEG_BIG;
       for (var s = tid; s < numSplits; s += NT) { partMax = max(partMax, partials[mlBase + 2 * s]); }
       red[tid] = partMax;
-      workgroupBarrier();
       // Threads past numSplits hold NEG_BIG and 0: only the first numSplits partial values count.
       let used = min(NT, numSplits);
-      var rowMax = NEG_BIG;
-      for (var u = 0; u < used; u++) { rowMax = max(rowMax, red[u]); }
-      workgroupBarrier();
+      var treeTop = 1;
+      while (treeTop < used) { treeTop *= 2; }
+      ${reduce('rowMax', (a, b) => `max(${a}, ${b})`, 'NEG_BIG')}
       var partSum = 0.0;
       for (var s = tid; s < numSplits; s += NT) {
         let w = exp(partials[mlBase + 2 * s] - rowMax);
@@ -1034,9 +1047,7 @@ export function combinePassWGSL(variableNames: string[], f: OptionFlags, headDim
         partSum += w * partials[mlBase + 2 * s + 1];
       }
       red[tid] = partSum;
-      workgroupBarrier();
-      var rowSum = 0.0;
-      for (var u = 0; u < used; u++) { rowSum += red[u]; }
+      ${reduce('rowSum', (a, b) => `${a} + ${b}`, '0.0')}
       // Query rows past the sequence's length (padded layout) have no kept key: out 0, lse -inf.
       // A row with no kept key has sum exactly 0 (even where acc holds 0 * NaN); a NaN sum is
       // not empty and propagates.
