@@ -415,16 +415,20 @@ describe('the blocked split pass and the unrolled combine: keys in registers, on
     expect(takeUncapturedErrors()).toEqual([]);
   }, COMPILE_HEAVY_MS);
 
-  test('the default for 2 or more rows a workgroup on vec4 loads, at any head dim; not for one row; register-sized tiles', () => {
-    const c = (heads: number, kvHeads: number, d = 128): CaseSpec =>
-      ({ dims: { batch: 1, seqQ: 1, seqK: 512, heads, kvHeads, headDim: d, headDimV: d }, seed: 1 });
-    expect(decodePlanOf(c(16, 2), {})).toMatchObject({ grouped: true, blocked: true, combineUnroll: 1, combineTree: true,
-                                                       tiles: { rows: 8, cols: 64, threads: 256 } });
-    expect(decodePlanOf(c(16, 2, 64), {})).toMatchObject({ grouped: true, blocked: true, tiles: { cols: 128 } });
+  test('the default for 2 or more rows a workgroup on vec4 loads below headDimV 128 (one tile a split at least); not for one row; register-sized tiles', () => {
+    const c = (heads: number, kvHeads: number, d = 128, seqK = 512): CaseSpec =>
+      ({ dims: { batch: 1, seqQ: 1, seqK, heads, kvHeads, headDim: d, headDimV: d }, seed: 1 });
+    expect(decodePlanOf(c(16, 2, 64), {})).toMatchObject({ grouped: true, blocked: true, combineUnroll: 1, combineTree: true,
+                                                           tiles: { rows: 8, cols: 128, threads: 256 } });
+    // GQA 16/2 at 8k keys, B 1: 64 tiles of 128 keys, one a split: 2 kv heads x 64 splits.
+    expect(decodePlanOf(c(16, 2, 64, 8192), {})).toMatchObject({ blocked: true, numSplits: 64 });
     expect(decodePlanOf(c(16, 2, 8), {})).toMatchObject({ grouped: true, blocked: true });
-    expect(decodePlanOf(c(16, 16), {})).toMatchObject({ fused: true, grouped: false, blocked: false });
-    expect(decodePlanOf(c(16, 2), { grouped: false })).toMatchObject({ grouped: false, blocked: false });
+    expect(decodePlanOf(c(16, 2), {})).toMatchObject({ grouped: true, blocked: false, combineTree: true });
+    expect(decodePlanOf(c(16, 2), { blocked: true })).toMatchObject({ grouped: true, blocked: true, tiles: { rows: 8, cols: 64, threads: 256 } });
+    expect(decodePlanOf(c(16, 16, 64), {})).toMatchObject({ fused: true, grouped: false, blocked: false });
+    expect(decodePlanOf(c(16, 2, 64), { grouped: false })).toMatchObject({ grouped: false, blocked: false });
     expect(decodePlanOf(c(16, 2, 64), { blocked: false })).toMatchObject({ grouped: false, blocked: false });
+    expect(decodePlanOf(c(16, 16, 64), { grouped: true, blocked: true })).toMatchObject({ grouped: true, blocked: true, tiles: { rows: 1 } });
   });
 });
 

@@ -11,9 +11,9 @@
  *
  * The split pass (decode_wgsl.ts) is the fused one where headDim and headDimV are multiples of 4
  * (K and V bound as vec4 arrays, values straight into registers, at most 8 rows a workgroup, a
- * thread per value vec4 at least), the grouped one instead where a workgroup owns 2 or more query
- * rows and headDimV >= 128, the staged one otherwise; all load the next key tile while working on
- * the current one.
+ * thread per value vec4 at least); where a workgroup owns 2 or more query rows, the blocked one
+ * (keys in registers too, two barriers a tile) below headDimV 128 and the grouped one from there;
+ * the staged one otherwise; all load the next key tile while working on the current one.
  *
  * When it is picked (decodePlan): at most DECODE_MAX_SEQ_Q query rows per sequence and at least
  * DECODE_MIN_SEQ_K keys. On the H200 (BENCHMARKS.md, decode; steady-clock run, 2026-12-02 09:33
@@ -90,15 +90,22 @@ const DECODE_GROUPED = true;
  */
 const DECODE_GROUPED_MIN_HEAD_DIM_V = 128;
 /**
- * Whether the blocked split pass (decode_wgsl.ts: keys in registers, per-part softmax, two barriers a
- * tile) replaces the grouped one where that applies, and from which headDimV on (it replaces the
- * fused pass for GQA at d 64 too). H200, GQA 16/2, d 64, against the fused pass (the default before;
- * run 2026-12-02 13:37 UTC, bench/results/h200-decode-blocked, SM clock mostly at 345 MHz: within-shape
- * ratios only): split pass alone 0.184 vs 0.222 ms (B 1, 64k), 0.899 vs 1.160 (B 8, 64k), 0.217 vs
- * 0.266 (B 8, 8k); whole call 8-21 % faster in all 4 shapes. d 128: see BENCHMARKS.md.
+ * Below DECODE_GROUPED_MIN_HEAD_DIM_V the blocked split pass (decode_wgsl.ts: keys in registers, a
+ * softmax per (row, key part), two barriers a tile) replaces the fused pass where a workgroup owns 2
+ * or more rows; from there on the grouped pass stays. H200 (BENCHMARKS.md, "The blocked split pass";
+ * bench/results/h200-decode-blocked; both runs with the SM clock at 345 MHz most of the time, so
+ * within-shape ratios only), GQA 16/2: d 64, against the fused pass, whole call 12-19 % faster at
+ * 8k B 8, 64k B 1 and 64k B 8 (0.953 vs 1.171 ms at 64k B 8), and with one tile a split (below) 3 %
+ * faster at 8k B 1 (0.134 vs 0.138); d 128, against the grouped pass, within -4 % .. +7 % (faster at
+ * 8k B 1 and 64k B 8, slower at 64k B 1 and 8k B 8): not a winner there, an override (blocked).
+ * For one row (MHA) it was 1.5-19 % slower than the fused pass (override grouped + blocked).
  */
-const DECODE_BLOCKED = true;
-const DECODE_BLOCKED_MIN_HEAD_DIM_V = 0;
+const DECODE_BLOCKED_BELOW_HEAD_DIM_V = DECODE_GROUPED_MIN_HEAD_DIM_V;
+/**
+ * The blocked pass's least tiles a split: its tiles are wide (128 keys at d 64), so 2 left GQA at 8k
+ * keys, B 1 with 64 workgroups; 1 gives 128 (same run: 0.134 vs 0.148 ms; at 64k and at d 128 equal).
+ */
+const DECODE_MIN_TILES_PER_SPLIT_BLOCKED = 1;
 /**
  * Splits each combine lane loads at once (independent loads in flight). 4 was no faster (same run:
  * combine-out alone within 3 % either way in 12 shapes; its cost is the split weights' serial max and
@@ -107,8 +114,10 @@ const DECODE_BLOCKED_MIN_HEAD_DIM_V = 0;
 const COMBINE_UNROLL = 1;
 /**
  * Whether the combine pass takes the splits' max and sum by a tree (log2 steps) instead of one
- * thread reading the threads' parts one after another (call 1: combine-lse alone, which is little
- * more than these two reductions, 0.040 ms for 64 splits against 0.012 for 8, SM clock 345 MHz).
+ * thread reading the threads' parts one after another. H200 (same runs): with the serial chain,
+ * combine-lse alone (little more than these two reductions) took 0.040 ms at 64 splits against
+ * 0.012 at 8; the tree made GQA 16/2 calls at B 1 (32-64 splits) 8-23 % faster (d 128, 8k: 0.153
+ * vs 0.199 ms) and was within noise (-3 % .. +2 %) at B 8 and for MHA (1-8 splits).
  */
 const COMBINE_TREE = true;
 /** Most splits (the combine pass keeps one weight per split in workgroup memory). */
@@ -213,9 +222,8 @@ export function decodePlan(limits: DeviceLimits, s: AttentionProblem): DecodePla
   const mode = override.mode ?? 'auto';
   // The fused and grouped passes give each value column (vec4) of a row its own thread: not with fewer threads.
   const registers = vec4Loads(s) && (override.fused ?? DECODE_FUSED);
-  const wantBlocked = override.blocked ?? DECODE_BLOCKED;
-  const groupedMinHeadDimV = override.groupedMinHeadDimV ??
-      (wantBlocked ? DECODE_BLOCKED_MIN_HEAD_DIM_V : DECODE_GROUPED_MIN_HEAD_DIM_V);
+  const wantBlocked = override.blocked ?? s.headDimV < DECODE_BLOCKED_BELOW_HEAD_DIM_V;
+  const groupedMinHeadDimV = override.groupedMinHeadDimV ?? (wantBlocked ? 0 : DECODE_GROUPED_MIN_HEAD_DIM_V);
   const grouped = registers && (override.grouped ?? (DECODE_GROUPED && s.group * s.seqQ >= 2 && s.headDimV >= groupedMinHeadDimV));
   const blocked = grouped && wantBlocked;
   const registerTiles = registers ? chooseDecodeTiles(limits, s, blocked ? 'blocked' : grouped ? 'grouped' : 'fused') : null;
@@ -225,7 +233,7 @@ export function decodePlan(limits: DeviceLimits, s: AttentionProblem): DecodePla
   const keyTiles = Math.max(1, Math.ceil(s.seqK / tiles.cols));
   const base = s.batch * s.kvHeads * rowBlocks;
   const target = override.targetWorkgroups ?? DECODE_TARGET_WORKGROUPS;
-  const minTiles = override.minTilesPerSplit ?? DECODE_MIN_TILES_PER_SPLIT;
+  const minTiles = override.minTilesPerSplit ?? (fused && blocked ? DECODE_MIN_TILES_PER_SPLIT_BLOCKED : DECODE_MIN_TILES_PER_SPLIT);
   let numSplits = override.numSplits ??
       Math.min(Math.ceil(target / base), Math.max(1, Math.floor(keyTiles / minTiles)));
   numSplits = Math.max(1, Math.min(numSplits, keyTiles, DECODE_MAX_SPLITS, limits.maxComputeWorkgroupsPerDimension));
