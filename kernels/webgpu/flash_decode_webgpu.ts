@@ -63,7 +63,9 @@ export const DECODE_MIN_TILES_PER_SPLIT = 2;
  * 64k keys: one query row per workgroup (MHA decode) 512 threads 1.47 ms, 256 1.86, 128 3.31;
  * eight rows (GQA 16/2) 256 threads 0.33 ms, 512 0.31, at 16k keys 0.096 against 0.110 (staged
  * pass). Fused pass, same 64k MHA shape (tuning run 08:49 UTC): 512 threads 0.64-0.70 ms, 256
- * 0.87, 1024 1.41; 1024 was the slowest in every shape.
+ * 0.87, 1024 1.41; 1024 was the slowest in every shape. One row, 256 threads with twice the workgroups
+ * (target 256: two per SM if registers allow), run of 2026-12-02 12:46 UTC (SM clock mostly 345 MHz,
+ * within-shape ratios): 16-30 % slower than 512 threads at target 128 in all 6 MHA shapes.
  */
 const DECODE_THREADS = 256;
 const DECODE_THREADS_FEW_ROWS = 512;
@@ -96,8 +98,9 @@ const DECODE_GROUPED_MIN_HEAD_DIM_V = 128;
  * bench/results/h200-decode-blocked; both runs with the SM clock at 345 MHz most of the time, so
  * within-shape ratios only), GQA 16/2: d 64, against the fused pass, whole call 12-19 % faster at
  * 8k B 8, 64k B 1 and 64k B 8 (0.953 vs 1.171 ms at 64k B 8), and with one tile a split (below) 3 %
- * faster at 8k B 1 (0.134 vs 0.138); d 128, against the grouped pass, within -4 % .. +7 % (faster at
- * 8k B 1 and 64k B 8, slower at 64k B 1 and 8k B 8): not a winner there, an override (blocked).
+ * faster at 8k B 1 (0.134 vs 0.138); d 128, against the grouped pass, within 7 % either way (faster
+ * at 8k B 1 by 7 % and 64k B 8 by 2 %, slower at 64k B 1 by 3 % and 8k B 8 by 4 %): not a winner
+ * there, an override (blocked).
  * For one row (MHA) it was 1.5-19 % slower than the fused pass (override grouped + blocked).
  */
 const DECODE_BLOCKED_BELOW_HEAD_DIM_V = DECODE_GROUPED_MIN_HEAD_DIM_V;
@@ -107,17 +110,18 @@ const DECODE_BLOCKED_BELOW_HEAD_DIM_V = DECODE_GROUPED_MIN_HEAD_DIM_V;
  */
 const DECODE_MIN_TILES_PER_SPLIT_BLOCKED = 1;
 /**
- * Splits each combine lane loads at once (independent loads in flight). 4 was no faster (same run:
- * combine-out alone within 3 % either way in 12 shapes; its cost is the split weights' serial max and
- * sum, which combine-lse pays as well), so 1; kept as an override (combineUnroll).
+ * Splits each combine lane loads at once (independent loads in flight). 4 (run of 12:46 UTC, serial
+ * max and sum): combine-out alone 7-8 % faster at 64 splits (GQA B 1; 0.0305 vs 0.0332 ms), within
+ * 3 % at 1-8 splits, whole calls within noise; not measured with the tree below, so 1; an override
+ * (combineUnroll).
  */
 const COMBINE_UNROLL = 1;
 /**
  * Whether the combine pass takes the splits' max and sum by a tree (log2 steps) instead of one
  * thread reading the threads' parts one after another. H200 (same runs): with the serial chain,
  * combine-lse alone (little more than these two reductions) took 0.040 ms at 64 splits against
- * 0.012 at 8; the tree made GQA 16/2 calls at B 1 (32-64 splits) 8-23 % faster (d 128, 8k: 0.153
- * vs 0.199 ms) and was within noise (-3 % .. +2 %) at B 8 and for MHA (1-8 splits).
+ * 0.012 at 8; the tree made GQA 16/2 calls at B 1 (32-64 splits) 7-23 % faster (d 128, 8k: 0.153
+ * vs 0.199 ms) and was within noise (-2 % .. +3 %) at B 8 and for MHA (1-8 splits).
  */
 const COMBINE_TREE = true;
 /** Most splits (the combine pass keeps one weight per split in workgroup memory). */
