@@ -96,8 +96,8 @@ const DECODE_GROUPED_MIN_HEAD_DIM_V = 128;
  * softmax per (row, key part), two barriers a tile) replaces the fused pass where a workgroup owns 2
  * or more rows; from there on the grouped pass stays. H200 (BENCHMARKS.md, "The blocked split pass";
  * bench/results/h200-decode-blocked; both runs with the SM clock at 345 MHz most of the time, so
- * within-shape ratios only), GQA 16/2: d 64, against the fused pass, whole call 12-19 % faster at
- * 8k B 8, 64k B 1 and 64k B 8 (0.953 vs 1.171 ms at 64k B 8), and with one tile a split (below) 3 %
+ * within-shape ratios only), GQA 16/2: d 64, against the fused pass, with one tile a split (below),
+ * whole call 12-21 % faster at 8k B 8, 64k B 1 and 64k B 8 (0.923 vs 1.171 ms at 64k B 8) and 3 %
  * faster at 8k B 1 (0.134 vs 0.138); d 128, against the grouped pass, within 7 % either way (faster
  * at 8k B 1 by 7 % and 64k B 8 by 2 %, slower at 64k B 1 by 3 % and 8k B 8 by 4 %): not a winner
  * there, an override (blocked).
