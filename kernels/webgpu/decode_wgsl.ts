@@ -1,5 +1,5 @@
 /**
- * WGSL of the split-KV ("flash-decoding") forward (flash_decode_webgpu.ts): the split pass, in two
+ * WGSL of the split-KV ("flash-decoding") forward (flash_decode_webgpu.ts): the split pass, in four
  * forms, and the combine pass. One family per pass; options are compile-time switches through
  * optionHelpers (attention_wgsl.ts), so a disabled option compiles to a stub as in the one-pass
  * forward. Decode's cost is reading K and V once; the choices below are about how many of those
@@ -23,10 +23,14 @@
  *    staged pass (vec4, prefetch) took 1.2-1.7x its time in most MHA decode rows (one row per
  *    workgroup) and was within about 15 % either way in most GQA 16/2 rows (8 rows;
  *    BENCHMARKS.md, WebGPU decode).
+ *  - Grouped and blocked (splitPassGroupedWGSL, splitPassBlockedWGSL; 2 or more rows): the work per
+ *    (row, key) done once for all value columns; the blocked pass keeps the keys in registers too and
+ *    has two barriers a tile (their own comments).
  *
  * Combine pass (combinePassWGSL, one program per output): one workgroup per query row and head,
- * splits combined in a fixed order (deterministic): M = max_s m_s, L = sum_s exp(m_s - M) l_s,
- * out = sum_s exp(m_s - M) acc_s / L (split lanes per output column, added in lane order),
+ * splits combined in a fixed order (deterministic): M = max_s m_s, L = sum_s exp(m_s - M) l_s
+ * (each by a tree over the threads' parts, or serially), out = sum_s exp(m_s - M) acc_s / L (split
+ * lanes per output column, added in lane order),
  * logSumExp = M + log(L), exactly the one-pass kernel's outputs (empty rows 0 and -Infinity, NaN
  * sums propagated).
  */
@@ -384,6 +388,41 @@ export function splitPassWGSL(variableNames: string[], t: DecodeTiles, f: Option
     }`;
 }
 
+/**
+ * The end of a split for the fused and blocked passes: per row, the KP key parts (running max partM,
+ * sum partL and accumulator acc_r of threads (c4, kp)) combined in kp order into the partials the
+ * combine pass reads. part(r) is the index of part p of row r in partM/partL.
+ */
+function combineKeyPartsWGSL(rows: number, part: (r: number) => string): string {
+  return `
+      let numSplits = uniforms.numSplits;
+      let rowsAll = uniforms.batchSeqs * heads * uniforms.nqMax;
+      ${unroll(rows, r => `
+      workgroupBarrier();
+      if (accThread) { accRed[tid] = acc_${r}; }
+      workgroupBarrier();
+      if (tid < DV4 && gr0 + ${r} < grEnd) {
+        var rowMax = NEG_BIG;
+        for (var p = 0; p < KP; p++) { rowMax = max(rowMax, partM[${part(r)}]); }
+        var rowSum = 0.0;
+        var a = vec4<f32>(0.0);
+        for (var p = 0; p < KP; p++) {
+          let w = exp(partM[${part(r)}] - rowMax);
+          rowSum += w * partL[${part(r)}];
+          a += w * accRed[p * DV4 + c4];
+        }
+        let gr = gr0 + ${r};
+        let g = (b * heads + kvh * group + gr / uniforms.nqMax) * uniforms.nqMax + gr % uniforms.nqMax;
+        let base = (g * numSplits + split) * DV + c4 * 4;
+        ${unroll(4, e => `result[base + ${e}] = a[${e}];`, ' ')}
+        if (c4 == 0) {
+          let ml = rowsAll * numSplits * DV + (g * numSplits + split) * 2;
+          result[ml] = rowMax;
+          result[ml + 1] = rowSum;
+        }
+      }`)}`;
+}
+
 /** Most query rows per workgroup of the fused split pass (each thread keeps one accumulator per row). */
 export const FUSED_MAX_ROWS = 8;
 
@@ -506,32 +545,7 @@ export function splitPassFusedWGSL(variableNames: string[], t: DecodeTiles, f: O
       if (accThread && c4 == 0) {
         ${rows(r => `partM[kp * ROWS + ${r}] = m_${r}; partL[kp * ROWS + ${r}] = l_${r};`)}
       }
-      let numSplits = uniforms.numSplits;
-      let rowsAll = uniforms.batchSeqs * heads * uniforms.nqMax;
-      ${rows(r => `
-      workgroupBarrier();
-      if (accThread) { accRed[tid] = acc_${r}; }
-      workgroupBarrier();
-      if (tid < DV4 && gr0 + ${r} < grEnd) {
-        var rowMax = NEG_BIG;
-        for (var p = 0; p < KP; p++) { rowMax = max(rowMax, partM[p * ROWS + ${r}]); }
-        var rowSum = 0.0;
-        var a = vec4<f32>(0.0);
-        for (var p = 0; p < KP; p++) {
-          let w = exp(partM[p * ROWS + ${r}] - rowMax);
-          rowSum += w * partL[p * ROWS + ${r}];
-          a += w * accRed[p * DV4 + c4];
-        }
-        let gr = gr0 + ${r};
-        let g = (b * heads + kvh * group + gr / uniforms.nqMax) * uniforms.nqMax + gr % uniforms.nqMax;
-        let base = (g * numSplits + split) * DV + c4 * 4;
-        ${unroll(4, e => `result[base + ${e}] = a[${e}];`, ' ')}
-        if (c4 == 0) {
-          let ml = rowsAll * numSplits * DV + (g * numSplits + split) * 2;
-          result[ml] = rowMax;
-          result[ml + 1] = rowSum;
-        }
-      }`)}
+      ${combineKeyPartsWGSL(t.rows, (r: number) => `p * ROWS + ${r}`)}
     }`;
 }
 
@@ -917,32 +931,7 @@ export function splitPassBlockedWGSL(variableNames: string[], t: DecodeTiles, f:
       }
 
       // The split's KP parts of each row, combined in kp order (as the fused pass).
-      let numSplits = uniforms.numSplits;
-      let rowsAll = uniforms.batchSeqs * heads * uniforms.nqMax;
-      ${rows(r => `
-      workgroupBarrier();
-      if (accThread) { accRed[tid] = acc_${r}; }
-      workgroupBarrier();
-      if (tid < DV4 && gr0 + ${r} < grEnd) {
-        var rowMax = NEG_BIG;
-        for (var p = 0; p < KP; p++) { rowMax = max(rowMax, partM[${r} * KP + p]); }
-        var rowSum = 0.0;
-        var a = vec4<f32>(0.0);
-        for (var p = 0; p < KP; p++) {
-          let w = exp(partM[${r} * KP + p] - rowMax);
-          rowSum += w * partL[${r} * KP + p];
-          a += w * accRed[p * DV4 + c4];
-        }
-        let gr = gr0 + ${r};
-        let g = (b * heads + kvh * group + gr / uniforms.nqMax) * uniforms.nqMax + gr % uniforms.nqMax;
-        let base = (g * numSplits + split) * DV + c4 * 4;
-        ${unroll(4, e => `result[base + ${e}] = a[${e}];`, ' ')}
-        if (c4 == 0) {
-          let ml = rowsAll * numSplits * DV + (g * numSplits + split) * 2;
-          result[ml] = rowMax;
-          result[ml + 1] = rowSum;
-        }
-      }`)}
+      ${combineKeyPartsWGSL(t.rows, (r: number) => `${r} * KP + p`)}
     }`;
 }
 
