@@ -463,8 +463,11 @@ async function decodeMain(o: BenchOptions, b0: Backend): Promise<number> {
     ...d, seqKs: o.sweep.seqs ?? d.seqKs, headDims: o.sweep.headDims ?? d.headDims, heads: o.sweep.heads ?? d.heads,
     batches: o.sweep.batch ? [o.sweep.batch] : d.batches, targets: o.decodeTargets, threads: o.decodeThreads,
     variants: o.decodeVariants, baselines: o.decodeBaselines, warmMs: o.decodeWarmMs ?? d.warmMs,
+    kvHeads: o.decodeKvHeads ?? d.kvHeads, passes: o.decodePasses,
     rounds: o.decodeRounds ?? d.rounds,
   };
+  const badKv = sweep.kvHeads.find(kv => sweep.heads % kv !== 0);
+  if (badKv) throw new Error(`--decode-kv-heads: ${badKv} does not divide the query heads (${sweep.heads})`);
   const timing = timingDefaults(o.timing, b.realGpu);
   const plan: TimingPlan = { ...timing, warmupMs: b.realGpu ? 100 : 0, timedReps: b.hasTimestamps ? timing.timedReps : 0 };
   const hooks = await import('../kernels/webgpu/flash_decode_webgpu');

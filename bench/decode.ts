@@ -22,9 +22,11 @@
  *
  * --decode-targets=128,256,... also times the split-KV forward at those split-pass workgroup
  * targets, --decode-threads at those thread counts, --decode-variants at any DecodeOverride
- * (vec4, prefetch, fused, grouped, subgroup, mintiles, target, threads, cols, lanes, unroll); on the
- * subgroups device (bench --decode-device=subgroups) 'decode' is the subgroup split pass and
- * decode[subgroup=0] the other passes, timed in the same rounds; --decode-baselines=0 leaves out the one-pass
+ * (vec4, prefetch, fused, grouped, subgroup, mintiles, target, threads, cols, lanes, unroll, blocked,
+ * gmin: the grouped pass's least headDimV, cunroll: combine splits per lane at once, ctree: combine
+ * reductions by a tree); on the subgroups device (bench --decode-device=subgroups) 'decode' is the
+ * subgroup split pass and decode[subgroup=0] the other passes, timed in the same rounds;
+ * --decode-passes times each program alone; --decode-baselines=0 leaves out the one-pass
  * forward and the composite (tuning runs).
  */
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
@@ -32,7 +34,8 @@ import { dirname, join } from 'node:path';
 import type * as tfc from '@tensorflow/tfjs-core';
 import type { WebGPUBackend } from '@tensorflow/tfjs-backend-webgpu';
 import type { flashAttention as FlashAttentionFn } from '../src/flash_attention';
-import type { DecodeOverride } from '../kernels/webgpu/flash_decode_webgpu';
+import type { DecodeOverride, decodePrograms as DecodeProgramsFn } from '../kernels/webgpu/flash_decode_webgpu';
+import { normalizeAttrs, validateQKV } from '../src/contract';
 import { FlashProgram } from '../kernels/webgpu/program';
 import { deviceRandom, TF } from './attention';
 import { ErrorScopes, Failure, median, syncOnFirstElement, TimingPlan } from './measure';
@@ -50,6 +53,8 @@ export interface DecodeSweep {
   variants: string[];
   /** Time the one-pass forward and the composite too. */
   baselines: boolean;
+  /** Also time each program of a decode call alone, per decode entry ('default': the default's only), and an empty dispatch. */
+  passes?: boolean | 'default';
   /** Size of the copy kernel's buffer (the read probe's peak is measured on twice this). */
   copyBytes: number;
   /** Sustained warm-up (ms of the same work) before every timing (steadyTime). */
@@ -102,6 +107,20 @@ export interface DecodeRow {
 interface DecodeHooks {
   setDecodeOverride: (o: DecodeOverride) => void;
   decodeCalls: () => number;
+  decodePrograms?: typeof DecodeProgramsFn;
+}
+
+/** One workgroup that writes one float: what a dispatch costs by itself under steadyTime (--decode-passes). */
+class EmptyDispatchProgram extends FlashProgram {
+  variableNames = ['a'];
+  outputShape = [1];
+  workgroupSize: [number, number, number] = [64, 1, 1];
+  dispatch: [number, number, number] = [1, 1, 1];
+  shaderKey = 'decodeBenchEmptyDispatch';
+  uniforms = 'pad : i32,';   // every binding used: tfjs binds the uniforms whether read or not
+  getUserCode(): string {
+    return `fn main() { if (localIndex == 0u) { result[0] = a[0] + f32(uniforms.pad); } }`;
+  }
 }
 
 /**
@@ -328,7 +347,12 @@ export function variantOverride(spec: string): DecodeOverride {
       case 'subgroup': o.subgroup = x !== 0; break;
       case 'lanes': o.lanes = x; break;
       case 'unroll': o.unroll = x; break;
-      default: throw new Error(`--decode-variants: unknown key '${key}' (vec4, prefetch, fused, grouped, subgroup, mintiles, target, threads, cols, lanes, unroll)`);
+      case 'blocked': o.blocked = x !== 0; break;
+      case 'gmin': o.groupedMinHeadDimV = x; break;
+      case 'cunroll': o.combineUnroll = x; break;
+      case 'ctree': o.combineTree = x !== 0; break;
+      default: throw new Error(`--decode-variants: unknown key '${key}' (vec4, prefetch, fused, grouped, subgroup, mintiles, ` +
+                               'target, threads, cols, lanes, unroll, blocked, gmin, cunroll, ctree)');
     }
   }
   return o;
@@ -414,9 +438,14 @@ export async function runDecodeBench(tf: TF, flash: typeof FlashAttentionFn, hoo
       checked.set(x.impl, { err, tookDecode: hooks.decodeCalls() > callsBefore });
     }
     // Then the read probe and the variants that ran, timed in interleaved rounds (steadyTime).
+    const passes = sw.passes && hooks.decodePrograms
+        ? passEntries(tf, hooks, variants.filter(x => (sw.passes === 'default' ? x.impl === 'decode' : x.impl.startsWith('decode')) &&
+                                          !('failure' in (checked.get(x.impl) ?? {}))), q, k, v)
+        : null;
     const timed = [
       { impl: READ_ONCE, run: () => readProbeRun(tf, k, v, peak.best), override: {} as DecodeOverride },
       ...variants.filter(x => !('failure' in (checked.get(x.impl) ?? {}))),
+      ...(passes?.entries ?? []),
     ];
     const times = await scopes.run(() => interleavedTimes(tf, timed, hooks, sw));
     if (times.failure) {
@@ -427,6 +456,15 @@ export async function runDecodeBench(tf: TF, flash: typeof FlashAttentionFn, hoo
     const probeTime = times.value?.get(READ_ONCE);
     base.readOnceMs = probeTime?.ms ?? null;
     const readOnce = base.readOnceMs;
+    for (const x of passes?.entries ?? []) {
+      const t = times.value?.get(x.impl);
+      if (!t) continue;
+      rows.push({ ...base, impl: x.impl, gpuMs: t.ms, wallMs: null, gbPerS: kvBytes / t.ms / 1e6, vsFloor: t.ms / floorMs,
+                  vsPeak: t.ms / peakFloorMs, vsReadOnce: readOnce ? t.ms / readOnce : null, reps: t.reps, medianMs: t.medianMs,
+                  roundsMs: t.all, spread: t.spread, status: 'ok', note: x.note, ...(repeat ? { repeat: true } : {}) });
+      console.log(`${label(base)} ${x.impl.padEnd(12)} gpu ${t.ms.toFixed(4)} ms (x${t.reps}, spread ${(100 * t.spread).toFixed(1)} %)  ${x.note}`);
+    }
+    passes?.dispose();
     for (const x of variants) {
       const c = checked.get(x.impl)!;
       if ('failure' in c) {
@@ -481,6 +519,47 @@ export async function runDecodeBench(tf: TF, flash: typeof FlashAttentionFn, hoo
   }
   save();
   return rows;
+}
+
+/**
+ * --decode-passes: each program of a decode entry's call as its own timed entry (the programs built
+ * under the entry's override, run on the same inputs as the op passes them: no mask, ALiBi or
+ * lengths), the combine programs on the split pass's partials of one call; and an empty dispatch.
+ * Split + combines against the whole call: what the op adds around the programs (its placeholder
+ * tensors' uploads between the passes).
+ */
+function passEntries(tf: TF, hooks: DecodeHooks, decodes: Array<{ impl: string; override: DecodeOverride }>,
+                     q: Tensor, k: Tensor, v: Tensor) {
+  const backend = tf.backend() as unknown as WebGPUBackend;
+  const attrs = normalizeAttrs(validateQKV(q, k, v), { seed: 1 }, false, false);
+  const alibi = tf.zeros([1]), mask = tf.ones([1, 1, 1, 1], 'bool'), rq = tf.zeros([1, 2], 'int32'), rk = tf.zeros([1, 2], 'int32');
+  const inputs = { q, k, v, alibiSlopes: alibi, mask, seqRangesQ: rq, seqRangesK: rk };
+  const keep: Tensor[] = [alibi, mask, rq, rk];
+  const asTensor = (t: ReturnType<WebGPUBackend['runWebGPUProgram']>) => tf.engine().makeTensorFromTensorInfo(t);
+  const entries: Array<{ impl: string; run: () => Tensor; override: DecodeOverride; note: string }> = [];
+  for (const d of decodes) {
+    hooks.setDecodeOverride(d.override);
+    const p = hooks.decodePrograms!(backend, inputs as never, attrs);
+    hooks.setDecodeOverride({});
+    const splitInputs = [q, k, v, alibi, mask, rq, rk];
+    const split = () => asTensor(backend.runWebGPUProgram(p.split, splitInputs, 'float32', p.split.uniformData()));
+    const partials = split();
+    keep.push(partials);
+    const geometry = `${p.plan.grouped ? 'grouped' : p.plan.fused ? 'fused' : 'staged'}${p.plan.blocked ? ' blocked' : ''} ` +
+        `rows ${p.plan.tiles.rows} cols ${p.plan.tiles.cols} threads ${p.plan.tiles.threads}, ` +
+        `${p.plan.numSplits} splits x ${p.split.dispatch[1] * p.split.dispatch[2]} = ${p.split.dispatch.reduce((a, b) => a * b)} workgroups`;
+    entries.push(
+      { impl: `${d.impl}:split`, run: split, override: {}, note: `split pass alone (${geometry})` },
+      ...(['combineOut', 'combineLse'] as const).map(part => ({
+        impl: `${d.impl}:${part === 'combineOut' ? 'combine-out' : 'combine-lse'}`, override: {},
+        note: `${part === 'combineOut' ? 'out' : 'logSumExp'} combine alone (${p.plan.numSplits} splits)`,
+        run: () => asTensor(backend.runWebGPUProgram(p[part], [partials, rq], 'float32', p[part].uniformData())),
+      })));
+  }
+  const empty = new EmptyDispatchProgram();
+  entries.push({ impl: 'empty-dispatch', override: {}, note: 'one workgroup writing one float',
+                 run: () => asTensor(backend.runWebGPUProgram(empty, [alibi], 'float32', [{ type: 'int32', data: [0] }])) });
+  return { entries, dispose: () => tf.dispose(keep) };
 }
 
 const label = (s: { seqK: number; batch: number; heads: number; kvHeads: number; headDim: number }) =>

@@ -51,6 +51,10 @@ export interface BenchOptions {
   decodeVariants: string[];
   /** Also time the one-pass forward and the composite in the decode sweep (off for tuning runs). */
   decodeBaselines: boolean;
+  /** The decode sweep's kv head counts (undefined: the sweep's default). */
+  decodeKvHeads?: number[];
+  /** Also time each program of a decode call alone (split, combine-out, combine-lse) and an empty dispatch. */
+  decodePasses: boolean | 'default';
   /** ms of GPU warm-up before each decode timing (undefined: the sweep's default). */
   decodeWarmMs?: number;
   /** Interleaved timing rounds per decode shape (undefined: the sweep's default). */
@@ -103,10 +107,15 @@ export const USAGE = `npm run bench -- [flags]
   --decode-threads=256        ... and with these split-pass workgroup sizes
   --decode-variants=vec4=0+prefetch=0,mintiles=1   ... and these split-pass variants (keys: vec4,
                               prefetch, fused, grouped, subgroup (0/1), mintiles, target, threads, cols,
-                              lanes, unroll)
+                              lanes, unroll, blocked (0/1), gmin (grouped pass from this headDimV),
+                              cunroll (combine splits at once), ctree (0/1: combine max and sum by a tree))
   --decode-device=subgroups   the decode sweep on the opt-in subgroups device (useWebGPUWithSubgroups:
                               the subgroup split pass; decode[subgroup=0] times the other passes there)
   --decode-baselines=0        decode sweep without the one-pass forward and the composite (tuning)
+  --decode-kv-heads=16,2      the decode sweep's kv head counts (GPU default 16,2; --heads query heads)
+  --decode-passes=1|default   also time each program of a decode call alone (split, combine-out,
+                              combine-lse; each decode entry, or the default's only) and an empty dispatch,
+                              as the calls are
   --decode-warm-ms=100        ms of the same work before each decode timing (clocks steady; GPU default 100)
   --decode-rounds=2           interleaved timings of each entry of a shape, the fastest reported with the spread (GPU default 2)
 
@@ -146,7 +155,7 @@ export function parseArgs(argv: readonly string[]): BenchOptions {
     backend: 'auto', sweep: {}, timing: {},
     deadlineS: 600, maxCaseS: 60, check: true, outDir: 'bench/results/latest',
     ceilingTflops: 51.6, ceilingGbPerS: 3350, help: false, floorOnly: false, quick: false, implsGiven: false,
-    decode: false, decodeTargets: [], decodeThreads: [], decodeVariants: [], decodeBaselines: true,
+    decode: false, decodeTargets: [], decodeThreads: [], decodeVariants: [], decodeBaselines: true, decodePasses: false,
     forwardVariant: 'auto',
     varlen: 'off', decodePeer: true, decodeDevice: 'default',
   };
@@ -190,6 +199,8 @@ export function parseArgs(argv: readonly string[]): BenchOptions {
       case 'decode-threads': o.decodeThreads = positiveInts(value, flag); break;
       case 'decode-variants': o.decodeVariants = value.split(',').filter(Boolean); break;
       case 'decode-baselines': o.decodeBaselines = bool(value, flag); break;
+      case 'decode-kv-heads': o.decodeKvHeads = positiveInts(value, flag); break;
+      case 'decode-passes': o.decodePasses = value === 'default' ? 'default' : bool(value, flag); break;
       case 'decode-warm-ms': o.decodeWarmMs = number(value, flag, 0); break;
       case 'decode-rounds': o.decodeRounds = positiveInts(value, flag)[0]; break;
       case 'decode-device': o.decodeDevice = list(value, ['default', 'subgroups'] as const, flag)[0]; break;

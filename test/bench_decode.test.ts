@@ -14,6 +14,9 @@ describe('split-pass variants (--decode-variants)', () => {
       mode: 'on', fused: true, minTilesPerSplit: 1, targetWorkgroups: 256, tiles: { threads: 512, cols: 64 },
     });
     expect(variantOverride('grouped=0')).toEqual({ mode: 'on', grouped: false });
+    expect(variantOverride('blocked=1+gmin=0+cunroll=4+ctree=0')).toEqual({
+      mode: 'on', blocked: true, groupedMinHeadDimV: 0, combineUnroll: 4, combineTree: false,
+    });
   });
   test('an unknown key or a value that is not a number is an error naming the flag', () => {
     expect(() => variantOverride('rows=4')).toThrow(/--decode-variants: unknown key 'rows'/);
@@ -28,6 +31,12 @@ describe('split-pass variants (--decode-variants)', () => {
     expect(d.decodeRounds).toBeUndefined();
     expect(parseArgs(['--decode', '--decode-rounds=3']).decodeRounds).toBe(3);
     expect(() => parseArgs(['--decode', '--decode-rounds=0'])).toThrow(/--decode-rounds needs positive integers/);
+    // The kv head counts of the sweep and the per-program timings.
+    expect(parseArgs(['--decode', '--decode-kv-heads=16,2', '--decode-passes=1'])).toMatchObject({ decodeKvHeads: [16, 2], decodePasses: true });
+    expect(parseArgs(['--decode', '--decode-passes=default']).decodePasses).toBe('default');
+    expect(d.decodeKvHeads).toBeUndefined();
+    expect(d.decodePasses).toBe(false);
+    expect(() => parseArgs(['--decode', '--decode-kv-heads=0'])).toThrow(/--decode-kv-heads needs positive integers/);
   });
 });
 

@@ -23,11 +23,14 @@ import { checkOutput, compositeFloat64, SPECIAL, withNonFinite } from './helpers
 import { destroyWebGPU, gpuBytesInUse, gpuTest, HAS_GPU, takeUncapturedErrors, TINY_TILES, useWebGPU } from './helpers/webgpu_env';
 
 /**
- * The automatic choice with the grouped pass at any head dim (the device default: headDimV >= 128),
- * so that the tests' small head dims run it wherever a workgroup owns 2 or more rows.
+ * The automatic choice with the grouped pass family at any head dim (the blocked pass by default;
+ * with it off the grouped pass only from headDimV 128), so that the tests' small head dims run it
+ * wherever a workgroup owns 2 or more rows.
  */
 const GROUPED_AT_ANY_HEAD_DIM: DecodeOverride = { groupedMinHeadDimV: 0 };
-/** The split passes in turn (decode_wgsl.ts): the choice above (grouped for 2 or more rows), staged, fused. */
+/** The grouped pass itself (the blocked one replaces it by default), at any head dim. */
+const GROUPED_NOT_BLOCKED: DecodeOverride = { groupedMinHeadDimV: 0, blocked: false };
+/** The split passes in turn (decode_wgsl.ts): the choice above (blocked for 2 or more rows), staged, fused. */
 const PASS_TURNS: DecodeOverride[] = [GROUPED_AT_ANY_HEAD_DIM, { fused: false }, { grouped: false }];
 /** Small decode tiles (8-key tiles, 32 threads): many tiles and splits even for short sequences. */
 const TINY_DECODE = { cols: 8, threads: 32 };
@@ -47,12 +50,12 @@ async function forward(c: CaseSpec, d: CaseData, o: DecodeOverride): Promise<For
 }
 
 /** Decode (at the given split counts) against the reference and the one-pass kernel: forward < 1e-5. */
-async function expectDecodeAccurate(c: CaseSpec, splits: Array<number | undefined> = [undefined]) {
+async function expectDecodeAccurate(c: CaseSpec, splits: Array<number | undefined> = [undefined], o: DecodeOverride = {}) {
   const d = caseData(c);
   const want = reference(c, d);
   const onePass = await forward(c, d, { mode: 'off' });
   for (const numSplits of splits) {
-    const got = await forward(c, d, { mode: 'on', numSplits });
+    const got = await forward(c, d, { mode: 'on', numSplits, ...o });
     expect(takeUncapturedErrors()).toEqual([]);
     const errs = {
       out: relError(got.out, want.out), lse: relError(got.lse, want.lse),
@@ -160,14 +163,14 @@ describe('the grouped split pass: one probability per (row, key) for a kv head\'
       { dims: { batch: 1, seqQ: 3, seqK: 200, heads: 8, kvHeads: 2, headDim: 12, headDimV: 8 }, seed: 704, windowSize: [60, 0] },
     ];
     for (const c of cases) {
-      expect(decodePlanOf(c, { mode: 'on', tiles: TINY_DECODE, ...GROUPED_AT_ANY_HEAD_DIM })).toMatchObject({ fused: true, grouped: true });
-      await expectDecodeAccurate(c, [1, 5]);
+      expect(decodePlanOf(c, { mode: 'on', tiles: TINY_DECODE, ...GROUPED_NOT_BLOCKED })).toMatchObject({ fused: true, grouped: true, blocked: false });
+      await expectDecodeAccurate(c, [1, 5], GROUPED_NOT_BLOCKED);
     }
     // The device's own tile (256 threads, wide key tiles): one split and the automatic count.
     const own: CaseSpec = { dims: { batch: 1, seqQ: 2, seqK: 1100, heads: 8, kvHeads: 1, headDim: 16, headDimV: 16 }, seed: 705, causal: true, dropoutRate: 0.2 };
     const d = caseData(own), want = reference(own, d);
     for (const numSplits of [1, undefined]) {
-      setDecodeOverride({ mode: 'on', numSplits, ...GROUPED_AT_ANY_HEAD_DIM });
+      setDecodeOverride({ mode: 'on', numSplits, ...GROUPED_NOT_BLOCKED });
       const got = await runOp(own, d, false);
       setDecodeOverride({});
       expect(takeUncapturedErrors()).toEqual([]);
@@ -175,20 +178,130 @@ describe('the grouped split pass: one probability per (row, key) for a kv head\'
     }
   }, COMPILE_HEAVY_MS);
 
-  test('picked for 2 or more rows a workgroup on vec4 loads from headDimV 128 on; the fused pass for one row, d 64 or when switched off', () => {
+  test('with the blocked pass off: picked for 2 or more rows a workgroup on vec4 loads from headDimV 128 on; the fused pass for one row, d 64 or when switched off', () => {
     const c = (heads: number, kvHeads: number, seqQ = 1, d = 128): CaseSpec =>
       ({ dims: { batch: 1, seqQ, seqK: 512, heads, kvHeads, headDim: d, headDimV: d }, seed: 1 });
-    expect(decodePlanOf(c(16, 2), {})).toMatchObject({ fused: true, grouped: true });
-    expect(decodePlanOf(c(8, 1), {})).toMatchObject({ fused: true, grouped: true });
-    expect(decodePlanOf(c(8, 4), {})).toMatchObject({ fused: true, grouped: true });
-    expect(decodePlanOf(c(4, 4, 2), {})).toMatchObject({ fused: true, grouped: true });
-    expect(decodePlanOf(c(4, 4), {})).toMatchObject({ fused: true, grouped: false });
-    expect(decodePlanOf(c(16, 2, 1, 64), {})).toMatchObject({ fused: true, grouped: false });
-    expect(decodePlanOf(c(16, 2, 1, 64), GROUPED_AT_ANY_HEAD_DIM)).toMatchObject({ fused: true, grouped: true });
-    expect(decodePlanOf(c(8, 1), { grouped: false })).toMatchObject({ fused: true, grouped: false });
-    expect(decodePlanOf(c(8, 1), { fused: false })).toMatchObject({ fused: false, grouped: false });
-    expect(decodePlanOf(c(8, 1, 1, 6), GROUPED_AT_ANY_HEAD_DIM)).toMatchObject({ fused: false, grouped: false });
-    expect(decodePlanOf(c(4, 4), { grouped: true })).toMatchObject({ fused: true, grouped: true });
+    const OFF: DecodeOverride = { blocked: false };
+    expect(decodePlanOf(c(16, 2), OFF)).toMatchObject({ fused: true, grouped: true });
+    expect(decodePlanOf(c(8, 1), OFF)).toMatchObject({ fused: true, grouped: true });
+    expect(decodePlanOf(c(8, 4), OFF)).toMatchObject({ fused: true, grouped: true });
+    expect(decodePlanOf(c(4, 4, 2), OFF)).toMatchObject({ fused: true, grouped: true });
+    expect(decodePlanOf(c(4, 4), OFF)).toMatchObject({ fused: true, grouped: false });
+    expect(decodePlanOf(c(16, 2, 1, 64), OFF)).toMatchObject({ fused: true, grouped: false });
+    expect(decodePlanOf(c(16, 2, 1, 64), GROUPED_NOT_BLOCKED)).toMatchObject({ fused: true, grouped: true });
+    expect(decodePlanOf(c(8, 1), { ...OFF, grouped: false })).toMatchObject({ fused: true, grouped: false });
+    expect(decodePlanOf(c(8, 1), { ...OFF, fused: false })).toMatchObject({ fused: false, grouped: false });
+    expect(decodePlanOf(c(8, 1, 1, 6), GROUPED_NOT_BLOCKED)).toMatchObject({ fused: false, grouped: false });
+    expect(decodePlanOf(c(4, 4), { ...OFF, grouped: true })).toMatchObject({ fused: true, grouped: true });
+  });
+});
+
+describe('the blocked split pass and the unrolled combine: keys in registers, one softmax per (row, key part)', () => {
+  // Where the grouped pass runs (2 or more rows a workgroup, vec4 loads): the same cases, every
+  // option alone and together, padded and packed ranges, NaN/Inf, the device's own tile, the
+  // combine reading 4 splits at once (also on its own for one row), against the float64
+  // reference and the one-pass kernel.
+  const BLOCKED: DecodeOverride = { blocked: true, combineUnroll: 4 };
+  const SERIAL_COMBINE: DecodeOverride = { blocked: true, combineTree: false };
+  gpuTest('GQA groups 2, 4, 8 and MQA, several query rows per head; every option; one split and several', async () => {
+    const cases: CaseSpec[] = [
+      { dims: { batch: 2, seqQ: 1, seqK: 300, heads: 8, kvHeads: 4, headDim: 8, headDimV: 8 }, seed: 901 },
+      { dims: { batch: 1, seqQ: 1, seqK: 260, heads: 8, kvHeads: 2, headDim: 8, headDimV: 12 }, seed: 902, causal: true },
+      { dims: { batch: 2, seqQ: 1, seqK: 333, heads: 8, kvHeads: 1, headDim: 20, headDimV: 8 }, seed: 903, alibi: true, softcap: 2 },
+      { dims: { batch: 1, seqQ: 3, seqK: 200, heads: 8, kvHeads: 2, headDim: 12, headDimV: 8 }, seed: 904, windowSize: [60, 0] },
+    ];
+    for (const c of cases) {
+      expect(decodePlanOf(c, { mode: 'on', tiles: TINY_DECODE, ...GROUPED_AT_ANY_HEAD_DIM, ...BLOCKED }))
+          .toMatchObject({ fused: true, grouped: true, blocked: true, combineUnroll: 4 });
+      await expectDecodeAccurate(c, [1, 5, 13]);
+    }
+    for (const [n, set] of [[...OPTION_NAMES], ['mask', 'dropout'], ['window', 'alibi']].entries()) {
+      const c = decodeCase(new Set(set), 2900 + n);
+      c.dims.kvHeads = 1;
+      const d = caseData(c), want = reference(c, d), onePass = await forward(c, d, { mode: 'off' });
+      const got = await forward(c, d, { mode: 'on', numSplits: 3, ...(n === 1 ? SERIAL_COMBINE : BLOCKED) });
+      expect(takeUncapturedErrors()).toEqual([]);
+      expectClose(`${describeCase(c)} blocked`, got, want);
+      expectClose(`${describeCase(c)} blocked vs one-pass`, got, onePass);
+    }
+  }, COMPILE_HEAVY_MS);
+
+  gpuTest("the device's own tile (256 threads): one split and the automatic count, dropout; one row with the unrolled combine", async () => {
+    const own: CaseSpec = { dims: { batch: 1, seqQ: 2, seqK: 1100, heads: 8, kvHeads: 1, headDim: 16, headDimV: 16 }, seed: 905, causal: true, dropoutRate: 0.2 };
+    const mha: CaseSpec = { dims: { batch: 1, seqQ: 1, seqK: 2100, heads: 2, kvHeads: 2, headDim: 16, headDimV: 16 }, seed: 906, alibi: true };
+    for (const c of [own, mha]) {
+      const d = caseData(c), want = reference(c, d);
+      // 200 splits asked (8-key tiles; 132 result): the combine's 32 split lanes take 4 splits at once, then the rest one by one.
+      for (const numSplits of [1, 9, 200, undefined]) {
+        // 200 splits also with the serial max and sum (the tree's other side).
+        for (const o of numSplits === 200 ? [BLOCKED, SERIAL_COMBINE] : [BLOCKED]) {
+        setDecodeOverride({ mode: 'on', numSplits, ...GROUPED_AT_ANY_HEAD_DIM, ...o, ...(numSplits === 200 ? { tiles: { cols: 8 } } : {}) });
+        const got = await runOp(c, d, false);
+        setDecodeOverride({});
+        expect(takeUncapturedErrors()).toEqual([]);
+        expectClose(`${describeCase(c)} own tile, splits ${numSplits ?? 'auto'} ${JSON.stringify(o)}`, got, want);
+        }
+      }
+    }
+    // 263 tiles of 8 keys in splits of 2 tiles: 132 splits (>= 4 x 32 lanes: the unrolled loop runs).
+    expect(decodePlanOf(mha, { mode: 'on', numSplits: 200, tiles: { cols: 8 }, ...BLOCKED }).numSplits).toBe(132);
+  }, COMPILE_HEAVY_MS);
+
+  gpuTest('padded and packed ranges; NaN and ±Infinity; bitwise deterministic on reused buffers', async () => {
+    for (const layout of ['padded', 'packed'] as const) {
+      const c = decodeCase(new Set(layout === 'padded' ? ['mask', 'causal', 'dropout'] : ['window', 'softcap', 'alibi']), 3900, 120);
+      c.dims.batch = 3;
+      if (c.maskShape) c.maskShape = [3, c.dims.heads, c.dims.seqQ, c.dims.seqK];
+      const d = caseData(c), r = rng(c.seed);
+      const lensQ = lengths(r, 3, c.dims.seqQ).map(x => (layout === 'packed' ? Math.max(x, 1) : x)), lensK = lengths(r, 3, c.dims.seqK);
+      setDecodeOverride({ mode: 'on', tiles: TINY_DECODE, numSplits: 4, ...GROUPED_AT_ANY_HEAD_DIM, ...BLOCKED });
+      const { got, want } = await rangedRun(c, d, lensQ, lensK, layout);
+      setDecodeOverride({});
+      expect(takeUncapturedErrors()).toEqual([]);
+      expectClose(`${describeCase(c)} ${layout} lensQ ${lensQ} lensK ${lensK}`, got, want);
+    }
+    const found: string[] = [];
+    for (const where of ['q', 'k', 'v'] as const) {
+      const c = decodeCase(new Set(['causal', 'alibi']), 5900 + where.charCodeAt(0), 60);
+      c.dims.kvHeads = 1;
+      const finite = caseData(c), d = withNonFinite(finite, where, SPECIAL, c.seed, 2);
+      const got = await forward(c, d, { mode: 'on', numSplits: 3, ...BLOCKED });
+      const strict = compositeFloat64(c, d, true), skipping = compositeFloat64(c, d, false), scale = compositeFloat64(c, finite, false);
+      for (const name of ['out', 'lse'] as const) {
+        const mag = scale[name].reduce((m, x) => (Number.isFinite(x) ? Math.max(m, Math.abs(x)) : m), 0);
+        const p = checkOutput(name, got[name], strict[name], skipping[name], TOL, mag);
+        if (p.length) found.push(`${where}: ${describeCase(c)}: ${p.join('; ')}`);
+      }
+    }
+    expect(found).toEqual([]);
+    const big = decodeCase(new Set(['causal']), 5961, 300), small = decodeCase(new Set(), 5962, 40);
+    big.dims.kvHeads = 1; small.dims.kvHeads = 1;
+    const tensorsBefore = tf.memory().numTensors, bytesBefore = gpuBytesInUse();
+    const results: Forward[] = [];
+    for (const c of [big, small, big]) results.push(await forward(c, caseData(c), { mode: 'on', ...BLOCKED }));
+    expect(Array.from(results[2].out)).toEqual(Array.from(results[0].out));
+    expect(Array.from(results[2].lse)).toEqual(Array.from(results[0].lse));
+    expectClose(describeCase(big), results[0], reference(big, caseData(big)));
+    expectClose(describeCase(small), results[1], reference(small, caseData(small)));
+    expect(tf.memory().numTensors).toBe(tensorsBefore);
+    expect(gpuBytesInUse()).toBe(bytesBefore);
+    expect(takeUncapturedErrors()).toEqual([]);
+  }, COMPILE_HEAVY_MS);
+
+  test('the default for 2 or more rows a workgroup on vec4 loads below headDimV 128 (one tile a split at least); not for one row; register-sized tiles', () => {
+    const c = (heads: number, kvHeads: number, d = 128, seqK = 512): CaseSpec =>
+      ({ dims: { batch: 1, seqQ: 1, seqK, heads, kvHeads, headDim: d, headDimV: d }, seed: 1 });
+    expect(decodePlanOf(c(16, 2, 64), {})).toMatchObject({ grouped: true, blocked: true, combineUnroll: 1, combineTree: true,
+                                                           tiles: { rows: 8, cols: 128, threads: 256 } });
+    // GQA 16/2 at 8k keys, B 1: 64 tiles of 128 keys, one a split: 2 kv heads x 64 splits.
+    expect(decodePlanOf(c(16, 2, 64, 8192), {})).toMatchObject({ blocked: true, numSplits: 64 });
+    expect(decodePlanOf(c(16, 2, 8), {})).toMatchObject({ grouped: true, blocked: true });
+    expect(decodePlanOf(c(16, 2), {})).toMatchObject({ grouped: true, blocked: false, combineTree: true });
+    expect(decodePlanOf(c(16, 2), { blocked: true })).toMatchObject({ grouped: true, blocked: true, tiles: { rows: 8, cols: 64, threads: 256 } });
+    expect(decodePlanOf(c(16, 16, 64), {})).toMatchObject({ fused: true, grouped: false, blocked: false });
+    expect(decodePlanOf(c(16, 2, 64), { grouped: false })).toMatchObject({ grouped: false, blocked: false });
+    expect(decodePlanOf(c(16, 2, 64), { blocked: false })).toMatchObject({ grouped: false, blocked: false });
+    expect(decodePlanOf(c(16, 16, 64), { grouped: true, blocked: true })).toMatchObject({ grouped: true, blocked: true, tiles: { rows: 1 } });
   });
 });
 
@@ -227,7 +340,7 @@ describe('the split pass variants: fused or staged, vec4 or scalar loads, prefet
     const variants: DecodeOverride[] = [
       { prefetch: false }, { tiles: { cols: 16, threads: 32 } }, { grouped: false }, { grouped: false, prefetch: false },
       { grouped: false, tiles: { cols: 16, threads: 32 } }, { fused: false }, { fused: false, prefetch: false },
-      { vec4: false }, { vec4: false, prefetch: false },
+      { vec4: false }, { vec4: false, prefetch: false }, { blocked: false }, { blocked: false, prefetch: false },
     ];
     for (const loads of variants) {
       const got = await forward(c, d, { mode: 'on', numSplits: 3, ...loads });

@@ -1,5 +1,5 @@
 /**
- * WGSL of the split-KV ("flash-decoding") forward (flash_decode_webgpu.ts): the split pass, in two
+ * WGSL of the split-KV ("flash-decoding") forward (flash_decode_webgpu.ts): the split pass, in four
  * forms, and the combine pass. One family per pass; options are compile-time switches through
  * optionHelpers (attention_wgsl.ts), so a disabled option compiles to a stub as in the one-pass
  * forward. Decode's cost is reading K and V once; the choices below are about how many of those
@@ -23,10 +23,14 @@
  *    staged pass (vec4, prefetch) took 1.2-1.7x its time in most MHA decode rows (one row per
  *    workgroup) and was within about 15 % either way in most GQA 16/2 rows (8 rows;
  *    BENCHMARKS.md, WebGPU decode).
+ *  - Grouped and blocked (splitPassGroupedWGSL, splitPassBlockedWGSL; 2 or more rows): the work per
+ *    (row, key) done once for all value columns; the blocked pass keeps the keys in registers too and
+ *    has two barriers a tile (their own comments).
  *
  * Combine pass (combinePassWGSL, one program per output): one workgroup per query row and head,
- * splits combined in a fixed order (deterministic): M = max_s m_s, L = sum_s exp(m_s - M) l_s,
- * out = sum_s exp(m_s - M) acc_s / L (split lanes per output column, added in lane order),
+ * splits combined in a fixed order (deterministic): M = max_s m_s, L = sum_s exp(m_s - M) l_s
+ * (each by a tree over the threads' parts, or serially), out = sum_s exp(m_s - M) acc_s / L (split
+ * lanes per output column, added in lane order),
  * logSumExp = M + log(L), exactly the one-pass kernel's outputs (empty rows 0 and -Infinity, NaN
  * sums propagated).
  */
@@ -384,6 +388,41 @@ export function splitPassWGSL(variableNames: string[], t: DecodeTiles, f: Option
     }`;
 }
 
+/**
+ * The end of a split for the fused and blocked passes: per row, the KP key parts (running max partM,
+ * sum partL and accumulator acc_r of threads (c4, kp)) combined in kp order into the partials the
+ * combine pass reads. part(r) is the index of part p of row r in partM/partL.
+ */
+function combineKeyPartsWGSL(rows: number, part: (r: number) => string): string {
+  return `
+      let numSplits = uniforms.numSplits;
+      let rowsAll = uniforms.batchSeqs * heads * uniforms.nqMax;
+      ${unroll(rows, r => `
+      workgroupBarrier();
+      if (accThread) { accRed[tid] = acc_${r}; }
+      workgroupBarrier();
+      if (tid < DV4 && gr0 + ${r} < grEnd) {
+        var rowMax = NEG_BIG;
+        for (var p = 0; p < KP; p++) { rowMax = max(rowMax, partM[${part(r)}]); }
+        var rowSum = 0.0;
+        var a = vec4<f32>(0.0);
+        for (var p = 0; p < KP; p++) {
+          let w = exp(partM[${part(r)}] - rowMax);
+          rowSum += w * partL[${part(r)}];
+          a += w * accRed[p * DV4 + c4];
+        }
+        let gr = gr0 + ${r};
+        let g = (b * heads + kvh * group + gr / uniforms.nqMax) * uniforms.nqMax + gr % uniforms.nqMax;
+        let base = (g * numSplits + split) * DV + c4 * 4;
+        ${unroll(4, e => `result[base + ${e}] = a[${e}];`, ' ')}
+        if (c4 == 0) {
+          let ml = rowsAll * numSplits * DV + (g * numSplits + split) * 2;
+          result[ml] = rowMax;
+          result[ml + 1] = rowSum;
+        }
+      }`)}`;
+}
+
 /** Most query rows per workgroup of the fused split pass (each thread keeps one accumulator per row). */
 export const FUSED_MAX_ROWS = 8;
 
@@ -506,32 +545,7 @@ export function splitPassFusedWGSL(variableNames: string[], t: DecodeTiles, f: O
       if (accThread && c4 == 0) {
         ${rows(r => `partM[kp * ROWS + ${r}] = m_${r}; partL[kp * ROWS + ${r}] = l_${r};`)}
       }
-      let numSplits = uniforms.numSplits;
-      let rowsAll = uniforms.batchSeqs * heads * uniforms.nqMax;
-      ${rows(r => `
-      workgroupBarrier();
-      if (accThread) { accRed[tid] = acc_${r}; }
-      workgroupBarrier();
-      if (tid < DV4 && gr0 + ${r} < grEnd) {
-        var rowMax = NEG_BIG;
-        for (var p = 0; p < KP; p++) { rowMax = max(rowMax, partM[p * ROWS + ${r}]); }
-        var rowSum = 0.0;
-        var a = vec4<f32>(0.0);
-        for (var p = 0; p < KP; p++) {
-          let w = exp(partM[p * ROWS + ${r}] - rowMax);
-          rowSum += w * partL[p * ROWS + ${r}];
-          a += w * accRed[p * DV4 + c4];
-        }
-        let gr = gr0 + ${r};
-        let g = (b * heads + kvh * group + gr / uniforms.nqMax) * uniforms.nqMax + gr % uniforms.nqMax;
-        let base = (g * numSplits + split) * DV + c4 * 4;
-        ${unroll(4, e => `result[base + ${e}] = a[${e}];`, ' ')}
-        if (c4 == 0) {
-          let ml = rowsAll * numSplits * DV + (g * numSplits + split) * 2;
-          result[ml] = rowMax;
-          result[ml + 1] = rowSum;
-        }
-      }`)}
+      ${combineKeyPartsWGSL(t.rows, (r: number) => `p * ROWS + ${r}`)}
     }`;
 }
 
@@ -737,12 +751,211 @@ export function splitPassGroupedWGSL(variableNames: string[], t: DecodeTiles, f:
 }
 
 /**
+ * (scoreShares, keyShareVec4s, keysPerScoreThread, keyParts, keysPerThread) of the blocked split
+ * pass: SPK threads per key in the score phase, each KX consecutive vec4s of the key (in registers,
+ * loaded a tile ahead) for KS keys of the tile; KP key parts in the accumulate phase as the fused
+ * pass (thread (c4, kp): value column c4, keys kp, kp + KP, ...), and one row thread per (row, kp)
+ * with its own running max and sum over those same keys.
+ */
+export function blockedLayout(t: DecodeTiles, headDim: number, headDimV: number) {
+  const d4 = vec4Count(headDim);
+  // Key shares of at most 8 vec4s (32 registers a key), a power of two that divides the threads.
+  let spk = 1;
+  while (Math.ceil(d4 / spk) > 8 && spk * 2 <= t.threads) spk *= 2;
+  const keyGroups = t.threads / spk;
+  return {
+    scoreShares: spk, keyShareVec4s: Math.ceil(d4 / spk), keysPerScoreThread: Math.max(1, Math.ceil(t.cols / keyGroups)),
+    ...fusedLayout(t, headDimV),
+  };
+}
+
+/** Bytes of workgroup memory of the blocked split pass (mirrors the declarations below). */
+export function decodeBlockedWorkgroupBytes(t: DecodeTiles, headDim: number, headDimV: number): number {
+  const { scoreShares, keyParts } = blockedLayout(t, headDim, headDimV);
+  return 16 * (t.rows * paddedVec4(headDim) + t.threads) +                     // q, accRed
+         4 * (2 * scoreShares * t.rows * t.cols + 2 * t.rows * keyParts + 2 * t.rows * keyParts) + 16;   // scores x2, alpha x2, m, l, wgId
+}
+
+/**
+ * The blocked split pass (vec4 K and V, 2 ... FUSED_MAX_ROWS rows of one kv head's group): the
+ * grouped pass's work per score done once, with two barriers a tile instead of five.
+ *  - No key tile in workgroup memory: each score thread holds its share of its keys in registers
+ *    (loaded a tile ahead, as the values are), so no store and no barrier before the scores; the
+ *    query vec4 a warp reads is the same for all its lanes (broadcast).
+ *  - No row reduction: the row thread (r, kp) keeps its own running max and sum over keys kp,
+ *    kp + KP, ... (the keys of accumulate threads (c4, kp)), so each part has its own scale (alpha
+ *    per (row, kp)) and the KP parts are combined once at the end of the split, as the fused pass's.
+ *  - Scores and probabilities double-buffered by tile parity: tile t + 2 writes the buffer tile t
+ *    read only after every thread has passed tile t + 1's first barrier (after its tile-t work).
+ * Deterministic (fixed orders); masked 0, a kept NaN/+inf score NaN, as the one-pass kernel.
+ */
+export function splitPassBlockedWGSL(variableNames: string[], t: DecodeTiles, f: OptionFlags,
+                                     headDim: number, headDimV: number, loads: DecodeLoads): string {
+  const d4 = vec4Count(headDim), dv4 = vec4Count(headDimV), d4p = paddedVec4(headDim);
+  const { scoreShares: spk, keyShareVec4s: kx, keysPerScoreThread: ks, keyParts, keysPerThread } = blockedLayout(t, headDim, headDimV);
+  const keyGroups = t.threads / spk;
+  const rows = (body: (r: number) => string, sep?: string) => unroll(t.rows, body, sep);
+  const keys = (body: (i: number) => string, sep?: string) => unroll(keysPerThread, body, sep);
+  const ragged = keyParts * keysPerThread > t.cols;
+  const col = (i: number) => ragged ? `min(kp + ${i * keyParts}, COLS - 1)` : `kp + ${i * keyParts}`;
+  const inTile = (i: number) => ragged ? `(kp + ${i * keyParts} < COLS)` : 'true';
+  const issueV = (col0: string) => keys(i => issueVRegisterLoad(i, keyParts, col0));
+  const raggedShare = spk * kx > d4;
+  const issueK = (col0: string) => unroll(ks, u => unroll(kx, x =>
+      `kx_${u}_${x} = kLoadB(kq + ${u * keyGroups}, sp * KX + ${x}, ${col0}, hi, startK, kvh);`, ' '));
+  return `
+    const ROWS = ${t.rows};
+    const COLS = ${t.cols};
+    const NT = ${t.threads};
+    const D = ${headDim};
+    const D4 = ${d4};
+    const D4P = ${d4p};
+    const DV = ${headDimV};
+    const DV4 = ${dv4};
+    const KP = ${keyParts};
+    const SPK = ${spk};
+    const KX = ${kx};
+    const SHARE = ${t.rows * t.cols};
+    const NEG_BIG = ${NEG_BIG};
+    var<workgroup> sharedWorkgroupId : vec3<u32>;
+    var<workgroup> qTile : array<array<vec4<f32>, D4P>, ROWS>;
+    // Per tile parity: score shares [SPK][ROWS][COLS]; share 0 then holds the probabilities (times the dropout factor).
+    var<workgroup> sTile : array<f32, ${2 * spk * t.rows * t.cols}>;
+    var<workgroup> alphaTile : array<f32, ${2 * t.rows * keyParts}>;
+    // Running max and sum per (row, kp) (each only its row thread's), then the split's parts.
+    var<workgroup> partM : array<f32, ${t.rows * keyParts}>;
+    var<workgroup> partL : array<f32, ${t.rows * keyParts}>;
+    var<workgroup> accRed : array<vec4<f32>, NT>;
+    ${optionHelpers(f)}
+    ${rangeHelpers(f)}
+
+    fn kLoadB(c : i32, x : i32, col0 : i32, hi : i32, startK : i32, kvh : i32) -> vec4<f32> {
+      let j = col0 + c;
+      let ok = (c < COLS) & (j < hi) & (x < D4);
+      return select(vec4<f32>(0.0), k[select(0, ((startK + j) * uniforms.kShape.z + kvh) * D4 + x, ok)], ok);
+    }
+    ${V_REGISTER_LOAD}
+
+    fn main() {
+      ${touch(variableNames)}
+      ${UNIFORM_WG}
+      ${splitSetupWGSL(f)}
+
+      // Accumulate phase: value column c4, keys kp, kp + KP, ... of every row.
+      let c4 = tid % DV4;
+      let kp = tid / DV4;
+      let accThread = kp < KP;
+      ${rows(r => `var acc_${r} = vec4<f32>(0.0);`, ' ')}
+      ${keys(i => `var vx_${i} : vec4<f32>;`, ' ')}
+      // Score phase: keys kq, kq + NT / SPK, ..., vec4s sp * KX ... sp * KX + KX - 1 of each.
+      let kq = tid % ${keyGroups};
+      let sp = tid / ${keyGroups};
+      ${unroll(ks, u => unroll(kx, x => `var kx_${u}_${x} : vec4<f32>;`, ' '), ' ')}
+      for (var e = tid; e < ROWS * KP; e += NT) { partM[e] = NEG_BIG; partL[e] = 0.0; }
+      workgroupBarrier();   // qTile written
+
+      ${issueK('firstCol')}
+      ${issueV('firstCol')}
+      var parity = 0;
+      for (var col0 = firstCol; col0 < hi; col0 += COLS) {
+        let sBase = parity * SPK * SHARE;
+        let aBase = parity * ROWS * KP;
+        ${unroll(ks, u => `{
+          let c = kq + ${u * keyGroups};
+          ${rows(r => `var dot_${r} = 0.0;`, ' ')}
+          ${unroll(kx, x => `{
+            let xq = ${raggedShare ? `min(sp * KX + ${x}, D4 - 1)` : `sp * KX + ${x}`};
+            ${rows(r => `dot_${r} += dot(qTile[${r}][xq], kx_${u}_${x});`, ' ')}
+          }`)}
+          if (c < COLS) {
+            ${rows(r => `sTile[sBase + sp * SHARE + ${r} * COLS + c] = dot_${r};`, ' ')}
+          }
+        }`)}
+        // This thread's keys of the next tile, in flight through the row and accumulate phases.
+        ${issueK('col0 + COLS')}
+        workgroupBarrier();
+
+        // Row phase: row thread (r, p) over keys p, p + KP, ...: the scores (shares added, masks and
+        // biases), its running max and sum, the probabilities under its new max.
+        for (var e = tid; e < ROWS * KP; e += NT) {
+          let r = e / KP;
+          let p = e - r * KP;
+          let gr = gr0 + r;
+          let i = gr % uniforms.nqMax;
+          let h = min(kvh * group + gr / uniforms.nqMax, heads - 1);
+          let m = partM[e];
+          var tileMax = NEG_BIG;
+          ${keys(i => `var s_${i} = NEG_BIG; var kept_${i} = false;`, ' ')}
+          ${keys(i => `{
+            let c = p + ${i * keyParts};
+            if (c < COLS) {
+              var dotSum = 0.0;
+              ${unroll(spk, u => `dotSum += sTile[sBase + ${u} * SHARE + r * COLS + c];`, ' ')}
+              let j = col0 + c;
+              kept_${i} = (gr < grEnd) & (j < hi) & isKept(b, h, i, j, lenQ, lenK, off);
+              s_${i} = select(NEG_BIG, scoreOf(dotSum, i, j, off, slopeOf(h)), kept_${i});
+              tileMax = max(tileMax, select(s_${i}, NEG_BIG, poisons(s_${i})));
+            }
+          }`)}
+          // Both maxima are finite (NaN and +inf scores are left out), so alpha is never NaN.
+          let newMax = max(m, tileMax);
+          let alpha = exp(m - newMax);
+          var l = partL[e] * alpha;
+          let rowKey = dropoutRowKey(b * heads + h, i);
+          ${keys(i => `{
+            let c = p + ${i * keyParts};
+            if (c < COLS) {
+              let x = s_${i};
+              let prob = select(select(0.0, exp(x - newMax), kept_${i}), quietNaN(x), poisons(x));
+              l += prob;   // the normaliser ignores dropout
+              sTile[sBase + r * COLS + c] = prob * dropoutScale(rowKey, col0 + c);
+            }
+          }`)}
+          partM[e] = newMax;
+          partL[e] = l;
+          alphaTile[aBase + e] = alpha;
+        }
+        workgroupBarrier();
+
+        // Accumulate phase: each part on its own scale.
+        if (accThread) {
+          ${rows(r => `{
+            var a = acc_${r} * alphaTile[aBase + ${r} * KP + kp];
+            ${keys(i => `a += select(0.0, sTile[sBase + ${r} * COLS + ${col(i)}], ${inTile(i)}) * vx_${i};`, ' ')}
+            acc_${r} = a;
+          }`)}
+        }
+        // This thread's values of the next tile, in flight through the next score and row phases.
+        ${issueV('col0 + COLS')}
+        parity = 1 - parity;
+      }
+
+      // The split's KP parts of each row, combined in kp order (as the fused pass).
+      ${combineKeyPartsWGSL(t.rows, (r: number) => `${r} * KP + p`)}
+    }`;
+}
+
+/**
  * The combine pass writes one of the two outputs (`part`): out [rowsQ, H, DV] or logSumExp
  * (problem.ts's layout). Two small dispatches instead of one packed buffer and two unpack copies:
  * under per-program timing every dispatch costs microseconds even when it moves nothing.
  */
 export function combinePassWGSL(variableNames: string[], f: OptionFlags, headDimV: number, threads: number,
-                                maxSplits: number, part: 'out' | 'lse'): string {
+                                maxSplits: number, part: 'out' | 'lse', unrollSplits = 1, tree = true): string {
+  // The splits' max and sum over the threads' parts in red: a tree (log2 steps, a barrier each) or
+  // one thread after another (a serial chain of numSplits workgroup-memory reads).
+  const reduce = (name: string, op: (a: string, b: string) => string, init: string) => tree ? `
+      workgroupBarrier();
+      for (var w = treeTop / 2; w > 0; w /= 2) {
+        if (tid < w) { red[tid] = ${op('red[tid]', 'red[tid + w]')}; }
+        workgroupBarrier();
+      }
+      let ${name} = red[0];
+      workgroupBarrier();` : `
+      workgroupBarrier();
+      var ${name} = ${init};
+      for (var u = 0; u < used; u++) { ${name} = ${op(name, 'red[u]')}; }
+      workgroupBarrier();`;
   const dv4 = vec4Count(headDimV), cw = Math.min(dv4, threads);
   const outputs = part === 'lse' ? '' : `
       let accBase = g * numSplits * DV;
@@ -753,7 +966,14 @@ export function combinePassWGSL(variableNames: string[], f: OptionFlags, headDim
         let sl = tid / CW;
         var o = vec4<f32>(0.0);
         if (sl < SL && c4 < DV4) {
-          for (var s = sl; s < numSplits; s += SL) {
+          var s = sl;
+          ${unrollSplits > 1 ? `// ${unrollSplits} splits' loads issued together, then added in split order (as the loop below).
+          for (; s + ${unrollSplits - 1} * SL < numSplits; s += ${unrollSplits} * SL) {
+            ${unroll(unrollSplits, u => `let at${u} = accBase + (s + ${u} * SL) * DV + c4 * 4;
+            let x${u} = vec4<f32>(${[0, 1, 2, 3].map(e => `select(0.0, partials[at${u} + ${e}], c4 * 4 + ${e} < DV)`).join(', ')});`)}
+            ${unroll(unrollSplits, u => `o += weight[s + ${u} * SL] * x${u};`, ' ')}
+          }` : ''}
+          for (; s < numSplits; s += SL) {
             let at = accBase + s * DV + c4 * 4;
             o += weight[s] * vec4<f32>(${[0, 1, 2, 3].map(e => `select(0.0, partials[at + ${e}], c4 * 4 + ${e} < DV)`).join(', ')});
           }
@@ -804,12 +1024,11 @@ export function combinePassWGSL(variableNames: string[], f: OptionFlags, headDim
       var partMax = NEG_BIG;
       for (var s = tid; s < numSplits; s += NT) { partMax = max(partMax, partials[mlBase + 2 * s]); }
       red[tid] = partMax;
-      workgroupBarrier();
       // Threads past numSplits hold NEG_BIG and 0: only the first numSplits partial values count.
       let used = min(NT, numSplits);
-      var rowMax = NEG_BIG;
-      for (var u = 0; u < used; u++) { rowMax = max(rowMax, red[u]); }
-      workgroupBarrier();
+      var treeTop = 1;
+      while (treeTop < used) { treeTop *= 2; }
+      ${reduce('rowMax', (a, b) => `max(${a}, ${b})`, 'NEG_BIG')}
       var partSum = 0.0;
       for (var s = tid; s < numSplits; s += NT) {
         let w = exp(partials[mlBase + 2 * s] - rowMax);
@@ -817,9 +1036,7 @@ export function combinePassWGSL(variableNames: string[], f: OptionFlags, headDim
         partSum += w * partials[mlBase + 2 * s + 1];
       }
       red[tid] = partSum;
-      workgroupBarrier();
-      var rowSum = 0.0;
-      for (var u = 0; u < used; u++) { rowSum += red[u]; }
+      ${reduce('rowSum', (a, b) => `${a} + ${b}`, '0.0')}
       // Query rows past the sequence's length (padded layout) have no kept key: out 0, lse -inf.
       // A row with no kept key has sum exactly 0 (even where acc holds 0 * NaN); a NaN sum is
       // not empty and propagates.

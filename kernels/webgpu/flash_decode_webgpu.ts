@@ -11,11 +11,11 @@
  *
  * The split pass (decode_wgsl.ts) is the fused one where headDim and headDimV are multiples of 4
  * (K and V bound as vec4 arrays, values straight into registers, at most 8 rows a workgroup, a
- * thread per value vec4 at least), the grouped one instead where a workgroup owns 2 or more query
- * rows and headDimV >= 128, the staged one otherwise; all load the next key tile while working on
- * the current one. On the opt-in subgroups device (subgroups.ts) the subgroup split pass
- * (decode_subgroup_wgsl.ts: no workgroup memory, no barrier in the key loop) replaces them where K
- * and V are vec4 loads (H200, low SM clock: 1.0-1.95x faster than those in 29 shapes; BENCHMARKS.md).
+ * thread per value vec4 at least); where a workgroup owns 2 or more query rows, the blocked one
+ * (keys in registers too, two barriers a tile) below headDimV 128 and the grouped one from there;
+ * the staged one otherwise; all load the next key tile while working on the current one. On the
+ * opt-in subgroups device (subgroups.ts) the subgroup split pass (decode_subgroup_wgsl.ts: no
+ * workgroup memory, no barrier in the key loop) replaces them where K and V are vec4 loads.
  *
  * When it is picked (decodePlan): at most DECODE_MAX_SEQ_Q query rows per sequence and at least
  * DECODE_MIN_SEQ_K keys. On the H200 (BENCHMARKS.md, decode; steady-clock run, 2026-12-02 09:33
@@ -29,8 +29,9 @@
 import { TensorInfo, util } from '@tensorflow/tfjs-core';
 import { AttentionProblem, attentionProblem, FlashAttentionAttrs, FlashAttentionInputs } from '../../src/contract';
 import {
-  combinePassWGSL, decodeFusedWorkgroupBytes, decodeGroupedWorkgroupBytes, DecodeLoads, DecodeTiles, decodeWorkgroupBytes,
-  FUSED_MAX_ROWS, splitPassFusedWGSL, splitPassGroupedWGSL, splitPassWGSL,
+  blockedLayout, combinePassWGSL, decodeBlockedWorkgroupBytes, decodeFusedWorkgroupBytes, decodeGroupedWorkgroupBytes,
+  DecodeLoads, DecodeTiles, decodeWorkgroupBytes, FUSED_MAX_ROWS, splitPassBlockedWGSL, splitPassFusedWGSL,
+  splitPassGroupedWGSL, splitPassWGSL,
 } from './decode_wgsl';
 import {
   splitPassSubgroupWGSL, SUBGROUP_MIN_SPLIT_KEYS, SUBGROUP_TARGET_WORKGROUPS, subgroupDecodeLayout, SubgroupLayout,
@@ -68,7 +69,9 @@ export const DECODE_MIN_TILES_PER_SPLIT = 2;
  * 64k keys: one query row per workgroup (MHA decode) 512 threads 1.47 ms, 256 1.86, 128 3.31;
  * eight rows (GQA 16/2) 256 threads 0.33 ms, 512 0.31, at 16k keys 0.096 against 0.110 (staged
  * pass). Fused pass, same 64k MHA shape (tuning run 08:49 UTC): 512 threads 0.64-0.70 ms, 256
- * 0.87, 1024 1.41; 1024 was the slowest in every shape.
+ * 0.87, 1024 1.41; 1024 was the slowest in every shape. One row, 256 threads with twice the workgroups
+ * (target 256: two per SM if registers allow), run of 2026-12-02 12:46 UTC (SM clock mostly 345 MHz,
+ * within-shape ratios): 16-30 % slower than 512 threads at target 128 in all 6 MHA shapes.
  */
 const DECODE_THREADS = 256;
 const DECODE_THREADS_FEW_ROWS = 512;
@@ -94,6 +97,39 @@ const DECODE_GROUPED = true;
  * 4-12 % slower in 6 of 8 (faster only at B = 8, 32k and 64k keys).
  */
 const DECODE_GROUPED_MIN_HEAD_DIM_V = 128;
+/**
+ * Below DECODE_GROUPED_MIN_HEAD_DIM_V the blocked split pass (decode_wgsl.ts: keys in registers, a
+ * softmax per (row, key part), two barriers a tile) replaces the fused pass where a workgroup owns 2
+ * or more rows; from there on the grouped pass stays. H200 (BENCHMARKS.md, "The blocked split pass";
+ * bench/results/h200-decode-blocked; both runs with the SM clock at 345 MHz most of the time, so
+ * within-shape ratios only), GQA 16/2: d 64, against the fused pass, with one tile a split (below),
+ * whole call 12-21 % faster at 8k B 8, 64k B 1 and 64k B 8 (0.923 vs 1.171 ms at 64k B 8) and 3 %
+ * faster at 8k B 1 (0.134 vs 0.138); d 128, against the grouped pass, within 7 % either way (faster
+ * at 8k B 1 by 7 % and 64k B 8 by 2 %, slower at 64k B 1 by 3 % and 8k B 8 by 4 %): not a winner
+ * there, an override (blocked).
+ * For one row (MHA) it was 1.5-19 % slower than the fused pass (override grouped + blocked).
+ */
+const DECODE_BLOCKED_BELOW_HEAD_DIM_V = DECODE_GROUPED_MIN_HEAD_DIM_V;
+/**
+ * The blocked pass's least tiles a split: its tiles are wide (128 keys at d 64), so 2 left GQA at 8k
+ * keys, B 1 with 64 workgroups; 1 gives 128 (same run: 0.134 vs 0.148 ms; at 64k and at d 128 equal).
+ */
+const DECODE_MIN_TILES_PER_SPLIT_BLOCKED = 1;
+/**
+ * Splits each combine lane loads at once (independent loads in flight). 4 (run of 12:46 UTC, serial
+ * max and sum): combine-out alone 7-8 % faster at 64 splits (GQA B 1; 0.0305 vs 0.0332 ms), within
+ * 3 % at 1-8 splits, whole calls within noise; not measured with the tree below, so 1; an override
+ * (combineUnroll).
+ */
+const COMBINE_UNROLL = 1;
+/**
+ * Whether the combine pass takes the splits' max and sum by a tree (log2 steps) instead of one
+ * thread reading the threads' parts one after another. H200 (same runs): with the serial chain,
+ * combine-lse alone (little more than these two reductions) took 0.040 ms at 64 splits against
+ * 0.012 at 8; the tree made GQA 16/2 calls at B 1 (32-64 splits) 7-23 % faster (d 128, 8k: 0.153
+ * vs 0.199 ms) and was within noise (-2 % .. +3 %) at B 8 and for MHA (1-8 splits).
+ */
+const COMBINE_TREE = true;
 /** Most splits (the combine pass keeps one weight per split in workgroup memory). */
 export const DECODE_MAX_SPLITS = 256;
 /** Query rows per split-pass workgroup at most (rows of one kv head's group). */
@@ -116,6 +152,12 @@ export interface DecodePlan {
   grouped: boolean;
   /** The subgroup split pass (decode_subgroup_wgsl.ts; subgroups device, vec4 loads), else null. */
   subgroup: SubgroupLayout | null;
+  /** The blocked split pass in the grouped pass's place (keys in registers, per-part softmax). */
+  blocked: boolean;
+  /** Splits each combine lane reads at once (1: one load after another). */
+  combineUnroll: number;
+  /** The combine's max and sum over the splits by a tree (else serially). */
+  combineTree: boolean;
 }
 
 /** Test and tuning hooks: force the decode path on or off, fix the split count or the tile. */
@@ -138,6 +180,12 @@ export interface DecodeOverride {
   subgroup?: boolean;
   lanes?: number;
   unroll?: number;
+  /** On: the blocked split pass where the grouped one would run (off: the grouped one). */
+  blocked?: boolean;
+  /** Splits per combine lane loaded at once. */
+  combineUnroll?: number;
+  /** Off: the combine's max and sum over the splits one after another. */
+  combineTree?: boolean;
 }
 let override: DecodeOverride = {};
 
@@ -156,7 +204,7 @@ const nextPow2 = (n: number) => 2 ** Math.ceil(Math.log2(Math.max(1, n)));
 const vec4Loads = (s: AttentionProblem) => (override.vec4 ?? true) && s.headDim % 4 === 0 && s.headDimV % 4 === 0;
 
 /** The split pass a plan runs (decode_wgsl.ts). */
-export type SplitPassKind = 'staged' | 'fused' | 'grouped';
+export type SplitPassKind = 'staged' | 'fused' | 'grouped' | 'blocked';
 
 /**
  * The decode geometry for this device: the widest key tile that fits its workgroup memory (the
@@ -169,8 +217,15 @@ export function chooseDecodeTiles(limits: DeviceLimits, s: AttentionProblem, kin
   const threads = Math.min(override.tiles?.threads ?? (rowsWanted <= 2 ? DECODE_THREADS_FEW_ROWS : DECODE_THREADS),
                            limits.maxComputeInvocationsPerWorkgroup);
   const rows = Math.min(override.tiles?.rows ?? rowsWanted, threads, registers ? FUSED_MAX_ROWS : threads);
-  const bytes = { staged: decodeWorkgroupBytes, fused: decodeFusedWorkgroupBytes, grouped: decodeGroupedWorkgroupBytes }[pass];
-  for (const cols of override.tiles?.cols ? [override.tiles.cols] : [128, 64, 32, 16, 8, 4].slice(registers ? 0 : 1)) {
+  const bytes = { staged: decodeWorkgroupBytes, fused: decodeFusedWorkgroupBytes, grouped: decodeGroupedWorkgroupBytes,
+                  blocked: decodeBlockedWorkgroupBytes }[pass];
+  // The blocked pass: at most one key per score thread and 8 value vec4s per accumulate thread (registers).
+  const blockedCols = (t: DecodeTiles) => {
+    const l = blockedLayout({ ...t, cols: 1 }, s.headDim, s.headDimV);
+    return Math.min(t.threads / l.scoreShares, 8 * l.keyParts);
+  };
+  const widest = pass === 'blocked' ? blockedCols({ rows, cols: 1, threads }) : 128;
+  for (const cols of override.tiles?.cols ? [override.tiles.cols] : [128, 64, 32, 16, 8, 4].slice(registers ? 0 : 1).filter(c => c <= widest)) {
     const t = { rows, cols, threads };
     if (bytes(t, s.headDim, s.headDimV) <= limits.maxComputeWorkgroupStorageSize) return t;
   }
@@ -190,17 +245,19 @@ export function decodePlan(limits: DeviceLimits, s: AttentionProblem, subgroupMi
     : null;
   // The fused and grouped passes give each value column (vec4) of a row its own thread: not with fewer threads.
   const registers = vec4Loads(s) && (override.fused ?? DECODE_FUSED);
-  const grouped = registers && (override.grouped ?? (DECODE_GROUPED && s.group * s.seqQ >= 2 &&
-      s.headDimV >= (override.groupedMinHeadDimV ?? DECODE_GROUPED_MIN_HEAD_DIM_V)));
-  const registerTiles = registers ? chooseDecodeTiles(limits, s, grouped ? 'grouped' : 'fused') : null;
+  const wantBlocked = override.blocked ?? s.headDimV < DECODE_BLOCKED_BELOW_HEAD_DIM_V;
+  const groupedMinHeadDimV = override.groupedMinHeadDimV ?? (wantBlocked ? 0 : DECODE_GROUPED_MIN_HEAD_DIM_V);
+  const grouped = registers && (override.grouped ?? (DECODE_GROUPED && s.group * s.seqQ >= 2 && s.headDimV >= groupedMinHeadDimV));
+  const blocked = grouped && wantBlocked;
+  const registerTiles = registers ? chooseDecodeTiles(limits, s, blocked ? 'blocked' : grouped ? 'grouped' : 'fused') : null;
   const fused = registerTiles !== null && vec4Count(s.headDimV) <= registerTiles.threads;
   const tiles = sg ? sg.tiles : fused ? registerTiles! : chooseDecodeTiles(limits, s, 'staged');
   const rowBlocks = Math.ceil(s.group * s.seqQ / tiles.rows);
   const keyTiles = Math.max(1, Math.ceil(s.seqK / tiles.cols));
   const base = s.batch * s.kvHeads * rowBlocks;
   const target = override.targetWorkgroups ?? (sg ? SUBGROUP_TARGET_WORKGROUPS : DECODE_TARGET_WORKGROUPS);
-  const minTiles = override.minTilesPerSplit ??
-      (sg ? Math.max(1, Math.ceil(SUBGROUP_MIN_SPLIT_KEYS / tiles.cols)) : DECODE_MIN_TILES_PER_SPLIT);
+  const minTiles = override.minTilesPerSplit ?? (sg ? Math.max(1, Math.ceil(SUBGROUP_MIN_SPLIT_KEYS / tiles.cols))
+      : fused && blocked ? DECODE_MIN_TILES_PER_SPLIT_BLOCKED : DECODE_MIN_TILES_PER_SPLIT);
   let numSplits = override.numSplits ??
       Math.min(Math.ceil(target / base), Math.max(1, Math.floor(keyTiles / minTiles)));
   numSplits = Math.max(1, Math.min(numSplits, keyTiles, DECODE_MAX_SPLITS, limits.maxComputeWorkgroupsPerDimension));
@@ -211,7 +268,8 @@ export function decodePlan(limits: DeviceLimits, s: AttentionProblem, subgroupMi
     use: mode === 'on' || (mode === 'auto' && auto),
     tiles, rowBlocks, numSplits, splitKeys: tilesPerSplit * tiles.cols,
     loads: { vec4: vec4Loads(s), prefetch: override.prefetch ?? DECODE_PREFETCH },
-    fused: !sg && fused, grouped: !sg && fused && grouped, subgroup: sg?.layout ?? null,
+    fused: !sg && fused, grouped: !sg && fused && grouped, blocked: !sg && fused && blocked, subgroup: sg?.layout ?? null,
+    combineUnroll: override.combineUnroll ?? COMBINE_UNROLL, combineTree: override.combineTree ?? COMBINE_TREE,
   };
 }
 
@@ -236,14 +294,15 @@ export class DecodeSplitProgram extends FlashProgram {
     this.workgroupSize = [plan.tiles.threads, 1, 1];
     this.dispatch = [plan.numSplits, s.kvHeads * plan.rowBlocks, s.batch];
     this.shaderKey = shaderKeyOf('flashDecodeSplit', { headDim: s.headDim, headDimV: s.headDimV, ...plan.tiles, ...plan.loads, fused: plan.fused, grouped: plan.grouped,
-                                                       subgroupLanes: plan.subgroup?.lanes ?? 0, subgroupUnroll: plan.subgroup?.unroll ?? 0, ...s.flags });
+                                                       blocked: plan.blocked, subgroupLanes: plan.subgroup?.lanes ?? 0, subgroupUnroll: plan.subgroup?.unroll ?? 0, ...s.flags });
   }
 
   getUserCode(): string {
     if (this.plan.subgroup) {
       return splitPassSubgroupWGSL(this.variableNames, this.plan.tiles, this.s.flags, this.s.headDim, this.s.headDimV, this.plan.subgroup);
     }
-    const wgsl = this.plan.grouped ? splitPassGroupedWGSL : this.plan.fused ? splitPassFusedWGSL : splitPassWGSL;
+    const wgsl = this.plan.blocked ? splitPassBlockedWGSL : this.plan.grouped ? splitPassGroupedWGSL
+        : this.plan.fused ? splitPassFusedWGSL : splitPassWGSL;
     return wgsl(this.variableNames, this.plan.tiles, this.s.flags, this.s.headDim, this.s.headDimV, this.plan.loads);
   }
 
@@ -269,11 +328,12 @@ export class DecodeCombineProgram extends FlashProgram {
     super();
     this.outputShape = part === 'out' ? s.outShape : s.logSumExpShape;
     this.dispatch = [s.seqQ, s.heads, s.batch];
-    this.shaderKey = shaderKeyOf('flashDecodeCombine', { headDimV: s.headDimV, seqRanges: s.flags.seqRanges, packed: s.flags.packed, part });
+    this.shaderKey = shaderKeyOf('flashDecodeCombine', { headDimV: s.headDimV, seqRanges: s.flags.seqRanges, packed: s.flags.packed, part, unroll: plan.combineUnroll, tree: plan.combineTree });
   }
 
   getUserCode(): string {
-    return combinePassWGSL(this.variableNames, this.s.flags, this.s.headDimV, COMBINE_THREADS, DECODE_MAX_SPLITS, this.part);
+    return combinePassWGSL(this.variableNames, this.s.flags, this.s.headDimV, COMBINE_THREADS, DECODE_MAX_SPLITS, this.part,
+                           this.plan.combineUnroll, this.plan.combineTree);
   }
 
   uniformData(): Uniform[] {
@@ -303,6 +363,14 @@ export function flashDecodeWebGPU(backend: WebGPUBackend, inputs: FlashAttention
     backend.disposeData(partials.dataId);
     return [out, logSumExp];
   });
+}
+
+/** The three programs of a call as decodePlan chooses them now (bench/decode.ts times each alone). */
+export function decodePrograms(backend: WebGPUBackend, inputs: FlashAttentionInputs, attrs: FlashAttentionAttrs) {
+  const s = attentionProblem(inputs.q.shape, inputs.k.shape, inputs.v.shape, attrs);
+  const plan = decodePlan(deviceLimits(backend), s);
+  return { plan, split: new DecodeSplitProgram(s, plan), combineOut: new DecodeCombineProgram(s, plan, 'out'),
+           combineLse: new DecodeCombineProgram(s, plan, 'lse') };
 }
 
 /**
