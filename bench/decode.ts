@@ -36,7 +36,7 @@ import type { WebGPUBackend } from '@tensorflow/tfjs-backend-webgpu';
 import type { flashAttention as FlashAttentionFn } from '../src/flash_attention';
 import type { DecodeOverride, decodePrograms as DecodeProgramsFn } from '../kernels/webgpu/flash_decode_webgpu';
 import { normalizeAttrs, validateQKV } from '../src/contract';
-import { FlashProgram } from '../kernels/webgpu/program';
+import { FlashProgram, inputsByName } from '../kernels/webgpu/program';
 import { deviceRandom, TF } from './attention';
 import { ErrorScopes, Failure, median, syncOnFirstElement, TimingPlan } from './measure';
 import { DECODE_PEER_IMPL, decodePeerMarkdown, DecodePeer } from './onnxruntime_decode';
@@ -541,11 +541,11 @@ function passEntries(tf: TF, hooks: DecodeHooks, decodes: Array<{ impl: string; 
     hooks.setDecodeOverride(d.override);
     const p = hooks.decodePrograms!(backend, inputs as never, attrs);
     hooks.setDecodeOverride({});
-    const splitInputs = [q, k, v, alibi, mask, rq, rk];
+    const splitInputs = inputsByName(p.split.variableNames, inputs);
     const split = () => asTensor(backend.runWebGPUProgram(p.split, splitInputs, 'float32', p.split.uniformData()));
     const partials = split();
     keep.push(partials);
-    const geometry = `${p.plan.grouped ? 'grouped' : p.plan.fused ? 'fused' : 'staged'}${p.plan.blocked ? ' blocked' : ''} ` +
+    const geometry = `${p.plan.subgroup ? 'subgroup' : p.plan.grouped ? 'grouped' : p.plan.fused ? 'fused' : 'staged'}${p.plan.blocked ? ' blocked' : ''} ` +
         `rows ${p.plan.tiles.rows} cols ${p.plan.tiles.cols} threads ${p.plan.tiles.threads}, ` +
         `${p.plan.numSplits} splits x ${p.split.dispatch[1] * p.split.dispatch[2]} = ${p.split.dispatch.reduce((a, b) => a * b)} workgroups`;
     entries.push(
@@ -553,7 +553,8 @@ function passEntries(tf: TF, hooks: DecodeHooks, decodes: Array<{ impl: string; 
       ...(['combineOut', 'combineLse'] as const).map(part => ({
         impl: `${d.impl}:${part === 'combineOut' ? 'combine-out' : 'combine-lse'}`, override: {},
         note: `${part === 'combineOut' ? 'out' : 'logSumExp'} combine alone (${p.plan.numSplits} splits)`,
-        run: () => asTensor(backend.runWebGPUProgram(p[part], [partials, rq], 'float32', p[part].uniformData())),
+        run: () => asTensor(backend.runWebGPUProgram(p[part], inputsByName(p[part].variableNames, { ...inputs, partials }), 'float32',
+                                                     p[part].uniformData())),
       })));
   }
   const empty = new EmptyDispatchProgram();

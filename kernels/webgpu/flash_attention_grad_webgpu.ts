@@ -29,8 +29,8 @@ import {
 } from '../../src/contract';
 import { optionHelpers } from './attention_wgsl';
 import {
-  checkBindingSizes, checkDispatch, deviceLimits, FlashProgram, runProgram, shaderKeyOf, unpack,
-  RANGE_NAMES, unroll, WebGPUBackend, withDeviceErrorCheck, withSeqRanges,
+  checkBindingSizes, checkDispatch, deviceLimits, FlashProgram, inputsByName, optionalInputNames, runProgram,
+  shaderKeyOf, unpack, RANGE_NAMES, unroll, WebGPUBackend, withDeviceErrorCheck, withSeqRanges,
 } from './program';
 import { backwardLayout, chooseTiles, threadsOf, TileConfig, vec4Count } from './tiles';
 import { optionUniforms } from './uniforms';
@@ -101,7 +101,8 @@ class BackwardPreprocessProgram extends FlashProgram {
 }
 
 /** The passes' inputs: with sequence ranges, stats carries them (BackwardPreprocessProgram). */
-const GRAD_INPUTS = ['q', 'k', 'v', 'alibiSlopes', 'mask', 'dy', 'stats'];
+/** The dK/dV and dQ passes' inputs (the ranges travel in stats, from the backward preprocess). */
+const gradInputNames = (f: OptionFlags) => ['q', 'k', 'v', ...optionalInputNames(f, false), 'dy', 'stats'];
 
 /** logsumexp (which 0) or D (1) of query row i of head h, from stats. */
 function statWGSL(f: OptionFlags, which: 0 | 1, h: string, i: string): string {
@@ -127,7 +128,7 @@ const PROBABILITY_WGSL = `
 
 /** dQ pass: rows are queries, columns keys. */
 class DQProgram extends FlashProgram {
-  variableNames = GRAD_INPUTS;
+  variableNames: string[];
   outputShape: number[];
   workgroupSize: [number, number, number];
   dispatch: [number, number, number];
@@ -135,6 +136,7 @@ class DQProgram extends FlashProgram {
 
   constructor(private s: AttentionProblem, private tiles: TileConfig, private flags: OptionFlags) {
     super();
+    this.variableNames = gradInputNames(flags);
     this.uniforms = optionUniforms(s).fields;
     this.outputShape = [s.outShape[0], s.outShape[1], s.heads, s.headDim];   // q's
     this.workgroupSize = [threadsOf(tiles), 1, 1];
@@ -221,7 +223,7 @@ class DQProgram extends FlashProgram {
 
 /** dK/dV pass: rows are keys of one kv head, columns queries of every head in its group. */
 class DKDVProgram extends FlashProgram {
-  variableNames = GRAD_INPUTS;
+  variableNames: string[];
   outputShape: number[];
   workgroupSize: [number, number, number];
   dispatch: [number, number, number];
@@ -229,6 +231,7 @@ class DKDVProgram extends FlashProgram {
 
   constructor(private s: AttentionProblem, private tiles: TileConfig, private flags: OptionFlags) {
     super();
+    this.variableNames = gradInputNames(flags);
     this.uniforms = optionUniforms(s).fields;
     // One packed output: dk [B, Nk, Hkv, D], then dv [B, Nk, Hkv, Dv].
     this.outputShape = [s.rowsK * s.kvHeads * (s.headDim + s.headDimV)];
@@ -334,7 +337,7 @@ export function flashAttentionGradWebGPU(
   return withDeviceErrorCheck(backend, () => {
     const stats = runProgram(backend, preprocess, withSeqRanges([out, dy, logSumExp], flags, () => [seqRangesQ, seqRangesK]),
                              [], flags.seqRanges ? 'int32' : 'float32');
-    const passInputs = [q, k, v, alibiSlopes, mask, dy, stats];
+    const passInputs = inputsByName(dkdvProgram.variableNames, { q, k, v, alibiSlopes, mask, dy, stats });
     const dkdv = runProgram(backend, dkdvProgram, passInputs, uniforms);
     const [dk, dv] = unpack(backend, dkdv, [k.shape, v.shape]);
     // Buffers of disposed tensors return to the pool only when the queue is submitted: submitting

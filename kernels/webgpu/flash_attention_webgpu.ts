@@ -21,8 +21,8 @@ import {
 import { optionHelpers } from './attention_wgsl';
 import { maybeFlashDecodeWebGPU } from './flash_decode_webgpu';
 import {
-  checkBindingSizes, checkDispatch, deviceLimits, FlashProgram, runProgram,
-  RANGE_NAMES, shaderKeyOf, unpack, unroll, WebGPUBackend, withDeviceErrorCheck, withSeqRanges,
+  checkBindingSizes, checkDispatch, deviceLimits, FlashProgram, inputsByName, optionalInputNames, runProgram,
+  shaderKeyOf, unpack, unroll, WebGPUBackend, withDeviceErrorCheck,
 } from './program';
 import { subgroupMinSizeOf } from './subgroups';
 import {
@@ -51,7 +51,7 @@ export class FlashForwardProgram extends FlashProgram {
   constructor(private s: AttentionProblem, private tiles: TileConfig, private flags: OptionFlags,
               private subgroupSize = 0) {
     super();
-    this.variableNames = withSeqRanges(['q', 'k', 'v', 'alibiSlopes', 'mask'], flags, RANGE_NAMES);
+    this.variableNames = ['q', 'k', 'v', ...optionalInputNames(flags)];
     this.uniforms = optionUniforms(s).fields;
     // One packed output: out [B, Nq, H, Dv], then logsumexp [B, H, Nq] (problem.ts has the shapes).
     this.outputShape = [util.sizeFromShape(s.outShape) + util.sizeFromShape(s.logSumExpShape)];
@@ -302,7 +302,7 @@ export function flashAttentionWebGPU(
   // A few query rows over many keys: the split-KV kernel (flash_decode_webgpu.ts) when it picks them.
   const decoded = maybeFlashDecodeWebGPU(args);
   if (decoded) return decoded;
-  const { q, k, v, alibiSlopes, mask, seqRangesQ, seqRangesK } = inputs as unknown as Record<string, TensorInfo>;
+  const { q, k, v, mask } = inputs;
   const s = attentionProblem(q.shape, k.shape, v.shape, attrs);
   const limits = deviceLimits(backend);
   const subgroupSize = subgroupMinSizeOf(backend);
@@ -312,8 +312,8 @@ export function flashAttentionWebGPU(
                              ['the output and logsumexp', program.outputShape]]);
   checkDispatch(limits, program.dispatch);
   return withDeviceErrorCheck(backend, () => {
-    const programInputs = withSeqRanges([q, k, v, alibiSlopes, mask], s.flags, () => [seqRangesQ, seqRangesK]);
-    const packed = runProgram(backend, program, programInputs, optionUniforms(s).data);
+    const packed = runProgram(backend, program, inputsByName(program.variableNames, inputs as unknown as Record<string, TensorInfo>),
+                              optionUniforms(s).data);
     return unpack(backend, packed, [s.outShape, s.logSumExpShape]);
   });
 }

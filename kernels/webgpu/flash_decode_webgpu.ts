@@ -39,7 +39,7 @@ import {
 import { subgroupMinSizeOf } from './subgroups';
 import { vec4Count } from './tiles';
 import {
-  checkBindingSizes, checkDispatch, DeviceLimits, deviceLimits, FlashProgram, runProgram, shaderKeyOf,
+  checkBindingSizes, checkDispatch, DeviceLimits, deviceLimits, FlashProgram, inputsByName, optionalInputNames, runProgram, shaderKeyOf,
   Uniform, WebGPUBackend, withDeviceErrorCheck,
 } from './program';
 import { optionUniforms } from './uniforms';
@@ -273,11 +273,10 @@ export function decodePlan(limits: DeviceLimits, s: AttentionProblem, subgroupMi
   };
 }
 
-const INPUTS = ['q', 'k', 'v', 'alibiSlopes', 'mask', 'seqRangesQ', 'seqRangesK'];
 
 /** Split pass: partial accumulators [rows, splits, DV], then (max, sum) [rows, splits, 2]. */
 export class DecodeSplitProgram extends FlashProgram {
-  variableNames = INPUTS;
+  variableNames: string[];
   outputShape: number[];
   workgroupSize: [number, number, number];
   dispatch: [number, number, number];
@@ -287,7 +286,8 @@ export class DecodeSplitProgram extends FlashProgram {
 
   constructor(private s: AttentionProblem, private plan: DecodePlan) {
     super();
-    if (plan.loads.vec4) this.variableComponents = INPUTS.map(n => (n === 'k' || n === 'v' ? 4 : 1));
+    this.variableNames = ['q', 'k', 'v', ...optionalInputNames(s.flags)];
+    if (plan.loads.vec4) this.variableComponents = this.variableNames.map(n => (n === 'k' || n === 'v' ? 4 : 1));
     this.uniforms = `${optionUniforms(s).fields} numSplits : i32, splitKeys : i32, nqMax : i32, batchSeqs : i32,`;
     const rows = s.batch * s.heads * s.seqQ;
     this.outputShape = [rows * plan.numSplits * (s.headDimV + 2)];
@@ -318,7 +318,7 @@ export class DecodeSplitProgram extends FlashProgram {
  * logSumExp (problem.ts's layout), each straight into its own tensor.
  */
 export class DecodeCombineProgram extends FlashProgram {
-  variableNames = ['partials', 'seqRangesQ'];
+  variableNames: string[];
   outputShape: number[];
   workgroupSize: [number, number, number] = [COMBINE_THREADS, 1, 1];
   dispatch: [number, number, number];
@@ -326,6 +326,7 @@ export class DecodeCombineProgram extends FlashProgram {
 
   constructor(private s: AttentionProblem, private plan: DecodePlan, private part: 'out' | 'lse') {
     super();
+    this.variableNames = ['partials', ...optionalInputNames(s.flags).filter(n => n === 'seqRangesQ')];
     this.outputShape = part === 'out' ? s.outShape : s.logSumExpShape;
     this.dispatch = [s.seqQ, s.heads, s.batch];
     this.shaderKey = shaderKeyOf('flashDecodeCombine', { headDimV: s.headDimV, seqRanges: s.flags.seqRanges, packed: s.flags.packed, part, unroll: plan.combineUnroll, tree: plan.combineTree });
@@ -346,7 +347,7 @@ export class DecodeCombineProgram extends FlashProgram {
 /** The split-KV forward of a problem decodePlan chose it for; same outputs as the one-pass kernel. */
 export function flashDecodeWebGPU(backend: WebGPUBackend, inputs: FlashAttentionInputs, s: AttentionProblem,
                                   plan: DecodePlan): TensorInfo[] {
-  const { q, k, v, alibiSlopes, mask, seqRangesQ, seqRangesK } = inputs;
+  const { q, k, v, mask } = inputs;
   const split = new DecodeSplitProgram(s, plan);
   const combineOut = new DecodeCombineProgram(s, plan, 'out');
   const combineLse = new DecodeCombineProgram(s, plan, 'lse');
@@ -357,9 +358,11 @@ export function flashDecodeWebGPU(backend: WebGPUBackend, inputs: FlashAttention
   checkDispatch(limits, combineOut.dispatch);
   calls++;
   return withDeviceErrorCheck(backend, () => {
-    const partials = runProgram(backend, split, [q, k, v, alibiSlopes, mask, seqRangesQ, seqRangesK], split.uniformData());
-    const out = runProgram(backend, combineOut, [partials, seqRangesQ], combineOut.uniformData());
-    const logSumExp = runProgram(backend, combineLse, [partials, seqRangesQ], combineLse.uniformData());
+    const named = inputs as unknown as Record<string, TensorInfo>;
+    const partials = runProgram(backend, split, inputsByName(split.variableNames, named), split.uniformData());
+    const combineInputs = inputsByName(combineOut.variableNames, { ...named, partials });
+    const out = runProgram(backend, combineOut, combineInputs, combineOut.uniformData());
+    const logSumExp = runProgram(backend, combineLse, combineInputs, combineLse.uniformData());
     backend.disposeData(partials.dataId);
     return [out, logSumExp];
   });
@@ -368,7 +371,7 @@ export function flashDecodeWebGPU(backend: WebGPUBackend, inputs: FlashAttention
 /** The three programs of a call as decodePlan chooses them now (bench/decode.ts times each alone). */
 export function decodePrograms(backend: WebGPUBackend, inputs: FlashAttentionInputs, attrs: FlashAttentionAttrs) {
   const s = attentionProblem(inputs.q.shape, inputs.k.shape, inputs.v.shape, attrs);
-  const plan = decodePlan(deviceLimits(backend), s);
+  const plan = decodePlan(deviceLimits(backend), s, subgroupMinSizeOf(backend));
   return { plan, split: new DecodeSplitProgram(s, plan), combineOut: new DecodeCombineProgram(s, plan, 'out'),
            combineLse: new DecodeCombineProgram(s, plan, 'lse') };
 }

@@ -114,6 +114,25 @@ export const withSeqRanges = <T>(inputs: T[], f: OptionFlags, ranges: () => [T, 
 /** The WGSL names of the ranges' bindings. */
 export const RANGE_NAMES = (): [string, string] => ['seqRangesQ', 'seqRangesK'];
 
+/**
+ * The optional inputs a pass binds: the ALiBi slopes, the mask and (with `ranges`) the sequence
+ * ranges only where their option is on. The op passes one-element placeholders for the others;
+ * bound, each would be uploaded on every call, and tfjs uploads into a pooled buffer by ending the
+ * compute pass for a copy: per call, a pass break and a copy for every disabled option.
+ */
+export function optionalInputNames(f: OptionFlags, ranges = true): string[] {
+  return [...(f.alibi ? ['alibiSlopes'] : []), ...(f.mask ? ['mask'] : []), ...(ranges ? withSeqRanges([], f, RANGE_NAMES) : [])];
+}
+
+/** The tensors bound to a program's variableNames, taken by name. */
+export function inputsByName(names: readonly string[], tensors: Record<string, TensorInfo>): TensorInfo[] {
+  return names.map(n => {
+    const t = tensors[n];
+    if (t === undefined) throw new Error(`flashAttention (webgpu): no tensor for the binding '${n}'`);
+    return t;
+  });
+}
+
 /** Runs one program; the backend caches its pipeline under the program's shader key. */
 export function runProgram(backend: WebGPUBackend, program: FlashProgram, inputs: TensorInfo[],
                            uniforms: Uniform[], dtype: 'float32' | 'int32' = 'float32'): TensorInfo {
