@@ -22,7 +22,7 @@
  *
  * --decode-targets=128,256,... also times the split-KV forward at those split-pass workgroup
  * targets, --decode-threads at those thread counts, --decode-variants at any DecodeOverride
- * (vec4, prefetch, fused, grouped, subgroup, mintiles, target, threads, cols, lanes, unroll, blocked,
+ * (vec4, prefetch, fused, grouped, subgroup, mintiles, target, threads, cols, rows, lanes, unroll, blocked,
  * gmin: the grouped pass's least headDimV, cunroll: combine splits per lane at once, ctree: combine
  * reductions by a tree); on the subgroups device (bench --decode-device=subgroups) 'decode' is the
  * subgroup split pass and decode[subgroup=0] the other passes, timed in the same rounds;
@@ -344,6 +344,7 @@ export function variantOverride(spec: string): DecodeOverride {
       case 'target': o.targetWorkgroups = x; break;
       case 'threads': o.tiles = { ...o.tiles, threads: x }; break;
       case 'cols': o.tiles = { ...o.tiles, cols: x }; break;
+      case 'rows': o.tiles = { ...o.tiles, rows: x }; break;
       case 'subgroup': o.subgroup = x !== 0; break;
       case 'lanes': o.lanes = x; break;
       case 'unroll': o.unroll = x; break;
@@ -352,7 +353,7 @@ export function variantOverride(spec: string): DecodeOverride {
       case 'cunroll': o.combineUnroll = x; break;
       case 'ctree': o.combineTree = x !== 0; break;
       default: throw new Error(`--decode-variants: unknown key '${key}' (vec4, prefetch, fused, grouped, subgroup, mintiles, ` +
-                               'target, threads, cols, lanes, unroll, blocked, gmin, cunroll, ctree)');
+                               'target, threads, cols, rows, lanes, unroll, blocked, gmin, cunroll, ctree)');
     }
   }
   return o;

@@ -106,7 +106,7 @@ export const USAGE = `npm run bench -- [flags]
   --decode-targets=256,512    also time the split-KV forward at these split-pass workgroup targets
   --decode-threads=256        ... and with these split-pass workgroup sizes
   --decode-variants=vec4=0+prefetch=0,mintiles=1   ... and these split-pass variants (keys: vec4,
-                              prefetch, fused, grouped, subgroup (0/1), mintiles, target, threads, cols,
+                              prefetch, fused, grouped, subgroup (0/1), mintiles, target, threads, cols, rows,
                               lanes, unroll, blocked (0/1), gmin (grouped pass from this headDimV),
                               cunroll (combine splits at once), ctree (0/1: combine max and sum by a tree))
   --decode-device=subgroups   the decode sweep on the opt-in subgroups device (useWebGPUWithSubgroups:
