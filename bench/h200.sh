@@ -60,6 +60,20 @@ if [[ -f $kit/onnxruntime-node.tar.xz ]]; then
   export NODE_PATH=/tmp/ort-peer/node_modules${NODE_PATH:+:$NODE_PATH}
 fi
 
+# An idle CUDA context held open for the whole call: on this H200 the SM clock stayed at its 345 MHz
+# idle under Dawn's Vulkan work (nvidia-smi: "Clocks Event Reasons: Idle"; 2026-12-02 12:46-12:59 UTC
+# runs), while a CUDA context moves it to 1980 MHz at once. It launches no work (BENCHMARKS.md,
+# WebGPU decode, "Clocks"). Where PyTorch is missing the run goes on without it (env.txt says so).
+holder=
+if python3 -c 'import torch; assert torch.cuda.is_available()' 2>/dev/null; then
+  python3 -c "import torch, time; torch.zeros(1, device='cuda'); torch.cuda.synchronize(); time.sleep(3600)" &
+  holder=$!
+  sleep 8
+  echo "clock holder: an idle CUDA context (pid $holder); SM clock now $(nvidia-smi --query-gpu=clocks.sm --format=csv,noheader)" >> "$OUT/env.txt"
+else
+  echo "clock holder: none (no PyTorch with CUDA)" >> "$OUT/env.txt"
+fi
+
 status=0
 if [[ $bench == 1 ]]; then
   q=(); [[ $quick == 1 ]] && q=(--quick)
@@ -88,5 +102,6 @@ if [[ $generation == 1 ]]; then
       --layers=2 --contexts=256,1024,4096,16384 --tokens=64 --max-seconds=40 --out="$OUT/generation.json"
   } 2>&1 | filter | tee "$OUT/generation.log"
 fi
+[[ -n $holder ]] && kill "$holder"
 ls -la "$OUT"
 exit "$status"
