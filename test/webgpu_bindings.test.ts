@@ -54,7 +54,7 @@ describe('WebGPU passes bind the optional inputs only where their option is on',
     const uploads = uploadsDuring(() => tf.tidy(() => {
       flashAttention(q, k, v, { causal: true });
       flashAttention(q1, kLong, vLong);
-      tf.grads((a, b, c) => flashAttention(a, b, c, { causal: true }) as tf.Tensor, [q, k, v], dy);
+      tf.grads((a, b, c) => flashAttention(a, b, c, { causal: true }) as tf.Tensor)([q, k, v], dy);
     }));
     expect(decodeCalls()).toBe(decodesBefore + 1);   // the split-KV path ran
     expect(uploads).toEqual([]);

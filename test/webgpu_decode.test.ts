@@ -18,8 +18,8 @@ import { setTileConfigOverride } from '../kernels/webgpu/tiles';
 import {
   CaseData, caseAttrs, caseData, CaseSpec, compare, describeCase, F32_TOLERANCE, OPTION_NAMES, reference, relError, rng, runOp,
 } from './helpers/attention_case';
-import { decodeCase, expectClose, Forward, lengths, rangedRun, sequenceReference } from './helpers/decode_case';
-import { checkOutput, compositeFloat64, SPECIAL, withNonFinite } from './helpers/nonfinite';
+import { decodeCase, expectClose, Forward, lengths, nonFiniteProblems, rangedRun, sequenceReference } from './helpers/decode_case';
+import { SPECIAL, withNonFinite } from './helpers/nonfinite';
 import { destroyWebGPU, gpuBytesInUse, gpuTest, HAS_GPU, takeUncapturedErrors, TINY_TILES, useWebGPU } from './helpers/webgpu_env';
 
 /**
@@ -266,12 +266,7 @@ describe('the blocked split pass and the unrolled combine: keys in registers, on
       c.dims.kvHeads = 1;
       const finite = caseData(c), d = withNonFinite(finite, where, SPECIAL, c.seed, 2);
       const got = await forward(c, d, { mode: 'on', numSplits: 3, ...BLOCKED });
-      const strict = compositeFloat64(c, d, true), skipping = compositeFloat64(c, d, false), scale = compositeFloat64(c, finite, false);
-      for (const name of ['out', 'lse'] as const) {
-        const mag = scale[name].reduce((m, x) => (Number.isFinite(x) ? Math.max(m, Math.abs(x)) : m), 0);
-        const p = checkOutput(name, got[name], strict[name], skipping[name], TOL, mag);
-        if (p.length) found.push(`${where}: ${describeCase(c)}: ${p.join('; ')}`);
-      }
+      found.push(...nonFiniteProblems(c, finite, d, got, where));
     }
     expect(found).toEqual([]);
     const big = decodeCase(new Set(['causal']), 5961, 300), small = decodeCase(new Set(), 5962, 40);
@@ -439,13 +434,7 @@ describe('NaN and Infinity, determinism, buffers', () => {
         const finite = caseData(c), d = withNonFinite(finite, where, SPECIAL, c.seed, 2);
         // Set 1 on the fused pass, the others on the default (grouped where 2 or more rows).
         const got = await forward(c, d, { mode: 'on', numSplits: 3, ...(n === 1 ? { grouped: false } : {}) });
-        const strict = compositeFloat64(c, d, true), skipping = compositeFloat64(c, d, false);
-        const scale = compositeFloat64(c, finite, false);
-        for (const name of ['out', 'lse'] as const) {
-          const mag = scale[name].reduce((m, x) => (Number.isFinite(x) ? Math.max(m, Math.abs(x)) : m), 0);
-          const p = checkOutput(name, got[name], strict[name], skipping[name], TOL, mag);
-          if (p.length) found.push(`${where}: ${describeCase(c)}: ${p.join('; ')}`);
-        }
+        found.push(...nonFiniteProblems(c, finite, d, got, where));
       }
     }
     expect(takeUncapturedErrors()).toEqual([]);

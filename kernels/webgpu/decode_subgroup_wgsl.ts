@@ -29,7 +29,7 @@
  */
 import { OptionFlags } from '../../src/contract';
 import { NEG_BIG, optionHelpers } from './attention_wgsl';
-import { DecodeTiles, FUSED_MAX_ROWS, rangeHelpers, splitSetupWGSL, touch, UNIFORM_WG } from './decode_wgsl';
+import { DecodeTiles, FUSED_MAX_ROWS, rangeHelpers, splitConstantsWGSL, splitMainWGSL, writePartialWGSL } from './decode_wgsl';
 import { unroll } from './program';
 import { paddedVec4, vec4Count } from './tiles';
 
@@ -173,17 +173,7 @@ export function splitPassSubgroupWGSL(variableNames: string[], t: DecodeTiles, f
   const colOf = (x: number) => `lane + ${x * L}`;
   const colOk = (x: number, n: number) => ((x + 1) * L <= n ? 'true' : `(lane + ${x * L} < ${n})`);
   return `
-    const ROWS = ${t.rows};
-    const COLS = ${t.cols};
-    const NT = ${t.threads};
-    const LANES = ${L};
-    const GROUPS = ${t.threads / L};
-    const D = ${headDim};
-    const D4 = ${d4};
-    const D4P = ${paddedVec4(headDim)};
-    const DV = ${headDimV};
-    const DV4 = ${dv4};
-    const NEG_BIG = ${NEG_BIG};
+    ${splitConstantsWGSL(t, headDim, headDimV, { LANES: L, GROUPS: t.threads / L })}
     var<workgroup> sharedWorkgroupId : vec3<u32>;
     var<workgroup> qTile : array<array<vec4<f32>, D4P>, ROWS>;
     // The end of the split: each lane group's accumulator of one row, and its max and sum of every row.
@@ -193,10 +183,7 @@ export function splitPassSubgroupWGSL(variableNames: string[], t: DecodeTiles, f
     ${optionHelpers(f)}
     ${rangeHelpers(f)}
 
-    fn main() {
-      ${touch(variableNames)}
-      ${UNIFORM_WG}
-      ${splitSetupWGSL(f)}
+    ${splitMainWGSL(variableNames, f)}
       let lane = tid % LANES;
       let lg = tid / LANES;
       ${unroll(Math.log2(L), s => `let bit${s} = (lane & ${1 << s}) != 0;`, ' ')}
@@ -268,13 +255,7 @@ export function splitPassSubgroupWGSL(variableNames: string[], t: DecodeTiles, f
             rowSum += w * partL[p * ROWS + ${r}];
             a += w * accRed[p * DV4 + c4];
           }
-          let base = (g * numSplits + split) * DV + c4 * 4;
-          ${unroll(4, e => `result[base + ${e}] = a[${e}];`, ' ')}
-          if (c4 == 0) {
-            let ml = rowsAll * numSplits * DV + (g * numSplits + split) * 2;
-            result[ml] = rowMax;
-            result[ml + 1] = rowSum;
-          }
+          ${writePartialWGSL('a', 'rowMax', 'rowSum')}
         }
       }`)}
     }`;

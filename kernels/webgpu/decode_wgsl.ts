@@ -148,8 +148,37 @@ export function rangeHelpers(f: OptionFlags, seqQ = 'uniforms.qShape.y', seqK = 
     ${seqK ? `fn rangeK(b : i32) -> vec2<i32> { return vec2<i32>(b * ${seqK}, ${seqK}); }` : ''}`;
 }
 
-export const touch = (names: string[]) => names.map(n => `_ = ${n}[0];`).join(' ');
-export const UNIFORM_WG = `
+/**
+ * The constants every split pass declares (its tile, head dims and NEG_BIG), then its own (`own`:
+ * thread layouts), one `const` each.
+ */
+export function splitConstantsWGSL(t: DecodeTiles, headDim: number, headDimV: number,
+                                   own: Record<string, number> = {}): string {
+  const all: Record<string, number | string> = {
+    ROWS: t.rows, COLS: t.cols, NT: t.threads, D: headDim, D4: vec4Count(headDim), D4P: paddedVec4(headDim),
+    DV: headDimV, DV4: vec4Count(headDimV), ...own, NEG_BIG,
+  };
+  return Object.entries(all).map(([name, value]) => `const ${name} = ${value};`).join('\n    ');
+}
+
+/**
+ * The register value loads of the fused, grouped and blocked passes: thread (c4, kp) holds value
+ * column c4 of keys kp, kp + KP, ... of a tile (keysPerThread of them). Keys past the tile (where
+ * KP x keysPerThread > COLS) read column COLS - 1 and count as masked (inTile false).
+ */
+function registerKeys(t: DecodeTiles, keyParts: number, keysPerThread: number) {
+  const keys = (body: (i: number) => string, sep?: string) => unroll(keysPerThread, body, sep);
+  const ragged = keyParts * keysPerThread > t.cols;
+  return {
+    keys,
+    col: (i: number) => ragged ? `min(kp + ${i * keyParts}, COLS - 1)` : `kp + ${i * keyParts}`,
+    inTile: (i: number) => ragged ? `(kp + ${i * keyParts} < COLS)` : 'true',
+    issueV: (col0: string) => keys(i => issueVRegisterLoad(i, keyParts, col0)),
+  };
+}
+
+const touch = (names: string[]) => names.map(n => `_ = ${n}[0];`).join(' ');
+const UNIFORM_WG = `
       if (localIndex == 0u) { sharedWorkgroupId = workgroupId; }
       let wgId = workgroupUniformLoad(&sharedWorkgroupId);
       let tid = i32(localIndex);`;
@@ -166,7 +195,7 @@ function scoreThreadsOf(t: DecodeTiles, d4: number): number {
  * block's query rows in qTile (scale folded in, as the one-pass forward does), and the keys
  * [lo, hi) it covers (the split cut to what the block's rows can see), from tile firstCol.
  */
-export function splitSetupWGSL(f: OptionFlags): string {
+function splitSetupWGSL(f: OptionFlags): string {
   return `
       let split = i32(wgId.x);
       let heads = uniforms.qShape.z;
@@ -205,6 +234,32 @@ export function splitSetupWGSL(f: OptionFlags): string {
       let hi = min(colEnd, splitEnd);
       let firstCol = splitBegin + ((lo - splitBegin) / COLS) * COLS;`;
 }
+
+/**
+ * The start of a split pass's entry point: every binding touched (so none is dropped from the
+ * layout), the workgroup id read uniformly, then splitSetupWGSL. The body and closing brace follow.
+ */
+export const splitMainWGSL = (variableNames: string[], f: OptionFlags) => `fn main() {
+      ${touch(variableNames)}
+      ${UNIFORM_WG}
+      ${splitSetupWGSL(f)}`;
+
+/**
+ * Writes this split's partial of query row g (the layout the combine pass reads): accumulator vec4
+ * c4 and, from the c4 == 0 thread, the row's max and sum (numSplits and rowsAll in scope).
+ */
+export const writePartialWGSL = (acc: string, rowMax: string, rowSum: string) => `let base = (g * numSplits + split) * DV + c4 * 4;
+        ${unroll(4, e => `result[base + ${e}] = ${acc}[${e}];`, ' ')}
+        if (c4 == 0) {
+          let ml = rowsAll * numSplits * DV + (g * numSplits + split) * 2;
+          result[ml] = ${rowMax};
+          result[ml + 1] = ${rowSum};
+        }`;
+
+/** The register passes' value-column thread: value vec4 c4 of keys kp, kp + KP, ... (kp < KP). */
+const VALUE_COLUMN_THREAD = `let c4 = tid % DV4;
+      let kp = tid / DV4;
+      let accThread = kp < KP;`;
 
 /**
  * Score phase (kTile and qTile to sTile/keepTile, through its closing barrier): SP threads per
@@ -250,19 +305,7 @@ export function splitPassWGSL(variableNames: string[], t: DecodeTiles, f: Option
   const sp = scoreThreadsOf(t, d4);
   const pairOf = (u: number) => acc.keyParts > 1 ? 'tid % PAIRS' : `tid + ${u * t.threads}`;
   return `
-    const ROWS = ${t.rows};
-    const COLS = ${t.cols};
-    const NT = ${t.threads};
-    const RT = ${rt};
-    const D = ${headDim};
-    const D4 = ${d4};
-    const D4P = ${paddedVec4(headDim)};
-    const DV = ${headDimV};
-    const DV4 = ${dv4};
-    const PAIRS = ${acc.pairs};
-    const KP = ${acc.keyParts};
-    const SP = ${sp};
-    const NEG_BIG = ${NEG_BIG};
+    ${splitConstantsWGSL(t, headDim, headDimV, { RT: rt, PAIRS: acc.pairs, KP: acc.keyParts, SP: sp })}
     var<workgroup> sharedWorkgroupId : vec3<u32>;
     var<workgroup> qTile : array<array<vec4<f32>, D4P>, ROWS>;
     var<workgroup> kTile : array<array<vec4<f32>, D4P>, COLS>;
@@ -280,10 +323,7 @@ export function splitPassWGSL(variableNames: string[], t: DecodeTiles, f: Option
 
     ${kv.fns}
 
-    fn main() {
-      ${touch(variableNames)}
-      ${UNIFORM_WG}
-      ${splitSetupWGSL(f)}
+    ${splitMainWGSL(variableNames, f)}
 
       // The row phase's row (RT threads each) and its running max, sum and dropout key.
       let rr = tid / RT;
@@ -413,13 +453,7 @@ function combineKeyPartsWGSL(rows: number, part: (r: number) => string): string 
         }
         let gr = gr0 + ${r};
         let g = (b * heads + kvh * group + gr / uniforms.nqMax) * uniforms.nqMax + gr % uniforms.nqMax;
-        let base = (g * numSplits + split) * DV + c4 * 4;
-        ${unroll(4, e => `result[base + ${e}] = a[${e}];`, ' ')}
-        if (c4 == 0) {
-          let ml = rowsAll * numSplits * DV + (g * numSplits + split) * 2;
-          result[ml] = rowMax;
-          result[ml + 1] = rowSum;
-        }
+        ${writePartialWGSL('a', 'rowMax', 'rowSum')}
       }`)}`;
 }
 
@@ -459,24 +493,9 @@ export function splitPassFusedWGSL(variableNames: string[], t: DecodeTiles, f: O
   const sp = scoreThreadsOf(t, d4);
   const { keyParts, keysPerThread } = fusedLayout(t, headDimV);
   const rows = (body: (r: number) => string) => unroll(t.rows, body);
-  const keys = (body: (i: number) => string) => unroll(keysPerThread, body);
-  // Keys past the tile (when KP x keysPerThread > COLS) read column 0 and count as masked.
-  const ragged = keyParts * keysPerThread > t.cols;
-  const col = (i: number) => ragged ? `min(kp + ${i * keyParts}, COLS - 1)` : `kp + ${i * keyParts}`;
-  const inTile = (i: number) => ragged ? `(kp + ${i * keyParts} < COLS)` : 'true';
-  const issueV = (col0: string) => keys(i => issueVRegisterLoad(i, keyParts, col0));
+  const { keys, col, inTile, issueV } = registerKeys(t, keyParts, keysPerThread);
   return `
-    const ROWS = ${t.rows};
-    const COLS = ${t.cols};
-    const NT = ${t.threads};
-    const D = ${headDim};
-    const D4 = ${d4};
-    const D4P = ${paddedVec4(headDim)};
-    const DV = ${headDimV};
-    const DV4 = ${dv4};
-    const KP = ${keyParts};
-    const SP = ${sp};
-    const NEG_BIG = ${NEG_BIG};
+    ${splitConstantsWGSL(t, headDim, headDimV, { KP: keyParts, SP: sp })}
     var<workgroup> sharedWorkgroupId : vec3<u32>;
     var<workgroup> qTile : array<array<vec4<f32>, D4P>, ROWS>;
     var<workgroup> kTile : array<array<vec4<f32>, D4P>, COLS>;
@@ -492,14 +511,9 @@ export function splitPassFusedWGSL(variableNames: string[], t: DecodeTiles, f: O
     ${kLoads.fns}
     ${V_REGISTER_LOAD}
 
-    fn main() {
-      ${touch(variableNames)}
-      ${UNIFORM_WG}
-      ${splitSetupWGSL(f)}
+    ${splitMainWGSL(variableNames, f)}
 
-      let c4 = tid % DV4;
-      let kp = tid / DV4;
-      let accThread = kp < KP;
+      ${VALUE_COLUMN_THREAD}
       ${rows(r => `var m_${r} = NEG_BIG; var l_${r} = 0.0; var acc_${r} = vec4<f32>(0.0);
       let rowKey_${r} = dropoutRowKey(b * heads + min(kvh * group + (gr0 + ${r}) / uniforms.nqMax, heads - 1), (gr0 + ${r}) % uniforms.nqMax);`)}
       ${keys(i => `var vx_${i} : vec4<f32>;`)}
@@ -590,25 +604,10 @@ export function splitPassGroupedWGSL(variableNames: string[], t: DecodeTiles, f:
   const { scoreThreads: spk, rowThreads: rt, keyParts, keysPerThread } = groupedLayout(t, headDim, headDimV);
   const keysPerRowThread = Math.ceil(t.cols / rt);
   const rows = (body: (r: number) => string, sep?: string) => unroll(t.rows, body, sep);
-  const keys = (body: (i: number) => string, sep?: string) => unroll(keysPerThread, body, sep);
   const rowKeys = (body: (i: number) => string, sep?: string) => unroll(keysPerRowThread, body, sep);
-  const ragged = keyParts * keysPerThread > t.cols;
-  const col = (i: number) => ragged ? `min(kp + ${i * keyParts}, COLS - 1)` : `kp + ${i * keyParts}`;
-  const inTile = (i: number) => ragged ? `(kp + ${i * keyParts} < COLS)` : 'true';
-  const issueV = (col0: string) => keys(i => issueVRegisterLoad(i, keyParts, col0));
+  const { keys, col, inTile, issueV } = registerKeys(t, keyParts, keysPerThread);
   return `
-    const ROWS = ${t.rows};
-    const COLS = ${t.cols};
-    const NT = ${t.threads};
-    const D = ${headDim};
-    const D4 = ${d4};
-    const D4P = ${d4p};
-    const DV = ${headDimV};
-    const DV4 = ${dv4};
-    const KP = ${keyParts};
-    const SPK = ${spk};
-    const RT = ${rt};
-    const NEG_BIG = ${NEG_BIG};
+    ${splitConstantsWGSL(t, headDim, headDimV, { KP: keyParts, SPK: spk, RT: rt })}
     var<workgroup> sharedWorkgroupId : vec3<u32>;
     var<workgroup> qTile : array<array<vec4<f32>, D4P>, ROWS>;
     // The key tile; at the end of the split the threads' accumulators (NT vec4s).
@@ -624,15 +623,10 @@ export function splitPassGroupedWGSL(variableNames: string[], t: DecodeTiles, f:
     ${kLoads.fns}
     ${V_REGISTER_LOAD}
 
-    fn main() {
-      ${touch(variableNames)}
-      ${UNIFORM_WG}
-      ${splitSetupWGSL(f)}
+    ${splitMainWGSL(variableNames, f)}
 
       // Accumulate phase: value column c4, keys kp, kp + KP, ... of every row.
-      let c4 = tid % DV4;
-      let kp = tid / DV4;
-      let accThread = kp < KP;
+      ${VALUE_COLUMN_THREAD}
       ${rows(r => `var acc_${r} = vec4<f32>(0.0);`)}
       ${keys(i => `var vx_${i} : vec4<f32>;`)}
       // Row phase: row rr, keys sub, sub + RT, ...; its running max and its share of the row sum.
@@ -739,13 +733,7 @@ export function splitPassGroupedWGSL(variableNames: string[], t: DecodeTiles, f:
         for (var p = 0; p < KP; p++) { let e = p * DV4 + c4; a += kTile[e / D4P][e % D4P]; }
         let gr = gr0 + ${r};
         let g = (b * heads + kvh * group + gr / uniforms.nqMax) * uniforms.nqMax + gr % uniforms.nqMax;
-        let base = (g * numSplits + split) * DV + c4 * 4;
-        ${unroll(4, e => `result[base + ${e}] = a[${e}];`, ' ')}
-        if (c4 == 0) {
-          let ml = rowsAll * numSplits * DV + (g * numSplits + split) * 2;
-          result[ml] = rowFinal[${r}].x;
-          result[ml + 1] = rowFinal[${r}].y;
-        }
+        ${writePartialWGSL('a', `rowFinal[${r}].x`, `rowFinal[${r}].y`)}
       }`)}
     }`;
 }
@@ -795,28 +783,12 @@ export function splitPassBlockedWGSL(variableNames: string[], t: DecodeTiles, f:
   const { scoreShares: spk, keyShareVec4s: kx, keysPerScoreThread: ks, keyParts, keysPerThread } = blockedLayout(t, headDim, headDimV);
   const keyGroups = t.threads / spk;
   const rows = (body: (r: number) => string, sep?: string) => unroll(t.rows, body, sep);
-  const keys = (body: (i: number) => string, sep?: string) => unroll(keysPerThread, body, sep);
-  const ragged = keyParts * keysPerThread > t.cols;
-  const col = (i: number) => ragged ? `min(kp + ${i * keyParts}, COLS - 1)` : `kp + ${i * keyParts}`;
-  const inTile = (i: number) => ragged ? `(kp + ${i * keyParts} < COLS)` : 'true';
-  const issueV = (col0: string) => keys(i => issueVRegisterLoad(i, keyParts, col0));
+  const { keys, col, inTile, issueV } = registerKeys(t, keyParts, keysPerThread);
   const raggedShare = spk * kx > d4;
   const issueK = (col0: string) => unroll(ks, u => unroll(kx, x =>
       `kx_${u}_${x} = kLoadB(kq + ${u * keyGroups}, sp * KX + ${x}, ${col0}, hi, startK, kvh);`, ' '));
   return `
-    const ROWS = ${t.rows};
-    const COLS = ${t.cols};
-    const NT = ${t.threads};
-    const D = ${headDim};
-    const D4 = ${d4};
-    const D4P = ${d4p};
-    const DV = ${headDimV};
-    const DV4 = ${dv4};
-    const KP = ${keyParts};
-    const SPK = ${spk};
-    const KX = ${kx};
-    const SHARE = ${t.rows * t.cols};
-    const NEG_BIG = ${NEG_BIG};
+    ${splitConstantsWGSL(t, headDim, headDimV, { KP: keyParts, SPK: spk, KX: kx, SHARE: t.rows * t.cols })}
     var<workgroup> sharedWorkgroupId : vec3<u32>;
     var<workgroup> qTile : array<array<vec4<f32>, D4P>, ROWS>;
     // Per tile parity: score shares [SPK][ROWS][COLS]; share 0 then holds the probabilities (times the dropout factor).
@@ -836,15 +808,10 @@ export function splitPassBlockedWGSL(variableNames: string[], t: DecodeTiles, f:
     }
     ${V_REGISTER_LOAD}
 
-    fn main() {
-      ${touch(variableNames)}
-      ${UNIFORM_WG}
-      ${splitSetupWGSL(f)}
+    ${splitMainWGSL(variableNames, f)}
 
       // Accumulate phase: value column c4, keys kp, kp + KP, ... of every row.
-      let c4 = tid % DV4;
-      let kp = tid / DV4;
-      let accThread = kp < KP;
+      ${VALUE_COLUMN_THREAD}
       ${rows(r => `var acc_${r} = vec4<f32>(0.0);`, ' ')}
       ${keys(i => `var vx_${i} : vec4<f32>;`, ' ')}
       // Score phase: keys kq, kq + NT / SPK, ..., vec4s sp * KX ... sp * KX + KX - 1 of each.

@@ -7,6 +7,8 @@ import * as tf from '@tensorflow/tfjs';
 import { FlashAttention, FlashAttentionAttrs, FlashAttentionInputs } from '../../src/contract';
 import { DECODE_MAX_SEQ_Q } from '../../kernels/webgpu/flash_decode_webgpu';
 import { CaseData, caseAttrs, CaseSpec, comboCase, F32_TOLERANCE, randInt, relError, rng } from './attention_case';
+import { checkOutput, compositeFloat64 } from './nonfinite';
+import { describeCase } from './attention_case';
 import { referenceForward, RefInputs } from './reference';
 
 const TOL = F32_TOLERANCE.forward;
@@ -134,4 +136,20 @@ export function expectClose(label: string, got: Forward, want: { out: ArrayLike<
 export function lengths(r: () => number, batch: number, max: number): number[] {
   const special = [max, 1, 0];
   return Array.from({ length: batch }, (_, b) => (b < special.length && r() < 0.5 ? Math.min(special[b], max) : randInt(r, 0, max)));
+}
+
+/**
+ * A decode call's outputs on data d (finite with non-finite values put in `where`) against the
+ * float64 composite, which either propagates them (strict) or skips them, at the scale of the
+ * finite data's outputs: the problems found (empty: as the one-pass kernel would be).
+ */
+export function nonFiniteProblems(c: CaseSpec, finite: CaseData, d: CaseData, got: Forward, where: string): string[] {
+  const strict = compositeFloat64(c, d, true), skipping = compositeFloat64(c, d, false), scale = compositeFloat64(c, finite, false);
+  const found: string[] = [];
+  for (const name of ['out', 'lse'] as const) {
+    const mag = scale[name].reduce((m, x) => (Number.isFinite(x) ? Math.max(m, Math.abs(x)) : m), 0);
+    const p = checkOutput(name, got[name], strict[name], skipping[name], TOL, mag);
+    if (p.length) found.push(`${where}: ${describeCase(c)}: ${p.join('; ')}`);
+  }
+  return found;
 }
