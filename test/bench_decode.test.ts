@@ -10,8 +10,8 @@ import { parseArgs } from '../bench/options';
 describe('split-pass variants (--decode-variants)', () => {
   test('each key sets its decode override, the split-KV path forced on', () => {
     expect(variantOverride('vec4=0+prefetch=0')).toEqual({ mode: 'on', vec4: false, prefetch: false });
-    expect(variantOverride('fused=1+mintiles=1+target=256+threads=512+cols=64')).toEqual({
-      mode: 'on', fused: true, minTilesPerSplit: 1, targetWorkgroups: 256, tiles: { threads: 512, cols: 64 },
+    expect(variantOverride('fused=1+mintiles=1+target=256+threads=512+cols=64+rows=4')).toEqual({
+      mode: 'on', fused: true, minTilesPerSplit: 1, targetWorkgroups: 256, tiles: { threads: 512, cols: 64, rows: 4 },
     });
     expect(variantOverride('grouped=0')).toEqual({ mode: 'on', grouped: false });
     expect(variantOverride('blocked=1+gmin=0+cunroll=4+ctree=0')).toEqual({
@@ -19,7 +19,7 @@ describe('split-pass variants (--decode-variants)', () => {
     });
   });
   test('an unknown key or a value that is not a number is an error naming the flag', () => {
-    expect(() => variantOverride('rows=4')).toThrow(/--decode-variants: unknown key 'rows'/);
+    expect(() => variantOverride('tile=4')).toThrow(/--decode-variants: unknown key 'tile'/);
     expect(() => variantOverride('fused=yes')).toThrow(/--decode-variants: 'fused=yes' needs key=number/);
   });
   test('the flags: variants split on commas, baselines, warm-up', () => {
