@@ -12,7 +12,7 @@ import { attentionProblem } from '../src/contract';
 import {
   DECODE_MAX_SEQ_Q, DECODE_MIN_SEQ_K, decodeCalls, DecodeOverride, decodePlan, setDecodeOverride,
 } from '../kernels/webgpu/flash_decode_webgpu';
-import { FUSED_MAX_ROWS } from '../kernels/webgpu/decode_wgsl';
+import { decodeBlockedWorkgroupBytes, FUSED_MAX_ROWS } from '../kernels/webgpu/decode_wgsl';
 import { DeviceLimits } from '../kernels/webgpu/program';
 import { setTileConfigOverride } from '../kernels/webgpu/tiles';
 import {
@@ -486,6 +486,19 @@ describe('when the split-KV forward is chosen', () => {
     expect(plan(1, 1024, 8, 16, 16)).toMatchObject({ use: true, numSplits: 1 });
     expect(plan(1, 65536, 8, 16, 2).numSplits).toBe(8);
     expect(plan(1, 65536, 1, 16, 2).numSplits).toBeGreaterThan(plan(1, 4096, 1, 16, 2).numSplits);
+  });
+  test('a small workgroup memory (SwiftShader: 32 KiB) and tiny head dims: the next register pass that fits, never an error', () => {
+    // The blocked pass keeps per-(row, key part) state in workgroup memory: at headDimV 4 (256 key
+    // parts) it outgrows 32 KiB whatever the tile, so the grouped (or fused) pass takes its place.
+    const small: DeviceLimits = { ...H200, maxComputeWorkgroupStorageSize: 32768 };
+    for (const [seqQ, d] of [[8, 4], [1, 4], [12, 8], [16, 4]]) {
+      const attrs = caseAttrs({ dims: { batch: 2, seqQ, seqK: 12, heads: 4, kvHeads: 2, headDim: d, headDimV: d }, seed: 1 },
+                              { q: new Float32Array(0), k: new Float32Array(0), v: new Float32Array(0), dy: new Float32Array(0) });
+      const p = decodePlan(small, attentionProblem([2, seqQ, 4, d], [2, 12, 2, d], [2, 12, 2, d], attrs));
+      expect(p.fused).toBe(true);
+      expect(decodeBlockedWorkgroupBytes(p.tiles, d, d) <= 32768 || !p.blocked).toBe(true);
+    }
+    expect(decodeBlockedWorkgroupBytes({ rows: 8, cols: 4, threads: 256 }, 4, 4)).toBeGreaterThan(32768);
   });
   test('the mode hook forces it on and off', () => {
     setDecodeOverride({ mode: 'off' });

@@ -212,6 +212,14 @@ export type SplitPassKind = 'staged' | 'fused' | 'grouped' | 'blocked';
  * fused and grouped split passes stage no values, so their tiles are wider), rows capped for them.
  */
 export function chooseDecodeTiles(limits: DeviceLimits, s: AttentionProblem, kind: SplitPassKind | boolean = 'staged'): DecodeTiles {
+  const t = fittingDecodeTiles(limits, s, kind);
+  if (t) return t;
+  throw new Error(`Error in flashAttention: no decode tile fits this WebGPU device for headDim ${s.headDim}, ` +
+      `headDimV ${s.headDimV} (workgroup storage ${limits.maxComputeWorkgroupStorageSize} bytes)`);
+}
+
+/** chooseDecodeTiles, or null where no tile of that pass fits the device's workgroup memory. */
+function fittingDecodeTiles(limits: DeviceLimits, s: AttentionProblem, kind: SplitPassKind | boolean): DecodeTiles | null {
   const pass: SplitPassKind = kind === true ? 'fused' : kind === false ? 'staged' : kind;
   const registers = pass !== 'staged';
   const rowsWanted = Math.min(nextPow2(s.group * s.seqQ), registers ? FUSED_MAX_ROWS : DECODE_MAX_ROWS);
@@ -230,8 +238,7 @@ export function chooseDecodeTiles(limits: DeviceLimits, s: AttentionProblem, kin
     const t = { rows, cols, threads };
     if (bytes(t, s.headDim, s.headDimV) <= limits.maxComputeWorkgroupStorageSize) return t;
   }
-  throw new Error(`Error in flashAttention: no decode tile fits this WebGPU device for headDim ${s.headDim}, ` +
-      `headDimV ${s.headDimV} (workgroup storage ${limits.maxComputeWorkgroupStorageSize} bytes)`);
+  return null;
 }
 
 /**
@@ -249,8 +256,17 @@ export function decodePlan(limits: DeviceLimits, s: AttentionProblem, subgroupMi
   const wantBlocked = override.blocked ?? s.headDimV < DECODE_BLOCKED_BELOW_HEAD_DIM_V;
   const groupedMinHeadDimV = override.groupedMinHeadDimV ?? (wantBlocked ? 0 : DECODE_GROUPED_MIN_HEAD_DIM_V);
   const grouped = registers && (override.grouped ?? (DECODE_GROUPED && s.group * s.seqQ >= 2 && s.headDimV >= groupedMinHeadDimV));
-  const blocked = grouped && wantBlocked;
-  const registerTiles = registers ? chooseDecodeTiles(limits, s, blocked ? 'blocked' : grouped ? 'grouped' : 'fused') : null;
+  // The register passes in order of preference, the first whose tile fits the device: the blocked
+  // pass keeps a running max and sum per (row, key part) in workgroup memory, which at small value
+  // head dims (many key parts) outgrows it whatever the tile (SwiftShader's 32 KiB at headDimV 4).
+  const candidates: SplitPassKind[] = !registers ? [] : grouped && wantBlocked ? ['blocked', 'grouped', 'fused'] : grouped ? ['grouped', 'fused'] : ['fused'];
+  let registerPass: SplitPassKind = 'staged';
+  let registerTiles: DecodeTiles | null = null;
+  for (const kind of candidates) {
+    registerTiles = fittingDecodeTiles(limits, s, kind);
+    if (registerTiles) { registerPass = kind; break; }
+  }
+  const blocked = registerPass === 'blocked';
   const fused = registerTiles !== null && vec4Count(s.headDimV) <= registerTiles.threads;
   const tiles = sg ? sg.tiles : fused ? registerTiles! : chooseDecodeTiles(limits, s, 'staged');
   const rowBlocks = Math.ceil(s.group * s.seqQ / tiles.rows);
@@ -269,7 +285,7 @@ export function decodePlan(limits: DeviceLimits, s: AttentionProblem, subgroupMi
     use: mode === 'on' || (mode === 'auto' && auto),
     tiles, rowBlocks, numSplits, splitKeys: tilesPerSplit * tiles.cols,
     loads: { vec4: vec4Loads(s), prefetch: override.prefetch ?? DECODE_PREFETCH },
-    fused: !sg && fused, grouped: !sg && fused && grouped, blocked: !sg && fused && blocked, subgroup: sg?.layout ?? null,
+    fused: !sg && fused, grouped: !sg && fused && (registerPass === 'grouped' || blocked), blocked: !sg && fused && blocked, subgroup: sg?.layout ?? null,
     combineUnroll: override.combineUnroll ?? COMBINE_UNROLL, combineTree: override.combineTree ?? COMBINE_TREE,
   };
 }
