@@ -133,7 +133,12 @@ const COMBINE_UNROLL = 1;
 const COMBINE_TREE = true;
 /** Most splits (the combine pass keeps one weight per split in workgroup memory). */
 export const DECODE_MAX_SPLITS = 256;
-/** Query rows per split-pass workgroup at most (rows of one kv head's group). */
+/**
+ * Query rows per split-pass workgroup at most (rows of one kv head's group). The register passes
+ * take the whole group (up to FUSED_MAX_ROWS) in one workgroup, so each split's keys and values are
+ * read once: H200, GQA 16/2, B 8, 16k and 64k keys (BENCHMARKS.md, "GQA 16/2 with fewer query rows
+ * per workgroup", 14:27 UTC), 4 or 2 rows a workgroup (256 or 128 threads) were 1.4-6.9x slower.
+ */
 const DECODE_MAX_ROWS = 32;
 
 export interface DecodePlan {
