@@ -256,8 +256,9 @@ export function decodePlan(limits: DeviceLimits, s: AttentionProblem, subgroupMi
   const sg = subgroupMinSize > 0 && vec4Loads(s) && (override.subgroup ?? true)
     ? subgroupDecodeLayout(s, subgroupMinSize, limits.maxComputeWorkgroupStorageSize, limits.maxComputeInvocationsPerWorkgroup, override)
     : null;
-  // The fused and grouped passes give each value column (vec4) of a row its own thread: not with fewer threads.
-  const registers = vec4Loads(s) && (override.fused ?? DECODE_FUSED);
+  // The fused and grouped passes give each value column (vec4) of a row its own thread: not with
+  // fewer threads. None of them runs where the subgroup pass does.
+  const registers = !sg && vec4Loads(s) && (override.fused ?? DECODE_FUSED);
   const wantBlocked = override.blocked ?? s.headDimV < DECODE_BLOCKED_BELOW_HEAD_DIM_V;
   const groupedMinHeadDimV = override.groupedMinHeadDimV ?? (wantBlocked ? 0 : DECODE_GROUPED_MIN_HEAD_DIM_V);
   const grouped = registers && (override.grouped ?? (DECODE_GROUPED && s.group * s.seqQ >= 2 && s.headDimV >= groupedMinHeadDimV));
@@ -290,7 +291,7 @@ export function decodePlan(limits: DeviceLimits, s: AttentionProblem, subgroupMi
     use: mode === 'on' || (mode === 'auto' && auto),
     tiles, rowBlocks, numSplits, splitKeys: tilesPerSplit * tiles.cols,
     loads: { vec4: vec4Loads(s), prefetch: override.prefetch ?? DECODE_PREFETCH },
-    fused: !sg && fused, grouped: !sg && fused && (registerPass === 'grouped' || blocked), blocked: !sg && fused && blocked, subgroup: sg?.layout ?? null,
+    fused, grouped: fused && (registerPass === 'grouped' || blocked), blocked: fused && blocked, subgroup: sg?.layout ?? null,
     combineUnroll: override.combineUnroll ?? COMBINE_UNROLL, combineTree: override.combineTree ?? COMBINE_TREE,
   };
 }
@@ -370,9 +371,7 @@ export class DecodeCombineProgram extends FlashProgram {
 export function flashDecodeWebGPU(backend: WebGPUBackend, inputs: FlashAttentionInputs, s: AttentionProblem,
                                   plan: DecodePlan): TensorInfo[] {
   const { q, k, v, mask } = inputs;
-  const split = new DecodeSplitProgram(s, plan);
-  const combineOut = new DecodeCombineProgram(s, plan, 'out');
-  const combineLse = new DecodeCombineProgram(s, plan, 'lse');
+  const { split, combineOut, combineLse } = programsOf(s, plan);
   const limits = deviceLimits(backend);
   checkBindingSizes(limits, [['q', q.shape], ['k', k.shape], ['v', v.shape], ['mask', mask.shape],
                              ['the decode partials', split.outputShape], ['the output', combineOut.outputShape]]);
@@ -390,12 +389,22 @@ export function flashDecodeWebGPU(backend: WebGPUBackend, inputs: FlashAttention
   });
 }
 
+/** The three programs of a call: split pass, then the combine's out and logSumExp programs. */
+const programsOf = (s: AttentionProblem, plan: DecodePlan) => ({
+  split: new DecodeSplitProgram(s, plan), combineOut: new DecodeCombineProgram(s, plan, 'out'),
+  combineLse: new DecodeCombineProgram(s, plan, 'lse'),
+});
+
+/** The problem and decodePlan of a call on this backend (the kernel's choice, and the bench's). */
+function planOf(backend: WebGPUBackend, inputs: FlashAttentionInputs, attrs: FlashAttentionAttrs) {
+  const s = attentionProblem(inputs.q.shape, inputs.k.shape, inputs.v.shape, attrs);
+  return { s, plan: decodePlan(deviceLimits(backend), s, subgroupMinSizeOf(backend)) };
+}
+
 /** The three programs of a call as decodePlan chooses them now (bench/decode.ts times each alone). */
 export function decodePrograms(backend: WebGPUBackend, inputs: FlashAttentionInputs, attrs: FlashAttentionAttrs) {
-  const s = attentionProblem(inputs.q.shape, inputs.k.shape, inputs.v.shape, attrs);
-  const plan = decodePlan(deviceLimits(backend), s, subgroupMinSizeOf(backend));
-  return { plan, split: new DecodeSplitProgram(s, plan), combineOut: new DecodeCombineProgram(s, plan, 'out'),
-           combineLse: new DecodeCombineProgram(s, plan, 'lse') };
+  const { s, plan } = planOf(backend, inputs, attrs);
+  return { plan, ...programsOf(s, plan) };
 }
 
 /**
@@ -405,8 +414,7 @@ export function decodePrograms(backend: WebGPUBackend, inputs: FlashAttentionInp
 export function maybeFlashDecodeWebGPU(args: { inputs: FlashAttentionInputs, backend: WebGPUBackend,
                                                attrs: FlashAttentionAttrs }): TensorInfo[] | null {
   const { inputs, backend, attrs } = args;
-  const s = attentionProblem(inputs.q.shape, inputs.k.shape, inputs.v.shape, attrs);
-  const plan = decodePlan(deviceLimits(backend), s, subgroupMinSizeOf(backend));
+  const { s, plan } = planOf(backend, inputs, attrs);
   return plan.use ? flashDecodeWebGPU(backend, inputs, s, plan) : null;
 }
 
