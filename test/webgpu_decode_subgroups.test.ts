@@ -120,6 +120,9 @@ describe('the plan picks the subgroup split pass on the subgroups device with ve
     expect(q.tiles).toMatchObject({ threads: 64, cols: 8 });
     expect(q.subgroup!.unroll).toBe(2);
     expect(q.numSplits).toBe(4);
+    // GQA 16/2 at 8k keys, B 1: 2 kv heads x 256 splits of 32 keys (SUBGROUP_MIN_SPLIT_KEYS), d 64 and d 128.
+    expect(planOf(c(16, 2, 64), 32)).toMatchObject({ numSplits: 256, splitKeys: 32 });
+    expect(planOf(c(16, 2, 128), 32)).toMatchObject({ numSplits: 256, splitKeys: 32 });
   });
 });
 

@@ -52,8 +52,13 @@ export const SUBGROUP_UNROLL = 4;
  * compute unit). H200 (same run): 2048 from 10 % faster to 29 % slower than 512.
  */
 export const SUBGROUP_TARGET_WORKGROUPS = 512;
-/** A split covers at least this many keys (fewer: more partials for the combine pass than work). */
-export const SUBGROUP_MIN_SPLIT_KEYS = 256;
+/**
+ * A split covers at least this many keys (fewer: more partials for the combine pass than work).
+ * H200, GQA 16/2, B 1 (2026-12-02 16:20 UTC, bench/results/h200-decode-wide-combine, with the
+ * wide combine): 32 instead of 256 (256 splits instead of 32 at 8k keys) made the call 8 % faster
+ * at d 64 and 24 % at d 128 (0.0202 vs 0.0264 ms), equal at 64k keys (256 splits either way).
+ */
+export const SUBGROUP_MIN_SPLIT_KEYS = 32;
 /**
  * Most threads: subgroupsAreLinear (subgroups.ts) checks the lane layout the shuffles rely on for
  * workgroups of up to 256 invocations.
