@@ -227,7 +227,7 @@ describe('the subgroup split pass at extreme option values equals the reference 
       expect([got.decoded, got.subgroupPasses]).toEqual([1, 1]);
       found.push(...nonFiniteProblems(c, finite, d, got, where));
       // Each case puts a non-finite value where some row sees it.
-      expect(Array.from(got.out).some(x => !Number.isFinite(x))).toBe(true);
+      if (Array.from(got.out).every(Number.isFinite)) found.push(`${where}: ${describeCase(c)}: every output finite`);
     }
     expect(takeUncapturedErrors()).toEqual([]);
     expect(found).toEqual([]);
