@@ -6,12 +6,10 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import { FlashMultiHeadAttention, FlashMultiHeadAttentionArgs } from '../src/index';
-import { callStepByStep } from './helpers/layer_cache';
+import { callStepByStep, NONZERO_BIASES, read } from './helpers/layer_cache';
 import { LAYER_BACKENDS, useLayerBackend } from './helpers/layer_backends';
 import { randomTensor, relativeError } from './helpers/tfjs_mha';
 
-const NONZERO_BIASES = tf.initializers.randomNormal({ mean: 0, stddev: 0.5 });
-const read = async (t: tf.Tensor) => Float32Array.from(await t.data() as Float32Array);
 
 interface CacheCase {
   name: string;

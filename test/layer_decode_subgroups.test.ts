@@ -10,13 +10,11 @@ import * as tf from '@tensorflow/tfjs';
 import { FlashMultiHeadAttention, FlashMultiHeadAttentionArgs } from '../src/index';
 import { decodeCalls, DECODE_MIN_SEQ_K } from '../kernels/webgpu/flash_decode_webgpu';
 import { isSubgroupSplit, subgroupPipelines, useSubgroupsDevice, withProgramsRun } from './helpers/decode_subgroups';
-import { callStepByStep } from './helpers/layer_cache';
+import { callStepByStep, NONZERO_BIASES, read } from './helpers/layer_cache';
 import { randomTensor, relativeError } from './helpers/tfjs_mha';
 import { gpuTest, HAS_GPU, takeUncapturedErrors } from './helpers/webgpu_env';
 
 const COMPILE_HEAVY_MS = 600000;
-const NONZERO_BIASES = tf.initializers.randomNormal({ mean: 0, stddev: 0.5 });
-const read = async (t: tf.Tensor) => Float32Array.from(await t.data() as Float32Array);
 
 interface Case {
   name: string;

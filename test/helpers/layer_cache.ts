@@ -6,6 +6,12 @@
 import * as tf from '@tensorflow/tfjs';
 import { FlashMultiHeadAttention } from '../../src/index';
 
+/** Random biases for the layers under test (zero biases would hide one added in the wrong place). */
+export const NONZERO_BIASES = tf.initializers.randomNormal({ mean: 0, stddev: 0.5 });
+
+/** A tensor's values, copied. */
+export const read = async (t: tf.Tensor) => Float32Array.from(await t.data() as Float32Array);
+
 /** A cache whose unwritten positions hold NaN: a call that read past its length would show it. */
 export function poisonedCache(batch: number, maxLength: number, kvHeads: number, headDim: number): tf.Tensor {
   return tf.fill([batch, 2, maxLength, kvHeads, headDim], NaN);
