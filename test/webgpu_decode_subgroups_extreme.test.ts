@@ -4,11 +4,12 @@
  * one-pass kernel (forward out and logSumExp < 1e-5 relative, absolute where the reference is 0,
  * -Infinity exactly): softcaps from 1e-3 to 3e38; windows of 0 keys either side, ending at split
  * edges, past the sequence's ends and near 2^31; scales of 0, ±1e-30 and up to ±1e30 (exp of the
- * raw scores overflows float32); ALiBi slopes of 0, ±1e-30 and up to ±1e30; dropout rates from 1e-12
+ * raw scores overflows float32); ALiBi slopes of 0, ±1e-30 and up to ±1e30 and 3e36; dropout rates from 1e-12
  * to 1 - 2^-32; masks that hide whole rows, whole splits, all but one key, everything; sequence
  * ranges of length 0 and 1; NaN and ±Infinity inside masked splits and at a window's only key.
- * Small workgroups and 4 splits of 80 keys (SPLITS) make a split easy to mask entirely; a GQA shape
- * (8 rows a workgroup, 2 lanes a key) and an MHA one (1 row, 4 lanes) take the pass's two butterfly forms.
+ * Small workgroups and 4 splits of 80 keys (SPLITS), or 128 of 16 (MANY), make a split easy to mask
+ * entirely; GQA shapes (8 rows a workgroup, 2 and 4 lanes a key: one and two reduce-scatter steps)
+ * and an MHA one (1 row, 4 lanes: all-reduce only) take the pass's butterfly forms.
  */
 import * as tf from '@tensorflow/tfjs';
 import type { WebGPUBackend } from '@tensorflow/tfjs-backend-webgpu';
@@ -26,9 +27,14 @@ const COMPILE_HEAVY_MS = 600000;
 const GQA = dims(2, 3, 300, 4, 2, 8);
 /** One query row, 2 heads, head dim 16: 1 row a workgroup, 4 lanes a key. */
 const MHA = dims(1, 1, 300, 2, 2, 16);
-/** 4 splits of 80 keys over 300 ([0, 80), [80, 160), [160, 240), [240, 300)) on both shapes. */
+/** 2 query rows, 8 heads on 2 kv heads, head dims 32 and 16: 8 rows a workgroup, 4 lanes a key (two reduce-scatter steps). */
+const GQA4 = dims(1, 2, 300, 8, 2, 32, 16);
+/** 4 splits of 80 keys over 300 ([0, 80), [80, 160), [160, 240), [240, 300)) on these shapes. */
 const SPLITS: DecodeOverride = { ...SMALL, numSplits: 4 };
-/** Both shapes' diagonal: key j = i + 297 for query row i (bottom-right aligned). */
+/** 2048 keys, 2 heads on 1 kv head: with MANY, 128 splits of 16 keys (at most one split a workgroup step). */
+const LONG = dims(1, 1, 2048, 2, 1, 8);
+const MANY: DecodeOverride = { ...SMALL, numSplits: 256 };
+/** GQA's diagonal: key j = i + 297 for query row i (bottom-right aligned). */
 const OFF = 297;
 
 /**
@@ -76,20 +82,21 @@ function maskOf(c: CaseSpec, keep: (...index: number[]) => boolean): Uint8Array 
 describe('the subgroup split pass at extreme option values equals the reference and the one-pass kernel', () => {
   const minSizeOf = useSubgroupsDevice();
 
-  gpuTest('the split geometry the cases rely on: 4 splits of 80 keys on both shapes', () => {
+  gpuTest('the split geometry the cases rely on: 4 splits of 80 keys (128 of 16); rows a workgroup and lanes a key', () => {
     const backend = tf.backend() as WebGPUBackend;
-    for (const shape of [GQA, MHA]) {
+    for (const [shape, o, splits, rows, lanes] of [
+      [GQA, SPLITS, [4, 80], 8, 2], [MHA, SPLITS, [4, 80], 1, 4], [GQA4, SPLITS, [4, 80], 8, 4], [LONG, MANY, [128, 16], 2, 2],
+    ] as const) {
       const { batch, seqQ, seqK, heads, kvHeads, headDim, headDimV } = shape;
       const c: CaseSpec = { dims: shape, seed: 1 };
-      setDecodeOverride({ mode: 'on', ...SPLITS });
+      setDecodeOverride({ mode: 'on', ...o });
       try {
         const plan = decodePlan(deviceLimits(backend), attentionProblem(
             [batch, seqQ, heads, headDim], [batch, seqK, kvHeads, headDim], [batch, seqK, kvHeads, headDimV],
             caseAttrs(c, caseData(c))), minSizeOf());
         expect(plan.subgroup).not.toBeNull();
-        expect([plan.numSplits, plan.splitKeys]).toEqual([4, 80]);
-        expect(plan.tiles.rows).toBe(shape === GQA ? 8 : 1);
-        expect(plan.subgroup!.lanes).toBe(shape === GQA ? 2 : 4);
+        expect([plan.numSplits, plan.splitKeys]).toEqual(splits);
+        expect([plan.tiles.rows, plan.subgroup!.lanes]).toEqual([rows, lanes]);
       } finally {
         setDecodeOverride({});
       }
@@ -202,6 +209,38 @@ describe('the subgroup split pass at extreme option values equals the reference 
       expect(takeUncapturedErrors()).toEqual([]);
       expectClose(label, got, want);
       expectClose(`${label} against the one-pass kernel`, got, onePass.got);
+    }
+  }, COMPILE_HEAVY_MS);
+
+  gpuTest('4 lanes a key, headDimV 16 < headDim 32: a window of 0 keys, scales ±1e30, softcap 1e-3, slopes ±1e30, ' +
+          'dropout 1 - 1e-6, masks hiding splits and rows', async () => {
+    const slopes = Float32Array.from([1e30, -1e30, 1e3, -1e3, 0, 1e-30, 3e36, 1]);
+    const cases: Array<{ c: CaseSpec; d?: Partial<CaseData>; emptyRows: number }> = [
+      { c: { dims: GQA4, seed: 900, windowSize: [0, 0] }, emptyRows: 0 },
+      { c: { dims: GQA4, seed: 901, scale: 1e30 }, emptyRows: 0 },
+      { c: { dims: GQA4, seed: 902, scale: -1e30, softcap: 1e-3 }, emptyRows: 0 },
+      { c: { dims: GQA4, seed: 903, alibi: true, causal: true }, d: { slopes }, emptyRows: 0 },
+      { c: { dims: GQA4, seed: 904, dropoutRate: 1 - 1e-6 }, emptyRows: 0 },
+    ];
+    const keysOfSplit1: CaseSpec = { dims: GQA4, seed: 905, maskShape: [GQA4.seqK] };
+    cases.push({ c: keysOfSplit1, d: { mask: maskOf(keysOfSplit1, j => j >= 150 && j < 160) }, emptyRows: 0 });
+    const rowsHidden: CaseSpec = { dims: GQA4, seed: 906, maskShape: [1, GQA4.heads, GQA4.seqQ, GQA4.seqK] };
+    cases.push({ c: rowsHidden, d: { mask: maskOf(rowsHidden, (_, h, i, j) => h % 3 !== i && j >= 240) }, emptyRows: 6 });
+    for (const { c, d, emptyRows } of cases) {
+      expect(await expectAccurateWithEmptyRows(c, [SPLITS], { ...caseData(c), ...d })).toBe(emptyRows);
+    }
+  }, COMPILE_HEAVY_MS);
+
+  gpuTest('128 splits of 16 keys, nearly all empty: a window of 0 keys, a mask keeping 3 keys of head 0 and none of head 1, ' +
+          'causal with slopes ±1e30', async () => {
+    const masked: CaseSpec = { dims: LONG, seed: 950, maskShape: [1, LONG.heads, 1, LONG.seqK] };
+    const cases: Array<{ c: CaseSpec; d?: Partial<CaseData>; emptyRows: number }> = [
+      { c: { dims: LONG, seed: 951, windowSize: [0, 0] }, emptyRows: 0 },
+      { c: masked, d: { mask: maskOf(masked, (_, h, __, j) => h === 0 && (j === 0 || j === 1000 || j === 2047)) }, emptyRows: 1 },
+      { c: { dims: LONG, seed: 952, alibi: true, causal: true }, d: { slopes: Float32Array.from([1e30, -1e30]) }, emptyRows: 0 },
+    ];
+    for (const { c, d, emptyRows } of cases) {
+      expect(await expectAccurateWithEmptyRows(c, [MANY], { ...caseData(c), ...d })).toBe(emptyRows);
     }
   }, COMPILE_HEAVY_MS);
 
