@@ -8,8 +8,8 @@
  * to 1 - 2^-32; masks that hide whole rows, whole splits, all but one key, everything; sequence
  * ranges of length 0 and 1; NaN and ±Infinity inside masked splits and at a window's only key.
  * Small workgroups and 4 splits of 80 keys (SPLITS), or 128 of 16 (MANY), make a split easy to mask
- * entirely; GQA shapes (8 rows a workgroup, 2 and 4 lanes a key: one and two reduce-scatter steps)
- * and an MHA one (1 row, 4 lanes: all-reduce only) take the pass's butterfly forms.
+ * entirely; GQA shapes (8 rows a workgroup, 1, 2 and 4 lanes a key: no shuffle, one and two
+ * reduce-scatter steps) and an MHA one (1 row, 4 lanes: all-reduce only) take the pass's butterfly forms.
  */
 import * as tf from '@tensorflow/tfjs';
 import type { WebGPUBackend } from '@tensorflow/tfjs-backend-webgpu';
@@ -29,7 +29,9 @@ const GQA = dims(2, 3, 300, 4, 2, 8);
 const MHA = dims(1, 1, 300, 2, 2, 16);
 /** 2 query rows, 8 heads on 2 kv heads, head dims 32 and 16: 8 rows a workgroup, 4 lanes a key (two reduce-scatter steps). */
 const GQA4 = dims(1, 2, 300, 8, 2, 32, 16);
-/** 4 splits of 80 keys over 300 ([0, 80), [80, 160), [160, 240), [240, 300)) on these shapes. */
+/** As GQA with head dim 4: 1 lane a key (no shuffles). */
+const GQA1 = dims(2, 3, 300, 4, 2, 4);
+/** 4 splits of 80 keys over 300 ([0, 80), [80, 160), [160, 240), [240, 300)) on these shapes (of 96 on GQA1). */
 const SPLITS: DecodeOverride = { ...SMALL, numSplits: 4 };
 /** 2048 keys, 2 heads on 1 kv head: with MANY, 128 splits of 16 keys (at most one split a workgroup step). */
 const LONG = dims(1, 1, 2048, 2, 1, 8);
@@ -82,10 +84,11 @@ function maskOf(c: CaseSpec, keep: (...index: number[]) => boolean): Uint8Array 
 describe('the subgroup split pass at extreme option values equals the reference and the one-pass kernel', () => {
   const minSizeOf = useSubgroupsDevice();
 
-  gpuTest('the split geometry the cases rely on: 4 splits of 80 keys (128 of 16); rows a workgroup and lanes a key', () => {
+  gpuTest('the split geometry the cases rely on: 4 splits of 80 keys (96, 128 of 16); rows a workgroup and lanes a key', () => {
     const backend = tf.backend() as WebGPUBackend;
     for (const [shape, o, splits, rows, lanes] of [
-      [GQA, SPLITS, [4, 80], 8, 2], [MHA, SPLITS, [4, 80], 1, 4], [GQA4, SPLITS, [4, 80], 8, 4], [LONG, MANY, [128, 16], 2, 2],
+      [GQA, SPLITS, [4, 80], 8, 2], [MHA, SPLITS, [4, 80], 1, 4], [GQA4, SPLITS, [4, 80], 8, 4], [GQA1, SPLITS, [4, 96], 8, 1],
+      [LONG, MANY, [128, 16], 2, 2],
     ] as const) {
       const { batch, seqQ, seqK, heads, kvHeads, headDim, headDimV } = shape;
       const c: CaseSpec = { dims: shape, seed: 1 };
@@ -175,6 +178,9 @@ describe('the subgroup split pass at extreme option values equals the reference 
       { c: { dims: GQA, seed: 604, maskShape: [GQA.batch, GQA.heads, GQA.seqQ, 1] }, emptyRows: 12, keep: (b, h, i) => (b + h + i) % 2 === 0 },
       // MHA: head 1 hidden; head 0 keeps keys of split 3 only.
       { c: { dims: MHA, seed: 605, maskShape: full(MHA) }, emptyRows: 1, keep: (_, h, __, j) => h === 0 && j >= 240 },
+      // Head dim 4, one lane a key (splits of 96 keys): splits 1 and 2 hidden, and rows (b, h, h % 3).
+      { c: { dims: GQA1, seed: 607, maskShape: full(GQA1) }, emptyRows: 8,
+        keep: (_, h, i, j) => i !== h % 3 && !(j >= 96 && j < 288) },
     ];
     for (const { c, keep, emptyRows } of cases) {
       const d = { ...caseData(c), mask: maskOf(c, keep) };
