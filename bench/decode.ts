@@ -23,8 +23,8 @@
  * --decode-targets=128,256,... also times the split-KV forward at those split-pass workgroup
  * targets, --decode-threads at those thread counts, --decode-variants at any DecodeOverride
  * (vec4, prefetch, fused, grouped, subgroup, mintiles, target, threads, cols, rows, lanes, unroll, blocked,
- * gmin: the grouped pass's least headDimV, cunroll: combine splits per lane at once, ctree: combine
- * reductions by a tree); on the subgroups device (bench --decode-device=subgroups) 'decode' is the
+ * gmin: the grouped pass's least headDimV, cthreads: the combine's threads, ccols: its value vec4
+ * columns per workgroup); on the subgroups device (bench --decode-device=subgroups) 'decode' is the
  * subgroup split pass and decode[subgroup=0] the other passes, timed in the same rounds;
  * --decode-passes times each program alone; --decode-baselines=0 leaves out the one-pass
  * forward and the composite (tuning runs).
@@ -350,10 +350,10 @@ export function variantOverride(spec: string): DecodeOverride {
       case 'unroll': o.unroll = x; break;
       case 'blocked': o.blocked = x !== 0; break;
       case 'gmin': o.groupedMinHeadDimV = x; break;
-      case 'cunroll': o.combineUnroll = x; break;
-      case 'ctree': o.combineTree = x !== 0; break;
+      case 'cthreads': o.combineThreads = x; break;
+      case 'ccols': o.combineCols = x; break;
       default: throw new Error(`--decode-variants: unknown key '${key}' (vec4, prefetch, fused, grouped, subgroup, mintiles, ` +
-                               'target, threads, cols, rows, lanes, unroll, blocked, gmin, cunroll, ctree)');
+                               'target, threads, cols, rows, lanes, unroll, blocked, gmin, cthreads, ccols)');
     }
   }
   return o;

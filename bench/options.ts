@@ -108,7 +108,7 @@ export const USAGE = `npm run bench -- [flags]
   --decode-variants=vec4=0+prefetch=0,mintiles=1   ... and these split-pass variants (keys: vec4,
                               prefetch, fused, grouped, subgroup (0/1), mintiles, target, threads, cols, rows,
                               lanes, unroll, blocked (0/1), gmin (grouped pass from this headDimV),
-                              cunroll (combine splits at once), ctree (0/1: combine max and sum by a tree))
+                              cthreads (the combine's threads), ccols (its value vec4 columns per workgroup))
   --decode-device=subgroups   the decode sweep on the opt-in subgroups device (useWebGPUWithSubgroups:
                               the subgroup split pass; decode[subgroup=0] times the other passes there)
   --decode-baselines=0        decode sweep without the one-pass forward and the composite (tuning)

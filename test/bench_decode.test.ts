@@ -14,8 +14,8 @@ describe('split-pass variants (--decode-variants)', () => {
       mode: 'on', fused: true, minTilesPerSplit: 1, targetWorkgroups: 256, tiles: { threads: 512, cols: 64, rows: 4 },
     });
     expect(variantOverride('grouped=0')).toEqual({ mode: 'on', grouped: false });
-    expect(variantOverride('blocked=1+gmin=0+cunroll=4+ctree=0')).toEqual({
-      mode: 'on', blocked: true, groupedMinHeadDimV: 0, combineUnroll: 4, combineTree: false,
+    expect(variantOverride('blocked=1+gmin=0+cthreads=64+ccols=2')).toEqual({
+      mode: 'on', blocked: true, groupedMinHeadDimV: 0, combineThreads: 64, combineCols: 2,
     });
   });
   test('an unknown key or a value that is not a number is an error naming the flag', () => {

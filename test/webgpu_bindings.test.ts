@@ -1,10 +1,13 @@
 /**
- * What the WebGPU passes bind: the op hands every kernel one-element placeholders for the ALiBi
+ * What the WebGPU passes bind and dispatch. The op hands every kernel one-element placeholders for the ALiBi
  * slopes, the mask and the sequence ranges when those options are off. A pass that bound them
  * would upload each on every call, and tfjs uploads into a pooled buffer by ending the compute
  * pass for a copy (kernels/webgpu/program.ts, optionalInputNames). So: with the options off, a
  * forward (one-pass or split-KV decode) and a backward upload nothing but what the caller made;
  * with them on, the slopes, the mask and the lengths are uploaded (the spy sees uploads at all).
+ * And logSumExp is computed only where it can be used (returnLogSumExp, or a gradient being
+ * taken): otherwise a one-pass forward is one program (out written directly, no unpack copies)
+ * and a split-KV decode two (no logSumExp combine), with the same output.
  */
 import * as tf from '@tensorflow/tfjs';
 import type { WebGPUBackend } from '@tensorflow/tfjs-backend-webgpu';
@@ -28,6 +31,23 @@ function uploadsDuring(f: () => void): string[] {
     f();
   } finally {
     backend.uploadToGPU = original;
+  }
+  return seen;
+}
+
+/** Runs f and returns the names of the WebGPU programs it dispatched, in order. */
+function programsDuring(f: () => void): string[] {
+  const backend = tf.backend() as unknown as { runWebGPUProgram(p: object, ...rest: unknown[]): unknown };
+  const original = backend.runWebGPUProgram;
+  const seen: string[] = [];
+  backend.runWebGPUProgram = function (this: typeof backend, program: object, ...rest: unknown[]) {
+    seen.push(program.constructor.name);
+    return original.call(this, program, ...rest);
+  };
+  try {
+    f();
+  } finally {
+    backend.runWebGPUProgram = original;
   }
   return seen;
 }
@@ -72,4 +92,44 @@ describe('WebGPU passes bind the optional inputs only where their option is on',
     expect(uploads.some(u => u.startsWith('int32'))).toBe(true);   // the lengths' ranges
     tf.dispose([q, k, v]);
   });
+});
+
+describe('WebGPU kernels compute logSumExp only where it can be used', () => {
+  const ONE_PASS = ['FlashForwardProgram'];
+  const SPLIT_KV = ['DecodeSplitProgram', 'DecodeCombineProgram'];
+  const cases = [
+    { name: 'one-pass forward', shapes: [[1, 8, 2, 8], [1, 8, 2, 8]], lean: ONE_PASS, full: [...ONE_PASS, 'UnpackProgram', 'UnpackProgram'] },
+    { name: 'split-KV decode', shapes: [[1, 1, 4, 8], [1, 512, 2, 8]], lean: SPLIT_KV, full: [...SPLIT_KV, 'DecodeCombineProgram'] },
+  ];
+  for (const c of cases) {
+    gpuTest(`${c.name}: without returnLogSumExp or a gradient, fewer programs and the same output`, async () => {
+      const [qShape, kShape] = c.shapes;
+      const q = onGpu(qShape, 1), k = onGpu(kShape, 2), v = onGpu(kShape, 3);
+      const before = tf.memory().numTensors;
+      let lean!: tf.Tensor, full!: { output: tf.Tensor, logSumExp: tf.Tensor };
+      const leanPrograms = programsDuring(() => { lean = flashAttention(q as tf.Tensor4D, k as tf.Tensor4D, v as tf.Tensor4D, { causal: true }); });
+      const fullPrograms = programsDuring(() => {
+        full = flashAttention(q as tf.Tensor4D, k as tf.Tensor4D, v as tf.Tensor4D, { causal: true, returnLogSumExp: true });
+      });
+      expect(leanPrograms).toEqual(c.lean);
+      expect(fullPrograms).toEqual(c.full);
+      expect(Array.from(await lean.data())).toEqual(Array.from(await full.output.data()));
+      const lse = await full.logSumExp.data();
+      expect(lse.length).toBe(qShape[0] * qShape[2] * qShape[1]);
+      expect(Array.from(lse).every(Number.isFinite)).toBe(true);
+      tf.dispose([lean, full.output, full.logSumExp]);
+      expect(tf.memory().numTensors).toBe(before);
+      tf.dispose([q, k, v]);
+    });
+
+    gpuTest(`${c.name}: under a gradient logSumExp is computed (the backward reads it)`, () => {
+      const [qShape, kShape] = c.shapes;
+      const q = onGpu(qShape, 1), k = onGpu(kShape, 2), v = onGpu(kShape, 3);
+      const programs = programsDuring(() => tf.tidy(() => {
+        tf.grads((a, b, e) => flashAttention(a as tf.Tensor4D, b as tf.Tensor4D, e as tf.Tensor4D, { causal: true }))([q, k, v]);
+      }));
+      expect(programs.slice(0, c.full.length)).toEqual(c.full);
+      tf.dispose([q, k, v]);
+    });
+  }
 });

@@ -196,13 +196,14 @@ describe('the grouped split pass: one probability per (row, key) for a kv head\'
   });
 });
 
-describe('the blocked split pass and the unrolled combine: keys in registers, one softmax per (row, key part)', () => {
+describe("the blocked split pass and the combine's layouts: keys in registers, one softmax per (row, key part)", () => {
   // Where the grouped pass runs (2 or more rows a workgroup, vec4 loads): the same cases, every
-  // option alone and together, padded and packed ranges, NaN/Inf, the device's own tile, the
-  // combine reading 4 splits at once (also on its own for one row), against the float64
-  // reference and the one-pass kernel.
-  const BLOCKED: DecodeOverride = { blocked: true, combineUnroll: 4 };
-  const SERIAL_COMBINE: DecodeOverride = { blocked: true, combineTree: false };
+  // option alone and together, padded and packed ranges, NaN/Inf, the device's own tile, against
+  // the float64 reference and the one-pass kernel; with a narrow combine (32 threads, 2 value
+  // columns a workgroup: several splits per thread and per split lane, a last column block only
+  // partly used where headDimV / 4 is odd) and a wide one (256 split lanes of one column).
+  const BLOCKED: DecodeOverride = { blocked: true, combineThreads: 32, combineCols: 2 };
+  const WIDE_COMBINE: DecodeOverride = { blocked: true, combineThreads: 256, combineCols: 1 };
   gpuTest('GQA groups 2, 4, 8 and MQA, several query rows per head; every option; one split and several', async () => {
     const cases: CaseSpec[] = [
       { dims: { batch: 2, seqQ: 1, seqK: 300, heads: 8, kvHeads: 4, headDim: 8, headDimV: 8 }, seed: 901 },
@@ -212,29 +213,29 @@ describe('the blocked split pass and the unrolled combine: keys in registers, on
     ];
     for (const c of cases) {
       expect(decodePlanOf(c, { mode: 'on', tiles: TINY_DECODE, ...GROUPED_AT_ANY_HEAD_DIM, ...BLOCKED }))
-          .toMatchObject({ fused: true, grouped: true, blocked: true, combineUnroll: 4 });
+          .toMatchObject({ fused: true, grouped: true, blocked: true, combine: { threads: 32, cols: 2, splitLanes: 16 } });
       await expectDecodeAccurate(c, [1, 5, 13]);
     }
     for (const [n, set] of [[...OPTION_NAMES], ['mask', 'dropout'], ['window', 'alibi']].entries()) {
       const c = decodeCase(new Set(set), 2900 + n);
       c.dims.kvHeads = 1;
       const d = caseData(c), want = reference(c, d), onePass = await forward(c, d, { mode: 'off' });
-      const got = await forward(c, d, { mode: 'on', numSplits: 3, ...(n === 1 ? SERIAL_COMBINE : BLOCKED) });
+      const got = await forward(c, d, { mode: 'on', numSplits: 3, ...(n === 1 ? WIDE_COMBINE : BLOCKED) });
       expect(takeUncapturedErrors()).toEqual([]);
       expectClose(`${describeCase(c)} blocked`, got, want);
       expectClose(`${describeCase(c)} blocked vs one-pass`, got, onePass);
     }
   }, COMPILE_HEAVY_MS);
 
-  gpuTest("the device's own tile (256 threads): one split and the automatic count, dropout; one row with the unrolled combine", async () => {
+  gpuTest("the device's own tile (256 threads): one split and the automatic count, dropout; one row; narrow and wide combines", async () => {
     const own: CaseSpec = { dims: { batch: 1, seqQ: 2, seqK: 1100, heads: 8, kvHeads: 1, headDim: 16, headDimV: 16 }, seed: 905, causal: true, dropoutRate: 0.2 };
     const mha: CaseSpec = { dims: { batch: 1, seqQ: 1, seqK: 2100, heads: 2, kvHeads: 2, headDim: 16, headDimV: 16 }, seed: 906, alibi: true };
     for (const c of [own, mha]) {
       const d = caseData(c), want = reference(c, d);
-      // 200 splits asked (8-key tiles; 132 result): the combine's 32 split lanes take 4 splits at once, then the rest one by one.
+      // 200 splits asked (8-key tiles; 132 result): the narrow combine's threads read 5 splits' (max, sum) and its 16 split lanes 9 splits each.
       for (const numSplits of [1, 9, 200, undefined]) {
-        // 200 splits also with the serial max and sum (the tree's other side).
-        for (const o of numSplits === 200 ? [BLOCKED, SERIAL_COMBINE] : [BLOCKED]) {
+        // 200 splits also with the wide combine, and with the automatic layout.
+        for (const o of numSplits === 200 ? [BLOCKED, WIDE_COMBINE, { blocked: true }] : [BLOCKED]) {
         setDecodeOverride({ mode: 'on', numSplits, ...GROUPED_AT_ANY_HEAD_DIM, ...o, ...(numSplits === 200 ? { tiles: { cols: 8 } } : {}) });
         const got = await runOp(c, d, false);
         setDecodeOverride({});
@@ -243,8 +244,11 @@ describe('the blocked split pass and the unrolled combine: keys in registers, on
         }
       }
     }
-    // 263 tiles of 8 keys in splits of 2 tiles: 132 splits (>= 4 x 32 lanes: the unrolled loop runs).
-    expect(decodePlanOf(mha, { mode: 'on', numSplits: 200, tiles: { cols: 8 }, ...BLOCKED }).numSplits).toBe(132);
+    // 263 tiles of 8 keys in splits of 2 tiles: 132 splits.
+    expect(decodePlanOf(mha, { mode: 'on', numSplits: 200, tiles: { cols: 8 }, ...BLOCKED }))
+        .toMatchObject({ numSplits: 132, combine: { threads: 32, cols: 2, colBlocks: 2, splitLanes: 16, splitsPerLane: 9, statsPerThread: 5 } });
+    expect(decodePlanOf(mha, { mode: 'on', numSplits: 200, tiles: { cols: 8 }, ...WIDE_COMBINE }))
+        .toMatchObject({ numSplits: 132, combine: { threads: 256, cols: 1, colBlocks: 4, splitLanes: 256, splitsPerLane: 1, statsPerThread: 1 } });
   }, COMPILE_HEAVY_MS);
 
   gpuTest('padded and packed ranges; NaN and ±Infinity; bitwise deterministic on reused buffers', async () => {
@@ -286,12 +290,15 @@ describe('the blocked split pass and the unrolled combine: keys in registers, on
   test('the default for 2 or more rows a workgroup on vec4 loads below headDimV 128 (one tile a split at least); not for one row; register-sized tiles', () => {
     const c = (heads: number, kvHeads: number, d = 128, seqK = 512): CaseSpec =>
       ({ dims: { batch: 1, seqQ: 1, seqK, heads, kvHeads, headDim: d, headDimV: d }, seed: 1 });
-    expect(decodePlanOf(c(16, 2, 64), {})).toMatchObject({ grouped: true, blocked: true, combineUnroll: 1, combineTree: true,
-                                                           tiles: { rows: 8, cols: 128, threads: 256 } });
-    // GQA 16/2 at 8k keys, B 1: 64 tiles of 128 keys, one a split: 2 kv heads x 64 splits.
-    expect(decodePlanOf(c(16, 2, 64, 8192), {})).toMatchObject({ blocked: true, numSplits: 64 });
+    expect(decodePlanOf(c(16, 2, 64), {})).toMatchObject({ grouped: true, blocked: true, tiles: { rows: 8, cols: 128, threads: 256 } });
+    // GQA 16/2 at 8k keys, B 1: 64 tiles of 128 keys, one a split: 2 kv heads x 64 splits; the
+    // combine: 4 value vec4s a workgroup (4 workgroups a row), a split lane per split.
+    expect(decodePlanOf(c(16, 2, 64, 8192), {})).toMatchObject({
+      blocked: true, numSplits: 64, combine: { threads: 256, cols: 4, colBlocks: 4, splitLanes: 64, splitsPerLane: 1, statsPerThread: 1 } });
+    // One split: the combine's least threads (a warp).
+    expect(decodePlanOf(c(16, 16, 64, 512), { numSplits: 1 })).toMatchObject({ combine: { threads: 32, cols: 4, splitLanes: 8, splitsPerLane: 1 } });
     expect(decodePlanOf(c(16, 2, 8), {})).toMatchObject({ grouped: true, blocked: true });
-    expect(decodePlanOf(c(16, 2), {})).toMatchObject({ grouped: true, blocked: false, combineTree: true });
+    expect(decodePlanOf(c(16, 2), {})).toMatchObject({ grouped: true, blocked: false });
     expect(decodePlanOf(c(16, 2), { blocked: true })).toMatchObject({ grouped: true, blocked: true, tiles: { rows: 8, cols: 64, threads: 256 } });
     expect(decodePlanOf(c(16, 16, 64), {})).toMatchObject({ fused: true, grouped: false, blocked: false });
     expect(decodePlanOf(c(16, 2, 64), { grouped: false })).toMatchObject({ grouped: false, blocked: false });

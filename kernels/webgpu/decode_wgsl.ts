@@ -903,68 +903,89 @@ export function splitPassBlockedWGSL(variableNames: string[], t: DecodeTiles, f:
 }
 
 /**
- * The combine pass writes one of the two outputs (`part`): out [rowsQ, H, DV] or logSumExp
- * (problem.ts's layout). Two small dispatches instead of one packed buffer and two unpack copies:
- * under per-program timing every dispatch costs microseconds even when it moves nothing.
+ * How a combine workgroup divides its work (combineLayout): COLS value vec4 columns of one query
+ * row (a row's columns are dealt to colBlocks workgroups), SL split lanes per column, each summing
+ * up to OUT_K splits (sl, sl + SL, ...); every thread reads up to STAT_K splits' (max, sum).
  */
-export function combinePassWGSL(variableNames: string[], f: OptionFlags, headDimV: number, threads: number,
-                                maxSplits: number, part: 'out' | 'lse', unrollSplits = 1, tree = true): string {
-  // The splits' max and sum over the threads' parts in red: a tree (log2 steps, a barrier each) or
-  // one thread after another (a serial chain of numSplits workgroup-memory reads).
-  const reduce = (name: string, op: (a: string, b: string) => string, init: string) => tree ? `
+export interface CombineLayout {
+  threads: number;
+  /** Value vec4 columns a workgroup writes, and workgroups per query row (DV4 / COLS rounded up). */
+  cols: number;
+  colBlocks: number;
+  /** Split lanes per column, and the splits each lane reads. */
+  splitLanes: number;
+  splitsPerLane: number;
+  /** Splits whose (max, sum) each thread reads. */
+  statsPerThread: number;
+}
+
+const pow2AtMost = (n: number) => 2 ** Math.floor(Math.log2(Math.max(1, n)));
+
+/** The combine layout of numSplits splits: threads and cols powers of two (tree reductions). */
+export function combineLayout(headDimV: number, numSplits: number, threadsWanted: number, cols: number): CombineLayout {
+  const dv4 = vec4Count(headDimV);
+  const threads = pow2AtMost(threadsWanted);
+  const c = Math.min(pow2AtMost(cols), pow2AtMost(dv4), threads);
+  const splitLanes = threads / c;
+  return {
+    threads, cols: c, colBlocks: Math.ceil(dv4 / c), splitLanes,
+    splitsPerLane: Math.ceil(numSplits / splitLanes), statsPerThread: Math.ceil(numSplits / threads),
+  };
+}
+
+/**
+ * The combine pass writes one of the two outputs (`part`): out [rowsQ, H, DV] (each workgroup COLS
+ * vec4 columns of one row) or logSumExp (problem.ts's layout; one workgroup a row). Two small
+ * dispatches instead of one packed buffer and two unpack copies: under per-program timing every
+ * dispatch costs microseconds even when it moves nothing. Every load a thread makes (its splits'
+ * max and sum, its split lane's partial values) is issued at the start, before the first barrier:
+ * the pass waits for memory once, then runs its trees (log2 steps each) over workgroup memory.
+ * Reductions run in fixed orders: deterministic.
+ */
+export function combinePassWGSL(variableNames: string[], f: OptionFlags, headDimV: number, layout: CombineLayout,
+                                maxSplits: number, part: 'out' | 'lse'): string {
+  const { threads, cols, splitLanes, splitsPerLane, statsPerThread } = layout;
+  const tree = (name: string, op: (a: string, b: string) => string) => `
+      red[tid] = ${name}Part;
       workgroupBarrier();
-      for (var w = treeTop / 2; w > 0; w /= 2) {
+      for (var w = NT / 2; w > 0; w /= 2) {
         if (tid < w) { red[tid] = ${op('red[tid]', 'red[tid + w]')}; }
         workgroupBarrier();
       }
       let ${name} = red[0];
-      workgroupBarrier();` : `
-      workgroupBarrier();
-      var ${name} = ${init};
-      for (var u = 0; u < used; u++) { ${name} = ${op(name, 'red[u]')}; }
       workgroupBarrier();`;
-  const dv4 = vec4Count(headDimV), cw = Math.min(dv4, threads);
+  const valueLoads = part === 'lse' ? '' : `
+      // This thread's split lane: value column cb * COLS + c, splits sl, sl + SL, ... (loads in flight now).
+      let c4 = cb * COLS + tid % COLS;
+      let sl = tid / COLS;
+      let accBase = g * numSplits * DV + c4 * 4;
+      ${unroll(splitsPerLane, u => `let s${u} = sl + ${u} * SL;
+      let x${u} = vec4<f32>(${[0, 1, 2, 3].map(e => `select(0.0, partials[select(0, accBase + s${u} * DV + ${e}, (s${u} < numSplits) & (c4 * 4 + ${e} < DV))], (s${u} < numSplits) & (c4 * 4 + ${e} < DV))`).join(', ')});`)}`;
   const outputs = part === 'lse' ? '' : `
-      let accBase = g * numSplits * DV;
-      // Output columns: CW vec4 columns per round, SL split lanes per column (each sums splits
-      // sl, sl + SL, ... with its loads independent), the lanes then added in lane order.
-      for (var cb = 0; cb < DV4; cb += CW) {
-        let c4 = cb + tid % CW;
-        let sl = tid / CW;
-        var o = vec4<f32>(0.0);
-        if (sl < SL && c4 < DV4) {
-          var s = sl;
-          ${unrollSplits > 1 ? `// ${unrollSplits} splits' loads issued together, then added in split order (as the loop below).
-          for (; s + ${unrollSplits - 1} * SL < numSplits; s += ${unrollSplits} * SL) {
-            ${unroll(unrollSplits, u => `let at${u} = accBase + (s + ${u} * SL) * DV + c4 * 4;
-            let x${u} = vec4<f32>(${[0, 1, 2, 3].map(e => `select(0.0, partials[at${u} + ${e}], c4 * 4 + ${e} < DV)`).join(', ')});`)}
-            ${unroll(unrollSplits, u => `o += weight[s + ${u} * SL] * x${u};`, ' ')}
-          }` : ''}
-          for (; s < numSplits; s += SL) {
-            let at = accBase + s * DV + c4 * 4;
-            o += weight[s] * vec4<f32>(${[0, 1, 2, 3].map(e => `select(0.0, partials[at + ${e}], c4 * 4 + ${e} < DV)`).join(', ')});
-          }
-        }
-        red4[tid] = o;
-        workgroupBarrier();
-        if (tid < CW && c4 < DV4) {
-          var sum = vec4<f32>(0.0);
-          for (var p = 0; p < SL; p++) { sum += red4[p * CW + tid]; }
-          ${unroll(4, e => `if (c4 * 4 + ${e} < DV) { result[((startQ + i) * heads + h) * DV + c4 * 4 + ${e}] = select(sum[${e}] * inv, 0.0, empty); }`)}
-        }
+      var o = vec4<f32>(0.0);
+      ${unroll(splitsPerLane, u => `if (s${u} < numSplits) { o += weight[s${u}] * x${u}; }`, ' ')}
+      red4[tid] = o;
+      workgroupBarrier();
+      // The split lanes of each column added by a tree (lane sl + w into lane sl).
+      for (var w = SL / 2; w > 0; w /= 2) {
+        if (sl < w) { red4[tid] += red4[tid + w * COLS]; }
         workgroupBarrier();
       }
-`;
+      if (sl == 0 && c4 < DV4) {
+        let sum = red4[tid];
+        ${unroll(4, e => `if (c4 * 4 + ${e} < DV) { result[((startQ + i) * heads + h) * DV + c4 * 4 + ${e}] = select(sum[${e}] * inv, 0.0, empty); }`)}
+      }`;
   return `
     const DV = ${headDimV};
-    const DV4 = ${dv4};
+    const DV4 = ${vec4Count(headDimV)};
     const NT = ${threads};
-    const CW = ${cw};
-    const SL = ${Math.floor(threads / cw)};
+    const COLS = ${cols};
+    const SL = ${splitLanes};
+    const COL_BLOCKS = ${part === 'lse' ? 1 : layout.colBlocks};
     const NEG_BIG = ${NEG_BIG};
     var<workgroup> sharedWorkgroupId : vec3<u32>;
     var<workgroup> red : array<f32, NT>;
-    var<workgroup> red4 : array<vec4<f32>, NT>;
+    ${part === 'lse' ? '' : 'var<workgroup> red4 : array<vec4<f32>, NT>;'}
     var<workgroup> weight : array<f32, ${maxSplits}>;
     ${optionHelpers({ ...f, mask: false, dropout: false, alibi: false, softcap: false, window: false })}
     ${rangeHelpers(f, 'uniforms.nqMax', '')}
@@ -972,7 +993,8 @@ export function combinePassWGSL(variableNames: string[], f: OptionFlags, headDim
     fn main() {
       ${touch(variableNames)}
       ${UNIFORM_WG}
-      let i = i32(wgId.x);
+      let i = i32(wgId.x) / COL_BLOCKS;
+      let cb = i32(wgId.x) % COL_BLOCKS;
       let h = i32(wgId.y);
       let b = i32(wgId.z);
       let heads = uniforms.heads;
@@ -986,24 +1008,22 @@ export function combinePassWGSL(variableNames: string[], f: OptionFlags, headDim
       if (i >= rq.y) { return; }` : ''}
       let g = (b * heads + h) * nqMax + i;
       let mlBase = uniforms.batchSeqs * heads * nqMax * numSplits * DV + g * numSplits * 2;
-      // The splits' weights exp(m_s - M) once, in parallel, into workgroup memory (the splits
-      // are dealt to threads; every reduction runs in a fixed order: deterministic).
-      var partMax = NEG_BIG;
-      for (var s = tid; s < numSplits; s += NT) { partMax = max(partMax, partials[mlBase + 2 * s]); }
-      red[tid] = partMax;
-      // Threads past numSplits hold NEG_BIG and 0: only the first numSplits partial values count.
-      let used = min(NT, numSplits);
-      var treeTop = 1;
-      while (treeTop < used) { treeTop *= 2; }
-      ${reduce('rowMax', (a, b) => `max(${a}, ${b})`, 'NEG_BIG')}
-      var partSum = 0.0;
-      for (var s = tid; s < numSplits; s += NT) {
-        let w = exp(partials[mlBase + 2 * s] - rowMax);
-        weight[s] = w;
-        partSum += w * partials[mlBase + 2 * s + 1];
-      }
-      red[tid] = partSum;
-      ${reduce('rowSum', (a, b) => `${a} + ${b}`, '0.0')}
+      // This thread's splits' (max, sum): splits tid, tid + NT, ... (past numSplits: NEG_BIG and 0).
+      ${unroll(statsPerThread, u => `let t${u} = tid + ${u} * NT;
+      let m${u} = select(NEG_BIG, partials[select(0, mlBase + 2 * t${u}, t${u} < numSplits)], t${u} < numSplits);
+      let l${u} = select(0.0, partials[select(0, mlBase + 2 * t${u} + 1, t${u} < numSplits)], t${u} < numSplits);`)}
+      ${valueLoads}
+      var rowMaxPart = NEG_BIG;
+      ${unroll(statsPerThread, u => `rowMaxPart = max(rowMaxPart, m${u});`, ' ')}
+      ${tree('rowMax', (a, b) => `max(${a}, ${b})`)}
+      // The splits' weights exp(m_s - M), each by the thread that read its (max, sum).
+      var rowSumPart = 0.0;
+      ${unroll(statsPerThread, u => `if (t${u} < numSplits) {
+        let w = exp(m${u} - rowMax);
+        ${part === 'lse' ? '' : `weight[t${u}] = w;`}
+        rowSumPart += w * l${u};
+      }`)}
+      ${tree('rowSum', (a, b) => `${a} + ${b}`)}
       // Query rows past the sequence's length (padded layout) have no kept key: out 0, lse -inf.
       // A row with no kept key has sum exactly 0 (even where acc holds 0 * NaN); a NaN sum is
       // not empty and propagates.

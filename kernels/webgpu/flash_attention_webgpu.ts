@@ -21,7 +21,7 @@ import {
 import { optionHelpers } from './attention_wgsl';
 import { maybeFlashDecodeWebGPU } from './flash_decode_webgpu';
 import {
-  checkBindingSizes, checkDispatch, deviceLimits, FlashProgram, inputsByName, optionalInputNames, runProgram,
+  checkBindingSizes, checkDispatch, deviceLimits, FlashProgram, inputsByName, logSumExpNotComputed, optionalInputNames, runProgram,
   shaderKeyOf, unpack, unroll, WebGPUBackend, withDeviceErrorCheck,
 } from './program';
 import { subgroupMinSizeOf } from './subgroups';
@@ -53,15 +53,16 @@ export class FlashForwardProgram extends FlashProgram {
     super();
     this.variableNames = ['q', 'k', 'v', ...optionalInputNames(flags)];
     this.uniforms = optionUniforms(s).fields;
-    // One packed output: out [B, Nq, H, Dv], then logsumexp [B, H, Nq] (problem.ts has the shapes).
-    this.outputShape = [util.sizeFromShape(s.outShape) + util.sizeFromShape(s.logSumExpShape)];
+    // One packed output: out [B, Nq, H, Dv], then logsumexp [B, H, Nq] (problem.ts has the shapes);
+    // out alone where logSumExp is not needed (no unpack copies then).
+    this.outputShape = s.computeLogSumExp ? [util.sizeFromShape(s.outShape) + util.sizeFromShape(s.logSumExpShape)] : s.outShape;
     this.workgroupSize = [threadsOf(tiles), 1, 1];
     const rowTiles = Math.ceil(s.seqQ / tiles.rows);
     // Windowed programs pair query tiles (see getUserCode).
     this.dispatch = [flags.window ? Math.ceil(rowTiles / 2) : rowTiles, s.heads, s.batch];
     this.shaderKey = shaderKeyOf('flashAttentionForward', {
       headDim: s.headDim, headDimV: s.headDimV, ...tiles, ...flags,
-      shuffleWidth: rowShuffleWidth(tiles, subgroupSize),
+      shuffleWidth: rowShuffleWidth(tiles, subgroupSize), logSumExp: s.computeLogSumExp,
     });
   }
 
@@ -286,11 +287,11 @@ export class FlashForwardProgram extends FlashProgram {
             let o = select(acc_${r}_${jj} * inv, vec4<f32>(0.0), empty);
             ${unroll(4, e => `if (c4 * 4 + ${e} < DV) { result[base + c4 * 4 + ${e}] = o[${e}]; }`)}
           }`)}
-          if (tc == 0) {
+          ${this.s.computeLogSumExp ? `if (tc == 0) {
             // log(NaN) is not NaN everywhere (SwiftShader: +inf), so a NaN sum is passed on itself.
             let lse = select(m_${r} + log(rowSum), rowSum, poisons(rowSum));
             result[outSize + ${logSumExpIndexWGSL('h', 'i')}] = select(lse, -uniforms.INFINITY, empty);
-          }
+          }` : ''}
         }
       }`)}`;
   }
@@ -314,7 +315,8 @@ export function flashAttentionWebGPU(
   return withDeviceErrorCheck(backend, () => {
     const packed = runProgram(backend, program, inputsByName(program.variableNames, inputs as unknown as Record<string, TensorInfo>),
                               optionUniforms(s).data);
-    return unpack(backend, packed, [s.outShape, s.logSumExpShape]);
+    return s.computeLogSumExp ? unpack(backend, packed, [s.outShape, s.logSumExpShape])
+        : [packed, logSumExpNotComputed(backend, s.logSumExpShape)];
   });
 }
 

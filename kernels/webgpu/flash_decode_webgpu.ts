@@ -3,7 +3,8 @@
  * forward gives such a call only batch x heads workgroups, far too few to fill a GPU; this splits
  * the keys of each (sequence, kv head) across workgroups (split pass) and combines the partial
  * results by their logsumexp in a fixed order (combine pass, one program for the output and one
- * for the logsumexp, so a call is three dispatches): same outputs (out and logSumExp) as the
+ * for the logsumexp, so a call is three dispatches; two where logSumExp is not needed, i.e. no
+ * gradient can be taken and the caller did not ask for it, as in generation): same outputs as the
  * one-pass kernel, deterministic. One kv head's split serves every query head of its group
  * (GQA/MQA), so the keys and values are read once, not once per query head: decode's cost is
  * reading them. Every option is supported (ALiBi, window/causal, softcap, mask, dropout, padded
@@ -30,7 +31,7 @@
 import { TensorInfo, util } from '@tensorflow/tfjs-core';
 import { AttentionProblem, attentionProblem, FlashAttentionAttrs, FlashAttentionInputs } from '../../src/contract';
 import {
-  blockedLayout, combinePassWGSL, decodeBlockedWorkgroupBytes, decodeFusedWorkgroupBytes, decodeGroupedWorkgroupBytes,
+  blockedLayout, CombineLayout, combineLayout, combinePassWGSL, decodeBlockedWorkgroupBytes, decodeFusedWorkgroupBytes, decodeGroupedWorkgroupBytes,
   DecodeLoads, DecodeTiles, decodeWorkgroupBytes, FUSED_MAX_ROWS, splitPassBlockedWGSL, splitPassFusedWGSL,
   splitPassGroupedWGSL, splitPassWGSL,
 } from './decode_wgsl';
@@ -40,7 +41,8 @@ import {
 import { subgroupMinSizeOf } from './subgroups';
 import { vec4Count } from './tiles';
 import {
-  checkBindingSizes, checkDispatch, DeviceLimits, deviceLimits, FlashProgram, inputsByName, optionalInputNames, runProgram, shaderKeyOf,
+  checkBindingSizes, checkDispatch, DeviceLimits, deviceLimits, FlashProgram, inputsByName, logSumExpNotComputed, optionalInputNames,
+  runProgram, shaderKeyOf,
   Uniform, WebGPUBackend, withDeviceErrorCheck,
 } from './program';
 import { optionUniforms } from './uniforms';
@@ -76,7 +78,6 @@ export const DECODE_MIN_TILES_PER_SPLIT = 2;
  */
 const DECODE_THREADS = 256;
 const DECODE_THREADS_FEW_ROWS = 512;
-const COMBINE_THREADS = 128;
 /**
  * Whether the split pass loads the next key tile while it works on the current one (decode_wgsl.ts,
  * DecodeLoads). Measured only together with vec4 loads on the staged pass (H200: staged + vec4 +
@@ -117,20 +118,17 @@ const DECODE_BLOCKED_BELOW_HEAD_DIM_V = DECODE_GROUPED_MIN_HEAD_DIM_V;
  */
 const DECODE_MIN_TILES_PER_SPLIT_BLOCKED = 1;
 /**
- * Splits each combine lane loads at once (independent loads in flight). 4 (run of 12:46 UTC, serial
- * max and sum): combine-out alone 7-8 % faster at 64 splits (GQA B 1; 0.0305 vs 0.0332 ms), within
- * 3 % at 1-8 splits, whole calls within noise; not measured with the tree below, so 1; an override
- * (combineUnroll).
+ * The combine pass: value vec4 columns a workgroup writes (a row's columns are dealt to
+ * DV4 / COMBINE_COLS workgroups, so many splits are read by many threads at once), and its most
+ * threads (fewer where there are few splits: COMBINE_COLS x the split count, at least a warp).
+ * Before (2026-12-02 15:48 UTC run, bench/results/h200-decode-gqa-b1): one 128-thread workgroup a
+ * row, each split lane reading its splits one after another: combine-out alone took 10.7 us (d 64)
+ * and 17.2 us (d 128) at 256 splits (GQA 16/2, B 1, 64k keys), 4.5-7.1 us at 32-64 splits, so
+ * calls with many short splits lost in the combine what they gained in the split pass.
  */
-const COMBINE_UNROLL = 1;
-/**
- * Whether the combine pass takes the splits' max and sum by a tree (log2 steps) instead of one
- * thread reading the threads' parts one after another. H200 (same runs): with the serial chain,
- * combine-lse alone (little more than these two reductions) took 0.040 ms at 64 splits against
- * 0.012 at 8; the tree made GQA 16/2 calls at B 1 (32-64 splits) 7-23 % faster (d 128, 8k: 0.153
- * vs 0.199 ms) and was within noise (-2 % .. +3 %) at B 8 and for MHA (1-8 splits).
- */
-const COMBINE_TREE = true;
+const COMBINE_COLS = 4;
+const COMBINE_MAX_THREADS = 256;
+const COMBINE_MIN_THREADS = 32;
 /** Most splits (the combine pass keeps one weight per split in workgroup memory). */
 export const DECODE_MAX_SPLITS = 256;
 /**
@@ -160,10 +158,8 @@ export interface DecodePlan {
   subgroup: SubgroupLayout | null;
   /** The blocked split pass in the grouped pass's place (keys in registers, per-part softmax). */
   blocked: boolean;
-  /** Splits each combine lane reads at once (1: one load after another). */
-  combineUnroll: number;
-  /** The combine's max and sum over the splits by a tree (else serially). */
-  combineTree: boolean;
+  /** How the combine pass divides a row's splits and value columns. */
+  combine: CombineLayout;
 }
 
 /** Test and tuning hooks: force the decode path on or off, fix the split count or the tile. */
@@ -188,10 +184,9 @@ export interface DecodeOverride {
   unroll?: number;
   /** On: the blocked split pass where the grouped one would run (off: the grouped one). */
   blocked?: boolean;
-  /** Splits per combine lane loaded at once. */
-  combineUnroll?: number;
-  /** Off: the combine's max and sum over the splits one after another. */
-  combineTree?: boolean;
+  /** The combine pass's threads (a power of two) and value vec4 columns per workgroup. */
+  combineThreads?: number;
+  combineCols?: number;
 }
 let override: DecodeOverride = {};
 
@@ -292,10 +287,15 @@ export function decodePlan(limits: DeviceLimits, s: AttentionProblem, subgroupMi
     tiles, rowBlocks, numSplits, splitKeys: tilesPerSplit * tiles.cols,
     loads: { vec4: vec4Loads(s), prefetch: override.prefetch ?? DECODE_PREFETCH },
     fused, grouped: fused && (registerPass === 'grouped' || blocked), blocked: fused && blocked, subgroup: sg?.layout ?? null,
-    combineUnroll: override.combineUnroll ?? COMBINE_UNROLL, combineTree: override.combineTree ?? COMBINE_TREE,
+    combine: combineLayout(s.headDimV, numSplits, override.combineThreads ?? combineThreadsFor(numSplits, s.headDimV),
+                           override.combineCols ?? COMBINE_COLS),
   };
 }
 
+
+/** The combine's threads: COMBINE_COLS columns x a lane per split, a power of two in [COMBINE_MIN_THREADS, COMBINE_MAX_THREADS]. */
+const combineThreadsFor = (numSplits: number, headDimV: number) =>
+  Math.min(COMBINE_MAX_THREADS, Math.max(COMBINE_MIN_THREADS, nextPow2(numSplits * Math.min(COMBINE_COLS, vec4Count(headDimV)))));
 
 /** Split pass: partial accumulators [rows, splits, DV], then (max, sum) [rows, splits, 2]. */
 export class DecodeSplitProgram extends FlashProgram {
@@ -343,7 +343,7 @@ export class DecodeSplitProgram extends FlashProgram {
 export class DecodeCombineProgram extends FlashProgram {
   variableNames: string[];
   outputShape: number[];
-  workgroupSize: [number, number, number] = [COMBINE_THREADS, 1, 1];
+  workgroupSize: [number, number, number];
   dispatch: [number, number, number];
   uniforms = 'numSplits : i32, nqMax : i32, heads : i32, rowsQ : i32, batchSeqs : i32, lseStartStride : i32, lseHeadStride : i32,';
 
@@ -351,13 +351,13 @@ export class DecodeCombineProgram extends FlashProgram {
     super();
     this.variableNames = ['partials', ...optionalInputNames(s.flags).filter(n => n === 'seqRangesQ')];
     this.outputShape = part === 'out' ? s.outShape : s.logSumExpShape;
-    this.dispatch = [s.seqQ, s.heads, s.batch];
-    this.shaderKey = shaderKeyOf('flashDecodeCombine', { headDimV: s.headDimV, seqRanges: s.flags.seqRanges, packed: s.flags.packed, part, unroll: plan.combineUnroll, tree: plan.combineTree });
+    this.workgroupSize = [plan.combine.threads, 1, 1];
+    this.dispatch = [s.seqQ * (part === 'out' ? plan.combine.colBlocks : 1), s.heads, s.batch];
+    this.shaderKey = shaderKeyOf('flashDecodeCombine', { headDimV: s.headDimV, seqRanges: s.flags.seqRanges, packed: s.flags.packed, part, ...plan.combine });
   }
 
   getUserCode(): string {
-    return combinePassWGSL(this.variableNames, this.s.flags, this.s.headDimV, COMBINE_THREADS, DECODE_MAX_SPLITS, this.part,
-                           this.plan.combineUnroll, this.plan.combineTree);
+    return combinePassWGSL(this.variableNames, this.s.flags, this.s.headDimV, this.plan.combine, DECODE_MAX_SPLITS, this.part);
   }
 
   uniformData(): Uniform[] {
@@ -383,7 +383,8 @@ export function flashDecodeWebGPU(backend: WebGPUBackend, inputs: FlashAttention
     const partials = runProgram(backend, split, inputsByName(split.variableNames, named), split.uniformData());
     const combineInputs = inputsByName(combineOut.variableNames, { ...named, partials });
     const out = runProgram(backend, combineOut, combineInputs, combineOut.uniformData());
-    const logSumExp = runProgram(backend, combineLse, combineInputs, combineLse.uniformData());
+    const logSumExp = s.computeLogSumExp ? runProgram(backend, combineLse, combineInputs, combineLse.uniformData())
+        : logSumExpNotComputed(backend, s.logSumExpShape);
     backend.disposeData(partials.dataId);
     return [out, logSumExp];
   });

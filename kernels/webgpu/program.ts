@@ -163,6 +163,15 @@ class UnpackProgram extends FlashProgram {
 }
 
 /**
+ * The logSumExp output of a call that need not compute it (AttentionProblem.computeLogSumExp
+ * false: no gradient can be taken and the caller did not ask for it): NaNs, held on the CPU, so
+ * no dispatch and no upload unless someone reads it.
+ */
+export function logSumExpNotComputed(backend: WebGPUBackend, shape: number[]): TensorInfo {
+  return backend.makeTensorInfo(shape, 'float32', new Float32Array(util.sizeFromShape(shape)).fill(NaN));
+}
+
+/**
  * runWebGPUProgram has one output, so passes with two results write them into one packed buffer;
  * this splits it (a copy of the small outputs, never of anything seqQ x seqK) and frees it.
  */

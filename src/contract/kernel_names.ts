@@ -97,6 +97,14 @@ export interface FlashAttentionAttrs {
   maxSeqLenK: number;
   /** Sequences: q's batch for 'dense'/'padded'; the ranges' count (cuSeqLens length - 1) for 'packed'. */
   numSeqs: number;
+  /**
+   * Whether the logSumExp output must hold its values: the caller asked for it (returnLogSumExp)
+   * or a gradient may be taken (the engine was recording when the op ran; the gradient reads it).
+   * When false a kernel may leave it uncomputed and return NaNs of its shape (the WebGPU kernels
+   * do: a forward then writes out with no unpack copies, a split-KV call is one dispatch fewer).
+   * Absent (attributes made by hand): true.
+   */
+  computeLogSumExp?: boolean;
 }
 
 /**

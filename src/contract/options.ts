@@ -3,7 +3,7 @@
  * small attribute set (kernel_names.ts). Done once, in the op, as FlashAttention's C++ API does:
  * causal becomes windowRight = 0 and -1 means unbounded, so no backend ever sees `causal`.
  */
-import { Tensor, Tensor1D } from '@tensorflow/tfjs-core';
+import { engine, Tensor, Tensor1D } from '@tensorflow/tfjs-core';
 import { FlashAttentionAttrs, Precision, SeqLayout } from './kernel_names';
 import { AttentionDims, attentionDims } from './problem';
 
@@ -200,8 +200,17 @@ export function normalizeAttrs(dims: AttentionDims, options: FlashAttentionOptio
   }
   if (options.causal) windowRight = windowRight < 0 ? 0 : Math.min(windowRight, 0);
 
-  return { scale, softcap, windowLeft, windowRight, hasAlibi, hasMask, dropoutRate, seed, precision, ...sequences };
+  const computeLogSumExp = options.returnLogSumExp === true || gradientMayBeTaken();
+  return { scale, softcap, windowLeft, windowRight, hasAlibi, hasMask, dropoutRate, seed, precision, ...sequences, computeLogSumExp };
 }
+
+/**
+ * Whether the engine is inside a gradient computation (tf.grad(s), variableGrads, an optimizer's
+ * minimize, model.fit): only then can the op land on the tape and its gradient read logSumExp.
+ * Wider than the engine's own test (it also counts ops run inside another kernel, which the tape
+ * skips), so logSumExp is never left out where a gradient needs it.
+ */
+const gradientMayBeTaken = () => engine().state.gradientDepth > 0;
 
 /** Broadcasts a mask shape (rank <= 4) to rank 4 against [batch, heads, seqQ, seqK]. */
 export function maskShape4D(maskShape: readonly number[], dims: AttentionDims): [number, number, number, number] {

@@ -57,6 +57,8 @@ export interface AttentionProblem extends AttentionDims {
   logSumExpShape: [number, number, number];
   /** Query heads per kv head (GQA/MQA): query head h reads kv head floor(h / group). */
   group: number;
+  /** attrs.computeLogSumExp (true where absent): false lets a kernel return NaNs for logSumExp. */
+  computeLogSumExp: boolean;
   attrs: FlashAttentionAttrs;
   flags: OptionFlags;
   /** An element is kept by dropout when its hash is >= this (see dropout.ts); 0 without dropout. */
@@ -110,6 +112,7 @@ export function attentionProblem(qShape: readonly number[], kShape: readonly num
     outShape: [qShape[0], qShape[1], dims.heads, dims.headDimV],
     logSumExpShape: flags.packed ? [1, dims.heads, rowsQ] : [dims.batch, dims.heads, dims.seqQ],
     group: dims.heads / dims.kvHeads,
+    computeLogSumExp: attrs.computeLogSumExp !== false,
     attrs,
     flags,
     dropoutThreshold: threshold,

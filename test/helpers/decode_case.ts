@@ -104,6 +104,7 @@ export async function rangedRun(c: CaseSpec, d: CaseData, lensQ: number[], lensK
   const attrs: FlashAttentionAttrs = {
     ...caseAttrs(c, d), seqLayout: layout, numSeqs: B,
     maxSeqLenQ: packed ? Math.max(...lensQ) : seqQ, maxSeqLenK: packed ? Math.max(...lensK) : seqK,
+    computeLogSumExp: true,   // compared below (the kernel is called directly, outside any gradient)
   };
   const inputs: FlashAttentionInputs = { q, k, v, alibiSlopes, mask, seqRangesQ, seqRangesK };
   const [out, lse] = tf.engine().runKernel(FlashAttention, inputs as {}, attrs as unknown as {}) as tf.Tensor[];
