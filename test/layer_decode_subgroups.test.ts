@@ -12,7 +12,7 @@ import { decodeCalls, DECODE_MIN_SEQ_K } from '../kernels/webgpu/flash_decode_we
 import { isSubgroupSplit, subgroupPipelines, useSubgroupsDevice, withProgramsRun } from './helpers/decode_subgroups';
 import { callStepByStep, NONZERO_BIASES, read } from './helpers/layer_cache';
 import { randomTensor, relativeError } from './helpers/tfjs_mha';
-import { gpuTest, HAS_GPU, takeUncapturedErrors } from './helpers/webgpu_env';
+import { gpuBytesInUse, gpuTest, HAS_GPU, takeUncapturedErrors } from './helpers/webgpu_env';
 
 const COMPILE_HEAVY_MS = 600000;
 
@@ -54,7 +54,7 @@ describe('the cached call on the subgroups device runs the subgroup split pass a
   useSubgroupsDevice();
 
   async function expectStepwiseEqual(c: Case) {
-    const tensorsAtStart = tf.memory().numTensors;
+    const tensorsAtStart = tf.memory().numTensors, bytesAtStart = gpuBytesInUse();
     const batch = 2, features = 16, maxLength = DECODE_MIN_SEQ_K;
     const total = c.chunks.reduce((a, b) => a + b, 0);
     const x = randomTensor([batch, total, features], 7);
@@ -117,6 +117,7 @@ describe('the cached call on the subgroups device runs the subgroup split pass a
     }
     layer.dispose();
     expect(tf.memory().numTensors).toBe(tensorsAtStart);
+    expect(gpuBytesInUse()).toBe(bytesAtStart);
   }
 
   gpuTest.each(CASES)('$name', expectStepwiseEqual, COMPILE_HEAVY_MS);
