@@ -11,7 +11,7 @@ import { decodeCalls, DecodeOverride, setDecodeOverride } from '../../kernels/we
 import { subgroupMinSizeOf } from '../../kernels/webgpu/subgroups';
 import { CaseData, caseData, CaseSpec, describeCase, F32_TOLERANCE, reference, relError, runOp } from './attention_case';
 import { Forward } from './decode_case';
-import { destroyWebGPU, HAS_GPU, takeUncapturedErrors, useWebGPU } from './webgpu_env';
+import { destroyWebGPU, gpuBytesInUse, HAS_GPU, takeUncapturedErrors, useWebGPU } from './webgpu_env';
 
 /** A small workgroup (4 lane groups on 4-lane subgroups) and 2 keys a step: many steps and splits on short sequences. */
 export const SMALL: DecodeOverride = { tiles: { threads: 16 }, unroll: 2 };
@@ -66,12 +66,16 @@ export interface DecodeForward extends Forward {
   subgroupPasses: number;
 }
 
-/** The forward with the decode hook set as given; the split-KV kernel's calls and subgroup passes counted. */
+/**
+ * The forward with the decode hook set as given; the split-KV kernel's calls and subgroup passes
+ * counted; no tensor or GPU buffer left behind.
+ */
 export async function forward(c: CaseSpec, d: CaseData, o: DecodeOverride): Promise<DecodeForward> {
   setDecodeOverride(o);
-  const before = decodeCalls();
+  const before = decodeCalls(), tensors = tf.memory().numTensors, bytes = gpuBytesInUse();
   try {
     const { result: { out, lse }, programs } = await withProgramsRun(() => runOp(c, d, false));
+    expect([tf.memory().numTensors, gpuBytesInUse()]).toEqual([tensors, bytes]);
     return { out, lse, decoded: decodeCalls() - before, subgroupPasses: programs.filter(isSubgroupSplit).length };
   } finally {
     setDecodeOverride({});
