@@ -6,11 +6,10 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import { FlashMultiHeadAttention, FlashMultiHeadAttentionArgs } from '../src/index';
+import { callStepByStep, NONZERO_BIASES, read } from './helpers/layer_cache';
 import { LAYER_BACKENDS, useLayerBackend } from './helpers/layer_backends';
 import { randomTensor, relativeError } from './helpers/tfjs_mha';
 
-const NONZERO_BIASES = tf.initializers.randomNormal({ mean: 0, stddev: 0.5 });
-const read = async (t: tf.Tensor) => Float32Array.from(await t.data() as Float32Array);
 
 interface CacheCase {
   name: string;
@@ -28,11 +27,6 @@ const CASES: CacheCase[] = [
   { name: 'chunks of 2 and 3 after an empty-cache prefill of 1', args: { numKeyValueHeads: 1 }, chunks: [1, 3, 2] },
 ];
 
-/** A cache whose unwritten positions hold NaN: a call that read past its length would show it. */
-function poisonedCache(batch: number, maxLength: number, kvHeads: number, headDim: number): tf.Tensor {
-  return tf.fill([batch, 2, maxLength, kvHeads, headDim], NaN);
-}
-
 describe.each(LAYER_BACKENDS)('on $backend', ({ backend, available }) => {
   const run = available ? test : test.skip;
   useLayerBackend({ backend, available });
@@ -46,23 +40,9 @@ describe.each(LAYER_BACKENDS)('on $backend', ({ backend, available }) => {
       const full = layer.apply(x, { value: x }) as tf.Tensor;
       const kvHeads = layer.numKeyValueHeads;
 
-      let cache = poisonedCache(batch, maxLength, kvHeads, keyDim);
-      const outputs: tf.Tensor[] = [];
-      let index = 0;
-      const tensorsBefore = tf.memory().numTensors;
-      for (const n of c.chunks) {
-        const step = tf.slice(x, [0, index, 0], [batch, n, features]);
-        // Inside tf.tidy as a generation loop would be: the output and the new cache survive it.
-        const [output, next] = tf.tidy(() => layer.callWithCache(step, { value: step, cache, cacheUpdateIndex: index }));
-        expect(output.shape).toEqual([batch, n, features]);
-        expect(next.shape).toEqual([batch, 2, maxLength, kvHeads, keyDim]);
-        tf.dispose([cache, step]);
-        cache = next;
-        outputs.push(output);
-        index += n;
-      }
+      const { outputs, cache, newTensors } = await callStepByStep(layer, x, c.chunks, maxLength);
       // Only the outputs and the last cache are new (the first cache was replaced).
-      expect(tf.memory().numTensors).toBe(tensorsBefore + outputs.length);
+      expect(newTensors).toBe(outputs.length);
       const stepwise = tf.concat(outputs, 1);
       expect(relativeError(await read(stepwise), await read(full))).toBeLessThan(1e-5);
 

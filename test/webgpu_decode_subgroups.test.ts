@@ -7,25 +7,18 @@
  * that ran (its pipeline), and that the plan picks it exactly on that device with vec4 K and V.
  */
 import * as tf from '@tensorflow/tfjs';
-import { useWebGPUWithSubgroups } from '../src/index';
 import { attentionProblem } from '../src/contract';
 import { decodeCalls, DecodeOverride, decodePlan, setDecodeOverride } from '../kernels/webgpu/flash_decode_webgpu';
 import { SUBGROUP_THREADS, SUBGROUP_THREADS_ONE_ROW } from '../kernels/webgpu/decode_subgroup_wgsl';
 import { variantOverride } from '../bench/decode';
-import { subgroupMinSizeOf } from '../kernels/webgpu/subgroups';
 import { DeviceLimits } from '../kernels/webgpu/program';
-import type { WebGPUBackend } from '@tensorflow/tfjs-backend-webgpu';
-import {
-  CaseData, caseAttrs, caseData, CaseSpec, describeCase, F32_TOLERANCE, OPTION_NAMES, reference, relError, rng, runOp,
-} from './helpers/attention_case';
+import { caseAttrs, caseData, CaseSpec, describeCase, OPTION_NAMES, reference, rng } from './helpers/attention_case';
 import { decodeCase, expectClose, Forward, lengths, nonFiniteProblems, rangedRun } from './helpers/decode_case';
+import { dims, expectAccurate, forward, SMALL, subgroupPipelines, useSubgroupsDevice } from './helpers/decode_subgroups';
 import { SPECIAL, withNonFinite } from './helpers/nonfinite';
-import { destroyWebGPU, gpuBytesInUse, gpuTest, HAS_GPU, takeUncapturedErrors, useWebGPU } from './helpers/webgpu_env';
+import { gpuBytesInUse, gpuTest, takeUncapturedErrors } from './helpers/webgpu_env';
 
 const COMPILE_HEAVY_MS = 600000;
-const TOL = F32_TOLERANCE.forward;
-/** A small workgroup (4 lane groups on 4-lane subgroups) and 2 keys a step: many steps and splits on short sequences. */
-const SMALL: DecodeOverride = { tiles: { threads: 16 }, unroll: 2 };
 
 const H200: DeviceLimits = {
   maxComputeWorkgroupStorageSize: 49152, maxComputeInvocationsPerWorkgroup: 1024,
@@ -44,48 +37,6 @@ function planOf(c: CaseSpec, minSize: number, o: DecodeOverride = {}) {
     setDecodeOverride({});
   }
 }
-
-/** The subgroup split pipelines compiled so far (their shader keys). */
-const subgroupPipelines = () => Object.keys((tf.backend() as unknown as { pipelineCache: object }).pipelineCache)
-    .filter(k => k.startsWith('flashDecodeSplit') && !k.includes('_subgroupLanes=0_'));
-
-/** The forward with the decode hook set as given; the split-KV kernel's calls counted. */
-async function forward(c: CaseSpec, d: CaseData, o: DecodeOverride): Promise<Forward & { decoded: number }> {
-  setDecodeOverride(o);
-  const before = decodeCalls();
-  try {
-    const { out, lse } = await runOp(c, d, false);
-    return { out, lse, decoded: decodeCalls() - before };
-  } finally {
-    setDecodeOverride({});
-  }
-}
-
-/**
- * The subgroup pass (each hook in turn, forced on) against the float64 reference and the one-pass
- * kernel: forward < 1e-5; and it ran (a new or reused subgroup pipeline, one decode call).
- */
-async function expectAccurate(c: CaseSpec, runs: DecodeOverride[] = [{}]) {
-  const d = caseData(c);
-  const want = reference(c, d);
-  const onePass = await forward(c, d, { mode: 'off' });
-  expect(onePass.decoded).toBe(0);
-  for (const o of runs) {
-    const got = await forward(c, d, { mode: 'on', ...o });
-    expect(takeUncapturedErrors()).toEqual([]);
-    expect(got.decoded).toBe(1);
-    const errs = {
-      out: relError(got.out, want.out), lse: relError(got.lse, want.lse),
-      outVsOnePass: relError(got.out, onePass.out), lseVsOnePass: relError(got.lse, onePass.lse),
-    };
-    for (const [k, e] of Object.entries(errs)) {
-      if (!(e < TOL)) throw new Error(`${describeCase(c)} ${JSON.stringify(o)}: ${k} relative error ${e}\n${JSON.stringify(errs)}`);
-    }
-  }
-}
-
-const dims = (batch: number, seqQ: number, seqK: number, heads: number, kvHeads: number, headDim = 8, headDimV = headDim) =>
-    ({ batch, seqQ, seqK, heads, kvHeads, headDim, headDimV });
 
 describe('the plan picks the subgroup split pass on the subgroups device with vec4 K and V', () => {
   const c = (heads: number, kvHeads: number, d = 64, dv = d, seqQ = 1): CaseSpec => ({ dims: dims(1, seqQ, 8192, heads, kvHeads, d, dv), seed: 1 });
@@ -132,18 +83,10 @@ test('the bench\'s --decode-variants keys for the subgroup pass', () => {
 });
 
 describe('with a subgroups device, the subgroup split pass equals the reference and the one-pass kernel', () => {
-  let minSize = 0;
-  if (HAS_GPU) {
-    beforeAll(async () => {
-      expect(await useWebGPUWithSubgroups()).toBe(true);
-      await useWebGPU();   // the uncaptured-error log on this device
-      minSize = subgroupMinSizeOf(tf.backend() as WebGPUBackend);
-    });
-    afterAll(() => { setDecodeOverride({}); destroyWebGPU(); });
-  }
+  const minSizeOf = useSubgroupsDevice();
 
   gpuTest('plain attention over 1..16 query rows, GQA; one split and several, small and default workgroups', async () => {
-    expect(minSize).toBeGreaterThan(0);
+    expect(minSizeOf()).toBeGreaterThan(0);
     const before = subgroupPipelines().length;
     for (let seed = 0; seed < 3; seed++) {
       await expectAccurate(decodeCase(new Set(), 100 + seed, 300), [{ ...SMALL, numSplits: 1 }, { ...SMALL, numSplits: 3 }, {}]);
