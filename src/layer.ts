@@ -528,7 +528,9 @@ export class FlashMultiHeadAttention extends tfl.layers.Layer {
         `query, value and key must have the same batch size${rank > 3 ? ' and batch-like dimensions' : ''}, ` +
         `but got ${shapeStr(queryShape)}, ${shapeStr(valueShape)}, ${shapeStr(keyShape)}`);
     const geometry = geometryOf(queryShape, valueShape, axes);
-    if (maskShape) this.expandedMaskShape(maskShape, geometry);
+    // A cached call's mask spans the cache, not value: checkCachedCall checks it (apply does before
+    // tfjs builds the layer and asks for its output shape).
+    if (maskShape && !this.activeCall?.cached) this.expandedMaskShape(maskShape, geometry);
     return geometry;
   }
 
@@ -583,8 +585,9 @@ export class FlashMultiHeadAttention extends tfl.layers.Layer {
         'a cached call (cache, cacheUpdateIndex) runs eagerly on Tensors, not in a functional model');
     const useCausalMask: boolean = callArgs['useCausalMask'] ?? (cached || this.causal);
     // Before tfjs builds the layer: a call that fails must leave it unbuilt.
-    this.checkShapes(roles.map(x => x!.shape) as Roles<Shape>, useCausalMask);
-    if (cached) this.checkCache(roles.map(x => x!.shape) as Roles<Shape>, callArgs);
+    const shapes = roles.map(x => x!.shape) as Roles<Shape>;
+    if (cached) this.checkCachedCall(shapes, callArgs, useCausalMask);
+    else this.checkShapes(shapes, useCausalMask);
     const { list, layout } = distinctInputs(roles);
     const call: LayerCall = { layout, returnAttentionScores: callArgs['returnAttentionScores'] === true, cached };
     if (symbolic[0]) this.recordSymbolicCall(call, callArgs['useCausalMask']);
@@ -688,12 +691,10 @@ export class FlashMultiHeadAttention extends tfl.layers.Layer {
         'a cached call does not take Keras (padding) masks: the cache has no room for them; pass attentionMask ' +
         '[batch, seqQ, maxLength] instead');
     const useCausalMask: boolean = kwargs['useCausalMask'] ?? true;
-    const g = this.checkShapes(roles.map(t => t!.shape) as Roles<Shape>, useCausalMask) as Geometry<number>;
-    const { maxLength, index } = this.checkCache(roles.map(t => t!.shape) as Roles<Shape>, kwargs);
+    const { cacheGeometry, maxLength, index } = this.checkCachedCall(roles.map(t => t!.shape) as Roles<Shape>, kwargs, useCausalMask);
     const cache = kwargs['cache'] as Tensor;
     const [batch, seqQ] = query.shape;
     const [kvHeads, headDim] = [this.numKeyValueHeads, this.keyDim];
-    const cacheGeometry: Geometry<number> = { ...g, keyDims: [maxLength] };
 
     const q = this.project(query, this.queryKernel, this.queryBias);
     const width = kvHeads * headDim;
@@ -737,8 +738,21 @@ export class FlashMultiHeadAttention extends tfl.layers.Layer {
   }
 
   /**
-   * Checks a cached call's arguments against the role shapes, before any work (apply runs it
-   * before tfjs builds the layer): returns the cache's maxLength and the update index.
+   * Every check of a cached call, before any work (apply runs it before tfjs builds the layer):
+   * the role shapes, the cache and the update index, and the attentionMask against the cache's
+   * length ([batch, seqQ, maxLength]). Returns the geometry of attention over the cache.
+   */
+  private checkCachedCall(roles: Roles<Shape>, kwargs: Kwargs, useCausalMask: boolean) {
+    const g = this.checkShapes(roles.slice(0, 3) as Roles<Shape>, useCausalMask) as Geometry<number>;
+    const { maxLength, index } = this.checkCache(roles, kwargs);
+    const cacheGeometry: Geometry<number> = { ...g, keyDims: [maxLength] };
+    if (roles[3]) this.expandedMaskShape(roles[3], cacheGeometry);
+    return { cacheGeometry, maxLength, index };
+  }
+
+  /**
+   * Checks a cached call's cache and update index against the role shapes: returns the cache's
+   * maxLength and the update index.
    */
   private checkCache(roles: Roles<Shape>, kwargs: Kwargs): { maxLength: number, index: number } {
     const [queryShape, valueShape] = roles;

@@ -88,6 +88,18 @@ describe('the cached call on cpu', () => {
     expect(relativeError(output.dataSync(), bidirectional.dataSync())).toBeLessThan(1e-5);
   });
 
+  test('an attentionMask [batch, seqQ, maxLength] hides cache positions: as the uncached call with that mask', () => {
+    const x = randomTensor([2, 4, 8], 7);
+    const layer = new FlashMultiHeadAttention({ numHeads: 2, keyDim: 4, numKeyValueHeads: 1 });
+    const hidden = (b: number, i: number, j: number) => (b === 0 && j === 1) || (b === 1 && i >= 2 && j === 0);
+    const maskOf = (keys: number) => tf.tensor3d(Array.from({ length: 2 * 4 * keys }, (_, n) =>
+      (hidden(Math.floor(n / (4 * keys)), Math.floor(n / keys) % 4, n % keys) ? 0 : 1)), [2, 4, keys], 'bool');
+    const full = layer.apply(x, { value: x, attentionMask: maskOf(4), useCausalMask: true }) as tf.Tensor;
+    const [cached] = layer.call(x, { value: x, cache: tf.zeros([2, 2, 6, 1, 4]), cacheUpdateIndex: 0,
+                                     attentionMask: maskOf(6) } as never) as tf.Tensor[];
+    expect(relativeError(cached.dataSync(), full.dataSync())).toBeLessThan(1e-5);
+  });
+
   describe('bad arguments throw before any work, naming the argument, and leak nothing', () => {
     let layer: FlashMultiHeadAttention, query: tf.Tensor;
     beforeAll(() => {
@@ -120,6 +132,9 @@ describe('the cached call on cpu', () => {
         error: /cacheUpdateIndex needs a cache/ },
       { name: 'a query longer than the room left', kwargs: () => ({ cache: cacheOf(good), cacheUpdateIndex: 6 }),
         error: /cacheUpdateIndex \+ seqQ must be <= maxLength = 8, but is 9/ },
+      { name: 'attentionMask over the value instead of the cache', kwargs: () => ({ cache: cacheOf(good), cacheUpdateIndex: 0,
+                                                                                    attentionMask: tf.ones([2, 3, 3], 'bool') }),
+        error: /attentionMask must be \[batch, seqQ, seqK\] = \[2, 3, 8\] .* but got shape \[2, 3, 3\]/ },
       { name: 'returnAttentionScores', kwargs: () => ({ cache: cacheOf(good), cacheUpdateIndex: 0, returnAttentionScores: true }),
         error: /a cached call does not return attention scores/ },
     ];

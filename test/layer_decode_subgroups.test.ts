@@ -35,10 +35,9 @@ const CASES: Case[] = [
 ];
 
 /**
- * An attentionMask [batch, seqQ, maxLength], as the README documents for a cached call. KNOWN BUG
- * (src/layer.ts): the cached call checks the mask against the value's length (seqQ), not the
- * cache's (maxLength), and throws "attentionMask must be [batch, seqQ, seqK] = [2, 2, 2] ... but got
- * shape [2, 2, 256]"; with the mask checked against maxLength instead this case passes.
+ * An attentionMask [batch, seqQ, maxLength], as the README documents for a cached call (the layer
+ * once checked it against the value's length and threw "attentionMask must be [batch, seqQ, seqK]
+ * = [2, 2, 2] ... but got shape [2, 2, 256]").
  */
 const MASKED: Case = {
   name: 'GQA 4/2, keyDim 8, an attentionMask hiding keys 1 and 3 of sequence 0, 2 of sequence 1 from query 4 on',
@@ -121,7 +120,5 @@ describe('the cached call on the subgroups device runs the subgroup split pass a
   }
 
   gpuTest.each(CASES)('$name', expectStepwiseEqual, COMPILE_HEAVY_MS);
-  // Fails until the known bug above is fixed; then drop `.failing` (jest reports it then).
-  (HAS_GPU ? test.failing : test.skip)(`${MASKED.name} (fails: known bug in src/layer.ts)`,
-                                       () => expectStepwiseEqual(MASKED), COMPILE_HEAVY_MS);
+  gpuTest(MASKED.name, () => expectStepwiseEqual(MASKED), COMPILE_HEAVY_MS);
 });
