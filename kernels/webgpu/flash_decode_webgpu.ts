@@ -124,7 +124,9 @@ const DECODE_MIN_TILES_PER_SPLIT_BLOCKED = 1;
  * Before (2026-12-02 15:48 UTC run, bench/results/h200-decode-gqa-b1): one 128-thread workgroup a
  * row, each split lane reading its splits one after another: combine-out alone took 10.7 us (d 64)
  * and 17.2 us (d 128) at 256 splits (GQA 16/2, B 1, 64k keys), 4.5-7.1 us at 32-64 splits, so
- * calls with many short splits lost in the combine what they gained in the split pass.
+ * calls with many short splits lost in the combine what they gained in the split pass. This
+ * layout (16:16 UTC, bench/results/h200-decode-wide-combine): 5.7 and 5.8 us at 256 splits, 4.8 us
+ * at 64; 8 columns a workgroup within 2 % of 4.
  */
 const COMBINE_COLS = 4;
 const COMBINE_MAX_THREADS = 256;
