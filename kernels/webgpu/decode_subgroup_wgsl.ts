@@ -29,7 +29,7 @@
  */
 import { OptionFlags } from '../../src/contract';
 import { NEG_BIG, optionHelpers } from './attention_wgsl';
-import { DecodeTiles, FUSED_MAX_ROWS, rangeHelpers, splitConstantsWGSL, splitMainWGSL, writePartialWGSL } from './decode_wgsl';
+import { DecodeTiles, FUSED_MAX_ROWS, pow2AtMost, rangeHelpers, splitConstantsWGSL, splitMainWGSL, writePartialWGSL } from './decode_wgsl';
 import { unroll } from './program';
 import { paddedVec4, vec4Count } from './tiles';
 
@@ -79,8 +79,6 @@ export interface SubgroupOverride {
   unroll?: number;
   tiles?: Partial<DecodeTiles>;
 }
-
-const pow2AtMost = (n: number) => 2 ** Math.floor(Math.log2(Math.max(1, n)));
 
 /** Bytes of workgroup memory of the subgroup split pass (mirrors the declarations below). */
 export function decodeSubgroupWorkgroupBytes(t: DecodeTiles, lanes: number, headDim: number, headDimV: number): number {

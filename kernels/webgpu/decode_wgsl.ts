@@ -903,9 +903,10 @@ export function splitPassBlockedWGSL(variableNames: string[], t: DecodeTiles, f:
 }
 
 /**
- * How a combine workgroup divides its work (combineLayout): COLS value vec4 columns of one query
- * row (a row's columns are dealt to colBlocks workgroups), SL split lanes per column, each summing
- * up to OUT_K splits (sl, sl + SL, ...); every thread reads up to STAT_K splits' (max, sum).
+ * How a combine workgroup divides its work (combineLayout): `cols` value vec4 columns of one query
+ * row (a row's columns are dealt to colBlocks workgroups), splitLanes lanes per column, each summing
+ * up to splitsPerLane splits (sl, sl + SL, ...); every thread reads up to statsPerThread splits'
+ * (max, sum).
  */
 export interface CombineLayout {
   threads: number;
@@ -919,7 +920,8 @@ export interface CombineLayout {
   statsPerThread: number;
 }
 
-const pow2AtMost = (n: number) => 2 ** Math.floor(Math.log2(Math.max(1, n)));
+/** The largest power of two <= n (1 for n < 2). */
+export const pow2AtMost = (n: number) => 2 ** Math.floor(Math.log2(Math.max(1, n)));
 
 /** The combine layout of numSplits splits: threads and cols powers of two (tree reductions). */
 export function combineLayout(headDimV: number, numSplits: number, threadsWanted: number, cols: number): CombineLayout {
