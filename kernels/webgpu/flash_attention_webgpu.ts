@@ -270,7 +270,7 @@ export class FlashForwardProgram extends FlashProgram {
         ${reduce.publish('rowSum', 'add', r)}
       }`)}
       ${reduce.barrier}
-      let outSize = rowsQ * heads * DV;
+      ${this.s.computeLogSumExp ? 'let outSize = rowsQ * heads * DV;' : ''}
       ${rows(r => `{
         let row = tr * RPT + ${r};
         let i = row0 + row;
@@ -313,10 +313,11 @@ export function flashAttentionWebGPU(
                              ['the output and logsumexp', program.outputShape]]);
   checkDispatch(limits, program.dispatch);
   return withDeviceErrorCheck(backend, () => {
-    const packed = runProgram(backend, program, inputsByName(program.variableNames, inputs as unknown as Record<string, TensorInfo>),
-                              optionUniforms(s).data);
-    return s.computeLogSumExp ? unpack(backend, packed, [s.outShape, s.logSumExpShape])
-        : [packed, logSumExpNotComputed(backend, s.logSumExpShape)];
+    // out then logSumExp packed, or out alone (FlashForwardProgram.outputShape).
+    const written = runProgram(backend, program, inputsByName(program.variableNames, inputs as unknown as Record<string, TensorInfo>),
+                               optionUniforms(s).data);
+    return s.computeLogSumExp ? unpack(backend, written, [s.outShape, s.logSumExpShape])
+        : [written, logSumExpNotComputed(backend, s.logSumExpShape)];
   });
 }
 
