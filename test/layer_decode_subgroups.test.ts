@@ -9,10 +9,10 @@
 import * as tf from '@tensorflow/tfjs';
 import { FlashMultiHeadAttention, FlashMultiHeadAttentionArgs } from '../src/index';
 import { decodeCalls, DECODE_MIN_SEQ_K } from '../kernels/webgpu/flash_decode_webgpu';
-import { isSubgroupSplit, subgroupPipelines, useSubgroupsDevice, withProgramsRun } from './helpers/decode_subgroups';
+import { isSubgroupSplit, subgroupPipelines, useSubgroupsDevice } from './helpers/decode_subgroups';
 import { callStepByStep, NONZERO_BIASES, read } from './helpers/layer_cache';
 import { randomTensor, relativeError } from './helpers/tfjs_mha';
-import { gpuBytesInUse, gpuTest, HAS_GPU, takeUncapturedErrors } from './helpers/webgpu_env';
+import { gpuBytesInUse, gpuTest, HAS_GPU, takeUncapturedErrors, withProgramsRun } from './helpers/webgpu_env';
 
 const COMPILE_HEAVY_MS = 600000;
 

@@ -13,7 +13,7 @@ import * as tf from '@tensorflow/tfjs';
 import type { WebGPUBackend } from '@tensorflow/tfjs-backend-webgpu';
 import { flashAttention } from '../src/index';
 import { decodeCalls } from '../kernels/webgpu/flash_decode_webgpu';
-import { destroyWebGPU, gpuTest, HAS_GPU, useWebGPU } from './helpers/webgpu_env';
+import { destroyWebGPU, gpuTest, HAS_GPU, useWebGPU, withProgramsRun } from './helpers/webgpu_env';
 
 interface TensorData { shape: number[]; dtype: string; values: unknown; resource: unknown }
 
@@ -35,21 +35,10 @@ function uploadsDuring(f: () => void): string[] {
   return seen;
 }
 
-/** Runs f and returns the names of the WebGPU programs it dispatched, in order. */
-function programsDuring(f: () => void): string[] {
-  const backend = tf.backend() as unknown as { runWebGPUProgram(p: object, ...rest: unknown[]): unknown };
-  const original = backend.runWebGPUProgram;
-  const seen: string[] = [];
-  backend.runWebGPUProgram = function (this: typeof backend, program: object, ...rest: unknown[]) {
-    seen.push(program.constructor.name);
-    return original.call(this, program, ...rest);
-  };
-  try {
-    f();
-  } finally {
-    backend.runWebGPUProgram = original;
-  }
-  return seen;
+/** The families (shaderKeyOf's first part) of the WebGPU programs f dispatched, in order. */
+async function programsDuring(f: () => void): Promise<string[]> {
+  const { programs } = await withProgramsRun(f);
+  return programs.map(key => key.split('_')[0]);
 }
 
 /** A random tensor already uploaded, so using it uploads nothing. */
@@ -95,11 +84,11 @@ describe('WebGPU passes bind the optional inputs only where their option is on',
 });
 
 describe('WebGPU kernels compute logSumExp only where it can be used', () => {
-  const ONE_PASS = ['FlashForwardProgram'];
-  const SPLIT_KV = ['DecodeSplitProgram', 'DecodeCombineProgram'];
+  const ONE_PASS = ['flashAttentionForward'];
+  const SPLIT_KV = ['flashDecodeSplit', 'flashDecodeCombine'];
   const cases = [
-    { name: 'one-pass forward', shapes: [[1, 8, 2, 8], [1, 8, 2, 8]], lean: ONE_PASS, full: [...ONE_PASS, 'UnpackProgram', 'UnpackProgram'] },
-    { name: 'split-KV decode', shapes: [[1, 1, 4, 8], [1, 512, 2, 8]], lean: SPLIT_KV, full: [...SPLIT_KV, 'DecodeCombineProgram'] },
+    { name: 'one-pass forward', shapes: [[1, 8, 2, 8], [1, 8, 2, 8]], lean: ONE_PASS, full: [...ONE_PASS, 'flashAttentionUnpack', 'flashAttentionUnpack'] },
+    { name: 'split-KV decode', shapes: [[1, 1, 4, 8], [1, 512, 2, 8]], lean: SPLIT_KV, full: [...SPLIT_KV, 'flashDecodeCombine'] },
   ];
   for (const c of cases) {
     gpuTest(`${c.name}: without returnLogSumExp or a gradient, fewer programs and the same output`, async () => {
@@ -107,8 +96,8 @@ describe('WebGPU kernels compute logSumExp only where it can be used', () => {
       const q = onGpu(qShape, 1), k = onGpu(kShape, 2), v = onGpu(kShape, 3);
       const before = tf.memory().numTensors;
       let lean!: tf.Tensor, full!: { output: tf.Tensor, logSumExp: tf.Tensor };
-      const leanPrograms = programsDuring(() => { lean = flashAttention(q as tf.Tensor4D, k as tf.Tensor4D, v as tf.Tensor4D, { causal: true }); });
-      const fullPrograms = programsDuring(() => {
+      const leanPrograms = await programsDuring(() => { lean = flashAttention(q as tf.Tensor4D, k as tf.Tensor4D, v as tf.Tensor4D, { causal: true }); });
+      const fullPrograms = await programsDuring(() => {
         full = flashAttention(q as tf.Tensor4D, k as tf.Tensor4D, v as tf.Tensor4D, { causal: true, returnLogSumExp: true });
       });
       expect(leanPrograms).toEqual(c.lean);
@@ -122,10 +111,10 @@ describe('WebGPU kernels compute logSumExp only where it can be used', () => {
       tf.dispose([q, k, v]);
     });
 
-    gpuTest(`${c.name}: under a gradient logSumExp is computed (the backward reads it)`, () => {
+    gpuTest(`${c.name}: under a gradient logSumExp is computed (the backward reads it)`, async () => {
       const [qShape, kShape] = c.shapes;
       const q = onGpu(qShape, 1), k = onGpu(kShape, 2), v = onGpu(kShape, 3);
-      const programs = programsDuring(() => tf.tidy(() => {
+      const programs = await programsDuring(() => tf.tidy(() => {
         tf.grads((a, b, e) => flashAttention(a as tf.Tensor4D, b as tf.Tensor4D, e as tf.Tensor4D, { causal: true }))([q, k, v]);
       }));
       expect(programs.slice(0, c.full.length)).toEqual(c.full);

@@ -20,9 +20,9 @@ import { decodeCalls, DecodeOverride, decodePlan, setDecodeOverride } from '../k
 import { deviceLimits } from '../kernels/webgpu/program';
 import { caseAttrs, CaseData, caseData, CaseSpec, describeCase, reference } from './helpers/attention_case';
 import { expectClose, Forward, nonFiniteProblems, rangedRun } from './helpers/decode_case';
-import { dims, expectAccurate, forward, isSubgroupSplit, SMALL, useSubgroupsDevice, withProgramsRun } from './helpers/decode_subgroups';
+import { dims, expectAccurate, forward, isSubgroupSplit, SMALL, useSubgroupsDevice } from './helpers/decode_subgroups';
 import { SOFTCAPS, WIDE, WIDE_WINDOWS } from './helpers/extreme_values';
-import { gpuTest, takeUncapturedErrors } from './helpers/webgpu_env';
+import { gpuTest, takeUncapturedErrors, withProgramsRun } from './helpers/webgpu_env';
 
 const COMPILE_HEAVY_MS = 600000;
 /** 2 sequences, 3 query rows, 4 heads on 2 kv heads (a workgroup: 8 rows, 6 of them used), head dim 8: 2 lanes a key. */

@@ -11,7 +11,7 @@ import { decodeCalls, DecodeOverride, setDecodeOverride } from '../../kernels/we
 import { subgroupMinSizeOf } from '../../kernels/webgpu/subgroups';
 import { CaseData, caseData, CaseSpec, describeCase, F32_TOLERANCE, reference, relError, runOp } from './attention_case';
 import { Forward } from './decode_case';
-import { destroyWebGPU, gpuBytesInUse, HAS_GPU, takeUncapturedErrors, useWebGPU } from './webgpu_env';
+import { destroyWebGPU, gpuBytesInUse, HAS_GPU, takeUncapturedErrors, useWebGPU, withProgramsRun } from './webgpu_env';
 
 /** A small workgroup (4 lane groups on 4-lane subgroups) and 2 keys a step: many steps and splits on short sequences. */
 export const SMALL: DecodeOverride = { tiles: { threads: 16 }, unroll: 2 };
@@ -42,22 +42,6 @@ export const subgroupPipelines = () => Object.keys((tf.backend() as unknown as {
 
 /** Whether a shader key is the subgroup split pass's (a split pass with lanes per key > 0). */
 export const isSubgroupSplit = (key: string) => key.startsWith('flashDecodeSplit') && !key.includes('_subgroupLanes=0_');
-
-/** Runs fn and returns its result with the shader keys of the WebGPU programs it ran, in order. */
-export async function withProgramsRun<T>(fn: () => Promise<T>): Promise<{ result: T; programs: string[] }> {
-  const backend = tf.backend() as WebGPUBackend;
-  const programs: string[] = [];
-  const run = backend.runWebGPUProgram.bind(backend);
-  const spy = jest.spyOn(backend, 'runWebGPUProgram').mockImplementation((program, ...rest) => {
-    programs.push(program.shaderKey);
-    return run(program, ...rest);
-  });
-  try {
-    return { result: await fn(), programs };
-  } finally {
-    spy.mockRestore();
-  }
-}
 
 export interface DecodeForward extends Forward {
   /** Calls of the split-KV kernel. */

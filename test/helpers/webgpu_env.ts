@@ -34,6 +34,22 @@ export function destroyWebGPU(): void {
   device.destroy();
 }
 
+/** Runs fn and returns its result with the shader keys of the WebGPU programs it ran, in order. */
+export async function withProgramsRun<T>(fn: () => T | Promise<T>): Promise<{ result: T; programs: string[] }> {
+  const backend = tf.backend() as WebGPUBackend;
+  const programs: string[] = [];
+  const run = backend.runWebGPUProgram.bind(backend);
+  const spy = jest.spyOn(backend, 'runWebGPUProgram').mockImplementation((program, ...rest) => {
+    programs.push(program.shaderKey);
+    return run(program, ...rest);
+  });
+  try {
+    return { result: await fn(), programs };
+  } finally {
+    spy.mockRestore();
+  }
+}
+
 /** Buffers the webgpu backend holds for tensors (the buffer manager's used bytes). */
 export function gpuBytesInUse(): number {
   return (tf.memory() as unknown as { numBytesInGPU: number }).numBytesInGPU;
