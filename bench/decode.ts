@@ -22,7 +22,8 @@
  *
  * --decode-targets=128,256,... also times the split-KV forward at those split-pass workgroup
  * targets, --decode-threads at those thread counts, --decode-variants at any DecodeOverride
- * (vec4, prefetch, fused, grouped, subgroup, mintiles, target, threads, cols, rows, lanes, unroll, blocked,
+ * (vec4, prefetch, fused, grouped, subgroup, mintiles, target, threads, cols, rows, mrows: rows merged a
+ * round at the end of a split, lanes, unroll, blocked,
  * gmin: the grouped pass's least headDimV, cthreads: the combine's threads, ccols: its value vec4
  * columns per workgroup); on the subgroups device (bench --decode-device=subgroups) 'decode' is the
  * subgroup split pass and decode[subgroup=0] the other passes, timed in the same rounds;
@@ -345,6 +346,7 @@ export function variantOverride(spec: string): DecodeOverride {
       case 'threads': o.tiles = { ...o.tiles, threads: x }; break;
       case 'cols': o.tiles = { ...o.tiles, cols: x }; break;
       case 'rows': o.tiles = { ...o.tiles, rows: x }; break;
+      case 'mrows': o.tiles = { ...o.tiles, mergeRows: x }; break;
       case 'subgroup': o.subgroup = x !== 0; break;
       case 'lanes': o.lanes = x; break;
       case 'unroll': o.unroll = x; break;
@@ -353,7 +355,7 @@ export function variantOverride(spec: string): DecodeOverride {
       case 'cthreads': o.combineThreads = x; break;
       case 'ccols': o.combineCols = x; break;
       default: throw new Error(`--decode-variants: unknown key '${key}' (vec4, prefetch, fused, grouped, subgroup, mintiles, ` +
-                               'target, threads, cols, rows, lanes, unroll, blocked, gmin, cthreads, ccols)');
+                               'target, threads, cols, rows, mrows, lanes, unroll, blocked, gmin, cthreads, ccols)');
     }
   }
   return o;

@@ -106,7 +106,7 @@ export const USAGE = `npm run bench -- [flags]
   --decode-targets=256,512    also time the split-KV forward at these split-pass workgroup targets
   --decode-threads=256        ... and with these split-pass workgroup sizes
   --decode-variants=vec4=0+prefetch=0,mintiles=1   ... and these split-pass variants (keys: vec4,
-                              prefetch, fused, grouped, subgroup (0/1), mintiles, target, threads, cols, rows,
+                              prefetch, fused, grouped, subgroup (0/1), mintiles, target, threads, cols, rows, mrows,
                               lanes, unroll, blocked (0/1), gmin (grouped pass from this headDimV),
                               cthreads (the combine's threads), ccols (its value vec4 columns per workgroup))
   --decode-device=subgroups   the decode sweep on the opt-in subgroups device (useWebGPUWithSubgroups:

@@ -10,8 +10,8 @@ import { parseArgs } from '../bench/options';
 describe('split-pass variants (--decode-variants)', () => {
   test('each key sets its decode override, the split-KV path forced on', () => {
     expect(variantOverride('vec4=0+prefetch=0')).toEqual({ mode: 'on', vec4: false, prefetch: false });
-    expect(variantOverride('fused=1+mintiles=1+target=256+threads=512+cols=64+rows=4')).toEqual({
-      mode: 'on', fused: true, minTilesPerSplit: 1, targetWorkgroups: 256, tiles: { threads: 512, cols: 64, rows: 4 },
+    expect(variantOverride('fused=1+mintiles=1+target=256+threads=512+cols=64+rows=4+mrows=2')).toEqual({
+      mode: 'on', fused: true, minTilesPerSplit: 1, targetWorkgroups: 256, tiles: { threads: 512, cols: 64, rows: 4, mergeRows: 2 },
     });
     expect(variantOverride('grouped=0')).toEqual({ mode: 'on', grouped: false });
     expect(variantOverride('blocked=1+gmin=0+cthreads=64+ccols=2')).toEqual({

@@ -290,7 +290,9 @@ describe("the blocked split pass and the combine's layouts: keys in registers, o
   test('the default for 2 or more rows a workgroup on vec4 loads below headDimV 128 (one tile a split at least); not for one row; register-sized tiles', () => {
     const c = (heads: number, kvHeads: number, d = 128, seqK = 512): CaseSpec =>
       ({ dims: { batch: 1, seqQ: 1, seqK, heads, kvHeads, headDim: d, headDimV: d }, seed: 1 });
-    expect(decodePlanOf(c(16, 2, 64), {})).toMatchObject({ grouped: true, blocked: true, tiles: { rows: 8, cols: 128, threads: 256 } });
+    // Rows merged a round: as many as workgroup memory allows beside the widest tile (4 of 8 for the blocked pass at d 64, all 8 for the grouped at d 128).
+    expect(decodePlanOf(c(16, 2, 64), {})).toMatchObject({ grouped: true, blocked: true, tiles: { rows: 8, cols: 128, threads: 256, mergeRows: 4 } });
+    expect(decodePlanOf(c(16, 2), {}).tiles).toMatchObject({ rows: 8, cols: 64, mergeRows: 8 });
     // GQA 16/2 at 8k keys, B 1: 64 tiles of 128 keys, one a split: 2 kv heads x 64 splits; the
     // combine: 4 value vec4s a workgroup (4 workgroups a row), a split lane per split.
     expect(decodePlanOf(c(16, 2, 64, 8192), {})).toMatchObject({
@@ -305,6 +307,25 @@ describe("the blocked split pass and the combine's layouts: keys in registers, o
     expect(decodePlanOf(c(16, 2, 64), { blocked: false })).toMatchObject({ grouped: false, blocked: false });
     expect(decodePlanOf(c(16, 16, 64), { grouped: true, blocked: true })).toMatchObject({ grouped: true, blocked: true, tiles: { rows: 1 } });
   });
+
+  gpuTest('the end of a split merges its parts in rounds of 1, 3 (a last round part full) or all 8 rows: the same bits in each register pass', async () => {
+    const c: CaseSpec = { dims: { batch: 1, seqQ: 1, seqK: 300, heads: 8, kvHeads: 1, headDim: 8, headDimV: 12 }, seed: 907, causal: true, alibi: true };
+    const d = caseData(c), want = reference(c, d);
+    for (const pass of [{ blocked: true }, GROUPED_NOT_BLOCKED, { grouped: false }]) {
+      const runs: Forward[] = [];
+      for (const mergeRows of [1, 3, 8]) {
+        const o = { mode: 'on' as const, numSplits: 3, ...pass, tiles: { ...TINY_DECODE, mergeRows } };
+        expect(decodePlanOf(c, { ...GROUPED_AT_ANY_HEAD_DIM, ...o }).tiles).toMatchObject({ rows: 8, mergeRows });
+        runs.push(await forward(c, d, o));
+        expect(takeUncapturedErrors()).toEqual([]);
+        expectClose(`${describeCase(c)} ${JSON.stringify(pass)} merge rows ${mergeRows}`, runs[runs.length - 1], want);
+      }
+      for (const r of runs.slice(1)) {
+        expect(Array.from(r.out)).toEqual(Array.from(runs[0].out));
+        expect(Array.from(r.lse)).toEqual(Array.from(runs[0].lse));
+      }
+    }
+  }, COMPILE_HEAVY_MS);
 });
 
 /** decodePlan for a case on an H200's limits with the decode hook set as given. */
@@ -505,7 +526,7 @@ describe('when the split-KV forward is chosen', () => {
       expect(p.fused).toBe(true);
       expect(decodeBlockedWorkgroupBytes(p.tiles, d, d) <= 32768 || !p.blocked).toBe(true);
     }
-    expect(decodeBlockedWorkgroupBytes({ rows: 8, cols: 4, threads: 256 }, 4, 4)).toBeGreaterThan(32768);
+    expect(decodeBlockedWorkgroupBytes({ rows: 8, cols: 4, threads: 256, mergeRows: 1 }, 4, 4)).toBeGreaterThan(32768);
   });
   test('the mode hook forces it on and off', () => {
     setDecodeOverride({ mode: 'off' });

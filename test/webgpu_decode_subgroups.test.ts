@@ -64,7 +64,7 @@ describe('the plan picks the subgroup split pass on the subgroups device with ve
     expect(planOf(c(16, 16, 64, 64, 3), 32).tiles.rows).toBe(4);
     const p = planOf(c(16, 16), 32);
     expect(p.tiles).toMatchObject({ rows: 1, threads: SUBGROUP_THREADS_ONE_ROW, cols: (SUBGROUP_THREADS_ONE_ROW / 16) * p.subgroup!.unroll });
-    expect(planOf(c(16, 2), 32).tiles.threads).toBe(SUBGROUP_THREADS);
+    expect(planOf(c(16, 2), 32).tiles).toMatchObject({ threads: SUBGROUP_THREADS, mergeRows: 8 });
     expect(p.splitKeys % p.tiles.cols).toBe(0);
     expect(p.numSplits * p.splitKeys).toBeGreaterThanOrEqual(8192);
     const q = planOf(c(16, 16), 32, { tiles: { threads: 64 }, unroll: 2, targetWorkgroups: 64 });
@@ -120,6 +120,15 @@ describe('with a subgroups device, the subgroup split pass equals the reference 
       { lanes: 1, numSplits: 2 }, { lanes: 2, unroll: 3, numSplits: 4 }, { unroll: 1, tiles: { threads: 4 } },
       { tiles: { threads: 64, rows: 2 }, unroll: 3 },
     ]);
+  }, COMPILE_HEAVY_MS);
+
+  gpuTest('the end of a split merges its lane groups in rounds of 1, 2 or all 8 rows: the same bits', async () => {
+    const c: CaseSpec = { dims: dims(1, 1, 700, 8, 1, 16, 12), seed: 42, causal: true, softcap: 3 };
+    const runs = await expectAccurate(c, [1, 2, 8].map(mergeRows => ({ numSplits: 3, tiles: { mergeRows } })));
+    for (const r of runs.slice(1)) {
+      expect(Array.from(r.out)).toEqual(Array.from(runs[0].out));
+      expect(Array.from(r.lse)).toEqual(Array.from(runs[0].lse));
+    }
   }, COMPILE_HEAVY_MS);
 
   gpuTest('a head dim not a multiple of 4 falls back to the staged pass (no subgroup pipeline)', async () => {

@@ -6,13 +6,13 @@
  * that traffic, not the loads, set their pace.
  *
  * A workgroup owns the same (split, kv head x row block, batch) as the other split passes
- * (splitSetupWGSL: key range, query rows, scale folded in) and writes the same partials, so the
- * combine pass is reused unchanged. Inside it:
+ * (splitSetupWGSL: key range, query rows) and writes the same partials, so the combine pass is
+ * reused unchanged. Inside it:
  *  - lane groups of LANES consecutive invocations (a power of two, at most the device's smallest
  *    subgroup: an aligned run of lanes lies in one subgroup, see subgroups.ts) each own one key at
  *    a time; lane x holds vec4s x, x + LANES, ... of every query row of the block (ROWS rows,
- *    registers), loads the same vec4s of the key (the lanes read one contiguous key row) and of
- *    the value row;
+ *    registers, read by the lane itself: no staging, no barrier before the first keys), loads
+ *    the same vec4s of the key (the lanes read one contiguous key row) and of the value row;
  *  - the ROWS partial dot products are summed across the lanes by a reduce-scatter butterfly
  *    (subgroupShuffleXor; ROWS - 1 shuffles instead of ROWS log2(LANES)), which leaves each lane
  *    the whole scores of OWN = max(1, ROWS / LANES) rows: the masks, biases, running max, sum and
@@ -29,7 +29,9 @@
  */
 import { OptionFlags } from '../../src/contract';
 import { NEG_BIG, optionHelpers } from './attention_wgsl';
-import { DecodeTiles, FUSED_MAX_ROWS, pow2AtMost, rangeHelpers, splitConstantsWGSL, splitMainWGSL, writePartialWGSL } from './decode_wgsl';
+import {
+  DecodeTiles, FUSED_MAX_ROWS, mergeRoundsWGSL, pow2AtMost, rangeHelpers, scaledPartsMerge, splitConstantsWGSL, splitMainWGSL,
+} from './decode_wgsl';
 import { unroll } from './program';
 import { paddedVec4, vec4Count } from './tiles';
 
@@ -83,7 +85,7 @@ export interface SubgroupOverride {
 /** Bytes of workgroup memory of the subgroup split pass (mirrors the declarations below). */
 export function decodeSubgroupWorkgroupBytes(t: DecodeTiles, lanes: number, headDim: number, headDimV: number): number {
   const groups = t.threads / lanes;
-  return 16 * (t.rows * paddedVec4(headDim) + groups * vec4Count(headDimV)) + 4 * 2 * groups * t.rows + 16;
+  return 16 * t.mergeRows * groups * vec4Count(headDimV) + 4 * 2 * groups * t.rows + 16;
 }
 
 /**
@@ -102,7 +104,9 @@ export function subgroupDecodeLayout(s: { group: number; seqQ: number; headDim: 
   const unrollKeys = Math.max(1, Math.floor(o.unroll ?? SUBGROUP_UNROLL));
   const wanted = o.tiles?.threads ?? (rows === 1 ? SUBGROUP_THREADS_ONE_ROW : SUBGROUP_THREADS);
   let threads = Math.max(lanes, pow2AtMost(Math.min(wanted, maxThreads, SUBGROUP_MAX_THREADS)));
-  const tilesOf = (n: number): DecodeTiles => ({ rows, threads: n, cols: (n / lanes) * unrollKeys });
+  let mergeRows = pow2AtMost(Math.min(o.tiles?.mergeRows ?? rows, rows));
+  const tilesOf = (n: number): DecodeTiles => ({ rows, threads: n, cols: (n / lanes) * unrollKeys, mergeRows });
+  while (mergeRows > 1 && decodeSubgroupWorkgroupBytes(tilesOf(threads), lanes, s.headDim, s.headDimV) > maxWorkgroupBytes) mergeRows /= 2;
   while (threads > lanes && decodeSubgroupWorkgroupBytes(tilesOf(threads), lanes, s.headDim, s.headDimV) > maxWorkgroupBytes) threads /= 2;
   if (decodeSubgroupWorkgroupBytes(tilesOf(threads), lanes, s.headDim, s.headDimV) > maxWorkgroupBytes) {
     throw new Error(`Error in flashAttention: no subgroup decode tile fits this WebGPU device for headDim ${s.headDim}, ` +
@@ -178,20 +182,31 @@ export function splitPassSubgroupWGSL(variableNames: string[], t: DecodeTiles, f
   return `
     ${splitConstantsWGSL(t, headDim, headDimV, { LANES: L, GROUPS: t.threads / L })}
     var<workgroup> sharedWorkgroupId : vec3<u32>;
-    var<workgroup> qTile : array<array<vec4<f32>, D4P>, ROWS>;
-    // The end of the split: each lane group's accumulator of one row, and its max and sum of every row.
-    var<workgroup> accRed : array<vec4<f32>, ${(t.threads / L) * dv4}>;
+    // The end of the split: each lane group's accumulators of mergeRows rows, and its max and sum of every row.
+    var<workgroup> accRed : array<vec4<f32>, ${t.mergeRows * (t.threads / L) * dv4}>;
     var<workgroup> partM : array<f32, ${(t.threads / L) * t.rows}>;
     var<workgroup> partL : array<f32, ${(t.threads / L) * t.rows}>;
     ${optionHelpers(f)}
     ${rangeHelpers(f)}
 
-    ${splitMainWGSL(variableNames, f)}
+    // Query vec4 x of row r of the block (scale folded in, as the one-pass forward does); zero past
+    // the group's rows, the sequence's query rows or the head dim.
+    fn qLoad(r : i32, x : i32, gr0 : i32, grEnd : i32, startQ : i32, lenQ : i32, kvh : i32, group : i32) -> vec4<f32> {
+      let gr = gr0 + r;
+      let i = gr % uniforms.nqMax;
+      let ok = (gr < grEnd) & (i < lenQ) & (x < D4);
+      let at = select(0, ((startQ + i) * uniforms.qShape.z + kvh * group + gr / uniforms.nqMax) * D, ok);
+      var y = vec4<f32>(0.0);
+      ${unroll(4, e => `y[${e}] = select(0.0, q[at + min(x * 4 + ${e}, D - 1)], ok & (x * 4 + ${e} < D));`, ' ')}
+      return y * uniforms.scale;
+    }
+
+    ${splitMainWGSL(variableNames, f, false)}
       let lane = tid % LANES;
       let lg = tid / LANES;
       ${unroll(Math.log2(L), s => `let bit${s} = (lane & ${1 << s}) != 0;`, ' ')}
-      workgroupBarrier();   // qTile is written
-      ${rows(r => `${kParts(x => `let q_${r}_${x} = select(vec4<f32>(0.0), qTile[${r}][min(${colOf(x)}, D4 - 1)], ${colOk(x, d4)});`)}
+      // This lane's query vec4s straight from memory (no barrier: the first keys' loads are not held up).
+      ${rows(r => `${kParts(x => `let q_${r}_${x} = qLoad(${r}, ${colOf(x)}, gr0, grEnd, startQ, lenQ, kvh, group);`)}
       ${vParts(y => `var acc_${r}_${y} = vec4<f32>(0.0);`)}`)}
       // The rows this lane owns after the reduce-scatter: their running max and sum, and constants.
       let rowBase = ${bf.rowBaseWGSL};
@@ -239,27 +254,7 @@ export function splitPassSubgroupWGSL(variableNames: string[], t: DecodeTiles, f
       if (lane < ${1 << bf.steps}) {
         ${owned(o => `partM[lg * ROWS + rowBase + ${o}] = m_${o}; partL[lg * ROWS + rowBase + ${o}] = l_${o};`)}
       }
-      let numSplits = uniforms.numSplits;
-      let rowsAll = uniforms.batchSeqs * heads * uniforms.nqMax;
-      ${rows(r => `
-      workgroupBarrier();
-      ${vParts(y => `if (${colOk(y, dv4)}) { accRed[lg * DV4 + ${colOf(y)}] = acc_${r}_${y}; }`, '\n      ')}
-      workgroupBarrier();
-      if (gr0 + ${r} < grEnd) {
-        var rowMax = NEG_BIG;
-        for (var p = 0; p < GROUPS; p++) { rowMax = max(rowMax, partM[p * ROWS + ${r}]); }
-        let gr = gr0 + ${r};
-        let g = (b * heads + kvh * group + gr / uniforms.nqMax) * uniforms.nqMax + gr % uniforms.nqMax;
-        for (var c4 = tid; c4 < DV4; c4 += NT) {
-          var rowSum = 0.0;
-          var a = vec4<f32>(0.0);
-          for (var p = 0; p < GROUPS; p++) {
-            let w = exp(partM[p * ROWS + ${r}] - rowMax);
-            rowSum += w * partL[p * ROWS + ${r}];
-            a += w * accRed[p * DV4 + c4];
-          }
-          ${writePartialWGSL('a', 'rowMax', 'rowSum')}
-        }
-      }`)}
+      ${mergeRoundsWGSL(t, (r, slot) => vParts(y => `if (${colOk(y, dv4)}) { accRed[(${slot} * GROUPS + lg) * DV4 + ${colOf(y)}] = acc_${r}_${y}; }`, '\n      '),
+                        scaledPartsMerge((r, p) => `${p} * ROWS + ${r}`, 'GROUPS', 'accRed[(slot * GROUPS + p) * DV4 + c4]'))}
     }`;
 }

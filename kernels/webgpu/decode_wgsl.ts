@@ -47,6 +47,11 @@ export interface DecodeTiles {
   /** Keys per streamed tile; a split is a whole number of tiles. */
   cols: number;
   threads: number;
+  /**
+   * Rows merged per round at the end of a split (register and subgroup passes: mergeRoundsWGSL);
+   * the staged pass ignores it (1).
+   */
+  mergeRows: number;
 }
 
 /** Threads per row in the row phase (at most 16: the tile max is combined by a serial loop). */
@@ -192,10 +197,10 @@ function scoreThreadsOf(t: DecodeTiles, d4: number): number {
 
 /**
  * The start of a split-pass workgroup: its split, kv head, block of query rows and sequence, the
- * block's query rows in qTile (scale folded in, as the one-pass forward does), and the keys
+ * block's query rows in qTile where stageQ (scale folded in, as the one-pass forward does), and the keys
  * [lo, hi) it covers (the split cut to what the block's rows can see), from tile firstCol.
  */
-function splitSetupWGSL(f: OptionFlags): string {
+function splitSetupWGSL(f: OptionFlags, stageQ: boolean): string {
   return `
       let split = i32(wgId.x);
       let heads = uniforms.qShape.z;
@@ -212,7 +217,7 @@ function splitSetupWGSL(f: OptionFlags): string {
       let off = lenK - lenQ;
       let gr0 = rowBlock * ROWS;
       let grEnd = min(gr0 + ROWS, group * uniforms.nqMax);
-
+${stageQ ? `
       for (var e = tid; e < ROWS * D4 * 4; e += NT) {
         let r = e / (D4 * 4);
         let c = e - r * (D4 * 4);
@@ -223,7 +228,7 @@ function splitSetupWGSL(f: OptionFlags): string {
           x = q[((startQ + i) * heads + kvh * group + gr / uniforms.nqMax) * D + c] * uniforms.scale;
         }
         qTile[r][c / 4][c % 4] = x;
-      }
+      }` : ''}
 
       let iLo = select(0, gr0 % uniforms.nqMax, gr0 / uniforms.nqMax == (grEnd - 1) / uniforms.nqMax);
       let iHi = select(uniforms.nqMax, (grEnd - 1) % uniforms.nqMax + 1, gr0 / uniforms.nqMax == (grEnd - 1) / uniforms.nqMax);
@@ -237,12 +242,13 @@ function splitSetupWGSL(f: OptionFlags): string {
 
 /**
  * The start of a split pass's entry point: every binding touched (so none is dropped from the
- * layout), the workgroup id read uniformly, then splitSetupWGSL. The body and closing brace follow.
+ * layout), the workgroup id read uniformly, then splitSetupWGSL (stageQ: the block's query rows
+ * into qTile; a pass that reads them itself says false). The body and closing brace follow.
  */
-export const splitMainWGSL = (variableNames: string[], f: OptionFlags) => `fn main() {
+export const splitMainWGSL = (variableNames: string[], f: OptionFlags, stageQ = true) => `fn main() {
       ${touch(variableNames)}
       ${UNIFORM_WG}
-      ${splitSetupWGSL(f)}`;
+      ${splitSetupWGSL(f, stageQ)}`;
 
 /**
  * Writes this split's partial of query row g (the layout the combine pass reads): accumulator vec4
@@ -429,33 +435,58 @@ export function splitPassWGSL(variableNames: string[], t: DecodeTiles, f: Option
 }
 
 /**
- * The end of a split for the fused and blocked passes: per row, the KP key parts (running max partM,
- * sum partL and accumulator acc_r of threads (c4, kp)) combined in kp order into the partials the
- * combine pass reads. part(r) is the index of part p of row r in partM/partL.
+ * The end of a split in the register and subgroup passes: each row's parts (one per key part or
+ * lane group: an accumulator, and a running max and sum where parts have their own scale) merged in
+ * part order (deterministic) into the partials the combine pass reads, t.mergeRows rows a round,
+ * two barriers a round. One row a round with DV4 threads merging it took 2 barriers and a serial
+ * loop per row: at a tile or two a split (short caches) that end was a large share of the pass.
+ * store(r, slot): this thread's parts of row r into merge slot `slot`; merge: WGSL declaring a,
+ * rowMax, rowSum for row r, merge slot `slot`, value vec4 c4 (in scope).
  */
-function combineKeyPartsWGSL(rows: number, part: (r: number) => string): string {
+export function mergeRoundsWGSL(t: DecodeTiles, store: (r: number, slot: number) => string, merge: string): string {
+  const per = Math.max(1, Math.min(t.mergeRows, t.rows));
   return `
       let numSplits = uniforms.numSplits;
       let rowsAll = uniforms.batchSeqs * heads * uniforms.nqMax;
-      ${unroll(rows, r => `
+      ${unroll(Math.ceil(t.rows / per), k => {
+        const n = Math.min(per, t.rows - k * per);
+        return `
       workgroupBarrier();
-      if (accThread) { accRed[tid] = acc_${r}; }
+      ${unroll(n, slot => store(k * per + slot, slot))}
       workgroupBarrier();
-      if (tid < DV4 && gr0 + ${r} < grEnd) {
-        var rowMax = NEG_BIG;
-        for (var p = 0; p < KP; p++) { rowMax = max(rowMax, partM[${part(r)}]); }
-        var rowSum = 0.0;
-        var a = vec4<f32>(0.0);
-        for (var p = 0; p < KP; p++) {
-          let w = exp(partM[${part(r)}] - rowMax);
-          rowSum += w * partL[${part(r)}];
-          a += w * accRed[p * DV4 + c4];
+      for (var e = tid; e < ${n} * DV4; e += NT) {
+        let slot = e / DV4;
+        let c4 = e - slot * DV4;
+        let r = ${k * per} + slot;
+        let gr = gr0 + r;
+        if (gr < grEnd) {
+          ${merge}
+          let g = (b * heads + kvh * group + gr / uniforms.nqMax) * uniforms.nqMax + gr % uniforms.nqMax;
+          ${writePartialWGSL('a', 'rowMax', 'rowSum')}
         }
-        let gr = gr0 + ${r};
-        let g = (b * heads + kvh * group + gr / uniforms.nqMax) * uniforms.nqMax + gr % uniforms.nqMax;
-        ${writePartialWGSL('a', 'rowMax', 'rowSum')}
-      }`)}`;
+      }`;
+      })}`;
 }
+
+/**
+ * mergeRoundsWGSL's merge of KP parts with their own scales (fused and blocked passes): running
+ * max partM, sum partL (part p of row r at index part('r', 'p')), accumulators in accRed by slot.
+ */
+export const scaledPartsMerge = (part: (r: string, p: string) => string, parts: string, accAt: string) => `
+          var rowMax = NEG_BIG;
+          for (var p = 0; p < ${parts}; p++) { rowMax = max(rowMax, partM[${part('r', 'p')}]); }
+          var rowSum = 0.0;
+          var a = vec4<f32>(0.0);
+          for (var p = 0; p < ${parts}; p++) {
+            let w = exp(partM[${part('r', 'p')}] - rowMax);
+            rowSum += w * partL[${part('r', 'p')}];
+            a += w * ${accAt};
+          }`;
+
+/** The register passes' merge of their KP accumulator parts (thread tid = kp * DV4 + c4 holds part kp). */
+const registerPartsMerge = (part: (r: string, p: string) => string) =>
+  scaledPartsMerge(part, 'KP', 'accRed[slot * NT + p * DV4 + c4]');
+const storeRegisterPart = (r: number, slot: number) => `if (accThread) { accRed[${slot} * NT + tid] = acc_${r}; }`;
 
 /** Most query rows per workgroup of the fused split pass (each thread keeps one accumulator per row). */
 export const FUSED_MAX_ROWS = 8;
@@ -472,7 +503,7 @@ export function fusedLayout(t: DecodeTiles, headDimV: number) {
 /** Bytes of workgroup memory of the fused split pass (mirrors the declarations below). */
 export function decodeFusedWorkgroupBytes(t: DecodeTiles, headDim: number, headDimV: number): number {
   const d4p = paddedVec4(headDim), { keyParts } = fusedLayout(t, headDimV);
-  return 16 * (t.rows * d4p + t.cols * d4p + t.threads) +               // q, k, accRed
+  return 16 * (t.rows * d4p + t.cols * d4p + t.mergeRows * t.threads) +   // q, k, accRed
          4 * (2 * t.rows * t.cols + t.threads + 2 * keyParts * t.rows) + 16;   // s, keep, scorePart, partM/L, wgId
 }
 
@@ -501,7 +532,7 @@ export function splitPassFusedWGSL(variableNames: string[], t: DecodeTiles, f: O
     var<workgroup> kTile : array<array<vec4<f32>, D4P>, COLS>;
     var<workgroup> sTile : array<array<f32, COLS>, ROWS>;
     var<workgroup> keepTile : array<array<u32, COLS>, ROWS>;
-    var<workgroup> accRed : array<vec4<f32>, NT>;
+    var<workgroup> accRed : array<vec4<f32>, ${t.mergeRows * t.threads}>;
     var<workgroup> partM : array<f32, ${keyParts * t.rows}>;
     var<workgroup> partL : array<f32, ${keyParts * t.rows}>;
     ${sp > 1 ? 'var<workgroup> scorePart : array<f32, NT>;' : ''}
@@ -559,7 +590,7 @@ export function splitPassFusedWGSL(variableNames: string[], t: DecodeTiles, f: O
       if (accThread && c4 == 0) {
         ${rows(r => `partM[kp * ROWS + ${r}] = m_${r}; partL[kp * ROWS + ${r}] = l_${r};`)}
       }
-      ${combineKeyPartsWGSL(t.rows, (r: number) => `p * ROWS + ${r}`)}
+      ${mergeRoundsWGSL(t, storeRegisterPart, registerPartsMerge((r, p) => `${p} * ROWS + ${r}`))}
     }`;
 }
 
@@ -579,7 +610,7 @@ export function groupedLayout(t: DecodeTiles, headDim: number, headDimV: number)
 /** Bytes of workgroup memory of the grouped split pass (mirrors the declarations below). */
 export function decodeGroupedWorkgroupBytes(t: DecodeTiles, headDim: number, headDimV: number): number {
   const d4p = paddedVec4(headDim), { scoreThreads } = groupedLayout(t, headDim, headDimV);
-  return 16 * (t.rows * d4p + Math.max(t.cols * d4p, t.threads)) +        // q, k (and the end's accumulators)
+  return 16 * (t.rows * d4p + Math.max(t.cols * d4p, t.mergeRows * t.threads)) +   // q, k (and the end's accumulators)
          4 * (scoreThreads * t.rows * t.cols + t.threads + t.rows) + 8 * t.rows + 16;   // scores, red, alpha, final, wgId
 }
 
@@ -611,7 +642,7 @@ export function splitPassGroupedWGSL(variableNames: string[], t: DecodeTiles, f:
     var<workgroup> sharedWorkgroupId : vec3<u32>;
     var<workgroup> qTile : array<array<vec4<f32>, D4P>, ROWS>;
     // The key tile; at the end of the split the threads' accumulators (NT vec4s).
-    var<workgroup> kTile : array<array<vec4<f32>, D4P>, ${Math.max(t.cols, Math.ceil(t.threads / d4p))}>;
+    var<workgroup> kTile : array<array<vec4<f32>, D4P>, ${Math.max(t.cols, Math.ceil(t.mergeRows * t.threads / d4p))}>;
     // Score shares [SPK][ROWS][COLS]; share 0 then holds the probabilities (times the dropout factor).
     var<workgroup> sTile : array<f32, ${spk * t.rows * t.cols}>;
     var<workgroup> red : array<f32, NT>;
@@ -722,19 +753,11 @@ export function splitPassGroupedWGSL(variableNames: string[], t: DecodeTiles, f:
         for (var u = 0; u < RT; u++) { rowSum += red[rr * RT + u]; }
         rowFinal[rr] = vec2<f32>(m, rowSum);
       }
-      let numSplits = uniforms.numSplits;
-      let rowsAll = uniforms.batchSeqs * heads * uniforms.nqMax;
-      ${rows(r => `
-      workgroupBarrier();
-      if (accThread) { kTile[tid / D4P][tid % D4P] = acc_${r}; }
-      workgroupBarrier();
-      if (tid < DV4 && gr0 + ${r} < grEnd) {
-        var a = vec4<f32>(0.0);
-        for (var p = 0; p < KP; p++) { let e = p * DV4 + c4; a += kTile[e / D4P][e % D4P]; }
-        let gr = gr0 + ${r};
-        let g = (b * heads + kvh * group + gr / uniforms.nqMax) * uniforms.nqMax + gr % uniforms.nqMax;
-        ${writePartialWGSL('a', `rowFinal[${r}].x`, `rowFinal[${r}].y`)}
-      }`)}
+      ${mergeRoundsWGSL(t, (r, slot) => `if (accThread) { let e = ${slot} * NT + tid; kTile[e / D4P][e % D4P] = acc_${r}; }`, `
+          var a = vec4<f32>(0.0);
+          for (var p = 0; p < KP; p++) { let e = slot * NT + p * DV4 + c4; a += kTile[e / D4P][e % D4P]; }
+          let rowMax = rowFinal[r].x;
+          let rowSum = rowFinal[r].y;`)}
     }`;
 }
 
@@ -760,7 +783,7 @@ export function blockedLayout(t: DecodeTiles, headDim: number, headDimV: number)
 /** Bytes of workgroup memory of the blocked split pass (mirrors the declarations below). */
 export function decodeBlockedWorkgroupBytes(t: DecodeTiles, headDim: number, headDimV: number): number {
   const { scoreShares, keyParts } = blockedLayout(t, headDim, headDimV);
-  return 16 * (t.rows * paddedVec4(headDim) + t.threads) +                     // q, accRed
+  return 16 * (t.rows * paddedVec4(headDim) + t.mergeRows * t.threads) +     // q, accRed
          4 * (2 * scoreShares * t.rows * t.cols + 2 * t.rows * keyParts + 2 * t.rows * keyParts) + 16;   // scores x2, alpha x2, m, l, wgId
 }
 
@@ -797,7 +820,7 @@ export function splitPassBlockedWGSL(variableNames: string[], t: DecodeTiles, f:
     // Running max and sum per (row, kp) (each only its row thread's), then the split's parts.
     var<workgroup> partM : array<f32, ${t.rows * keyParts}>;
     var<workgroup> partL : array<f32, ${t.rows * keyParts}>;
-    var<workgroup> accRed : array<vec4<f32>, NT>;
+    var<workgroup> accRed : array<vec4<f32>, ${t.mergeRows * t.threads}>;
     ${optionHelpers(f)}
     ${rangeHelpers(f)}
 
@@ -898,7 +921,7 @@ export function splitPassBlockedWGSL(variableNames: string[], t: DecodeTiles, f:
       }
 
       // The split's KP parts of each row, combined in kp order (as the fused pass).
-      ${combineKeyPartsWGSL(t.rows, (r: number) => `${r} * KP + p`)}
+      ${mergeRoundsWGSL(t, storeRegisterPart, registerPartsMerge((r, p) => `${r} * KP + ${p}`))}
     }`;
 }
 

@@ -235,10 +235,16 @@ function fittingDecodeTiles(limits: DeviceLimits, s: AttentionProblem, kind: Spl
     const l = blockedLayout({ ...t, cols: 1 }, s.headDim, s.headDimV);
     return Math.min(t.threads / l.scoreShares, 8 * l.keyParts);
   };
-  const widest = pass === 'blocked' ? blockedCols({ rows, cols: 1, threads }) : 128;
+  const widest = pass === 'blocked' ? blockedCols({ rows, cols: 1, threads, mergeRows: 1 }) : 128;
+  // Rows merged a round at the end of a split: all of them where workgroup memory allows (the
+  // widest tile first; the merge's memory is only used after the key loop).
+  const mergeRowsOptions = !registers ? [1] : override.tiles?.mergeRows ? [override.tiles.mergeRows]
+      : [8, 4, 2, 1].filter(m => m <= rows || m === 1);
   for (const cols of override.tiles?.cols ? [override.tiles.cols] : [128, 64, 32, 16, 8, 4].slice(registers ? 0 : 1).filter(c => c <= widest)) {
-    const t = { rows, cols, threads };
-    if (bytes(t, s.headDim, s.headDimV) <= limits.maxComputeWorkgroupStorageSize) return t;
+    for (const mergeRows of mergeRowsOptions) {
+      const t = { rows, cols, threads, mergeRows };
+      if (bytes(t, s.headDim, s.headDimV) <= limits.maxComputeWorkgroupStorageSize) return t;
+    }
   }
   return null;
 }
