@@ -291,8 +291,7 @@ describe("the blocked split pass and the combine's layouts: keys in registers, o
     const c = (heads: number, kvHeads: number, d = 128, seqK = 512): CaseSpec =>
       ({ dims: { batch: 1, seqQ: 1, seqK, heads, kvHeads, headDim: d, headDimV: d }, seed: 1 });
     // Rows merged a round: as many as workgroup memory allows beside the widest tile (4 of 8 for the blocked pass at d 64, all 8 for the grouped at d 128).
-    expect(decodePlanOf(c(16, 2, 64), {})).toMatchObject({ grouped: true, blocked: true, pipelined: true, tiles: { rows: 8, cols: 128, threads: 256, mergeRows: 4 } });
-    expect(decodePlanOf(c(16, 2, 64), { pipelined: false })).toMatchObject({ blocked: true, pipelined: false, tiles: { cols: 128, mergeRows: 4 } });
+    expect(decodePlanOf(c(16, 2, 64), {})).toMatchObject({ grouped: true, blocked: true, tiles: { rows: 8, cols: 128, threads: 256, mergeRows: 4 } });
     expect(decodePlanOf(c(16, 2), {}).tiles).toMatchObject({ rows: 8, cols: 64, mergeRows: 8 });
     // GQA 16/2 at 8k keys, B 1: 64 tiles of 128 keys, one a split: 2 kv heads x 64 splits; the
     // combine: 4 value vec4s a workgroup (4 workgroups a row), a split lane per split.
@@ -308,30 +307,6 @@ describe("the blocked split pass and the combine's layouts: keys in registers, o
     expect(decodePlanOf(c(16, 2, 64), { blocked: false })).toMatchObject({ grouped: false, blocked: false });
     expect(decodePlanOf(c(16, 16, 64), { grouped: true, blocked: true })).toMatchObject({ grouped: true, blocked: true, tiles: { rows: 1 } });
   });
-
-  gpuTest('pipelined (one barrier a tile) or in three phases: the same bits, splits of 1, 2, 3 and many tiles, every option', async () => {
-    const cases: CaseSpec[] = [
-      { dims: { batch: 2, seqQ: 1, seqK: 300, heads: 8, kvHeads: 1, headDim: 12, headDimV: 8 }, seed: 908, alibi: true, windowSize: [120, 0] },
-      { ...decodeCase(new Set(OPTION_NAMES), 909), dims: { batch: 1, seqQ: 2, seqK: 230, heads: 8, kvHeads: 2, headDim: 8, headDimV: 8 } },
-    ];
-    for (const c of cases) {
-      if (c.maskShape) c.maskShape = [c.dims.batch, c.dims.heads, c.dims.seqQ, c.dims.seqK];
-      const d = caseData(c), want = reference(c, d);
-      // 8-key tiles: 38 or 29 tiles, in splits of 38 (one split), 13, 3, 2 and 1 tiles.
-      for (const numSplits of [1, 3, 13, 19, 38]) {
-        const runs: Forward[] = [];
-        for (const pipelined of [true, false]) {
-          const o = { mode: 'on' as const, numSplits, blocked: true, pipelined };
-          expect(decodePlanOf(c, { ...GROUPED_AT_ANY_HEAD_DIM, ...o, tiles: TINY_DECODE })).toMatchObject({ blocked: true, pipelined });
-          runs.push(await forward(c, d, o));
-          expect(takeUncapturedErrors()).toEqual([]);
-          expectClose(`${describeCase(c)} splits ${numSplits} pipelined ${pipelined}`, runs[runs.length - 1], want);
-        }
-        expect(Array.from(runs[0].out)).toEqual(Array.from(runs[1].out));
-        expect(Array.from(runs[0].lse)).toEqual(Array.from(runs[1].lse));
-      }
-    }
-  }, COMPILE_HEAVY_MS);
 
   gpuTest('the end of a split merges its parts in rounds of 1, 3 (a last round part full) or all 8 rows: the same bits in each register pass', async () => {
     const c: CaseSpec = { dims: { batch: 1, seqQ: 1, seqK: 300, heads: 8, kvHeads: 1, headDim: 8, headDimV: 12 }, seed: 907, causal: true, alibi: true };

@@ -780,156 +780,42 @@ export function blockedLayout(t: DecodeTiles, headDim: number, headDimV: number)
   };
 }
 
-/** Score buffers of the blocked split pass: one per tile in flight (pipelined: scores, probabilities, values). */
-const blockedScoreBuffers = (pipelined: boolean) => (pipelined ? 3 : 2);
-
 /** Bytes of workgroup memory of the blocked split pass (mirrors the declarations below). */
-export function decodeBlockedWorkgroupBytes(t: DecodeTiles, headDim: number, headDimV: number, pipelined = false): number {
+export function decodeBlockedWorkgroupBytes(t: DecodeTiles, headDim: number, headDimV: number): number {
   const { scoreShares, keyParts } = blockedLayout(t, headDim, headDimV);
   return 16 * (t.rows * paddedVec4(headDim) + t.mergeRows * t.threads) +     // q, accRed
-         4 * (blockedScoreBuffers(pipelined) * scoreShares * t.rows * t.cols +    // scores
-              2 * t.rows * keyParts + 2 * t.rows * keyParts) + 16;              // alpha x2, m, l, wgId
+         4 * (2 * scoreShares * t.rows * t.cols + 2 * t.rows * keyParts + 2 * t.rows * keyParts) + 16;   // scores x2, alpha x2, m, l, wgId
 }
 
 /**
  * The blocked split pass (vec4 K and V, 2 ... FUSED_MAX_ROWS rows of one kv head's group): the
- * grouped pass's work per score done once, with two barriers a tile instead of five (one where
- * pipelined).
+ * grouped pass's work per score done once, with two barriers a tile instead of five.
  *  - No key tile in workgroup memory: each score thread holds its share of its keys in registers
  *    (loaded a tile ahead, as the values are), so no store and no barrier before the scores; the
  *    query vec4 a warp reads is the same for all its lanes (broadcast).
  *  - No row reduction: the row thread (r, kp) keeps its own running max and sum over keys kp,
  *    kp + KP, ... (the keys of accumulate threads (c4, kp)), so each part has its own scale (alpha
  *    per (row, kp)) and the KP parts are combined once at the end of the split, as the fused pass's.
- *  - Not pipelined: per tile the score phase, a barrier, the row phase (ROWS x KP threads: half of
- *    the warps or fewer, the rest wait), a barrier, the accumulate phase; scores double-buffered by
- *    tile parity (tile t + 2 writes the buffer tile t read only after every thread has passed tile
- *    t + 1's first barrier).
- *  - Pipelined: one barrier a step, and step i runs tile i's score phase, tile i - 1's row phase and
- *    tile i - 2's accumulate phase (each reads only what an earlier step wrote), so the row phase's
- *    chain of loads and exps overlaps the other warps' products instead of holding them at a
- *    barrier; three score buffers (tile mod 3), two alpha buffers. Values are loaded two steps
- *    ahead of their accumulate phase, keys one step ahead of their score phase.
- * Deterministic (fixed orders; both forms compute the same values in the same order: same bits);
- * masked 0, a kept NaN/+inf score NaN, as the one-pass kernel.
+ *  - Scores and probabilities double-buffered by tile parity: tile t + 2 writes the buffer tile t
+ *    read only after every thread has passed tile t + 1's first barrier (after its tile-t work).
+ * Deterministic (fixed orders); masked 0, a kept NaN/+inf score NaN, as the one-pass kernel.
  */
 export function splitPassBlockedWGSL(variableNames: string[], t: DecodeTiles, f: OptionFlags,
-                                     headDim: number, headDimV: number, loads: DecodeLoads, pipelined = false): string {
+                                     headDim: number, headDimV: number, loads: DecodeLoads): string {
   const d4 = vec4Count(headDim), dv4 = vec4Count(headDimV), d4p = paddedVec4(headDim);
   const { scoreShares: spk, keyShareVec4s: kx, keysPerScoreThread: ks, keyParts, keysPerThread } = blockedLayout(t, headDim, headDimV);
   const keyGroups = t.threads / spk;
-  const buffers = blockedScoreBuffers(pipelined);
   const rows = (body: (r: number) => string, sep?: string) => unroll(t.rows, body, sep);
   const { keys, col, inTile, issueV } = registerKeys(t, keyParts, keysPerThread);
   const raggedShare = spk * kx > d4;
   const issueK = (col0: string) => unroll(ks, u => unroll(kx, x =>
       `kx_${u}_${x} = kLoadB(kq + ${u * keyGroups}, sp * KX + ${x}, ${col0}, hi, startK, kvh);`, ' '));
-  // Score phase: this thread's keys of the tile in registers (kx_u_x) against every row, into score buffer sBase.
-  const scorePhase = (sBase: string) => `${unroll(ks, u => `{
-          let c = kq + ${u * keyGroups};
-          ${rows(r => `var dot_${r} = 0.0;`, ' ')}
-          ${unroll(kx, x => `{
-            let xq = ${raggedShare ? `min(sp * KX + ${x}, D4 - 1)` : `sp * KX + ${x}`};
-            ${rows(r => `dot_${r} += dot(qTile[${r}][xq], kx_${u}_${x});`, ' ')}
-          }`)}
-          if (c < COLS) {
-            ${rows(r => `sTile[${sBase} + sp * SHARE + ${r} * COLS + c] = dot_${r};`, ' ')}
-          }
-        }`)}`;
-  // Row phase of the tile at tileCol: row thread (r, p) over keys p, p + KP, ...: the scores (shares
-  // added, masks and biases), its running max and sum, the probabilities under its new max (in place).
-  const rowPhase = (tileCol: string, sBase: string, aBase: string) => `
-        for (var e = tid; e < ROWS * KP; e += NT) {
-          let col0 = ${tileCol};
-          let r = e / KP;
-          let p = e - r * KP;
-          let gr = gr0 + r;
-          let i = gr % uniforms.nqMax;
-          let h = min(kvh * group + gr / uniforms.nqMax, heads - 1);
-          let m = partM[e];
-          var tileMax = NEG_BIG;
-          ${keys(i => `var s_${i} = NEG_BIG; var kept_${i} = false;`, ' ')}
-          ${keys(i => `{
-            let c = p + ${i * keyParts};
-            if (c < COLS) {
-              var dotSum = 0.0;
-              ${unroll(spk, u => `dotSum += sTile[${sBase} + ${u} * SHARE + r * COLS + c];`, ' ')}
-              let j = col0 + c;
-              kept_${i} = (gr < grEnd) & (j < hi) & isKept(b, h, i, j, lenQ, lenK, off);
-              s_${i} = select(NEG_BIG, scoreOf(dotSum, i, j, off, slopeOf(h)), kept_${i});
-              tileMax = max(tileMax, select(s_${i}, NEG_BIG, poisons(s_${i})));
-            }
-          }`)}
-          // Both maxima are finite (NaN and +inf scores are left out), so alpha is never NaN.
-          let newMax = max(m, tileMax);
-          let alpha = exp(m - newMax);
-          var l = partL[e] * alpha;
-          let rowKey = dropoutRowKey(b * heads + h, i);
-          ${keys(i => `{
-            let c = p + ${i * keyParts};
-            if (c < COLS) {
-              let x = s_${i};
-              let prob = select(select(0.0, exp(x - newMax), kept_${i}), quietNaN(x), poisons(x));
-              l += prob;   // the normaliser ignores dropout
-              sTile[${sBase} + r * COLS + c] = prob * dropoutScale(rowKey, col0 + c);
-            }
-          }`)}
-          partM[e] = newMax;
-          partL[e] = l;
-          alphaTile[${aBase} + e] = alpha;
-        }`;
-  // Accumulate phase: each part on its own scale, values from registers (vx_i).
-  const accumulatePhase = (sBase: string, aBase: string) => `
-        if (accThread) {
-          ${rows(r => `{
-            var a = acc_${r} * alphaTile[${aBase} + ${r} * KP + kp];
-            ${keys(i => `a += select(0.0, sTile[${sBase} + ${r} * COLS + ${col(i)}], ${inTile(i)}) * vx_${i};`, ' ')}
-            acc_${r} = a;
-          }`)}
-        }`;
-  const sBaseOf = (tile: string) => `(${tile} % ${buffers}) * SPK * SHARE`;
-  const aBaseOf = (tile: string) => `(${tile} % 2) * ROWS * KP`;
-  const loop = pipelined ? `
-      let tiles = select(0, (hi - firstCol + COLS - 1) / COLS, hi > firstCol);
-      for (var step = 0; step < select(0, tiles + 2, tiles > 0); step++) {
-        if (step < tiles) {
-          ${scorePhase(sBaseOf('step'))}
-          // This thread's keys of the next tile, in flight through the rest of the step.
-          ${issueK('firstCol + (step + 1) * COLS')}
-        }
-        if (step >= 1 && step <= tiles) {
-          let rowTile = step - 1;
-          ${rowPhase('firstCol + rowTile * COLS', sBaseOf('rowTile'), aBaseOf('rowTile'))}
-        }
-        if (step >= 2) {
-          let accTile = step - 2;
-          ${accumulatePhase(sBaseOf('accTile'), aBaseOf('accTile'))}
-          // This thread's values of the tile after it, in flight through the next step.
-          ${issueV('firstCol + (accTile + 1) * COLS')}
-        }
-        workgroupBarrier();
-      }` : `
-      var parity = 0;
-      for (var tileCol = firstCol; tileCol < hi; tileCol += COLS) {
-        let sBase = parity * SPK * SHARE;
-        let aBase = parity * ROWS * KP;
-        ${scorePhase('sBase')}
-        // This thread's keys of the next tile, in flight through the row and accumulate phases.
-        ${issueK('tileCol + COLS')}
-        workgroupBarrier();
-        ${rowPhase('tileCol', 'sBase', 'aBase')}
-        workgroupBarrier();
-        ${accumulatePhase('sBase', 'aBase')}
-        // This thread's values of the next tile, in flight through the next score and row phases.
-        ${issueV('tileCol + COLS')}
-        parity = 1 - parity;
-      }`;
   return `
     ${splitConstantsWGSL(t, headDim, headDimV, { KP: keyParts, SPK: spk, KX: kx, SHARE: t.rows * t.cols })}
     var<workgroup> sharedWorkgroupId : vec3<u32>;
     var<workgroup> qTile : array<array<vec4<f32>, D4P>, ROWS>;
-    // Per tile in flight: score shares [SPK][ROWS][COLS]; share 0 then holds the probabilities (times the dropout factor).
-    var<workgroup> sTile : array<f32, ${buffers * spk * t.rows * t.cols}>;
+    // Per tile parity: score shares [SPK][ROWS][COLS]; share 0 then holds the probabilities (times the dropout factor).
+    var<workgroup> sTile : array<f32, ${2 * spk * t.rows * t.cols}>;
     var<workgroup> alphaTile : array<f32, ${2 * t.rows * keyParts}>;
     // Running max and sum per (row, kp) (each only its row thread's), then the split's parts.
     var<workgroup> partM : array<f32, ${t.rows * keyParts}>;
@@ -960,7 +846,79 @@ export function splitPassBlockedWGSL(variableNames: string[], t: DecodeTiles, f:
 
       ${issueK('firstCol')}
       ${issueV('firstCol')}
-      ${loop}
+      var parity = 0;
+      for (var col0 = firstCol; col0 < hi; col0 += COLS) {
+        let sBase = parity * SPK * SHARE;
+        let aBase = parity * ROWS * KP;
+        ${unroll(ks, u => `{
+          let c = kq + ${u * keyGroups};
+          ${rows(r => `var dot_${r} = 0.0;`, ' ')}
+          ${unroll(kx, x => `{
+            let xq = ${raggedShare ? `min(sp * KX + ${x}, D4 - 1)` : `sp * KX + ${x}`};
+            ${rows(r => `dot_${r} += dot(qTile[${r}][xq], kx_${u}_${x});`, ' ')}
+          }`)}
+          if (c < COLS) {
+            ${rows(r => `sTile[sBase + sp * SHARE + ${r} * COLS + c] = dot_${r};`, ' ')}
+          }
+        }`)}
+        // This thread's keys of the next tile, in flight through the row and accumulate phases.
+        ${issueK('col0 + COLS')}
+        workgroupBarrier();
+
+        // Row phase: row thread (r, p) over keys p, p + KP, ...: the scores (shares added, masks and
+        // biases), its running max and sum, the probabilities under its new max.
+        for (var e = tid; e < ROWS * KP; e += NT) {
+          let r = e / KP;
+          let p = e - r * KP;
+          let gr = gr0 + r;
+          let i = gr % uniforms.nqMax;
+          let h = min(kvh * group + gr / uniforms.nqMax, heads - 1);
+          let m = partM[e];
+          var tileMax = NEG_BIG;
+          ${keys(i => `var s_${i} = NEG_BIG; var kept_${i} = false;`, ' ')}
+          ${keys(i => `{
+            let c = p + ${i * keyParts};
+            if (c < COLS) {
+              var dotSum = 0.0;
+              ${unroll(spk, u => `dotSum += sTile[sBase + ${u} * SHARE + r * COLS + c];`, ' ')}
+              let j = col0 + c;
+              kept_${i} = (gr < grEnd) & (j < hi) & isKept(b, h, i, j, lenQ, lenK, off);
+              s_${i} = select(NEG_BIG, scoreOf(dotSum, i, j, off, slopeOf(h)), kept_${i});
+              tileMax = max(tileMax, select(s_${i}, NEG_BIG, poisons(s_${i})));
+            }
+          }`)}
+          // Both maxima are finite (NaN and +inf scores are left out), so alpha is never NaN.
+          let newMax = max(m, tileMax);
+          let alpha = exp(m - newMax);
+          var l = partL[e] * alpha;
+          let rowKey = dropoutRowKey(b * heads + h, i);
+          ${keys(i => `{
+            let c = p + ${i * keyParts};
+            if (c < COLS) {
+              let x = s_${i};
+              let prob = select(select(0.0, exp(x - newMax), kept_${i}), quietNaN(x), poisons(x));
+              l += prob;   // the normaliser ignores dropout
+              sTile[sBase + r * COLS + c] = prob * dropoutScale(rowKey, col0 + c);
+            }
+          }`)}
+          partM[e] = newMax;
+          partL[e] = l;
+          alphaTile[aBase + e] = alpha;
+        }
+        workgroupBarrier();
+
+        // Accumulate phase: each part on its own scale.
+        if (accThread) {
+          ${rows(r => `{
+            var a = acc_${r} * alphaTile[aBase + ${r} * KP + kp];
+            ${keys(i => `a += select(0.0, sTile[sBase + ${r} * COLS + ${col(i)}], ${inTile(i)}) * vx_${i};`, ' ')}
+            acc_${r} = a;
+          }`)}
+        }
+        // This thread's values of the next tile, in flight through the next score and row phases.
+        ${issueV('col0 + COLS')}
+        parity = 1 - parity;
+      }
 
       // The split's KP parts of each row, combined in kp order (as the fused pass).
       ${mergeRoundsWGSL(t, storeRegisterPart, registerPartsMerge((r, p) => `${r} * KP + ${p}`))}

@@ -113,12 +113,6 @@ const DECODE_GROUPED_MIN_HEAD_DIM_V = 128;
  */
 const DECODE_BLOCKED_BELOW_HEAD_DIM_V = DECODE_GROUPED_MIN_HEAD_DIM_V;
 /**
- * Whether the blocked split pass runs pipelined (decode_wgsl.ts: one barrier a tile, a tile's row
- * phase beside the next tile's scores and the previous tile's accumulation) rather than in three
- * phases with two barriers a tile.
- */
-const DECODE_PIPELINED = true;
-/**
  * The blocked pass's least tiles a split: its tiles are wide (128 keys at d 64), so 2 left GQA at 8k
  * keys, B 1 with 64 workgroups; 1 gives 128 (same run: 0.134 vs 0.148 ms; at 64k and at d 128 equal).
  */
@@ -166,8 +160,6 @@ export interface DecodePlan {
   subgroup: SubgroupLayout | null;
   /** The blocked split pass in the grouped pass's place (keys in registers, per-part softmax). */
   blocked: boolean;
-  /** The blocked pass pipelined (one barrier a tile); false for the other passes. */
-  pipelined: boolean;
   /** How the combine pass divides a row's splits and value columns. */
   combine: CombineLayout;
 }
@@ -194,8 +186,6 @@ export interface DecodeOverride {
   unroll?: number;
   /** On: the blocked split pass where the grouped one would run (off: the grouped one). */
   blocked?: boolean;
-  /** Off: the blocked pass in three phases a tile (two barriers) instead of pipelined. */
-  pipelined?: boolean;
   /** The combine pass's threads (a power of two) and value vec4 columns per workgroup. */
   combineThreads?: number;
   combineCols?: number;
@@ -212,9 +202,6 @@ let calls = 0;
 export const decodeCalls = () => calls;
 
 const nextPow2 = (n: number) => 2 ** Math.ceil(Math.log2(Math.max(1, n)));
-
-/** Whether the blocked pass runs pipelined (DECODE_PIPELINED, unless overridden). */
-const blockedPipelined = () => override.pipelined ?? DECODE_PIPELINED;
 
 /** Whether K and V can be bound as vec4 arrays (decode_wgsl.ts, DecodeLoads) and are. */
 const vec4Loads = (s: AttentionProblem) => (override.vec4 ?? true) && s.headDim % 4 === 0 && s.headDimV % 4 === 0;
@@ -242,7 +229,7 @@ function fittingDecodeTiles(limits: DeviceLimits, s: AttentionProblem, kind: Spl
                            limits.maxComputeInvocationsPerWorkgroup);
   const rows = Math.min(override.tiles?.rows ?? rowsWanted, threads, registers ? FUSED_MAX_ROWS : threads);
   const bytes = { staged: decodeWorkgroupBytes, fused: decodeFusedWorkgroupBytes, grouped: decodeGroupedWorkgroupBytes,
-                  blocked: (t: DecodeTiles, d: number, dv: number) => decodeBlockedWorkgroupBytes(t, d, dv, blockedPipelined()) }[pass];
+                  blocked: decodeBlockedWorkgroupBytes }[pass];
   // The blocked pass: at most one key per score thread and 8 value vec4s per accumulate thread (registers).
   const blockedCols = (t: DecodeTiles) => {
     const l = blockedLayout({ ...t, cols: 1 }, s.headDim, s.headDimV);
@@ -307,8 +294,7 @@ export function decodePlan(limits: DeviceLimits, s: AttentionProblem, subgroupMi
     use: mode === 'on' || (mode === 'auto' && auto),
     tiles, rowBlocks, numSplits, splitKeys: tilesPerSplit * tiles.cols,
     loads: { vec4: vec4Loads(s), prefetch: override.prefetch ?? DECODE_PREFETCH },
-    fused, grouped: fused && (registerPass === 'grouped' || blocked), blocked: fused && blocked,
-    pipelined: fused && blocked && blockedPipelined(), subgroup: sg?.layout ?? null,
+    fused, grouped: fused && (registerPass === 'grouped' || blocked), blocked: fused && blocked, subgroup: sg?.layout ?? null,
     combine: combineLayout(s.headDimV, numSplits, override.combineThreads ?? combineThreadsFor(numSplits, s.headDimV),
                            override.combineCols ?? COMBINE_COLS),
   };
@@ -339,17 +325,16 @@ export class DecodeSplitProgram extends FlashProgram {
     this.workgroupSize = [plan.tiles.threads, 1, 1];
     this.dispatch = [plan.numSplits, s.kvHeads * plan.rowBlocks, s.batch];
     this.shaderKey = shaderKeyOf('flashDecodeSplit', { headDim: s.headDim, headDimV: s.headDimV, ...plan.tiles, ...plan.loads, fused: plan.fused, grouped: plan.grouped,
-                                                       blocked: plan.blocked, pipelined: plan.pipelined, subgroupLanes: plan.subgroup?.lanes ?? 0, subgroupUnroll: plan.subgroup?.unroll ?? 0, ...s.flags });
+                                                       blocked: plan.blocked, subgroupLanes: plan.subgroup?.lanes ?? 0, subgroupUnroll: plan.subgroup?.unroll ?? 0, ...s.flags });
   }
 
   getUserCode(): string {
     if (this.plan.subgroup) {
       return splitPassSubgroupWGSL(this.variableNames, this.plan.tiles, this.s.flags, this.s.headDim, this.s.headDimV, this.plan.subgroup);
     }
-    const { plan, s } = this;
-    if (plan.blocked) return splitPassBlockedWGSL(this.variableNames, plan.tiles, s.flags, s.headDim, s.headDimV, plan.loads, plan.pipelined);
-    const wgsl = plan.grouped ? splitPassGroupedWGSL : plan.fused ? splitPassFusedWGSL : splitPassWGSL;
-    return wgsl(this.variableNames, plan.tiles, s.flags, s.headDim, s.headDimV, plan.loads);
+    const wgsl = this.plan.blocked ? splitPassBlockedWGSL : this.plan.grouped ? splitPassGroupedWGSL
+        : this.plan.fused ? splitPassFusedWGSL : splitPassWGSL;
+    return wgsl(this.variableNames, this.plan.tiles, this.s.flags, this.s.headDim, this.s.headDimV, this.plan.loads);
   }
 
   uniformData(): Uniform[] {
