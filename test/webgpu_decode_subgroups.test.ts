@@ -64,7 +64,14 @@ describe('the plan picks the subgroup split pass on the subgroups device with ve
     expect(planOf(c(16, 16, 64, 64, 3), 32).tiles.rows).toBe(4);
     const p = planOf(c(16, 16), 32);
     expect(p.tiles).toMatchObject({ rows: 1, threads: SUBGROUP_THREADS_ONE_ROW, cols: (SUBGROUP_THREADS_ONE_ROW / 16) * p.subgroup!.unroll });
-    expect(planOf(c(16, 2), 32).tiles).toMatchObject({ threads: SUBGROUP_THREADS, mergeRows: 8 });
+    expect(planOf(c(16, 2), 32).tiles.threads).toBe(SUBGROUP_THREADS);
+    // All rows merged in one round at the end of a split of at most SUBGROUP_MERGE_ALL_MAX_STEPS steps, else one a round.
+    const gqa = (seqK: number, d: number) => planOf({ dims: dims(1, 1, seqK, 16, 2, d), seed: 1 }, 32);
+    expect(gqa(8192, 64)).toMatchObject({ splitKeys: 32, tiles: { cols: 32, mergeRows: 8 } });
+    expect(gqa(8192, 128)).toMatchObject({ splitKeys: 32, tiles: { cols: 16, mergeRows: 8 } });
+    expect(gqa(16384, 128)).toMatchObject({ splitKeys: 64, tiles: { cols: 16, mergeRows: 1 } });
+    expect(gqa(65536, 64)).toMatchObject({ splitKeys: 256, tiles: { mergeRows: 1 } });
+    expect(planOf(c(16, 2), 32, { tiles: { mergeRows: 4 }, numSplits: 1 }).tiles.mergeRows).toBe(4);
     expect(p.splitKeys % p.tiles.cols).toBe(0);
     expect(p.numSplits * p.splitKeys).toBeGreaterThanOrEqual(8192);
     const q = planOf(c(16, 16), 32, { tiles: { threads: 64 }, unroll: 2, targetWorkgroups: 64 });

@@ -62,6 +62,16 @@ export const SUBGROUP_TARGET_WORKGROUPS = 512;
  */
 export const SUBGROUP_MIN_SPLIT_KEYS = 32;
 /**
+ * Splits of at most this many steps merge all their rows in one round at the end (mergeRows =
+ * rows); longer ones one row a round. H200, GQA 16/2 (2026-12-03 03:37 UTC,
+ * bench/results/h200-decode-merge): all rows against one, B 1: 1 step (8k keys, d 64) 0.0151 vs
+ * 0.0164 ms, 2 steps 0.0174 vs 0.0196 (16k, d 64) and 0.0185 vs 0.0186 (8k, d 128); 4 steps (16k,
+ * d 128) 0.0249 vs 0.0238; 8 and 16 steps (64k) 0.0409 vs 0.0370 (d 64), 0.0706 vs 0.0575 (d 128);
+ * B 8, 64k: 0.216 vs 0.182 and 0.438 vs 0.353. (Its 16 KiB of workgroup memory, against 2 KiB, may
+ * cost resident workgroups where the key loop, not the end, sets the pace.)
+ */
+export const SUBGROUP_MERGE_ALL_MAX_STEPS = 2;
+/**
  * Most threads: subgroupsAreLinear (subgroups.ts) checks the lane layout the shuffles rely on for
  * workgroups of up to 256 invocations.
  */

@@ -36,7 +36,7 @@ import {
   splitPassGroupedWGSL, splitPassWGSL,
 } from './decode_wgsl';
 import {
-  splitPassSubgroupWGSL, SUBGROUP_MIN_SPLIT_KEYS, SUBGROUP_TARGET_WORKGROUPS, subgroupDecodeLayout, SubgroupLayout,
+  splitPassSubgroupWGSL, SUBGROUP_MERGE_ALL_MAX_STEPS, SUBGROUP_MIN_SPLIT_KEYS, SUBGROUP_TARGET_WORKGROUPS, subgroupDecodeLayout, SubgroupLayout,
 } from './decode_subgroup_wgsl';
 import { subgroupMinSizeOf } from './subgroups';
 import { vec4Count } from './tiles';
@@ -289,10 +289,13 @@ export function decodePlan(limits: DeviceLimits, s: AttentionProblem, subgroupMi
   numSplits = Math.max(1, Math.min(numSplits, keyTiles, DECODE_MAX_SPLITS, limits.maxComputeWorkgroupsPerDimension));
   const tilesPerSplit = Math.ceil(keyTiles / numSplits);
   numSplits = Math.ceil(keyTiles / tilesPerSplit);
+  // The subgroup pass merges all rows in one round only at the end of short splits.
+  const planTiles = sg && override.tiles?.mergeRows === undefined && tilesPerSplit > SUBGROUP_MERGE_ALL_MAX_STEPS
+    ? { ...tiles, mergeRows: 1 } : tiles;
   const auto = s.seqQ <= DECODE_MAX_SEQ_Q && s.seqK >= DECODE_MIN_SEQ_K;
   return {
     use: mode === 'on' || (mode === 'auto' && auto),
-    tiles, rowBlocks, numSplits, splitKeys: tilesPerSplit * tiles.cols,
+    tiles: planTiles, rowBlocks, numSplits, splitKeys: tilesPerSplit * tiles.cols,
     loads: { vec4: vec4Loads(s), prefetch: override.prefetch ?? DECODE_PREFETCH },
     fused, grouped: fused && (registerPass === 'grouped' || blocked), blocked: fused && blocked, subgroup: sg?.layout ?? null,
     combine: combineLayout(s.headDimV, numSplits, override.combineThreads ?? combineThreadsFor(numSplits, s.headDimV),
