@@ -23,7 +23,7 @@
  * --decode-targets=128,256,... also times the split-KV forward at those split-pass workgroup
  * targets, --decode-threads at those thread counts, --decode-variants at any DecodeOverride
  * (vec4, prefetch, fused, grouped, subgroup, mintiles, target, threads, cols, rows, mrows: rows merged a
- * round at the end of a split, lanes, unroll, blocked,
+ * round at the end of a split, lanes, unroll, blocked, consecutive (0: accumulate threads' keys KP apart),
  * gmin: the grouped pass's least headDimV, cthreads: the combine's threads, ccols: its value vec4
  * columns per workgroup); on the subgroups device (bench --decode-device=subgroups) 'decode' is the
  * subgroup split pass and decode[subgroup=0] the other passes, timed in the same rounds;
@@ -351,11 +351,12 @@ export function variantOverride(spec: string): DecodeOverride {
       case 'lanes': o.lanes = x; break;
       case 'unroll': o.unroll = x; break;
       case 'blocked': o.blocked = x !== 0; break;
+      case 'consecutive': o.consecutive = x !== 0; break;
       case 'gmin': o.groupedMinHeadDimV = x; break;
       case 'cthreads': o.combineThreads = x; break;
       case 'ccols': o.combineCols = x; break;
       default: throw new Error(`--decode-variants: unknown key '${key}' (vec4, prefetch, fused, grouped, subgroup, mintiles, ` +
-                               'target, threads, cols, rows, mrows, lanes, unroll, blocked, gmin, cthreads, ccols)');
+                               'target, threads, cols, rows, mrows, lanes, unroll, blocked, consecutive, gmin, cthreads, ccols)');
     }
   }
   return o;

@@ -107,7 +107,7 @@ export const USAGE = `npm run bench -- [flags]
   --decode-threads=256        ... and with these split-pass workgroup sizes
   --decode-variants=vec4=0+prefetch=0,mintiles=1   ... and these split-pass variants (keys: vec4,
                               prefetch, fused, grouped, subgroup (0/1), mintiles, target, threads, cols, rows, mrows,
-                              lanes, unroll, blocked (0/1), gmin (grouped pass from this headDimV),
+                              lanes, unroll, blocked (0/1), consecutive (0/1), gmin (grouped pass from this headDimV),
                               cthreads (the combine's threads), ccols (its value vec4 columns per workgroup))
   --decode-device=subgroups   the decode sweep on the opt-in subgroups device (useWebGPUWithSubgroups:
                               the subgroup split pass; decode[subgroup=0] times the other passes there)

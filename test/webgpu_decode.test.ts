@@ -12,7 +12,7 @@ import { attentionProblem } from '../src/contract';
 import {
   DECODE_MAX_SEQ_Q, DECODE_MIN_SEQ_K, decodeCalls, DecodeOverride, decodePlan, setDecodeOverride,
 } from '../kernels/webgpu/flash_decode_webgpu';
-import { decodeBlockedWorkgroupBytes, FUSED_MAX_ROWS } from '../kernels/webgpu/decode_wgsl';
+import { blockedLayout, decodeBlockedWorkgroupBytes, FUSED_MAX_ROWS } from '../kernels/webgpu/decode_wgsl';
 import { DeviceLimits } from '../kernels/webgpu/program';
 import { setTileConfigOverride } from '../kernels/webgpu/tiles';
 import {
@@ -307,6 +307,26 @@ describe("the blocked split pass and the combine's layouts: keys in registers, o
     expect(decodePlanOf(c(16, 2, 64), { blocked: false })).toMatchObject({ grouped: false, blocked: false });
     expect(decodePlanOf(c(16, 16, 64), { grouped: true, blocked: true })).toMatchObject({ grouped: true, blocked: true, tiles: { rows: 1 } });
   });
+
+  gpuTest('accumulate threads own consecutive keys (vec4 reads of probabilities, and a ragged tile) or keys KP apart: grouped and blocked passes', async () => {
+    const c: CaseSpec = { dims: { batch: 2, seqQ: 1, seqK: 300, heads: 8, kvHeads: 1, headDim: 8, headDimV: 8 }, seed: 910, softcap: 4, dropoutRate: 0.1 };
+    const d = caseData(c), want = reference(c, d);
+    // 32 threads, head dim 8: 16 key parts; 64-key tiles give each part 4 consecutive keys (vec4
+    // reads), 8-key tiles 1 of 16 parts' keys past the tile (ragged, scalar reads).
+    expect(blockedLayout({ rows: 8, cols: 64, threads: 32, mergeRows: 8 }, 8, 8)).toMatchObject({ keyParts: 16, keysPerThread: 4 });
+    for (const pass of [{ blocked: true }, GROUPED_NOT_BLOCKED]) {
+      for (const cols of [64, 8]) {
+        for (const consecutive of [true, false]) {
+          for (const numSplits of [1, 3]) {
+            const o = { mode: 'on' as const, numSplits, ...pass, consecutive, tiles: { cols, threads: 32 } };
+            expect(decodePlanOf(c, { ...GROUPED_AT_ANY_HEAD_DIM, ...o })).toMatchObject({ grouped: true, consecutive, tiles: { cols } });
+            expectClose(`${describeCase(c)} ${JSON.stringify(o)}`, await forward(c, d, o), want);
+            expect(takeUncapturedErrors()).toEqual([]);
+          }
+        }
+      }
+    }
+  }, COMPILE_HEAVY_MS);
 
   gpuTest('the end of a split merges its parts in rounds of 1, 3 (a last round part full) or all 8 rows: the same bits in each register pass', async () => {
     const c: CaseSpec = { dims: { batch: 1, seqQ: 1, seqK: 300, heads: 8, kvHeads: 1, headDim: 8, headDimV: 12 }, seed: 907, causal: true, alibi: true };

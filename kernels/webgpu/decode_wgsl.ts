@@ -99,8 +99,6 @@ const V_REGISTER_LOAD = `fn vLoad(c : i32, c4 : i32, col0 : i32, hi : i32, start
       let ok = (c < COLS) & (j < hi) & (c4 < DV4);
       return select(vec4<f32>(0.0), v[select(0, ((startK + j) * uniforms.kShape.z + kvh) * DV4 + c4, ok)], ok);
     }`;
-const issueVRegisterLoad = (i: number, keyParts: number, col0: string) =>
-  `vx_${i} = vLoad(kp + ${i * keyParts}, c4, ${col0}, hi, startK, kvh);`;
 
 /**
  * The key/value tile loads of the split pass: each thread holds its share of a tile in registers
@@ -168,19 +166,37 @@ export function splitConstantsWGSL(t: DecodeTiles, headDim: number, headDimV: nu
 
 /**
  * The register value loads of the fused, grouped and blocked passes: thread (c4, kp) holds value
- * column c4 of keys kp, kp + KP, ... of a tile (keysPerThread of them). Keys past the tile (where
- * KP x keysPerThread > COLS) read column COLS - 1 and count as masked (inTile false).
+ * column c4 of keysPerThread keys of a tile: kp, kp + KP, ... or, where `consecutive`, kp x
+ * keysPerThread and the ones after it (so that a row's probabilities for them are vec4 reads:
+ * vec4Probs). Keys past the tile (where KP x keysPerThread > COLS) read column COLS - 1 and count
+ * as masked (inTile false). keyOf(i, part): key i of key part `part` (the blocked pass's row threads
+ * own the same keys as the accumulate threads of their part).
  */
-function registerKeys(t: DecodeTiles, keyParts: number, keysPerThread: number) {
+function registerKeys(t: DecodeTiles, keyParts: number, keysPerThread: number, consecutive = false) {
   const keys = (body: (i: number) => string, sep?: string) => unroll(keysPerThread, body, sep);
   const ragged = keyParts * keysPerThread > t.cols;
+  const keyOf = (i: number, part = 'kp') => consecutive ? `${part} * ${keysPerThread} + ${i}` : `${part} + ${i * keyParts}`;
+  const vec4Probs = consecutive && !ragged && keysPerThread % 4 === 0 && t.cols % 4 === 0;
+  const col = (i: number) => ragged ? `min(${keyOf(i)}, COLS - 1)` : keyOf(i);
+  const inTile = (i: number) => ragged ? `(${keyOf(i)} < COLS)` : 'true';
   return {
-    keys,
-    col: (i: number) => ragged ? `min(kp + ${i * keyParts}, COLS - 1)` : `kp + ${i * keyParts}`,
-    inTile: (i: number) => ragged ? `(kp + ${i * keyParts} < COLS)` : 'true',
-    issueV: (col0: string) => keys(i => issueVRegisterLoad(i, keyParts, col0)),
+    keys, keyOf, col, inTile,
+    issueV: (col0: string) => keys(i => `vx_${i} = vLoad(${keyOf(i)}, c4, ${col0}, hi, startK, kvh);`),
+    /**
+     * a += p(row r, key) vx over this thread's keys, the probabilities in sTile (vec4s, sGet) from
+     * index base + r x COLS: one vec4 read per 4 consecutive keys, else one read per key.
+     */
+    accumulate: (r: number, base: string) => vec4Probs
+      ? unroll(keysPerThread / 4, j => `{ let pv = sTile[(${base} + ${r} * COLS + kp * ${keysPerThread}) / 4 + ${j}]; ` +
+                                       unroll(4, e => `a += pv[${e}] * vx_${4 * j + e};`, ' ') + ' }')
+      : keys(i => `a += select(0.0, sGet(${base} + ${r} * COLS + ${col(i)}), ${inTile(i)}) * vx_${i};`, ' '),
   };
 }
+
+/** sTile as vec4s (for vec4 reads of consecutive probabilities) and its scalar accessors. */
+const scoreTileWGSL = (floats: number) => `var<workgroup> sTile : array<vec4<f32>, ${Math.ceil(floats / 4)}>;
+    fn sGet(i : i32) -> f32 { return sTile[i >> 2u][i & 3]; }
+    fn sSet(i : i32, x : f32) { sTile[i >> 2u][i & 3] = x; }`;
 
 const touch = (names: string[]) => names.map(n => `_ = ${n}[0];`).join(' ');
 const UNIFORM_WG = `
@@ -629,14 +645,14 @@ export function decodeGroupedWorkgroupBytes(t: DecodeTiles, headDim: number, hea
  * Deterministic (fixed orders); masked 0, a kept NaN/+inf score NaN, as the one-pass kernel.
  */
 export function splitPassGroupedWGSL(variableNames: string[], t: DecodeTiles, f: OptionFlags,
-                                     headDim: number, headDimV: number, loads: DecodeLoads): string {
+                                     headDim: number, headDimV: number, loads: DecodeLoads, consecutive = false): string {
   const d4 = vec4Count(headDim), dv4 = vec4Count(headDimV), d4p = paddedVec4(headDim);
   const kLoads = kvTileLoads(t, headDim, headDimV, { ...loads, vec4: true }, false);
   const { scoreThreads: spk, rowThreads: rt, keyParts, keysPerThread } = groupedLayout(t, headDim, headDimV);
   const keysPerRowThread = Math.ceil(t.cols / rt);
   const rows = (body: (r: number) => string, sep?: string) => unroll(t.rows, body, sep);
   const rowKeys = (body: (i: number) => string, sep?: string) => unroll(keysPerRowThread, body, sep);
-  const { keys, col, inTile, issueV } = registerKeys(t, keyParts, keysPerThread);
+  const { keys, issueV, accumulate } = registerKeys(t, keyParts, keysPerThread, consecutive);
   return `
     ${splitConstantsWGSL(t, headDim, headDimV, { KP: keyParts, SPK: spk, RT: rt })}
     var<workgroup> sharedWorkgroupId : vec3<u32>;
@@ -644,7 +660,7 @@ export function splitPassGroupedWGSL(variableNames: string[], t: DecodeTiles, f:
     // The key tile; at the end of the split the threads' accumulators (NT vec4s).
     var<workgroup> kTile : array<array<vec4<f32>, D4P>, ${Math.max(t.cols, Math.ceil(t.mergeRows * t.threads / d4p))}>;
     // Score shares [SPK][ROWS][COLS]; share 0 then holds the probabilities (times the dropout factor).
-    var<workgroup> sTile : array<f32, ${spk * t.rows * t.cols}>;
+    ${scoreTileWGSL(spk * t.rows * t.cols)}
     var<workgroup> red : array<f32, NT>;
     var<workgroup> rowAlpha : array<f32, ROWS>;
     var<workgroup> rowFinal : array<vec2<f32>, ROWS>;
@@ -689,7 +705,7 @@ export function splitPassGroupedWGSL(variableNames: string[], t: DecodeTiles, f:
             let kx = kTile[sc][x];
             ${rows(r => `dot_${r} += dot(qTile[${r}][x], kx);`, ' ')}
           }
-          ${rows(r => `sTile[(sp * ROWS + ${r}) * COLS + sc] = dot_${r};`, ' ')}
+          ${rows(r => `sSet((sp * ROWS + ${r}) * COLS + sc, dot_${r});`, ' ')}
         }
         workgroupBarrier();
 
@@ -701,7 +717,7 @@ export function splitPassGroupedWGSL(variableNames: string[], t: DecodeTiles, f:
             let c = sub + ${i * rt};
             if (c < COLS) {
               var dotSum = 0.0;
-              ${unroll(spk, u => `dotSum += sTile[(${u} * ROWS + rr) * COLS + c];`, ' ')}
+              ${unroll(spk, u => `dotSum += sGet((${u} * ROWS + rr) * COLS + c);`, ' ')}
               let j = col0 + c;
               kept_${i} = (myGr < grEnd) & (j < hi) & isKept(b, myH, myI, j, lenQ, lenK, off);
               s_${i} = select(NEG_BIG, scoreOf(dotSum, myI, j, off, slopeOf(myH)), kept_${i});
@@ -725,7 +741,7 @@ export function splitPassGroupedWGSL(variableNames: string[], t: DecodeTiles, f:
               let x = s_${i};
               let p = select(select(0.0, exp(x - newMax), kept_${i}), quietNaN(x), poisons(x));
               l += p;   // the normaliser ignores dropout
-              sTile[rr * COLS + c] = p * dropoutScale(rowKey, col0 + c);
+              sSet(rr * COLS + c, p * dropoutScale(rowKey, col0 + c));
             }
           }`)}
           if (sub == 0) { rowAlpha[rr] = alpha; }
@@ -736,7 +752,7 @@ export function splitPassGroupedWGSL(variableNames: string[], t: DecodeTiles, f:
         if (accThread) {
           ${rows(r => `{
             var a = acc_${r} * rowAlpha[${r}];
-            ${keys(i => `a += select(0.0, sTile[${r} * COLS + ${col(i)}], ${inTile(i)}) * vx_${i};`, ' ')}
+            ${accumulate(r, '0')}
             acc_${r} = a;
           }`)}
         }
@@ -801,12 +817,12 @@ export function decodeBlockedWorkgroupBytes(t: DecodeTiles, headDim: number, hea
  * Deterministic (fixed orders); masked 0, a kept NaN/+inf score NaN, as the one-pass kernel.
  */
 export function splitPassBlockedWGSL(variableNames: string[], t: DecodeTiles, f: OptionFlags,
-                                     headDim: number, headDimV: number, loads: DecodeLoads): string {
+                                     headDim: number, headDimV: number, loads: DecodeLoads, consecutive = false): string {
   const d4 = vec4Count(headDim), dv4 = vec4Count(headDimV), d4p = paddedVec4(headDim);
   const { scoreShares: spk, keyShareVec4s: kx, keysPerScoreThread: ks, keyParts, keysPerThread } = blockedLayout(t, headDim, headDimV);
   const keyGroups = t.threads / spk;
   const rows = (body: (r: number) => string, sep?: string) => unroll(t.rows, body, sep);
-  const { keys, col, inTile, issueV } = registerKeys(t, keyParts, keysPerThread);
+  const { keys, keyOf, issueV, accumulate } = registerKeys(t, keyParts, keysPerThread, consecutive);
   const raggedShare = spk * kx > d4;
   const issueK = (col0: string) => unroll(ks, u => unroll(kx, x =>
       `kx_${u}_${x} = kLoadB(kq + ${u * keyGroups}, sp * KX + ${x}, ${col0}, hi, startK, kvh);`, ' '));
@@ -815,7 +831,7 @@ export function splitPassBlockedWGSL(variableNames: string[], t: DecodeTiles, f:
     var<workgroup> sharedWorkgroupId : vec3<u32>;
     var<workgroup> qTile : array<array<vec4<f32>, D4P>, ROWS>;
     // Per tile parity: score shares [SPK][ROWS][COLS]; share 0 then holds the probabilities (times the dropout factor).
-    var<workgroup> sTile : array<f32, ${2 * spk * t.rows * t.cols}>;
+    ${scoreTileWGSL(2 * spk * t.rows * t.cols)}
     var<workgroup> alphaTile : array<f32, ${2 * t.rows * keyParts}>;
     // Running max and sum per (row, kp) (each only its row thread's), then the split's parts.
     var<workgroup> partM : array<f32, ${t.rows * keyParts}>;
@@ -858,7 +874,7 @@ export function splitPassBlockedWGSL(variableNames: string[], t: DecodeTiles, f:
             ${rows(r => `dot_${r} += dot(qTile[${r}][xq], kx_${u}_${x});`, ' ')}
           }`)}
           if (c < COLS) {
-            ${rows(r => `sTile[sBase + sp * SHARE + ${r} * COLS + c] = dot_${r};`, ' ')}
+            ${rows(r => `sSet(sBase + sp * SHARE + ${r} * COLS + c, dot_${r});`, ' ')}
           }
         }`)}
         // This thread's keys of the next tile, in flight through the row and accumulate phases.
@@ -877,10 +893,10 @@ export function splitPassBlockedWGSL(variableNames: string[], t: DecodeTiles, f:
           var tileMax = NEG_BIG;
           ${keys(i => `var s_${i} = NEG_BIG; var kept_${i} = false;`, ' ')}
           ${keys(i => `{
-            let c = p + ${i * keyParts};
+            let c = ${keyOf(i, 'p')};
             if (c < COLS) {
               var dotSum = 0.0;
-              ${unroll(spk, u => `dotSum += sTile[sBase + ${u} * SHARE + r * COLS + c];`, ' ')}
+              ${unroll(spk, u => `dotSum += sGet(sBase + ${u} * SHARE + r * COLS + c);`, ' ')}
               let j = col0 + c;
               kept_${i} = (gr < grEnd) & (j < hi) & isKept(b, h, i, j, lenQ, lenK, off);
               s_${i} = select(NEG_BIG, scoreOf(dotSum, i, j, off, slopeOf(h)), kept_${i});
@@ -893,12 +909,12 @@ export function splitPassBlockedWGSL(variableNames: string[], t: DecodeTiles, f:
           var l = partL[e] * alpha;
           let rowKey = dropoutRowKey(b * heads + h, i);
           ${keys(i => `{
-            let c = p + ${i * keyParts};
+            let c = ${keyOf(i, 'p')};
             if (c < COLS) {
               let x = s_${i};
               let prob = select(select(0.0, exp(x - newMax), kept_${i}), quietNaN(x), poisons(x));
               l += prob;   // the normaliser ignores dropout
-              sTile[sBase + r * COLS + c] = prob * dropoutScale(rowKey, col0 + c);
+              sSet(sBase + r * COLS + c, prob * dropoutScale(rowKey, col0 + c));
             }
           }`)}
           partM[e] = newMax;
@@ -911,7 +927,7 @@ export function splitPassBlockedWGSL(variableNames: string[], t: DecodeTiles, f:
         if (accThread) {
           ${rows(r => `{
             var a = acc_${r} * alphaTile[aBase + ${r} * KP + kp];
-            ${keys(i => `a += select(0.0, sTile[sBase + ${r} * COLS + ${col(i)}], ${inTile(i)}) * vx_${i};`, ' ')}
+            ${accumulate(r, 'sBase')}
             acc_${r} = a;
           }`)}
         }

@@ -113,6 +113,12 @@ const DECODE_GROUPED_MIN_HEAD_DIM_V = 128;
  */
 const DECODE_BLOCKED_BELOW_HEAD_DIM_V = DECODE_GROUPED_MIN_HEAD_DIM_V;
 /**
+ * Whether an accumulate thread of the grouped and blocked split passes owns consecutive keys of a
+ * tile (its probabilities of a row read as vec4s: a quarter of the workgroup-memory reads) rather
+ * than keys KP apart (decode_wgsl.ts, registerKeys).
+ */
+const DECODE_CONSECUTIVE_KEYS = true;
+/**
  * The blocked pass's least tiles a split: its tiles are wide (128 keys at d 64), so 2 left GQA at 8k
  * keys, B 1 with 64 workgroups; 1 gives 128 (same run: 0.134 vs 0.148 ms; at 64k and at d 128 equal).
  */
@@ -160,6 +166,8 @@ export interface DecodePlan {
   subgroup: SubgroupLayout | null;
   /** The blocked split pass in the grouped pass's place (keys in registers, per-part softmax). */
   blocked: boolean;
+  /** The grouped or blocked pass's accumulate threads own consecutive keys (false for the other passes). */
+  consecutive: boolean;
   /** How the combine pass divides a row's splits and value columns. */
   combine: CombineLayout;
 }
@@ -186,6 +194,8 @@ export interface DecodeOverride {
   unroll?: number;
   /** On: the blocked split pass where the grouped one would run (off: the grouped one). */
   blocked?: boolean;
+  /** Off: the grouped and blocked passes' accumulate threads own keys KP apart, not consecutive ones. */
+  consecutive?: boolean;
   /** The combine pass's threads (a power of two) and value vec4 columns per workgroup. */
   combineThreads?: number;
   combineCols?: number;
@@ -297,7 +307,9 @@ export function decodePlan(limits: DeviceLimits, s: AttentionProblem, subgroupMi
     use: mode === 'on' || (mode === 'auto' && auto),
     tiles: planTiles, rowBlocks, numSplits, splitKeys: tilesPerSplit * tiles.cols,
     loads: { vec4: vec4Loads(s), prefetch: override.prefetch ?? DECODE_PREFETCH },
-    fused, grouped: fused && (registerPass === 'grouped' || blocked), blocked: fused && blocked, subgroup: sg?.layout ?? null,
+    fused, grouped: fused && (registerPass === 'grouped' || blocked), blocked: fused && blocked,
+    consecutive: fused && (registerPass === 'grouped' || blocked) && (override.consecutive ?? DECODE_CONSECUTIVE_KEYS),
+    subgroup: sg?.layout ?? null,
     combine: combineLayout(s.headDimV, numSplits, override.combineThreads ?? combineThreadsFor(numSplits, s.headDimV),
                            override.combineCols ?? COMBINE_COLS),
   };
@@ -328,16 +340,16 @@ export class DecodeSplitProgram extends FlashProgram {
     this.workgroupSize = [plan.tiles.threads, 1, 1];
     this.dispatch = [plan.numSplits, s.kvHeads * plan.rowBlocks, s.batch];
     this.shaderKey = shaderKeyOf('flashDecodeSplit', { headDim: s.headDim, headDimV: s.headDimV, ...plan.tiles, ...plan.loads, fused: plan.fused, grouped: plan.grouped,
-                                                       blocked: plan.blocked, subgroupLanes: plan.subgroup?.lanes ?? 0, subgroupUnroll: plan.subgroup?.unroll ?? 0, ...s.flags });
+                                                       blocked: plan.blocked, consecutive: plan.consecutive, subgroupLanes: plan.subgroup?.lanes ?? 0, subgroupUnroll: plan.subgroup?.unroll ?? 0, ...s.flags });
   }
 
   getUserCode(): string {
     if (this.plan.subgroup) {
       return splitPassSubgroupWGSL(this.variableNames, this.plan.tiles, this.s.flags, this.s.headDim, this.s.headDimV, this.plan.subgroup);
     }
-    const wgsl = this.plan.blocked ? splitPassBlockedWGSL : this.plan.grouped ? splitPassGroupedWGSL
-        : this.plan.fused ? splitPassFusedWGSL : splitPassWGSL;
-    return wgsl(this.variableNames, this.plan.tiles, this.s.flags, this.s.headDim, this.s.headDimV, this.plan.loads);
+    const { plan, s } = this;
+    const wgsl = plan.blocked ? splitPassBlockedWGSL : plan.grouped ? splitPassGroupedWGSL : plan.fused ? splitPassFusedWGSL : splitPassWGSL;
+    return wgsl(this.variableNames, plan.tiles, s.flags, s.headDim, s.headDimV, plan.loads, plan.consecutive);
   }
 
   uniformData(): Uniform[] {
