@@ -180,7 +180,7 @@ function registerKeys(t: DecodeTiles, keyParts: number, keysPerThread: number, c
   const col = (i: number) => ragged ? `min(${keyOf(i)}, COLS - 1)` : keyOf(i);
   const inTile = (i: number) => ragged ? `(${keyOf(i)} < COLS)` : 'true';
   return {
-    keys, keyOf, col, inTile,
+    keys, keyOf, col, inTile, vec4Probs,
     issueV: (col0: string) => keys(i => `vx_${i} = vLoad(${keyOf(i)}, c4, ${col0}, hi, startK, kvh);`),
     /**
      * a += p(row r, key) vx over this thread's keys, the probabilities in sTile (vec4s, sGet) from
@@ -822,7 +822,10 @@ export function splitPassBlockedWGSL(variableNames: string[], t: DecodeTiles, f:
   const { scoreShares: spk, keyShareVec4s: kx, keysPerScoreThread: ks, keyParts, keysPerThread } = blockedLayout(t, headDim, headDimV);
   const keyGroups = t.threads / spk;
   const rows = (body: (r: number) => string, sep?: string) => unroll(t.rows, body, sep);
-  const { keys, keyOf, issueV, accumulate } = registerKeys(t, keyParts, keysPerThread, consecutive);
+  const { keys, keyOf, issueV, accumulate, vec4Probs } = registerKeys(t, keyParts, keysPerThread, consecutive);
+  // Where a row thread's keys are consecutive whole vec4s: its score shares read and its probabilities written as vec4s.
+  const shareSum = (i: number) => vec4Probs ? `sv_${i >> 2}[${i & 3}]`
+      : unroll(spk, u => `sGet(sBase + ${u} * SHARE + r * COLS + c)`, ' + ');
   const raggedShare = spk * kx > d4;
   const issueK = (col0: string) => unroll(ks, u => unroll(kx, x =>
       `kx_${u}_${x} = kLoadB(kq + ${u * keyGroups}, sp * KX + ${x}, ${col0}, hi, startK, kvh);`, ' '));
@@ -892,11 +895,12 @@ export function splitPassBlockedWGSL(variableNames: string[], t: DecodeTiles, f:
           let m = partM[e];
           var tileMax = NEG_BIG;
           ${keys(i => `var s_${i} = NEG_BIG; var kept_${i} = false;`, ' ')}
+          ${vec4Probs ? `let rowAt = (sBase + r * COLS + p * ${keysPerThread}) / 4;
+          ${unroll(keysPerThread / 4, j => `let sv_${j} = ${unroll(spk, u => `sTile[rowAt + ${u} * SHARE / 4 + ${j}]`, ' + ')};`, ' ')}` : ''}
           ${keys(i => `{
             let c = ${keyOf(i, 'p')};
             if (c < COLS) {
-              var dotSum = 0.0;
-              ${unroll(spk, u => `dotSum += sGet(sBase + ${u} * SHARE + r * COLS + c);`, ' ')}
+              let dotSum = ${shareSum(i)};
               let j = col0 + c;
               kept_${i} = (gr < grEnd) & (j < hi) & isKept(b, h, i, j, lenQ, lenK, off);
               s_${i} = select(NEG_BIG, scoreOf(dotSum, i, j, off, slopeOf(h)), kept_${i});
@@ -908,15 +912,18 @@ export function splitPassBlockedWGSL(variableNames: string[], t: DecodeTiles, f:
           let alpha = exp(m - newMax);
           var l = partL[e] * alpha;
           let rowKey = dropoutRowKey(b * heads + h, i);
+          ${keys(i => `var pd_${i} = 0.0;`, ' ')}
           ${keys(i => `{
             let c = ${keyOf(i, 'p')};
             if (c < COLS) {
               let x = s_${i};
               let prob = select(select(0.0, exp(x - newMax), kept_${i}), quietNaN(x), poisons(x));
               l += prob;   // the normaliser ignores dropout
-              sSet(sBase + r * COLS + c, prob * dropoutScale(rowKey, col0 + c));
+              pd_${i} = prob * dropoutScale(rowKey, col0 + c);
+              ${vec4Probs ? '' : `sSet(sBase + r * COLS + c, pd_${i});`}
             }
           }`)}
+          ${vec4Probs ? unroll(keysPerThread / 4, j => `sTile[rowAt + ${j}] = vec4<f32>(${unroll(4, e => `pd_${4 * j + e}`, ', ')});`, ' ') : ''}
           partM[e] = newMax;
           partL[e] = l;
           alphaTile[aBase + e] = alpha;
