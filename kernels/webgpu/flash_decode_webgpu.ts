@@ -115,7 +115,9 @@ const DECODE_BLOCKED_BELOW_HEAD_DIM_V = DECODE_GROUPED_MIN_HEAD_DIM_V;
 /**
  * Whether an accumulate thread of the grouped and blocked split passes owns consecutive keys of a
  * tile (its probabilities of a row read as vec4s: a quarter of the workgroup-memory reads) rather
- * than keys KP apart (decode_wgsl.ts, registerKeys).
+ * than keys KP apart (decode_wgsl.ts, registerKeys). H200, default device (2026-12-03 05:28 UTC,
+ * bench/results/h200-decode-2026-12-03): 5-13 % faster in all 16 GQA 16/2 shapes at 8k-64k keys
+ * (B 8 64k d 64 0.291 vs 0.330 ms; B 1 8k d 128 0.0186 vs 0.0199).
  */
 const DECODE_CONSECUTIVE_KEYS = true;
 /**
@@ -247,7 +249,10 @@ function fittingDecodeTiles(limits: DeviceLimits, s: AttentionProblem, kind: Spl
   };
   const widest = pass === 'blocked' ? blockedCols({ rows, cols: 1, threads, mergeRows: 1 }) : 128;
   // Rows merged a round at the end of a split: all of them where workgroup memory allows (the
-  // widest tile first; the merge's memory is only used after the key loop).
+  // widest tile first; the merge's memory is only used after the key loop). H200, GQA 16/2
+  // (2026-12-03 03:36 UTC, bench/results/h200-decode-merge), against one row a round: B 1 8k keys
+  // 0.0143 vs 0.0180 ms (d 64, 4 rows a round) and 0.0189 vs 0.0226 (d 128, 8); 64k 0.0503 vs
+  // 0.0538 and 0.0870 vs 0.0907.
   const mergeRowsOptions = !registers ? [1] : override.tiles?.mergeRows ? [override.tiles.mergeRows]
       : [8, 4, 2, 1].filter(m => m <= rows || m === 1);
   for (const cols of override.tiles?.cols ? [override.tiles.cols] : [128, 64, 32, 16, 8, 4].slice(registers ? 0 : 1).filter(c => c <= widest)) {
