@@ -485,8 +485,9 @@ export function mergeRoundsWGSL(t: DecodeTiles, store: (r: number, slot: number)
 }
 
 /**
- * mergeRoundsWGSL's merge of KP parts with their own scales (fused and blocked passes): running
- * max partM, sum partL (part p of row r at index part('r', 'p')), accumulators in accRed by slot.
+ * mergeRoundsWGSL's merge of `parts` parts with their own scales (the fused and blocked passes' key
+ * parts, the subgroup pass's lane groups): running max partM, sum partL (part p of row r at index
+ * part('r', 'p')), accumulator of part p at accAt (slot, p and c4 in scope).
  */
 export const scaledPartsMerge = (part: (r: string, p: string) => string, parts: string, accAt: string) => `
           var rowMax = NEG_BIG;
