@@ -213,10 +213,12 @@ function scoreThreadsOf(t: DecodeTiles, d4: number): number {
 
 /**
  * The start of a split-pass workgroup: its split, kv head, block of query rows and sequence, the
- * block's query rows in qTile where stageQ (scale folded in, as the one-pass forward does), and the keys
- * [lo, hi) it covers (the split cut to what the block's rows can see), from tile firstCol.
+ * keys [lo, hi) it covers (the split cut to what the block's rows can see), from tile firstCol;
+ * then `firstLoads` (a pass's first key and value loads, so that they are in flight while the query
+ * rows are read), then the block's query rows into qTile where stageQ (scale folded in, as the
+ * one-pass forward does).
  */
-function splitSetupWGSL(f: OptionFlags, stageQ: boolean): string {
+function splitSetupWGSL(f: OptionFlags, stageQ: boolean, firstLoads: string): string {
   return `
       let split = i32(wgId.x);
       let heads = uniforms.qShape.z;
@@ -233,6 +235,16 @@ function splitSetupWGSL(f: OptionFlags, stageQ: boolean): string {
       let off = lenK - lenQ;
       let gr0 = rowBlock * ROWS;
       let grEnd = min(gr0 + ROWS, group * uniforms.nqMax);
+
+      let iLo = select(0, gr0 % uniforms.nqMax, gr0 / uniforms.nqMax == (grEnd - 1) / uniforms.nqMax);
+      let iHi = select(uniforms.nqMax, (grEnd - 1) % uniforms.nqMax + 1, gr0 / uniforms.nqMax == (grEnd - 1) / uniforms.nqMax);
+      ${keyRangeWGSL(f, 'iLo', 'min(iHi, lenQ)', { ...PASS_NAMES, seqQ: 'lenQ', seqK: 'lenK', offset: 'off' })}
+      let splitBegin = split * uniforms.splitKeys;
+      let splitEnd = min(splitBegin + uniforms.splitKeys, lenK);
+      let lo = max(colBegin, splitBegin);
+      let hi = min(colEnd, splitEnd);
+      let firstCol = splitBegin + ((lo - splitBegin) / COLS) * COLS;
+      ${firstLoads}
 ${stageQ ? `
       for (var e = tid; e < ROWS * D4 * 4; e += NT) {
         let r = e / (D4 * 4);
@@ -244,27 +256,19 @@ ${stageQ ? `
           x = q[((startQ + i) * heads + kvh * group + gr / uniforms.nqMax) * D + c] * uniforms.scale;
         }
         qTile[r][c / 4][c % 4] = x;
-      }` : ''}
-
-      let iLo = select(0, gr0 % uniforms.nqMax, gr0 / uniforms.nqMax == (grEnd - 1) / uniforms.nqMax);
-      let iHi = select(uniforms.nqMax, (grEnd - 1) % uniforms.nqMax + 1, gr0 / uniforms.nqMax == (grEnd - 1) / uniforms.nqMax);
-      ${keyRangeWGSL(f, 'iLo', 'min(iHi, lenQ)', { ...PASS_NAMES, seqQ: 'lenQ', seqK: 'lenK', offset: 'off' })}
-      let splitBegin = split * uniforms.splitKeys;
-      let splitEnd = min(splitBegin + uniforms.splitKeys, lenK);
-      let lo = max(colBegin, splitBegin);
-      let hi = min(colEnd, splitEnd);
-      let firstCol = splitBegin + ((lo - splitBegin) / COLS) * COLS;`;
+      }` : ''}`;
 }
 
 /**
  * The start of a split pass's entry point: every binding touched (so none is dropped from the
- * layout), the workgroup id read uniformly, then splitSetupWGSL (stageQ: the block's query rows
- * into qTile; a pass that reads them itself says false). The body and closing brace follow.
+ * layout), the workgroup id read uniformly, then splitSetupWGSL (firstLoads: the pass's first
+ * loads of K and V; stageQ: the block's query rows into qTile; a pass that reads them itself says
+ * false). The body and closing brace follow.
  */
-export const splitMainWGSL = (variableNames: string[], f: OptionFlags, stageQ = true) => `fn main() {
+export const splitMainWGSL = (variableNames: string[], f: OptionFlags, stageQ = true, firstLoads = '') => `fn main() {
       ${touch(variableNames)}
       ${UNIFORM_WG}
-      ${splitSetupWGSL(f, stageQ)}`;
+      ${splitSetupWGSL(f, stageQ, firstLoads)}`;
 
 /**
  * Writes this split's partial of query row g (the layout the combine pass reads): accumulator vec4
@@ -345,7 +349,8 @@ export function splitPassWGSL(variableNames: string[], t: DecodeTiles, f: Option
 
     ${kv.fns}
 
-    ${splitMainWGSL(variableNames, f)}
+    ${splitMainWGSL(variableNames, f, true, `${kv.declare}
+      ${loads.prefetch ? kv.issue('firstCol') : ''}`)}
 
       // The row phase's row (RT threads each) and its running max, sum and dropout key.
       let rr = tid / RT;
@@ -360,8 +365,6 @@ export function splitPassWGSL(variableNames: string[], t: DecodeTiles, f: Option
       ${each(u => `var acc_${u} = vec4<f32>(0.0);`)}
       let kp = tid / PAIRS;
 
-      ${kv.declare}
-      ${loads.prefetch ? kv.issue('firstCol') : ''}
       for (var col0 = firstCol; col0 < hi; col0 += COLS) {
         ${loads.prefetch ? '' : kv.issue('col0')}
         workgroupBarrier();   // the previous tile is consumed
@@ -559,16 +562,15 @@ export function splitPassFusedWGSL(variableNames: string[], t: DecodeTiles, f: O
     ${kLoads.fns}
     ${V_REGISTER_LOAD}
 
-    ${splitMainWGSL(variableNames, f)}
-
-      ${VALUE_COLUMN_THREAD}
-      ${rows(r => `var m_${r} = NEG_BIG; var l_${r} = 0.0; var acc_${r} = vec4<f32>(0.0);
-      let rowKey_${r} = dropoutRowKey(b * heads + min(kvh * group + (gr0 + ${r}) / uniforms.nqMax, heads - 1), (gr0 + ${r}) % uniforms.nqMax);`)}
+    ${splitMainWGSL(variableNames, f, true, `${VALUE_COLUMN_THREAD}
       ${keys(i => `var vx_${i} : vec4<f32>;`)}
-
       ${kLoads.declare}
       ${loads.prefetch ? kLoads.issue('firstCol') : ''}
-      ${issueV('firstCol')}
+      ${issueV('firstCol')}`)}
+
+      ${rows(r => `var m_${r} = NEG_BIG; var l_${r} = 0.0; var acc_${r} = vec4<f32>(0.0);
+      let rowKey_${r} = dropoutRowKey(b * heads + min(kvh * group + (gr0 + ${r}) / uniforms.nqMax, heads - 1), (gr0 + ${r}) % uniforms.nqMax);`)}
+
       for (var col0 = firstCol; col0 < hi; col0 += COLS) {
         ${loads.prefetch ? '' : kLoads.issue('col0')}
         workgroupBarrier();   // the previous key tile and scores are consumed
@@ -671,12 +673,14 @@ export function splitPassGroupedWGSL(variableNames: string[], t: DecodeTiles, f:
     ${kLoads.fns}
     ${V_REGISTER_LOAD}
 
-    ${splitMainWGSL(variableNames, f)}
-
-      // Accumulate phase: value column c4, keys kp, kp + KP, ... of every row.
+    ${splitMainWGSL(variableNames, f, true, `// Accumulate phase: value column c4, keys kp, kp + KP, ... of every row.
       ${VALUE_COLUMN_THREAD}
-      ${rows(r => `var acc_${r} = vec4<f32>(0.0);`)}
       ${keys(i => `var vx_${i} : vec4<f32>;`)}
+      ${kLoads.declare}
+      ${loads.prefetch ? kLoads.issue('firstCol') : ''}
+      ${issueV('firstCol')}`)}
+
+      ${rows(r => `var acc_${r} = vec4<f32>(0.0);`)}
       // Row phase: row rr, keys sub, sub + RT, ...; its running max and its share of the row sum.
       let rr = min(tid / RT, ROWS - 1);
       let sub = tid % RT;
@@ -690,9 +694,6 @@ export function splitPassGroupedWGSL(variableNames: string[], t: DecodeTiles, f:
       // Score phase: key sc (and sc + NT / SPK, ...), share sp of the head dim.
       let sp = tid / (NT / SPK);
 
-      ${kLoads.declare}
-      ${loads.prefetch ? kLoads.issue('firstCol') : ''}
-      ${issueV('firstCol')}
       for (var col0 = firstCol; col0 < hi; col0 += COLS) {
         ${loads.prefetch ? '' : kLoads.issue('col0')}
         workgroupBarrier();   // the previous key tile and probabilities are consumed
@@ -851,21 +852,20 @@ export function splitPassBlockedWGSL(variableNames: string[], t: DecodeTiles, f:
     }
     ${V_REGISTER_LOAD}
 
-    ${splitMainWGSL(variableNames, f)}
-
-      // Accumulate phase: value column c4, keys kp, kp + KP, ... of every row.
+    ${splitMainWGSL(variableNames, f, true, `// Accumulate phase: value column c4, keys kp, kp + KP, ... of every row.
       ${VALUE_COLUMN_THREAD}
-      ${rows(r => `var acc_${r} = vec4<f32>(0.0);`, ' ')}
       ${keys(i => `var vx_${i} : vec4<f32>;`, ' ')}
       // Score phase: keys kq, kq + NT / SPK, ..., vec4s sp * KX ... sp * KX + KX - 1 of each.
       let kq = tid % ${keyGroups};
       let sp = tid / ${keyGroups};
       ${unroll(ks, u => unroll(kx, x => `var kx_${u}_${x} : vec4<f32>;`, ' '), ' ')}
+      ${issueK('firstCol')}
+      ${issueV('firstCol')}`)}
+
+      ${rows(r => `var acc_${r} = vec4<f32>(0.0);`, ' ')}
       for (var e = tid; e < ROWS * KP; e += NT) { partM[e] = NEG_BIG; partL[e] = 0.0; }
       workgroupBarrier();   // qTile written
 
-      ${issueK('firstCol')}
-      ${issueV('firstCol')}
       var parity = 0;
       for (var col0 = firstCol; col0 < hi; col0 += COLS) {
         let sBase = parity * SPK * SHARE;
