@@ -34,6 +34,16 @@ const GROUPED_NOT_BLOCKED: DecodeOverride = { groupedMinHeadDimV: 0, blocked: fa
 const PASS_TURNS: DecodeOverride[] = [GROUPED_AT_ANY_HEAD_DIM, { fused: false }, { grouped: false }];
 /** Small decode tiles (8-key tiles, 32 threads): many tiles and splits even for short sequences. */
 const TINY_DECODE = { cols: 8, threads: 32 };
+/**
+ * 64-key tiles, 32 threads: at head dim 8 the grouped and blocked passes' 16 key parts each own 4
+ * consecutive keys of a tile, so their probabilities are vec4 reads (TINY_DECODE's tiles are ragged:
+ * scalar reads). Cases on them need 2 or more rows a workgroup (withRows).
+ */
+const VEC4_PROBS_DECODE = { cols: 64, threads: 32 };
+/** A case with at least 2 query rows per sequence (so a workgroup owns 2 or more rows: grouped or blocked pass). */
+const withRows = (c: CaseSpec) => { c.dims.seqQ = Math.max(2, c.dims.seqQ); return c; };
+/** What decodePlan says of such a run (decodePlanOf). */
+const VEC4_PROBS_PLAN = { grouped: true, consecutive: true, tiles: { cols: 64, threads: 32 } };
 const COMPILE_HEAVY_MS = 600000;
 const TOL = F32_TOLERANCE.forward;
 
@@ -421,14 +431,18 @@ describe('the split pass variants: fused or staged, vec4 or scalar loads, prefet
 
 describe('sequence ranges (seqLensK of a filled cache, packed sequences)', () => {
   gpuTest('padded: lengths 0, 1, full and random; every option; splits past a length do no work', async () => {
-    for (const [n, flags] of [[], ['causal', 'alibi'], ['window', 'softcap', 'dropout'], ['mask', 'causal']].entries()) {
-      const c = decodeCase(new Set(flags), 3000 + n, 120);
+    for (const [n, flags] of [[], ['causal', 'alibi'], ['window', 'softcap', 'dropout'], ['mask', 'causal'], ['window', 'alibi']].entries()) {
+      const c = n === 4 ? withRows(decodeCase(new Set(flags), 3000 + n, 400)) : decodeCase(new Set(flags), 3000 + n, 120);
       c.dims.batch = 3;
       if (c.maskShape) c.maskShape = [3, c.dims.heads, c.dims.seqQ, c.dims.seqK];
       const d = caseData(c), r = rng(c.seed);
       const lensQ = lengths(r, 3, c.dims.seqQ), lensK = lengths(r, 3, c.dims.seqK);
-      // The sets in turn on the default pass (grouped, or fused for one row), the staged and the fused pass.
-      setDecodeOverride({ mode: 'on', tiles: TINY_DECODE, numSplits: 4, ...PASS_TURNS[n % 3] });
+      // The sets in turn on the default pass (blocked, or fused for one row), the staged and the fused
+      // pass; the last on the blocked pass with vec4 probabilities.
+      const o: DecodeOverride = { mode: 'on', tiles: n === 4 ? VEC4_PROBS_DECODE : TINY_DECODE, numSplits: 4,
+                                  ...(n === 4 ? GROUPED_AT_ANY_HEAD_DIM : PASS_TURNS[n % 3]) };
+      if (n === 4) expect(decodePlanOf(c, o)).toMatchObject({ ...VEC4_PROBS_PLAN, blocked: true });
+      setDecodeOverride(o);
       const { got, want } = await rangedRun(c, d, lensQ, lensK, 'padded');
       setDecodeOverride({});
       expect(takeUncapturedErrors()).toEqual([]);
@@ -457,12 +471,16 @@ describe('sequence ranges (seqLensK of a filled cache, packed sequences)', () =>
   }, COMPILE_HEAVY_MS);
 
   gpuTest('packed: sequences back to back, every option but the mask', async () => {
-    for (const [n, flags] of [[], ['causal', 'alibi', 'softcap'], ['window', 'dropout']].entries()) {
-      const c = decodeCase(new Set(flags), 4000 + n, 120);
+    for (const [n, flags] of [[], ['causal', 'alibi', 'softcap'], ['window', 'dropout'], ['causal', 'dropout']].entries()) {
+      const c = n === 3 ? withRows(decodeCase(new Set(flags), 4000 + n, 400)) : decodeCase(new Set(flags), 4000 + n, 120);
       c.dims.batch = 3;
       const d = caseData(c), r = rng(c.seed);
       const lensQ = lengths(r, 3, c.dims.seqQ).map(x => Math.max(x, 1)), lensK = lengths(r, 3, c.dims.seqK);
-      setDecodeOverride({ mode: 'on', tiles: TINY_DECODE, numSplits: 3, ...PASS_TURNS[n % 3] });
+      // The last set on the grouped pass (not blocked) with vec4 probabilities.
+      const o: DecodeOverride = { mode: 'on', tiles: n === 3 ? VEC4_PROBS_DECODE : TINY_DECODE, numSplits: 3,
+                                  ...(n === 3 ? GROUPED_NOT_BLOCKED : PASS_TURNS[n % 3]) };
+      if (n === 3) expect(decodePlanOf(c, o)).toMatchObject({ ...VEC4_PROBS_PLAN, blocked: false });
+      setDecodeOverride(o);
       const { got, want } = await rangedRun(c, d, lensQ, lensK, 'packed');
       setDecodeOverride({});
       expect(takeUncapturedErrors()).toEqual([]);
@@ -474,14 +492,18 @@ describe('sequence ranges (seqLensK of a filled cache, packed sequences)', () =>
 describe('NaN and Infinity, determinism, buffers', () => {
   gpuTest('NaN and ±Infinity in q, k, v propagate as in the float64 composite', async () => {
     const found: string[] = [];
-    // The last set runs on the scalar loads (head dim 6, the staged pass), the others on vec4 loads.
-    for (const [n, flags] of [[], ['causal', 'alibi'], ['mask', 'softcap'], ['causal']].entries()) {
+    // Set 3 runs on the scalar loads (head dim 6, the staged pass), the others on vec4 loads; set 4
+    // on vec4 probabilities (the blocked pass, the grouped one for NaN in k).
+    for (const [n, flags] of [[], ['causal', 'alibi'], ['mask', 'softcap'], ['causal'], ['causal', 'alibi', 'softcap']].entries()) {
       for (const where of ['q', 'k', 'v'] as const) {
-        const c = decodeCase(new Set(flags), 5000 + 10 * n + where.charCodeAt(0), 60);
+        const c = decodeCase(new Set(flags), 5000 + 10 * n + where.charCodeAt(0), n === 4 ? 300 : 60);
         if (n === 3) { c.dims.headDim = 6; c.dims.headDimV = 6; }
+        if (n === 4) withRows(c);
         const finite = caseData(c), d = withNonFinite(finite, where, SPECIAL, c.seed, 2);
-        // Set 1 on the fused pass, the others on the default (grouped where 2 or more rows).
-        const got = await forward(c, d, { mode: 'on', numSplits: 3, ...(n === 1 ? { grouped: false } : {}) });
+        // Set 1 on the fused pass, the others on the default (blocked where 2 or more rows).
+        const vec4Probs = { tiles: VEC4_PROBS_DECODE, ...(where === 'k' ? GROUPED_NOT_BLOCKED : {}) };
+        if (n === 4) expect(decodePlanOf(c, { ...GROUPED_AT_ANY_HEAD_DIM, numSplits: 3, ...vec4Probs })).toMatchObject(VEC4_PROBS_PLAN);
+        const got = await forward(c, d, { mode: 'on', numSplits: 3, ...(n === 1 ? { grouped: false } : n === 4 ? vec4Probs : {}) });
         found.push(...nonFiniteProblems(c, finite, d, got, where));
       }
     }

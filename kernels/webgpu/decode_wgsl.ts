@@ -274,7 +274,7 @@ export const splitMainWGSL = (variableNames: string[], f: OptionFlags, stageQ = 
  * Writes this split's partial of query row g (the layout the combine pass reads): accumulator vec4
  * c4 and, from the c4 == 0 thread, the row's max and sum (numSplits and rowsAll in scope).
  */
-export const writePartialWGSL = (acc: string, rowMax: string, rowSum: string) => `let base = (g * numSplits + split) * DV + c4 * 4;
+const writePartialWGSL = (acc: string, rowMax: string, rowSum: string) => `let base = (g * numSplits + split) * DV + c4 * 4;
         ${unroll(4, e => `result[base + ${e}] = ${acc}[${e}];`, ' ')}
         if (c4 == 0) {
           let ml = rowsAll * numSplits * DV + (g * numSplits + split) * 2;

@@ -353,8 +353,9 @@ export class DecodeSplitProgram extends FlashProgram {
       return splitPassSubgroupWGSL(this.variableNames, this.plan.tiles, this.s.flags, this.s.headDim, this.s.headDimV, this.plan.subgroup);
     }
     const { plan, s } = this;
-    const wgsl = plan.blocked ? splitPassBlockedWGSL : plan.grouped ? splitPassGroupedWGSL : plan.fused ? splitPassFusedWGSL : splitPassWGSL;
-    return wgsl(this.variableNames, plan.tiles, s.flags, s.headDim, s.headDimV, plan.loads, plan.consecutive);
+    const args = [this.variableNames, plan.tiles, s.flags, s.headDim, s.headDimV, plan.loads] as const;
+    if (plan.grouped) return (plan.blocked ? splitPassBlockedWGSL : splitPassGroupedWGSL)(...args, plan.consecutive);
+    return (plan.fused ? splitPassFusedWGSL : splitPassWGSL)(...args);
   }
 
   uniformData(): Uniform[] {
