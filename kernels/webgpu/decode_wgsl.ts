@@ -10,7 +10,8 @@
  * head kvh * group + gr / nqMax, query row gr % nqMax, gr = rowBlock * ROWS + r), so the keys and
  * values a kv head's group needs are read once per split. Each thread holds its share of the next
  * key tile in registers (DecodeLoads: vec4 loads where headDim and headDimV are multiples of 4,
- * else scalar; prefetch: issued before the current tile's work). It writes the unnormalised
+ * else scalar; prefetch: issued before the current tile's work; the first tile's before the query
+ * rows are staged, so that a split of one tile waits for memory once). It writes the unnormalised
  * accumulator, the row max and the row sum of its split; a split past the sequence's length (or
  * outside the window) writes max NEG_BIG and sum 0.
  *  - Staged (splitPassWGSL; any head dim): key and value tiles in workgroup memory; per tile the
