@@ -28,12 +28,11 @@
  *    (row, key) done once for all value columns; the blocked pass keeps the keys in registers too and
  *    has two barriers a tile (their own comments).
  *
- * Combine pass (combinePassWGSL, one program per output): one workgroup per query row and head,
- * splits combined in a fixed order (deterministic): M = max_s m_s, L = sum_s exp(m_s - M) l_s
- * (each by a tree over the threads' parts, or serially), out = sum_s exp(m_s - M) acc_s / L (split
- * lanes per output column, added in lane order),
- * logSumExp = M + log(L), exactly the one-pass kernel's outputs (empty rows 0 and -Infinity, NaN
- * sums propagated).
+ * Combine pass (combinePassWGSL, one program per output): workgroups per query row and head,
+ * splits combined in a fixed order (deterministic): M = max_s m_s, L = sum_s exp(m_s - M) l_s,
+ * out = sum_s exp(m_s - M) acc_s / L (each lane over its splits, then one tree over the lanes
+ * merging (max, sum, values) pairs), logSumExp = M + log(L), exactly the one-pass kernel's outputs
+ * (empty rows 0 and -Infinity, NaN sums propagated).
  */
 import { OptionFlags } from '../../src/contract';
 import { NEG_BIG, optionHelpers } from './attention_wgsl';
@@ -964,7 +963,7 @@ export interface CombineLayout {
   /** Split lanes per column, and the splits each lane reads. */
   splitLanes: number;
   splitsPerLane: number;
-  /** Splits whose (max, sum) each thread reads. */
+  /** Splits whose (max, sum) each thread of the logSumExp program reads. */
   statsPerThread: number;
 }
 
@@ -987,56 +986,31 @@ export function combineLayout(headDimV: number, numSplits: number, threadsWanted
  * The combine pass writes one of the two outputs (`part`): out [rowsQ, H, DV] (each workgroup COLS
  * vec4 columns of one row) or logSumExp (problem.ts's layout; one workgroup a row). Two small
  * dispatches instead of one packed buffer and two unpack copies: under per-program timing every
- * dispatch costs microseconds even when it moves nothing. Every load a thread makes (its splits'
- * max and sum, its split lane's partial values) is issued at the start, before the first barrier:
- * the pass waits for memory once, then runs its trees (log2 steps each) over workgroup memory.
- * Reductions run in fixed orders: deterministic.
+ * dispatch costs microseconds even when it moves nothing. A lane (out: split lane sl of value
+ * column c, threads tid = sl x COLS + c; logSumExp: every thread) issues all its loads at the start
+ * (its splits' max, sum and, for out, partial values), merges its splits under their own max, then
+ * one tree over the lanes merges (max, sum, values) pairs, each rescaled to the pair's max: log2
+ * lanes barriers in all (a max tree, then a sum tree and a value tree took three times as many).
+ * Fixed orders: deterministic.
  */
 export function combinePassWGSL(variableNames: string[], f: OptionFlags, headDimV: number, layout: CombineLayout,
-                                maxSplits: number, part: 'out' | 'lse'): string {
-  const { threads, cols, splitLanes, splitsPerLane, statsPerThread } = layout;
-  const tree = (name: string, op: (a: string, b: string) => string) => `
-      red[tid] = ${name}Part;
-      workgroupBarrier();
-      for (var w = NT / 2; w > 0; w /= 2) {
-        if (tid < w) { red[tid] = ${op('red[tid]', 'red[tid + w]')}; }
-        workgroupBarrier();
-      }
-      let ${name} = red[0];
-      workgroupBarrier();`;
-  const valueLoads = part === 'lse' ? '' : `
-      // This thread's split lane: value column cb * COLS + c, splits sl, sl + SL, ... (loads in flight now).
-      let c4 = cb * COLS + tid % COLS;
-      let sl = tid / COLS;
-      let accBase = g * numSplits * DV + c4 * 4;
-      ${unroll(splitsPerLane, u => `let s${u} = sl + ${u} * SL;
-      let x${u} = vec4<f32>(${[0, 1, 2, 3].map(e => `select(0.0, partials[select(0, accBase + s${u} * DV + ${e}, (s${u} < numSplits) & (c4 * 4 + ${e} < DV))], (s${u} < numSplits) & (c4 * 4 + ${e} < DV))`).join(', ')});`)}`;
-  const outputs = part === 'lse' ? '' : `
-      var o = vec4<f32>(0.0);
-      ${unroll(splitsPerLane, u => `if (s${u} < numSplits) { o += weight[s${u}] * x${u}; }`, ' ')}
-      red4[tid] = o;
-      workgroupBarrier();
-      // The split lanes of each column added by a tree (lane sl + w into lane sl).
-      for (var w = SL / 2; w > 0; w /= 2) {
-        if (sl < w) { red4[tid] += red4[tid + w * COLS]; }
-        workgroupBarrier();
-      }
-      if (sl == 0 && c4 < DV4) {
-        let sum = red4[tid];
-        ${unroll(4, e => `if (c4 * 4 + ${e} < DV) { result[((startQ + i) * heads + h) * DV + c4 * 4 + ${e}] = select(sum[${e}] * inv, 0.0, empty); }`)}
-      }`;
+                                part: 'out' | 'lse'): string {
+  const out = part === 'out';
+  const { threads, cols, splitLanes } = layout;
+  const perLane = out ? layout.splitsPerLane : layout.statsPerThread;
+  const values = (code: string) => (out ? code : '');
   return `
     const DV = ${headDimV};
     const DV4 = ${vec4Count(headDimV)};
     const NT = ${threads};
-    const COLS = ${cols};
-    const SL = ${splitLanes};
-    const COL_BLOCKS = ${part === 'lse' ? 1 : layout.colBlocks};
+    const COLS = ${out ? cols : 1};
+    const LANES = ${out ? splitLanes : threads};
+    const COL_BLOCKS = ${out ? layout.colBlocks : 1};
     const NEG_BIG = ${NEG_BIG};
     var<workgroup> sharedWorkgroupId : vec3<u32>;
-    var<workgroup> red : array<f32, NT>;
-    ${part === 'lse' ? '' : 'var<workgroup> red4 : array<vec4<f32>, NT>;'}
-    var<workgroup> weight : array<f32, ${maxSplits}>;
+    var<workgroup> redM : array<f32, NT>;
+    var<workgroup> redL : array<f32, NT>;
+    ${values('var<workgroup> red4 : array<vec4<f32>, NT>;')}
     ${optionHelpers({ ...f, mask: false, dropout: false, alibi: false, softcap: false, window: false })}
     ${rangeHelpers(f, 'uniforms.nqMax', '')}
 
@@ -1058,32 +1032,53 @@ export function combinePassWGSL(variableNames: string[], f: OptionFlags, headDim
       if (i >= rq.y) { return; }` : ''}
       let g = (b * heads + h) * nqMax + i;
       let mlBase = uniforms.batchSeqs * heads * nqMax * numSplits * DV + g * numSplits * 2;
-      // This thread's splits' (max, sum): splits tid, tid + NT, ... (past numSplits: NEG_BIG and 0).
-      ${unroll(statsPerThread, u => `let t${u} = tid + ${u} * NT;
-      let m${u} = select(NEG_BIG, partials[select(0, mlBase + 2 * t${u}, t${u} < numSplits)], t${u} < numSplits);
-      let l${u} = select(0.0, partials[select(0, mlBase + 2 * t${u} + 1, t${u} < numSplits)], t${u} < numSplits);`)}
-      ${valueLoads}
-      var rowMaxPart = NEG_BIG;
-      ${unroll(statsPerThread, u => `rowMaxPart = max(rowMaxPart, m${u});`, ' ')}
-      ${tree('rowMax', (a, b) => `max(${a}, ${b})`)}
-      // The splits' weights exp(m_s - M), each by the thread that read its (max, sum).
-      var rowSumPart = 0.0;
-      ${unroll(statsPerThread, u => `if (t${u} < numSplits) {
-        let w = exp(m${u} - rowMax);
-        ${part === 'lse' ? '' : `weight[t${u}] = w;`}
-        rowSumPart += w * l${u};
-      }`)}
-      ${tree('rowSum', (a, b) => `${a} + ${b}`)}
+      // This lane's splits lane, lane + LANES, ... (past numSplits: max NEG_BIG, sum 0, values 0).
+      let lane = tid / COLS;
+      ${values(`let c4 = cb * COLS + tid % COLS;
+      let accBase = g * numSplits * DV + c4 * 4;`)}
+      ${unroll(perLane, u => `let s${u} = lane + ${u} * LANES;
+      let in${u} = s${u} < numSplits;
+      let m${u} = select(NEG_BIG, partials[select(0, mlBase + 2 * s${u}, in${u})], in${u});
+      let l${u} = select(0.0, partials[select(0, mlBase + 2 * s${u} + 1, in${u})], in${u});
+      ${values(`let x${u} = vec4<f32>(${[0, 1, 2, 3].map(e => `select(0.0, partials[select(0, accBase + s${u} * DV + ${e}, in${u} & (c4 * 4 + ${e} < DV))], in${u} & (c4 * 4 + ${e} < DV))`).join(', ')});`)}`)}
+      // Every max is finite (the split pass leaves NaN and +inf scores out of it), so no weight is NaN.
+      var rowMax = NEG_BIG;
+      ${unroll(perLane, u => `rowMax = max(rowMax, m${u});`, ' ')}
+      var rowSum = 0.0;
+      ${values('var o = vec4<f32>(0.0);')}
+      ${unroll(perLane, u => `{ let w = exp(m${u} - rowMax); rowSum += w * l${u};${values(` o += w * x${u};`)} }`)}
+      // Lane lane + w merged into lane lane (w = LANES / 2, ..., 1).
+      redM[tid] = rowMax;
+      redL[tid] = rowSum;
+      ${values('red4[tid] = o;')}
+      workgroupBarrier();
+      for (var w = LANES / 2; w > 0; w /= 2) {
+        if (lane < w) {
+          let other = tid + w * COLS;
+          let m2 = redM[other];
+          let merged = max(rowMax, m2);
+          let a1 = exp(rowMax - merged);
+          let a2 = exp(m2 - merged);
+          rowMax = merged;
+          rowSum = a1 * rowSum + a2 * redL[other];
+          redM[tid] = rowMax;
+          redL[tid] = rowSum;
+          ${values(`o = a1 * o + a2 * red4[other];
+          red4[tid] = o;`)}
+        }
+        workgroupBarrier();
+      }
       // Query rows past the sequence's length (padded layout) have no kept key: out 0, lse -inf.
-      // A row with no kept key has sum exactly 0 (even where acc holds 0 * NaN); a NaN sum is
+      // A row with no kept key has sum exactly 0 (even where its values hold 0 * NaN); a NaN sum is
       // not empty and propagates.
       let empty = rowSum == 0.0 || i >= rq.y;
-      let inv = 1.0 / select(rowSum, 1.0, empty);
-${outputs}
-      ${part === 'lse' ? `if (tid == 0) {
+      ${out ? `if (lane == 0 && c4 < DV4) {
+        let inv = 1.0 / select(rowSum, 1.0, empty);
+        ${unroll(4, e => `if (c4 * 4 + ${e} < DV) { result[((startQ + i) * heads + h) * DV + c4 * 4 + ${e}] = select(o[${e}] * inv, 0.0, empty); }`)}
+      }` : `if (tid == 0) {
         // log(NaN) is not NaN everywhere (SwiftShader: +inf), so a NaN sum is passed on itself.
         let lse = select(rowMax + log(rowSum), rowSum, poisons(rowSum));
         result[startQ * uniforms.lseStartStride + h * uniforms.lseHeadStride + i] = select(lse, -uniforms.INFINITY, empty);
-      }` : ''}
+      }`}
     }`;
 }

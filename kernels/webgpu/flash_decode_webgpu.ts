@@ -139,7 +139,7 @@ const DECODE_MIN_TILES_PER_SPLIT_BLOCKED = 1;
 const COMBINE_COLS = 4;
 const COMBINE_MAX_THREADS = 256;
 const COMBINE_MIN_THREADS = 32;
-/** Most splits (the combine pass keeps one weight per split in workgroup memory). */
+/** Most splits (each a partial the combine pass reads: more splits than this only add partials). */
 export const DECODE_MAX_SPLITS = 256;
 /**
  * Query rows per split-pass workgroup at most (rows of one kv head's group). The register passes
@@ -386,7 +386,7 @@ export class DecodeCombineProgram extends FlashProgram {
   }
 
   getUserCode(): string {
-    return combinePassWGSL(this.variableNames, this.s.flags, this.s.headDimV, this.plan.combine, DECODE_MAX_SPLITS, this.part);
+    return combinePassWGSL(this.variableNames, this.s.flags, this.s.headDimV, this.plan.combine, this.part);
   }
 
   uniformData(): Uniform[] {
