@@ -67,7 +67,7 @@ describe('the plan picks the subgroup split pass on the subgroups device with ve
     expect(planOf(c(16, 2), 32).tiles.threads).toBe(SUBGROUP_THREADS);
     // All rows merged in one round at the end of a split of at most SUBGROUP_MERGE_ALL_MAX_STEPS steps, else one a round.
     const gqa = (seqK: number, d: number) => planOf({ dims: dims(1, 1, seqK, 16, 2, d), seed: 1 }, 32);
-    expect(gqa(8192, 64)).toMatchObject({ splitKeys: 32, tiles: { cols: 32, mergeRows: 8 } });
+    expect(gqa(8192, 64)).toMatchObject({ splitKeys: 64, tiles: { cols: 32, mergeRows: 8 } });
     expect(gqa(8192, 128)).toMatchObject({ splitKeys: 32, tiles: { cols: 16, mergeRows: 8 } });
     expect(gqa(16384, 128)).toMatchObject({ splitKeys: 64, tiles: { cols: 16, mergeRows: 1 } });
     expect(gqa(65536, 64)).toMatchObject({ splitKeys: 256, tiles: { mergeRows: 1 } });
@@ -78,8 +78,8 @@ describe('the plan picks the subgroup split pass on the subgroups device with ve
     expect(q.tiles).toMatchObject({ threads: 64, cols: 8 });
     expect(q.subgroup!.unroll).toBe(2);
     expect(q.numSplits).toBe(4);
-    // GQA 16/2 at 8k keys, B 1: 2 kv heads x 256 splits of 32 keys (SUBGROUP_MIN_SPLIT_KEYS), d 64 and d 128.
-    expect(planOf(c(16, 2, 64), 32)).toMatchObject({ numSplits: 256, splitKeys: 32 });
+    // GQA 16/2 at 8k keys, B 1: splits of 2 steps (SUBGROUP_MIN_SPLIT_STEPS): d 64 2 x 32 keys, d 128 2 x 16.
+    expect(planOf(c(16, 2, 64), 32)).toMatchObject({ numSplits: 128, splitKeys: 64 });
     expect(planOf(c(16, 2, 128), 32)).toMatchObject({ numSplits: 256, splitKeys: 32 });
   });
 });

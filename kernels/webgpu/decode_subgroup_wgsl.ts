@@ -55,12 +55,14 @@ export const SUBGROUP_UNROLL = 4;
  */
 export const SUBGROUP_TARGET_WORKGROUPS = 512;
 /**
- * A split covers at least this many keys (fewer: more partials for the combine pass than work).
- * H200, GQA 16/2, B 1 (2026-12-02 16:20 UTC, bench/results/h200-decode-wide-combine, with the
- * wide combine): 32 instead of 256 (256 splits instead of 32 at 8k keys) made the call 8 % faster
- * at d 64 and 24 % at d 128 (0.0202 vs 0.0264 ms), equal at 64k keys (256 splits either way).
+ * A split covers at least this many steps (fewer: more partials for the combine pass than work).
+ * H200, GQA 16/2, B 1, 8k keys, d 64 (2026-12-03 08:21 UTC, bench/results/h200-decode-b1-2026-12-03,
+ * one-tree combine): 2 steps of 32 keys (128 splits a kv head) 10.8 us against 13.7 us at one step
+ * (256 splits); at 16k keys 256 splits of 2 steps either way. At d 128 a step is 16 keys, so 2
+ * steps are the 32 keys of before (2026-12-02 16:20 UTC, bench/results/h200-decode-wide-combine:
+ * 32 keys instead of 256 made the call 24 % faster at d 128, 8 % at d 64).
  */
-export const SUBGROUP_MIN_SPLIT_KEYS = 32;
+export const SUBGROUP_MIN_SPLIT_STEPS = 2;
 /**
  * Splits of at most this many steps merge all their rows in one round at the end (mergeRows =
  * rows); longer ones one row a round. H200, GQA 16/2 (2026-12-03 03:37 UTC,

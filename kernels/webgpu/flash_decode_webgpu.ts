@@ -36,7 +36,7 @@ import {
   splitPassGroupedWGSL, splitPassWGSL,
 } from './decode_wgsl';
 import {
-  splitPassSubgroupWGSL, SUBGROUP_MERGE_ALL_MAX_STEPS, SUBGROUP_MIN_SPLIT_KEYS, SUBGROUP_TARGET_WORKGROUPS, subgroupDecodeLayout, SubgroupLayout,
+  splitPassSubgroupWGSL, SUBGROUP_MERGE_ALL_MAX_STEPS, SUBGROUP_MIN_SPLIT_STEPS, SUBGROUP_TARGET_WORKGROUPS, subgroupDecodeLayout, SubgroupLayout,
 } from './decode_subgroup_wgsl';
 import { subgroupMinSizeOf } from './subgroups';
 import { vec4Count } from './tiles';
@@ -297,7 +297,7 @@ export function decodePlan(limits: DeviceLimits, s: AttentionProblem, subgroupMi
   const keyTiles = Math.max(1, Math.ceil(s.seqK / tiles.cols));
   const base = s.batch * s.kvHeads * rowBlocks;
   const target = override.targetWorkgroups ?? (sg ? SUBGROUP_TARGET_WORKGROUPS : DECODE_TARGET_WORKGROUPS);
-  const minTiles = override.minTilesPerSplit ?? (sg ? Math.max(1, Math.ceil(SUBGROUP_MIN_SPLIT_KEYS / tiles.cols))
+  const minTiles = override.minTilesPerSplit ?? (sg ? SUBGROUP_MIN_SPLIT_STEPS
       : fused && blocked ? DECODE_MIN_TILES_PER_SPLIT_BLOCKED : DECODE_MIN_TILES_PER_SPLIT);
   let numSplits = override.numSplits ??
       Math.min(Math.ceil(target / base), Math.max(1, Math.floor(keyTiles / minTiles)));
