@@ -350,13 +350,14 @@ export function variantOverride(spec: string): DecodeOverride {
       case 'subgroup': o.subgroup = x !== 0; break;
       case 'lanes': o.lanes = x; break;
       case 'unroll': o.unroll = x; break;
+      case 'sgprefetch': o.subgroupPrefetch = x !== 0; break;
       case 'blocked': o.blocked = x !== 0; break;
       case 'consecutive': o.consecutive = x !== 0; break;
       case 'gmin': o.groupedMinHeadDimV = x; break;
       case 'cthreads': o.combineThreads = x; break;
       case 'ccols': o.combineCols = x; break;
       default: throw new Error(`--decode-variants: unknown key '${key}' (vec4, prefetch, fused, grouped, subgroup, mintiles, ` +
-                               'target, threads, cols, rows, mrows, lanes, unroll, blocked, consecutive, gmin, cthreads, ccols)');
+                               'target, threads, cols, rows, mrows, lanes, unroll, sgprefetch, blocked, consecutive, gmin, cthreads, ccols)');
     }
   }
   return o;

@@ -87,6 +87,7 @@ describe('the plan picks the subgroup split pass on the subgroups device with ve
 test('the bench\'s --decode-variants keys for the subgroup pass', () => {
   expect(variantOverride('subgroup=0')).toEqual({ mode: 'on', subgroup: false });
   expect(variantOverride('lanes=8+unroll=2+threads=64')).toEqual({ mode: 'on', lanes: 8, unroll: 2, tiles: { threads: 64 } });
+  expect(variantOverride('sgprefetch=1')).toEqual({ mode: 'on', subgroupPrefetch: true });
 });
 
 describe('with a subgroups device, the subgroup split pass equals the reference and the one-pass kernel', () => {
@@ -138,6 +139,18 @@ describe('with a subgroups device, the subgroup split pass equals the reference 
     }
   }, COMPILE_HEAVY_MS);
 
+  gpuTest('each step\'s loads issued a step ahead (subgroupPrefetch): the same bits as at the step\'s start, splits of 1 to many steps', async () => {
+    // 700 keys, 4 lane groups x 2 keys a step (8 keys): one split of 88 steps (the last ragged), 3 splits, 88 of one step.
+    const c: CaseSpec = { dims: dims(2, 3, 700, 8, 2, 16, 12), seed: 43, causal: true, alibi: true, softcap: 4, dropoutRate: 0.2 };
+    for (const numSplits of [1, 3, 88]) {
+      const small = { ...SMALL, numSplits };
+      expect(planOf(c, 4, { ...small, subgroupPrefetch: true }).subgroup).toMatchObject({ prefetch: true, unroll: 2 });
+      const [atStart, ahead] = await expectAccurate(c, [small, { ...small, subgroupPrefetch: true }]);
+      expect(Array.from(ahead.out)).toEqual(Array.from(atStart.out));
+      expect(Array.from(ahead.lse)).toEqual(Array.from(atStart.lse));
+    }
+  }, COMPILE_HEAVY_MS);
+
   gpuTest('a head dim not a multiple of 4 falls back to the staged pass (no subgroup pipeline)', async () => {
     const c: CaseSpec = { dims: dims(1, 2, 300, 4, 2, 6, 10), seed: 51, causal: true };
     const d = caseData(c), want = reference(c, d);
@@ -172,7 +185,8 @@ describe('with a subgroups device, the subgroup split pass equals the reference 
       const d = caseData(c), r = rng(c.seed);
       const lensQ = lengths(r, 3, c.dims.seqQ).map(x => (layout === 'packed' ? Math.max(x, 1) : x));
       const lensK = lengths(r, 3, c.dims.seqK);
-      setDecodeOverride({ mode: 'on', ...SMALL, numSplits: 4 });
+      // Every other set with the loads a step ahead.
+      setDecodeOverride({ mode: 'on', ...SMALL, numSplits: 4, subgroupPrefetch: n % 2 === 1 });
       const before = decodeCalls();
       const { got, want } = await rangedRun(c, d, lensQ, lensK, layout);
       const calls = decodeCalls() - before;
@@ -189,7 +203,7 @@ describe('with a subgroups device, the subgroup split pass equals the reference 
       for (const where of ['q', 'k', 'v'] as const) {
         const c = decodeCase(new Set(flags), 5000 + 10 * n + where.charCodeAt(0), 80);
         const finite = caseData(c), d = withNonFinite(finite, where, SPECIAL, c.seed, 2);
-        const got = await forward(c, d, { mode: 'on', ...SMALL, numSplits: 3 });
+        const got = await forward(c, d, { mode: 'on', ...SMALL, numSplits: 3, subgroupPrefetch: n === 1 });
         expect(got.decoded).toBe(1);
         found.push(...nonFiniteProblems(c, finite, d, got, where));
       }

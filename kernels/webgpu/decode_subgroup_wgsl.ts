@@ -50,6 +50,11 @@ export const SUBGROUP_THREADS_ONE_ROW = 256;
  */
 export const SUBGROUP_UNROLL = 4;
 /**
+ * Whether a step's key and value loads are issued during the step before it (two steps' loads in
+ * registers; a split of one step gains nothing) rather than at the step's start.
+ */
+export const SUBGROUP_PREFETCH = false;
+/**
  * Split-pass workgroups the split count aims for on this pass (small workgroups, several per
  * compute unit). H200 (same run): 2048 from 10 % faster to 29 % slower than 512.
  */
@@ -85,12 +90,15 @@ export interface SubgroupLayout {
   lanes: number;
   /** Keys per lane group per step. */
   unroll: number;
+  /** The next step's loads issued during this one (SUBGROUP_PREFETCH). */
+  prefetch: boolean;
 }
 
 /** The subgroup pass's hooks (a subset of flash_decode_webgpu.ts's DecodeOverride). */
 export interface SubgroupOverride {
   lanes?: number;
   unroll?: number;
+  subgroupPrefetch?: boolean;
   tiles?: Partial<DecodeTiles>;
 }
 
@@ -124,7 +132,7 @@ export function subgroupDecodeLayout(s: { group: number; seqQ: number; headDim: 
     throw new Error(`Error in flashAttention: no subgroup decode tile fits this WebGPU device for headDim ${s.headDim}, ` +
                     `headDimV ${s.headDimV} (workgroup storage ${maxWorkgroupBytes} bytes)`);
   }
-  return { tiles: tilesOf(threads), layout: { lanes, unroll: unrollKeys } };
+  return { tiles: tilesOf(threads), layout: { lanes, unroll: unrollKeys, prefetch: o.subgroupPrefetch ?? SUBGROUP_PREFETCH } };
 }
 
 /**
@@ -191,6 +199,18 @@ export function splitPassSubgroupWGSL(variableNames: string[], t: DecodeTiles, f
   // Column of part x of a lane (past the head dim where LANES does not divide it: masked).
   const colOf = (x: number) => `lane + ${x * L}`;
   const colOk = (x: number, n: number) => ((x + 1) * L <= n ? 'true' : `(lane + ${x * L} < ${n})`);
+  // The loads of the step at key at0: j_u, in_u (key u of this lane group, inside the split) and
+  // this lane's K and V vec4s of it, zero past hi; names suffixed `n` ('N': the next step's), `decl`
+  // declaring them ('let', 'var') or '' assigning them.
+  const stepLoads = (at0: string, n: string, decl: 'let' | 'var' | '') => keys(u => {
+    const d = decl ? `${decl} ` : '';
+    const code = `${d}j${n}_${u} = ${at0} + ${u} * GROUPS + lg;
+        ${d}in${n}_${u} = j${n}_${u} < hi;
+        let at${n}_${u} = select(0, (startK + j${n}_${u}) * kvHeads + kvh, in${n}_${u});
+        ${kParts(x => `${d}k${n}_${u}_${x} = select(vec4<f32>(0.0), k[at${n}_${u} * D4 + min(${colOf(x)}, D4 - 1)], in${n}_${u} & ${colOk(x, d4)});`)}
+        ${vParts(y => `${d}v${n}_${u}_${y} = select(vec4<f32>(0.0), v[at${n}_${u} * DV4 + min(${colOf(y)}, DV4 - 1)], in${n}_${u} & ${colOk(y, dv4)});`)}`;
+    return decl ? code : `{ ${code} }`;
+  });
   return `
     ${splitConstantsWGSL(t, headDim, headDimV, { LANES: L, GROUPS: t.threads / L })}
     var<workgroup> sharedWorkgroupId : vec3<u32>;
@@ -231,13 +251,15 @@ export function splitPassSubgroupWGSL(variableNames: string[], t: DecodeTiles, f
       var m_${o} = NEG_BIG;
       var l_${o} = 0.0;`)}
 
+      ${sg.prefetch ? `// The first step's loads (key u of lane group lg: lo + u * GROUPS + lg).
+      ${stepLoads('lo', 'N', 'var')}` : ''}
       for (var j0 = lo; j0 < hi; j0 += COLS) {
-        // Every load of the step first: key j0 + u * GROUPS + lg, this lane's vec4s of K and V (zero past hi).
-        ${keys(u => `let j_${u} = j0 + ${u} * GROUPS + lg;
-        let in_${u} = j_${u} < hi;
-        let at_${u} = select(0, (startK + j_${u}) * kvHeads + kvh, in_${u});
-        ${kParts(x => `let k_${u}_${x} = select(vec4<f32>(0.0), k[at_${u} * D4 + min(${colOf(x)}, D4 - 1)], in_${u} & ${colOk(x, d4)});`)}
-        ${vParts(y => `let v_${u}_${y} = select(vec4<f32>(0.0), v[at_${u} * DV4 + min(${colOf(y)}, DV4 - 1)], in_${u} & ${colOk(y, dv4)});`)}`)}
+        ${sg.prefetch ? `// This step's loads (issued a step ahead), then the next step's, in flight through this one.
+        ${keys(u => `let j_${u} = jN_${u}; let in_${u} = inN_${u};
+        ${kParts(x => `let k_${u}_${x} = kN_${u}_${x};`)}
+        ${vParts(y => `let v_${u}_${y} = vN_${u}_${y};`)}`)}
+        ${stepLoads('j0 + COLS', 'N', '')}` : `// Every load of the step first: key u of lane group lg is j0 + u * GROUPS + lg.
+        ${stepLoads('j0', '', 'let')}`}
 
         // Scores: this lane's share of each row's dot product, summed over the lane group.
         ${keys(u => `${rows(r => `let dot_${u}_${r} = ${kParts(x => `dot(q_${r}_${x}, k_${u}_${x})`, ' + ')};`, ' ')}

@@ -194,6 +194,8 @@ export interface DecodeOverride {
   subgroup?: boolean;
   lanes?: number;
   unroll?: number;
+  /** On: the subgroup pass issues each step's loads during the step before (SUBGROUP_PREFETCH). */
+  subgroupPrefetch?: boolean;
   /** On: the blocked split pass where the grouped one would run (off: the grouped one). */
   blocked?: boolean;
   /** Off: the grouped and blocked passes' accumulate threads own keys KP apart, not consecutive ones. */
@@ -345,7 +347,8 @@ export class DecodeSplitProgram extends FlashProgram {
     this.workgroupSize = [plan.tiles.threads, 1, 1];
     this.dispatch = [plan.numSplits, s.kvHeads * plan.rowBlocks, s.batch];
     this.shaderKey = shaderKeyOf('flashDecodeSplit', { headDim: s.headDim, headDimV: s.headDimV, ...plan.tiles, ...plan.loads, fused: plan.fused, grouped: plan.grouped,
-                                                       blocked: plan.blocked, consecutive: plan.consecutive, subgroupLanes: plan.subgroup?.lanes ?? 0, subgroupUnroll: plan.subgroup?.unroll ?? 0, ...s.flags });
+                                                       blocked: plan.blocked, consecutive: plan.consecutive, subgroupLanes: plan.subgroup?.lanes ?? 0, subgroupUnroll: plan.subgroup?.unroll ?? 0,
+                                                       subgroupPrefetch: plan.subgroup?.prefetch ?? false, ...s.flags });
   }
 
   getUserCode(): string {
