@@ -990,7 +990,8 @@ export function combineLayout(headDimV: number, numSplits: number, threadsWanted
  * column c, threads tid = sl x COLS + c; logSumExp: every thread) issues all its loads at the start
  * (its splits' max, sum and, for out, partial values), merges its splits under their own max, then
  * one tree over the lanes merges (max, sum, values) pairs, each rescaled to the pair's max: log2
- * lanes barriers in all (a max tree, then a sum tree and a value tree took three times as many).
+ * lanes barriers in all. A max tree, then a sum tree and a value tree took three times as many
+ * (H200, 2026-12-03 08:16 UTC: combine-out 4.69 -> 3.62 us at 64 splits, 5.59 -> 4.45 at 256).
  * Fixed orders: deterministic.
  */
 export function combinePassWGSL(variableNames: string[], f: OptionFlags, headDimV: number, layout: CombineLayout,
