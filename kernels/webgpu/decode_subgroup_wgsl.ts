@@ -47,11 +47,17 @@ export const SUBGROUP_THREADS_ONE_ROW = 256;
 /**
  * Keys per lane group per step (their K and V loads in flight together). H200 (same run): 2 was
  * 5-31 % slower than 4 in every shape but a noisy one; 8 from 13 % faster (one row) to 19 % slower (GQA).
+ * At full clocks (2026-12-03 09:08 UTC, bench/results/h200-decode-2026-12-03-0858/unroll), 8 against
+ * 4: 8-15 % slower for every MHA shape, 3-26 % slower for GQA 16/2 at batch 8 and at batch 1 from
+ * 32k keys (d 128) and 64k (d 64); 11-17 % faster only at batch 1 with 16k-32k keys (d 64) and 8k
+ * (d 128), shapes over issue 13's bar either way.
  */
 export const SUBGROUP_UNROLL = 4;
 /**
  * Whether a step's key and value loads are issued during the step before it (two steps' loads in
- * registers; a split of one step gains nothing) rather than at the step's start.
+ * registers; a split of one step gains nothing) rather than at the step's start. H200 (2026-12-03
+ * 08:59 UTC, bench/results/h200-decode-2026-12-03-0858, the whole sweep): 7-10 % slower for every
+ * MHA shape, GQA 16/2 within 3 % either way.
  */
 export const SUBGROUP_PREFETCH = false;
 /**
