@@ -50,7 +50,8 @@ export const SUBGROUP_THREADS_ONE_ROW = 256;
  * At full clocks (2026-12-03 09:08 UTC, bench/results/h200-decode-2026-12-03-0858/unroll), 8 against
  * 4: 8-15 % slower for every MHA shape, 3-26 % slower for GQA 16/2 at batch 8 and at batch 1 from
  * 32k keys (d 128) and 64k (d 64); 11-17 % faster only at batch 1 with 16k-32k keys (d 64) and 8k
- * (d 128), shapes over issue 13's bar either way.
+ * (d 128), shapes over issue 13's bar either way; the same figures to within 1 % at 10:23 UTC
+ * (bench/results/h200-decode-b1-rows-2026-12-03).
  */
 export const SUBGROUP_UNROLL = 4;
 /**
@@ -116,7 +117,9 @@ export function decodeSubgroupWorkgroupBytes(t: DecodeTiles, lanes: number, head
 
 /**
  * The subgroup pass's tiles and layout for a problem on a device whose smallest subgroup is
- * `subgroupMinSize` (> 0): rows the kv head's group (a power of two, at most FUSED_MAX_ROWS),
+ * `subgroupMinSize` (> 0): rows the kv head's group (a power of two, at most FUSED_MAX_ROWS; H200,
+ * GQA 16/2, B 1, 2026-12-03 10:23 UTC, bench/results/h200-decode-b1-rows-2026-12-03: 4 rows a
+ * workgroup from 8 % faster to 15 % slower, 2 rows 15-63 % slower, 8 lanes instead of 16 8-118 % slower),
  * lanes the widest power of two the head dims and the subgroup allow, threads SUBGROUP_THREADS
  * (SUBGROUP_THREADS_ONE_ROW for one row; fewer where workgroup memory is short), cols one
  * workgroup step (lane groups x unroll keys).
