@@ -50,8 +50,8 @@ export const SUBGROUP_THREADS_ONE_ROW = 256;
  * At full clocks (2026-12-03 09:08 UTC, bench/results/h200-decode-2026-12-03-0858/unroll), 8 against
  * 4: 8-15 % slower for every MHA shape, 3-26 % slower for GQA 16/2 at batch 8 and at batch 1 from
  * 32k keys (d 128) and 64k (d 64); 11-17 % faster only at batch 1 with 16k-32k keys (d 64) and 8k
- * (d 128), shapes over issue 13's bar either way; the same figures to within 1 % at 10:23 UTC
- * (bench/results/h200-decode-b1-rows-2026-12-03).
+ * (d 128), shapes over issue 13's bar either way; its batch-1 GQA figures repeated to within 1 % at
+ * 10:23 UTC (bench/results/h200-decode-b1-rows-2026-12-03).
  */
 export const SUBGROUP_UNROLL = 4;
 /**
